@@ -1,0 +1,58 @@
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::Utc;
+
+use crate::api::Client;
+use crate::cli::CheckArgs;
+use crate::config::Trigger;
+use crate::schedule;
+
+pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let settings = super::load_settings(config)?;
+    println!(
+        "{}: valid, {} job{}",
+        config.display(),
+        settings.jobs.len(),
+        if settings.jobs.len() == 1 { "" } else { "s" }
+    );
+    for w in &settings.warnings {
+        println!("warning: {w}");
+    }
+    let now = Utc::now();
+    for job in &settings.jobs {
+        let what = match &job.trigger {
+            Trigger::Schedule(c) => format!("schedule \"{c}\""),
+            Trigger::Window { window, lead } => format!(
+                "{} before maintenance window \"{window}\"",
+                humantime::format_duration(*lead)
+            ),
+        };
+        println!(
+            "\njob {} (server {}): {what} in {}; {}",
+            job.name,
+            job.server_id,
+            job.timezone,
+            job.retention.describe()
+        );
+        for t in schedule::upcoming(job, now, 3) {
+            println!(
+                "  next: {}  ({})",
+                t.with_timezone(&job.timezone).format("%Y-%m-%d %H:%M:%S %Z"),
+                t.format("%Y-%m-%dT%H:%M:%SZ")
+            );
+        }
+    }
+    if args.offline {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let token = settings.api.token()?;
+    let client = Client::new(&settings.api, token, crate::clock::system())?;
+    client
+        .check_token()
+        .await
+        .with_context(|| format!("checking the API at {}", settings.api.base_url))?;
+    println!("\nAPI: token accepted by {}", settings.api.base_url);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,59 @@
+//! One file per subcommand; [`dispatch`] is the only `match` over them.
+
+mod check;
+mod simulate;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::config::{ConfigErrors, Settings};
+
+/// sysexits' EX_CONFIG: systemd's `RestartPreventExitStatus=78` stops a restart loop.
+pub const EXIT_CONFIG: u8 = 78;
+pub const EXIT_USAGE: u8 = 2;
+
+/// A command used wrongly (exit 2), such as `restore` off a terminal without `--yes`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = crate::config::resolve_path(cli.config.as_deref());
+    match cli.command {
+        Command::Check(args) => check::run(&config, args).await,
+        Command::Simulate(args) => simulate::run(args).await,
+    }
+}
+
+/// Loads the configuration and logs its warnings.
+pub fn load_settings(path: &std::path::Path) -> Result<Settings, ConfigErrors> {
+    let settings = Settings::load(path)?;
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(settings)
+}
+
+/// Prints `agent: <error>: <cause>: ...` once and picks the exit code.
+pub fn report(e: &anyhow::Error) -> ExitCode {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    eprintln!("agent: {msg}");
+    let config = e.chain().any(|c| {
+        c.downcast_ref::<ConfigErrors>().is_some()
+            || matches!(c.downcast_ref::<crate::api::ApiError>(), Some(crate::api::ApiError::Unauthorized))
+    });
+    if config {
+        ExitCode::from(EXIT_CONFIG)
+    } else if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::FAILURE
+    }
+}

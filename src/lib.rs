@@ -1,0 +1,23 @@
+//! vps-snapshot-agent: scheduled, rotation-safe snapshots of VPS.org servers, with a SQLite
+//! history and email alerts. `main.rs` only parses the command line and dispatches here.
+//!
+//! # Layout
+//! - [`config`]: figment loading and validation into typed [`config::Settings`]
+//! - [`api`]: the VPS.org Snapshot API client (retries, pagination, typed errors)
+//! - [`sim`]: the API simulator used by tests, `agent demo` and `agent simulate`
+//! - [`retention`]: the pure retention planner (which snapshots to keep, which to delete)
+//! - [`naming`]: snapshot names that say which job made them and when
+//! - [`schedule`]: cron and maintenance-window fire times, DST-correct
+//! - [`clock`]: time as a dependency (real, or virtual for tests)
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod naming;
+pub mod retention;
+pub mod schedule;
+pub mod sim;
+pub mod cli;
+pub mod commands;
+pub mod logging;
+pub mod signals;

@@ -1,0 +1,351 @@
+//! The retention planner: pure functions from a server's snapshots and a job's policy to a
+//! verdict per snapshot. Nothing here talks to the network or the database, so every
+//! safety rule is checked by property tests (`tests/retention_props.rs`).
+//!
+//! Semantics follow restic's `forget`: completed managed snapshots, newest first; each
+//! `keep_*` rule keeps the newest snapshot of each of its N most recent non-empty buckets
+//! (hour, day, ISO week, month in the job's time zone); rules are ORed; `keep_within`
+//! keeps everything newer than newest-minus-duration, within the slots the limit leaves.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono_tz::Tz;
+
+use crate::api::SnapshotStatus;
+
+/// The provider's limit of snapshots per server.
+pub const LIMIT: u32 = 5;
+/// What a policy may keep: the limit minus room for the snapshot being made.
+pub const SLOTS: u32 = LIMIT - 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub last: u32,
+    pub hourly: u32,
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+    pub within: Option<Duration>,
+}
+
+impl RetentionPolicy {
+    /// The most completed managed snapshots this policy can keep.
+    pub fn bound(&self) -> u32 {
+        let counted = self.last + self.hourly + self.daily + self.weekly + self.monthly;
+        if self.within.is_some() {
+            SLOTS
+        } else {
+            counted.max(1)
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let counted = self.last + self.hourly + self.daily + self.weekly + self.monthly;
+        if counted == 0 && self.within.is_none() {
+            return Err("the retention policy keeps nothing; set keep_last = 1 or more".into());
+        }
+        if counted > SLOTS {
+            return Err(format!(
+                "the retention policy can need {counted} slots (keep_last {} + keep_hourly {} + \
+                 keep_daily {} + keep_weekly {} + keep_monthly {}); the limit of {LIMIT} \
+                 snapshots per server leaves room for {SLOTS}",
+                self.last, self.hourly, self.daily, self.weekly, self.monthly
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.last, "last"),
+            (self.hourly, "hourly"),
+            (self.daily, "daily"),
+            (self.weekly, "weekly"),
+            (self.monthly, "monthly"),
+        ] {
+            if n > 0 {
+                parts.push(format!("keep_{what} = {n}"));
+            }
+        }
+        if let Some(w) = self.within {
+            parts.push(format!("keep_within = {}", humantime::format_duration(w)));
+        }
+        parts.join(", ")
+    }
+}
+
+/// What the planner needs to know of one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: u64,
+    pub created_at: DateTime<Utc>,
+    pub status: SnapshotStatus,
+    /// Made by this job (recognized by name).
+    pub managed: bool,
+    pub pinned: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub id: u64,
+    pub keep: bool,
+    /// `keep: last #1`, `keep: weekly 2026-W47`, `delete next`, ...
+    pub reason: String,
+}
+
+fn bucket(kind: usize, t: DateTime<Utc>, tz: Tz) -> String {
+    let l = t.with_timezone(&tz);
+    match kind {
+        0 => format!("{}-{:02}-{:02}T{:02}", l.year(), l.month(), l.day(), l.hour()),
+        1 => format!("{}-{:02}-{:02}", l.year(), l.month(), l.day()),
+        2 => {
+            let w = l.iso_week();
+            format!("{}-W{:02}", w.year(), w.week())
+        }
+        _ => format!("{}-{:02}", l.year(), l.month()),
+    }
+}
+
+/// Newest first, ties broken by id (higher first), so the plan is deterministic.
+fn newest_first(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id))
+}
+
+/// A verdict for every snapshot, in the order given.
+pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdict> {
+    let mut pool: Vec<&Candidate> = snaps
+        .iter()
+        .filter(|s| s.managed && !s.pinned && s.status == SnapshotStatus::Completed)
+        .collect();
+    pool.sort_by(|a, b| newest_first(a, b));
+
+    let mut kept: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    let mut left = [policy.hourly, policy.daily, policy.weekly, policy.monthly];
+    let names = ["hourly", "daily", "weekly", "monthly"];
+    let mut last_bucket: [Option<String>; 4] = Default::default();
+    for (i, s) in pool.iter().enumerate() {
+        let mut reasons = Vec::new();
+        if (i as u32) < policy.last {
+            reasons.push(format!("last #{}", i + 1));
+        }
+        for k in 0..4 {
+            if left[k] == 0 {
+                continue;
+            }
+            let b = bucket(k, s.created_at, tz);
+            if last_bucket[k].as_deref() != Some(b.as_str()) {
+                left[k] -= 1;
+                reasons.push(format!("{} {b}", names[k]));
+                last_bucket[k] = Some(b);
+            }
+        }
+        if !reasons.is_empty() {
+            kept.insert(s.id, format!("keep: {}", reasons.join(", ")));
+        }
+    }
+    if let (Some(within), Some(newest)) = (policy.within, pool.first()) {
+        let cutoff = newest.created_at - chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+        for s in &pool {
+            if kept.len() as u32 >= SLOTS {
+                break;
+            }
+            if s.created_at > cutoff && !kept.contains_key(&s.id) {
+                kept.insert(s.id, format!("keep: within {}", humantime::format_duration(within)));
+            }
+        }
+    }
+    // Belt and braces: the newest completed managed snapshot is never a victim.
+    if let Some(newest) = pool.first() {
+        kept.entry(newest.id)
+            .or_insert_with(|| "keep: newest completed".to_string());
+    }
+
+    snaps
+        .iter()
+        .map(|s| {
+            let (keep, reason) = if !s.managed {
+                (true, "keep: not managed".to_string())
+            } else if s.pinned {
+                (true, "keep: pinned".to_string())
+            } else {
+                match &s.status {
+                    SnapshotStatus::InProgress => (true, "keep: in progress".to_string()),
+                    SnapshotStatus::Failed(st) => (false, format!("delete: {st}")),
+                    SnapshotStatus::Unknown(st) => (true, format!("keep: unknown status {st:?}")),
+                    SnapshotStatus::Completed => match kept.get(&s.id) {
+                        Some(r) => (true, r.clone()),
+                        None => (false, "delete next".to_string()),
+                    },
+                }
+            };
+            Verdict {
+                id: s.id,
+                keep,
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// Snapshots to delete after a successful run, in the order to delete them (failed ones
+/// first, then oldest first), at most `max`.
+pub fn victims(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz, max: u32) -> Vec<u64> {
+    let verdicts = plan(snaps, policy, tz);
+    let mut out: Vec<&Candidate> = snaps
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| !v.keep)
+        .map(|(s, _)| s)
+        .collect();
+    out.sort_by(|a, b| {
+        let fa = !matches!(a.status, SnapshotStatus::Failed(_));
+        let fb = !matches!(b.status, SnapshotStatus::Failed(_));
+        fa.cmp(&fb).then(a.created_at.cmp(&b.created_at)).then(a.id.cmp(&b.id))
+    });
+    out.into_iter().take(max as usize).map(|s| s.id).collect()
+}
+
+/// Why making room failed: every snapshot that may not be deleted, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoRoom {
+    pub blocking: Vec<(u64, String)>,
+}
+
+/// Before creating a snapshot on a server holding `LIMIT` or more: which managed snapshots
+/// to delete so that one more fits, in order. Candidates are this job's managed snapshots
+/// that are neither pinned, in progress, of unknown status, nor the newest completed one:
+/// failed ones first, then those the policy would drop once the new snapshot exists, then
+/// the oldest of the rest. Never more than `max`.
+pub fn make_room(
+    snaps: &[Candidate],
+    policy: &RetentionPolicy,
+    tz: Tz,
+    now: DateTime<Utc>,
+    max: u32,
+) -> Result<Vec<u64>, NoRoom> {
+    let needed = (snaps.len() + 1).saturating_sub(LIMIT as usize);
+    if needed == 0 {
+        return Ok(Vec::new());
+    }
+    let newest_completed = snaps
+        .iter()
+        .filter(|s| s.managed && s.status == SnapshotStatus::Completed)
+        .min_by(|a, b| newest_first(a, b))
+        .map(|s| s.id);
+    // The policy as it will be once the new snapshot exists.
+    let mut with_new = snaps.to_vec();
+    let phantom = snaps.iter().map(|s| s.id).max().unwrap_or(0).saturating_add(1);
+    with_new.push(Candidate {
+        id: phantom,
+        created_at: now,
+        status: SnapshotStatus::Completed,
+        managed: true,
+        pinned: false,
+    });
+    let verdicts = plan(&with_new, policy, tz);
+    let mut ranked: Vec<(u8, &Candidate)> = Vec::new();
+    let mut blocking = Vec::new();
+    for (s, v) in snaps.iter().zip(&verdicts) {
+        let deletable = s.managed
+            && !s.pinned
+            && Some(s.id) != newest_completed
+            && matches!(s.status, SnapshotStatus::Completed | SnapshotStatus::Failed(_));
+        if deletable {
+            let rank = match (&s.status, v.keep) {
+                (SnapshotStatus::Failed(_), _) => 0,
+                (_, false) => 1,
+                _ => 2,
+            };
+            ranked.push((rank, s));
+        } else {
+            let why = if Some(s.id) == newest_completed {
+                "newest completed managed snapshot".to_string()
+            } else if !s.managed {
+                "not managed by this job".to_string()
+            } else {
+                v.reason.trim_start_matches("keep: ").to_string()
+            };
+            blocking.push((s.id, why));
+        }
+    }
+    ranked.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(a.1.created_at.cmp(&b.1.created_at))
+            .then(a.1.id.cmp(&b.1.id))
+    });
+    if ranked.len() < needed || (max as usize) < needed {
+        return Err(NoRoom { blocking });
+    }
+    Ok(ranked.into_iter().take(needed).map(|(_, s)| s.id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn snap(id: u64, day: u32, status: SnapshotStatus) -> Candidate {
+        Candidate {
+            id,
+            created_at: Utc.with_ymd_and_hms(2026, 11, day, 2, 30, 0).unwrap(),
+            status,
+            managed: true,
+            pinned: false,
+        }
+    }
+
+    #[test]
+    fn keep_last_keeps_the_newest_n_and_names_them() {
+        let snaps: Vec<_> = (1..=5).map(|d| snap(d as u64, d, SnapshotStatus::Completed)).collect();
+        let policy = RetentionPolicy { last: 2, ..Default::default() };
+        let v = plan(&snaps, &policy, Tz::UTC);
+        assert_eq!(v[4].reason, "keep: last #1");
+        assert_eq!(v[3].reason, "keep: last #2");
+        assert!(v[..3].iter().all(|v| !v.keep && v.reason == "delete next"));
+    }
+
+    #[test]
+    fn weekly_buckets_use_iso_weeks_in_the_job_time_zone() {
+        // 2026-11-22 is a Sunday (ISO week 47), 2026-11-23 a Monday (week 48).
+        let snaps = vec![
+            snap(1, 16, SnapshotStatus::Completed),
+            snap(2, 22, SnapshotStatus::Completed),
+            snap(3, 23, SnapshotStatus::Completed),
+        ];
+        let policy = RetentionPolicy { weekly: 2, ..Default::default() };
+        let v = plan(&snaps, &policy, Tz::UTC);
+        assert_eq!(v[2].reason, "keep: weekly 2026-W48");
+        assert_eq!(v[1].reason, "keep: weekly 2026-W47");
+        assert_eq!(v[0].reason, "delete next");
+    }
+
+    #[test]
+    fn make_room_prefers_failed_then_policy_victims_and_spares_the_newest() {
+        let snaps = vec![
+            snap(1, 1, SnapshotStatus::Completed),
+            snap(2, 2, SnapshotStatus::Completed),
+            snap(3, 3, SnapshotStatus::Failed("failed".into())),
+            snap(4, 4, SnapshotStatus::Completed),
+            snap(5, 5, SnapshotStatus::Completed),
+        ];
+        let policy = RetentionPolicy { last: 3, ..Default::default() };
+        let now = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
+        assert_eq!(make_room(&snaps, &policy, Tz::UTC, now, 3), Ok(vec![3]));
+    }
+
+    #[test]
+    fn make_room_fails_naming_unmanaged_blockers() {
+        let mut snaps: Vec<_> = (1..=4).map(|d| snap(d as u64, d, SnapshotStatus::Completed)).collect();
+        for s in &mut snaps {
+            s.managed = false;
+        }
+        snaps.push(snap(5, 5, SnapshotStatus::Completed));
+        let policy = RetentionPolicy { last: 3, ..Default::default() };
+        let err = make_room(&snaps, &policy, Tz::UTC, Utc::now(), 3).unwrap_err();
+        assert_eq!(err.blocking.len(), 5);
+        assert_eq!(err.blocking[0], (1, "not managed by this job".to_string()));
+        assert_eq!(err.blocking[4].1, "newest completed managed snapshot");
+    }
+}
