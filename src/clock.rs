@@ -74,7 +74,8 @@ impl Clock for VirtualClock {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(duration);
-        let target = self.now() + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
+        let target =
+            self.now() + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
         let now = self.now.clone();
         Box::pin(async move {
             {

@@ -148,7 +148,10 @@ pub struct EmailSettings {
 pub enum Trigger {
     Schedule(CronSpec),
     /// Snapshot `lead` before each opening of the window.
-    Window { window: CronSpec, lead: Duration },
+    Window {
+        window: CronSpec,
+        lead: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -187,8 +190,8 @@ impl Settings {
         }
         let env = Env::prefixed("AGENT_")
             .filter(|k| {
-                // Depending on figment's order the key is split already (`api.token`) or not.
-                let k = k.as_str().replace("__", ".");
+                // Figment filters before it lowercases and splits.
+                let k = k.as_str().to_ascii_lowercase().replace("__", ".");
                 let top = k.split('.').next().unwrap_or_default();
                 TOP_LEVEL.contains(&top) && k != "api.token" && k != "email.password"
             })
@@ -267,7 +270,11 @@ pub fn validate_base_url(raw: &str) -> Result<Url, String> {
                 ));
             }
         }
-        other => return Err(format!("unsupported scheme {other:?} in {raw:?}; use https://")),
+        other => {
+            return Err(format!(
+                "unsupported scheme {other:?} in {raw:?}; use https://"
+            ));
+        }
     }
     if url.cannot_be_a_base() || url.host().is_none() {
         return Err(format!("{raw:?} has no host"));
@@ -366,19 +373,23 @@ fn kind(v: &Value) -> &'static str {
 }
 
 impl Walk<'_> {
-    fn origin(&self, v: Option<&Value>) -> String {
+    /// The file a value came from, or the environment variable that set `key`.
+    fn origin(&self, v: Option<&Value>, key: &str) -> String {
         let md = v.and_then(|v| self.figment.get_metadata(v.tag()));
         match md {
             Some(md) => match &md.source {
                 Some(Source::File(p)) => p.display().to_string(),
-                _ => format!("{} (environment)", md.name),
+                _ => format!(
+                    "environment variable AGENT_{}",
+                    key.to_ascii_uppercase().replace('.', "__")
+                ),
             },
             None => self.file.clone(),
         }
     }
 
     fn error(&mut self, key: String, v: Option<&Value>, message: impl Into<String>) {
-        let origin = self.origin(v);
+        let origin = self.origin(v, &key);
         self.errors.push(ConfigError {
             origin,
             key,
@@ -406,7 +417,11 @@ impl Walk<'_> {
             None => Table::new(path, None),
             Some(Value::Dict(_, d)) => Table::new(path, Some(d)),
             Some(v) => {
-                self.error(path.clone(), Some(v), format!("expected a table, found {}", kind(v)));
+                self.error(
+                    path.clone(),
+                    Some(v),
+                    format!("expected a table, found {}", kind(v)),
+                );
                 Table::new(path, None)
             }
         }
@@ -419,9 +434,16 @@ impl Walk<'_> {
             Value::Char(_, c) => Some(c.to_string()),
             // Environment values arrive parsed; `AGENT_EMAIL__USERNAME=1234` is still text.
             Value::Bool(_, b) if self.is_env_value(v) => Some(b.to_string()),
-            Value::Num(..) if self.is_env_value(v) => v.to_i128().map(|i| i.to_string()),
+            Value::Num(..) if self.is_env_value(v) => v
+                .to_i128()
+                .map(|i| i.to_string())
+                .or_else(|| v.to_u128().map(|n| n.to_string())),
             _ => {
-                self.error(t.key(k), Some(v), format!("expected a string, found {}", kind(v)));
+                self.error(
+                    t.key(k),
+                    Some(v),
+                    format!("expected a string, found {}", kind(v)),
+                );
                 None
             }
         }
@@ -436,18 +458,28 @@ impl Walk<'_> {
     fn uint(&mut self, t: &mut Table<'_>, k: &'static str, min: u64, max: u64) -> Option<u64> {
         let v = t.get(k)?;
         let n = match v {
-            Value::Num(..) => v.to_i128(),
+            Value::Num(..) => v
+                .to_i128()
+                .or_else(|| v.to_u128().and_then(|n| i128::try_from(n).ok())),
             Value::String(_, s) if self.is_env_value(v) => s.trim().parse::<i128>().ok(),
             _ => None,
         };
         match n {
             Some(n) if n >= i128::from(min) && n <= i128::from(max) => u64::try_from(n).ok(),
             Some(n) => {
-                self.error(t.key(k), Some(v), format!("{n} is out of range ({min}..={max})"));
+                self.error(
+                    t.key(k),
+                    Some(v),
+                    format!("{n} is out of range ({min}..={max})"),
+                );
                 None
             }
             None => {
-                self.error(t.key(k), Some(v), format!("expected a whole number, found {}", kind(v)));
+                self.error(
+                    t.key(k),
+                    Some(v),
+                    format!("expected a whole number, found {}", kind(v)),
+                );
                 None
             }
         }
@@ -458,7 +490,11 @@ impl Walk<'_> {
         match v {
             Value::Bool(_, b) => Some(*b),
             _ => {
-                self.error(t.key(k), Some(v), format!("expected true or false, found {}", kind(v)));
+                self.error(
+                    t.key(k),
+                    Some(v),
+                    format!("expected true or false, found {}", kind(v)),
+                );
                 None
             }
         }
@@ -541,10 +577,12 @@ impl Walk<'_> {
             .duration(&mut t, "request_timeout")
             .unwrap_or(Duration::from_secs(30));
         let max_retries = self.uint(&mut t, "max_retries", 0, 20).unwrap_or(5) as u32;
-        let max_concurrent_jobs = self.uint(&mut t, "max_concurrent_jobs", 1, 1024).unwrap_or(8) as usize;
+        let max_concurrent_jobs = self
+            .uint(&mut t, "max_concurrent_jobs", 1, 1024)
+            .unwrap_or(8) as usize;
         self.finish(&t);
 
-        let token_origin = self.origin(t.dict.and_then(|d| d.get("token_file")));
+        let token_origin = self.origin(t.dict.and_then(|d| d.get("token_file")), "api.token_file");
         let token = if let Some(tok) = env_secret("AGENT_API__TOKEN") {
             Some(tok)
         } else if let Some(tok) = token_inline.filter(|s| !s.trim().is_empty()) {
@@ -600,7 +638,11 @@ impl Walk<'_> {
         let mut t = self.table(root, "email");
         let smtp_host = self.string(&mut t, "smtp_host");
         if smtp_host.is_none() && t.dict.is_some() {
-            self.error(t.key("smtp_host"), None, "is required when [email] is present");
+            self.error(
+                t.key("smtp_host"),
+                None,
+                "is required when [email] is present",
+            );
         }
         let security = match self.string(&mut t, "security").as_deref() {
             None | Some("starttls") => Security::StartTls,
@@ -621,7 +663,9 @@ impl Walk<'_> {
             Security::Tls => 465,
             Security::None => 25,
         };
-        let smtp_port = self.uint(&mut t, "smtp_port", 1, 65535).unwrap_or(default_port) as u16;
+        let smtp_port = self
+            .uint(&mut t, "smtp_port", 1, 65535)
+            .unwrap_or(default_port) as u16;
         let username = self.string(&mut t, "username");
         let password_inline = self.string(&mut t, "password");
         let password_file = self.string(&mut t, "password_file").map(PathBuf::from);
@@ -632,7 +676,8 @@ impl Walk<'_> {
         } else if let Some(file) = &password_file {
             match read_secret_file(file) {
                 Ok(p) => {
-                    self.warnings.extend(mode_warning("email.password_file", file));
+                    self.warnings
+                        .extend(mode_warning("email.password_file", file));
                     Some(p)
                 }
                 Err(e) => {
@@ -681,12 +726,20 @@ impl Walk<'_> {
             Some(v @ Value::String(_, s)) => match s.parse::<Mailbox>() {
                 Ok(m) => vec![m],
                 Err(e) => {
-                    self.error(t.key("to"), Some(v), format!("{s:?} is not an email address: {e}"));
+                    self.error(
+                        t.key("to"),
+                        Some(v),
+                        format!("{s:?} is not an email address: {e}"),
+                    );
                     Vec::new()
                 }
             },
             Some(v) => {
-                self.error(t.key("to"), Some(v), format!("expected a list of addresses, found {}", kind(v)));
+                self.error(
+                    t.key("to"),
+                    Some(v),
+                    format!("expected a list of addresses, found {}", kind(v)),
+                );
                 Vec::new()
             }
             None => {
@@ -698,7 +751,9 @@ impl Walk<'_> {
             .duration(&mut t, "repeat_after")
             .unwrap_or(Duration::from_secs(6 * 3600));
         let notify_recovery = self.boolean(&mut t, "notify_recovery").unwrap_or(true);
-        let timeout = self.duration(&mut t, "timeout").unwrap_or(Duration::from_secs(30));
+        let timeout = self
+            .duration(&mut t, "timeout")
+            .unwrap_or(Duration::from_secs(30));
         self.finish(&t);
         Some(EmailSettings {
             smtp_host: smtp_host?,
@@ -743,7 +798,9 @@ impl Walk<'_> {
                     self.error(
                         t.key("timezone"),
                         v,
-                        format!("{s:?} is not an IANA time zone (like \"UTC\" or \"Europe/Berlin\")"),
+                        format!(
+                            "{s:?} is not an IANA time zone (like \"UTC\" or \"Europe/Berlin\")"
+                        ),
                     );
                     base.timezone
                 }
@@ -771,8 +828,14 @@ impl Walk<'_> {
         }
         own.within = self.duration(t, "keep_within");
         // A job that sets any keep_* key replaces the defaults' retention as a whole.
-        let retention = if any_keep { own } else { base.retention.clone() };
-        let poll_interval = self.duration(t, "poll_interval").unwrap_or(base.poll_interval);
+        let retention = if any_keep {
+            own
+        } else {
+            base.retention.clone()
+        };
+        let poll_interval = self
+            .duration(t, "poll_interval")
+            .unwrap_or(base.poll_interval);
         let snapshot_timeout = self
             .duration(t, "snapshot_timeout")
             .unwrap_or(base.snapshot_timeout);
@@ -817,7 +880,11 @@ impl Walk<'_> {
             None => return Vec::new(),
             Some(Value::Array(_, items)) => items,
             Some(v) => {
-                self.error("jobs".into(), Some(v), format!("expected [[jobs]] tables, found {}", kind(v)));
+                self.error(
+                    "jobs".into(),
+                    Some(v),
+                    format!("expected [[jobs]] tables, found {}", kind(v)),
+                );
                 return Vec::new();
             }
         };
@@ -826,7 +893,11 @@ impl Walk<'_> {
         for (i, item) in items.iter().enumerate() {
             let path = format!("jobs[{i}]");
             let Value::Dict(_, dict) = item else {
-                self.error(path, Some(item), format!("expected a table, found {}", kind(item)));
+                self.error(
+                    path,
+                    Some(item),
+                    format!("expected a table, found {}", kind(item)),
+                );
                 continue;
             };
             let mut t = Table::new(path, Some(dict));
@@ -855,7 +926,10 @@ impl Walk<'_> {
             let window = self.cron(&mut t, "maintenance_window");
             let lead = self.duration(&mut t, "lead");
             let fields = self.job_fields(&mut t, Some(defaults));
-            let trigger = match (dict.contains_key("schedule"), dict.contains_key("maintenance_window")) {
+            let trigger = match (
+                dict.contains_key("schedule"),
+                dict.contains_key("maintenance_window"),
+            ) {
                 (true, true) => {
                     self.error(
                         t.key("schedule"),

@@ -11,13 +11,13 @@
 //! - [`clock`]: time as a dependency (real, or virtual for tests)
 
 pub mod api;
+pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
+pub mod logging;
 pub mod naming;
 pub mod retention;
 pub mod schedule;
-pub mod sim;
-pub mod cli;
-pub mod commands;
-pub mod logging;
 pub mod signals;
+pub mod sim;

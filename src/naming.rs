@@ -31,10 +31,16 @@ pub fn parse(name: &str) -> Option<ParsedName> {
     let suffix = parts.next()?;
     let time = parts.next()?;
     let job = parts.next()?;
-    if suffix.len() != 6 || !suffix.chars().all(|c| c.is_ascii_hexdigit()) || job.is_empty() {
+    if time.len() != 16
+        || suffix.len() != 6
+        || !suffix.chars().all(|c| c.is_ascii_hexdigit())
+        || job.is_empty()
+    {
         return None;
     }
-    let at = NaiveDateTime::parse_from_str(time, TIME_FORMAT).ok()?.and_utc();
+    let at = NaiveDateTime::parse_from_str(time, TIME_FORMAT)
+        .ok()?
+        .and_utc();
     Some(ParsedName {
         job: job.to_string(),
         at,
@@ -56,7 +62,10 @@ mod tests {
         let at = Utc.with_ymd_and_hms(2026, 11, 28, 2, 30, 0).unwrap();
         let name = new_name("web-01_nightly", at);
         assert!(name.starts_with("agent-web-01_nightly-20261128T023000Z-"));
-        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
         assert_eq!(
             parse(&name),
             Some(ParsedName {

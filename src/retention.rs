@@ -98,7 +98,13 @@ pub struct Verdict {
 fn bucket(kind: usize, t: DateTime<Utc>, tz: Tz) -> String {
     let l = t.with_timezone(&tz);
     match kind {
-        0 => format!("{}-{:02}-{:02}T{:02}", l.year(), l.month(), l.day(), l.hour()),
+        0 => format!(
+            "{}-{:02}-{:02}T{:02}",
+            l.year(),
+            l.month(),
+            l.day(),
+            l.hour()
+        ),
         1 => format!("{}-{:02}-{:02}", l.year(), l.month(), l.day()),
         2 => {
             let w = l.iso_week();
@@ -146,13 +152,17 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
         }
     }
     if let (Some(within), Some(newest)) = (policy.within, pool.first()) {
-        let cutoff = newest.created_at - chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+        let cutoff =
+            newest.created_at - chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
         for s in &pool {
             if kept.len() as u32 >= SLOTS {
                 break;
             }
             if s.created_at > cutoff && !kept.contains_key(&s.id) {
-                kept.insert(s.id, format!("keep: within {}", humantime::format_duration(within)));
+                kept.insert(
+                    s.id,
+                    format!("keep: within {}", humantime::format_duration(within)),
+                );
             }
         }
     }
@@ -202,7 +212,9 @@ pub fn victims(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz, max: u32) 
     out.sort_by(|a, b| {
         let fa = !matches!(a.status, SnapshotStatus::Failed(_));
         let fb = !matches!(b.status, SnapshotStatus::Failed(_));
-        fa.cmp(&fb).then(a.created_at.cmp(&b.created_at)).then(a.id.cmp(&b.id))
+        fa.cmp(&fb)
+            .then(a.created_at.cmp(&b.created_at))
+            .then(a.id.cmp(&b.id))
     });
     out.into_iter().take(max as usize).map(|s| s.id).collect()
 }
@@ -236,7 +248,12 @@ pub fn make_room(
         .map(|s| s.id);
     // The policy as it will be once the new snapshot exists.
     let mut with_new = snaps.to_vec();
-    let phantom = snaps.iter().map(|s| s.id).max().unwrap_or(0).saturating_add(1);
+    let phantom = snaps
+        .iter()
+        .map(|s| s.id)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
     with_new.push(Candidate {
         id: phantom,
         created_at: now,
@@ -251,7 +268,10 @@ pub fn make_room(
         let deletable = s.managed
             && !s.pinned
             && Some(s.id) != newest_completed
-            && matches!(s.status, SnapshotStatus::Completed | SnapshotStatus::Failed(_));
+            && matches!(
+                s.status,
+                SnapshotStatus::Completed | SnapshotStatus::Failed(_)
+            );
         if deletable {
             let rank = match (&s.status, v.keep) {
                 (SnapshotStatus::Failed(_), _) => 0,
@@ -298,8 +318,13 @@ mod tests {
 
     #[test]
     fn keep_last_keeps_the_newest_n_and_names_them() {
-        let snaps: Vec<_> = (1..=5).map(|d| snap(d as u64, d, SnapshotStatus::Completed)).collect();
-        let policy = RetentionPolicy { last: 2, ..Default::default() };
+        let snaps: Vec<_> = (1..=5)
+            .map(|d| snap(d as u64, d, SnapshotStatus::Completed))
+            .collect();
+        let policy = RetentionPolicy {
+            last: 2,
+            ..Default::default()
+        };
         let v = plan(&snaps, &policy, Tz::UTC);
         assert_eq!(v[4].reason, "keep: last #1");
         assert_eq!(v[3].reason, "keep: last #2");
@@ -314,7 +339,10 @@ mod tests {
             snap(2, 22, SnapshotStatus::Completed),
             snap(3, 23, SnapshotStatus::Completed),
         ];
-        let policy = RetentionPolicy { weekly: 2, ..Default::default() };
+        let policy = RetentionPolicy {
+            weekly: 2,
+            ..Default::default()
+        };
         let v = plan(&snaps, &policy, Tz::UTC);
         assert_eq!(v[2].reason, "keep: weekly 2026-W48");
         assert_eq!(v[1].reason, "keep: weekly 2026-W47");
@@ -330,19 +358,27 @@ mod tests {
             snap(4, 4, SnapshotStatus::Completed),
             snap(5, 5, SnapshotStatus::Completed),
         ];
-        let policy = RetentionPolicy { last: 3, ..Default::default() };
+        let policy = RetentionPolicy {
+            last: 3,
+            ..Default::default()
+        };
         let now = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
         assert_eq!(make_room(&snaps, &policy, Tz::UTC, now, 3), Ok(vec![3]));
     }
 
     #[test]
     fn make_room_fails_naming_unmanaged_blockers() {
-        let mut snaps: Vec<_> = (1..=4).map(|d| snap(d as u64, d, SnapshotStatus::Completed)).collect();
+        let mut snaps: Vec<_> = (1..=4)
+            .map(|d| snap(d as u64, d, SnapshotStatus::Completed))
+            .collect();
         for s in &mut snaps {
             s.managed = false;
         }
         snaps.push(snap(5, 5, SnapshotStatus::Completed));
-        let policy = RetentionPolicy { last: 3, ..Default::default() };
+        let policy = RetentionPolicy {
+            last: 3,
+            ..Default::default()
+        };
         let err = make_room(&snaps, &policy, Tz::UTC, Utc::now(), 3).unwrap_err();
         assert_eq!(err.blocking.len(), 5);
         assert_eq!(err.blocking[0], (1, "not managed by this job".to_string()));

@@ -4,7 +4,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Resolves on the first SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

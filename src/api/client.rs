@@ -62,9 +62,15 @@ enum Body<'a> {
 }
 
 impl Client {
-    pub fn new(settings: &ApiSettings, token: &SecretString, clock: SharedClock) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        settings: &ApiSettings,
+        token: &SecretString,
+        clock: SharedClock,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-            .map_err(|_| anyhow::anyhow!("the API token contains characters not allowed in an HTTP header"))?;
+            .map_err(|_| {
+                anyhow::anyhow!("the API token contains characters not allowed in an HTTP header")
+            })?;
         auth.set_sensitive(true);
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
@@ -109,7 +115,8 @@ impl Client {
     pub async fn list(&self, server_id: Option<u64>) -> Result<Vec<Snapshot>, ApiError> {
         let mut url = self.url("snapshots/")?;
         if let Some(id) = server_id {
-            url.query_pairs_mut().append_pair("server_id", &id.to_string());
+            url.query_pairs_mut()
+                .append_pair("server_id", &id.to_string());
         }
         let what = match server_id {
             Some(id) => format!("listing snapshots of server {id}"),
@@ -118,7 +125,9 @@ impl Client {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..MAX_PAGES {
-            let page: SnapshotPage = self.json(Method::GET, url.clone(), Body::None, &what, true).await?;
+            let page: SnapshotPage = self
+                .json(Method::GET, url.clone(), Body::None, &what, true)
+                .await?;
             out.extend(page.results);
             let Some(next) = page.next.filter(|n| !n.is_empty()) else {
                 return Ok(out);
@@ -131,7 +140,10 @@ impl Client {
             if next.origin() != self.base.origin() {
                 return Err(ApiError::Decode {
                     what,
-                    detail: format!("next link {next} points away from {}", self.base.origin().ascii_serialization()),
+                    detail: format!(
+                        "next link {next} points away from {}",
+                        self.base.origin().ascii_serialization()
+                    ),
                 });
             }
             if !seen.insert(next.to_string()) {
@@ -160,11 +172,23 @@ impl Client {
     /// Starts a snapshot. Not retried once it may have reached the API: a lost response
     /// is [`ApiError::OutcomeUnknown`], and the caller lists before trying again.
     #[tracing::instrument(level = "debug", skip(self, description))]
-    pub async fn create(&self, server_id: u64, name: &str, description: &str) -> Result<Snapshot, ApiError> {
-        let body = serde_json::json!({"server_id": server_id, "name": name, "description": description});
+    pub async fn create(
+        &self,
+        server_id: u64,
+        name: &str,
+        description: &str,
+    ) -> Result<Snapshot, ApiError> {
+        let body =
+            serde_json::json!({"server_id": server_id, "name": name, "description": description});
         let what = format!("creating snapshot {name} on server {server_id}");
-        self.json(Method::POST, self.url("snapshots/")?, Body::Json(&body), &what, false)
-            .await
+        self.json(
+            Method::POST,
+            self.url("snapshots/")?,
+            Body::Json(&body),
+            &what,
+            false,
+        )
+        .await
     }
 
     /// Deletes a snapshot. A retry that finds it gone counts as deleted.
@@ -172,7 +196,10 @@ impl Client {
     pub async fn delete(&self, snapshot_id: u64) -> Result<(), ApiError> {
         let what = format!("deleting snapshot {snapshot_id}");
         let url = self.url(&format!("snapshots/{snapshot_id}/"))?;
-        match self.send(Method::DELETE, url, Body::None, &what, true).await {
+        match self
+            .send(Method::DELETE, url, Body::None, &what, true)
+            .await
+        {
             Ok(_) => Ok(()),
             Err((ApiError::NotFound { .. }, true)) => Ok(()),
             Err((e, _)) => Err(e),
@@ -183,8 +210,14 @@ impl Client {
     pub async fn restore(&self, snapshot_id: u64) -> Result<RestoreResponse, ApiError> {
         let what = format!("restoring snapshot {snapshot_id}");
         let url = self.url(&format!("snapshots/{snapshot_id}/restore/"))?;
-        self.json(Method::POST, url, Body::Json(&serde_json::json!({})), &what, false)
-            .await
+        self.json(
+            Method::POST,
+            url,
+            Body::Json(&serde_json::json!({})),
+            &what,
+            false,
+        )
+        .await
     }
 
     async fn json<T: DeserializeOwned>(
@@ -294,7 +327,9 @@ impl Client {
                     }
                     let text = excerpt(&bytes);
                     match status {
-                        StatusCode::UNAUTHORIZED => return Err((ApiError::Unauthorized, maybe_done)),
+                        StatusCode::UNAUTHORIZED => {
+                            return Err((ApiError::Unauthorized, maybe_done));
+                        }
                         StatusCode::NOT_FOUND => {
                             return Err((
                                 ApiError::NotFound {

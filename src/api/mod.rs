@@ -48,7 +48,8 @@ impl std::fmt::Display for SnapshotStatus {
 impl<'de> Deserialize<'de> for SnapshotStatus {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = Option::<String>::deserialize(d)?;
-        Ok(s.as_deref().map_or(Self::Unknown("null".into()), Self::from))
+        Ok(s.as_deref()
+            .map_or(Self::Unknown("null".into()), Self::from))
     }
 }
 
@@ -102,7 +103,9 @@ pub struct RestoreResponse {
 /// Everything that can go wrong talking to the API. Bodies are shown, never parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("the API rejected the token (401 Unauthorized); check api.token_file or AGENT_API__TOKEN")]
+    #[error(
+        "the API rejected the token (401 Unauthorized); check api.token_file or AGENT_API__TOKEN"
+    )]
     Unauthorized,
     #[error("{what}: not found (404): {body}")]
     NotFound { what: String, body: String },

@@ -39,7 +39,8 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         for t in schedule::upcoming(job, now, 3) {
             println!(
                 "  next: {}  ({})",
-                t.with_timezone(&job.timezone).format("%Y-%m-%d %H:%M:%S %Z"),
+                t.with_timezone(&job.timezone)
+                    .format("%Y-%m-%d %H:%M:%S %Z"),
                 t.format("%Y-%m-%dT%H:%M:%SZ")
             );
         }

@@ -47,7 +47,10 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     eprintln!("agent: {msg}");
     let config = e.chain().any(|c| {
         c.downcast_ref::<ConfigErrors>().is_some()
-            || matches!(c.downcast_ref::<crate::api::ApiError>(), Some(crate::api::ApiError::Unauthorized))
+            || matches!(
+                c.downcast_ref::<crate::api::ApiError>(),
+                Some(crate::api::ApiError::Unauthorized)
+            )
     });
     if config {
         ExitCode::from(EXIT_CONFIG)

@@ -18,10 +18,20 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         .serve(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!("Snapshot API simulator listening: base_url = \"{}\"", server.base_url());
-    println!("Accepts the token {:?}; every server id exists; snapshots complete after {}.",
-        args.token, humantime::format_duration(args.completion));
-    println!("Try it: AGENT_API__BASE_URL={} AGENT_API__TOKEN={} agent check", server.base_url(), args.token);
+    println!(
+        "Snapshot API simulator listening: base_url = \"{}\"",
+        server.base_url()
+    );
+    println!(
+        "Accepts the token {:?}; every server id exists; snapshots complete after {}.",
+        args.token,
+        humantime::format_duration(args.completion)
+    );
+    println!(
+        "Try it: AGENT_API__BASE_URL={} AGENT_API__TOKEN={} agent check",
+        server.base_url(),
+        args.token
+    );
     crate::signals::shutdown_signal().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -247,8 +247,10 @@ type Resp = Response<Full<Bytes>>;
 fn reply(code: StatusCode, body: serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = code;
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -277,7 +279,11 @@ impl Simulator {
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<SimServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        *self.inner.base_url.lock().unwrap_or_else(|e| e.into_inner()) = format!("http://{addr}/api/v1/");
+        *self
+            .inner
+            .base_url
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = format!("http://{addr}/api/v1/");
         let stop = CancellationToken::new();
         let sim = self.clone();
         let token = stop.clone();
@@ -295,7 +301,8 @@ impl Simulator {
                         let sim = sim.clone();
                         async move { sim.handle(req).await }
                     });
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
                     tokio::select! {
                         () = token.cancelled() => {}
                         _ = conn => {}
@@ -303,12 +310,18 @@ impl Simulator {
                 });
             }
         });
-        Ok(SimServer { sim: self, addr, stop })
+        Ok(SimServer {
+            sim: self,
+            addr,
+            stop,
+        })
     }
 
     /// Starts on a free loopback port.
     pub async fn start(opts: SimOptions, clock: SharedClock) -> std::io::Result<SimServer> {
-        Self::new(opts, clock).serve(SocketAddr::from(([127, 0, 0, 1], 0))).await
+        Self::new(opts, clock)
+            .serve(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
     }
 
     pub fn set_mode(&self, server_id: u64, mode: Mode) {
@@ -328,7 +341,13 @@ impl Simulator {
     }
 
     /// Puts a snapshot in place directly (one the agent did not make, say).
-    pub fn put(&self, server_id: u64, name: &str, status: SnapshotStatus, created_at: DateTime<Utc>) -> u64 {
+    pub fn put(
+        &self,
+        server_id: u64,
+        name: &str,
+        status: SnapshotStatus,
+        created_at: DateTime<Utc>,
+    ) -> u64 {
         let mut st = self.state();
         st.next_id += 1;
         let id = st.next_id;
@@ -394,7 +413,12 @@ impl Simulator {
     }
 
     fn draw_delay(&self, server_id: u64) -> Duration {
-        let delay = self.state().delays.get(&server_id).copied().unwrap_or(self.inner.opts.delay);
+        let delay = self
+            .state()
+            .delays
+            .get(&server_id)
+            .copied()
+            .unwrap_or(self.inner.opts.delay);
         match delay {
             Delay::Fixed(d) => d,
             Delay::Uniform(lo, hi) => {
@@ -408,7 +432,10 @@ impl Simulator {
     /// Takes the first fault matching `op`, if any fires for this request.
     fn take_fault(&self, op: Op) -> Option<FaultKind> {
         let mut st = self.state();
-        let idx = st.faults.iter().position(|f| f.times > 0 && (f.op == op || f.op == Op::Any))?;
+        let idx = st
+            .faults
+            .iter()
+            .position(|f| f.times > 0 && (f.op == op || f.op == Op::Any))?;
         if let Some(rate) = st.faults[idx].rate {
             let mut rng = self.inner.rng.lock().unwrap_or_else(|e| e.into_inner());
             if rng.f64() >= rate {
@@ -433,10 +460,17 @@ impl Simulator {
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == format!("Bearer {}", self.inner.opts.token));
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
 
         let rest = path.strip_prefix("/api/v1/snapshots/");
-        let segments: Vec<&str> = rest.map(|r| r.split('/').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+        let segments: Vec<&str> = rest
+            .map(|r| r.split('/').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
         let op = match (&method, rest.is_some(), segments.as_slice()) {
             (&Method::GET, true, []) => Some((Op::List, "list")),
             (&Method::POST, true, []) => Some((Op::Create, "create")),
@@ -450,14 +484,22 @@ impl Simulator {
             *st.per_op.entry(op.map_or("other", |o| o.1)).or_default() += 1;
         }
         let Some((op, _)) = op else {
-            return Ok(reply(StatusCode::NOT_FOUND, json!({"detail": "Not found."})));
+            return Ok(reply(
+                StatusCode::NOT_FOUND,
+                json!({"detail": "Not found."}),
+            ));
         };
         let mut drop_after = false;
         if let Some(kind) = self.take_fault(op) {
             match kind {
-                FaultKind::Status { code, retry_after, body } => {
+                FaultKind::Status {
+                    code,
+                    retry_after,
+                    body,
+                } => {
                     let mut r = Response::new(Full::new(Bytes::from(body)));
-                    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    *r.status_mut() =
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                     if let Some(s) = retry_after
                         && let Ok(v) = hyper::header::HeaderValue::from_str(&s.to_string())
                     {
@@ -491,19 +533,32 @@ impl Simulator {
     }
 
     fn server_exists(&self, id: u64) -> bool {
-        self.inner.opts.servers.as_ref().is_none_or(|s| s.contains(&id))
+        self.inner
+            .opts
+            .servers
+            .as_ref()
+            .is_none_or(|s| s.contains(&id))
     }
 
     fn list(&self, query: &str) -> Resp {
-        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
         let server = match params.get("server_id").map(|s| s.parse::<u64>()) {
             None => None,
             Some(Ok(id)) => Some(id),
             Some(Err(_)) => {
-                return reply(StatusCode::BAD_REQUEST, json!({"server_id": ["A valid integer is required."]}));
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"server_id": ["A valid integer is required."]}),
+                );
             }
         };
-        let page = params.get("page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).max(1);
+        let page = params
+            .get("page")
+            .and_then(|p| p.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1);
         let now = self.inner.clock.now();
         let all: Vec<Snapshot> = self
             .state()
@@ -515,7 +570,12 @@ impl Simulator {
         let size = self.inner.opts.page_size.max(1);
         let start = (page - 1) * size;
         let results: Vec<&Snapshot> = all.iter().skip(start).take(size).collect();
-        let base = self.inner.base_url.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let base = self
+            .inner
+            .base_url
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let link = |p: usize| {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             if let Some(id) = server {
@@ -534,15 +594,26 @@ impl Simulator {
 
     fn create(&self, body: &[u8]) -> Resp {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-            return reply(StatusCode::BAD_REQUEST, json!({"detail": "JSON parse error."}));
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"detail": "JSON parse error."}),
+            );
         };
         let Some(server_id) = v.get("server_id").and_then(serde_json::Value::as_u64) else {
-            return reply(StatusCode::BAD_REQUEST, json!({"server_id": ["This field is required."]}));
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"server_id": ["This field is required."]}),
+            );
         };
-        let name = v.get("name").and_then(serde_json::Value::as_str).unwrap_or_default();
+        let name = v
+            .get("name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
         if name.is_empty()
             || name.len() > 100
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return reply(
                 StatusCode::BAD_REQUEST,
@@ -550,12 +621,21 @@ impl Simulator {
             );
         }
         if !self.server_exists(server_id) {
-            return reply(StatusCode::NOT_FOUND, json!({"detail": "Server not found."}));
+            return reply(
+                StatusCode::NOT_FOUND,
+                json!({"detail": "Server not found."}),
+            );
         }
         let delay = self.draw_delay(server_id);
         let now = self.inner.clock.now();
         let mut st = self.state();
-        if st.snaps.values().filter(|s| s.server_id == server_id).count() >= LIMIT {
+        if st
+            .snaps
+            .values()
+            .filter(|s| s.server_id == server_id)
+            .count()
+            >= LIMIT
+        {
             return reply(
                 StatusCode::BAD_REQUEST,
                 json!({"detail": format!("Snapshot limit reached: at most {LIMIT} snapshots per server.")}),
@@ -568,13 +648,22 @@ impl Simulator {
             id,
             server_id,
             name: name.to_string(),
-            description: v.get("description").and_then(serde_json::Value::as_str).map(str::to_string),
+            description: v
+                .get("description")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string),
             created_at: now,
             ready_at: now + chrono::Duration::from_std(delay).unwrap_or_default(),
             fate,
         };
-        let mut out = serde_json::to_value(snap.to_api(now)).unwrap_or_default();
-        out["message"] = json!("Snapshot is being created. This may take 3-10 minutes depending on server size.");
+        // A create always answers `in_progress`, however fast the snapshot will be.
+        let mut shown = snap.to_api(now);
+        shown.status = SnapshotStatus::InProgress;
+        shown.size_mb = None;
+        let mut out = serde_json::to_value(shown).unwrap_or_default();
+        out["message"] = json!(
+            "Snapshot is being created. This may take 3-10 minutes depending on server size."
+        );
         st.events.push(Event::Created {
             id,
             server_id,
@@ -588,7 +677,10 @@ impl Simulator {
         let now = self.inner.clock.now();
         let mut st = self.state();
         let Some(snap) = id.parse::<u64>().ok().and_then(|id| st.snaps.remove(&id)) else {
-            return reply(StatusCode::NOT_FOUND, json!({"detail": "Snapshot not found."}));
+            return reply(
+                StatusCode::NOT_FOUND,
+                json!({"detail": "Snapshot not found."}),
+            );
         };
         let status = snap.status(now);
         st.events.push(Event::Deleted {
@@ -606,8 +698,16 @@ impl Simulator {
     fn restore(&self, id: &str) -> Resp {
         let now = self.inner.clock.now();
         let mut st = self.state();
-        let Some(snap) = id.parse::<u64>().ok().and_then(|id| st.snaps.get(&id)).cloned() else {
-            return reply(StatusCode::NOT_FOUND, json!({"detail": "Snapshot not found."}));
+        let Some(snap) = id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| st.snaps.get(&id))
+            .cloned()
+        else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                json!({"detail": "Snapshot not found."}),
+            );
         };
         if snap.status(now) != SnapshotStatus::Completed {
             return reply(

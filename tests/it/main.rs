@@ -1,0 +1,5 @@
+//! Integration tests: one binary, a module per feature (link once, run everything).
+
+mod client;
+mod config;
+mod helpers;
