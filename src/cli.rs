@@ -41,8 +41,78 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    RunOnce(RunOnceArgs),
+    History(HistoryArgs),
+    Snapshots(SnapshotsArgs),
+    Pin(PinArgs),
+    Unpin(PinArgs),
+    Restore(RestoreArgs),
+    Demo(DemoArgs),
     Check(CheckArgs),
     Simulate(SimulateArgs),
+}
+
+/// Run jobs now (all of them unless named), wait for them, print a summary, record the
+/// history and alert on failure. Exit 1 if any job failed.
+#[derive(Debug, Args)]
+pub struct RunOnceArgs {
+    /// A job to run (repeat for several)
+    #[arg(long = "job", value_name = "NAME")]
+    pub jobs: Vec<String>,
+    /// Show what would be created and deleted, and why; change and record nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Past runs, newest first.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this job's runs
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// How many runs
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Print JSON (an array, newest first)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A server's snapshots from the API: managed or not, pinned or not, and the retention
+/// policy's verdict for each managed one.
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// The job whose server and policy to use
+    #[arg(long, value_name = "NAME", conflicts_with = "server")]
+    pub job: Option<String>,
+    /// A server id (verdicts from the jobs configured for it)
+    #[arg(long, value_name = "ID")]
+    pub server: Option<u64>,
+}
+
+/// Pin or unpin a snapshot: a pinned snapshot is never rotated out (it still counts
+/// toward the limit of 5).
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    pub snapshot_id: u64,
+}
+
+/// Restore a server from a snapshot (overwrites all its data; cannot be undone).
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    pub snapshot_id: u64,
+    /// Do not ask for confirmation (required when not on a terminal)
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// The quick start: run sample jobs against the built-in simulator in a temp dir, several
+/// rounds, showing snapshots being created and rotated, and the history. No account needed.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many rounds (one simulated day apart)
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
 }
 
 /// Validate the config (every error at once), check the API token and the SMTP server, and

@@ -10,12 +10,16 @@
 //! - [`schedule`]: cron and maintenance-window fire times, DST-correct
 //! - [`clock`]: time as a dependency (real, or virtual for tests)
 
+pub mod alert;
 pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod db;
+pub mod job;
 pub mod logging;
+pub mod mail;
 pub mod naming;
 pub mod retention;
 pub mod schedule;

@@ -1,11 +1,18 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use vps_snapshot_agent::{cli::Cli, commands, logging};
+use vps_snapshot_agent::cli::{Cli, Command};
+use vps_snapshot_agent::{commands, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, cli.verbose, cli.quiet);
+    // The demo prints its own story; its logs would only repeat it.
+    let quiet_by_default = matches!(cli.command, Command::Demo(_));
+    logging::init(
+        cli.log_format,
+        cli.verbose,
+        cli.quiet + u8::from(quiet_by_default),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

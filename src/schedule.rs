@@ -106,11 +106,19 @@ pub fn previous_fire(job: &JobSettings, now: DateTime<Utc>) -> Option<DateTime<U
     }
 }
 
-/// For a maintenance-window job, when the window a fire at `fire` belongs to opens.
-pub fn window_opens(job: &JobSettings, fire: DateTime<Utc>) -> Option<DateTime<Utc>> {
+/// For a maintenance-window job, when the window a run prepares for opens: the fire it
+/// was scheduled for plus `lead`, or for a run by hand the next window after its start.
+pub fn window_for_run(
+    job: &JobSettings,
+    scheduled_for: Option<DateTime<Utc>>,
+    started: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     match &job.trigger {
         Trigger::Schedule(_) => None,
-        Trigger::Window { lead, .. } => Some(fire + chrono_dur(*lead)),
+        Trigger::Window { window, lead } => match scheduled_for {
+            Some(fire) => Some(fire + chrono_dur(*lead)),
+            None => window.next_after(started, job.timezone),
+        },
     }
 }
 

@@ -1,7 +1,15 @@
 //! One file per subcommand; [`dispatch`] is the only `match` over them.
 
 mod check;
+mod context;
+mod demo;
+mod history;
+mod output;
+mod pin;
+mod restore;
+mod run_once;
 mod simulate;
+mod snapshots;
 
 use std::process::ExitCode;
 
@@ -20,6 +28,13 @@ pub struct UsageError(pub String);
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = crate::config::resolve_path(cli.config.as_deref());
     match cli.command {
+        Command::RunOnce(args) => run_once::run(&config, args).await,
+        Command::History(args) => history::run(&config, args).await,
+        Command::Snapshots(args) => snapshots::run(&config, args).await,
+        Command::Pin(args) => pin::run(&config, args, true).await,
+        Command::Unpin(args) => pin::run(&config, args, false).await,
+        Command::Restore(args) => restore::run(&config, args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Check(args) => check::run(&config, args).await,
         Command::Simulate(args) => simulate::run(args).await,
     }

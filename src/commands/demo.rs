@@ -1,0 +1,112 @@
+//! `agent demo`: the quick start. A simulator on loopback, a sample config in a temp dir,
+//! several rounds of the real job runs one simulated day apart (snapshots take 3-10
+//! simulated minutes, so polling is real too), then the history.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{Timelike, Utc};
+
+use super::{context, output, run_once};
+use crate::api::SnapshotStatus;
+use crate::cli::DemoArgs;
+use crate::clock::{Clock, VirtualClock};
+use crate::config::Settings;
+use crate::sim::{DEFAULT_TOKEN, Delay, SimOptions, Simulator};
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let start = Utc::now()
+        .with_hour(2)
+        .and_then(|t| t.with_minute(30))
+        .unwrap_or_else(Utc::now);
+    let clock = VirtualClock::new(start);
+    let shared: crate::clock::SharedClock = Arc::new(clock.clone());
+    let server = Simulator::start(
+        SimOptions {
+            delay: Delay::Uniform(Duration::from_secs(180), Duration::from_secs(600)),
+            ..SimOptions::default()
+        },
+        shared.clone(),
+    )
+    .await?;
+    let manual = server.sim.put(
+        101,
+        "before-php-upgrade",
+        SnapshotStatus::Completed,
+        start - chrono::Duration::days(10),
+    );
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"database = "{db}"
+
+[api]
+base_url = "{url}"
+token = "{DEFAULT_TOKEN}"
+
+[defaults]
+poll_interval = "20s"
+
+[[jobs]]
+name = "web-01-nightly"
+server_id = 101
+schedule = "0 30 2 * * *"
+keep_last = 3
+
+[[jobs]]
+name = "db-01-pre-maintenance"
+server_id = 102
+maintenance_window = "0 0 4 * * *"
+lead = "45m"
+keep_last = 1
+keep_weekly = 2
+"#,
+            db = dir.path().join("history.db").display(),
+            url = server.base_url()
+        ),
+    )?;
+    println!(
+        "vps-snapshot-agent demo: a simulated VPS.org API on {}",
+        server.base_url()
+    );
+    println!(
+        "config and history in {} (removed at the end)",
+        dir.path().display()
+    );
+    println!(
+        "server 101 already holds snapshot {manual} \"before-php-upgrade\", made by hand: the agent never touches it."
+    );
+    println!("Snapshots take 3-10 simulated minutes; each round is one simulated day later.\n");
+    let settings = Settings::load(&config)?;
+    let db = context::open_db(&settings).await?;
+    let client = context::client(&settings, shared.clone())?;
+    let runner = context::runner(&settings, db.clone(), client.clone(), shared);
+    for round in 1..=args.rounds {
+        println!(
+            "=== round {round} of {}: {} (simulated) ===",
+            args.rounds,
+            clock.now().format("%a %Y-%m-%d %H:%M UTC")
+        );
+        run_once::run_jobs(&settings, &runner, &settings.jobs).await?;
+        for job in &settings.jobs {
+            let listing = client.list(Some(job.server_id)).await?;
+            println!("\nserver {} now:", job.server_id);
+            output::snapshots(&listing, &[job], &db.pins().await?);
+        }
+        println!();
+        clock.advance(Duration::from_secs(86_400) - Duration::from_secs(600));
+    }
+    println!("=== history (agent history) ===");
+    output::history(&db.history(None, 50).await?);
+    let (requests, _) = server.sim.requests();
+    println!(
+        "\n{} runs, {requests} API requests. Next: `agent simulate` serves this API for your own config; \
+         `agent check` validates a config.",
+        db.history(None, 1000).await?.len()
+    );
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,183 @@
+//! Plain-text tables and the shared ways of showing runs and snapshots.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+
+use crate::api::Snapshot;
+use crate::config::JobSettings;
+use crate::db::Run;
+use crate::job::{Outcome, candidates};
+use crate::naming;
+use crate::retention;
+
+/// Prints rows under a header, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+pub fn time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+pub fn short(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 3600 {
+        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
+    } else if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+pub fn ids(ids: &[u64]) -> String {
+    if ids.is_empty() {
+        "-".into()
+    } else {
+        ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+pub fn summary(outcomes: &[Outcome]) {
+    let rows: Vec<Vec<String>> = outcomes
+        .iter()
+        .map(|o| {
+            vec![
+                o.job.clone(),
+                o.server_id.to_string(),
+                o.run_id.to_string(),
+                o.status.to_string(),
+                o.snapshot
+                    .as_ref()
+                    .map_or("-".into(), |(id, name)| format!("{name} ({id})")),
+                ids(&o.deleted),
+                short(o.elapsed),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "JOB", "SERVER", "RUN", "STATUS", "SNAPSHOT", "DELETED", "TIME",
+        ],
+        &rows,
+    );
+    for o in outcomes {
+        if let Some(e) = &o.error {
+            println!("\n{} (run {}): {e}", o.job, o.run_id);
+        }
+    }
+}
+
+pub fn history(runs: &[Run]) {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.job.clone(),
+                r.server_id.to_string(),
+                r.kind.to_string(),
+                r.trigger.to_string(),
+                r.status.to_string(),
+                time(r.started_at),
+                r.finished_at.map_or("-".into(), |f| {
+                    short((f - r.started_at).to_std().unwrap_or_default())
+                }),
+                r.snapshot.as_ref().map_or("-".into(), |s| {
+                    s.id.map_or(s.name.clone(), |id| format!("{} ({id})", s.name))
+                }),
+                ids(&r.deleted_snapshot_ids),
+                r.error
+                    .as_deref()
+                    .map_or(String::new(), |e| e.chars().take(80).collect()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "JOB",
+            "SERVER",
+            "KIND",
+            "TRIGGER",
+            "STATUS",
+            "STARTED (UTC)",
+            "TOOK",
+            "SNAPSHOT",
+            "DELETED",
+            "ERROR",
+        ],
+        &rows,
+    );
+}
+
+/// A server's snapshots with, for each, who manages it, whether it is pinned and the
+/// managing job's verdict.
+pub fn snapshots(listing: &[Snapshot], jobs: &[&JobSettings], pins: &HashSet<u64>) {
+    let mut verdicts = std::collections::HashMap::new();
+    for job in jobs {
+        let cands = candidates(listing, job, pins);
+        for v in retention::plan(&cands, &job.retention, job.timezone) {
+            if cands.iter().any(|c| c.id == v.id && c.managed) {
+                verdicts.insert(v.id, v.reason);
+            }
+        }
+    }
+    let rows: Vec<Vec<String>> = listing
+        .iter()
+        .map(|s| {
+            let managed =
+                naming::parse(&s.name).map_or("no".to_string(), |p| format!("yes ({})", p.job));
+            let pinned = if pins.contains(&s.id) { "yes" } else { "no" };
+            let verdict = verdicts.get(&s.id).cloned().unwrap_or_else(|| {
+                if pins.contains(&s.id) {
+                    "keep: pinned".into()
+                } else {
+                    "keep: not managed".into()
+                }
+            });
+            vec![
+                s.id.to_string(),
+                s.name.clone(),
+                s.status.to_string(),
+                time(s.created_at),
+                managed,
+                pinned.to_string(),
+                verdict,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "STATUS",
+            "CREATED (UTC)",
+            "MANAGED",
+            "PINNED",
+            "VERDICT",
+        ],
+        &rows,
+    );
+}

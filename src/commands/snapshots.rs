@@ -1,0 +1,60 @@
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{UsageError, context, output};
+use crate::cli::SnapshotsArgs;
+use crate::config::JobSettings;
+
+pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
+    let settings = context::config_settings(config)?;
+    let servers: Vec<u64> = match (&args.job, args.server) {
+        (Some(name), _) => {
+            vec![context::select_jobs(&settings, std::slice::from_ref(name))?[0].server_id]
+        }
+        (None, Some(id)) => vec![id],
+        (None, None) => {
+            let mut s: Vec<u64> = settings.jobs.iter().map(|j| j.server_id).collect();
+            s.dedup();
+            if s.is_empty() {
+                return Err(UsageError(
+                    "no jobs configured: name a server with --server ID".into(),
+                )
+                .into());
+            }
+            s
+        }
+    };
+    let client = context::client(&settings, crate::clock::system())?;
+    let pins = if settings.database.exists() {
+        let db = context::open_db(&settings).await?;
+        let p = db.pins().await?;
+        db.close().await;
+        p
+    } else {
+        Default::default()
+    };
+    for (i, server) in servers.iter().enumerate() {
+        let listing = client.list(Some(*server)).await?;
+        let jobs: Vec<&JobSettings> = settings
+            .jobs
+            .iter()
+            .filter(|j| j.server_id == *server && args.job.as_ref().is_none_or(|n| *n == j.name))
+            .collect();
+        if i > 0 {
+            println!();
+        }
+        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        println!(
+            "server {server}: {} snapshot{} (limit 5); jobs: {}",
+            listing.len(),
+            if listing.len() == 1 { "" } else { "s" },
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        );
+        output::snapshots(&listing, &jobs, &pins);
+    }
+    Ok(ExitCode::SUCCESS)
+}

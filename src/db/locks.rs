@@ -1,0 +1,147 @@
+//! Per-server locks in SQLite, shared by every agent process on the database (the daemon
+//! and `run-once`). A holder on this host is dead when its process is gone (pid and start
+//! time no longer match); a holder on another host when its lease lapses.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::Row;
+
+use super::{Database, DbResult, ms};
+
+/// Who runs things: `host/pid/process-start-time/random`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(String);
+
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime) counts from the fields after the command name's ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn hostname() -> String {
+    gethostname::gethostname()
+        .to_string_lossy()
+        .replace('/', "_")
+}
+
+impl Owner {
+    /// This process, distinguished from other owners in it by a random suffix.
+    pub fn current() -> Self {
+        let pid = std::process::id();
+        Self(format!(
+            "{}/{pid}/{}/{:08x}",
+            hostname(),
+            process_start(pid).unwrap_or(0),
+            fastrand::u32(..)
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `Some(alive)` for an owner on this host, `None` for one elsewhere (or unparsable).
+    pub fn liveness(owner: &str) -> Option<bool> {
+        let mut parts = owner.split('/');
+        let (host, pid, start) = (parts.next()?, parts.next()?, parts.next()?);
+        if host != hostname() {
+            return None;
+        }
+        let pid: u32 = pid.parse().ok()?;
+        let start: u64 = start.parse().ok()?;
+        Some(process_start(pid) == Some(start))
+    }
+
+    /// Whether a process recorded as `owner` may still be running.
+    pub fn may_be_alive(owner: &str, lease_until_ms: Option<i64>) -> bool {
+        match Self::liveness(owner) {
+            Some(alive) => alive,
+            None => lease_until_ms.is_some_and(|t| t > ms(Utc::now())),
+        }
+    }
+}
+
+impl Database {
+    /// Takes the lock on `server_id` if free (or held by a dead process). `Err` describes
+    /// the live holder.
+    pub async fn try_lock(
+        &self,
+        server_id: u64,
+        owner: &Owner,
+        run_id: Option<i64>,
+        lease: Duration,
+    ) -> DbResult<Result<(), String>> {
+        let now = Utc::now();
+        let existing =
+            sqlx::query("SELECT holder, run_id, expires_at FROM locks WHERE server_id = ?")
+                .bind(server_id as i64)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(self.err("cannot read a lock"))?;
+        if let Some(row) = existing {
+            let holder: String = row.get("holder");
+            let expires: i64 = row.get("expires_at");
+            if Owner::may_be_alive(&holder, Some(expires)) {
+                let run: Option<i64> = row.get("run_id");
+                return Ok(Err(match run {
+                    Some(r) => format!("run {r} of process {holder}"),
+                    None => format!("process {holder}"),
+                }));
+            }
+            tracing::info!(server_id, %holder, "taking over a lock left by a process that is gone");
+            sqlx::query("DELETE FROM locks WHERE server_id = ? AND holder = ?")
+                .bind(server_id as i64)
+                .bind(&holder)
+                .execute(self.pool())
+                .await
+                .map_err(self.err("cannot clear a stale lock"))?;
+        }
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let took = sqlx::query(
+            "INSERT OR IGNORE INTO locks (server_id, holder, run_id, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(server_id as i64)
+        .bind(owner.as_str())
+        .bind(run_id)
+        .bind(ms(now))
+        .bind(ms(now) + lease_ms)
+        .execute(self.pool())
+        .await
+        .map_err(self.err("cannot take a lock"))?
+        .rows_affected()
+            == 1;
+        Ok(if took {
+            Ok(())
+        } else {
+            Err("another process (it took the lock just now)".to_string())
+        })
+    }
+
+    pub async fn renew_lock(&self, server_id: u64, owner: &Owner, lease: Duration) -> DbResult<()> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        sqlx::query("UPDATE locks SET expires_at = ? WHERE server_id = ? AND holder = ?")
+            .bind(ms(Utc::now()) + lease_ms)
+            .bind(server_id as i64)
+            .bind(owner.as_str())
+            .execute(self.pool())
+            .await
+            .map_err(self.err("cannot renew a lock"))?;
+        Ok(())
+    }
+
+    pub async fn release_lock(&self, server_id: u64, owner: &Owner) -> DbResult<()> {
+        sqlx::query("DELETE FROM locks WHERE server_id = ? AND holder = ?")
+            .bind(server_id as i64)
+            .bind(owner.as_str())
+            .execute(self.pool())
+            .await
+            .map_err(self.err("cannot release a lock"))?;
+        Ok(())
+    }
+}
