@@ -42,6 +42,12 @@ impl Owner {
         ))
     }
 
+    /// An owner identity read back from the database (or made up by a test to stand for
+    /// a process that is gone).
+    pub fn from_recorded(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -340,7 +340,9 @@ impl Simulator {
         self.state().faults.clear();
     }
 
-    /// Puts a snapshot in place directly (one the agent did not make, say).
+    /// Puts a snapshot in place directly (one the agent did not make, say). An
+    /// `in_progress` one completes like a created one (the server's mode and delay); any
+    /// other unknown status stays as it is.
     pub fn put(
         &self,
         server_id: u64,
@@ -348,13 +350,18 @@ impl Simulator {
         status: SnapshotStatus,
         created_at: DateTime<Utc>,
     ) -> u64 {
+        let delay = self.draw_delay(server_id);
         let mut st = self.state();
         st.next_id += 1;
         let id = st.next_id;
-        let fate = match status {
-            SnapshotStatus::Completed => Mode::Normal,
-            SnapshotStatus::Failed(_) => Mode::Fail,
-            _ => Mode::Stuck,
+        let (fate, ready_at) = match status {
+            SnapshotStatus::Completed => (Mode::Normal, created_at),
+            SnapshotStatus::Failed(_) => (Mode::Fail, created_at),
+            SnapshotStatus::InProgress => (
+                st.modes.get(&server_id).copied().unwrap_or(Mode::Normal),
+                created_at + chrono::Duration::from_std(delay).unwrap_or_default(),
+            ),
+            SnapshotStatus::Unknown(_) => (Mode::Stuck, created_at),
         };
         st.snaps.insert(
             id,
@@ -364,7 +371,7 @@ impl Simulator {
                 name: name.to_string(),
                 description: None,
                 created_at,
-                ready_at: created_at,
+                ready_at,
                 fate,
             },
         );

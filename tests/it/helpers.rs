@@ -72,3 +72,103 @@ pub fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+use vps_snapshot_agent::alert::AlertPolicy;
+use vps_snapshot_agent::config::{JobSettings, Trigger};
+use vps_snapshot_agent::db::{Database, Owner};
+use vps_snapshot_agent::job::Runner;
+use vps_snapshot_agent::retention::RetentionPolicy;
+use vps_snapshot_agent::schedule::CronSpec;
+
+pub fn job(name: &str, server_id: u64, keep_last: u32) -> JobSettings {
+    JobSettings {
+        name: name.to_string(),
+        server_id,
+        trigger: Trigger::Schedule(CronSpec::parse("0 30 2 * * *").unwrap()),
+        timezone: chrono_tz::Tz::UTC,
+        retention: RetentionPolicy {
+            last: keep_last,
+            ..RetentionPolicy::default()
+        },
+        poll_interval: Duration::from_secs(20),
+        snapshot_timeout: Duration::from_secs(1800),
+        catch_up: Some(Duration::from_secs(7200)),
+        max_deletions_per_run: 3,
+        stale_after: None,
+    }
+}
+
+/// A process that is gone, as recorded in the database.
+pub fn dead_owner() -> Owner {
+    let host = gethostname_for_tests();
+    Owner::from_recorded(format!("{host}/999999999/1/deadbeef"))
+}
+
+fn gethostname_for_tests() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().replace('/', "_"))
+        .unwrap_or_default()
+}
+
+impl World {
+    pub async fn db(&self, dir: &tempfile::TempDir) -> Database {
+        Database::open(&dir.path().join("history.db"))
+            .await
+            .unwrap()
+    }
+
+    pub fn runner(&self, db: Database) -> Runner {
+        Runner {
+            db,
+            client: self.client(),
+            clock: Arc::new(self.clock.clone()),
+            owner: Owner::current(),
+            alerts: Some(AlertPolicy {
+                repeat_after: Duration::from_secs(6 * 3600),
+                notify_recovery: true,
+            }),
+            max_retries: 3,
+            lock_wait: Duration::from_secs(60),
+        }
+    }
+
+    /// A snapshot made `mins` minutes ago, managed by `job` when given.
+    pub fn put(
+        &self,
+        server: u64,
+        job: Option<&str>,
+        mins: i64,
+        status: vps_snapshot_agent::api::SnapshotStatus,
+    ) -> u64 {
+        use vps_snapshot_agent::clock::Clock;
+        let at = self.clock.now() - chrono::Duration::minutes(mins);
+        let name = match job {
+            Some(j) => vps_snapshot_agent::naming::new_name(j, at),
+            None => format!("manual-{mins}"),
+        };
+        self.sim.put(server, &name, status, at)
+    }
+
+    pub fn deleted_ids(&self) -> Vec<u64> {
+        self.sim
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                vps_snapshot_agent::sim::Event::Deleted {
+                    id,
+                    external: false,
+                    ..
+                } => Some(id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn created(&self) -> usize {
+        self.sim
+            .events()
+            .iter()
+            .filter(|e| matches!(e, vps_snapshot_agent::sim::Event::Created { .. }))
+            .count()
+    }
+}

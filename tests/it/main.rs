@@ -3,3 +3,5 @@
 mod client;
 mod config;
 mod helpers;
+mod job;
+mod retention_props;

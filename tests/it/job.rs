@@ -1,0 +1,537 @@
+use std::time::Duration;
+
+use vps_snapshot_agent::api::SnapshotStatus::{self, Completed, Failed, InProgress};
+use vps_snapshot_agent::clock::Clock;
+use vps_snapshot_agent::db::{NewRun, RunKind, RunStatus, RunTrigger};
+use vps_snapshot_agent::sim::{Fault, FaultKind, Mode, Op, SimOptions};
+
+use crate::helpers::*;
+
+async fn setup(opts: SimOptions) -> (World, tempfile::TempDir) {
+    (world(opts).await, tempfile::tempdir().unwrap())
+}
+
+#[tokio::test]
+async fn a_run_creates_waits_and_records_every_action() {
+    let (w, dir) = setup(SimOptions {
+        delay: vps_snapshot_agent::sim::Delay::Fixed(Duration::from_secs(300)),
+        ..SimOptions::default()
+    })
+    .await;
+    let runner = w.runner(w.db(&dir).await);
+    let j = job("web", 1, 3);
+    let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+    let snaps = w.sim.snapshots(1);
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0].status, Completed);
+    assert!(snaps[0].name.starts_with("agent-web-"));
+    assert_eq!(o.polls, 15, "300 s at a 20 s interval");
+    // API requests per successful run: list + create + polls (no deletions here).
+    assert_eq!(w.sim.requests().0, 2 + u64::from(o.polls));
+
+    let run = runner.db.run(o.run_id).await.unwrap().unwrap();
+    let json = serde_json::to_value(&run).unwrap();
+    for key in [
+        "id",
+        "job",
+        "server_id",
+        "kind",
+        "trigger",
+        "status",
+        "started_at",
+        "finished_at",
+        "snapshot",
+        "deleted_snapshot_ids",
+        "error",
+    ] {
+        assert!(json.get(key).is_some(), "history JSON lacks {key}: {json}");
+    }
+    assert_eq!(json["status"], "succeeded");
+    assert_eq!(json["kind"], "snapshot");
+    assert_eq!(json["trigger"], "manual");
+    assert_eq!(json["snapshot"]["status"], "completed");
+    assert!(json["started_at"].as_str().unwrap().ends_with('Z'));
+    let actions: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, outcome FROM actions WHERE run_id = ? ORDER BY id")
+            .bind(o.run_id)
+            .fetch_all(runner.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(actions[0], ("lock".into(), "ok".into()));
+    assert_eq!(actions[1], ("list".into(), "ok".into()));
+    assert_eq!(actions[2], ("create".into(), "ok".into()));
+    assert_eq!(actions.iter().filter(|a| a.0 == "poll").count(), 15);
+}
+
+#[tokio::test]
+async fn rotation_keeps_the_policy_and_never_touches_unmanaged_or_pinned() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let manual = w.put(1, None, 5000, Completed);
+    let other_job = w.put(1, Some("other"), 4000, Completed);
+    let pinned = w.put(1, Some("web"), 3000, Completed);
+    runner.db.pin(pinned, w.clock.now()).await.unwrap();
+    let j = job("web", 1, 1);
+    for _ in 0..4 {
+        let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+        assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+        w.clock.advance(Duration::from_secs(3600));
+    }
+    let left: Vec<u64> = w.sim.snapshots(1).iter().map(|s| s.id).collect();
+    for id in [manual, other_job, pinned] {
+        assert!(left.contains(&id), "{id} was deleted; left {left:?}");
+        assert!(!w.deleted_ids().contains(&id));
+    }
+    assert_eq!(left.len(), 4, "three protected + the newest managed");
+}
+
+#[tokio::test]
+async fn nothing_is_deleted_after_a_failed_snapshot() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    for m in [300, 200, 100] {
+        w.put(1, Some("web"), m, Completed);
+    }
+    w.sim.set_mode(1, Mode::Fail);
+    let o = runner
+        .run_job(&job("web", 1, 1), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, RunStatus::Failed);
+    assert!(
+        o.error.as_deref().unwrap().contains("ended failed"),
+        "{:?}",
+        o.error
+    );
+    assert!(w.deleted_ids().is_empty());
+    // The failure is alerted in the same transaction.
+    let pending = runner.db.pending_alerts().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].kind, "failed");
+    assert!(pending[0].body.contains("ended failed"));
+}
+
+#[tokio::test]
+async fn nothing_is_deleted_after_a_timed_out_snapshot() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    for m in [300, 200, 100] {
+        w.put(1, Some("web"), m, Completed);
+    }
+    w.sim.set_mode(1, Mode::Stuck);
+    let o = runner
+        .run_job(&job("web", 1, 1), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, RunStatus::Failed);
+    assert!(
+        o.error
+            .as_deref()
+            .unwrap()
+            .contains("not completed after 30m"),
+        "{:?}",
+        o.error
+    );
+    assert!(w.deleted_ids().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_snapshot_is_cleaned_up_by_the_next_successful_run() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let failed = w.put(1, Some("web"), 100, Failed("failed".into()));
+    let o = runner
+        .run_job(&job("web", 1, 2), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    assert_eq!(o.deleted, vec![failed]);
+}
+
+#[tokio::test]
+async fn at_the_limit_room_is_made_and_the_newest_good_one_kept() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let ids: Vec<u64> = [500, 400, 300, 200, 100]
+        .iter()
+        .map(|m| w.put(1, Some("web"), *m, Completed))
+        .collect();
+    let newest = ids[4];
+    let o = runner
+        .run_job(&job("web", 1, 3), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+    let deleted = w.deleted_ids();
+    assert_eq!(deleted[0], ids[0], "make-room takes the oldest first");
+    assert!(!deleted.contains(&newest));
+    assert_eq!(w.sim.snapshots(1).len(), 3);
+}
+
+#[tokio::test]
+async fn a_server_full_of_unmanaged_snapshots_fails_naming_them() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let ids: Vec<u64> = (1..=5)
+        .map(|m| w.put(1, None, m * 100, Completed))
+        .collect();
+    let o = runner
+        .run_job(&job("web", 1, 3), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, RunStatus::Failed);
+    let e = o.error.unwrap();
+    for id in ids {
+        assert!(e.contains(&id.to_string()), "{e}");
+    }
+    assert!(e.contains("not managed"), "{e}");
+    assert_eq!(w.created(), 0);
+    let alerts = runner.db.pending_alerts().await.unwrap();
+    assert_eq!(alerts[0].kind, "no_room");
+    assert!(
+        alerts[0].subject.contains("NO ROOM web (server 1)"),
+        "{}",
+        alerts[0].subject
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_create_response_yields_exactly_one_snapshot() {
+    for kind in [
+        FaultKind::DropAfter,
+        FaultKind::Status {
+            code: 503,
+            retry_after: None,
+            body: String::new(),
+        },
+    ] {
+        let (w, dir) = setup(SimOptions::default()).await;
+        let runner = w.runner(w.db(&dir).await);
+        w.sim.inject(Fault::new(Op::Create, kind.clone(), 1));
+        let o = runner
+            .run_job(&job("web", 1, 3), RunTrigger::Manual, None)
+            .await
+            .unwrap();
+        assert_eq!(o.status, RunStatus::Succeeded, "{kind:?}: {:?}", o.error);
+        assert_eq!(w.sim.snapshots(1).len(), 1, "{kind:?}");
+        let adopted: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM actions WHERE action = 'adopt'")
+                .fetch_one(runner.db.pool())
+                .await
+                .unwrap();
+        // A 503 happens before the work: nothing to adopt, the create is sent again.
+        let expect = i64::from(matches!(kind, FaultKind::DropAfter));
+        assert_eq!(adopted, expect, "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_and_a_400_is_not() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    w.sim.inject(Fault::status(Op::List, 503, 2));
+    w.sim.inject(Fault::new(
+        Op::List,
+        FaultKind::Status {
+            code: 429,
+            retry_after: Some(3),
+            body: String::new(),
+        },
+        1,
+    ));
+    let o = runner
+        .run_job(&job("web", 1, 3), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+    assert!(w.clock.sleeps().contains(&Duration::from_secs(3)));
+
+    w.sim.inject(Fault::new(
+        Op::Create,
+        FaultKind::Status {
+            code: 400,
+            retry_after: None,
+            body: "{\"name\":[\"bad\"]}".into(),
+        },
+        1,
+    ));
+    let before = w.sim.requests().1.get("create").copied().unwrap_or(0);
+    let o = runner
+        .run_job(&job("web", 1, 3), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, RunStatus::Failed);
+    assert!(o.error.unwrap().contains("400"));
+    assert_eq!(
+        w.sim.requests().1["create"] - before,
+        1,
+        "a 400 is not retried"
+    );
+}
+
+#[tokio::test]
+async fn pagination_is_honoured_when_the_limit_is_near() {
+    let (w, dir) = setup(SimOptions {
+        page_size: 2,
+        ..SimOptions::default()
+    })
+    .await;
+    let runner = w.runner(w.db(&dir).await);
+    // Five snapshots over three pages; only the last page shows the fifth.
+    let oldest = w.put(1, Some("web"), 900, Completed);
+    for m in [800, 700, 600] {
+        w.put(1, None, m, Completed);
+    }
+    w.put(1, Some("web"), 100, Completed);
+    let o = runner
+        .run_job(&job("web", 1, 1), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+    assert_eq!(
+        w.deleted_ids()[0],
+        oldest,
+        "make-room saw the whole listing"
+    );
+}
+
+#[tokio::test]
+async fn deletions_are_capped_and_one_failed_delete_does_not_stop_the_rest() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    for m in [400, 300, 200, 100] {
+        w.put(1, Some("web"), m, Completed);
+    }
+    // The first delete fails every attempt (1 + 3 retries); the next ones work.
+    w.sim.inject(Fault::status(Op::Delete, 500, 4));
+    let mut j = job("web", 1, 1);
+    j.max_deletions_per_run = 2;
+    let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded);
+    assert_eq!(
+        o.deleted.len(),
+        2,
+        "two deleted after one failure: {:?}",
+        o.deleted
+    );
+    assert!(
+        o.error.unwrap().contains("rotation"),
+        "the failed delete is recorded"
+    );
+    assert_eq!(w.sim.snapshots(1).len(), 3);
+}
+
+#[tokio::test]
+async fn a_snapshot_deleted_by_someone_else_mid_run_fails_the_run() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    w.sim.set_mode(1, Mode::Stuck);
+    let mut j = job("web", 1, 1);
+    j.snapshot_timeout = Duration::from_secs(30 * 86_400);
+    let task = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.run_job(&j, RunTrigger::Manual, None).await }
+    });
+    let id = loop {
+        if let Some(s) = w.sim.snapshots(1).first() {
+            break s.id;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    assert!(w.sim.delete_external(id));
+    let o = task.await.unwrap().unwrap();
+    assert_eq!(o.status, RunStatus::Failed);
+    assert!(o.error.unwrap().contains("vanished"));
+}
+
+#[tokio::test]
+async fn a_managed_snapshot_that_vanished_between_runs_raises_drift() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let o = runner
+        .run_job(&job("web", 1, 3), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    let (id, _) = o.snapshot.unwrap();
+    w.sim.delete_external(id);
+    runner
+        .run_job(&job("web", 1, 3), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    runner
+        .run_job(&job("web", 1, 3), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    let drift: Vec<_> = runner
+        .db
+        .pending_alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "drift")
+        .collect();
+    assert_eq!(drift.len(), 1, "one alert, not one per run");
+    assert!(drift[0].body.contains(&id.to_string()));
+}
+
+#[tokio::test]
+async fn two_runs_on_one_server_never_overlap() {
+    let (w, dir) = setup(SimOptions {
+        delay: vps_snapshot_agent::sim::Delay::Fixed(Duration::from_secs(120)),
+        ..SimOptions::default()
+    })
+    .await;
+    // Two runners as two processes would be: separate pools, separate owners, one file.
+    let a = w.runner(w.db(&dir).await);
+    let b = w.runner(w.db(&dir).await);
+    let j = job("web", 1, 3);
+    let (ra, rb) = tokio::join!(
+        a.run_job(&j, RunTrigger::Manual, None),
+        b.run_job(&j, RunTrigger::Manual, None)
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(
+        (ra.status, rb.status),
+        (RunStatus::Succeeded, RunStatus::Succeeded)
+    );
+    // Each run's span from lock to its last action does not overlap the other's.
+    let span = |run: i64| {
+        let db = a.db.clone();
+        async move {
+            let (lo, hi): (i64, i64) =
+                sqlx::query_as("SELECT min(id), max(id) FROM actions WHERE run_id = ?")
+                    .bind(run)
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap();
+            (lo, hi)
+        }
+    };
+    let (a_lo, a_hi) = span(ra.run_id).await;
+    let (b_lo, b_hi) = span(rb.run_id).await;
+    assert!(
+        a_hi < b_lo || b_hi < a_lo,
+        "interleaved: {a_lo}..{a_hi} vs {b_lo}..{b_hi}"
+    );
+}
+
+async fn crashed_run(w: &World, runner: &vps_snapshot_agent::job::Runner) -> i64 {
+    runner
+        .db
+        .start_run(
+            NewRun {
+                job: "web",
+                server_id: 1,
+                kind: RunKind::Snapshot,
+                trigger: RunTrigger::Schedule,
+                scheduled_for: None,
+                started_at: w.clock.now(),
+            },
+            &dead_owner(),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_run_that_died_before_creating_is_marked_interrupted() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let id = crashed_run(&w, &runner).await;
+    assert!(
+        runner
+            .resume_interrupted(&[job("web", 1, 3)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let run = runner.db.run(id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Interrupted);
+    assert_eq!(w.created(), 0);
+}
+
+#[tokio::test]
+async fn a_run_that_died_after_sending_create_adopts_the_snapshot() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let id = crashed_run(&w, &runner).await;
+    let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
+    runner.db.set_planned_snapshot(id, &name).await.unwrap();
+    // The create reached the API; the process died before recording the answer.
+    w.sim.put(1, &name, InProgress, w.clock.now());
+    let out = runner
+        .resume_interrupted(&[job("web", 1, 3)])
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status, RunStatus::Succeeded, "{:?}", out[0].error);
+    assert_eq!(w.sim.snapshots(1).len(), 1, "no second snapshot");
+    assert_eq!(w.created(), 0, "nothing created by the resume");
+}
+
+#[tokio::test]
+async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let old = w.put(1, Some("web"), 600, Completed);
+    let id = crashed_run(&w, &runner).await;
+    let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
+    runner.db.set_planned_snapshot(id, &name).await.unwrap();
+    let snap = w
+        .sim
+        .put(1, &name, SnapshotStatus::Completed, w.clock.now());
+    runner
+        .db
+        .set_snapshot(id, snap, "in_progress", w.clock.now(), None)
+        .await
+        .unwrap();
+    let out = runner
+        .resume_interrupted(&[job("web", 1, 1)])
+        .await
+        .unwrap();
+    assert_eq!(out[0].status, RunStatus::Succeeded);
+    assert_eq!(out[0].deleted, vec![old]);
+    assert!(runner.db.running().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_run_aborted_at_any_point_resumes_without_a_duplicate() {
+    // Abort a real run after a growing number of scheduler yields, i.e. at each step it
+    // records, then resume it as the next process would.
+    for cut in 0..40u32 {
+        let (w, dir) = setup(SimOptions {
+            delay: vps_snapshot_agent::sim::Delay::Fixed(Duration::from_secs(60)),
+            ..SimOptions::default()
+        })
+        .await;
+        let db = w.db(&dir).await;
+        let mut dying = w.runner(db.clone());
+        dying.owner = dead_owner();
+        let j = job("web", 1, 3);
+        let task = tokio::spawn({
+            let j = j.clone();
+            async move { dying.run_job(&j, RunTrigger::Schedule, None).await }
+        });
+        for _ in 0..cut {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        task.abort();
+        let _ = task.await;
+        // The lock the dead process held is released by the next one's check.
+        let next = w.runner(db.clone());
+        next.resume_interrupted(&[j.clone()]).await.unwrap();
+        assert!(
+            next.db.running().await.unwrap().is_empty(),
+            "cut {cut}: a run left running"
+        );
+        assert!(
+            w.created() <= 1,
+            "cut {cut}: {} snapshots created",
+            w.created()
+        );
+        let o = next.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+        assert_eq!(o.status, RunStatus::Succeeded, "cut {cut}: {:?}", o.error);
+        assert!(w.sim.snapshots(1).len() <= 2, "cut {cut}");
+    }
+}
