@@ -21,14 +21,20 @@ const LATE_AFTER: chrono::Duration = chrono::Duration::hours(24);
 const BACKOFF_BASE: Duration = Duration::from_secs(30);
 const BACKOFF_CAP: Duration = Duration::from_secs(30 * 60);
 
-pub struct Mailer {
+/// The SMTP side: a transport and the envelope, no outbox.
+pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     to: Vec<Mailbox>,
-    db: Database,
-    clock: SharedClock,
     host: String,
     server: String,
+}
+
+/// Delivers the outbox through [`Smtp`].
+pub struct Mailer {
+    smtp: Smtp,
+    db: Database,
+    clock: SharedClock,
 }
 
 /// The result of one delivery attempt.
@@ -63,23 +69,15 @@ fn backoff(attempts: i64) -> Duration {
     BACKOFF_BASE.saturating_mul(2u32.pow(exp)).min(BACKOFF_CAP)
 }
 
-impl Mailer {
-    /// `None` when email is not configured.
-    pub fn from_settings(
-        email: Option<&EmailSettings>,
-        db: Database,
-        clock: SharedClock,
-    ) -> anyhow::Result<Option<Self>> {
-        let Some(e) = email else { return Ok(None) };
-        Ok(Some(Self {
+impl Smtp {
+    pub fn new(e: &EmailSettings) -> anyhow::Result<Self> {
+        Ok(Self {
             transport: transport(e)?,
             from: e.from.clone(),
             to: e.to.clone(),
-            db,
-            clock,
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             server: format!("{}:{}", e.smtp_host, e.smtp_port),
-        }))
+        })
     }
 
     fn message(&self, subject: &str, body: String) -> anyhow::Result<Message> {
@@ -99,6 +97,57 @@ impl Mailer {
         Ok(b.header(ContentType::TEXT_PLAIN).body(body)?)
     }
 
+    /// Connects and greets (EHLO, STARTTLS, AUTH) without sending.
+    pub async fn test_connection(&self) -> anyhow::Result<()> {
+        let ok = self
+            .transport
+            .test_connection()
+            .await
+            .with_context(|| format!("SMTP server {}", self.server))?;
+        anyhow::ensure!(
+            ok,
+            "SMTP server {} did not accept the connection",
+            self.server
+        );
+        Ok(())
+    }
+
+    pub async fn send_test(&self) -> anyhow::Result<String> {
+        let msg = self.message(
+            "[agent] test email",
+            format!(
+                "This is a test email from vps-snapshot-agent on {}.\nIf you can read it, alerts will reach you.\n",
+                self.host
+            ),
+        )?;
+        let resp = self
+            .transport
+            .send(msg)
+            .await
+            .with_context(|| format!("sending a test email through {}", self.server))?;
+        Ok(format!(
+            "{} {}",
+            resp.code(),
+            resp.message().collect::<Vec<_>>().join(" ")
+        ))
+    }
+}
+
+impl Mailer {
+    /// `None` when email is not configured.
+    pub fn from_settings(
+        email: Option<&EmailSettings>,
+        db: Database,
+        clock: SharedClock,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(e) = email else { return Ok(None) };
+        Ok(Some(Self {
+            smtp: Smtp::new(e)?,
+            db,
+            clock,
+        }))
+    }
+
     fn compose(&self, due: &[PendingAlert]) -> (String, String) {
         let now = self.clock.now();
         let late = |a: &PendingAlert| now - a.created_at > LATE_AFTER;
@@ -109,7 +158,7 @@ impl Mailer {
                 crate::alert::fmt_time(a.created_at)
             )
         };
-        let footer = format!("\n-- \nvps-snapshot-agent on {}\n", self.host);
+        let footer = format!("\n-- \nvps-snapshot-agent on {}\n", self.smtp.host);
         if let [one] = due {
             let subject = if late(one) {
                 format!("[late] {}", one.subject)
@@ -162,12 +211,13 @@ impl Mailer {
         }
         let ids: Vec<i64> = due.iter().map(|a| a.id).collect();
         let (subject, body) = self.compose(&due);
-        let sent = match self.message(&subject, body) {
+        let sent = match self.smtp.message(&subject, body) {
             Ok(msg) => self
+                .smtp
                 .transport
                 .send(msg)
                 .await
-                .map_err(|e| format!("SMTP {}: {e}", self.server)),
+                .map_err(|e| format!("SMTP {}: {e}", self.smtp.server)),
             Err(e) => Err(format!("cannot build the alert mail: {e}")),
         };
         match sent {
@@ -191,40 +241,5 @@ impl Mailer {
                 Delivery::Failed(e)
             }
         }
-    }
-
-    /// Connects and greets (EHLO, STARTTLS, AUTH) without sending.
-    pub async fn test_connection(&self) -> anyhow::Result<()> {
-        let ok = self
-            .transport
-            .test_connection()
-            .await
-            .with_context(|| format!("SMTP server {}", self.server))?;
-        anyhow::ensure!(
-            ok,
-            "SMTP server {} did not accept the connection",
-            self.server
-        );
-        Ok(())
-    }
-
-    pub async fn send_test(&self) -> anyhow::Result<String> {
-        let msg = self.message(
-            "[agent] test email",
-            format!(
-                "This is a test email from vps-snapshot-agent on {}.\nIf you can read it, alerts will reach you.\n",
-                self.host
-            ),
-        )?;
-        let resp = self
-            .transport
-            .send(msg)
-            .await
-            .with_context(|| format!("sending a test email through {}", self.server))?;
-        Ok(format!(
-            "{} {}",
-            resp.code(),
-            resp.message().collect::<Vec<_>>().join(" ")
-        ))
     }
 }

@@ -55,5 +55,23 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("checking the API at {}", settings.api.base_url))?;
     println!("\nAPI: token accepted by {}", settings.api.base_url);
+    let Some(email) = &settings.email else {
+        println!("email: not configured ([email] absent): failures are only logged and recorded");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let smtp = crate::mail::Smtp::new(email)?;
+    smtp.test_connection().await?;
+    println!(
+        "email: {}:{} accepted the connection (greeting, TLS and login as configured)",
+        email.smtp_host, email.smtp_port
+    );
+    if args.send_test_email {
+        let reply = smtp.send_test().await?;
+        let to: Vec<String> = email.to.iter().map(ToString::to_string).collect();
+        println!(
+            "email: test mail sent to {}; server replied {reply}",
+            to.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -172,3 +172,94 @@ impl World {
             .count()
     }
 }
+
+/// A real SMTP server on loopback (mailin-embedded, on its own threads) that keeps every
+/// message it accepts.
+#[derive(Clone, Default)]
+pub struct Inbox {
+    messages: Arc<Mutex<Vec<String>>>,
+    current: Arc<Mutex<Vec<u8>>>,
+}
+
+impl mailin_embedded::Handler for Inbox {
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        _from: &str,
+        _is8bit: bool,
+        _to: &[String],
+    ) -> mailin_embedded::Response {
+        self.current.lock().unwrap().clear();
+        mailin_embedded::response::OK
+    }
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.current.lock().unwrap().extend_from_slice(buf);
+        Ok(())
+    }
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        let msg = String::from_utf8_lossy(&self.current.lock().unwrap()).into_owned();
+        self.messages.lock().unwrap().push(msg);
+        mailin_embedded::response::OK
+    }
+}
+
+impl Inbox {
+    /// Starts a server on `port` (0: any free one); returns the inbox and the port.
+    pub fn start(port: u16) -> (Inbox, u16) {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let inbox = Inbox::default();
+        let mut server = mailin_embedded::Server::new(inbox.clone());
+        server
+            .with_name("inbox.test")
+            .with_num_threads(2)
+            .with_tcp_listener(listener);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        (inbox, port)
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+/// A loopback port with nothing listening (an SMTP server that is down).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn email_settings(port: u16) -> vps_snapshot_agent::config::EmailSettings {
+    vps_snapshot_agent::config::EmailSettings {
+        smtp_host: "127.0.0.1".into(),
+        smtp_port: port,
+        security: vps_snapshot_agent::config::Security::None,
+        username: None,
+        password: None,
+        from: "Snapshot Agent <agent@example.com>".parse().unwrap(),
+        to: vec![
+            "ops@example.com".parse().unwrap(),
+            "oncall@example.com".parse().unwrap(),
+        ],
+        repeat_after: Duration::from_secs(6 * 3600),
+        notify_recovery: true,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+impl World {
+    pub fn mailer(&self, db: &Database, port: u16) -> vps_snapshot_agent::mail::Mailer {
+        vps_snapshot_agent::mail::Mailer::from_settings(
+            Some(&email_settings(port)),
+            db.clone(),
+            Arc::new(self.clock.clone()),
+        )
+        .unwrap()
+        .unwrap()
+    }
+}

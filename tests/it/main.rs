@@ -4,4 +4,5 @@ mod client;
 mod config;
 mod helpers;
 mod job;
+mod mail;
 mod retention_props;
