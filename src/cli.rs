@@ -41,8 +41,11 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon: schedule every job and run until SIGTERM/SIGINT; SIGHUP reloads the config
+    Run,
     RunOnce(RunOnceArgs),
     History(HistoryArgs),
+    Status(StatusArgs),
     Snapshots(SnapshotsArgs),
     Pin(PinArgs),
     Unpin(PinArgs),
@@ -74,6 +77,14 @@ pub struct HistoryArgs {
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
     /// Print JSON (an array, newest first)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Per job: last run, last success, next scheduled time; and alerts not yet delivered.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON
     #[arg(long)]
     pub json: bool,
 }

@@ -36,6 +36,33 @@ pub fn system() -> SharedClock {
     Arc::new(SystemClock)
 }
 
+/// Wall time read off tokio's clock: under `tokio::time::pause()` it advances with the
+/// paused clock, so scheduler tests cover days in milliseconds, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    base: DateTime<Utc>,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn starting_at(base: DateTime<Utc>) -> Self {
+        Self {
+            base,
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.base
+            + chrono::Duration::from_std(self.origin.elapsed()).unwrap_or(chrono::Duration::MAX)
+    }
+    fn sleep(&self, duration: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
 /// A clock that only moves when someone sleeps on it: a sleep of `d` moves time to at
 /// least `now + d` and returns at once (after yielding, so other tasks run). Lets a test
 /// cover a 10-minute snapshot and a 30-minute timeout in milliseconds, deterministically.

@@ -141,6 +141,31 @@ impl Drop for LockGuard {
 }
 
 impl Runner {
+    /// A runner for `settings`, owned by this process.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        db: Database,
+        client: Arc<Client>,
+        clock: SharedClock,
+    ) -> Self {
+        let longest = settings
+            .jobs
+            .iter()
+            .map(|j| j.snapshot_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(1800));
+        Self {
+            db,
+            client,
+            clock,
+            owner: Owner::current(),
+            alerts: AlertPolicy::from_settings(settings.email.as_ref()),
+            max_retries: settings.api.max_retries,
+            // Long enough for another run on the server to finish its snapshot.
+            lock_wait: longest + Duration::from_secs(300),
+        }
+    }
+
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }

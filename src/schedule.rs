@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
@@ -58,10 +58,11 @@ impl CronSpec {
         Ok(spec)
     }
 
-    /// The first fire strictly after `after`, evaluated in `tz`.
+    /// The first fire strictly after `after`, evaluated in `tz`. Whole seconds: croner
+    /// carries a start time's fraction into its answer.
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         self.cron
-            .find_next_occurrence(&after.with_timezone(&tz), false)
+            .find_next_occurrence(&whole_seconds(after).with_timezone(&tz), false)
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
@@ -69,10 +70,14 @@ impl CronSpec {
     /// The last fire at or before `at`, evaluated in `tz`.
     pub fn previous_at_or_before(&self, at: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         self.cron
-            .find_previous_occurrence(&at.with_timezone(&tz), true)
+            .find_previous_occurrence(&whole_seconds(at).with_timezone(&tz), true)
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
+}
+
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.with_nanosecond(0).unwrap_or(t)
 }
 
 fn chrono_dur(d: Duration) -> chrono::Duration {
@@ -152,4 +157,161 @@ pub fn stale_after(job: &JobSettings, now: DateTime<Utc>) -> Duration {
         .and_then(|d| d.to_std().ok())
         .unwrap_or(Duration::from_secs(86_400));
     period * 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Trigger;
+    use crate::retention::RetentionPolicy;
+    use chrono::TimeZone;
+
+    fn job(trigger: Trigger, tz: Tz) -> JobSettings {
+        JobSettings {
+            name: "j".into(),
+            server_id: 1,
+            trigger,
+            timezone: tz,
+            retention: RetentionPolicy {
+                last: 1,
+                ..RetentionPolicy::default()
+            },
+            poll_interval: Duration::from_secs(20),
+            snapshot_timeout: Duration::from_secs(1800),
+            catch_up: None,
+            max_deletions_per_run: 3,
+            stale_after: None,
+        }
+    }
+
+    fn cron(expr: &str, tz: Tz) -> JobSettings {
+        job(Trigger::Schedule(CronSpec::parse(expr).unwrap()), tz)
+    }
+
+    fn window(expr: &str, lead_mins: u64, tz: Tz) -> JobSettings {
+        job(
+            Trigger::Window {
+                window: CronSpec::parse(expr).unwrap(),
+                lead: Duration::from_secs(lead_mins * 60),
+            },
+            tz,
+        )
+    }
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    fn fires(j: &JobSettings, from: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        upcoming(j, from, n)
+    }
+
+    #[test]
+    fn berlin_spring_forward_fires_at_the_first_valid_time() {
+        // 2027-03-28 02:30 does not exist in Berlin (02:00 CET -> 03:00 CEST).
+        let j = cron("0 30 2 * * *", chrono_tz::Europe::Berlin);
+        let got = fires(&j, utc(2027, 3, 26, 12, 0), 3);
+        assert_eq!(
+            got,
+            vec![
+                utc(2027, 3, 27, 1, 30),
+                utc(2027, 3, 28, 1, 0),
+                utc(2027, 3, 29, 0, 30)
+            ]
+        );
+    }
+
+    #[test]
+    fn berlin_fall_back_fires_once() {
+        // 2027-10-31 02:30 happens twice in Berlin; fire once, at the first.
+        let j = cron("0 30 2 * * *", chrono_tz::Europe::Berlin);
+        let got = fires(&j, utc(2027, 10, 30, 12, 0), 2);
+        assert_eq!(got, vec![utc(2027, 10, 31, 0, 30), utc(2027, 11, 1, 1, 30)]);
+    }
+
+    #[test]
+    fn new_york_keeps_local_time_across_both_changes() {
+        let j = cron("0 0 9 * * *", chrono_tz::America::New_York);
+        // EST is UTC-5, EDT UTC-4; spring forward 2027-03-14, fall back 2027-11-07.
+        assert_eq!(
+            fires(&j, utc(2027, 3, 13, 15, 0), 2),
+            vec![utc(2027, 3, 14, 13, 0), utc(2027, 3, 15, 13, 0)]
+        );
+        assert_eq!(
+            fires(&j, utc(2027, 11, 6, 15, 0), 2),
+            vec![utc(2027, 11, 7, 14, 0), utc(2027, 11, 8, 14, 0)]
+        );
+        // 02:30 does not exist on 2027-03-14 in New York.
+        let j = cron("0 30 2 * * *", chrono_tz::America::New_York);
+        assert_eq!(
+            fires(&j, utc(2027, 3, 14, 0, 0), 1),
+            vec![utc(2027, 3, 14, 7, 0)]
+        );
+    }
+
+    #[test]
+    fn leap_days_fire_only_in_leap_years() {
+        let j = cron("0 0 12 29 2 *", Tz::UTC);
+        assert_eq!(
+            fires(&j, utc(2026, 11, 28, 0, 0), 2),
+            vec![utc(2028, 2, 29, 12, 0), utc(2032, 2, 29, 12, 0)]
+        );
+    }
+
+    #[test]
+    fn a_window_lead_can_cross_midnight_and_a_week() {
+        // Window Monday 00:15 UTC, lead 45 minutes: fire Sunday 23:30.
+        let j = window("0 15 0 * * Mon", 45, Tz::UTC);
+        assert_eq!(
+            fires(&j, utc(2026, 11, 28, 0, 0), 2),
+            vec![utc(2026, 11, 29, 23, 30), utc(2026, 12, 6, 23, 30)]
+        );
+        // A lead of 8 days: the window on Sunday Dec 6 fires on Saturday Nov 28.
+        let j = window("0 0 4 * * Sun", 8 * 24 * 60, Tz::UTC);
+        assert_eq!(
+            fires(&j, utc(2026, 11, 28, 0, 0), 1),
+            vec![utc(2026, 11, 28, 4, 0)]
+        );
+    }
+
+    #[test]
+    fn a_window_lead_across_a_dst_change_is_real_elapsed_time() {
+        // Window 2027-03-28 04:00 CEST (02:00 UTC); 3 h before is 23:00 UTC the day before,
+        // which is 00:00 CET local: lead counts real time, not wall-clock hours.
+        let j = window("0 0 4 * * *", 180, chrono_tz::Europe::Berlin);
+        assert_eq!(
+            fires(&j, utc(2027, 3, 27, 12, 0), 1),
+            vec![utc(2027, 3, 27, 23, 0)]
+        );
+        assert_eq!(
+            window_for_run(&j, Some(utc(2027, 3, 27, 23, 0)), utc(2027, 3, 27, 23, 0)),
+            Some(utc(2027, 3, 28, 2, 0))
+        );
+    }
+
+    #[test]
+    fn fires_are_whole_seconds_even_from_a_fractional_now() {
+        let j = cron("0 * * * * *", Tz::UTC);
+        let late = utc(2026, 11, 28, 0, 4) + chrono::Duration::milliseconds(3);
+        assert_eq!(next_fire(&j, late), Some(utc(2026, 11, 28, 0, 5)));
+        let early = utc(2026, 11, 28, 0, 4) - chrono::Duration::milliseconds(3);
+        assert_eq!(next_fire(&j, early), Some(utc(2026, 11, 28, 0, 4)));
+    }
+
+    #[test]
+    fn previous_fire_and_stale_period() {
+        let j = cron("0 30 2 * * *", Tz::UTC);
+        assert_eq!(
+            previous_fire(&j, utc(2026, 11, 28, 3, 0)),
+            Some(utc(2026, 11, 28, 2, 30))
+        );
+        assert_eq!(
+            previous_fire(&j, utc(2026, 11, 28, 2, 30)),
+            Some(utc(2026, 11, 28, 2, 30))
+        );
+        assert_eq!(
+            stale_after(&j, utc(2026, 11, 28, 3, 0)),
+            Duration::from_secs(2 * 86_400)
+        );
+    }
 }

@@ -2,13 +2,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::alert::AlertPolicy;
 use crate::api::Client;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
-use crate::db::{Database, Owner};
+use crate::db::Database;
 use crate::job::Runner;
 
 use super::UsageError;
@@ -28,21 +26,7 @@ pub fn runner(
     client: Arc<Client>,
     clock: SharedClock,
 ) -> Runner {
-    let longest = settings
-        .jobs
-        .iter()
-        .map(|j| j.snapshot_timeout)
-        .max()
-        .unwrap_or(Duration::from_secs(1800));
-    Runner {
-        db,
-        client,
-        clock,
-        owner: Owner::current(),
-        alerts: AlertPolicy::from_settings(settings.email.as_ref()),
-        max_retries: settings.api.max_retries,
-        lock_wait: longest + Duration::from_secs(300),
-    }
+    Runner::from_settings(settings, db, client, clock)
 }
 
 /// The named jobs (all when none), or a usage error naming the unknown one.

@@ -7,9 +7,11 @@ mod history;
 mod output;
 mod pin;
 mod restore;
+mod run;
 mod run_once;
 mod simulate;
 mod snapshots;
+mod status;
 
 use std::process::ExitCode;
 
@@ -28,6 +30,8 @@ pub struct UsageError(pub String);
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = crate::config::resolve_path(cli.config.as_deref());
     match cli.command {
+        Command::Run => run::run(&config).await,
+        Command::Status(args) => status::run(&config, args.json).await,
         Command::RunOnce(args) => run_once::run(&config, args).await,
         Command::History(args) => history::run(&config, args).await,
         Command::Snapshots(args) => snapshots::run(&config, args).await,

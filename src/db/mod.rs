@@ -408,6 +408,17 @@ impl Database {
         Ok(rows.iter().map(run_from_row).collect())
     }
 
+    /// Whether any run of `job` started at or after `t`.
+    pub async fn has_run_since(&self, job: &str, t: DateTime<Utc>) -> DbResult<bool> {
+        let row = sqlx::query("SELECT 1 FROM runs WHERE job = ? AND started_at >= ? LIMIT 1")
+            .bind(job)
+            .bind(ms(t))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.err("cannot read the history"))?;
+        Ok(row.is_some())
+    }
+
     pub async fn last_run(&self, job: &str) -> DbResult<Option<Run>> {
         Ok(self.history(Some(job), 1).await?.pop())
     }

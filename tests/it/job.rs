@@ -520,7 +520,9 @@ async fn a_run_aborted_at_any_point_resumes_without_a_duplicate() {
         let _ = task.await;
         // The lock the dead process held is released by the next one's check.
         let next = w.runner(db.clone());
-        next.resume_interrupted(std::slice::from_ref(&j)).await.unwrap();
+        next.resume_interrupted(std::slice::from_ref(&j))
+            .await
+            .unwrap();
         assert!(
             next.db.running().await.unwrap().is_empty(),
             "cut {cut}: a run left running"

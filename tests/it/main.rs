@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod daemon;
 mod helpers;
 mod job;
 mod mail;
