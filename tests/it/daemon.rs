@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use tokio::sync::mpsc;
-use vps_snapshot_agent::clock::{Clock, SharedClock, TokioClock};
+use vps_snapshot_agent::clock::{SharedClock, TokioClock};
 use vps_snapshot_agent::config::{JobSettings, Settings};
 use vps_snapshot_agent::daemon::{BoxFuture, ClockTimer, Control, Daemon, Executor, Services};
 use vps_snapshot_agent::db::{Database, NewRun, Owner, RunKind, RunStatus, RunTrigger};
+
+/// One run started: job, trigger, the fire it belongs to, when it started.
+type Entry = (String, RunTrigger, DateTime<Utc>, DateTime<Utc>);
 
 #[derive(Clone)]
 struct Recorder {
@@ -18,7 +21,7 @@ struct Recorder {
     db: Option<Database>,
     /// How long each run takes.
     takes: Duration,
-    log: Arc<Mutex<Vec<(String, RunTrigger, DateTime<Utc>, DateTime<Utc>)>>>,
+    log: Arc<Mutex<Vec<Entry>>>,
     active: Arc<Mutex<(usize, usize)>>,
 }
 
