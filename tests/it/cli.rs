@@ -1,0 +1,320 @@
+//! The `agent` binary as an operator (or systemd) runs it, against the simulator.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use vps_snapshot_agent::db::{Database, RunStatus, RunTrigger};
+use vps_snapshot_agent::sim::{Mode, SimOptions, SimServer, Simulator};
+
+use crate::helpers::TOKEN;
+
+const BIN: &str = env!("CARGO_BIN_EXE_agent");
+
+async fn sim() -> SimServer {
+    Simulator::start(
+        SimOptions {
+            token: TOKEN.into(),
+            ..SimOptions::default()
+        },
+        vps_snapshot_agent::clock::system(),
+    )
+    .await
+    .unwrap()
+}
+
+fn config(dir: &Path, base_url: &str, jobs: &str) -> PathBuf {
+    let p = dir.join("config.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "database = \"{}\"\n[api]\nbase_url = \"{base_url}\"\nmax_retries = 1\n[defaults]\npoll_interval = \"100ms\"\nsnapshot_timeout = \"20s\"\ncatch_up = \"off\"\n{jobs}",
+            dir.join("history.db").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+const JOB: &str =
+    "[[jobs]]\nname = \"web\"\nserver_id = 5\nschedule = \"0 30 2 * * *\"\nkeep_last = 2\n";
+
+/// Runs `agent ARGS` to completion off a terminal (stdin is /dev/null), token in the env.
+async fn agent(cfg: &Path, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env("AGENT_API__TOKEN", TOKEN)
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null());
+    cmd.output().await.unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_exit_codes_and_history_json() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), JOB);
+
+    let ok = agent(&cfg, &["run-once"]).await;
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("succeeded"));
+
+    s.sim.set_mode(5, Mode::Fail);
+    let failed = agent(&cfg, &["run-once", "--job", "web"]).await;
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+
+    let unknown = agent(&cfg, &["run-once", "--job", "nope"]).await;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown).contains("no job named \"nope\""));
+
+    let usage = agent(&cfg, &["run-once", "--bogus"]).await;
+    assert_eq!(usage.status.code(), Some(2));
+
+    let hist = agent(&cfg, &["history", "--json", "--limit", "5"]).await;
+    assert_eq!(hist.status.code(), Some(0));
+    let runs: serde_json::Value = serde_json::from_slice(&hist.stdout).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["status"], "failed", "newest first");
+    assert_eq!(runs[1]["status"], "succeeded");
+    assert_eq!(runs[1]["trigger"], "manual");
+
+    for o in [&ok, &failed, &hist] {
+        assert!(
+            !text(o).contains(TOKEN),
+            "token leaked at trace level:\n{}",
+            text(o)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_exits_78_listing_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "http://10.1.2.3/api/v1",
+        "[[jobs]]\nname = \"x y\"\nserver_id = 1\nschedule = \"bad\"\n",
+    );
+    for cmd in [
+        ["check", "--offline"].as_slice(),
+        &["run-once"],
+        &["run"],
+        &["status"],
+    ] {
+        let o = agent(&cfg, cmd).await;
+        assert_eq!(o.status.code(), Some(78), "{cmd:?}: {}", text(&o));
+        let t = text(&o);
+        assert!(
+            t.contains("api.base_url")
+                && t.contains("jobs[0].name")
+                && t.contains("jobs[0].schedule"),
+            "{t}"
+        );
+        assert!(t.contains(&cfg.display().to_string()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_a_config_error() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), JOB);
+    let o = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .env("AGENT_API__TOKEN", "wrong-token-123")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o));
+    assert!(text(&o).contains("401"));
+    assert!(!text(&o).contains("wrong-token-123"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_without_yes_off_a_terminal_and_records_with_it() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), JOB);
+    assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
+    let id = s.sim.snapshots(5)[0].id.to_string();
+    let refused = agent(&cfg, &["restore", &id]).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("without --yes"));
+    assert!(
+        !s.sim
+            .events()
+            .iter()
+            .any(|e| matches!(e, vps_snapshot_agent::sim::Event::Restored { .. }))
+    );
+
+    let done = agent(&cfg, &["restore", &id, "--yes"]).await;
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done));
+    let hist = agent(&cfg, &["history", "--json"]).await;
+    let runs: serde_json::Value = serde_json::from_slice(&hist.stdout).unwrap();
+    assert_eq!(runs[0]["kind"], "restore");
+    assert_eq!(runs[0]["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_protects_and_snapshots_shows_verdicts() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), JOB);
+    assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
+    let first = s.sim.snapshots(5)[0].id;
+    assert_eq!(
+        agent(&cfg, &["pin", &first.to_string()])
+            .await
+            .status
+            .code(),
+        Some(0)
+    );
+    for _ in 0..3 {
+        assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
+    }
+    let ids: Vec<u64> = s.sim.snapshots(5).iter().map(|s| s.id).collect();
+    assert!(
+        ids.contains(&first),
+        "the pinned snapshot survived rotation"
+    );
+    let shown = agent(&cfg, &["snapshots", "--job", "web"]).await;
+    let t = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        t.contains("keep: pinned") && t.contains("keep: last #1"),
+        "{t}"
+    );
+
+    let dry = agent(&cfg, &["run-once", "--dry-run"]).await;
+    let t = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(
+        t.contains("would create: agent-web-") && t.contains("would delete after success"),
+        "{t}"
+    );
+    assert_eq!(
+        s.sim.snapshots(5).len(),
+        ids.len(),
+        "a dry run changes nothing"
+    );
+    assert_eq!(agent(&cfg, &["pin", "99999"]).await.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_never_shows_the_token() {
+    for args in [
+        vec!["--help"],
+        vec!["run-once", "--help"],
+        vec!["check", "--help"],
+    ] {
+        let o = Command::new(BIN)
+            .args(&args)
+            .env("AGENT_API__TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0));
+        assert!(!text(&o).contains(TOKEN));
+    }
+}
+
+/// Reads sd_notify datagrams until one contains `want` (bounded).
+fn wait_notify(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>) -> bool {
+    let mut buf = [0u8; 4096];
+    for _ in 0..300 {
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                seen.push(msg.clone());
+                if msg.contains(want) {
+                    return true;
+                }
+            }
+            Err(_) => continue,
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_scheduled_jobs_and_stops_cleanly_on_sigterm() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &s.base_url(),
+        "[[jobs]]\nname = \"every-second\"\nserver_id = 9\nschedule = \"* * * * * *\"\nkeep_last = 2\n",
+    );
+    let notify_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env("AGENT_API__TOKEN", TOKEN)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    assert!(
+        wait_notify(&sock, "READY=1", &mut seen),
+        "no READY=1: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|m| m.contains("STATUS=next: every-second")),
+        "{seen:?}"
+    );
+
+    let db = Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap();
+    let mut done = 0;
+    for _ in 0..200 {
+        done = db
+            .history(None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.status == RunStatus::Succeeded)
+            .count();
+        if done >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(done >= 3, "only {done} scheduled runs succeeded");
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_notify(&sock, "STOPPING=1", &mut seen), "{seen:?}");
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let runs = db.history(None, 1000).await.unwrap();
+    assert!(
+        runs.iter().all(|r| r.status != RunStatus::Running),
+        "a run was left running"
+    );
+    assert!(runs.iter().all(|r| r.trigger == RunTrigger::Schedule));
+    assert!(
+        s.sim.snapshots(9).len() <= 3,
+        "rotation kept the server within its policy"
+    );
+    assert!(!err.contains(TOKEN));
+}
