@@ -583,10 +583,20 @@ impl Walk<'_> {
         self.finish(&t);
 
         let token_origin = self.origin(t.dict.and_then(|d| d.get("token_file")), "api.token_file");
+        // Environment, then the file's `token`, then a systemd credential (so one config
+        // serves the service and an operator's shell), then `token_file`.
         let token = if let Some(tok) = env_secret("AGENT_API__TOKEN") {
             Some(tok)
         } else if let Some(tok) = token_inline.filter(|s| !s.trim().is_empty()) {
             Some(SecretString::from(tok.trim().to_string()))
+        } else if let Some(file) = credential_path("api-token") {
+            match read_secret_file(&file) {
+                Ok(tok) => Some(tok),
+                Err(e) => {
+                    self.error("api.token".into(), None, format!("systemd credential: {e}"));
+                    None
+                }
+            }
         } else if let Some(file) = &token_file {
             match read_secret_file(file) {
                 Ok(tok) => {
@@ -596,14 +606,6 @@ impl Walk<'_> {
                 Err(e) => {
                     let v = t.dict.and_then(|d| d.get("token_file"));
                     self.error("api.token_file".into(), v, e);
-                    None
-                }
-            }
-        } else if let Some(file) = credential_path("api-token") {
-            match read_secret_file(&file) {
-                Ok(tok) => Some(tok),
-                Err(e) => {
-                    self.error("api.token".into(), None, format!("systemd credential: {e}"));
                     None
                 }
             }
@@ -673,6 +675,10 @@ impl Walk<'_> {
             Some(p)
         } else if let Some(p) = password_inline {
             Some(SecretString::from(p))
+        } else if let Some(p) =
+            credential_path("smtp-password").and_then(|f| read_secret_file(&f).ok())
+        {
+            Some(p)
         } else if let Some(file) = &password_file {
             match read_secret_file(file) {
                 Ok(p) => {
@@ -687,7 +693,7 @@ impl Walk<'_> {
                 }
             }
         } else {
-            credential_path("smtp-password").and_then(|f| read_secret_file(&f).ok())
+            None
         };
         if username.is_some() && password.is_none() {
             self.error(

@@ -162,6 +162,8 @@ pub trait Executor: Send + Sync + 'static {
         trigger: RunTrigger,
         scheduled_for: DateTime<Utc>,
     ) -> BoxFuture<'static, ()>;
+    /// Finishes runs a dead process left `running` (see [`Runner::resume_interrupted`]).
+    fn resume(&self, jobs: Vec<JobSettings>) -> BoxFuture<'static, ()>;
 }
 
 impl Executor for Runner {
@@ -175,6 +177,20 @@ impl Executor for Runner {
         Box::pin(async move {
             if let Err(e) = runner.run_job(&job, trigger, Some(scheduled_for)).await {
                 tracing::error!(job = %job.name, "{e}");
+            }
+        })
+    }
+
+    fn resume(&self, jobs: Vec<JobSettings>) -> BoxFuture<'static, ()> {
+        let runner = self.clone();
+        Box::pin(async move {
+            match runner.resume_interrupted(&jobs).await {
+                Ok(done) => {
+                    for o in done {
+                        tracing::info!(run = o.run_id, job = %o.job, status = %o.status, "finished an interrupted run");
+                    }
+                }
+                Err(e) => tracing::error!("{e}"),
             }
         })
     }
@@ -426,6 +442,13 @@ impl Daemon {
             tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
         let mut checks = tokio::time::interval(self.check_every);
         let mut delivery: Option<tokio::task::JoinHandle<()>> = None;
+        // Resumption runs at start and again on every check: a run whose owner cannot be
+        // told dead yet (its lease still runs) is picked up once the lease lapses.
+        let mut resuming = Some(tokio::spawn(
+            self.services
+                .executor
+                .resume(self.services.settings.jobs.clone()),
+        ));
         loop {
             tokio::select! {
                 Some(fire) = fires.recv() => {
@@ -463,6 +486,9 @@ impl Daemon {
                 }
                 _ = checks.tick() => {
                     self.stale_check(&lp).await;
+                    if resuming.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                        resuming = Some(tokio::spawn(self.services.executor.resume(self.services.settings.jobs.clone())));
+                    }
                     if let Some(m) = &self.services.mailer
                         && delivery.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
                     {

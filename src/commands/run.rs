@@ -6,7 +6,6 @@ use std::time::Duration;
 use super::context;
 use crate::config::Settings;
 use crate::daemon::{self, CronTimer, Daemon};
-use crate::job::Runner;
 
 /// How long SIGTERM waits for running snapshots (systemd's default stop timeout is 90 s).
 const GRACE: Duration = Duration::from_secs(75);
@@ -18,31 +17,13 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     let services = daemon::services_for(settings, &db, &clock)?;
     let control = daemon::signal_control()?;
 
-    // Started first, in the background, so that a dead SMTP server or a long snapshot
-    // to finish does not hold up READY: queued alerts, then runs a dead process left.
+    // Queued alerts go out first, in the background, so that a dead SMTP server does not
+    // hold up READY; the daemon resumes interrupted runs the same way as it starts.
     if let Some(m) = services.mailer.clone() {
         tokio::spawn(async move {
             m.deliver_due().await;
         });
     }
-    let resumer = Runner::from_settings(
-        &services.settings,
-        db.clone(),
-        context::client(&services.settings, clock.clone())?,
-        clock.clone(),
-    );
-    let jobs = services.settings.jobs.clone();
-    tokio::spawn(async move {
-        match resumer.resume_interrupted(&jobs).await {
-            Ok(done) => {
-                for o in done {
-                    tracing::info!(run = o.run_id, job = %o.job, status = %o.status, "finished an interrupted run");
-                }
-            }
-            Err(e) => tracing::error!("{e}"),
-        }
-    });
-
     let path = config.to_path_buf();
     let (reload_db, reload_clock) = (db.clone(), clock.clone());
     let daemon = Daemon {

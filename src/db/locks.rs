@@ -52,7 +52,9 @@ impl Owner {
         &self.0
     }
 
-    /// `Some(alive)` for an owner on this host, `None` for one elsewhere (or unparsable).
+    /// `Some(alive)` when this host can tell, `None` when it cannot: an owner on another
+    /// host, or a process hidden from us (systemd's `ProtectProc=invisible` hides other
+    /// users' processes, so a missing `/proc/PID` proves nothing unless pid 1 is visible).
     pub fn liveness(owner: &str) -> Option<bool> {
         let mut parts = owner.split('/');
         let (host, pid, start) = (parts.next()?, parts.next()?, parts.next()?);
@@ -61,7 +63,11 @@ impl Owner {
         }
         let pid: u32 = pid.parse().ok()?;
         let start: u64 = start.parse().ok()?;
-        Some(process_start(pid) == Some(start))
+        match process_start(pid) {
+            Some(s) => Some(s == start),
+            None if std::path::Path::new("/proc/1/stat").exists() => Some(false),
+            None => None,
+        }
     }
 
     /// Whether a process recorded as `owner` may still be running.
