@@ -53,6 +53,12 @@ pub enum Command {
     Demo(DemoArgs),
     Check(CheckArgs),
     Simulate(SimulateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output
+    Manpage,
 }
 
 /// Run jobs now (all of them unless named), wait for them, print a summary, record the

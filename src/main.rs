@@ -6,6 +6,14 @@ use vps_snapshot_agent::{commands, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::History(_) | Command::Status(_) | Command::Snapshots(_) | Command::Completions { .. } | Command::Manpage
+    ) {
+        // Pure output: `agent history | head` ends quietly, like any Unix filter.
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // The demo prints its own story; its logs would only repeat it.
     let quiet_by_default = matches!(cli.command, Command::Demo(_));
     logging::init(

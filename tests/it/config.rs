@@ -346,3 +346,31 @@ fn a_missing_or_broken_file_is_named() {
     let e = load("[api\nbase_url = 1").unwrap_err().to_string();
     assert!(e.contains("config.toml"), "{e}");
 }
+
+#[test]
+fn the_example_config_parses_and_validates() {
+    let _g = env_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")).unwrap();
+    // Point the file references at files that exist here; keep everything else as shipped.
+    let token = write(&dir, "token", "example-token");
+    let pass = write(&dir, "smtp-password", "example-password");
+    let text = text
+        .replace("/etc/vps-snapshot-agent/token", &token.display().to_string())
+        .replace("/etc/vps-snapshot-agent/smtp-password", &pass.display().to_string());
+    let path = write(&dir, "config.toml", &text);
+    let s = Settings::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.jobs.len(), 2);
+    assert!(matches!(s.jobs[1].trigger, Trigger::Window { .. }));
+    assert_eq!(s.jobs[1].retention.weekly, 2);
+    let email = s.email.unwrap();
+    assert_eq!(email.smtp_port, 587);
+    assert_eq!(email.to.len(), 1);
+    // And with the token supplied by the environment instead of the file.
+    let no_file = text.replace(&format!("token_file = \"{}\"", token.display()), "");
+    let path = write(&dir, "config2.toml", &no_file);
+    unsafe { std::env::set_var("AGENT_API__TOKEN", "env-token") };
+    let s = Settings::load(&path);
+    unsafe { std::env::remove_var("AGENT_API__TOKEN") };
+    assert_eq!(s.unwrap().api.token().unwrap().expose_secret(), "env-token");
+}
