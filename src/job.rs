@@ -686,6 +686,25 @@ impl Runner {
         let mut tried: HashSet<u64> = HashSet::new();
         let mut fresh = true;
         while (st.deleted.len() as u32) < job.max_deletions_per_run {
+            let pins = self.db.pins().await?;
+            let pending =
+                |listing: &[Snapshot], pins: &HashSet<u64>| -> (Vec<Candidate>, Option<u64>) {
+                    let cands: Vec<Candidate> = candidates(listing, job, pins)
+                        .into_iter()
+                        .filter(|c| !tried.contains(&c.id))
+                        .collect();
+                    let next = retention::victims(&cands, &job.retention, job.timezone, 1)
+                        .first()
+                        .copied();
+                    (cands, next)
+                };
+            // Nothing left to delete by the listing in hand: done, no request spent.
+            let (mut cands, mut next) = pending(&st.listing, &pins);
+            if next.is_none() {
+                break;
+            }
+            // The final poll's listing is fresh for the first delete; after a delete,
+            // list again so that each victim is re-checked against a fresh listing.
             if !fresh {
                 match self.client.list(Some(job.server_id)).await {
                     Ok(list) => {
@@ -709,16 +728,9 @@ impl Runner {
                         break;
                     }
                 }
+                (cands, next) = pending(&st.listing, &pins);
             }
-            let pins = self.db.pins().await?;
-            let cands: Vec<Candidate> = candidates(&st.listing, job, &pins)
-                .into_iter()
-                .filter(|c| !tried.contains(&c.id))
-                .collect();
-            let Some(victim) = retention::victims(&cands, &job.retention, job.timezone, 1)
-                .first()
-                .copied()
-            else {
+            let Some(victim) = next else {
                 break;
             };
             tried.insert(victim);

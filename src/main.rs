@@ -8,7 +8,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::History(_) | Command::Status(_) | Command::Snapshots(_) | Command::Completions { .. } | Command::Manpage
+        Command::History(_)
+            | Command::Status(_)
+            | Command::Snapshots(_)
+            | Command::Completions { .. }
+            | Command::Manpage
     ) {
         // Pure output: `agent history | head` ends quietly, like any Unix filter.
         // SAFETY: setting a signal disposition before any thread exists.

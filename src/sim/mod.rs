@@ -33,6 +33,8 @@ pub enum Delay {
     Fixed(Duration),
     /// Uniform between the two bounds (seeded, so runs repeat).
     Uniform(Duration, Duration),
+    /// Around a base, ± the given fraction (a server's size sets its snapshot time).
+    Around(Duration, f64),
 }
 
 #[derive(Debug, Clone)]
@@ -409,6 +411,15 @@ impl Simulator {
             .collect()
     }
 
+    /// When snapshot `id` completes (or completed); `None` if unknown or never.
+    pub fn ready_at(&self, id: u64) -> Option<DateTime<Utc>> {
+        self.state()
+            .snaps
+            .get(&id)
+            .filter(|s| s.fate != Mode::Stuck)
+            .map(|s| s.ready_at)
+    }
+
     pub fn events(&self) -> Vec<Event> {
         self.state().events.clone()
     }
@@ -432,6 +443,10 @@ impl Simulator {
                 let mut rng = self.inner.rng.lock().unwrap_or_else(|e| e.into_inner());
                 let span = hi.saturating_sub(lo).as_millis() as u64;
                 lo + Duration::from_millis(rng.u64(0..=span))
+            }
+            Delay::Around(base, spread) => {
+                let mut rng = self.inner.rng.lock().unwrap_or_else(|e| e.into_inner());
+                base.mul_f64((1.0 - spread + 2.0 * spread * rng.f64()).max(0.0))
             }
         }
     }

@@ -351,13 +351,20 @@ fn a_missing_or_broken_file_is_named() {
 fn the_example_config_parses_and_validates() {
     let _g = env_lock();
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+        .unwrap();
     // Point the file references at files that exist here; keep everything else as shipped.
     let token = write(&dir, "token", "example-token");
     let pass = write(&dir, "smtp-password", "example-password");
     let text = text
-        .replace("/etc/vps-snapshot-agent/token", &token.display().to_string())
-        .replace("/etc/vps-snapshot-agent/smtp-password", &pass.display().to_string());
+        .replace(
+            "/etc/vps-snapshot-agent/token",
+            &token.display().to_string(),
+        )
+        .replace(
+            "/etc/vps-snapshot-agent/smtp-password",
+            &pass.display().to_string(),
+        );
     let path = write(&dir, "config.toml", &text);
     let s = Settings::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.jobs.len(), 2);

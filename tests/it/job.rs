@@ -537,3 +537,26 @@ async fn a_run_aborted_at_any_point_resumes_without_a_duplicate() {
         assert!(w.sim.snapshots(1).len() <= 2, "cut {cut}");
     }
 }
+
+#[tokio::test]
+async fn a_steady_state_run_costs_two_requests_plus_polls_plus_deletions() {
+    let (w, dir) = setup(SimOptions {
+        delay: vps_snapshot_agent::sim::Delay::Fixed(Duration::from_secs(100)),
+        ..SimOptions::default()
+    })
+    .await;
+    let runner = w.runner(w.db(&dir).await);
+    w.put(1, Some("web"), 600, Completed);
+    let before = w.sim.requests().0;
+    let o = runner
+        .run_job(&job("web", 1, 1), RunTrigger::Schedule, None)
+        .await
+        .unwrap();
+    assert_eq!(o.deleted.len(), 1);
+    let used = w.sim.requests().0 - before;
+    assert_eq!(
+        used,
+        2 + u64::from(o.polls) + 1,
+        "the final poll's listing serves the rotation"
+    );
+}

@@ -1,0 +1,672 @@
+//! The benchmark harness: `cargo bench --bench agent`. Every number in the README's
+//! Benchmarks section comes from one run of this. It prints a table and writes
+//! `target/bench-results.json`. Everything runs on loopback.
+//!
+//! Knobs (environment): BENCH_JOBS (1000), BENCH_PEER_JOBS (100), BENCH_IDLE_SECS (60),
+//! BENCH_RUNS (1000000), BENCH_SKIP (comma list of: run_once,peer,idle,history,lateness,polling).
+
+use std::io::Write as _;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use vps_snapshot_agent::clock::{self, VirtualClock};
+use vps_snapshot_agent::config::Settings;
+use vps_snapshot_agent::db::{Database, RunTrigger};
+use vps_snapshot_agent::job::Runner;
+use vps_snapshot_agent::sim::{Delay, SimOptions, SimServer, Simulator};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agent");
+const TOKEN: &str = "bench-token";
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn skipped(what: &str) -> bool {
+    std::env::var("BENCH_SKIP").is_ok_and(|s| s.split(',').any(|x| x.trim() == what))
+}
+
+/// CPU time (user + system) of all children waited for so far.
+fn children_cpu() -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time and RSS of a running process, from /proc.
+fn proc_cpu_rss(pid: u32) -> (Duration, u64) {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|x| x.1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let cpu = Duration::from_millis((t(11) + t(12)) * 1000 / ticks.max(1));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (cpu, rss_kib)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+struct Report {
+    rows: Vec<(String, String, String)>,
+    json: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Report {
+    fn add(&mut self, key: &str, label: &str, value: f64, unit: &str, target: &str) {
+        let shown = if value.abs() >= 100.0 {
+            format!("{value:.0} {unit}")
+        } else {
+            format!("{value:.3} {unit}")
+        };
+        println!("  {label:<58} {shown:>16}   {target}");
+        self.rows
+            .push((label.to_string(), shown, target.to_string()));
+        self.json.insert(
+            key.to_string(),
+            serde_json::json!({"value": value, "unit": unit, "target": target}),
+        );
+    }
+}
+
+fn write_config(dir: &Path, base_url: &str, jobs: &str, extra: &str) -> PathBuf {
+    let p = dir.join("config.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "database = \"{}\"\n[api]\nbase_url = \"{base_url}\"\ntoken = \"{TOKEN}\"\n{extra}\n{jobs}",
+            dir.join("history.db").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// N jobs on servers `first_server`.., one each.
+fn jobs_toml(n: u64, first_server: u64, schedule: impl Fn(u64) -> String) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[jobs]]\nname = \"job-{i}\"\nserver_id = {}\nschedule = \"{}\"\n",
+                first_server + i,
+                schedule(i)
+            )
+        })
+        .collect()
+}
+
+async fn sim(delay: Delay) -> SimServer {
+    Simulator::start(
+        SimOptions {
+            token: TOKEN.into(),
+            delay,
+            ..SimOptions::default()
+        },
+        clock::system(),
+    )
+    .await
+    .unwrap()
+}
+
+/// `agent run-once` over N jobs on N servers, instant completion.
+async fn bench_run_once(r: &mut Report, n: u64) -> Option<f64> {
+    let s = sim(Delay::Fixed(Duration::ZERO)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &s.base_url(),
+        &jobs_toml(n, 1000, |_| "0 30 2 * * *".into()),
+        "max_concurrent_jobs = 64\n[defaults]\npoll_interval = \"1ms\"\nkeep_last = 2\n",
+    );
+    // Three rounds so that rotation deletes in the last one; the last one is measured.
+    for _ in 0..2 {
+        let st = tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("-qq")
+            .arg("run-once")
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+    }
+    let (req0, _) = s.sim.requests();
+    let cpu0 = children_cpu();
+    let t0 = Instant::now();
+    let st = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("-qq")
+        .arg("run-once")
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    let wall = t0.elapsed();
+    let cpu = children_cpu() - cpu0;
+    assert!(st.success(), "run-once failed");
+    let (req1, _) = s.sim.requests();
+    let per_job_cpu = cpu.as_secs_f64() * 1000.0 / n as f64;
+    r.add(
+        "run_once_wall_s",
+        &format!("run-once, {n} jobs on {n} servers: wall time"),
+        wall.as_secs_f64(),
+        "s",
+        "<= 3 s",
+    );
+    r.add(
+        "run_once_cpu_per_job_ms",
+        "run-once: CPU (user+sys) per job",
+        per_job_cpu,
+        "ms",
+        "<= 1 ms, >= 30x below the script",
+    );
+    r.add(
+        "run_once_requests_per_job",
+        "run-once: API requests per job (1 poll, 1 delete)",
+        (req1 - req0) as f64 / n as f64,
+        "req",
+        "<= 2 + polls + deletions = 4",
+    );
+    Some(per_job_cpu)
+}
+
+/// The curl + jq script, server after server, against `agent simulate`.
+async fn bench_peer(
+    r: &mut Report,
+    n: u64,
+    agent_cpu_per_job: Option<f64>,
+    agent_wall_per_job: Option<f64>,
+) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut simulate = Command::new(BIN)
+        .args([
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--token",
+            TOKEN,
+            "--completion",
+            "0s",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline/snapshot.sh");
+    let servers: Vec<String> = (0..n).map(|i| (5000 + i).to_string()).collect();
+    let run = |servers: &[String]| {
+        Command::new("bash")
+            .arg(script)
+            .args(servers)
+            .env("API", format!("http://127.0.0.1:{port}/api/v1"))
+            .env("TOKEN", TOKEN)
+            .env("KEEP", "2")
+            .env("POLL", "0.001")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        assert!(run(&servers).success(), "the peer script failed");
+    }
+    let cpu0 = children_cpu();
+    let t0 = Instant::now();
+    assert!(run(&servers).success());
+    let wall = t0.elapsed();
+    let cpu = children_cpu() - cpu0;
+    let _ = simulate.kill();
+    let _ = simulate.wait();
+    let per_job = cpu.as_secs_f64() * 1000.0 / n as f64;
+    let wall_per_job = wall.as_secs_f64() * 1000.0 / n as f64;
+    r.add(
+        "peer_cpu_per_job_ms",
+        &format!("peer script (bash+curl+jq), {n} servers: CPU per job"),
+        per_job,
+        "ms",
+        "",
+    );
+    r.add(
+        "peer_wall_per_job_ms",
+        "peer script: wall time per job",
+        wall_per_job,
+        "ms",
+        "",
+    );
+    if let Some(a) = agent_cpu_per_job {
+        r.add(
+            "cpu_ratio_peer_over_agent",
+            "CPU per job: script / agent",
+            per_job / a,
+            "x",
+            ">= 30x",
+        );
+    }
+    if let Some(a) = agent_wall_per_job {
+        r.add(
+            "wall_ratio_peer_over_agent",
+            "wall time per job: script / agent",
+            wall_per_job / a,
+            "x",
+            "",
+        );
+    }
+}
+
+fn wait_ready(sock: &UnixDatagram) -> bool {
+    let mut buf = [0u8; 4096];
+    for _ in 0..600 {
+        if let Ok(n) = sock.recv(&mut buf)
+            && String::from_utf8_lossy(&buf[..n]).contains("READY=1")
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Start-up to READY and the idle daemon with N jobs armed.
+async fn bench_idle(r: &mut Report, n: u64, secs: u64) {
+    let s = sim(Delay::Fixed(Duration::ZERO)).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Daily jobs at times that do not come up during the measurement.
+    let now = Utc::now();
+    let hour = (now + chrono::Duration::hours(12)).format("%H").to_string();
+    let cfg = write_config(
+        dir.path(),
+        &s.base_url(),
+        &jobs_toml(n, 1000, |i| {
+            format!("{} {} {hour} * * *", i % 60, (i / 60) % 60)
+        }),
+        "",
+    );
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // Migrate the database first so start-up measures the daemon, not schema creation.
+    Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let t0 = Instant::now();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["-q", "run"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_ready(&sock), "no READY=1");
+    let ready = t0.elapsed();
+    r.add(
+        "ready_ms",
+        &format!("daemon start-up to READY=1, {n} jobs"),
+        ready.as_secs_f64() * 1000.0,
+        "ms",
+        "<= 100 ms",
+    );
+    // Let start-up work settle, then measure.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu0, _) = proc_cpu_rss(child.id());
+    let t1 = Instant::now();
+    let mut peak_rss = 0;
+    while t1.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak_rss = peak_rss.max(proc_cpu_rss(child.id()).1);
+    }
+    let (cpu1, _) = proc_cpu_rss(child.id());
+    let pct = (cpu1 - cpu0).as_secs_f64() * 100.0 / t1.elapsed().as_secs_f64();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    r.add(
+        "idle_rss_mib",
+        &format!("idle daemon, {n} jobs armed: peak RSS over {secs} s"),
+        peak_rss as f64 / 1024.0,
+        "MiB",
+        "<= 16 MiB",
+    );
+    r.add(
+        "idle_cpu_percent",
+        &format!("idle daemon: CPU over {secs} s"),
+        pct,
+        "%",
+        "<= 0.05 %",
+    );
+}
+
+/// `history --limit 50` and `status` on a database with many runs.
+async fn bench_history(r: &mut Report, runs: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let sql = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {runs}) \
+         INSERT INTO runs (job, server_id, kind, trigger, status, started_at, finished_at, owner, step, \
+           snapshot_name, snapshot_id, snapshot_status, snapshot_created_at, snapshot_completed_at) \
+         SELECT 'job-' || (i % 1000), 1000 + i % 1000, 'snapshot', 'schedule', \
+           CASE WHEN i % 50 = 0 THEN 'failed' ELSE 'succeeded' END, \
+           1700000000000 + i * 60000, 1700000000000 + i * 60000 + 300000, 'bench/1/1/x', 'done', \
+           'agent-job-' || (i % 1000) || '-20261128T000000Z-abcdef', i, 'completed', \
+           1700000000000 + i * 60000, 1700000000000 + i * 60000 + 300000 FROM n"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let sql = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {runs}) \
+         INSERT INTO actions (run_id, at, action, snapshot_id, outcome, detail) \
+         SELECT i, 1700000000000 + i * 60000, 'delete', i - 3, 'ok', 'rotation' FROM n"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(db.pool())
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE").execute(db.pool()).await.unwrap();
+    println!(
+        "  (generated {runs} runs and {runs} actions in {:.1} s)",
+        t0.elapsed().as_secs_f64()
+    );
+    let mut inproc = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let h = db.history(None, 50).await.unwrap();
+        inproc.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(h.len(), 50);
+    }
+    db.close().await;
+    let cfg = write_config(
+        dir.path(),
+        "http://127.0.0.1:9/api/v1",
+        &jobs_toml(1000, 1000, |_| "0 30 2 * * *".into()),
+        "",
+    );
+    let time_cmd = |args: &[&str]| {
+        let mut v = Vec::new();
+        for _ in 0..10 {
+            let t = Instant::now();
+            let st = Command::new(BIN)
+                .arg("--config")
+                .arg(&cfg)
+                .args(args)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success());
+            v.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        percentile(&mut v, 50.0)
+    };
+    r.add(
+        "history_query_ms",
+        &format!("history --limit 50 query, {runs} runs (in process, p50)"),
+        percentile(&mut inproc, 50.0),
+        "ms",
+        "",
+    );
+    r.add(
+        "history_cmd_ms",
+        &format!("`agent history --limit 50`, {runs} runs (whole process, p50)"),
+        time_cmd(&["history", "--limit", "50"]),
+        "ms",
+        "<= 30 ms",
+    );
+    r.add(
+        "status_cmd_ms",
+        &format!("`agent status`, 1000 jobs, {runs} runs (whole process, p50)"),
+        time_cmd(&["status"]),
+        "ms",
+        "",
+    );
+}
+
+/// Schedule lateness of the real daemon (tokio-cron-scheduler one-shots): started_at minus
+/// scheduled_for for every scheduled run.
+async fn bench_lateness(r: &mut Report) {
+    let s = sim(Delay::Fixed(Duration::ZERO)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &s.base_url(),
+        &jobs_toml(20, 1000, |_| "*/2 * * * * *".into()),
+        "max_concurrent_jobs = 32\n[defaults]\npoll_interval = \"5ms\"\ncatch_up = \"off\"\n",
+    );
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["-q", "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let db = Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap();
+    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT started_at, scheduled_for FROM runs WHERE trigger = 'schedule' AND scheduled_for IS NOT NULL")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    let mut late: Vec<f64> = rows.iter().map(|(s, f)| (s - f) as f64).collect();
+    r.add(
+        "lateness_p50_ms",
+        &format!("schedule lateness over {} fires, p50", late.len()),
+        percentile(&mut late, 50.0),
+        "ms",
+        "< 1000 ms",
+    );
+    r.add(
+        "lateness_p99_ms",
+        "schedule lateness, p99",
+        percentile(&mut late, 99.0),
+        "ms",
+        "< 1000 ms",
+    );
+}
+
+/// Learned polling on realistic durations: each server's snapshots take 3-10 minutes
+/// (fixed per server, ±10 %), 20 s poll interval, in virtual time.
+async fn bench_polling(r: &mut Report) {
+    let start = Utc.with_ymd_and_hms(2026, 11, 1, 2, 30, 0).unwrap();
+    let vclock = VirtualClock::new(start);
+    let shared: clock::SharedClock = Arc::new(vclock.clone());
+    let server = Simulator::start(
+        SimOptions {
+            token: TOKEN.into(),
+            seed: 7,
+            ..SimOptions::default()
+        },
+        shared.clone(),
+    )
+    .await
+    .unwrap();
+    let mut rng = fastrand::Rng::with_seed(42);
+    let servers = 20u64;
+    for i in 0..servers {
+        let base = Duration::from_secs(180 + rng.u64(0..=420));
+        server.sim.set_delay(2000 + i, Delay::Around(base, 0.1));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &server.base_url(),
+        &jobs_toml(servers, 2000, |_| "0 30 2 * * *".into()),
+        "",
+    );
+    let settings = Settings::load(&cfg).unwrap();
+    let db = Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap();
+    let token = settings.api.token().unwrap().clone();
+    let client =
+        vps_snapshot_agent::api::Client::new(&settings.api, &token, shared.clone()).unwrap();
+    let runner = Runner::from_settings(&settings, db.clone(), client, shared);
+    let (mut first, mut learned, mut late) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..15 {
+        for job in &settings.jobs {
+            let o = runner.run_job(job, RunTrigger::Manual, None).await.unwrap();
+            assert_eq!(o.status, vps_snapshot_agent::db::RunStatus::Succeeded);
+            let (id, _) = o.snapshot.unwrap();
+            let run = db.run(o.run_id).await.unwrap().unwrap();
+            let ready = server.sim.ready_at(id).unwrap();
+            let done: (Option<i64>,) =
+                sqlx::query_as("SELECT snapshot_completed_at FROM runs WHERE id = ?")
+                    .bind(run.id)
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap();
+            let noticed = vps_snapshot_agent::db::from_ms(done.0.unwrap());
+            late.push((noticed - ready).num_milliseconds() as f64 / 1000.0);
+            if round < 3 {
+                first.push(f64::from(o.polls))
+            } else {
+                learned.push(f64::from(o.polls))
+            }
+        }
+        vclock.advance(Duration::from_secs(86_400));
+    }
+    r.add(
+        "polls_fixed_median",
+        "polls per run before any history (fixed 20 s), median",
+        percentile(&mut first, 50.0),
+        "polls",
+        "",
+    );
+    r.add(
+        "polls_learned_median",
+        "polls per run with learned polling, median",
+        percentile(&mut learned, 50.0),
+        "polls",
+        "<= 4",
+    );
+    r.add(
+        "polls_learned_p95",
+        "polls per run with learned polling, p95",
+        percentile(&mut learned, 95.0),
+        "polls",
+        "",
+    );
+    r.add(
+        "completion_noticed_max_s",
+        "completion noticed after it happened, max",
+        percentile(&mut late, 100.0),
+        "s",
+        "<= 20 s (poll_interval)",
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for a list; nothing to list.
+    }
+    let jobs = knob("BENCH_JOBS", 1000);
+    let mut r = Report {
+        rows: Vec::new(),
+        json: serde_json::Map::new(),
+    };
+    println!(
+        "vps-snapshot-agent benchmarks on {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::env::consts::ARCH
+    );
+    let size = std::fs::metadata(BIN).map(|m| m.len()).unwrap_or(0);
+    r.add(
+        "binary_mib",
+        "release binary size",
+        size as f64 / (1024.0 * 1024.0),
+        "MiB",
+        "<= 10 MiB",
+    );
+    let mut agent_cpu = None;
+    let mut agent_wall = None;
+    if !skipped("run_once") {
+        agent_cpu = bench_run_once(&mut r, jobs).await;
+        agent_wall = r
+            .json
+            .get("run_once_wall_s")
+            .and_then(|v| v["value"].as_f64())
+            .map(|s| s * 1000.0 / jobs as f64);
+    }
+    if !skipped("peer") {
+        bench_peer(&mut r, knob("BENCH_PEER_JOBS", 100), agent_cpu, agent_wall).await;
+    }
+    if !skipped("polling") {
+        bench_polling(&mut r).await;
+    }
+    if !skipped("lateness") {
+        bench_lateness(&mut r).await;
+    }
+    if !skipped("idle") {
+        bench_idle(&mut r, jobs, knob("BENCH_IDLE_SECS", 60)).await;
+    }
+    if !skipped("history") {
+        bench_history(&mut r, knob("BENCH_RUNS", 1_000_000)).await;
+    }
+    let out = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/bench-results.json"
+    ));
+    let mut f = std::fs::File::create(&out).unwrap();
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string_pretty(&serde_json::Value::Object(r.json)).unwrap()
+    )
+    .unwrap();
+    println!("\nwritten to {}", out.display());
+    println!("\n| metric | value | target |\n|---|---|---|");
+    for (l, v, t) in &r.rows {
+        println!("| {l} | {v} | {t} |");
+    }
+}
