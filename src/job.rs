@@ -32,6 +32,9 @@ pub struct Runner {
     pub max_retries: u32,
     /// How long to wait for a server locked by another run before failing.
     pub lock_wait: Duration,
+    /// After a create whose outcome is unknown, how long apart the listings that look for
+    /// it are (the API's request timeout: a slow create can land after we gave up on it).
+    pub settle: Duration,
 }
 
 /// How a run ended, for summaries.
@@ -163,6 +166,7 @@ impl Runner {
             max_retries: settings.api.max_retries,
             // Long enough for another run on the server to finish its snapshot.
             lock_wait: longest + Duration::from_secs(300),
+            settle: settings.api.request_timeout,
         }
     }
 
@@ -505,15 +509,21 @@ impl Runner {
         }
     }
 
-    /// Lists until the answer is known (a failed listing is not "absent"), up to
-    /// `max_retries + 1` listings.
+    /// Looks for the snapshot named `name` after a create whose outcome is unknown. A
+    /// failed listing is not "absent", and neither is one listing: a slow create can land
+    /// after the client gave up, so absence counts only after `max_retries + 2` listings
+    /// `settle` apart.
     async fn find_by_name(
         &self,
         st: &mut RunState<'_>,
         name: &str,
     ) -> Result<Option<Snapshot>, Failure> {
-        let mut last = None;
-        for _ in 0..=self.max_retries {
+        let mut last_error = None;
+        let mut absent = 0;
+        for attempt in 0..(self.max_retries + 2) * 2 {
+            if attempt > 0 {
+                self.clock.sleep(self.settle).await;
+            }
             match self.client.list(Some(st.job.server_id)).await {
                 Ok(list) => {
                     self.action(
@@ -525,18 +535,30 @@ impl Runner {
                     )
                     .await?;
                     let found = list.iter().find(|s| s.name == name).cloned();
-                    st.listing = list;
-                    return Ok(found);
+                    st.listing = list
+                        .into_iter()
+                        .filter(|s| s.server.id == st.job.server_id)
+                        .collect();
+                    if found.is_some() {
+                        return Ok(found);
+                    }
+                    absent += 1;
+                    if absent >= self.max_retries + 2 {
+                        return Ok(None);
+                    }
                 }
                 Err(e) => {
                     self.action(st, "list", None, "error", Some(&e.to_string()))
                         .await?;
-                    last = Some(e);
+                    last_error = Some(e);
                 }
             }
         }
-        let e = last.map_or_else(|| anyhow!("no listing"), anyhow::Error::from);
-        Err(fail("create", e.context(format!("the create request's outcome is unknown and listing failed; not creating {name} again"))))
+        let e = last_error.map_or_else(|| anyhow!("no listing"), anyhow::Error::from);
+        Err(fail(
+            "create",
+            e.context(format!("the create request's outcome is unknown and listing failed; not creating {name} again")),
+        ))
     }
 
     /// How long to wait before the first poll: learned from this job's recorded snapshot

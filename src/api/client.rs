@@ -56,6 +56,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Body<'a> {
     None,
     Json(&'a serde_json::Value),
@@ -228,14 +229,35 @@ impl Client {
         what: &str,
         idempotent: bool,
     ) -> Result<T, ApiError> {
-        let bytes = self
-            .send(method, url, body, what, idempotent)
-            .await
-            .map_err(|(e, _)| e)?;
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
-            what: what.to_string(),
-            detail: format!("{e} in {}", excerpt(&bytes)),
-        })
+        let mut decode_failures = 0;
+        loop {
+            let bytes = self
+                .send(method.clone(), url.clone(), body.clone(), what, idempotent)
+                .await
+                .map_err(|(e, _)| e)?;
+            let err = match serde_json::from_slice(&bytes) {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let detail = format!("{err} in {}", excerpt(&bytes));
+            // A success we cannot read was still a success: the create happened.
+            if !idempotent {
+                return Err(ApiError::OutcomeUnknown {
+                    what: what.to_string(),
+                    reason: format!("malformed response: {detail}"),
+                });
+            }
+            decode_failures += 1;
+            if decode_failures > self.retry.max_retries {
+                return Err(ApiError::Decode {
+                    what: what.to_string(),
+                    detail,
+                });
+            }
+            let d = self.retry.backoff(decode_failures - 1);
+            tracing::warn!(%what, "malformed response ({detail}); retrying in {d:?}");
+            self.clock.sleep(d).await;
+        }
     }
 
     /// Sends with retries. On error, also says whether an earlier attempt may have been

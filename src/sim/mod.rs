@@ -93,6 +93,8 @@ pub enum FaultKind {
     DropAfter,
     /// Wait this long (real time) before handling the request normally.
     Delay(Duration),
+    /// Do the work, then wait this long (real time) before answering.
+    DelayAfter(Duration),
     /// Answer 200 with this body instead of doing the work.
     Body(String),
 }
@@ -105,6 +107,9 @@ pub struct Fault {
     pub times: u32,
     /// Probability that a matching request is hit (`None`: every one, until `times` runs out).
     pub rate: Option<f64>,
+    /// Let this many matching requests through first (e.g. 1 on `List` spares the
+    /// initial listing and hits the polls).
+    pub skip: u32,
 }
 
 impl Fault {
@@ -114,6 +119,7 @@ impl Fault {
             kind,
             times,
             rate: None,
+            skip: 0,
         }
     }
     pub fn status(op: Op, code: u16, times: u32) -> Self {
@@ -144,6 +150,9 @@ pub enum Event {
         status: SnapshotStatus,
         /// Deleted through `delete_external`, not the API.
         external: bool,
+        /// At that moment a completed snapshot of the same job (by name), on the same
+        /// server and newer, existed: the deleted one was not the newest good one.
+        newer_completed_sibling: bool,
     },
     Restored {
         id: u64,
@@ -382,22 +391,34 @@ impl Simulator {
 
     /// Deletes a snapshot behind the agent's back.
     pub fn delete_external(&self, id: u64) -> bool {
+        self.remove(id, true)
+    }
+
+    /// Removes a snapshot and logs it, noting whether a newer completed sibling existed.
+    fn remove(&self, id: u64, external: bool) -> bool {
         let now = self.inner.clock.now();
         let mut st = self.state();
-        match st.snaps.remove(&id) {
-            Some(s) => {
-                let status = s.status(now);
-                st.events.push(Event::Deleted {
-                    id,
-                    server_id: s.server_id,
-                    name: s.name,
-                    status,
-                    external: true,
-                });
-                true
-            }
-            None => false,
-        }
+        let Some(snap) = st.snaps.remove(&id) else {
+            return false;
+        };
+        let job = crate::naming::parse(&snap.name).map(|p| p.job);
+        let newer_completed_sibling = st.snaps.values().any(|o| {
+            o.server_id == snap.server_id
+                && o.created_at > snap.created_at
+                && o.status(now) == SnapshotStatus::Completed
+                && job.is_some()
+                && crate::naming::parse(&o.name).map(|p| p.job) == job
+        });
+        let status = snap.status(now);
+        st.events.push(Event::Deleted {
+            id,
+            server_id: snap.server_id,
+            name: snap.name,
+            status,
+            external,
+            newer_completed_sibling,
+        });
+        true
     }
 
     /// The server's snapshots as the API would list them.
@@ -512,6 +533,7 @@ impl Simulator {
             ));
         };
         let mut drop_after = false;
+        let mut delay_after = None;
         if let Some(kind) = self.take_fault(op) {
             match kind {
                 FaultKind::Status {
@@ -531,6 +553,7 @@ impl Simulator {
                 }
                 FaultKind::DropBefore => return Err(Dropped),
                 FaultKind::DropAfter => drop_after = true,
+                FaultKind::DelayAfter(d) => delay_after = Some(d),
                 FaultKind::Delay(d) => tokio::time::sleep(d).await,
                 FaultKind::Body(b) => {
                     let mut r = Response::new(Full::new(Bytes::from(b)));
@@ -551,6 +574,9 @@ impl Simulator {
             Op::Delete => self.delete(segments[0]),
             Op::Restore | Op::Any => self.restore(segments[0]),
         };
+        if let Some(d) = delay_after {
+            tokio::time::sleep(d).await;
+        }
         if drop_after { Err(Dropped) } else { Ok(resp) }
     }
 
@@ -696,22 +722,12 @@ impl Simulator {
     }
 
     fn delete(&self, id: &str) -> Resp {
-        let now = self.inner.clock.now();
-        let mut st = self.state();
-        let Some(snap) = id.parse::<u64>().ok().and_then(|id| st.snaps.remove(&id)) else {
+        if !id.parse::<u64>().is_ok_and(|id| self.remove(id, false)) {
             return reply(
                 StatusCode::NOT_FOUND,
                 json!({"detail": "Snapshot not found."}),
             );
-        };
-        let status = snap.status(now);
-        st.events.push(Event::Deleted {
-            id: snap.id,
-            server_id: snap.server_id,
-            name: snap.name,
-            status,
-            external: false,
-        });
+        }
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::NO_CONTENT;
         r

@@ -318,3 +318,45 @@ async fn the_daemon_runs_scheduled_jobs_and_stops_cleanly_on_sigterm() {
     );
     assert!(!err.contains(TOKEN));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_sends_a_test_email_and_never_shows_the_smtp_password() {
+    let s = sim().await;
+    let (inbox, port) = crate::helpers::Inbox::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let email = |port: u16, login: &str| {
+        format!(
+            "{JOB}[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\nsecurity = \"none\"\nfrom = \"agent@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"3s\"\n{login}"
+        )
+    };
+    let cfg = config(dir.path(), &s.base_url(), &email(port, ""));
+    let o = agent(&cfg, &["check", "--send-test-email"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("test mail sent to ops@example.com"),
+        "{}",
+        text(&o)
+    );
+    let mails = inbox.messages();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].contains("Subject: [agent] test email"));
+
+    // A dead SMTP server with a login: a clear error naming the server, never the password.
+    let dead = crate::helpers::closed_port();
+    let cfg = config(
+        dir.path(),
+        &s.base_url(),
+        &email(
+            dead,
+            "username = \"agent\"\npassword = \"smtp-secret-4242\"\n",
+        ),
+    );
+    let o = agent(&cfg, &["check"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("127.0.0.1:{dead}")),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("smtp-secret-4242"));
+}

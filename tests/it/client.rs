@@ -217,22 +217,46 @@ async fn unknown_status_values_are_kept() {
 }
 
 #[tokio::test]
-async fn malformed_bodies_are_decode_errors() {
+async fn malformed_bodies_are_retried_then_decode_errors() {
     let w = world(SimOptions::default()).await;
+    // One bad answer is retried.
     w.sim.inject(Fault::new(
         Op::List,
         FaultKind::Body("{\"results\": [1, 2".into()),
         1,
     ));
+    assert!(w.client().list(None).await.unwrap().is_empty());
+    // One that stays bad is a decode error naming the request.
+    w.sim.inject(Fault::new(
+        Op::List,
+        FaultKind::Body("{\"results\": [1, 2".into()),
+        100,
+    ));
     let e = w.client().list(None).await.unwrap_err();
-    assert!(matches!(e, ApiError::Decode { .. }), "{e}");
+    assert!(
+        matches!(e, ApiError::Decode { ref what, .. } if what.contains("listing")),
+        "{e}"
+    );
+    w.sim.clear_faults();
     w.sim.inject(Fault::new(
         Op::List,
         FaultKind::Body("{\"results\": [{\"id\": \"seven\"}]}".into()),
-        1,
+        100,
     ));
     let e = w.client().list(None).await.unwrap_err();
     assert!(matches!(e, ApiError::Decode { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_create_answered_with_garbage_is_outcome_unknown() {
+    let w = world(SimOptions::default()).await;
+    w.sim.inject(Fault::new(
+        Op::Create,
+        FaultKind::Body("<html>oops".into()),
+        1,
+    ));
+    let e = w.client().create(1, "x", "").await.unwrap_err();
+    assert!(matches!(e, ApiError::OutcomeUnknown { .. }), "{e}");
 }
 
 #[tokio::test]
