@@ -531,7 +531,7 @@ async fn bench_polling(r: &mut Report) {
     .await
     .unwrap();
     let mut rng = fastrand::Rng::with_seed(42);
-    let servers = 20u64;
+    let servers = 100u64;
     for i in 0..servers {
         let base = Duration::from_secs(180 + rng.u64(0..=420));
         server.sim.set_delay(2000 + i, Delay::Around(base, 0.1));

@@ -232,7 +232,7 @@ impl Client {
         let mut decode_failures = 0;
         loop {
             let bytes = self
-                .send(method.clone(), url.clone(), body.clone(), what, idempotent)
+                .send(method.clone(), url.clone(), body, what, idempotent)
                 .await
                 .map_err(|(e, _)| e)?;
             let err = match serde_json::from_slice(&bytes) {

@@ -196,14 +196,38 @@ impl Database {
                 .map_err(|e| err("cannot create its directory", e.into()))?;
         }
         if !path.exists() {
+            // Created 0600 here (SQLite would use the umask); another opener may win the race.
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
+            let created = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path)
-                .map_err(|e| err("cannot create the file", e.into()))?;
+                .open(path);
+            match created {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err("cannot create the file", e.into())),
+            }
         }
+        // Two agents opening a new database at once (the daemon and `run-once`) would race
+        // to switch it to WAL (which does not wait for locks) and to create the tables
+        // (sqlx's migrator takes no lock across processes for SQLite). An advisory lock
+        // on a sidecar file makes the second opener wait for the first.
+        let lock_path = path.with_extension("db.lock");
+        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&lock_path)?;
+            f.lock()?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| err("cannot take its open lock", e.into()))?
+        .map_err(|e| err("cannot take its open lock", e.into()))?;
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -216,10 +240,9 @@ impl Database {
             .connect_with(opts)
             .await
             .map_err(|e| err("cannot open", e.into()))?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| err("cannot migrate (is it an agent database?)", e.into()))?;
+        let migrated = sqlx::migrate!("./migrations").run(&pool).await;
+        drop(lock);
+        migrated.map_err(|e| err("cannot migrate (is it an agent database?)", e.into()))?;
         Ok(Self {
             pool,
             path: path.to_path_buf(),

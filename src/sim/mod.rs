@@ -479,6 +479,10 @@ impl Simulator {
             .faults
             .iter()
             .position(|f| f.times > 0 && (f.op == op || f.op == Op::Any))?;
+        if st.faults[idx].skip > 0 {
+            st.faults[idx].skip -= 1;
+            return None;
+        }
         if let Some(rate) = st.faults[idx].rate {
             let mut rng = self.inner.rng.lock().unwrap_or_else(|e| e.into_inner());
             if rng.f64() >= rate {

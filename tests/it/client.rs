@@ -285,3 +285,17 @@ async fn debug_output_hides_the_token() {
     assert!(!format!("{c:?}").contains(TOKEN));
     assert!(!format!("{:?}", w.api_settings()).contains(TOKEN));
 }
+
+#[tokio::test]
+async fn a_fault_can_spare_the_first_requests() {
+    let w = world(SimOptions::default()).await;
+    let mut f = Fault::status(Op::List, 503, 1);
+    f.skip = 2;
+    w.sim.inject(f);
+    let c = w.client();
+    c.list(None).await.unwrap();
+    c.list(None).await.unwrap();
+    assert_eq!(w.sim.requests().0, 2, "the first two were spared");
+    c.list(None).await.unwrap();
+    assert_eq!(w.sim.requests().0, 4, "the third was hit and retried");
+}

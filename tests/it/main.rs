@@ -5,6 +5,8 @@ mod client;
 mod config;
 mod daemon;
 mod helpers;
+mod invariants;
 mod job;
 mod mail;
+mod reliability;
 mod retention_props;
