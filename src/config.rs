@@ -213,6 +213,7 @@ impl Settings {
             file: origin,
             errors: Vec::new(),
             warnings: Vec::new(),
+            crons: BTreeMap::new(),
         };
         let settings = walk.settings(path, &tree);
         match settings {
@@ -359,6 +360,9 @@ struct Walk<'f> {
     file: String,
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
+    /// Parsed cron expressions: croner's parser is most of a load's cost, and a config
+    /// with many jobs repeats a few expressions.
+    crons: BTreeMap<String, Result<CronSpec, String>>,
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -871,7 +875,8 @@ impl Walk<'_> {
 
     fn cron(&mut self, t: &mut Table<'_>, k: &'static str) -> Option<CronSpec> {
         let s = self.string(t, k)?;
-        match CronSpec::parse(&s) {
+        let parsed = self.crons.entry(s.clone()).or_insert_with(|| CronSpec::parse(&s)).clone();
+        match parsed {
             Ok(c) => Some(c),
             Err(e) => {
                 let v = t.dict.and_then(|d| d.get(k));
