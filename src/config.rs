@@ -875,7 +875,11 @@ impl Walk<'_> {
 
     fn cron(&mut self, t: &mut Table<'_>, k: &'static str) -> Option<CronSpec> {
         let s = self.string(t, k)?;
-        let parsed = self.crons.entry(s.clone()).or_insert_with(|| CronSpec::parse(&s)).clone();
+        let parsed = self
+            .crons
+            .entry(s.clone())
+            .or_insert_with(|| CronSpec::parse(&s))
+            .clone();
         match parsed {
             Ok(c) => Some(c),
             Err(e) => {

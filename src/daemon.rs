@@ -26,9 +26,10 @@ use crate::schedule;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A job's time has come.
+/// The soonest next fire has come.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fire {
+    /// The job it was armed for (others due at the same time run with it).
     pub job: String,
     pub at: DateTime<Utc>,
     /// Fires armed before the last reload are ignored.
@@ -37,16 +38,16 @@ pub struct Fire {
 
 /// Delivers each armed [`Fire`] on a channel at its time.
 pub trait Timer: Send + Sync + 'static {
-    /// Arms `fire`, replacing whatever was armed for the same job.
+    /// Arms `fire`, replacing whatever was armed before.
     fn arm(&self, fire: Fire, tx: mpsc::UnboundedSender<Fire>)
     -> BoxFuture<'_, anyhow::Result<()>>;
     fn disarm_all(&self) -> BoxFuture<'_, ()>;
 }
 
-/// One-shot jobs on tokio-cron-scheduler.
+/// A one-shot job on tokio-cron-scheduler.
 pub struct CronTimer {
     sched: tokio_cron_scheduler::JobScheduler,
-    armed: Mutex<HashMap<String, uuid::Uuid>>,
+    armed: Mutex<Option<uuid::Uuid>>,
 }
 
 impl CronTimer {
@@ -55,7 +56,7 @@ impl CronTimer {
         sched.start().await?;
         Ok(Self {
             sched,
-            armed: Mutex::new(HashMap::new()),
+            armed: Mutex::new(None),
         })
     }
 }
@@ -69,11 +70,15 @@ impl Timer for CronTimer {
         Box::pin(async move {
             let delay = (fire.at - Utc::now()).to_std().unwrap_or_default();
             let instant = std::time::Instant::now() + delay;
-            let name = fire.job.clone();
             let job =
                 tokio_cron_scheduler::Job::new_one_shot_at_instant_async(instant, move |_, _| {
                     let (tx, fire) = (tx.clone(), fire.clone());
                     Box::pin(async move {
+                        // The scheduler keeps whole seconds and can fire up to a second
+                        // early: wait out the rest, so a job never starts before its time.
+                        if let Ok(early) = (fire.at - Utc::now()).to_std() {
+                            tokio::time::sleep(early).await;
+                        }
                         let _ = tx.send(fire);
                     })
                 })?;
@@ -82,7 +87,7 @@ impl Timer for CronTimer {
                 .armed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(name, id);
+                .replace(id);
             if let Some(old) = old {
                 let _ = self.sched.remove(&old).await;
             }
@@ -92,14 +97,8 @@ impl Timer for CronTimer {
 
     fn disarm_all(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let ids: Vec<_> = self
-                .armed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain()
-                .map(|(_, id)| id)
-                .collect();
-            for id in ids {
+            let old = self.armed.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(id) = old {
                 let _ = self.sched.remove(&id).await;
             }
         })
@@ -110,14 +109,14 @@ impl Timer for CronTimer {
 /// schedule in milliseconds, in order.
 pub struct ClockTimer {
     clock: SharedClock,
-    armed: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    armed: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ClockTimer {
     pub fn new(clock: SharedClock) -> Self {
         Self {
             clock,
-            armed: Mutex::new(HashMap::new()),
+            armed: Mutex::new(None),
         }
     }
 }
@@ -129,7 +128,6 @@ impl Timer for ClockTimer {
         tx: mpsc::UnboundedSender<Fire>,
     ) -> BoxFuture<'_, anyhow::Result<()>> {
         let clock = self.clock.clone();
-        let name = fire.job.clone();
         let handle = tokio::spawn(async move {
             let wait = (fire.at - clock.now()).to_std().unwrap_or_default();
             clock.sleep(wait).await;
@@ -139,7 +137,7 @@ impl Timer for ClockTimer {
             .armed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name, handle)
+            .replace(handle)
         {
             old.abort();
         }
@@ -147,7 +145,7 @@ impl Timer for ClockTimer {
     }
 
     fn disarm_all(&self) -> BoxFuture<'_, ()> {
-        for (_, h) in self.armed.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+        if let Some(h) = self.armed.lock().unwrap_or_else(|e| e.into_inner()).take() {
             h.abort();
         }
         Box::pin(async {})
@@ -264,18 +262,11 @@ impl Daemon {
         self.clock.now()
     }
 
-    async fn arm(&self, lp: &mut Loop, job: &JobSettings, after: DateTime<Utc>) {
+    /// Computes `job`'s next fire strictly after `after` into the table of next fires.
+    fn plan_next(&self, lp: &mut Loop, job: &JobSettings, after: DateTime<Utc>) {
         match schedule::next_fire(job, after) {
             Some(at) => {
                 lp.next.insert(job.name.clone(), at);
-                let fire = Fire {
-                    job: job.name.clone(),
-                    at,
-                    generation: lp.generation,
-                };
-                if let Err(e) = self.timer.arm(fire, lp.fires_tx.clone()).await {
-                    tracing::error!(job = %job.name, "cannot arm the next run: {e}");
-                }
             }
             None => {
                 lp.next.remove(&job.name);
@@ -284,12 +275,29 @@ impl Daemon {
         }
     }
 
+    /// Arms the timer for the soonest next fire only: one pending one-shot however many
+    /// jobs there are (tokio-cron-scheduler walks all its jobs on every tick).
+    async fn arm_soonest(&self, lp: &mut Loop) {
+        let Some((job, at)) = lp.next.iter().min_by_key(|(_, t)| **t) else {
+            return;
+        };
+        let fire = Fire {
+            job: job.clone(),
+            at: *at,
+            generation: lp.generation,
+        };
+        if let Err(e) = self.timer.arm(fire, lp.fires_tx.clone()).await {
+            tracing::error!("cannot arm the next run: {e}");
+        }
+    }
+
     async fn arm_all(&self, lp: &mut Loop) {
         let now = self.now();
         lp.next.clear();
         for job in self.services.settings.jobs.clone() {
-            self.arm(lp, &job, now).await;
+            self.plan_next(lp, &job, now);
         }
+        self.arm_soonest(lp).await;
     }
 
     fn start_run(&self, lp: &mut Loop, job: JobSettings, trigger: RunTrigger, at: DateTime<Utc>) {
@@ -455,10 +463,24 @@ impl Daemon {
                     if fire.generation != lp.generation {
                         continue;
                     }
-                    let Some(job) = self.services.settings.job(&fire.job).cloned() else { continue };
-                    let after = fire.at.max(self.now());
-                    self.arm(&mut lp, &job, after).await;
-                    self.start_run(&mut lp, job, RunTrigger::Schedule, fire.at);
+                    // Every job due by now runs, each for the fire time it was due at.
+                    let now = self.now().max(fire.at);
+                    let mut due: Vec<(String, DateTime<Utc>)> = lp
+                        .next
+                        .iter()
+                        .filter(|(_, t)| **t <= now)
+                        .map(|(j, t)| (j.clone(), *t))
+                        .collect();
+                    due.sort_by_key(|(_, t)| *t);
+                    for (name, at) in due {
+                        let Some(job) = self.services.settings.job(&name).cloned() else {
+                            lp.next.remove(&name);
+                            continue;
+                        };
+                        self.plan_next(&mut lp, &job, at.max(now));
+                        self.start_run(&mut lp, job, RunTrigger::Schedule, at);
+                    }
+                    self.arm_soonest(&mut lp).await;
                     notify(&[sd_notify::NotifyState::Status(&self.status_line(&lp))]);
                 }
                 Some(name) = done.recv() => {

@@ -187,9 +187,15 @@ impl Runner {
             .await
     }
 
+    /// Moves the run to `step`. Only `poll` is written at once (an observer or a crash
+    /// needs to know a snapshot is being waited for; `create` is written with the
+    /// planned name); the others reach the record with the run's end.
     async fn step(&self, st: &mut RunState<'_>, step: &'static str) -> Result<(), DbError> {
         st.step = step;
-        self.db.set_step(st.run_id, step).await
+        if step == "poll" {
+            self.db.set_step(st.run_id, step).await?;
+        }
+        Ok(())
     }
 
     async fn lock(&self, server_id: u64, run_id: Option<i64>) -> Result<LockGuard, Failure> {
@@ -303,7 +309,9 @@ impl Runner {
         Ok(())
     }
 
-    async fn list(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
+    /// Lists the server's snapshots into `st.listing`, recording the action. The API's
+    /// error is returned for the caller to judge; only a database error is fatal here.
+    async fn relist(&self, st: &mut RunState<'_>) -> Result<Result<(), ApiError>, DbError> {
         match self.client.list(Some(st.job.server_id)).await {
             Ok(list) => {
                 let detail = format!("{} snapshots", list.len());
@@ -312,14 +320,18 @@ impl Runner {
                     .into_iter()
                     .filter(|s| s.server.id == st.job.server_id)
                     .collect();
-                Ok(())
+                Ok(Ok(()))
             }
             Err(e) => {
                 self.action(st, "list", None, "error", Some(&e.to_string()))
                     .await?;
-                Err(fail(st.step, e))
+                Ok(Err(e))
             }
         }
+    }
+
+    async fn list(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
+        self.relist(st).await?.map_err(|e| fail(st.step, e))
     }
 
     /// Snapshots this job made and saw complete that are gone, though the agent did not
@@ -524,34 +536,17 @@ impl Runner {
             if attempt > 0 {
                 self.clock.sleep(self.settle).await;
             }
-            match self.client.list(Some(st.job.server_id)).await {
-                Ok(list) => {
-                    self.action(
-                        st,
-                        "list",
-                        None,
-                        "ok",
-                        Some(&format!("{} snapshots", list.len())),
-                    )
-                    .await?;
-                    let found = list.iter().find(|s| s.name == name).cloned();
-                    st.listing = list
-                        .into_iter()
-                        .filter(|s| s.server.id == st.job.server_id)
-                        .collect();
-                    if found.is_some() {
-                        return Ok(found);
+            match self.relist(st).await? {
+                Ok(()) => {
+                    if let Some(found) = st.listing.iter().find(|s| s.name == name) {
+                        return Ok(Some(found.clone()));
                     }
                     absent += 1;
                     if absent >= self.max_retries + 2 {
                         return Ok(None);
                     }
                 }
-                Err(e) => {
-                    self.action(st, "list", None, "error", Some(&e.to_string()))
-                        .await?;
-                    last_error = Some(e);
-                }
+                Err(e) => last_error = Some(e),
             }
         }
         let e = last_error.map_or_else(|| anyhow!("no listing"), anyhow::Error::from);
@@ -728,27 +723,9 @@ impl Runner {
             // The final poll's listing is fresh for the first delete; after a delete,
             // list again so that each victim is re-checked against a fresh listing.
             if !fresh {
-                match self.client.list(Some(job.server_id)).await {
-                    Ok(list) => {
-                        self.action(
-                            st,
-                            "list",
-                            None,
-                            "ok",
-                            Some(&format!("{} snapshots", list.len())),
-                        )
-                        .await?;
-                        st.listing = list
-                            .into_iter()
-                            .filter(|s| s.server.id == job.server_id)
-                            .collect();
-                    }
-                    Err(e) => {
-                        self.action(st, "list", None, "error", Some(&e.to_string()))
-                            .await?;
-                        st.delete_errors.push(format!("rotation stopped: {e}"));
-                        break;
-                    }
+                if let Err(e) = self.relist(st).await? {
+                    st.delete_errors.push(format!("rotation stopped: {e}"));
+                    break;
                 }
                 (cands, next) = pending(&st.listing, &pins);
             }
@@ -849,7 +826,14 @@ impl Runner {
             tracing::info!(deleted = ?st.deleted, "run succeeded");
         }
         self.db
-            .finish_run(st.run_id, status, error.as_deref(), now, &alerts)
+            .finish_run(
+                st.run_id,
+                status,
+                error.as_deref(),
+                Some(st.step),
+                now,
+                &alerts,
+            )
             .await?;
         Ok(Outcome {
             run_id: st.run_id,
@@ -898,7 +882,14 @@ impl Runner {
     async fn interrupt(&self, run: &Run, why: &str) -> Result<(), DbError> {
         tracing::warn!(run = run.id, job = %run.job, "marking run interrupted: {why}");
         self.db
-            .finish_run(run.id, RunStatus::Interrupted, Some(why), self.now(), &[])
+            .finish_run(
+                run.id,
+                RunStatus::Interrupted,
+                Some(why),
+                None,
+                self.now(),
+                &[],
+            )
             .await
     }
 
@@ -1030,7 +1021,7 @@ impl Runner {
             Err(e) => (RunStatus::Failed, Some(e.clone())),
         };
         self.db
-            .finish_run(run_id, status, error.as_deref(), now, &[])
+            .finish_run(run_id, status, error.as_deref(), None, now, &[])
             .await?;
         Ok(Outcome {
             run_id,

@@ -359,11 +359,13 @@ impl Database {
 
     /// Ends a run and queues its alerts in one transaction: a failure recorded is a
     /// failure alerted (unless throttled, which the alert module decides).
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish_run(
         &self,
         run_id: i64,
         status: RunStatus,
         error: Option<&str>,
+        step: Option<&str>,
         finished_at: DateTime<Utc>,
         alerts: &[NewAlert],
     ) -> DbResult<()> {
@@ -372,11 +374,17 @@ impl Database {
             .begin()
             .await
             .map_err(self.err("cannot begin a transaction"))?;
-        sqlx::query("UPDATE runs SET status = ?, error = ?, finished_at = ?, step = CASE WHEN ? = 'succeeded' THEN 'done' ELSE step END WHERE id = ?")
+        // The step reached: `done` for a success, else the step it stopped at.
+        let step = if status == RunStatus::Succeeded {
+            Some("done")
+        } else {
+            step
+        };
+        sqlx::query("UPDATE runs SET status = ?, error = ?, finished_at = ?, step = COALESCE(?, step) WHERE id = ?")
             .bind(status.as_str())
             .bind(error)
             .bind(ms(finished_at))
-            .bind(status.as_str())
+            .bind(step)
             .bind(run_id)
             .execute(&mut *tx)
             .await

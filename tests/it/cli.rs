@@ -312,6 +312,15 @@ async fn the_daemon_runs_scheduled_jobs_and_stops_cleanly_on_sigterm() {
         "a run was left running"
     );
     assert!(runs.iter().all(|r| r.trigger == RunTrigger::Schedule));
+    // tokio-cron-scheduler keeps whole seconds and may fire early; a run never starts
+    // before the time it was scheduled for.
+    for r in &runs {
+        assert!(
+            r.started_at >= r.scheduled_for.unwrap(),
+            "run {} started before its time",
+            r.id
+        );
+    }
     assert!(
         s.sim.snapshots(9).len() <= 3,
         "rotation kept the server within its policy"

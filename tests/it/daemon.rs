@@ -53,7 +53,7 @@ impl Executor for Recorder {
                     started_at: me.clock.now(),
                 };
                 let id = db.start_run(run, &Owner::current()).await.unwrap();
-                db.finish_run(id, RunStatus::Succeeded, None, me.clock.now(), &[])
+                db.finish_run(id, RunStatus::Succeeded, None, None, me.clock.now(), &[])
                     .await
                     .unwrap();
             }
@@ -327,21 +327,28 @@ async fn a_missed_fire_is_caught_up_exactly_once() {
     assert!(h.stop().await.0.is_empty());
 }
 
-#[tokio::test]
-async fn a_window_job_is_not_caught_up_once_its_window_opened() {
-    let jobs = "[[jobs]]\nname = \"db\"\nserver_id = 1\nmaintenance_window = \"0 0 4 * * *\"\nlead = \"1h\"\n";
+/// A database in a new temp dir holding one earlier run of `job` started at `at`.
+async fn with_earlier_run(job: &str, at: DateTime<Utc>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(&dir.path().join("h.db")).await.unwrap();
     let run = NewRun {
-        job: "db",
+        job,
         server_id: 1,
         kind: RunKind::Snapshot,
         trigger: RunTrigger::Schedule,
         scheduled_for: None,
-        started_at: utc(2026, 11, 27, 3, 0),
+        started_at: at,
     };
     db.start_run(run, &Owner::current()).await.unwrap();
+    db.close().await;
+    dir
+}
+
+#[tokio::test]
+async fn a_window_job_is_not_caught_up_once_its_window_opened() {
+    let jobs = "[[jobs]]\nname = \"db\"\nserver_id = 1\nmaintenance_window = \"0 0 4 * * *\"\nlead = \"1h\"\n";
     // Fire was 03:00, window opens 04:00. At 03:40: catch up. At 04:10: too late.
+    let dir = with_earlier_run("db", utc(2026, 11, 27, 3, 0)).await;
     let h = start(
         utc(2026, 11, 28, 3, 40),
         jobs,
@@ -355,17 +362,7 @@ async fn a_window_job_is_not_caught_up_once_its_window_opened() {
     let (log, _, _) = h.stop().await;
     assert_eq!(log.len(), 1);
 
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(&dir.path().join("h.db")).await.unwrap();
-    let run = NewRun {
-        job: "db",
-        server_id: 1,
-        kind: RunKind::Snapshot,
-        trigger: RunTrigger::Schedule,
-        scheduled_for: None,
-        started_at: utc(2026, 11, 27, 3, 0),
-    };
-    db.start_run(run, &Owner::current()).await.unwrap();
+    let dir = with_earlier_run("db", utc(2026, 11, 27, 3, 0)).await;
     let h = start(
         utc(2026, 11, 28, 4, 10),
         jobs,
