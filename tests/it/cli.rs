@@ -369,3 +369,64 @@ async fn check_sends_a_test_email_and_never_shows_the_smtp_password() {
     );
     assert!(!text(&o).contains("smtp-secret-4242"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_has_the_spec_shape_and_json_logs_are_json() {
+    let s = Simulator::start(
+        SimOptions {
+            token: TOKEN.into(),
+            delay: vps_snapshot_agent::sim::Delay::Fixed(Duration::from_millis(300)),
+            ..SimOptions::default()
+        },
+        vps_snapshot_agent::clock::system(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A window job whose lead (100 ms) is shorter than its snapshots take (300 ms).
+    let jobs = "[[jobs]]\nname = \"db\"\nserver_id = 6\nmaintenance_window = \"0 0 4 * * Sun\"\nlead = \"100ms\"\nkeep_last = 2\n";
+    let cfg = config(dir.path(), &s.base_url(), jobs);
+    for _ in 0..3 {
+        let o = agent(&cfg, &["--log-format", "json", "-v", "run-once"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("run started")).collect();
+        assert!(!lines.is_empty(), "{err}");
+        for l in lines {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert_eq!(v["span"]["job"], "db", "{l}");
+        }
+    }
+    let o = agent(&cfg, &["status", "--json"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let job = &v["jobs"][0];
+    for key in [
+        "name",
+        "server_id",
+        "next_run_at",
+        "last_run",
+        "last_success_at",
+    ] {
+        assert!(
+            job.get(key).is_some(),
+            "status JSON lacks jobs[].{key}: {v}"
+        );
+    }
+    assert_eq!(job["last_run"]["status"], "succeeded");
+    assert!(v["pending_alerts"].is_array());
+    assert!(
+        job["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("lead 100ms is shorter"),
+        "{v}"
+    );
+    let plain = agent(&cfg, &["status"]).await;
+    assert!(
+        String::from_utf8_lossy(&plain.stdout).contains("warning: db: lead 100ms is shorter"),
+        "{}",
+        text(&plain)
+    );
+}
