@@ -549,9 +549,15 @@ impl Walk<'_> {
         let email = self.email(&mut root);
         let jobs = self.jobs(&mut root, &defaults);
         self.finish(&root);
-        if !database.is_absolute() && database.as_os_str().is_empty() {
+        if database.as_os_str().is_empty() {
             self.error("database".into(), None, "must not be empty");
         }
+        // A relative path is relative to the config file, not to wherever the agent was
+        // started from (`/` under systemd).
+        let database = match path.parent() {
+            Some(dir) if database.is_relative() => dir.join(database),
+            _ => database,
+        };
         Some(Settings {
             config_path: path.to_path_buf(),
             database,

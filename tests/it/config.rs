@@ -223,6 +223,19 @@ fn retention_that_needs_more_than_four_slots_is_rejected() {
 }
 
 #[test]
+fn a_relative_database_path_is_relative_to_the_config_file() {
+    let _g = env_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "config.toml",
+        &BASE.replace("/tmp/agent-test.db", "state/history.db"),
+    );
+    let s = Settings::load(&path).unwrap();
+    assert_eq!(s.database, dir.path().join("state/history.db"));
+}
+
+#[test]
 fn plain_http_is_refused_unless_loopback() {
     let _g = env_lock();
     assert_error(
