@@ -47,7 +47,9 @@ pub enum Command {
     History(HistoryArgs),
     Status(StatusArgs),
     Snapshots(SnapshotsArgs),
+    /// Pin a snapshot: it is never rotated out (it still counts toward the limit of 5)
     Pin(PinArgs),
+    /// Unpin a snapshot: its job's retention policy applies to it again
     Unpin(PinArgs),
     Restore(RestoreArgs),
     Demo(DemoArgs),
@@ -107,10 +109,9 @@ pub struct SnapshotsArgs {
     pub server: Option<u64>,
 }
 
-/// Pin or unpin a snapshot: a pinned snapshot is never rotated out (it still counts
-/// toward the limit of 5).
 #[derive(Debug, Args)]
 pub struct PinArgs {
+    /// The snapshot's id (see `agent snapshots`)
     pub snapshot_id: u64,
 }
 
