@@ -186,6 +186,12 @@ pub struct Database {
 impl Database {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub async fn open(path: &Path) -> DbResult<Self> {
+        Self::open_with(path, &[]).await
+    }
+
+    /// [`Database::open`] with extra per-connection pragmas (`cache_size`,
+    /// `max_page_count`, ...).
+    pub async fn open_with(path: &Path, pragmas: &[(&'static str, String)]) -> DbResult<Self> {
         let err = |what: &str, e: anyhow::Error| DbError {
             path: path.to_path_buf(),
             what: what.to_string(),
@@ -235,6 +241,9 @@ impl Database {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let opts = pragmas
+            .iter()
+            .fold(opts, |o, (k, v)| o.pragma(*k, v.clone()));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)

@@ -736,3 +736,56 @@ async fn many_openers_of_a_new_database_at_once_all_succeed() {
         r.unwrap().unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_full_database_fails_the_run_clearly_and_keeps_earlier_records() {
+    let w = crate::helpers::world(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    // Migrate, then note how many pages that takes.
+    let db = Database::open(&path).await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    db.close().await;
+    // Allow a few pages more than that: room for some runs, then "full".
+    let full = Database::open_with(&path, &[("max_page_count", (pages + 3).to_string())])
+        .await
+        .unwrap();
+    let runner = w.runner(full.clone());
+    let job = crate::helpers::job("web", 1, 3);
+    let mut ok = 0;
+    let mut error = None;
+    for _ in 0..500 {
+        match runner
+            .run_job(&job, vps_snapshot_agent::db::RunTrigger::Manual, None)
+            .await
+        {
+            Ok(o) => {
+                assert_eq!(o.status, RunStatus::Succeeded);
+                ok += 1;
+            }
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let error = error.expect("the database never filled up");
+    assert!(error.contains(&path.display().to_string()), "{error}");
+    assert!(error.contains("full"), "{error}");
+    full.close().await;
+    // Every run recorded before the disk filled is still there, and finished.
+    let db = Database::open(&path).await.unwrap();
+    let runs = db.history(None, 1000).await.unwrap();
+    assert!(ok > 0, "some runs fitted first");
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.status == RunStatus::Succeeded)
+            .count(),
+        ok,
+        "{error}"
+    );
+    println!("{ok} runs fitted, then: {error}");
+}
