@@ -87,53 +87,34 @@ async fn rotation_keeps_the_policy_and_never_touches_unmanaged_or_pinned() {
 }
 
 #[tokio::test]
-async fn nothing_is_deleted_after_a_failed_snapshot() {
-    let (w, dir) = setup(SimOptions::default()).await;
-    let runner = w.runner(w.db(&dir).await);
-    for m in [300, 200, 100] {
-        w.put(1, Some("web"), m, Completed);
+async fn nothing_is_deleted_after_a_failed_or_timed_out_snapshot() {
+    for (mode, says) in [
+        (Mode::Fail, "ended failed"),
+        (Mode::Stuck, "not completed after 30m"),
+    ] {
+        let (w, dir) = setup(SimOptions::default()).await;
+        let runner = w.runner(w.db(&dir).await);
+        for m in [300, 200, 100] {
+            w.put(1, Some("web"), m, Completed);
+        }
+        w.sim.set_mode(1, mode);
+        let o = runner
+            .run_job(&job("web", 1, 1), RunTrigger::Manual, None)
+            .await
+            .unwrap();
+        assert_eq!(o.status, RunStatus::Failed);
+        assert!(
+            o.error.as_deref().unwrap().contains(says),
+            "{mode:?}: {:?}",
+            o.error
+        );
+        assert!(w.deleted_ids().is_empty(), "{mode:?}");
+        // The failure is alerted in the same transaction.
+        let pending = runner.db.pending_alerts().await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].kind, "failed");
+        assert!(pending[0].body.contains(says));
     }
-    w.sim.set_mode(1, Mode::Fail);
-    let o = runner
-        .run_job(&job("web", 1, 1), RunTrigger::Manual, None)
-        .await
-        .unwrap();
-    assert_eq!(o.status, RunStatus::Failed);
-    assert!(
-        o.error.as_deref().unwrap().contains("ended failed"),
-        "{:?}",
-        o.error
-    );
-    assert!(w.deleted_ids().is_empty());
-    // The failure is alerted in the same transaction.
-    let pending = runner.db.pending_alerts().await.unwrap();
-    assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].kind, "failed");
-    assert!(pending[0].body.contains("ended failed"));
-}
-
-#[tokio::test]
-async fn nothing_is_deleted_after_a_timed_out_snapshot() {
-    let (w, dir) = setup(SimOptions::default()).await;
-    let runner = w.runner(w.db(&dir).await);
-    for m in [300, 200, 100] {
-        w.put(1, Some("web"), m, Completed);
-    }
-    w.sim.set_mode(1, Mode::Stuck);
-    let o = runner
-        .run_job(&job("web", 1, 1), RunTrigger::Manual, None)
-        .await
-        .unwrap();
-    assert_eq!(o.status, RunStatus::Failed);
-    assert!(
-        o.error
-            .as_deref()
-            .unwrap()
-            .contains("not completed after 30m"),
-        "{:?}",
-        o.error
-    );
-    assert!(w.deleted_ids().is_empty());
 }
 
 #[tokio::test]
