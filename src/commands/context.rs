@@ -7,7 +7,6 @@ use crate::api::Client;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
 use crate::db::Database;
-use crate::job::Runner;
 
 use super::UsageError;
 
@@ -18,15 +17,6 @@ pub async fn open_db(settings: &Settings) -> anyhow::Result<Database> {
 pub fn client(settings: &Settings, clock: SharedClock) -> anyhow::Result<Arc<Client>> {
     let token = settings.api.token()?;
     Client::new(&settings.api, token, clock)
-}
-
-pub fn runner(
-    settings: &Settings,
-    db: Database,
-    client: Arc<Client>,
-    clock: SharedClock,
-) -> Runner {
-    Runner::from_settings(settings, db, client, clock)
 }
 
 /// The named jobs (all when none), or a usage error naming the unknown one.

@@ -13,6 +13,7 @@ use crate::api::SnapshotStatus;
 use crate::cli::DemoArgs;
 use crate::clock::{Clock, VirtualClock};
 use crate::config::Settings;
+use crate::job::Runner;
 use crate::sim::{DEFAULT_TOKEN, Delay, SimOptions, Simulator};
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -83,7 +84,7 @@ keep_weekly = 2
     let settings = Settings::load(&config)?;
     let db = context::open_db(&settings).await?;
     let client = context::client(&settings, shared.clone())?;
-    let runner = context::runner(&settings, db.clone(), client.clone(), shared);
+    let runner = Runner::from_settings(&settings, db.clone(), client.clone(), shared);
     for round in 1..=args.rounds {
         println!(
             "=== round {round} of {}: {} (simulated) ===",

@@ -7,6 +7,7 @@ use anyhow::bail;
 use super::{UsageError, context, output};
 use crate::cli::RestoreArgs;
 use crate::db::RunStatus;
+use crate::job::Runner;
 use crate::naming;
 
 pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
@@ -58,7 +59,7 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
                 .map(|j| j.name.clone())
         })
         .unwrap_or_else(|| format!("server-{}", snap.server.id));
-    let runner = context::runner(&settings, db.clone(), client, clock);
+    let runner = Runner::from_settings(&settings, db.clone(), client, clock);
     let outcome = runner.restore(&job, &snap).await?;
     db.close().await;
     match outcome.status {

@@ -20,7 +20,7 @@ pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
     }
     let db = context::open_db(&settings).await?;
     let client = context::client(&settings, clock.clone())?;
-    let runner = context::runner(&settings, db.clone(), client, clock.clone());
+    let runner = Runner::from_settings(&settings, db.clone(), client, clock.clone());
     let failed = run_jobs(&settings, &runner, &jobs).await?;
     db.close().await;
     Ok(if failed {
