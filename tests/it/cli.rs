@@ -229,22 +229,48 @@ async fn help_never_shows_the_token() {
     }
 }
 
-/// Reads sd_notify datagrams until one contains `want` (bounded).
-fn wait_notify(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>) -> bool {
-    let mut buf = [0u8; 4096];
-    for _ in 0..300 {
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                seen.push(msg.clone());
-                if msg.contains(want) {
-                    return true;
-                }
+/// Collects sd_notify datagrams on a thread of its own, as systemd would: a socket nobody
+/// reads fills up and blocks the sender.
+struct Notifications {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Notifications {
+    fn listen(path: &Path) -> Self {
+        let sock = UnixDatagram::bind(path).unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                out.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
-            Err(_) => continue,
-        }
+        });
+        Self { seen }
     }
-    false
+
+    /// Waits (bounded) until a message after the first `from` contains `want`; returns its index.
+    fn wait(&self, want: &str, from: usize) -> usize {
+        for _ in 0..300 {
+            if let Some(i) = self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(from)
+                .position(|m| m.contains(want))
+            {
+                return from + i;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "no {want:?} after message {from}: {:?}",
+            self.seen.lock().unwrap()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,29 +283,24 @@ async fn the_daemon_runs_scheduled_jobs_and_stops_cleanly_on_sigterm() {
         "[[jobs]]\nname = \"every-second\"\nserver_id = 9\nschedule = \"* * * * * *\"\nkeep_last = 2\n",
     );
     let notify_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&notify_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("run")
+    let notes = Notifications::listen(&notify_path);
+    // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "WATCHDOG_PID=$$ exec '{BIN}' --config '{}' run",
+            cfg.display()
+        ))
         .env("AGENT_API__TOKEN", TOKEN)
         .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
-    let mut seen = Vec::new();
-    assert!(
-        wait_notify(&sock, "READY=1", &mut seen),
-        "no READY=1: {seen:?}"
-    );
-    assert!(
-        seen.iter().any(|m| m.contains("STATUS=next: every-second")),
-        "{seen:?}"
-    );
+    let ready = notes.wait("READY=1", 0);
+    notes.wait("STATUS=next: every-second", ready);
 
     let db = Database::open(&dir.path().join("history.db"))
         .await
@@ -299,12 +320,17 @@ async fn the_daemon_runs_scheduled_jobs_and_stops_cleanly_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(done >= 3, "only {done} scheduled runs succeeded");
+    // The scheduler loop pings the watchdog at half of WATCHDOG_USEC.
+    notes.wait("WATCHDOG=1", ready);
+    // SIGHUP: RELOADING=1, then READY=1 again.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let reloading = notes.wait("RELOADING=1", ready);
+    notes.wait("READY=1", reloading);
 
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(wait_notify(&sock, "STOPPING=1", &mut seen), "{seen:?}");
+    notes.wait("STOPPING=1", reloading);
     let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let err = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert_eq!(status.code(), Some(0), "{err}");
     let runs = db.history(None, 1000).await.unwrap();
     assert!(
