@@ -14,6 +14,7 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
         (None, Some(id)) => vec![id],
         (None, None) => {
             let mut s: Vec<u64> = settings.jobs.iter().map(|j| j.server_id).collect();
+            s.sort_unstable();
             s.dedup();
             if s.is_empty() {
                 return Err(UsageError(
