@@ -217,8 +217,10 @@ pub struct Daemon {
     pub timer: Arc<dyn Timer>,
     /// How long SIGTERM waits for running jobs before leaving them for resumption.
     pub grace: Duration,
-    /// How often the stale check and alert delivery run.
+    /// How often alert delivery and resumption run.
     pub check_every: Duration,
+    /// How often jobs without a recent success are looked for (stale limits are hours).
+    pub stale_every: Duration,
     pub reload: Reload,
 }
 
@@ -450,6 +452,7 @@ impl Daemon {
             tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
         let mut checks = tokio::time::interval(self.check_every);
         let mut delivery: Option<tokio::task::JoinHandle<()>> = None;
+        let mut last_stale_check = None;
         // Resumption runs at start and again on every check: a run whose owner cannot be
         // told dead yet (its lease still runs) is picked up once the lease lapses.
         let mut resuming = Some(tokio::spawn(
@@ -507,7 +510,11 @@ impl Daemon {
                     notify(&[sd_notify::NotifyState::Watchdog]);
                 }
                 _ = checks.tick() => {
-                    self.stale_check(&lp).await;
+                    // Stale limits are hours or days: a look every few minutes is plenty.
+                    if last_stale_check.is_none_or(|t: tokio::time::Instant| t.elapsed() >= self.stale_every) {
+                        last_stale_check = Some(tokio::time::Instant::now());
+                        self.stale_check(&lp).await;
+                    }
                     if resuming.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
                         resuming = Some(tokio::spawn(self.services.executor.resume(self.services.settings.jobs.clone())));
                     }

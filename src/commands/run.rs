@@ -33,6 +33,7 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         timer: Arc::new(CronTimer::start().await?),
         grace: GRACE,
         check_every: Duration::from_secs(30),
+        stale_every: Duration::from_secs(300),
         reload: Box::new(move || {
             let settings = Settings::load(&path)?;
             for w in &settings.warnings {

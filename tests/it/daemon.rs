@@ -125,6 +125,7 @@ async fn start(
         timer: Arc::new(ClockTimer::new(clock)),
         grace: Duration::from_secs(600),
         check_every: Duration::from_secs(86_400 * 365),
+        stale_every: Duration::from_secs(86_400 * 365),
         reload: Box::new(move || {
             Ok(Services {
                 settings: Settings::load(&reload_path)?,
@@ -416,5 +417,85 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_and_a_good_one_repla
             ("a", utc(2026, 11, 28, 1, 0)),
             ("b", utc(2026, 11, 28, 1, 45))
         ]
+    );
+}
+
+#[tokio::test]
+async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            "[[jobs]]\nname = \"quiet\"\nserver_id = 1\nschedule = \"0 0 4 1 1 *\"\nstale_after = \"1s\"\ncatch_up = \"off\"\n\
+             [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = 9\nsecurity = \"none\"\nfrom = \"a@b.c\"\nto = [\"o@b.c\"]\n",
+            8,
+        ),
+    )
+    .unwrap();
+    let settings = Settings::load(&config).unwrap();
+    let db = Database::open(&dir.path().join("h.db")).await.unwrap();
+    let clock = vps_snapshot_agent::clock::system();
+    let mailer = vps_snapshot_agent::mail::Mailer::from_settings(
+        settings.email.as_ref(),
+        db.clone(),
+        clock.clone(),
+    )
+    .unwrap()
+    .map(Arc::new);
+    let recorder = Recorder {
+        clock: clock.clone(),
+        db: None,
+        takes: Duration::ZERO,
+        log: Arc::default(),
+        active: Arc::default(),
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let daemon = Daemon {
+        services: Services {
+            settings,
+            executor: Arc::new(recorder),
+            mailer,
+        },
+        db: db.clone(),
+        clock: clock.clone(),
+        timer: Arc::new(ClockTimer::new(clock)),
+        grace: Duration::from_secs(5),
+        check_every: Duration::from_millis(50),
+        stale_every: Duration::from_millis(50),
+        reload: Box::new(|| anyhow::bail!("not reloaded here")),
+    };
+    let task = tokio::spawn(daemon.run(rx));
+    let mut stale = Vec::new();
+    for _ in 0..100 {
+        stale = db
+            .pending_alerts()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.kind == "stale")
+            .collect();
+        if !stale.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several more checks pass; still one alert for this stale spell.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.send(Control::Stop).unwrap();
+    task.await.unwrap().unwrap();
+    let all: Vec<_> = db
+        .pending_alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "stale")
+        .collect();
+    assert_eq!(stale.len(), 1, "no stale alert");
+    assert_eq!(all.len(), 1, "one alert per stale spell");
+    assert!(
+        all[0].subject.contains("STALE quiet (server 1)"),
+        "{}",
+        all[0].subject
     );
 }
