@@ -150,34 +150,27 @@ async fn bench_run_once(r: &mut Report, n: u64) -> Option<f64> {
         &jobs_toml(n, 1000, |_| "0 30 2 * * *".into()),
         "max_concurrent_jobs = 64\n[defaults]\npoll_interval = \"1ms\"\nkeep_last = 2\n",
     );
-    // Three rounds so that rotation deletes in the last one; the last one is measured.
-    for _ in 0..2 {
+    let run_once = || async {
         let st = tokio::process::Command::new(BIN)
             .arg("--config")
             .arg(&cfg)
-            .arg("-qq")
-            .arg("run-once")
+            .args(["-qq", "run-once"])
             .stdout(Stdio::null())
             .status()
             .await
             .unwrap();
-        assert!(st.success());
+        assert!(st.success(), "run-once failed");
+    };
+    // Three rounds so that rotation deletes in the last one; the last one is measured.
+    for _ in 0..2 {
+        run_once().await;
     }
     let (req0, _) = s.sim.requests();
     let cpu0 = children_cpu();
     let t0 = Instant::now();
-    let st = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("-qq")
-        .arg("run-once")
-        .stdout(Stdio::null())
-        .status()
-        .await
-        .unwrap();
+    run_once().await;
     let wall = t0.elapsed();
     let cpu = children_cpu() - cpu0;
-    assert!(st.success(), "run-once failed");
     let (req1, _) = s.sim.requests();
     let per_job_cpu = cpu.as_secs_f64() * 1000.0 / n as f64;
     r.add(
