@@ -97,6 +97,14 @@ pub enum FaultKind {
     DelayAfter(Duration),
     /// Answer 200 with this body instead of doing the work.
     Body(String),
+    /// Answer with this status and a JSON body that repeats the request's headers
+    /// (the `Authorization` header included), without doing the work: an API whose own
+    /// words carry the token.
+    EchoHeaders(u16),
+    /// A create only: close the connection without answering, and carry the create out
+    /// this long (on the simulator's clock) later. The answer is lost and the snapshot
+    /// lands after the client has stopped looking for it.
+    LandLate(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +155,7 @@ pub enum Event {
         id: u64,
         server_id: u64,
         name: String,
+        description: Option<String>,
         status: SnapshotStatus,
         /// Deleted through `delete_external`, not the API.
         external: bool,
@@ -205,9 +214,39 @@ struct State {
     /// Per-server completion delay overriding the default.
     delays: HashMap<u64, Delay>,
     faults: Vec<Fault>,
+    /// Creates accepted but not carried out yet ([`FaultKind::LandLate`]).
+    late: Vec<Snap>,
     events: Vec<Event>,
     requests: u64,
     per_op: HashMap<&'static str, u64>,
+}
+
+impl State {
+    fn count(&self, server_id: u64) -> usize {
+        self.snaps
+            .values()
+            .filter(|s| s.server_id == server_id)
+            .count()
+    }
+
+    /// Carries out late creates whose time has come (while the limit allows).
+    fn land(&mut self, now: DateTime<Utc>) {
+        let (due, later): (Vec<Snap>, Vec<Snap>) = std::mem::take(&mut self.late)
+            .into_iter()
+            .partition(|s| s.created_at <= now);
+        self.late = later;
+        for snap in due {
+            if self.count(snap.server_id) >= LIMIT {
+                continue;
+            }
+            self.events.push(Event::Created {
+                id: snap.id,
+                server_id: snap.server_id,
+                name: snap.name.clone(),
+            });
+            self.snaps.insert(snap.id, snap);
+        }
+    }
 }
 
 struct Inner {
@@ -282,8 +321,13 @@ impl Simulator {
         }
     }
 
+    /// The world as of now: creates due to land late have landed.
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.late.is_empty() {
+            st.land(self.inner.clock.now());
+        }
+        st
     }
 
     /// Binds `addr` (use port 0 for any) and serves until the returned server is dropped.
@@ -361,6 +405,19 @@ impl Simulator {
         status: SnapshotStatus,
         created_at: DateTime<Utc>,
     ) -> u64 {
+        self.put_described(server_id, name, None, status, created_at)
+    }
+
+    /// [`Simulator::put`] with a description: a snapshot made by hand in the panel, with
+    /// whatever name and description its maker typed.
+    pub fn put_described(
+        &self,
+        server_id: u64,
+        name: &str,
+        description: Option<&str>,
+        status: SnapshotStatus,
+        created_at: DateTime<Utc>,
+    ) -> u64 {
         let delay = self.draw_delay(server_id);
         let mut st = self.state();
         st.next_id += 1;
@@ -380,7 +437,7 @@ impl Simulator {
                 id,
                 server_id,
                 name: name.to_string(),
-                description: None,
+                description: description.map(str::to_string),
                 created_at,
                 ready_at,
                 fate,
@@ -414,6 +471,7 @@ impl Simulator {
             id,
             server_id: snap.server_id,
             name: snap.name,
+            description: snap.description,
             status,
             external,
             newer_completed_sibling,
@@ -498,21 +556,34 @@ impl Simulator {
         Some(kind)
     }
 
+    /// Reads a request, then handles it on a task of its own: like a real API, the
+    /// simulator finishes what it received even when the client stops waiting.
     async fn handle(&self, req: Request<Incoming>) -> Result<Resp, Dropped> {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().unwrap_or_default().to_string();
-        let authorized = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == format!("Bearer {}", self.inner.opts.token));
-        let body = req
-            .into_body()
+        let (parts, body) = req.into_parts();
+        let body = body
             .collect()
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
+        let sim = self.clone();
+        tokio::spawn(async move { sim.respond(parts, body).await })
+            .await
+            .unwrap_or(Err(Dropped))
+    }
+
+    async fn respond(
+        &self,
+        req: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Result<Resp, Dropped> {
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().unwrap_or_default().to_string();
+        let headers = req.headers;
+        let authorized = headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == format!("Bearer {}", self.inner.opts.token));
 
         let rest = path.strip_prefix("/api/v1/snapshots/");
         let segments: Vec<&str> = rest
@@ -538,6 +609,7 @@ impl Simulator {
         };
         let mut drop_after = false;
         let mut delay_after = None;
+        let mut land_late = None;
         if let Some(kind) = self.take_fault(op) {
             match kind {
                 FaultKind::Status {
@@ -564,6 +636,23 @@ impl Simulator {
                     *r.status_mut() = StatusCode::OK;
                     return Ok(r);
                 }
+                FaultKind::EchoHeaders(code) => {
+                    let echoed: serde_json::Map<String, serde_json::Value> = headers
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.as_str().to_string(),
+                                json!(String::from_utf8_lossy(v.as_bytes())),
+                            )
+                        })
+                        .collect();
+                    return Ok(reply(
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+                        json!({"detail": "Request rejected.", "request": {"method": method.as_str(), "path": path, "headers": echoed}}),
+                    ));
+                }
+                FaultKind::LandLate(d) if op == Op::Create => land_late = Some(d),
+                FaultKind::LandLate(_) => return Err(Dropped),
             }
         }
         if !authorized {
@@ -574,14 +663,18 @@ impl Simulator {
         }
         let resp = match op {
             Op::List => self.list(&query),
-            Op::Create => self.create(&body),
+            Op::Create => self.create(&body, land_late),
             Op::Delete => self.delete(segments[0]),
             Op::Restore | Op::Any => self.restore(segments[0]),
         };
         if let Some(d) = delay_after {
             tokio::time::sleep(d).await;
         }
-        if drop_after { Err(Dropped) } else { Ok(resp) }
+        if drop_after || land_late.is_some() {
+            Err(Dropped)
+        } else {
+            Ok(resp)
+        }
     }
 
     fn server_exists(&self, id: u64) -> bool {
@@ -644,7 +737,8 @@ impl Simulator {
         )
     }
 
-    fn create(&self, body: &[u8]) -> Resp {
+    /// Creates a snapshot now, or `land_after` later (the answer is then dropped).
+    fn create(&self, body: &[u8], land_after: Option<Duration>) -> Resp {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
             return reply(
                 StatusCode::BAD_REQUEST,
@@ -681,13 +775,7 @@ impl Simulator {
         let delay = self.draw_delay(server_id);
         let now = self.inner.clock.now();
         let mut st = self.state();
-        if st
-            .snaps
-            .values()
-            .filter(|s| s.server_id == server_id)
-            .count()
-            >= LIMIT
-        {
+        if land_after.is_none() && st.count(server_id) >= LIMIT {
             return reply(
                 StatusCode::BAD_REQUEST,
                 json!({"detail": format!("Snapshot limit reached: at most {LIMIT} snapshots per server.")}),
@@ -696,6 +784,10 @@ impl Simulator {
         st.next_id += 1;
         let id = st.next_id;
         let fate = st.modes.get(&server_id).copied().unwrap_or(Mode::Normal);
+        let now = now
+            + land_after.map_or(chrono::Duration::zero(), |d| {
+                chrono::Duration::from_std(d).unwrap_or_default()
+            });
         let snap = Snap {
             id,
             server_id,
@@ -716,12 +808,16 @@ impl Simulator {
         out["message"] = json!(
             "Snapshot is being created. This may take 3-10 minutes depending on server size."
         );
-        st.events.push(Event::Created {
-            id,
-            server_id,
-            name: name.to_string(),
-        });
-        st.snaps.insert(id, snap);
+        if land_after.is_some() {
+            st.late.push(snap);
+        } else {
+            st.events.push(Event::Created {
+                id,
+                server_id,
+                name: name.to_string(),
+            });
+            st.snaps.insert(id, snap);
+        }
         reply(StatusCode::CREATED, out)
     }
 
