@@ -16,7 +16,7 @@ use chrono::{TimeZone, Utc};
 use vps_snapshot_agent::clock::{self, VirtualClock};
 use vps_snapshot_agent::config::Settings;
 use vps_snapshot_agent::db::{Database, RunTrigger};
-use vps_snapshot_agent::job::Runner;
+use vps_snapshot_agent::run::Runner;
 use vps_snapshot_agent::sim::{Delay, SimOptions, SimServer, Simulator};
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent");
@@ -396,8 +396,9 @@ async fn bench_history(r: &mut Report, runs: u64) {
         .unwrap();
     let sql = format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {runs}) \
-         INSERT INTO actions (run_id, at, action, snapshot_id, outcome, detail) \
-         SELECT i, 1700000000000 + i * 60000, 'delete', i - 3, 'ok', 'rotation' FROM n"
+         INSERT INTO journal (run_id, server_id, at, resolved_at, action, snapshot_id, state, detail) \
+         SELECT i, 1000 + i % 1000, 1700000000000 + i * 60000, 1700000000000 + i * 60000, \
+           'delete', i - 3, 'ok', 'rotation' FROM n"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .execute(db.pool())
@@ -405,7 +406,7 @@ async fn bench_history(r: &mut Report, runs: u64) {
         .unwrap();
     sqlx::query("ANALYZE").execute(db.pool()).await.unwrap();
     println!(
-        "  (generated {runs} runs and {runs} actions in {:.1} s)",
+        "  (generated {runs} runs and {runs} journal entries in {:.1} s)",
         t0.elapsed().as_secs_f64()
     );
     let mut inproc = Vec::new();

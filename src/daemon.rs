@@ -20,8 +20,8 @@ use crate::alert::{self, Kind};
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
 use crate::db::{Database, RunTrigger};
-use crate::job::Runner;
 use crate::mail::Mailer;
+use crate::run::Runner;
 use crate::schedule;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -500,7 +500,7 @@ impl Daemon {
                                 self.arm_all(&mut lp).await;
                                 tracing::info!(jobs = self.services.settings.jobs.len(), "configuration reloaded; {}", self.status_line(&lp));
                             }
-                            Err(e) => tracing::error!("reload failed, keeping the running configuration: {}", crate::job::chain(&e)),
+                            Err(e) => tracing::error!("reload failed, keeping the running configuration: {}", crate::run::chain(&e)),
                         }
                         notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&self.status_line(&lp))]);
                     }

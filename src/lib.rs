@@ -7,6 +7,8 @@
 //! - [`sim`]: the API simulator used by tests, `agent demo` and `agent simulate`
 //! - [`retention`]: the pure retention planner (which snapshots to keep, which to delete)
 //! - [`naming`]: snapshot names that say which job made them and when
+//! - [`mark`]: the agent's mark on its snapshots (an HMAC keyed with the token)
+//! - [`ownership`]: which snapshots are the agent's (name, and a mark or the journal)
 //! - [`schedule`]: cron and maintenance-window fire times, DST-correct
 //! - [`clock`]: time as a dependency (real, or virtual for tests)
 
@@ -18,11 +20,13 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod db;
-pub mod job;
 pub mod logging;
 pub mod mail;
+pub mod mark;
 pub mod naming;
+pub mod ownership;
 pub mod retention;
+pub mod run;
 pub mod schedule;
 pub mod signals;
 pub mod sim;

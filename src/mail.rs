@@ -196,10 +196,26 @@ impl Mailer {
         (subject, body)
     }
 
-    /// One attempt to deliver every due alert. Never hangs longer than the SMTP timeout.
+    /// One attempt to deliver every alert whose retry time has come (the daemon's
+    /// rhythm). Never hangs longer than the SMTP timeout.
     pub async fn deliver_due(&self) -> Delivery {
+        self.deliver(false).await
+    }
+
+    /// One attempt to deliver every queued alert now, backoff or not: an operator running
+    /// a command by hand may just have fixed the mail server.
+    pub async fn deliver_all(&self) -> Delivery {
+        self.deliver(true).await
+    }
+
+    async fn deliver(&self, all: bool) -> Delivery {
         let now = self.clock.now();
-        let due = match self.db.due_alerts(now).await {
+        let queued = if all {
+            self.db.pending_alerts().await
+        } else {
+            self.db.due_alerts(now).await
+        };
+        let due = match queued {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("{e}");

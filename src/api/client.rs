@@ -11,6 +11,7 @@ use url::Url;
 use super::{ApiError, RestoreResponse, Snapshot, SnapshotPage};
 use crate::clock::SharedClock;
 use crate::config::ApiSettings;
+use crate::mark::Marker;
 
 /// Responses larger than this are refused (a list of 5 snapshots is a few hundred bytes).
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -38,13 +39,40 @@ impl RetryPolicy {
 }
 
 /// The API client. One `reqwest::Client` (connection pool, timeouts) for every request.
+/// The token never leaves it: it signs requests, keys the agent's [`Marker`], and is
+/// scrubbed from every answer before anything reads it (an API may echo it back).
 pub struct Client {
     http: reqwest::Client,
     base: Url,
     auth: HeaderValue,
+    /// The token as an answer could carry it (raw, JSON-escaped), to scrub.
+    secrets: Vec<Vec<u8>>,
+    marker: Marker,
     retry: RetryPolicy,
     clock: SharedClock,
     requests: AtomicU64,
+}
+
+const REDACTED: &[u8] = b"[redacted]";
+
+/// The forms in which `token` may appear in an answer's bytes.
+fn secret_forms(token: &str) -> Vec<Vec<u8>> {
+    let mut forms = vec![token.to_string()];
+    if let Ok(json) = serde_json::to_string(token) {
+        forms.push(json.trim_matches('"').to_string());
+    }
+    forms.push(token.replace('/', "\\/"));
+    forms.sort();
+    forms.dedup();
+    forms
+        .into_iter()
+        .filter(|f| !f.is_empty())
+        .map(String::into_bytes)
+        .collect()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 impl std::fmt::Debug for Client {
@@ -85,6 +113,8 @@ impl Client {
             http,
             base: settings.base_url.clone(),
             auth,
+            secrets: secret_forms(token.expose_secret()),
+            marker: Marker::new(token.expose_secret().as_bytes()),
             retry: RetryPolicy {
                 max_retries: settings.max_retries,
                 base: Duration::from_millis(500),
@@ -93,6 +123,25 @@ impl Client {
             clock,
             requests: AtomicU64::new(0),
         }))
+    }
+
+    /// The agent's mark, keyed with this client's token.
+    pub fn marker(&self) -> &Marker {
+        &self.marker
+    }
+
+    /// `bytes` with every form of the token replaced by `[redacted]`.
+    fn scrub(&self, bytes: bytes::Bytes) -> bytes::Bytes {
+        if !self.secrets.iter().any(|s| find(&bytes, s).is_some()) {
+            return bytes;
+        }
+        let mut out = bytes.to_vec();
+        for secret in &self.secrets {
+            while let Some(i) = find(&out, secret) {
+                out.splice(i..i + secret.len(), REDACTED.iter().copied());
+            }
+        }
+        bytes::Bytes::from(out)
     }
 
     /// Requests sent so far (each retry counts).
@@ -192,7 +241,8 @@ impl Client {
         .await
     }
 
-    /// Deletes a snapshot. A retry that finds it gone counts as deleted.
+    /// Deletes a snapshot. A retry that finds it gone counts as deleted; a failure after
+    /// an attempt that may have been carried out is [`ApiError::OutcomeUnknown`].
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn delete(&self, snapshot_id: u64) -> Result<(), ApiError> {
         let what = format!("deleting snapshot {snapshot_id}");
@@ -203,7 +253,11 @@ impl Client {
         {
             Ok(_) => Ok(()),
             Err((ApiError::NotFound { .. }, true)) => Ok(()),
-            Err((e, _)) => Err(e),
+            Err((e, true)) => Err(ApiError::OutcomeUnknown {
+                what,
+                reason: e.to_string(),
+            }),
+            Err((e, false)) => Err(e),
         }
     }
 
@@ -319,7 +373,7 @@ impl Client {
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
                     let bytes = match read_capped(resp).await {
-                        Ok(b) => b,
+                        Ok(b) => self.scrub(b),
                         Err(detail) => {
                             if !idempotent {
                                 return Err((
@@ -384,7 +438,10 @@ impl Client {
                                 attempts: attempt,
                                 body: text,
                             };
-                            if !idempotent {
+                            // 503 says the request was not handled, so even a create
+                            // may be sent again; any other 5xx may follow the work.
+                            let handled = s != StatusCode::SERVICE_UNAVAILABLE;
+                            if handled && !idempotent {
                                 return Err((
                                     ApiError::OutcomeUnknown {
                                         what: what.to_string(),
@@ -393,7 +450,7 @@ impl Client {
                                     true,
                                 ));
                             }
-                            maybe_done = true;
+                            maybe_done |= handled;
                             (err, retry_after)
                         }
                         s => {

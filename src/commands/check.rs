@@ -7,6 +7,7 @@ use chrono::Utc;
 use crate::api::Client;
 use crate::cli::CheckArgs;
 use crate::config::Trigger;
+use crate::mail::Delivery;
 use crate::schedule;
 
 pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -72,6 +73,29 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             "email: test mail sent to {}; server replied {reply}",
             to.join(", ")
         );
+        flush_outbox(&settings, email).await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The mail server works now: alerts queued while it did not go out at once.
+async fn flush_outbox(
+    settings: &crate::config::Settings,
+    email: &crate::config::EmailSettings,
+) -> anyhow::Result<()> {
+    if !settings.database.exists() {
+        return Ok(());
+    }
+    let db = crate::db::Database::open(&settings.database).await?;
+    let mailer =
+        crate::mail::Mailer::from_settings(Some(email), db.clone(), crate::clock::system())?;
+    if let Some(m) = mailer {
+        match m.deliver_all().await {
+            Delivery::Sent(n) => println!("email: delivered {n} queued alert(s)"),
+            Delivery::Failed(e) => println!("email: queued alerts could not be delivered: {e}"),
+            Delivery::Nothing => {}
+        }
+    }
+    db.close().await;
+    Ok(())
 }

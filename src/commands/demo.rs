@@ -13,7 +13,7 @@ use crate::api::SnapshotStatus;
 use crate::cli::DemoArgs;
 use crate::clock::{Clock, VirtualClock};
 use crate::config::Settings;
-use crate::job::Runner;
+use crate::run::Runner;
 use crate::sim::{DEFAULT_TOKEN, Delay, SimOptions, Simulator};
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -94,8 +94,10 @@ keep_weekly = 2
         run_once::run_jobs(&settings, &runner, &settings.jobs).await?;
         for job in &settings.jobs {
             let listing = client.list(Some(job.server_id)).await?;
+            let owners =
+                crate::run::owners(Some(&db), client.marker(), job.server_id, &listing).await?;
             println!("\nserver {} now:", job.server_id);
-            output::snapshots(&listing, &[job], &db.pins().await?);
+            output::snapshots(&listing, &owners, &[job], &db.pins().await?);
         }
         println!();
         clock.advance(Duration::from_secs(86_400) - Duration::from_secs(600));

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use crate::api::Snapshot;
 use crate::config::JobSettings;
 use crate::db::Run;
-use crate::job::{Outcome, candidates};
-use crate::naming;
+use crate::ownership::Ownership;
 use crate::retention;
+use crate::run::{Outcome, candidates};
 
 /// Prints rows under a header, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
@@ -132,12 +132,17 @@ pub fn history(runs: &[Run]) {
     );
 }
 
-/// A server's snapshots with, for each, who manages it, whether it is pinned and the
-/// managing job's verdict.
-pub fn snapshots(listing: &[Snapshot], jobs: &[&JobSettings], pins: &HashSet<u64>) {
+/// A server's snapshots with, for each, whose it is (and why), whether it is pinned and
+/// the verdict of the job it belongs to.
+pub fn snapshots(
+    listing: &[Snapshot],
+    owners: &[Ownership],
+    jobs: &[&JobSettings],
+    pins: &HashSet<u64>,
+) {
     let mut verdicts = std::collections::HashMap::new();
     for job in jobs {
-        let cands = candidates(listing, job, pins);
+        let cands = candidates(listing, owners, job, pins);
         for v in retention::plan(&cands, &job.retention, job.timezone) {
             if cands.iter().any(|c| c.id == v.id && c.managed) {
                 verdicts.insert(v.id, v.reason);
@@ -146,9 +151,9 @@ pub fn snapshots(listing: &[Snapshot], jobs: &[&JobSettings], pins: &HashSet<u64
     }
     let rows: Vec<Vec<String>> = listing
         .iter()
-        .map(|s| {
-            let managed =
-                naming::parse(&s.name).map_or("no".to_string(), |p| format!("yes ({})", p.job));
+        .zip(owners)
+        .map(|(s, owner)| {
+            let managed = owner.describe();
             let pinned = if pins.contains(&s.id) { "yes" } else { "no" };
             let verdict = verdicts.get(&s.id).cloned().unwrap_or_else(|| {
                 if pins.contains(&s.id) {

@@ -7,8 +7,8 @@ use anyhow::bail;
 use super::{UsageError, context, output};
 use crate::cli::RestoreArgs;
 use crate::db::RunStatus;
-use crate::job::Runner;
 use crate::naming;
+use crate::run::Runner;
 
 pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;

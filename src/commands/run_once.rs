@@ -8,8 +8,8 @@ use crate::cli::RunOnceArgs;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
 use crate::db::{Database, RunStatus, RunTrigger};
-use crate::job::{self, Runner};
 use crate::mail;
+use crate::run::{self, Runner};
 
 pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
@@ -42,13 +42,16 @@ pub async fn run_jobs(
         runner.db.clone(),
         runner.clock.clone(),
     )?;
-    if let Some(m) = &mailer {
-        m.deliver_due().await;
-    }
+    // Alerts queued earlier go first, backoff or not; if the mail server is unreachable
+    // now, the new ones stay queued for the daemon rather than costing a second timeout.
+    let reachable = match &mailer {
+        Some(m) => !matches!(m.deliver_all().await, mail::Delivery::Failed(_)),
+        None => false,
+    };
     for o in runner.resume_interrupted(&settings.jobs).await? {
         tracing::info!(run = o.run_id, job = %o.job, status = %o.status, "finished an interrupted run");
     }
-    let results = job::run_many(
+    let results = run::run_many(
         runner,
         jobs,
         settings.api.max_concurrent_jobs,
@@ -70,8 +73,10 @@ pub async fn run_jobs(
         }
     }
     output::summary(&outcomes);
-    if let Some(m) = &mailer {
-        m.deliver_due().await;
+    if let Some(m) = &mailer
+        && reachable
+    {
+        m.deliver_all().await;
     }
     Ok(failed)
 }
@@ -82,18 +87,15 @@ async fn dry_run(
     clock: SharedClock,
 ) -> anyhow::Result<ExitCode> {
     let client = context::client(settings, clock)?;
-    // Read pins if the database exists; never create it for a dry run.
-    let pins = if settings.database.exists() {
-        let db = Database::open(&settings.database).await?;
-        let pins = db.pins().await?;
-        db.close().await;
-        pins
+    // Pins and the journal if the database exists; never create it for a dry run.
+    let db = if settings.database.exists() {
+        Some(Database::open(&settings.database).await?)
     } else {
-        Default::default()
+        None
     };
     let now = Utc::now();
     for job in jobs {
-        let plan = job::dry_run(&client, &pins, job, now).await?;
+        let plan = run::dry_run(&client, db.as_ref(), job, now).await?;
         println!(
             "job {} (server {}): {} snapshots now",
             job.name,
@@ -132,6 +134,9 @@ async fn dry_run(
         if plan.rotate.is_empty() {
             println!("  would delete nothing after success");
         }
+    }
+    if let Some(db) = db {
+        db.close().await;
     }
     println!("\ndry run: nothing was created, deleted or recorded");
     Ok(ExitCode::SUCCESS)

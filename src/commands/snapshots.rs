@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use super::{UsageError, context, output};
 use crate::cli::SnapshotsArgs;
 use crate::config::JobSettings;
+use crate::run;
 
 pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
@@ -26,13 +27,15 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
         }
     };
     let client = context::client(&settings, crate::clock::system())?;
-    let pins = if settings.database.exists() {
-        let db = context::open_db(&settings).await?;
-        let p = db.pins().await?;
-        db.close().await;
-        p
+    // Pins and the journal if the database exists; never create it just to look.
+    let db = if settings.database.exists() {
+        Some(context::open_db(&settings).await?)
     } else {
-        Default::default()
+        None
+    };
+    let pins = match &db {
+        Some(db) => db.pins().await?,
+        None => Default::default(),
     };
     for (i, server) in servers.iter().enumerate() {
         let listing = client.list(Some(*server)).await?;
@@ -55,7 +58,11 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
                 names.join(", ")
             }
         );
-        output::snapshots(&listing, &jobs, &pins);
+        let owners = run::owners(db.as_ref(), client.marker(), *server, &listing).await?;
+        output::snapshots(&listing, &owners, &jobs, &pins);
+    }
+    if let Some(db) = db {
+        db.close().await;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -52,6 +52,11 @@ impl Owner {
         &self.0
     }
 
+    /// The host it runs on.
+    pub fn host(&self) -> &str {
+        self.0.split('/').next().unwrap_or_default()
+    }
+
     /// `Some(alive)` when this host can tell, `None` when it cannot: an owner on another
     /// host, or a process hidden from us (systemd's `ProtectProc=invisible` hides other
     /// users' processes, so a missing `/proc/PID` proves nothing unless pid 1 is visible).

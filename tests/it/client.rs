@@ -120,12 +120,50 @@ async fn server_errors_are_retried_with_backoff() {
 #[tokio::test]
 async fn retries_stop_at_max_retries() {
     let w = world(SimOptions::default()).await;
-    w.sim.inject(Fault::status(Op::Delete, 502, 10));
-    let e = w.client().delete(1).await.unwrap_err();
+    w.sim.inject(Fault::status(Op::List, 502, 10));
+    let e = w.client().list(None).await.unwrap_err();
     assert!(
         matches!(e, ApiError::Server { status: 502, attempts: 4, ref body, .. } if body.contains("upstream")),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_delete_that_may_have_happened_is_outcome_unknown() {
+    let w = world(SimOptions::default()).await;
+    let id = w.sim.put(1, "x", SnapshotStatus::Completed, ago(&w, 5));
+    // Every attempt answered 502: any of them may have been carried out.
+    w.sim.inject(Fault::status(Op::Delete, 502, 10));
+    let e = w.client().delete(id).await.unwrap_err();
+    assert!(matches!(e, ApiError::OutcomeUnknown { .. }), "{e}");
+    // 503 says the request was not handled: a plain failure, nothing done.
+    w.sim.clear_faults();
+    w.sim.inject(Fault::status(Op::Delete, 503, 10));
+    let e = w.client().delete(id).await.unwrap_err();
+    assert!(matches!(e, ApiError::Server { status: 503, .. }), "{e}");
+    // Gone before the first attempt: not found, not "deleted".
+    w.sim.clear_faults();
+    let e = w.client().delete(id + 100).await.unwrap_err();
+    assert!(matches!(e, ApiError::NotFound { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_503_on_create_is_sent_again_since_nothing_was_done() {
+    let w = world(SimOptions::default()).await;
+    w.sim.inject(Fault::status(Op::Create, 503, 1));
+    w.client().create(1, "after_503", "").await.unwrap();
+    assert_eq!(w.sim.snapshots(1).len(), 1);
+    assert_eq!(w.sim.requests().1["create"], 2);
+}
+
+#[tokio::test]
+async fn an_answer_echoing_the_token_is_scrubbed_before_anything_reads_it() {
+    let w = world(SimOptions::default()).await;
+    w.sim
+        .inject(Fault::new(Op::List, FaultKind::EchoHeaders(400), 1));
+    let e = w.client().list(None).await.unwrap_err().to_string();
+    assert!(!e.contains(TOKEN), "{e}");
+    assert!(e.contains("Bearer [redacted]"), "{e}");
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use vps_snapshot_agent::clock::{SharedClock, TokioClock};
 use vps_snapshot_agent::config::{JobSettings, Settings};
 use vps_snapshot_agent::daemon::{BoxFuture, ClockTimer, Control, Daemon, Executor, Services};
-use vps_snapshot_agent::db::{Database, NewRun, Owner, RunKind, RunStatus, RunTrigger};
+use vps_snapshot_agent::db::{Database, Finish, NewRun, Owner, RunKind, RunStatus, RunTrigger};
 
 /// One run started: job, trigger, the fire it belongs to, when it started.
 type Entry = (String, RunTrigger, DateTime<Utc>, DateTime<Utc>);
@@ -52,10 +52,16 @@ impl Executor for Recorder {
                     scheduled_for: Some(at),
                     started_at: me.clock.now(),
                 };
-                let id = db.start_run(run, &Owner::current()).await.unwrap();
-                db.finish_run(id, RunStatus::Succeeded, None, None, me.clock.now(), &[])
-                    .await
-                    .unwrap();
+                let owner = Owner::current();
+                let id = db.start_run(run, &owner).await.unwrap();
+                let end = Finish {
+                    status: RunStatus::Succeeded,
+                    error: None,
+                    step: None,
+                    at: me.clock.now(),
+                    alerts: &[],
+                };
+                db.finish_run(id, &owner, end).await.unwrap();
             }
             tokio::time::sleep(me.takes).await;
             me.active.lock().unwrap().0 -= 1;

@@ -76,8 +76,8 @@ pub fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
 use vps_snapshot_agent::alert::AlertPolicy;
 use vps_snapshot_agent::config::{JobSettings, Trigger};
 use vps_snapshot_agent::db::{Database, Owner};
-use vps_snapshot_agent::job::Runner;
 use vps_snapshot_agent::retention::RetentionPolicy;
+use vps_snapshot_agent::run::Runner;
 use vps_snapshot_agent::schedule::CronSpec;
 
 pub fn job(name: &str, server_id: u64, keep_last: u32) -> JobSettings {
@@ -96,6 +96,11 @@ pub fn job(name: &str, server_id: u64, keep_last: u32) -> JobSettings {
         max_deletions_per_run: 3,
         stale_after: None,
     }
+}
+
+/// The agent's marker for [`TOKEN`]: what marks the snapshots an agent with that token made.
+pub fn marker() -> vps_snapshot_agent::mark::Marker {
+    vps_snapshot_agent::mark::Marker::new(TOKEN.as_bytes())
 }
 
 /// A process that is gone, as recorded in the database.
@@ -133,7 +138,8 @@ impl World {
         }
     }
 
-    /// A snapshot made `mins` minutes ago, managed by `job` when given.
+    /// A snapshot made `mins` minutes ago: by the agent for `job` (named and marked as it
+    /// marks them), or by hand.
     pub fn put(
         &self,
         server: u64,
@@ -143,11 +149,15 @@ impl World {
     ) -> u64 {
         use vps_snapshot_agent::clock::Clock;
         let at = self.clock.now() - chrono::Duration::minutes(mins);
-        let name = match job {
-            Some(j) => vps_snapshot_agent::naming::new_name(j, at),
-            None => format!("manual-{mins}"),
-        };
-        self.sim.put(server, &name, status, at)
+        match job {
+            Some(j) => {
+                let name = vps_snapshot_agent::naming::new_name(j, at);
+                let description = marker().description(j, server, 0, &name);
+                self.sim
+                    .put_described(server, &name, Some(&description), status, at)
+            }
+            None => self.sim.put(server, &format!("manual-{mins}"), status, at),
+        }
     }
 
     pub fn deleted_ids(&self) -> Vec<u64> {

@@ -1,11 +1,13 @@
 //! The safety invariants, checked after a scenario from the simulator's log of what
-//! happened and the agent's history. Every violation is reported, not just the first.
+//! happened (the API's side) and the agent's history and journal (the agent's side).
+//! Every violation is reported, not just the first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use vps_snapshot_agent::api::SnapshotStatus;
 use vps_snapshot_agent::db::{Database, RunKind, RunStatus};
+use vps_snapshot_agent::mark::Marker;
 use vps_snapshot_agent::naming;
 use vps_snapshot_agent::sim::{Event, Simulator};
 
@@ -13,65 +15,139 @@ pub struct Expect {
     /// Alerts are configured, so every failure must have one queued or delivered.
     pub alerts: bool,
     pub repeat_after: Duration,
+    /// The API token, which must appear nowhere.
+    pub token: String,
+    /// The most deletes any run may carry out.
+    pub max_deletions_per_run: usize,
 }
 
+/// Checks every invariant; panics listing all that fail.
 pub async fn check(sim: &Simulator, db: &Database, expect: &Expect) {
     let mut bad = Vec::new();
     let events = sim.events();
     let runs = db.history(None, u32::MAX).await.unwrap();
-    let pins = db.pins().await.unwrap();
-
-    // Deletions by the agent: only its own, never pinned, never in progress, never the
-    // newest completed one of its job.
-    for e in &events {
-        if let Event::Deleted {
-            id,
-            name,
-            status,
-            external: false,
-            newer_completed_sibling,
-            ..
-        } = e
-        {
-            if naming::parse(name).is_none() {
-                bad.push(format!("deleted unmanaged snapshot {id} ({name})"));
-            }
-            if pins.contains(id) {
-                bad.push(format!("deleted pinned snapshot {id}"));
-            }
-            if *status == SnapshotStatus::InProgress {
-                bad.push(format!("deleted snapshot {id} while in progress"));
-            }
-            if *status == SnapshotStatus::Completed && !newer_completed_sibling {
-                bad.push(format!(
-                    "deleted snapshot {id} ({name}), the newest completed one of its job"
-                ));
-            }
-        }
-    }
-
-    // Nothing deleted by a run whose snapshot did not complete, except to make room.
-    let deletes: Vec<(i64, Option<String>)> = sqlx::query_as(
-        "SELECT run_id, detail FROM actions WHERE action = 'delete' AND outcome = 'ok'",
+    let journal: Vec<Row> = sqlx::query_as(
+        "SELECT run_id, action, state, snapshot_id, detail FROM journal ORDER BY id",
     )
     .fetch_all(db.pool())
     .await
     .unwrap();
-    for (run_id, detail) in &deletes {
-        let run = runs.iter().find(|r| r.id == *run_id).unwrap();
-        let completed =
-            run.snapshot.as_ref().and_then(|s| s.status.as_deref()) == Some("completed");
-        if !completed && detail.as_deref() != Some("make room") {
+    deletions(&events, &runs, &journal, db, expect, &mut bad).await;
+    creations(&events, &runs, &mut bad);
+    endings(&runs, &journal, &mut bad);
+    drift_alerts(&events, &runs, &journal, &mut bad);
+    if expect.alerts {
+        failures_alerted(&runs, db, expect, &mut bad).await;
+    }
+    no_token_in_rows(db, &expect.token, &mut bad).await;
+    assert!(
+        bad.is_empty(),
+        "invariants violated:\n  {}",
+        bad.join("\n  ")
+    );
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    run_id: i64,
+    action: String,
+    state: String,
+    snapshot_id: Option<i64>,
+    detail: Option<String>,
+}
+
+/// The API's deletes on the agent's behalf: only its own (made through the API, or carrying
+/// a mark that verifies), never pinned, in progress or the newest completed of its job;
+/// each with an intent in the journal; at most `max_deletions_per_run` per run; none after
+/// a snapshot that did not complete, except to make room.
+async fn deletions(
+    events: &[Event],
+    runs: &[vps_snapshot_agent::db::Run],
+    journal: &[Row],
+    db: &Database,
+    expect: &Expect,
+    bad: &mut Vec<String>,
+) {
+    let pins = db.pins().await.unwrap();
+    let marker = Marker::new(expect.token.as_bytes());
+    let created: HashSet<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Created { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let mut per_run: HashMap<i64, usize> = HashMap::new();
+    for e in events {
+        let Event::Deleted {
+            id,
+            server_id,
+            name,
+            description,
+            status,
+            external: false,
+            newer_completed_sibling,
+        } = e
+        else {
+            continue;
+        };
+        let ours = naming::parse(name).is_some()
+            && (created.contains(id) || marker.verifies(*server_id, name, description.as_deref()));
+        if !ours {
+            bad.push(format!("deleted snapshot {id} ({name}), not the agent's"));
+        }
+        if pins.contains(id) {
+            bad.push(format!("deleted pinned snapshot {id}"));
+        }
+        if *status == SnapshotStatus::InProgress {
+            bad.push(format!("deleted snapshot {id} while in progress"));
+        }
+        if *status == SnapshotStatus::Completed && !newer_completed_sibling {
             bad.push(format!(
-                "run {run_id} ({:?}) deleted after its snapshot did not complete: {detail:?}",
-                run.status
+                "deleted snapshot {id} ({name}), the newest completed one of its job"
+            ));
+        }
+        let intents: Vec<&Row> = journal
+            .iter()
+            .filter(|r| r.action == "delete" && r.snapshot_id == Some(*id as i64))
+            .collect();
+        match intents.first() {
+            None => bad.push(format!(
+                "deleted snapshot {id} with no intent in the journal"
+            )),
+            Some(r) => *per_run.entry(r.run_id).or_default() += 1,
+        }
+    }
+    for (run, n) in per_run {
+        if n > expect.max_deletions_per_run {
+            bad.push(format!(
+                "run {run} deleted {n} snapshots (max_deletions_per_run {})",
+                expect.max_deletions_per_run
             ));
         }
     }
+    for r in journal
+        .iter()
+        .filter(|r| r.action == "delete" && r.state == "ok")
+    {
+        let Some(run) = runs.iter().find(|x| x.id == r.run_id) else {
+            continue;
+        };
+        let completed =
+            run.snapshot.as_ref().and_then(|s| s.status.as_deref()) == Some("completed");
+        if !completed && r.detail.as_deref() != Some("make room") {
+            bad.push(format!(
+                "run {} ({:?}) deleted after its snapshot did not complete: {:?}",
+                r.run_id, run.status, r.detail
+            ));
+        }
+    }
+}
 
-    // No run made two snapshots: every name is created once, and only runs' names are.
+/// No name created twice, and every snapshot created in the agent's pattern has a run.
+fn creations(events: &[Event], runs: &[vps_snapshot_agent::db::Run], bad: &mut Vec<String>) {
     let mut created: HashMap<&str, usize> = HashMap::new();
-    for e in &events {
+    for e in events {
         if let Event::Created { name, .. } = e {
             *created.entry(name.as_str()).or_default() += 1;
         }
@@ -95,41 +171,125 @@ pub async fn check(sim: &Simulator, db: &Database, expect: &Expect) {
             created.len()
         ));
     }
+}
 
-    // No run left running.
+/// No run left running, none finished twice.
+fn endings(runs: &[vps_snapshot_agent::db::Run], journal: &[Row], bad: &mut Vec<String>) {
     for r in runs.iter().filter(|r| r.status == RunStatus::Running) {
         bad.push(format!(
             "run {} of {} left running (step {})",
             r.id, r.job, r.step
         ));
     }
-
-    // Every failure has an alert queued or delivered (or one for the same job within
-    // repeat_after, which it repeats).
-    if expect.alerts {
-        let alerts: Vec<(Option<String>, i64)> = sqlx::query_as(
-            "SELECT job, created_at FROM alerts WHERE kind IN ('failed', 'no_room')",
-        )
-        .fetch_all(db.pool())
-        .await
-        .unwrap();
-        let window = expect.repeat_after.as_millis() as i64;
-        for r in runs
-            .iter()
-            .filter(|r| r.status == RunStatus::Failed && r.kind == RunKind::Snapshot)
-        {
-            let done = r.finished_at.unwrap().timestamp_millis();
-            let covered = alerts.iter().any(|(job, at)| {
-                job.as_deref() == Some(r.job.as_str()) && *at <= done && done - *at <= window
-            });
-            if !covered {
-                bad.push(format!("failed run {} of {} has no alert", r.id, r.job));
-            }
+    let mut finished: HashMap<i64, usize> = HashMap::new();
+    for r in journal.iter().filter(|r| r.action == "finish") {
+        *finished.entry(r.run_id).or_default() += 1;
+    }
+    for (run, n) in finished {
+        if n > 1 {
+            bad.push(format!("run {run} finished {n} times"));
         }
     }
-    assert!(
-        bad.is_empty(),
-        "invariants violated:\n  {}",
-        bad.join("\n  ")
-    );
+}
+
+/// Every snapshot reported vanished was made by that run's job on that run's server
+/// through the API, and deleted by someone else.
+fn drift_alerts(
+    events: &[Event],
+    runs: &[vps_snapshot_agent::db::Run],
+    journal: &[Row],
+    bad: &mut Vec<String>,
+) {
+    for r in journal.iter().filter(|r| r.action == "vanished") {
+        let id = r.snapshot_id.unwrap_or_default() as u64;
+        let run = runs.iter().find(|x| x.id == r.run_id);
+        let made = events.iter().any(|e| {
+            matches!(e, Event::Created { id: i, server_id, name }
+                if *i == id
+                    && run.is_some_and(|run| *server_id == run.server_id
+                        && naming::parse(name).is_some_and(|p| p.job == run.job)))
+        });
+        let taken = events
+            .iter()
+            .any(|e| matches!(e, Event::Deleted { id: i, external: true, .. } if *i == id));
+        if !made {
+            bad.push(format!(
+                "run {} reported snapshot {id} vanished, but its job never made it on its server",
+                r.run_id
+            ));
+        }
+        if !taken {
+            bad.push(format!(
+                "run {} reported snapshot {id} vanished, but nobody else deleted it",
+                r.run_id
+            ));
+        }
+    }
+}
+
+/// Every failure has an alert queued or delivered (or one for the same job within
+/// repeat_after, which it repeats).
+async fn failures_alerted(
+    runs: &[vps_snapshot_agent::db::Run],
+    db: &Database,
+    expect: &Expect,
+    bad: &mut Vec<String>,
+) {
+    let alerts: Vec<(Option<String>, i64)> =
+        sqlx::query_as("SELECT job, created_at FROM alerts WHERE kind IN ('failed', 'no_room')")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    let window = expect.repeat_after.as_millis() as i64;
+    for r in runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Failed && r.kind == RunKind::Snapshot)
+    {
+        let done = r.finished_at.unwrap().timestamp_millis();
+        let covered = alerts.iter().any(|(job, at)| {
+            job.as_deref() == Some(r.job.as_str()) && *at <= done && done - *at <= window
+        });
+        if !covered {
+            bad.push(format!("failed run {} of {} has no alert", r.id, r.job));
+        }
+    }
+}
+
+/// No text column of any table holds the token.
+async fn no_token_in_rows(db: &Database, token: &str, bad: &mut Vec<String>) {
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+         WHERE m.type = 'table' AND p.type = 'TEXT'",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    for (table, column) in columns {
+        let sql = format!("SELECT count(*) FROM \"{table}\" WHERE instr(\"{column}\", ?) > 0");
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(token)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        if n > 0 {
+            bad.push(format!("the token is in {table}.{column} ({n} rows)"));
+        }
+    }
+}
+
+/// No file under `dir` (the database, its WAL, logs, configs) holds the token.
+pub fn no_token_in_files(dir: &std::path::Path, token: &str) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            no_token_in_files(&path, token);
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the token is in {}",
+            path.display()
+        );
+    }
 }

@@ -2,7 +2,9 @@ use std::time::Duration;
 
 use vps_snapshot_agent::api::SnapshotStatus::{self, Completed, Failed, InProgress};
 use vps_snapshot_agent::clock::Clock;
-use vps_snapshot_agent::db::{NewRun, RunKind, RunStatus, RunTrigger};
+use vps_snapshot_agent::db::{
+    Action, Database, EntryId, Intent, NewRun, RunKind, RunStatus, RunTrigger, State,
+};
 use vps_snapshot_agent::sim::{Fault, FaultKind, Mode, Op, SimOptions};
 
 use crate::helpers::*;
@@ -53,7 +55,7 @@ async fn a_run_creates_waits_and_records_every_action() {
     assert_eq!(json["snapshot"]["status"], "completed");
     assert!(json["started_at"].as_str().unwrap().ends_with('Z'));
     let actions: Vec<(String, String)> =
-        sqlx::query_as("SELECT action, outcome FROM actions WHERE run_id = ? ORDER BY id")
+        sqlx::query_as("SELECT action, state FROM journal WHERE run_id = ? ORDER BY id")
             .bind(o.run_id)
             .fetch_all(runner.db.pool())
             .await
@@ -196,7 +198,7 @@ async fn a_dropped_create_response_yields_exactly_one_snapshot() {
         assert_eq!(o.status, RunStatus::Succeeded, "{kind:?}: {:?}", o.error);
         assert_eq!(w.sim.snapshots(1).len(), 1, "{kind:?}");
         let adopted: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM actions WHERE action = 'adopt'")
+            sqlx::query_scalar("SELECT count(*) FROM journal WHERE action = 'adopt'")
                 .fetch_one(runner.db.pool())
                 .await
                 .unwrap();
@@ -278,28 +280,39 @@ async fn pagination_is_honoured_when_the_limit_is_near() {
 
 #[tokio::test]
 async fn deletions_are_capped_and_one_failed_delete_does_not_stop_the_rest() {
-    let (w, dir) = setup(SimOptions::default()).await;
-    let runner = w.runner(w.db(&dir).await);
-    for m in [400, 300, 200, 100] {
-        w.put(1, Some("web"), m, Completed);
+    // A delete the API refused (503: not handled) spends nothing of the budget; one whose
+    // answer was lost (500 after every retry: it may have happened) spends one.
+    for (code, spent) in [(503, 0), (500, 1)] {
+        let (w, dir) = setup(SimOptions::default()).await;
+        let runner = w.runner(w.db(&dir).await);
+        for m in [400, 300, 200, 100] {
+            w.put(1, Some("web"), m, Completed);
+        }
+        // The first delete fails every attempt (1 + 3 retries); the next ones work.
+        w.sim.inject(Fault::status(Op::Delete, code, 4));
+        let mut j = job("web", 1, 1);
+        j.max_deletions_per_run = 2;
+        let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+        assert_eq!(o.status, RunStatus::Succeeded);
+        assert_eq!(
+            o.deleted.len(),
+            2 - spent,
+            "{code}: deleted after one failure: {:?}",
+            o.deleted
+        );
+        assert!(
+            o.error.unwrap().contains("rotation"),
+            "{code}: the failed delete is recorded"
+        );
+        let states: Vec<String> =
+            sqlx::query_scalar("SELECT state FROM journal WHERE action = 'delete' ORDER BY id")
+                .fetch_all(runner.db.pool())
+                .await
+                .unwrap();
+        let first = if spent == 1 { "unknown" } else { "error" };
+        assert_eq!(states[0], first, "{code}: {states:?}");
+        assert_eq!(w.sim.snapshots(1).len(), 3 + spent, "{code}");
     }
-    // The first delete fails every attempt (1 + 3 retries); the next ones work.
-    w.sim.inject(Fault::status(Op::Delete, 500, 4));
-    let mut j = job("web", 1, 1);
-    j.max_deletions_per_run = 2;
-    let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
-    assert_eq!(o.status, RunStatus::Succeeded);
-    assert_eq!(
-        o.deleted.len(),
-        2,
-        "two deleted after one failure: {:?}",
-        o.deleted
-    );
-    assert!(
-        o.error.unwrap().contains("rotation"),
-        "the failed delete is recorded"
-    );
-    assert_eq!(w.sim.snapshots(1).len(), 3);
 }
 
 #[tokio::test]
@@ -379,12 +392,13 @@ async fn two_runs_on_one_server_never_overlap() {
     let span = |run: i64| {
         let db = a.db.clone();
         async move {
-            let (lo, hi): (i64, i64) =
-                sqlx::query_as("SELECT min(id), max(id) FROM actions WHERE run_id = ?")
-                    .bind(run)
-                    .fetch_one(db.pool())
-                    .await
-                    .unwrap();
+            let (lo, hi): (i64, i64) = sqlx::query_as(
+                "SELECT min(id), max(id) FROM journal WHERE run_id = ? AND action != 'finish'",
+            )
+            .bind(run)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
             (lo, hi)
         }
     };
@@ -396,7 +410,25 @@ async fn two_runs_on_one_server_never_overlap() {
     );
 }
 
-async fn crashed_run(w: &World, runner: &vps_snapshot_agent::job::Runner) -> i64 {
+/// The journal entry a create request leaves before it is sent.
+async fn create_intent(
+    w: &World,
+    runner: &vps_snapshot_agent::run::Runner,
+    run: i64,
+    name: &str,
+) -> EntryId {
+    let intent = Intent {
+        run_id: run,
+        server_id: 1,
+        action: Action::Create,
+        snapshot_id: None,
+        snapshot_name: Some(name),
+        detail: None,
+    };
+    runner.db.intend(intent, w.clock.now()).await.unwrap()
+}
+
+async fn crashed_run(w: &World, runner: &vps_snapshot_agent::run::Runner) -> i64 {
     runner
         .db
         .start_run(
@@ -437,7 +469,7 @@ async fn a_run_that_died_after_sending_create_adopts_the_snapshot() {
     let runner = w.runner(w.db(&dir).await);
     let id = crashed_run(&w, &runner).await;
     let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
-    runner.db.set_planned_snapshot(id, &name).await.unwrap();
+    create_intent(&w, &runner, id, &name).await;
     // The create reached the API; the process died before recording the answer.
     w.sim.put(1, &name, InProgress, w.clock.now());
     let out = runner
@@ -457,13 +489,19 @@ async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
     let old = w.put(1, Some("web"), 600, Completed);
     let id = crashed_run(&w, &runner).await;
     let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
-    runner.db.set_planned_snapshot(id, &name).await.unwrap();
+    let entry = create_intent(&w, &runner, id, &name).await;
     let snap = w
         .sim
         .put(1, &name, SnapshotStatus::Completed, w.clock.now());
     runner
         .db
-        .set_snapshot(id, snap, "in_progress", w.clock.now(), None)
+        .resolve(
+            entry,
+            State::Ok,
+            Some((snap, "in_progress")),
+            None,
+            w.clock.now(),
+        )
         .await
         .unwrap();
     let out = runner
@@ -539,5 +577,102 @@ async fn a_steady_state_run_costs_two_requests_plus_polls_plus_deletions() {
         used,
         2 + u64::from(o.polls) + 1,
         "the final poll's listing serves the rotation"
+    );
+}
+
+/// A database as the version before the journal left it: the older migrations only.
+async fn database_before_the_journal(path: &std::path::Path) -> sqlx::SqlitePool {
+    let old = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir("migrations").unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().as_ref() < "20261129" {
+            std::fs::copy(entry.path(), old.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    pool
+}
+
+#[tokio::test]
+async fn an_earlier_versions_database_keeps_knowing_its_snapshots() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let path = dir.path().join("history.db");
+    let at = |mins| w.clock.now() - chrono::Duration::minutes(mins);
+    // Made by the earlier version: named in the pattern, no mark, recorded in `actions`.
+    let old_name = vps_snapshot_agent::naming::new_name("web", at(600));
+    let old = w.sim.put(1, &old_name, Completed, at(600));
+    // Asked for by a run that died before recording the answer; it landed.
+    let lost_name = vps_snapshot_agent::naming::new_name("web", at(300));
+    let lost = w.sim.put(1, &lost_name, Completed, at(300));
+    // Named like the agent's, but made by hand: the earlier version never knew it.
+    let look_alike = w
+        .sim
+        .put(1, "agent-web-20250101T000000Z-abcdef", Completed, at(900));
+    let pool = database_before_the_journal(&path).await;
+    for sql in [
+        format!(
+            "INSERT INTO runs (id, job, server_id, kind, trigger, status, started_at, finished_at, owner, step, \
+             snapshot_name, snapshot_id, snapshot_status) VALUES (1, 'web', 1, 'snapshot', 'manual', 'succeeded', \
+             0, 1, 'old/1/1/x', 'done', '{old_name}', {old}, 'completed')"
+        ),
+        format!(
+            "INSERT INTO actions (run_id, at, action, snapshot_id, outcome, detail) \
+             VALUES (1, 0, 'create', {old}, 'ok', '{old_name}')"
+        ),
+        format!(
+            "INSERT INTO runs (id, job, server_id, kind, trigger, status, started_at, owner, step, snapshot_name) \
+             VALUES (2, 'web', 1, 'snapshot', 'manual', 'running', 2, '{}', 'create', '{lost_name}')",
+            dead_owner().as_str()
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+
+    let runner = w.runner(Database::open(&path).await.unwrap());
+    let known = runner
+        .db
+        .known_snapshots(1, &[old, lost, look_alike], &[&old_name, &lost_name, "x"])
+        .await
+        .unwrap();
+    assert_eq!(
+        known,
+        [old, lost].into(),
+        "the journal took over what the old version knew"
+    );
+    let resumed = runner
+        .resume_interrupted(&[job("web", 1, 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed[0].snapshot.as_ref().map(|s| s.0),
+        Some(lost),
+        "adopted"
+    );
+    let o = runner
+        .run_job(&job("web", 1, 1), RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+    let left: Vec<u64> = w.sim.snapshots(1).iter().map(|s| s.id).collect();
+    assert!(
+        !left.contains(&old),
+        "the old version's snapshot is still the agent's to rotate"
+    );
+    assert!(
+        left.contains(&look_alike),
+        "a name alone was never proof: {left:?}"
     );
 }

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
 use vps_snapshot_agent::db::{RunStatus, RunTrigger};
-use vps_snapshot_agent::job::run_many;
 use vps_snapshot_agent::mail::Delivery;
+use vps_snapshot_agent::run::run_many;
 use vps_snapshot_agent::sim::{Mode, SimOptions};
 
 use crate::helpers::*;

@@ -3,133 +3,18 @@
 //! after each scenario the safety invariants are checked (`invariants.rs`) and every
 //! output is scanned for the token.
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use vps_snapshot_agent::api::{SnapshotPage, SnapshotStatus};
 use vps_snapshot_agent::config::Settings;
 use vps_snapshot_agent::db::{Database, RunStatus};
-use vps_snapshot_agent::naming;
-use vps_snapshot_agent::sim::{
-    Delay, Fault, FaultKind, Mode, Op, SimOptions, SimServer, Simulator,
-};
+use vps_snapshot_agent::sim::{Fault, FaultKind, Mode, Op, SimOptions, Simulator};
 
 use crate::helpers::{Inbox, TOKEN, closed_port};
-use crate::invariants::{self, Expect};
-
-const BIN: &str = env!("CARGO_BIN_EXE_agent");
-const SERVER: u64 = 5;
-
-struct Scene {
-    sim: SimServer,
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
-}
-
-fn expect() -> Expect {
-    Expect {
-        alerts: true,
-        repeat_after: Duration::from_secs(6 * 3600),
-    }
-}
-
-/// A simulator whose server 5 holds `old` snapshots of job "web", and a config for it:
-/// short timeouts, keep_last 1 (so a successful run deletes), alerts to `smtp_port`.
-async fn scene(delay: Duration, old: usize, smtp_port: u16, extra_defaults: &str) -> Scene {
-    let sim = Simulator::start(
-        SimOptions {
-            token: TOKEN.into(),
-            delay: Delay::Fixed(delay),
-            ..SimOptions::default()
-        },
-        vps_snapshot_agent::clock::system(),
-    )
-    .await
-    .unwrap();
-    let now = chrono::Utc::now();
-    for i in 0..old {
-        let at = now - chrono::Duration::days(i as i64 + 1);
-        sim.sim.put(
-            SERVER,
-            &naming::new_name("web", at),
-            SnapshotStatus::Completed,
-            at,
-        );
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "database = \"{db}\"\n[api]\nbase_url = \"{url}\"\nrequest_timeout = \"300ms\"\nmax_retries = 2\n\
-             [defaults]\npoll_interval = \"50ms\"\nsnapshot_timeout = \"3s\"\nkeep_last = 1\ncatch_up = \"off\"\n{extra_defaults}\n\
-             [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp_port}\nsecurity = \"none\"\nfrom = \"agent@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"2s\"\n\
-             [[jobs]]\nname = \"web\"\nserver_id = {SERVER}\nschedule = \"0 30 2 * * *\"\n",
-            db = dir.path().join("history.db").display(),
-            url = sim.base_url()
-        ),
-    )
-    .unwrap();
-    Scene { sim, dir, cfg }
-}
-
-fn command(cfg: &Path, args: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(BIN);
-    c.arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env("AGENT_API__TOKEN", TOKEN)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null());
-    c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// No token, no panic, a recognized exit code.
-fn sane(o: &Output, what: &str) {
-    let t = text(o);
-    assert!(!t.contains(TOKEN), "{what}: the token leaked:\n{t}");
-    assert!(!t.contains("panicked"), "{what}: panic:\n{t}");
-    assert!(
-        matches!(o.status.code(), Some(0 | 1)),
-        "{what}: exit {:?}:\n{t}",
-        o.status.code()
-    );
-}
-
-impl Scene {
-    async fn db(&self) -> Database {
-        Database::open(&self.dir.path().join("history.db"))
-            .await
-            .unwrap()
-    }
-
-    async fn check(&self) {
-        let db = self.db().await;
-        invariants::check(&self.sim.sim, &db, &expect()).await;
-        // No secret in any stored text.
-        let leaks: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM runs WHERE error LIKE '%' || ?1 || '%') + \
-                    (SELECT count(*) FROM actions WHERE detail LIKE '%' || ?1 || '%') + \
-                    (SELECT count(*) FROM alerts WHERE body LIKE '%' || ?1 || '%' OR last_error LIKE '%' || ?1 || '%')",
-        )
-        .bind(TOKEN)
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
-        assert_eq!(leaks, 0, "the token is stored in the history");
-        db.close().await;
-    }
-}
+use crate::invariants;
+use crate::scene::{SERVER, command, crash, expect, sane, scene, step_is, text};
 
 fn faults() -> Vec<(&'static str, FaultKind)> {
     let html = |code| FaultKind::Status {
@@ -181,8 +66,19 @@ fn faults() -> Vec<(&'static str, FaultKind)> {
     ]
 }
 
-/// Every fault in one phase, once (transient: the run must succeed) and for good
-/// (persistent: it may fail, but cleanly), all at once, each against its own simulator.
+/// Whether a single `kind` on a create leaves its outcome unknown although the API did
+/// nothing: the run must then fail rather than ask again (a create can land late).
+fn lost_create(kind: &FaultKind) -> bool {
+    match kind {
+        FaultKind::Status { code, .. } => *code >= 500 && *code != 503,
+        FaultKind::DropBefore | FaultKind::Body(_) => true,
+        _ => false,
+    }
+}
+
+/// Every fault in one phase, once (transient: the run must succeed, or for a create whose
+/// outcome it cannot know, fail saying why) and for good (persistent: it may fail, but
+/// cleanly), all at once, each against its own simulator.
 async fn phase(op: Op, skip: u32, name: &str) {
     let mut set = tokio::task::JoinSet::new();
     for (fault, kind) in faults() {
@@ -194,12 +90,20 @@ async fn phase(op: Op, skip: u32, name: &str) {
             );
             set.spawn(async move {
                 let s = scene(Duration::from_millis(200), 2, closed_port(), "").await;
+                let lost = op == Op::Create && lost_create(&kind);
                 let mut f = Fault::new(op, kind, if persistent { 10_000 } else { 1 });
                 f.skip = skip;
                 s.sim.sim.inject(f);
                 let o = command(&s.cfg, &["run-once"]).output().await.unwrap();
                 sane(&o, &label);
-                if !persistent {
+                if !persistent && lost {
+                    assert_eq!(o.status.code(), Some(1), "{label}:\n{}", text(&o));
+                    assert!(
+                        text(&o).contains("Not asking again"),
+                        "{label}: says why it did not ask again:\n{}",
+                        text(&o)
+                    );
+                } else if !persistent {
                     assert_eq!(
                         o.status.code(),
                         Some(0),
@@ -280,61 +184,8 @@ async fn failed_stuck_and_vanished_snapshots_end_cleanly() {
     s.check().await;
 }
 
-/// Runs `agent run-once`, kills it with SIGKILL once `at` holds, runs it again (which
-/// resumes the dead run), and checks the invariants and that the killed run ended.
-async fn crash(s: &Scene, point: &str, at: impl AsyncFn(&Database, &Simulator) -> bool) {
-    let log = std::fs::File::create(s.dir.path().join("killed.log")).unwrap();
-    let mut child = command(&s.cfg, &["run-once"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let db = s.db().await;
-    let mut hit = false;
-    let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        if at(&db, &s.sim.sim).await {
-            hit = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let _ = child.start_kill();
-    assert!(
-        hit,
-        "{point}: the crash point was never reached; the run said:\n{}",
-        std::fs::read_to_string(s.dir.path().join("killed.log")).unwrap_or_default()
-    );
-    let _ = child.wait().await;
-    let killed = db.history(None, 1).await.unwrap()[0].clone();
-    assert_eq!(
-        killed.status,
-        RunStatus::Running,
-        "{point}: killed before it could finish"
-    );
-    s.sim.sim.clear_faults();
-    let o = command(&s.cfg, &["run-once"]).output().await.unwrap();
-    sane(&o, point);
-    let after = db.run(killed.id).await.unwrap().unwrap();
-    assert_ne!(
-        after.status,
-        RunStatus::Running,
-        "{point}: the killed run was not finished"
-    );
-    println!(
-        "{point}: killed run ended {} ({:?})",
-        after.status, after.error
-    );
-    db.close().await;
-    s.check().await;
-}
-
-async fn step_is(db: &Database, step: &str) -> bool {
-    db.running().await.unwrap().iter().any(|r| r.step == step)
-}
-
 async fn actions(db: &Database, action: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM actions WHERE action = ? AND outcome = 'ok'")
+    sqlx::query_scalar("SELECT count(*) FROM journal WHERE action = ? AND state = 'ok'")
         .bind(action)
         .fetch_one(db.pool())
         .await

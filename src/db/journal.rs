@@ -1,0 +1,323 @@
+//! The run journal, written ahead of every effect: a create, delete or restore is an entry
+//! in state `pending`, committed before its request is sent, then resolved with what
+//! happened. An answer lost to a crash or the network leaves the entry `pending` or
+//! `unknown`, so that later runs resolve it from what the API shows instead of mistaking
+//! the agent's own doing for someone else's, or doing it again.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Sqlite, Transaction};
+
+use super::runs::names;
+use super::{Database, DbResult, ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum Action {
+    /// The run took its server's lock.
+    Lock,
+    /// The run listed its server's snapshots.
+    List,
+    /// An effect: a snapshot was asked for.
+    Create,
+    /// A snapshot found by name after its create's answer was lost.
+    Adopt,
+    /// A listing while waiting for the snapshot.
+    Poll,
+    /// An effect: a snapshot was asked to go.
+    Delete,
+    /// An effect: a server was asked to go back to a snapshot.
+    Restore,
+    /// A snapshot the agent made is gone, and the agent did not delete it.
+    Vanished,
+    /// The run ended (its status in `detail`).
+    Finish,
+}
+
+/// How an entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum State {
+    /// Recorded; the request may be on its way. What a crash leaves behind.
+    Pending,
+    Ok,
+    /// Refused: not carried out.
+    Error,
+    /// The answer was lost: it may have been carried out.
+    Unknown,
+}
+
+names!(Action { Lock = "lock", List = "list", Create = "create", Adopt = "adopt", Poll = "poll", Delete = "delete", Restore = "restore", Vanished = "vanished", Finish = "finish" });
+names!(State { Pending = "pending", Ok = "ok", Error = "error", Unknown = "unknown" });
+
+/// An entry's row id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct EntryId(i64);
+
+/// One journal entry.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Entry {
+    pub id: EntryId,
+    pub run_id: i64,
+    pub server_id: i64,
+    pub action: Action,
+    pub state: State,
+    pub snapshot_id: Option<i64>,
+    pub snapshot_name: Option<String>,
+    /// When it was recorded (Unix milliseconds).
+    pub at: i64,
+    pub detail: Option<String>,
+}
+
+impl Entry {
+    pub fn snapshot(&self) -> Option<u64> {
+        self.snapshot_id.map(|i| i as u64)
+    }
+
+    pub fn recorded_at(&self) -> DateTime<Utc> {
+        super::from_ms(self.at)
+    }
+
+    /// Not settled: the request may or may not have been carried out.
+    pub fn open(&self) -> bool {
+        matches!(self.state, State::Pending | State::Unknown)
+    }
+}
+
+/// What an entry is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Intent<'a> {
+    pub run_id: i64,
+    pub server_id: u64,
+    pub action: Action,
+    pub snapshot_id: Option<u64>,
+    pub snapshot_name: Option<&'a str>,
+    pub detail: Option<&'a str>,
+}
+
+const ENTRY_COLUMNS: &str =
+    "id, run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail";
+
+async fn insert(
+    tx: &mut Transaction<'_, Sqlite>,
+    i: &Intent<'_>,
+    state: State,
+    at: DateTime<Utc>,
+) -> Result<EntryId, sqlx::Error> {
+    let resolved = (state != State::Pending).then_some(ms(at));
+    let id = sqlx::query(
+        "INSERT INTO journal (run_id, server_id, action, state, snapshot_id, snapshot_name, at, resolved_at, detail) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(i.run_id)
+    .bind(i.server_id as i64)
+    .bind(i.action)
+    .bind(state)
+    .bind(i.snapshot_id.map(|v| v as i64))
+    .bind(i.snapshot_name)
+    .bind(ms(at))
+    .bind(resolved)
+    .bind(i.detail)
+    .execute(&mut **tx)
+    .await?
+    .last_insert_rowid();
+    Ok(EntryId(id))
+}
+
+/// A resolved entry about the run itself (its end), inside the caller's transaction.
+pub(super) async fn insert_resolved(
+    tx: &mut Transaction<'_, Sqlite>,
+    run_id: i64,
+    action: Action,
+    state: State,
+    detail: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<EntryId, sqlx::Error> {
+    let server: (i64,) = sqlx::query_as("SELECT server_id FROM runs WHERE id = ?")
+        .bind(run_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let intent = Intent {
+        run_id,
+        server_id: server.0 as u64,
+        action,
+        snapshot_id: None,
+        snapshot_name: None,
+        detail,
+    };
+    insert(tx, &intent, state, at).await
+}
+
+impl Database {
+    /// Records an effect about to be requested; committed when this returns.
+    pub async fn intend(&self, i: Intent<'_>, at: DateTime<Utc>) -> DbResult<EntryId> {
+        let what = format!(
+            "cannot record the intent to {} (run {})",
+            i.action, i.run_id
+        );
+        let mut tx = self.begin().await?;
+        let id = insert(&mut tx, &i, State::Pending, at)
+            .await
+            .map_err(self.err(what.clone()))?;
+        if i.action == Action::Create {
+            // The run's summary names its snapshot from the moment it is asked for.
+            sqlx::query("UPDATE runs SET snapshot_name = ?, step = 'create' WHERE id = ?")
+                .bind(i.snapshot_name)
+                .bind(i.run_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err(what.clone()))?;
+        }
+        tx.commit().await.map_err(self.err(what))?;
+        Ok(id)
+    }
+
+    /// Records what became of an effect. `made` is, for a create that made a snapshot, its
+    /// id and status (written to the run's summary too).
+    pub async fn resolve(
+        &self,
+        entry: EntryId,
+        state: State,
+        made: Option<(u64, &str)>,
+        detail: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> DbResult<()> {
+        let what = format!("cannot record an outcome ({state}) in the journal");
+        let mut tx = self.begin().await?;
+        let row: (i64, Action, i64) = sqlx::query_as(
+            "UPDATE journal SET state = ?, snapshot_id = COALESCE(?, snapshot_id), \
+             detail = COALESCE(?, detail), resolved_at = ? WHERE id = ? RETURNING run_id, action, at",
+        )
+        .bind(state)
+        .bind(made.map(|(id, _)| id as i64))
+        .bind(detail)
+        .bind(ms(at))
+        .bind(entry)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(self.err(what.clone()))?;
+        if let (Action::Create, Some((id, status))) = (row.1, made) {
+            sqlx::query(
+                "UPDATE runs SET snapshot_id = ?, snapshot_status = ?, \
+                 snapshot_created_at = COALESCE(snapshot_created_at, ?) WHERE id = ?",
+            )
+            .bind(id as i64)
+            .bind(status)
+            .bind(row.2)
+            .bind(row.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err(what.clone()))?;
+        }
+        tx.commit().await.map_err(self.err(what))
+    }
+
+    /// Records something seen (a listing, a poll, an adoption), resolved at once.
+    pub async fn observe(&self, i: Intent<'_>, state: State, at: DateTime<Utc>) -> DbResult<()> {
+        let what = format!("cannot record a {} of run {}", i.action, i.run_id);
+        let mut tx = self.begin().await?;
+        insert(&mut tx, &i, state, at)
+            .await
+            .map_err(self.err(what.clone()))?;
+        tx.commit().await.map_err(self.err(what))
+    }
+
+    /// A run's entries, oldest first.
+    pub async fn entries(&self, run_id: i64) -> DbResult<Vec<Entry>> {
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM journal WHERE run_id = ? ORDER BY id");
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(run_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err(format!("cannot read the journal of run {run_id}")))
+    }
+
+    /// Effects on `server_id` whose outcome nobody knows yet, oldest first.
+    pub async fn unresolved(&self, server_id: u64) -> DbResult<Vec<Entry>> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM journal WHERE server_id = ? \
+             AND state IN ('pending', 'unknown') ORDER BY id"
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(server_id as i64)
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err("cannot read the journal"))
+    }
+
+    /// Of the snapshots `ids` (named `names`) on `server_id`, those the journal records as
+    /// the agent's: created or adopted by one of its runs, or asked for by a create whose
+    /// answer was lost.
+    pub async fn known_snapshots(
+        &self,
+        server_id: u64,
+        ids: &[u64],
+        names: &[&str],
+    ) -> DbResult<HashSet<u64>> {
+        let rows: Vec<(Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT snapshot_id, snapshot_name FROM journal \
+             WHERE action IN ('create', 'adopt') AND state != 'error' AND server_id = ? \
+             AND (snapshot_id IN (SELECT value FROM json_each(?)) \
+                  OR snapshot_name IN (SELECT value FROM json_each(?)))",
+        )
+        .bind(server_id as i64)
+        .bind(serde_json::to_string(ids).unwrap_or_default())
+        .bind(serde_json::to_string(names).unwrap_or_default())
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err("cannot read the journal"))?;
+        let known_names: HashSet<String> = rows.iter().filter_map(|r| r.1.clone()).collect();
+        let mut known: HashSet<u64> = rows.iter().filter_map(|r| r.0.map(|v| v as u64)).collect();
+        known.extend(
+            ids.iter()
+                .zip(names)
+                .filter(|(_, n)| known_names.contains(**n))
+                .map(|(id, _)| *id),
+        );
+        Ok(known)
+    }
+
+    /// Snapshots `job` made on `server_id` and saw completed that the agent never tried
+    /// to delete (whatever became of the attempt, it wanted them gone) nor already
+    /// reported vanished, newest first: what drift detection compares with a listing.
+    pub async fn made_by(
+        &self,
+        job: &str,
+        server_id: u64,
+        limit: u32,
+    ) -> DbResult<Vec<(u64, String)>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT j.snapshot_id, COALESCE(j.snapshot_name, r.snapshot_name, '') FROM runs r \
+             JOIN journal j ON j.run_id = r.id AND j.action IN ('create', 'adopt') AND j.state = 'ok' \
+             WHERE r.job = ? AND r.server_id = ? AND r.kind = 'snapshot' AND r.status = 'succeeded' \
+             AND j.snapshot_id IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM journal d WHERE d.snapshot_id = j.snapshot_id \
+                             AND d.action IN ('vanished', 'delete')) \
+             ORDER BY r.id DESC LIMIT ?",
+        )
+        .bind(job)
+        .bind(server_id as i64)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err("cannot read the journal"))?;
+        Ok(rows.into_iter().map(|(id, n)| (id as u64, n)).collect())
+    }
+
+    /// How many deletes run `run_id` has asked for that may have been carried out.
+    pub async fn deletes_spent(&self, run_id: i64) -> DbResult<u32> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM journal WHERE run_id = ? AND action = 'delete' AND state != 'error'",
+        )
+        .bind(run_id)
+        .fetch_one(self.pool())
+        .await
+        .map_err(self.err("cannot read the journal"))?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+}

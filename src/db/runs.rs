@@ -1,0 +1,430 @@
+//! Runs: one row per job run (snapshot or restore), from start to finish. The row is the
+//! run's summary; what it did is in its journal ([`super::journal`]).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::journal::{self, Action, State};
+use super::{Database, DbError, DbResult, NewAlert, Owner, alerts, from_ms, ms};
+
+/// Gives an enum stored as text its name, for messages and tables.
+macro_rules! names {
+    ($t:ty { $($v:ident = $s:literal),* $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use names;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum RunKind {
+    Snapshot,
+    Restore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum RunTrigger {
+    Schedule,
+    Manual,
+    CatchUp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+/// The last step a run reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum Step {
+    Start,
+    Lock,
+    List,
+    MakeRoom,
+    Create,
+    Poll,
+    Rotate,
+    Restore,
+    Done,
+}
+
+names!(RunKind { Snapshot = "snapshot", Restore = "restore" });
+names!(RunTrigger { Schedule = "schedule", Manual = "manual", CatchUp = "catch_up" });
+names!(RunStatus { Running = "running", Succeeded = "succeeded", Failed = "failed", Interrupted = "interrupted" });
+names!(Step { Start = "start", Lock = "lock", List = "list", MakeRoom = "make_room", Create = "create", Poll = "poll", Rotate = "rotate", Restore = "restore", Done = "done" });
+
+/// The snapshot a run made or worked on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunSnapshot {
+    pub id: Option<u64>,
+    pub name: String,
+    pub status: Option<String>,
+}
+
+/// One run as history shows it (SPEC's JSON shape).
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub id: i64,
+    pub job: String,
+    pub server_id: u64,
+    pub kind: RunKind,
+    pub trigger: RunTrigger,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The fire time of a scheduled or caught-up run.
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub snapshot: Option<RunSnapshot>,
+    pub deleted_snapshot_ids: Vec<u64>,
+    pub error: Option<String>,
+    /// The step the run reached.
+    pub step: Step,
+    /// The agent that ran it (its host name).
+    pub host: String,
+    #[serde(skip)]
+    pub owner: String,
+    #[serde(skip)]
+    pub snapshot_created_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: i64,
+    job: String,
+    server_id: i64,
+    kind: RunKind,
+    trigger: RunTrigger,
+    status: RunStatus,
+    started_at: i64,
+    finished_at: Option<i64>,
+    step: Step,
+    owner: String,
+    scheduled_for: Option<i64>,
+    snapshot_name: Option<String>,
+    snapshot_id: Option<i64>,
+    snapshot_status: Option<String>,
+    snapshot_created_at: Option<i64>,
+    error: Option<String>,
+    deleted: Option<String>,
+}
+
+impl From<RunRow> for Run {
+    fn from(r: RunRow) -> Self {
+        Run {
+            id: r.id,
+            job: r.job,
+            server_id: r.server_id as u64,
+            kind: r.kind,
+            trigger: r.trigger,
+            status: r.status,
+            started_at: from_ms(r.started_at),
+            finished_at: r.finished_at.map(from_ms),
+            scheduled_for: r.scheduled_for.map(from_ms),
+            snapshot: r.snapshot_name.map(|name| RunSnapshot {
+                id: r.snapshot_id.map(|i| i as u64),
+                name,
+                status: r.snapshot_status,
+            }),
+            deleted_snapshot_ids: r
+                .deleted
+                .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
+                .unwrap_or_default(),
+            error: r.error,
+            step: r.step,
+            host: Owner::from_recorded(r.owner.clone()).host().to_string(),
+            owner: r.owner,
+            snapshot_created_at: r.snapshot_created_at.map(from_ms),
+        }
+    }
+}
+
+/// What a new run starts as.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub job: &'a str,
+    pub server_id: u64,
+    pub kind: RunKind,
+    pub trigger: RunTrigger,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// How a run ends.
+#[derive(Debug, Clone)]
+pub struct Finish<'a> {
+    pub status: RunStatus,
+    pub error: Option<&'a str>,
+    /// The step it stopped at (`None`: keep the recorded one); a success ends at `done`.
+    pub step: Option<Step>,
+    pub at: DateTime<Utc>,
+    /// Queued in the same transaction: a failure recorded is a failure alerted.
+    pub alerts: &'a [NewAlert],
+}
+
+const RUN_COLUMNS: &str = "id, job, server_id, kind, trigger, status, started_at, finished_at, step, owner, \
+    scheduled_for, snapshot_name, snapshot_id, snapshot_status, snapshot_created_at, error, \
+    (SELECT group_concat(snapshot_id) FROM journal j \
+       WHERE j.run_id = runs.id AND j.action = 'delete' AND j.state = 'ok') AS deleted";
+
+impl Database {
+    pub async fn start_run(&self, run: NewRun<'_>, owner: &Owner) -> DbResult<i64> {
+        let id = sqlx::query(
+            "INSERT INTO runs (job, server_id, kind, trigger, status, scheduled_for, started_at, owner) \
+             VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+        )
+        .bind(run.job)
+        .bind(run.server_id as i64)
+        .bind(run.kind)
+        .bind(run.trigger)
+        .bind(run.scheduled_for.map(ms))
+        .bind(ms(run.started_at))
+        .bind(owner.as_str())
+        .execute(self.pool())
+        .await
+        .map_err(self.err(format!("cannot record the start of a run of {}", run.job)))?
+        .last_insert_rowid();
+        Ok(id)
+    }
+
+    pub async fn set_step(&self, run_id: i64, step: Step) -> DbResult<()> {
+        sqlx::query("UPDATE runs SET step = ? WHERE id = ?")
+            .bind(step)
+            .bind(run_id)
+            .execute(self.pool())
+            .await
+            .map_err(self.err(format!("cannot record step {step} of run {run_id}")))?;
+        Ok(())
+    }
+
+    /// The snapshot a run works on that it did not create (a restore's).
+    pub async fn set_run_snapshot(
+        &self,
+        run_id: i64,
+        id: u64,
+        name: &str,
+        status: &str,
+    ) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE runs SET snapshot_id = ?, snapshot_name = ?, snapshot_status = ? WHERE id = ?",
+        )
+        .bind(id as i64)
+        .bind(name)
+        .bind(status)
+        .bind(run_id)
+        .execute(self.pool())
+        .await
+        .map_err(self.err(format!("cannot record the snapshot of run {run_id}")))?;
+        Ok(())
+    }
+
+    /// The run's view of its snapshot: status, and when it completed.
+    pub async fn set_snapshot_status(
+        &self,
+        run_id: i64,
+        status: &str,
+        completed_at: Option<DateTime<Utc>>,
+    ) -> DbResult<()> {
+        sqlx::query("UPDATE runs SET snapshot_status = ?, snapshot_completed_at = ? WHERE id = ?")
+            .bind(status)
+            .bind(completed_at.map(ms))
+            .bind(run_id)
+            .execute(self.pool())
+            .await
+            .map_err(self.err(format!("cannot record the snapshot of run {run_id}")))?;
+        Ok(())
+    }
+
+    /// Takes over a run left `running` by `from` (a process that is gone), in one
+    /// conditional write: of several processes trying at once, exactly one gets it.
+    pub async fn claim_run(&self, run_id: i64, from: &str, to: &Owner) -> DbResult<Option<Run>> {
+        let took = sqlx::query(
+            "UPDATE runs SET owner = ? WHERE id = ? AND status = 'running' AND owner = ?",
+        )
+        .bind(to.as_str())
+        .bind(run_id)
+        .bind(from)
+        .execute(self.pool())
+        .await
+        .map_err(self.err(format!("cannot claim run {run_id}")))?
+        .rows_affected();
+        if took == 0 {
+            return Ok(None);
+        }
+        self.run(run_id).await
+    }
+
+    /// Ends a run still running and owned by `owner`, and queues its alerts, in one
+    /// transaction. A run that is not (or no longer) this owner's is an error: a run is
+    /// finished once.
+    pub async fn finish_run(&self, run_id: i64, owner: &Owner, end: Finish<'_>) -> DbResult<()> {
+        let step = if end.status == RunStatus::Succeeded {
+            Some(Step::Done)
+        } else {
+            end.step
+        };
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE runs SET status = ?, error = ?, finished_at = ?, step = COALESCE(?, step) \
+             WHERE id = ? AND status = 'running' AND owner = ?",
+        )
+        .bind(end.status)
+        .bind(end.error)
+        .bind(ms(end.at))
+        .bind(step)
+        .bind(run_id)
+        .bind(owner.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(self.err(format!("cannot record the end of run {run_id}")))?
+        .rows_affected();
+        if n == 0 {
+            return Err(DbError {
+                path: self.path().to_path_buf(),
+                what: format!("cannot record the end of run {run_id}"),
+                source: anyhow::anyhow!("it is no longer running under this process"),
+            });
+        }
+        journal::insert_resolved(
+            &mut tx,
+            run_id,
+            Action::Finish,
+            State::Ok,
+            Some(end.status.as_str()),
+            end.at,
+        )
+        .await
+        .map_err(self.err(format!("cannot record the end of run {run_id}")))?;
+        for a in end.alerts {
+            alerts::insert(&mut tx, a)
+                .await
+                .map_err(self.err("cannot queue an alert"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(self.err(format!("cannot commit the end of run {run_id}")))?;
+        Ok(())
+    }
+
+    pub async fn run(&self, run_id: i64) -> DbResult<Option<Run>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?");
+        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+            .bind(run_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(self.err("cannot read a run"))?;
+        Ok(row.map(Run::from))
+    }
+
+    /// Newest first.
+    pub async fn history(&self, job: Option<&str>, limit: u32) -> DbResult<Vec<Run>> {
+        let sql = match job {
+            Some(_) => {
+                format!("SELECT {RUN_COLUMNS} FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?")
+            }
+            None => format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?"),
+        };
+        let mut q = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql));
+        if let Some(j) = job {
+            q = q.bind(j);
+        }
+        let rows = q
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err("cannot read the history"))?;
+        Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    pub async fn running(&self) -> DbResult<Vec<Run>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY id");
+        let rows = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err("cannot read running runs"))?;
+        Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    /// Whether any run of `job` started at or after `t`.
+    pub async fn has_run_since(&self, job: &str, t: DateTime<Utc>) -> DbResult<bool> {
+        let row = sqlx::query("SELECT 1 FROM runs WHERE job = ? AND started_at >= ? LIMIT 1")
+            .bind(job)
+            .bind(ms(t))
+            .fetch_optional(self.pool())
+            .await
+            .map_err(self.err("cannot read the history"))?;
+        Ok(row.is_some())
+    }
+
+    pub async fn last_run(&self, job: &str) -> DbResult<Option<Run>> {
+        Ok(self.history(Some(job), 1).await?.pop())
+    }
+
+    /// The last finished snapshot run of `job` before run `before` (any status but running).
+    pub async fn previous_finished(&self, job: &str, before: i64) -> DbResult<Option<Run>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job = ? AND id < ? AND kind = 'snapshot' \
+             AND status IN ('succeeded', 'failed') ORDER BY id DESC LIMIT 1"
+        );
+        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+            .bind(job)
+            .bind(before)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(self.err("cannot read the previous run"))?;
+        Ok(row.map(Run::from))
+    }
+
+    pub async fn last_success(&self, job: &str) -> DbResult<Option<Run>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job = ? AND status = 'succeeded' AND kind = 'snapshot' \
+             ORDER BY id DESC LIMIT 1"
+        );
+        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+            .bind(job)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(self.err("cannot read the last success"))?;
+        Ok(row.map(Run::from))
+    }
+
+    /// How long the job's recent snapshots took from create to completed, newest first.
+    pub async fn snapshot_durations(&self, job: &str, limit: u32) -> DbResult<Vec<Duration>> {
+        let rows = sqlx::query(
+            "SELECT snapshot_completed_at - snapshot_created_at AS d FROM runs \
+             WHERE job = ? AND status = 'succeeded' AND snapshot_completed_at IS NOT NULL \
+             AND snapshot_created_at IS NOT NULL ORDER BY id DESC LIMIT ?",
+        )
+        .bind(job)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err("cannot read snapshot durations"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get::<Option<i64>, _>("d"))
+            .map(|d| Duration::from_millis(d.max(0) as u64))
+            .collect())
+    }
+}

@@ -1,0 +1,165 @@
+//! Which snapshots are the agent's own. A name in the agent's pattern proves nothing:
+//! anyone can type one in the panel. A snapshot is the agent's only when its name matches
+//! **and** either its description carries the agent's mark or the journal records it.
+//!
+//! The mark ([`crate::mark`]) is an HMAC of the snapshot's server and name keyed with the
+//! API token. Snapshots made before marks existed are the agent's only while the journal
+//! knows them.
+
+use std::collections::HashSet;
+
+use crate::api::Snapshot;
+use crate::mark::{Mark, Marker};
+use crate::naming;
+
+/// What makes a snapshot the agent's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// Its description carries a mark that verifies.
+    Mark,
+    /// The journal records the agent creating (or adopting) it.
+    Journal,
+}
+
+/// Why a snapshot is not the agent's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotOurs {
+    /// Its name is not one the agent makes.
+    Name,
+    /// Named like one of `job`'s, but neither marked nor known to the journal.
+    Unproven { job: String, bad_mark: bool },
+}
+
+/// Whose a snapshot is, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// Made by the agent for `job` (the job its name says).
+    Agent {
+        job: String,
+        proof: Proof,
+    },
+    Foreign(NotOurs),
+}
+
+impl Ownership {
+    /// Judges `snap`; `known` holds the ids the journal records as the agent's.
+    pub fn of(snap: &Snapshot, marker: &Marker, known: &HashSet<u64>) -> Self {
+        let Some(parsed) = naming::parse(&snap.name) else {
+            return Self::Foreign(NotOurs::Name);
+        };
+        let mark = marker.check(snap.server.id, &snap.name, snap.description.as_deref());
+        let proof = if mark == Mark::Valid {
+            Proof::Mark
+        } else if known.contains(&snap.id) {
+            Proof::Journal
+        } else {
+            return Self::Foreign(NotOurs::Unproven {
+                job: parsed.job,
+                bad_mark: mark == Mark::Invalid,
+            });
+        };
+        Self::Agent {
+            job: parsed.job,
+            proof,
+        }
+    }
+
+    /// Whether it is `job`'s to rotate.
+    pub fn is_of(&self, job: &str) -> bool {
+        matches!(self, Self::Agent { job: j, .. } if j == job)
+    }
+
+    /// For `agent snapshots`: `yes (web, marked)`, `no (no marker, not in the journal)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Agent {
+                job,
+                proof: Proof::Mark,
+            } => format!("yes ({job}, marked)"),
+            Self::Agent {
+                job,
+                proof: Proof::Journal,
+            } => format!("yes ({job}, in the journal)"),
+            Self::Foreign(NotOurs::Name) => "no".to_string(),
+            Self::Foreign(NotOurs::Unproven {
+                job,
+                bad_mark: false,
+            }) => format!("no (no marker, not in the journal; named like {job}'s)"),
+            Self::Foreign(NotOurs::Unproven {
+                job,
+                bad_mark: true,
+            }) => format!("no (marker does not verify, not in the journal; named like {job}'s)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ServerRef, SnapshotStatus};
+    use chrono::Utc;
+
+    fn snap(id: u64, server: u64, name: &str, description: Option<String>) -> Snapshot {
+        Snapshot {
+            id,
+            server: ServerRef {
+                id: server,
+                name: None,
+            },
+            name: name.to_string(),
+            status: SnapshotStatus::Completed,
+            size_mb: None,
+            created_at: Utc::now(),
+            description,
+        }
+    }
+
+    #[test]
+    fn a_mark_proves_ownership_only_for_its_own_name_server_and_key() {
+        let m = Marker::new(b"token-a");
+        let name = naming::new_name("web", Utc::now());
+        let desc = m.description("web", 5, 12, &name);
+        assert!(desc.contains("job web, run 12"), "{desc}");
+        let none = HashSet::new();
+        let mine = snap(1, 5, &name, Some(desc.clone()));
+        assert_eq!(
+            Ownership::of(&mine, &m, &none),
+            Ownership::Agent {
+                job: "web".into(),
+                proof: Proof::Mark
+            }
+        );
+        // Copied onto another name, onto another server, or checked with another key.
+        let other_name = naming::new_name("web", Utc::now() - chrono::Duration::days(1));
+        for (s, key) in [
+            (snap(2, 5, &other_name, Some(desc.clone())), "token-a"),
+            (snap(3, 6, &name, Some(desc.clone())), "token-a"),
+            (snap(4, 5, &name, Some(desc.clone())), "token-b"),
+        ] {
+            let o = Ownership::of(&s, &Marker::new(key.as_bytes()), &none);
+            assert!(!o.is_of("web"), "{s:?}");
+            assert!(
+                o.describe().starts_with("no (marker does not verify"),
+                "{o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_journal_proves_ownership_and_a_name_alone_never_does() {
+        let m = Marker::new(b"t");
+        let s = snap(7, 5, "agent-web-20250101T000000Z-abcdef", None);
+        assert_eq!(
+            Ownership::of(&s, &m, &HashSet::new()).describe(),
+            "no (no marker, not in the journal; named like web's)"
+        );
+        let known = HashSet::from([7]);
+        assert!(Ownership::of(&s, &m, &known).is_of("web"));
+        assert!(!Ownership::of(&s, &m, &known).is_of("db"));
+        let foreign = snap(8, 5, "before-upgrade", None);
+        assert_eq!(
+            Ownership::of(&foreign, &m, &HashSet::from([8])),
+            Ownership::Foreign(NotOurs::Name)
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! Step 3: create the snapshot. The name (the only handle a lost answer leaves) is in the
+//! journal before the request leaves. A create is asked for once: when its answer is lost
+//! the run looks for the name, adopts what it finds, and otherwise fails rather than ask
+//! again, because a create can land minutes late and a run must never hold two.
+
+use anyhow::anyhow;
+
+use super::{Failure, RunState, Runner, fail};
+use crate::alert::Kind;
+use crate::api::{ApiError, Snapshot};
+use crate::db::{Action, EntryId, Intent, State, Step};
+use crate::naming;
+use crate::retention::LIMIT;
+
+impl Runner {
+    pub(super) async fn create(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
+        let job = st.job;
+        let name = loop {
+            let n = naming::new_name(&job.name, self.now());
+            if !st.listing.iter().any(|s| s.name == n) {
+                break n;
+            }
+        };
+        st.step = Step::Create;
+        let description =
+            self.client
+                .marker()
+                .description(&job.name, job.server_id, st.run_id, &name);
+        let intent = Intent {
+            snapshot_name: Some(&name),
+            ..st.intent(Action::Create, None)
+        };
+        let entry = self.db.intend(intent, self.now()).await?;
+        st.requested_at = Some(self.now());
+        match self.client.create(job.server_id, &name, &description).await {
+            Ok(snap) => {
+                self.db
+                    .resolve(
+                        entry,
+                        State::Ok,
+                        Some((snap.id, snap.status.as_str())),
+                        None,
+                        self.now(),
+                    )
+                    .await?;
+                tracing::info!(snapshot = snap.id, %name, "snapshot requested");
+                st.snapshot = Some(snap);
+                Ok(())
+            }
+            Err(ApiError::OutcomeUnknown { what, reason }) => {
+                let detail = format!("{what}: outcome unknown ({reason})");
+                self.db
+                    .resolve(entry, State::Unknown, None, Some(&detail), self.now())
+                    .await?;
+                tracing::warn!("{detail}; listing to find out");
+                let Some(snap) = self.find_by_name(st, &name).await? else {
+                    return Err(fail(
+                        Step::Create,
+                        anyhow!(
+                            "{detail}; no snapshot named {name} appeared within {}. Not asking \
+                             again: a create can land late, and a run must never make two. If it \
+                             appears, the next run counts it as the agent's",
+                            humantime::format_duration(self.settle_period())
+                        ),
+                    ));
+                };
+                self.adopt(st, entry, &snap).await?;
+                st.snapshot = Some(snap);
+                Ok(())
+            }
+            Err(e @ ApiError::BadRequest { .. }) if st.listing.len() >= LIMIT as usize => {
+                self.db
+                    .resolve(entry, State::Error, None, Some(&e.to_string()), self.now())
+                    .await?;
+                Err(Failure {
+                    step: Some(Step::Create),
+                    kind: Kind::NoRoom,
+                    error: anyhow!(e).context(format!(
+                        "server {} holds {} snapshots (limit {LIMIT})",
+                        job.server_id,
+                        st.listing.len()
+                    )),
+                })
+            }
+            Err(e) => {
+                self.db
+                    .resolve(entry, State::Error, None, Some(&e.to_string()), self.now())
+                    .await?;
+                Err(fail(Step::Create, e))
+            }
+        }
+    }
+
+    /// Takes `snap`, found by name, as what the create `entry` made.
+    pub(super) async fn adopt(
+        &self,
+        st: &RunState<'_>,
+        entry: EntryId,
+        snap: &Snapshot,
+    ) -> Result<(), Failure> {
+        self.db
+            .resolve(
+                entry,
+                State::Ok,
+                Some((snap.id, snap.status.as_str())),
+                Some("its answer was lost; found by name"),
+                self.now(),
+            )
+            .await?;
+        self.observe(
+            st,
+            Action::Adopt,
+            Some(snap.id),
+            State::Ok,
+            Some(&snap.name),
+        )
+        .await?;
+        tracing::info!(
+            snapshot = snap.id,
+            "adopted the snapshot whose create answer was lost"
+        );
+        Ok(())
+    }
+
+    /// How long a lost create is looked for: `max_retries + 2` listings `settle` apart.
+    fn settle_period(&self) -> std::time::Duration {
+        self.settle * (self.max_retries + 1)
+    }
+
+    /// Looks for the snapshot named `name` after a create whose outcome is unknown. A
+    /// failed listing is not "absent", and neither is one listing: absence counts only
+    /// after `max_retries + 2` listings `settle` apart.
+    pub(super) async fn find_by_name(
+        &self,
+        st: &mut RunState<'_>,
+        name: &str,
+    ) -> Result<Option<Snapshot>, Failure> {
+        let mut last_error = None;
+        let mut absent = 0;
+        for attempt in 0..(self.max_retries + 2) * 2 {
+            if attempt > 0 {
+                self.clock.sleep(self.settle).await;
+            }
+            match self.relist(st).await? {
+                Ok(()) => {
+                    if let Some(found) = st.listing.iter().find(|s| s.name == name) {
+                        return Ok(Some(found.clone()));
+                    }
+                    absent += 1;
+                    if absent >= self.max_retries + 2 {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let e = last_error.map_or_else(|| anyhow!("no listing"), anyhow::Error::from);
+        Err(fail(
+            Step::Create,
+            e.context(format!(
+                "the create request's outcome is unknown and listing failed; not asking for {name} again"
+            )),
+        ))
+    }
+}

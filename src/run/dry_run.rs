@@ -1,0 +1,85 @@
+//! `run-once --dry-run`: what a run would do now, changing and recording nothing.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+
+use super::{candidates, owners};
+use crate::api::{Client, Snapshot, SnapshotStatus};
+use crate::config::JobSettings;
+use crate::db::Database;
+use crate::naming;
+use crate::ownership::Ownership;
+use crate::retention::{self, Candidate, LIMIT};
+
+/// A plan for `--dry-run`: what a run would do now, changing nothing.
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    pub listing: Vec<Snapshot>,
+    /// Whose each snapshot of the listing is.
+    pub owners: Vec<Ownership>,
+    pub verdicts: Vec<retention::Verdict>,
+    pub make_room: Result<Vec<u64>, retention::NoRoom>,
+    pub name: String,
+    /// What rotation would delete once the new snapshot completes.
+    pub rotate: Vec<u64>,
+}
+
+/// What a run of `job` would do now; `db` (when there is one) supplies pins and the
+/// journal's knowledge of the agent's snapshots.
+pub async fn dry_run(
+    client: &Client,
+    db: Option<&Database>,
+    job: &JobSettings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<DryRun> {
+    let listing: Vec<Snapshot> = client
+        .list(Some(job.server_id))
+        .await?
+        .into_iter()
+        .filter(|s| s.server.id == job.server_id)
+        .collect();
+    let pins = match db {
+        Some(db) => db.pins().await?,
+        None => HashSet::new(),
+    };
+    let owners = owners(db, client.marker(), job.server_id, &listing).await?;
+    let cands = candidates(&listing, &owners, job, &pins);
+    let verdicts = retention::plan(&cands, &job.retention, job.timezone);
+    let make_room = if listing.len() >= LIMIT as usize {
+        retention::make_room(
+            &cands,
+            &job.retention,
+            job.timezone,
+            now,
+            job.max_deletions_per_run,
+        )
+    } else {
+        Ok(Vec::new())
+    };
+    let name = naming::new_name(&job.name, now);
+    let mut after: Vec<Candidate> = cands
+        .into_iter()
+        .filter(|c| !make_room.as_ref().is_ok_and(|v| v.contains(&c.id)))
+        .collect();
+    let phantom = after.iter().map(|c| c.id).max().unwrap_or(0) + 1;
+    after.push(Candidate {
+        id: phantom,
+        created_at: now,
+        status: SnapshotStatus::Completed,
+        managed: true,
+        pinned: false,
+    });
+    let budget = job
+        .max_deletions_per_run
+        .saturating_sub(make_room.as_ref().map_or(0, |v| v.len() as u32));
+    let rotate = retention::victims(&after, &job.retention, job.timezone, budget);
+    Ok(DryRun {
+        listing,
+        owners,
+        verdicts,
+        make_room,
+        name,
+        rotate,
+    })
+}

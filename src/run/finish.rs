@@ -1,0 +1,135 @@
+//! The end of a run: its status, error and alerts in one transaction, once.
+
+use super::{Failure, Outcome, RunState, Runner, chain};
+use crate::alert;
+use crate::db::{DbError, Finish, NewAlert, Run, RunStatus};
+
+impl Runner {
+    pub(super) async fn finish(
+        &self,
+        st: RunState<'_>,
+        result: Result<(), Failure>,
+    ) -> Result<Outcome, DbError> {
+        let now = self.now();
+        let job = st.job;
+        let (status, error, alerts) = match &result {
+            Ok(()) => {
+                let warn = (!st.delete_errors.is_empty())
+                    .then(|| format!("rotation: {}", st.delete_errors.join("; ")));
+                tracing::info!(deleted = ?st.deleted, "run succeeded");
+                let recovered = self.recovery_alert(&st).await?;
+                (RunStatus::Succeeded, warn, recovered)
+            }
+            Err(f) => {
+                let error = chain(&f.error);
+                let failed = self.failure_alert(&st, f, &error).await?;
+                (RunStatus::Failed, Some(error), failed)
+            }
+        };
+        self.db
+            .finish_run(
+                st.run_id,
+                &self.owner,
+                Finish {
+                    status,
+                    error: error.as_deref(),
+                    step: Some(st.step),
+                    at: now,
+                    alerts: alerts.as_slice(),
+                },
+            )
+            .await?;
+        Ok(Outcome {
+            run_id: st.run_id,
+            job: job.name.clone(),
+            server_id: job.server_id,
+            status,
+            snapshot: st.snapshot.as_ref().map(|s| (s.id, s.name.clone())),
+            deleted: st.deleted,
+            error,
+            polls: st.polls,
+            elapsed: (now - st.started_at).to_std().unwrap_or_default(),
+        })
+    }
+
+    /// The first success after a failure, if recoveries are mailed.
+    async fn recovery_alert(&self, st: &RunState<'_>) -> Result<Option<NewAlert>, DbError> {
+        let job = st.job;
+        let Some(policy) = &self.alerts else {
+            return Ok(None);
+        };
+        let prev = self.db.previous_finished(&job.name, st.run_id).await?;
+        if !policy.notify_recovery || prev.is_none_or(|p| p.status != RunStatus::Failed) {
+            return Ok(None);
+        }
+        let name = st
+            .snapshot
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let since = self
+            .db
+            .last_success(&job.name)
+            .await?
+            .and_then(|r| r.finished_at);
+        Ok(Some(alert::recovered(
+            &job.name,
+            job.server_id,
+            st.run_id,
+            &name,
+            self.now(),
+            since,
+        )))
+    }
+
+    /// The alert for failure `f`, unless one was sent less than `repeat_after` ago.
+    async fn failure_alert(
+        &self,
+        st: &RunState<'_>,
+        f: &Failure,
+        error: &str,
+    ) -> Result<Option<NewAlert>, DbError> {
+        let job = st.job;
+        let step = f.step.map_or("record", |s| s.as_str());
+        tracing::error!(step, "run failed: {error}");
+        let Some(policy) = &self.alerts else {
+            return Ok(None);
+        };
+        let now = self.now();
+        if alert::throttled(&self.db, policy, &job.name, now).await? {
+            tracing::info!("alert suppressed: one was sent less than repeat_after ago");
+            return Ok(None);
+        }
+        let last_good = self.db.last_success(&job.name).await?;
+        Ok(Some(alert::failure(&alert::Failure {
+            kind: f.kind,
+            job: &job.name,
+            server_id: job.server_id,
+            run_id: st.run_id,
+            step,
+            error,
+            started_at: st.started_at,
+            finished_at: now,
+            last_good: last_good.as_ref(),
+            listing: &st.listing,
+        })))
+    }
+
+    /// Ends a run this process has claimed as `interrupted`, saying why.
+    pub(super) async fn interrupt(&self, run: &Run, why: &str) -> Result<(), DbError> {
+        tracing::warn!(run = run.id, job = %run.job, "marking run interrupted: {why}");
+        self.db
+            .finish_run(
+                run.id,
+                &self.owner,
+                Finish {
+                    status: RunStatus::Interrupted,
+                    error: Some(why),
+                    step: None,
+                    at: self.now(),
+                    alerts: &[],
+                },
+            )
+            .await
+    }
+}

@@ -1,0 +1,89 @@
+//! Step 1: the per-server lock, shared by every agent process on the database, renewed in
+//! the background while held.
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+
+use super::{Failure, Runner, fail};
+use crate::db::{Database, Owner, Step};
+
+/// How long a lock is good for without renewal (only matters across hosts).
+const LOCK_LEASE: Duration = Duration::from_secs(120);
+
+/// Holds a server lock; renews it in the background until released.
+pub(super) struct LockGuard {
+    db: Database,
+    server_id: u64,
+    owner: Owner,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl LockGuard {
+    pub(super) async fn release(self) {
+        self.renew.abort();
+        if let Err(e) = self.db.release_lock(self.server_id, &self.owner).await {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.renew.abort();
+    }
+}
+
+impl Runner {
+    /// Takes `server_id`'s lock, waiting up to `lock_wait` for another run to finish.
+    pub(super) async fn lock(
+        &self,
+        server_id: u64,
+        run_id: Option<i64>,
+    ) -> Result<LockGuard, Failure> {
+        let waited_from = tokio::time::Instant::now();
+        let mut told = false;
+        loop {
+            match self
+                .db
+                .try_lock(server_id, &self.owner, run_id, LOCK_LEASE)
+                .await?
+            {
+                Ok(()) => break,
+                Err(holder) => {
+                    if waited_from.elapsed() >= self.lock_wait {
+                        return Err(fail(
+                            Step::Lock,
+                            anyhow!(
+                                "server {server_id} is busy: locked by {holder} for over {}",
+                                humantime::format_duration(self.lock_wait)
+                            ),
+                        ));
+                    }
+                    if !told {
+                        tracing::info!(server_id, "waiting for {holder} to finish with the server");
+                        told = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        let (db, owner) = (self.db.clone(), self.owner.clone());
+        let renew = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LOCK_LEASE / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = db.renew_lock(server_id, &owner, LOCK_LEASE).await {
+                    tracing::warn!("{e}");
+                }
+            }
+        });
+        Ok(LockGuard {
+            db: self.db.clone(),
+            server_id,
+            owner: self.owner.clone(),
+            renew,
+        })
+    }
+}

@@ -1,0 +1,353 @@
+//! One job run, as SPEC's "One job run" says, written as a journal ahead of its effects:
+//! lock the server; list; settle what earlier runs left open and look for drift; make
+//! room if at the limit; create (adopting a snapshot whose answer was lost, never asking
+//! twice); poll until done; rotate only after success; finish. Every create, delete and
+//! restore is a journal entry committed before its request leaves and resolved after.
+//!
+//! A file per step: [`lock`], [`reconcile`] (open effects, drift), [`create`], [`poll`],
+//! [`rotate`] (and make-room), [`finish`], [`resume`] (a claimed, interrupted run),
+//! [`restore`]; [`dry_run`] and [`many`] (several jobs at once) use them.
+
+mod create;
+mod dry_run;
+mod finish;
+mod lock;
+mod many;
+mod poll;
+mod reconcile;
+mod restore;
+mod resume;
+mod rotate;
+
+pub use dry_run::{DryRun, dry_run};
+pub use many::run_many;
+pub use poll::learned_first_wait;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::alert::{AlertPolicy, Kind};
+use crate::api::{ApiError, Client, Snapshot};
+use crate::clock::SharedClock;
+use crate::config::JobSettings;
+use crate::db::{
+    Action, Database, DbError, Intent, NewRun, Owner, RunKind, RunStatus, RunTrigger, State, Step,
+};
+use crate::mark::Marker;
+use crate::ownership::Ownership;
+use crate::retention::Candidate;
+
+/// Everything a run needs; one per process, shared by its runs.
+#[derive(Clone)]
+pub struct Runner {
+    pub db: Database,
+    pub client: Arc<Client>,
+    pub clock: SharedClock,
+    pub owner: Owner,
+    pub alerts: Option<AlertPolicy>,
+    pub max_retries: u32,
+    /// How long to wait for a server locked by another run before failing.
+    pub lock_wait: Duration,
+    /// After a create whose outcome is unknown, how long apart the listings that look for
+    /// it are (the API's request timeout: a slow create can land after we gave up on it).
+    pub settle: Duration,
+}
+
+/// How a run ended, for summaries.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub run_id: i64,
+    pub job: String,
+    pub server_id: u64,
+    pub status: RunStatus,
+    pub snapshot: Option<(u64, String)>,
+    pub deleted: Vec<u64>,
+    pub error: Option<String>,
+    pub polls: u32,
+    pub elapsed: Duration,
+}
+
+/// Why a run failed, and at which step (`None`: recording it failed).
+struct Failure {
+    step: Option<Step>,
+    kind: Kind,
+    error: anyhow::Error,
+}
+
+fn fail(step: Step, error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        step: Some(step),
+        kind: Kind::Failed,
+        error: error.into(),
+    }
+}
+
+impl From<DbError> for Failure {
+    fn from(e: DbError) -> Self {
+        Failure {
+            step: None,
+            kind: Kind::Failed,
+            error: e.into(),
+        }
+    }
+}
+
+/// The state of one run in progress.
+struct RunState<'a> {
+    run_id: i64,
+    job: &'a JobSettings,
+    started_at: DateTime<Utc>,
+    scheduled_for: Option<DateTime<Utc>>,
+    step: Step,
+    snapshot: Option<Snapshot>,
+    /// When the snapshot was asked for (our clock), for `snapshot_timeout`.
+    requested_at: Option<DateTime<Utc>>,
+    /// The server's snapshots as last listed.
+    listing: Vec<Snapshot>,
+    deleted: Vec<u64>,
+    /// Deletes asked for that may have been carried out: what counts against
+    /// `max_deletions_per_run` (a delete whose answer was lost counts).
+    deletes_spent: u32,
+    delete_errors: Vec<String>,
+    polls: u32,
+    window_alerted: bool,
+}
+
+impl<'a> RunState<'a> {
+    fn new(
+        run_id: i64,
+        job: &'a JobSettings,
+        started_at: DateTime<Utc>,
+        scheduled_for: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            run_id,
+            job,
+            started_at,
+            scheduled_for,
+            step: Step::Lock,
+            snapshot: None,
+            requested_at: None,
+            listing: Vec::new(),
+            deleted: Vec::new(),
+            deletes_spent: 0,
+            delete_errors: Vec::new(),
+            polls: 0,
+            window_alerted: false,
+        }
+    }
+
+    /// An entry of this run about `snapshot`.
+    fn intent(&self, action: Action, snapshot: Option<u64>) -> Intent<'static> {
+        Intent {
+            run_id: self.run_id,
+            server_id: self.job.server_id,
+            action,
+            snapshot_id: snapshot,
+            snapshot_name: None,
+            detail: None,
+        }
+    }
+}
+
+/// Error chain on one line.
+pub fn chain(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for (i, c) in e.chain().enumerate() {
+        let c = c.to_string();
+        if s.contains(&c) {
+            continue;
+        }
+        if i > 0 {
+            s.push_str(": ");
+        }
+        s.push_str(&c);
+    }
+    s
+}
+
+/// The planner's view of a server's snapshots for `job`; `owners` says whose each one is
+/// (in the order of `listing`).
+pub fn candidates(
+    listing: &[Snapshot],
+    owners: &[Ownership],
+    job: &JobSettings,
+    pins: &HashSet<u64>,
+) -> Vec<Candidate> {
+    listing
+        .iter()
+        .zip(owners)
+        .filter(|(s, _)| s.server.id == job.server_id)
+        .map(|(s, o)| Candidate {
+            id: s.id,
+            created_at: s.created_at,
+            status: s.status.clone(),
+            managed: o.is_of(&job.name),
+            pinned: pins.contains(&s.id),
+        })
+        .collect()
+}
+
+/// Whose each snapshot of `listing` (all on `server_id`) is: the mark, or the journal of
+/// `db` when there is one.
+pub async fn owners(
+    db: Option<&Database>,
+    marker: &Marker,
+    server_id: u64,
+    listing: &[Snapshot],
+) -> Result<Vec<Ownership>, DbError> {
+    let known = match db {
+        Some(db) => {
+            let ids: Vec<u64> = listing.iter().map(|s| s.id).collect();
+            let names: Vec<&str> = listing.iter().map(|s| s.name.as_str()).collect();
+            db.known_snapshots(server_id, &ids, &names).await?
+        }
+        None => HashSet::new(),
+    };
+    Ok(listing
+        .iter()
+        .map(|s| Ownership::of(s, marker, &known))
+        .collect())
+}
+
+impl Runner {
+    /// A runner for `settings`, owned by this process.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        db: Database,
+        client: Arc<Client>,
+        clock: SharedClock,
+    ) -> Self {
+        let longest = settings
+            .jobs
+            .iter()
+            .map(|j| j.snapshot_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(1800));
+        Self {
+            db,
+            client,
+            clock,
+            owner: Owner::current(),
+            alerts: AlertPolicy::from_settings(settings.email.as_ref()),
+            max_retries: settings.api.max_retries,
+            // Long enough for another run on the server to finish its snapshot.
+            lock_wait: longest + Duration::from_secs(300),
+            settle: settings.api.request_timeout,
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Records something the run saw, resolved at once.
+    async fn observe(
+        &self,
+        st: &RunState<'_>,
+        action: Action,
+        snapshot: Option<u64>,
+        state: State,
+        detail: Option<&str>,
+    ) -> Result<(), DbError> {
+        let intent = Intent {
+            detail,
+            ..st.intent(action, snapshot)
+        };
+        self.db.observe(intent, state, self.now()).await
+    }
+
+    /// Runs `job` once, start to finish. `Err` only when the run cannot even be recorded.
+    #[tracing::instrument(name = "run", skip_all, fields(job = %job.name, server = job.server_id, run = tracing::field::Empty))]
+    pub async fn run_job(
+        &self,
+        job: &JobSettings,
+        trigger: RunTrigger,
+        scheduled_for: Option<DateTime<Utc>>,
+    ) -> Result<Outcome, DbError> {
+        let started_at = self.now();
+        let run_id = self
+            .db
+            .start_run(
+                NewRun {
+                    job: &job.name,
+                    server_id: job.server_id,
+                    kind: RunKind::Snapshot,
+                    trigger,
+                    scheduled_for,
+                    started_at,
+                },
+                &self.owner,
+            )
+            .await?;
+        tracing::Span::current().record("run", run_id);
+        tracing::info!(%trigger, "run started");
+        let mut st = RunState::new(run_id, job, started_at, scheduled_for);
+        let result = match self.lock(job.server_id, Some(run_id)).await {
+            Ok(guard) => {
+                let r = self.execute(&mut st).await;
+                guard.release().await;
+                r
+            }
+            Err(f) => Err(f),
+        };
+        self.finish(st, result).await
+    }
+
+    async fn execute(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
+        self.observe(st, Action::Lock, None, State::Ok, None)
+            .await?;
+        st.step = Step::List;
+        self.list(st).await?;
+        self.reconcile(st).await?;
+        if st.listing.len() >= crate::retention::LIMIT as usize {
+            self.make_room(st).await?;
+        }
+        self.create(st).await?;
+        let first = self.first_wait(st.job).await;
+        self.poll(st, first).await?;
+        self.rotate(st).await
+    }
+
+    /// Lists the server's snapshots into `st.listing`, recording the listing. The API's
+    /// error is returned for the caller to judge; only a database error is fatal here.
+    async fn relist(&self, st: &mut RunState<'_>) -> Result<Result<(), ApiError>, DbError> {
+        match self.client.list(Some(st.job.server_id)).await {
+            Ok(list) => {
+                let detail = format!("{} snapshots", list.len());
+                self.observe(st, Action::List, None, State::Ok, Some(&detail))
+                    .await?;
+                st.listing = list
+                    .into_iter()
+                    .filter(|s| s.server.id == st.job.server_id)
+                    .collect();
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                self.observe(st, Action::List, None, State::Error, Some(&e.to_string()))
+                    .await?;
+                Ok(Err(e))
+            }
+        }
+    }
+
+    async fn list(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
+        self.relist(st).await?.map_err(|e| fail(st.step, e))
+    }
+
+    /// The planner's view of the listing in hand, for this run's job.
+    async fn candidates(&self, st: &RunState<'_>) -> Result<Vec<Candidate>, DbError> {
+        let pins = self.db.pins().await?;
+        let owners = owners(
+            Some(&self.db),
+            self.client.marker(),
+            st.job.server_id,
+            &st.listing,
+        )
+        .await?;
+        Ok(candidates(&st.listing, &owners, st.job, &pins))
+    }
+}

@@ -1,0 +1,115 @@
+//! Before a run touches its server: settle what earlier runs left open, from the listing
+//! in hand, then look for drift. A delete whose answer was lost is the agent's own doing
+//! once its snapshot is gone; a create whose answer was lost made the snapshot that
+//! carries its name, however late that lands. Only what the journal says the job made on
+//! this server, saw complete, and never tried to delete can have drifted.
+
+use std::collections::HashSet;
+
+use super::{Failure, RunState, Runner};
+use crate::alert::{self, Kind};
+use crate::api::Snapshot;
+use crate::db::{Action, DbError, State};
+
+/// How many of a job's latest snapshots the drift check compares with a listing.
+const DRIFT_WINDOW: u32 = 20;
+
+impl Runner {
+    pub(super) async fn reconcile(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
+        self.settle_open(st.job.server_id, &st.listing, None)
+            .await?;
+        self.check_drift(st).await
+    }
+
+    /// Resolves the open creates and deletes on `server_id` (of run `only`, or of every
+    /// run) from `listing`. Restores leave no trace in a listing and stay open.
+    pub(super) async fn settle_open(
+        &self,
+        server_id: u64,
+        listing: &[Snapshot],
+        only: Option<i64>,
+    ) -> Result<(), DbError> {
+        for e in self.db.unresolved(server_id).await? {
+            if only.is_some_and(|run| run != e.run_id) {
+                continue;
+            }
+            match (e.action, e.snapshot(), e.snapshot_name.as_deref()) {
+                (Action::Delete, Some(id), _) => {
+                    let (state, detail) = if listing.iter().any(|s| s.id == id) {
+                        (State::Error, "not carried out: still listed afterwards")
+                    } else {
+                        (State::Ok, "carried out; its answer was lost")
+                    };
+                    tracing::info!(
+                        run = e.run_id,
+                        snapshot = id,
+                        "the delete whose answer was lost was {detail}"
+                    );
+                    self.db
+                        .resolve(e.id, state, None, Some(detail), self.now())
+                        .await?;
+                }
+                (Action::Create, _, Some(name)) => {
+                    if let Some(s) = listing.iter().find(|s| s.name == name) {
+                        tracing::info!(run = e.run_id, snapshot = s.id, %name, "a snapshot whose create answer was lost has appeared; it is the agent's");
+                        self.db
+                            .resolve(
+                                e.id,
+                                State::Ok,
+                                Some((s.id, s.status.as_str())),
+                                Some("its answer was lost; it appeared later"),
+                                self.now(),
+                            )
+                            .await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Snapshots this job made on this server and saw complete that are gone, though the
+    /// agent never tried to delete them: someone else did. Alert once per snapshot.
+    async fn check_drift(&self, st: &RunState<'_>) -> Result<(), Failure> {
+        let job = st.job;
+        let made = self
+            .db
+            .made_by(&job.name, job.server_id, DRIFT_WINDOW)
+            .await?;
+        let present: HashSet<u64> = st.listing.iter().map(|s| s.id).collect();
+        let gone: Vec<(u64, String)> = made
+            .into_iter()
+            .filter(|(id, _)| !present.contains(id))
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut text = format!(
+            "Snapshots made by job {} vanished from server {} without the agent deleting them:\n",
+            job.name, job.server_id
+        );
+        for (id, name) in &gone {
+            self.observe(st, Action::Vanished, Some(*id), State::Ok, Some(name))
+                .await?;
+            text.push_str(&format!("  {id}  {name}\n"));
+        }
+        text.push_str("\nSomeone deleted them in the panel or through the API. If that was not intended, find out who.");
+        tracing::warn!(
+            count = gone.len(),
+            "managed snapshots vanished outside the agent"
+        );
+        if self.alerts.is_some() {
+            let a = alert::notice(
+                Kind::Drift,
+                &job.name,
+                job.server_id,
+                Some(st.run_id),
+                &text,
+                self.now(),
+            );
+            self.db.queue_alert(&a).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! Runs left `running` by a process that is gone. Resuming one is a claim: under the
+//! server's lock, one conditional write takes the run if it is still running under the
+//! dead owner, so of several processes starting at once exactly one resumes it, once.
+//! The claimed run is then read from its journal: what the API shows settles its open
+//! effects; a run whose snapshot exists is polled (the listing looked at before any
+//! deadline), rotated within what is left of its delete budget, and finished; any other
+//! is marked `interrupted`.
+
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::{Outcome, RunState, Runner, fail};
+use crate::config::JobSettings;
+use crate::db::{Action, DbError, Owner, Run, RunKind, State, Step};
+
+impl Runner {
+    /// Finishes every run a dead process left running; the outcomes of those resumed.
+    pub async fn resume_interrupted(&self, jobs: &[JobSettings]) -> Result<Vec<Outcome>, DbError> {
+        let mut out = Vec::new();
+        for seen in self.db.running().await? {
+            if seen.owner == self.owner.as_str() || Owner::may_be_alive(&seen.owner, None) {
+                continue;
+            }
+            let Ok(guard) = self.lock(seen.server_id, Some(seen.id)).await else {
+                continue;
+            };
+            let span =
+                tracing::info_span!("run", job = %seen.job, server = seen.server_id, run = seen.id);
+            let outcome = self.claim_and_resume(&seen, jobs).instrument(span).await;
+            guard.release().await;
+            if let Some(o) = outcome? {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn claim_and_resume(
+        &self,
+        seen: &Run,
+        jobs: &[JobSettings],
+    ) -> Result<Option<Outcome>, DbError> {
+        let Some(run) = self.db.claim_run(seen.id, &seen.owner, &self.owner).await? else {
+            tracing::debug!("another process took this run first");
+            return Ok(None);
+        };
+        if run.kind == RunKind::Restore {
+            self.interrupt_restore(&run).await?;
+            return Ok(None);
+        }
+        let Some(job) = jobs
+            .iter()
+            .find(|j| j.name == run.job && j.server_id == run.server_id)
+        else {
+            self.interrupt(
+                &run,
+                "the agent stopped during this run, and the job is no longer configured for this server",
+            )
+            .await?;
+            return Ok(None);
+        };
+        tracing::info!("resuming a run interrupted at step {}", run.step);
+        self.resume(&run, job).await
+    }
+
+    /// A restore cannot be seen in a listing: an open request stays `unknown`, and is
+    /// never sent again.
+    async fn interrupt_restore(&self, run: &Run) -> Result<(), DbError> {
+        let mut sent = false;
+        for e in self.db.entries(run.id).await? {
+            if e.action == Action::Restore && e.open() {
+                sent = true;
+                let why = "the agent stopped before the answer came";
+                self.db
+                    .resolve(e.id, State::Unknown, None, Some(why), self.now())
+                    .await?;
+            }
+        }
+        let why = if sent {
+            "the agent stopped while asking the API to restore; the restore may have started: check the server in the VPS.org panel"
+        } else {
+            "the agent stopped before asking the API to restore; nothing was sent"
+        };
+        self.interrupt(run, why).await
+    }
+
+    async fn resume(&self, run: &Run, job: &JobSettings) -> Result<Option<Outcome>, DbError> {
+        let mut st = RunState::new(run.id, job, run.started_at, run.scheduled_for);
+        st.step = run.step;
+        if let Err(e) = self.relist(&mut st).await? {
+            return self.finish(st, Err(fail(Step::List, e))).await.map(Some);
+        }
+        self.settle_open(job.server_id, &st.listing, Some(run.id))
+            .await?;
+        st.deletes_spent = self.db.deletes_spent(run.id).await?;
+        let entries = self.db.entries(run.id).await?;
+        st.deleted = entries
+            .iter()
+            .filter(|e| e.action == Action::Delete && e.state == State::Ok)
+            .filter_map(|e| e.snapshot())
+            .collect();
+        let Some(create) = entries.iter().find(|e| e.action == Action::Create) else {
+            self.interrupt(run, "the agent stopped before requesting the snapshot")
+                .await?;
+            return Ok(None);
+        };
+        st.requested_at = Some(create.recorded_at());
+        let snapshot = match (create.state, create.snapshot()) {
+            (State::Error, _) => {
+                self.interrupt(
+                    run,
+                    "the API refused the snapshot; the agent stopped before recording the failure",
+                )
+                .await?;
+                return Ok(None);
+            }
+            (State::Ok, Some(id)) => st.listing.iter().find(|s| s.id == id).cloned(),
+            _ => {
+                let name = create.snapshot_name.clone().unwrap_or_default();
+                match self.find_by_name(&mut st, &name).await {
+                    Ok(Some(s)) => {
+                        if let Err(f) = self.adopt(&st, create.id, &s).await {
+                            return self.finish(st, Err(f)).await.map(Some);
+                        }
+                        Some(s)
+                    }
+                    Ok(None) => {
+                        self.interrupt(run, "the agent stopped while requesting the snapshot, and no snapshot of that name has appeared; if one does, a later run counts it as the agent's").await?;
+                        return Ok(None);
+                    }
+                    Err(f) => return self.finish(st, Err(f)).await.map(Some),
+                }
+            }
+        };
+        let Some(snapshot) = snapshot else {
+            self.interrupt(
+                run,
+                "the agent stopped while the snapshot was being made, and the snapshot is gone",
+            )
+            .await?;
+            return Ok(None);
+        };
+        st.snapshot = Some(snapshot);
+        // Look first: the snapshot may have completed while the agent was down.
+        let mut result = self.poll(&mut st, Duration::ZERO).await;
+        if result.is_ok() {
+            result = self.rotate(&mut st).await;
+        }
+        self.finish(st, result).await.map(Some)
+    }
+}

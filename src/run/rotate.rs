@@ -1,0 +1,168 @@
+//! Step 2's make-room and step 5's rotation: deleting the job's own snapshots that the
+//! policy drops, each re-checked against a fresh listing, at most `max_deletions_per_run`
+//! per run. Every delete is a journal entry before its request leaves.
+
+use std::collections::HashSet;
+
+use anyhow::anyhow;
+
+use super::{Failure, RunState, Runner, fail};
+use crate::alert::Kind;
+use crate::api::{ApiError, SnapshotStatus};
+use crate::db::{Action, DbError, Intent, State, Step};
+use crate::retention::{self, Candidate, LIMIT};
+
+impl Runner {
+    /// Deletes snapshot `id`, the intent recorded first. An answer lost on the way
+    /// leaves the entry `unknown`, and the delete counts against the run's budget.
+    async fn delete(
+        &self,
+        st: &mut RunState<'_>,
+        id: u64,
+        why: &str,
+    ) -> Result<Result<(), ApiError>, DbError> {
+        let name = st
+            .listing
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.name.clone());
+        let intent = Intent {
+            snapshot_name: name.as_deref(),
+            detail: Some(why),
+            ..st.intent(Action::Delete, Some(id))
+        };
+        let entry = self.db.intend(intent, self.now()).await?;
+        st.deletes_spent += 1;
+        let result = self.client.delete(id).await;
+        let (state, detail) = match &result {
+            Ok(()) => (State::Ok, None),
+            Err(e @ ApiError::OutcomeUnknown { .. }) => (State::Unknown, Some(e.to_string())),
+            Err(e) => (State::Error, Some(e.to_string())),
+        };
+        self.db
+            .resolve(entry, state, None, detail.as_deref(), self.now())
+            .await?;
+        match state {
+            State::Ok => {
+                st.deleted.push(id);
+                st.listing.retain(|s| s.id != id);
+                tracing::info!(snapshot = id, "deleted ({why})");
+            }
+            State::Error => st.deletes_spent -= 1,
+            _ => {}
+        }
+        Ok(result)
+    }
+
+    fn budget(&self, st: &RunState<'_>) -> u32 {
+        st.job
+            .max_deletions_per_run
+            .saturating_sub(st.deletes_spent)
+    }
+
+    /// The server is at the limit: delete what must go for one more snapshot to fit.
+    pub(super) async fn make_room(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
+        st.step = Step::MakeRoom;
+        let job = st.job;
+        let cands = self.candidates(st).await?;
+        let victims = retention::make_room(
+            &cands,
+            &job.retention,
+            job.timezone,
+            self.now(),
+            self.budget(st),
+        )
+        .map_err(|no_room| {
+            let list: Vec<String> = no_room
+                .blocking
+                .iter()
+                .map(|(id, why)| format!("{id} ({why})"))
+                .collect();
+            Failure {
+                step: Some(Step::MakeRoom),
+                kind: Kind::NoRoom,
+                error: anyhow!(
+                    "server {} is at the limit of {LIMIT} snapshots and none may be deleted to make room; blocking: {}",
+                    job.server_id,
+                    list.join(", ")
+                ),
+            }
+        })?;
+        for id in victims {
+            if let Err(e) = self.delete(st, id, "make room").await? {
+                return Err(fail(
+                    Step::MakeRoom,
+                    anyhow!(e).context(format!("making room on server {}", job.server_id)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// After success: delete what the policy drops, each re-checked against a fresh
+    /// listing first, within the run's budget. Errors are recorded, never fatal: the
+    /// snapshot was made.
+    pub(super) async fn rotate(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
+        st.step = Step::Rotate;
+        let job = st.job;
+        let new_id = st.snapshot.as_ref().map(|s| s.id);
+        let mut tried: HashSet<u64> = HashSet::new();
+        let mut fresh = true;
+        let next = |cands: &[Candidate], tried: &HashSet<u64>| {
+            let left: Vec<Candidate> = cands
+                .iter()
+                .filter(|c| !tried.contains(&c.id))
+                .cloned()
+                .collect();
+            let victim = retention::victims(&left, &job.retention, job.timezone, 1)
+                .first()
+                .copied();
+            (left, victim)
+        };
+        while self.budget(st) > 0 {
+            // Nothing left to delete by the listing in hand: done, no request spent.
+            let (mut cands, mut victim) = next(&self.candidates(st).await?, &tried);
+            if victim.is_none() {
+                break;
+            }
+            // The final poll's listing is fresh for the first delete; after a delete,
+            // list again so that each victim is re-checked against a fresh listing.
+            if !fresh {
+                if let Err(e) = self.relist(st).await? {
+                    st.delete_errors.push(format!("rotation stopped: {e}"));
+                    break;
+                }
+                (cands, victim) = next(&self.candidates(st).await?, &tried);
+            }
+            let Some(victim) = victim else {
+                break;
+            };
+            tried.insert(victim);
+            // The re-check: in this fresh listing, on this server, the job's own, not
+            // pinned, not in progress, and not the snapshot just made.
+            let ok = cands.iter().any(|c| {
+                c.id == victim
+                    && c.managed
+                    && !c.pinned
+                    && c.status != SnapshotStatus::InProgress
+                    && Some(c.id) != new_id
+            });
+            if !ok {
+                continue;
+            }
+            let reason = retention::plan(&cands, &job.retention, job.timezone)
+                .into_iter()
+                .find(|v| v.id == victim)
+                .map_or_else(
+                    || "rotation".to_string(),
+                    |v| format!("rotation: {}", v.reason),
+                );
+            if let Err(e) = self.delete(st, victim, &reason).await? {
+                tracing::warn!(snapshot = victim, "delete failed: {e}");
+                st.delete_errors.push(e.to_string());
+            }
+            fresh = false;
+        }
+        Ok(())
+    }
+}
