@@ -1,5 +1,7 @@
 //! The end of a run: its status, error and alerts in one transaction, once.
 
+use chrono::{DateTime, Utc};
+
 use super::{Failure, Outcome, RunState, Runner, chain};
 use crate::alert;
 use crate::db::{DbError, Finish, NewAlert, Run, RunStatus};
@@ -17,12 +19,12 @@ impl Runner {
                 let warn = (!st.delete_errors.is_empty())
                     .then(|| format!("rotation: {}", st.delete_errors.join("; ")));
                 tracing::info!(deleted = ?st.deleted, "run succeeded");
-                let recovered = self.recovery_alert(&st).await?;
+                let recovered = self.recovery_alert(&st, now).await?;
                 (RunStatus::Succeeded, warn, recovered)
             }
             Err(f) => {
                 let error = chain(&f.error);
-                let failed = self.failure_alert(&st, f, &error).await?;
+                let failed = self.failure_alert(&st, f, &error, now).await?;
                 (RunStatus::Failed, Some(error), failed)
             }
         };
@@ -53,7 +55,11 @@ impl Runner {
     }
 
     /// The first success after a failure, if recoveries are mailed.
-    async fn recovery_alert(&self, st: &RunState<'_>) -> Result<Option<NewAlert>, DbError> {
+    async fn recovery_alert(
+        &self,
+        st: &RunState<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<NewAlert>, DbError> {
         let job = st.job;
         let Some(policy) = &self.alerts else {
             return Ok(None);
@@ -77,7 +83,7 @@ impl Runner {
             job.server_id,
             st.run_id,
             &name,
-            self.now(),
+            now,
             since,
         )))
     }
@@ -88,6 +94,7 @@ impl Runner {
         st: &RunState<'_>,
         f: &Failure,
         error: &str,
+        now: DateTime<Utc>,
     ) -> Result<Option<NewAlert>, DbError> {
         let job = st.job;
         let step = f.step.map_or("record", |s| s.as_str());
@@ -95,7 +102,6 @@ impl Runner {
         let Some(policy) = &self.alerts else {
             return Ok(None);
         };
-        let now = self.now();
         if alert::throttled(&self.db, policy, &job.name, now).await? {
             tracing::info!("alert suppressed: one was sent less than repeat_after ago");
             return Ok(None);
