@@ -16,7 +16,10 @@ CREATE TABLE journal (
     snapshot_name TEXT,
     at INTEGER NOT NULL,
     resolved_at INTEGER,
-    detail TEXT
+    -- Why (an effect's reason, an observation's content).
+    detail TEXT,
+    -- What became of an effect, in the API's or the settling run's words.
+    outcome TEXT
 );
 
 INSERT INTO journal (id, run_id, server_id, action, state, snapshot_id, snapshot_name, at, resolved_at, detail)

@@ -71,7 +71,10 @@ pub struct Entry {
     pub snapshot_name: Option<String>,
     /// When it was recorded (Unix milliseconds).
     pub at: i64,
+    /// Why (an effect's reason, an observation's content).
     pub detail: Option<String>,
+    /// What became of an effect.
+    pub outcome: Option<String>,
 }
 
 impl Entry {
@@ -101,7 +104,7 @@ pub struct Intent<'a> {
 }
 
 const ENTRY_COLUMNS: &str =
-    "id, run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail";
+    "id, run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail, outcome";
 
 async fn insert(
     tx: &mut Transaction<'_, Sqlite>,
@@ -177,25 +180,26 @@ impl Database {
         Ok(id)
     }
 
-    /// Records what became of an effect. `made` is, for a create that made a snapshot, its
-    /// id and status (written to the run's summary too).
+    /// Records what became of an effect (`outcome` in words; the intent's reason stays).
+    /// `made` is, for a create that made a snapshot, its id and status (written to the
+    /// run's summary too).
     pub async fn resolve(
         &self,
         entry: EntryId,
         state: State,
         made: Option<(u64, &str)>,
-        detail: Option<&str>,
+        outcome: Option<&str>,
         at: DateTime<Utc>,
     ) -> DbResult<()> {
         let what = format!("cannot record an outcome ({state}) in the journal");
         let mut tx = self.begin().await?;
         let row: (i64, Action, i64) = sqlx::query_as(
             "UPDATE journal SET state = ?, snapshot_id = COALESCE(?, snapshot_id), \
-             detail = COALESCE(?, detail), resolved_at = ? WHERE id = ? RETURNING run_id, action, at",
+             outcome = ?, resolved_at = ? WHERE id = ? RETURNING run_id, action, at",
         )
         .bind(state)
         .bind(made.map(|(id, _)| id as i64))
-        .bind(detail)
+        .bind(outcome)
         .bind(ms(at))
         .bind(entry)
         .fetch_one(&mut *tx)
