@@ -160,7 +160,8 @@ pub enum Event {
         /// Deleted through `delete_external`, not the API.
         external: bool,
         /// At that moment a completed snapshot of the same job (by name), on the same
-        /// server and newer, existed: the deleted one was not the newest good one.
+        /// server and newer (by time, then id, as the agent orders them), existed: the
+        /// deleted one was not the newest good one.
         newer_completed_sibling: bool,
     },
     Restored {
@@ -216,6 +217,7 @@ struct State {
     faults: Vec<Fault>,
     /// Creates accepted but not carried out yet ([`FaultKind::LandLate`]).
     late: Vec<Snap>,
+    trip: Option<Trip>,
     events: Vec<Event>,
     requests: u64,
     per_op: HashMap<&'static str, u64>,
@@ -247,6 +249,27 @@ impl State {
             self.snaps.insert(snap.id, snap);
         }
     }
+}
+
+/// A kill point armed by [`Simulator::arm_trip`].
+#[derive(Debug)]
+struct Trip {
+    /// Requests to let through first.
+    skip: u32,
+    carry_out: bool,
+    tripped: tokio::sync::oneshot::Sender<&'static str>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// The harness's side of an armed kill point.
+#[derive(Debug)]
+pub struct TripWire {
+    /// Resolves when the request arrives (and, if so armed, has been carried out), with
+    /// what it asked for (`list`, `create`, `delete`, `restore`).
+    pub tripped: tokio::sync::oneshot::Receiver<&'static str>,
+    /// Send when the sender has been dealt with: the request's connection is then dropped
+    /// without an answer.
+    pub release: tokio::sync::oneshot::Sender<()>,
 }
 
 struct Inner {
@@ -395,6 +418,37 @@ impl Simulator {
         self.state().faults.clear();
     }
 
+    /// Arms a kill point on the request after the next `skip`: it is carried out or not
+    /// (`carry_out`), then held without an answer until the harness releases it (having
+    /// killed whoever sent it), then its connection is dropped. Replaces any armed one.
+    pub fn arm_trip(&self, skip: u32, carry_out: bool) -> TripWire {
+        let (tripped_tx, tripped) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel();
+        self.state().trip = Some(Trip {
+            skip,
+            carry_out,
+            tripped: tripped_tx,
+            release: release_rx,
+        });
+        TripWire { tripped, release }
+    }
+
+    /// Disarms the kill point, if it has not tripped.
+    pub fn disarm_trip(&self) {
+        self.state().trip = None;
+    }
+
+    /// Takes the armed trip if this request is the one it waits for.
+    fn take_trip(&self) -> Option<Trip> {
+        let mut st = self.state();
+        let trip = st.trip.as_mut()?;
+        if trip.skip > 0 {
+            trip.skip -= 1;
+            return None;
+        }
+        st.trip.take()
+    }
+
     /// Puts a snapshot in place directly (one the agent did not make, say). An
     /// `in_progress` one completes like a created one (the server's mode and delay); any
     /// other unknown status stays as it is.
@@ -461,7 +515,7 @@ impl Simulator {
         let job = crate::naming::parse(&snap.name).map(|p| p.job);
         let newer_completed_sibling = st.snaps.values().any(|o| {
             o.server_id == snap.server_id
-                && o.created_at > snap.created_at
+                && (o.created_at, o.id) > (snap.created_at, snap.id)
                 && o.status(now) == SnapshotStatus::Completed
                 && job.is_some()
                 && crate::naming::parse(&o.name).map(|p| p.job) == job
@@ -601,12 +655,20 @@ impl Simulator {
             st.requests += 1;
             *st.per_op.entry(op.map_or("other", |o| o.1)).or_default() += 1;
         }
-        let Some((op, _)) = op else {
+        let Some((op, op_name)) = op else {
             return Ok(reply(
                 StatusCode::NOT_FOUND,
                 json!({"detail": "Not found."}),
             ));
         };
+        if let Some(trip) = self.take_trip() {
+            if trip.carry_out && authorized {
+                let _ = self.carry_out(op, &query, &body, &segments, None);
+            }
+            let _ = trip.tripped.send(op_name);
+            let _ = trip.release.await;
+            return Err(Dropped);
+        }
         let mut drop_after = false;
         let mut delay_after = None;
         let mut land_late = None;
@@ -661,12 +723,7 @@ impl Simulator {
                 json!({"detail": "Authentication credentials were not provided or are invalid."}),
             ));
         }
-        let resp = match op {
-            Op::List => self.list(&query),
-            Op::Create => self.create(&body, land_late),
-            Op::Delete => self.delete(segments[0]),
-            Op::Restore | Op::Any => self.restore(segments[0]),
-        };
+        let resp = self.carry_out(op, &query, &body, &segments, land_late);
         if let Some(d) = delay_after {
             tokio::time::sleep(d).await;
         }
@@ -674,6 +731,22 @@ impl Simulator {
             Err(Dropped)
         } else {
             Ok(resp)
+        }
+    }
+
+    fn carry_out(
+        &self,
+        op: Op,
+        query: &str,
+        body: &[u8],
+        segments: &[&str],
+        land_late: Option<Duration>,
+    ) -> Resp {
+        match op {
+            Op::List => self.list(query),
+            Op::Create => self.create(body, land_late),
+            Op::Delete => self.delete(segments[0]),
+            Op::Restore | Op::Any => self.restore(segments[0]),
         }
     }
 
