@@ -15,6 +15,8 @@ mod status;
 
 use std::process::ExitCode;
 
+pub use run_once::run_jobs;
+
 use crate::cli::{Cli, Command};
 use crate::config::{ConfigErrors, Settings};
 

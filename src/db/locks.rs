@@ -33,7 +33,12 @@ fn hostname() -> String {
 impl Owner {
     /// This process, distinguished from other owners in it by a random suffix.
     pub fn current() -> Self {
-        let pid = std::process::id();
+        Self::of_process(std::process::id())
+    }
+
+    /// Process `pid` on this host: it is alive while that process is. (The fault explorer
+    /// gives each agent it simulates in one test process a helper process of its own.)
+    pub fn of_process(pid: u32) -> Self {
         Self(format!(
             "{}/{pid}/{}/{:08x}",
             hostname(),

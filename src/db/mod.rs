@@ -42,6 +42,16 @@ pub fn from_ms(v: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(v).unwrap_or_default()
 }
 
+/// How [`Database::open_with`] opens.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Extra per-connection pragmas (`cache_size`, `max_page_count`, ...).
+    pub pragmas: Vec<(&'static str, String)>,
+    /// Names the connections' threads `LABEL-N` (default `agent-db`), as `top -H` shows
+    /// them.
+    pub label: Option<String>,
+}
+
 /// The history database. Cheap to clone (a pool).
 #[derive(Debug, Clone)]
 pub struct Database {
@@ -52,12 +62,11 @@ pub struct Database {
 impl Database {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub async fn open(path: &Path) -> DbResult<Self> {
-        Self::open_with(path, &[]).await
+        Self::open_with(path, &OpenOptions::default()).await
     }
 
-    /// [`Database::open`] with extra per-connection pragmas (`cache_size`,
-    /// `max_page_count`, ...).
-    pub async fn open_with(path: &Path, pragmas: &[(&'static str, String)]) -> DbResult<Self> {
+    /// [`Database::open`] with [`OpenOptions`].
+    pub async fn open_with(path: &Path, options: &OpenOptions) -> DbResult<Self> {
         let err = |what: &str, e: anyhow::Error| DbError {
             path: path.to_path_buf(),
             what: what.to_string(),
@@ -107,7 +116,10 @@ impl Database {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let opts = pragmas
+        let label = options.label.clone().unwrap_or_else(|| "agent-db".into());
+        let opts = opts.thread_name(move |id| format!("{label}-{id}"));
+        let opts = options
+            .pragmas
             .iter()
             .fold(opts, |o, (k, v)| o.pragma(*k, v.clone()));
         let pool = SqlitePoolOptions::new()

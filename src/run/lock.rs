@@ -43,6 +43,8 @@ impl Runner {
     ) -> Result<LockGuard, Failure> {
         let waited_from = tokio::time::Instant::now();
         let mut told = false;
+        // Look again soon (a short hold hands over quickly), then less often.
+        let mut pause = Duration::from_millis(10);
         loop {
             match self
                 .db
@@ -64,7 +66,8 @@ impl Runner {
                         tracing::info!(server_id, "waiting for {holder} to finish with the server");
                         told = true;
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
             }
         }

@@ -601,9 +601,11 @@ async fn a_full_database_fails_the_run_clearly_and_keeps_earlier_records() {
         .unwrap();
     db.close().await;
     // Allow a few pages more than that: room for some runs, then "full".
-    let full = Database::open_with(&path, &[("max_page_count", (pages + 3).to_string())])
-        .await
-        .unwrap();
+    let limit = vps_snapshot_agent::db::OpenOptions {
+        pragmas: vec![("max_page_count", (pages + 3).to_string())],
+        ..Default::default()
+    };
+    let full = Database::open_with(&path, &limit).await.unwrap();
     let runner = w.runner(full.clone());
     let job = crate::helpers::job("web", 1, 3);
     let mut ok = 0;
