@@ -190,9 +190,19 @@ impl World {
 pub struct Inbox {
     messages: Arc<Mutex<Vec<String>>>,
     current: Arc<Mutex<Vec<u8>>>,
+    /// While set, the server answers every greeting 421 (service not available).
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl mailin_embedded::Handler for Inbox {
+    fn helo(&mut self, _ip: std::net::IpAddr, _domain: &str) -> mailin_embedded::Response {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            mailin_embedded::response::NO_SERVICE
+        } else {
+            mailin_embedded::response::OK
+        }
+    }
+
     fn data_start(
         &mut self,
         _domain: &str,
@@ -233,6 +243,11 @@ impl Inbox {
 
     pub fn messages(&self) -> Vec<String> {
         self.messages.lock().unwrap().clone()
+    }
+
+    /// Takes the mail server down (every session refused) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -19,15 +19,28 @@ pub struct Expect {
     pub token: String,
     /// The most deletes any run may carry out.
     pub max_deletions_per_run: usize,
+    /// From this journal entry on, the config allows a different cap: a run with deletes
+    /// journaled after it (one resumed under the new config) may use that one.
+    pub raised: Option<(i64, usize)>,
 }
 
 /// Checks every invariant; panics listing all that fail.
 pub async fn check(sim: &Simulator, db: &Database, expect: &Expect) {
+    let bad = violations(sim, db, expect).await;
+    assert!(
+        bad.is_empty(),
+        "invariants violated:\n  {}",
+        bad.join("\n  ")
+    );
+}
+
+/// Every invariant that does not hold.
+pub async fn violations(sim: &Simulator, db: &Database, expect: &Expect) -> Vec<String> {
     let mut bad = Vec::new();
     let events = sim.events();
     let runs = db.history(None, u32::MAX).await.unwrap();
     let journal: Vec<Row> = sqlx::query_as(
-        "SELECT run_id, action, state, snapshot_id, detail FROM journal ORDER BY id",
+        "SELECT id, run_id, action, state, snapshot_id, detail FROM journal ORDER BY id",
     )
     .fetch_all(db.pool())
     .await
@@ -40,15 +53,12 @@ pub async fn check(sim: &Simulator, db: &Database, expect: &Expect) {
         failures_alerted(&runs, db, expect, &mut bad).await;
     }
     no_token_in_rows(db, &expect.token, &mut bad).await;
-    assert!(
-        bad.is_empty(),
-        "invariants violated:\n  {}",
-        bad.join("\n  ")
-    );
+    bad
 }
 
 #[derive(sqlx::FromRow)]
 struct Row {
+    id: i64,
     run_id: i64,
     action: String,
     state: String,
@@ -77,7 +87,7 @@ async fn deletions(
             _ => None,
         })
         .collect();
-    let mut per_run: HashMap<i64, usize> = HashMap::new();
+    let mut per_run: HashMap<i64, Vec<String>> = HashMap::new();
     for e in events {
         let Event::Deleted {
             id,
@@ -111,18 +121,40 @@ async fn deletions(
             .iter()
             .filter(|r| r.action == "delete" && r.snapshot_id == Some(*id as i64))
             .collect();
-        match intents.first() {
+        // The request the API carried out: the intent not refused (an earlier run's
+        // refused attempt is not it), the last if several.
+        let sent = intents
+            .iter()
+            .rev()
+            .find(|r| r.state != "error")
+            .or(intents.last());
+        match sent {
             None => bad.push(format!(
                 "deleted snapshot {id} with no intent in the journal"
             )),
-            Some(r) => *per_run.entry(r.run_id).or_default() += 1,
+            Some(r) => per_run.entry(r.run_id).or_default().push(format!(
+                "{id} ({} {})",
+                r.state,
+                r.detail.as_deref().unwrap_or_default()
+            )),
         }
     }
-    for (run, n) in per_run {
-        if n > expect.max_deletions_per_run {
+    for (run, deleted) in per_run {
+        let cap = match expect.raised {
+            Some((from, cap))
+                if journal
+                    .iter()
+                    .any(|r| r.run_id == run && r.action == "delete" && r.id >= from) =>
+            {
+                cap
+            }
+            _ => expect.max_deletions_per_run,
+        };
+        if deleted.len() > cap {
             bad.push(format!(
-                "run {run} deleted {n} snapshots (max_deletions_per_run {})",
-                expect.max_deletions_per_run
+                "run {run} deleted {} snapshots (max_deletions_per_run {cap}): {}",
+                deleted.len(),
+                deleted.join(", ")
             ));
         }
     }
@@ -177,8 +209,8 @@ fn creations(events: &[Event], runs: &[vps_snapshot_agent::db::Run], bad: &mut V
 fn endings(runs: &[vps_snapshot_agent::db::Run], journal: &[Row], bad: &mut Vec<String>) {
     for r in runs.iter().filter(|r| r.status == RunStatus::Running) {
         bad.push(format!(
-            "run {} of {} left running (step {})",
-            r.id, r.job, r.step
+            "run {} of {} left running (step {}, owner {})",
+            r.id, r.job, r.step, r.owner
         ));
     }
     let mut finished: HashMap<i64, usize> = HashMap::new();
@@ -279,17 +311,23 @@ async fn no_token_in_rows(db: &Database, token: &str, bad: &mut Vec<String>) {
 
 /// No file under `dir` (the database, its WAL, logs, configs) holds the token.
 pub fn no_token_in_files(dir: &std::path::Path, token: &str) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+    let found = files_with_token(dir, token);
+    assert!(found.is_empty(), "the token is in {found:?}");
+}
+
+/// The files under `dir` that hold `token`.
+pub fn files_with_token(dir: &std::path::Path, token: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
         if path.is_dir() {
-            no_token_in_files(&path, token);
+            found.extend(files_with_token(&path, token));
             continue;
         }
         let bytes = std::fs::read(&path).unwrap_or_default();
-        assert!(
-            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
-            "the token is in {}",
-            path.display()
-        );
+        if bytes.windows(token.len()).any(|w| w == token.as_bytes()) {
+            found.push(path.display().to_string());
+        }
     }
+    found
 }

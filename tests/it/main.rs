@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod daemon;
 mod data_safety;
+mod explore;
 mod helpers;
 mod invariants;
 mod job;

@@ -57,6 +57,7 @@ pub fn expect_for(config: &str) -> Expect {
         repeat_after: Duration::from_secs(6 * 3600),
         token: TOKEN.to_string(),
         max_deletions_per_run: cap,
+        raised: None,
     }
 }
 

@@ -1,0 +1,364 @@
+//! The share of histories that runs through the `agent` binary: real processes on the
+//! wall clock, `run-once` and `agent run` started, SIGKILLed, SIGTERMed and SIGHUPed at
+//! random moments, against the simulator. Slower, so fewer; they catch what only a real
+//! process shows (signals, stdout and stderr, a daemon's own timers).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fastrand::Rng;
+use vps_snapshot_agent::api::SnapshotStatus;
+use vps_snapshot_agent::sim::{Delay, Fault, Mode, SimOptions, SimServer, Simulator};
+
+use super::history::{EditPick, FaultPick, History, Model, OpPick, Pace, SERVERS};
+use crate::helpers::{Inbox, TOKEN};
+use crate::scene::BIN;
+
+/// One thing that happens to the installation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `agent run-once`, SIGKILLed this many milliseconds in if given.
+    RunOnce(Option<u64>),
+    /// Two at once, the first SIGKILLed this many milliseconds in if given.
+    TwoRunOnces(Option<u64>),
+    StartDaemon,
+    TermDaemon,
+    KillDaemon,
+    Wait(u64),
+    Fault {
+        op: OpPick,
+        fault: FaultPick,
+        times: u32,
+    },
+    ClearFaults,
+    Mode {
+        server: u64,
+        mode: u8,
+    },
+    DeleteByHand(u32),
+    AddByHand {
+        server: u64,
+        look_alike: bool,
+    },
+    Pin(u32),
+    Unpin(u32),
+    Restore(u32),
+    /// A config edit, and SIGHUP to the daemon.
+    Edit(EditPick, u32),
+    SmtpDown,
+    SmtpUp,
+}
+
+/// A history for the binary: the installation of the in-process history of the same seed,
+/// and steps of its own.
+pub struct BinaryHistory {
+    pub seed: u64,
+    pub model: Model,
+    pub steps: Vec<Step>,
+}
+
+impl BinaryHistory {
+    pub fn generate(seed: u64) -> Self {
+        let model = History::generate(seed).model;
+        let mut rng = Rng::with_seed(seed ^ 0xb1a5_ed00);
+        let kill = |rng: &mut Rng| rng.bool().then(|| rng.u64(0..400));
+        let mut steps = vec![Step::StartDaemon];
+        for _ in 0..rng.usize(5..12) {
+            steps.push(match rng.u32(..100) {
+                0..=19 => Step::RunOnce(kill(&mut rng)),
+                20..=27 => Step::TwoRunOnces(kill(&mut rng)),
+                28..=33 => Step::StartDaemon,
+                34..=37 => Step::TermDaemon,
+                38..=42 => Step::KillDaemon,
+                43..=54 => Step::Wait(rng.u64(100..2_500)),
+                55..=66 => {
+                    let picks = [
+                        FaultPick::Status5xx([500, 502, 503, 504][rng.usize(..4)]),
+                        FaultPick::RateLimited,
+                        FaultPick::DropBefore,
+                        FaultPick::DropAfter,
+                        FaultPick::Slow,
+                        FaultPick::LandLate,
+                        FaultPick::Truncated,
+                        FaultPick::EchoHeaders,
+                    ];
+                    let fault = picks[rng.usize(..picks.len())];
+                    let op = if fault == FaultPick::LandLate {
+                        OpPick::Create
+                    } else {
+                        [OpPick::List, OpPick::Create, OpPick::Delete, OpPick::Any][rng.usize(..4)]
+                    };
+                    Step::Fault {
+                        op,
+                        fault,
+                        times: rng.u32(1..4),
+                    }
+                }
+                67..=69 => Step::ClearFaults,
+                70..=72 => Step::Mode {
+                    server: SERVERS[rng.usize(..4)],
+                    mode: rng.u8(..3),
+                },
+                73..=76 => Step::DeleteByHand(rng.u32(..)),
+                77..=80 => Step::AddByHand {
+                    server: SERVERS[rng.usize(..4)],
+                    look_alike: rng.bool(),
+                },
+                81..=83 => Step::Pin(rng.u32(..)),
+                84..=85 => Step::Unpin(rng.u32(..)),
+                86..=87 => Step::Restore(rng.u32(..)),
+                88..=94 => Step::Edit(
+                    [
+                        EditPick::Keep,
+                        EditPick::Rename,
+                        EditPick::Move,
+                        EditPick::Remove,
+                        EditPick::KeepLast,
+                    ][rng.usize(..5)],
+                    rng.u32(..),
+                ),
+                95..=97 => Step::SmtpDown,
+                _ => Step::SmtpUp,
+            });
+        }
+        BinaryHistory { seed, model, steps }
+    }
+}
+
+impl std::fmt::Display for BinaryHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "binary seed {}: max_deletions_per_run {}",
+            self.seed, self.model.max_deletions
+        )?;
+        for j in &self.model.jobs {
+            writeln!(
+                f,
+                "  {} on server {}: keep_last {}",
+                j.name, j.server, j.keep_last
+            )?;
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            writeln!(f, "  {i:>2}. {s:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The installation a binary history runs against.
+pub struct Site {
+    pub server: SimServer,
+    pub dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+    pub db_path: PathBuf,
+    pub inbox: Inbox,
+    smtp_port: u16,
+    pub model: Model,
+    daemon: Option<tokio::process::Child>,
+    /// Commands run so far (each writes its output to a file of its own).
+    commands: u32,
+}
+
+fn signal(child: &tokio::process::Child, sig: i32) {
+    if let Some(pid) = child.id() {
+        // SAFETY: sending a signal to a child process this test started.
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+}
+
+impl Site {
+    pub async fn new(h: &BinaryHistory, smtp: (Inbox, u16)) -> Self {
+        let server = Simulator::start(
+            SimOptions {
+                token: TOKEN.into(),
+                delay: Delay::Uniform(Duration::from_millis(100), Duration::from_millis(400)),
+                seed: h.seed,
+                ..SimOptions::default()
+            },
+            vps_snapshot_agent::clock::system(),
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, smtp_port) = smtp;
+        inbox.set_down(false);
+        let site = Site {
+            cfg: dir.path().join("config.toml"),
+            db_path: dir.path().join("history.db"),
+            server,
+            dir,
+            inbox,
+            smtp_port,
+            model: h.model.clone(),
+            daemon: None,
+            commands: 0,
+        };
+        site.write_config();
+        site
+    }
+
+    pub fn sim(&self) -> &Simulator {
+        &self.server.sim
+    }
+
+    pub fn write_config(&self) {
+        let text = self.model.render(
+            &self.db_path,
+            &self.server.base_url(),
+            self.smtp_port,
+            Pace::Real,
+        );
+        std::fs::write(&self.cfg, text).unwrap();
+    }
+
+    /// `agent ARGS` in the background, its output in a file of the site's.
+    fn spawn(&mut self, args: &[&str]) -> tokio::process::Child {
+        self.commands += 1;
+        let out = std::fs::File::create(self.dir.path().join(format!("out-{}.log", self.commands)))
+            .unwrap();
+        let err = out.try_clone().unwrap();
+        tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&self.cfg)
+            .args(args)
+            .env("AGENT_API__TOKEN", TOKEN)
+            .env("RUST_LOG", "vps_snapshot_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// `agent ARGS` to its end (at most a minute).
+    pub async fn agent(&mut self, args: &[&str]) {
+        let mut child = self.spawn(args);
+        if tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+
+    async fn run_once(&mut self, kill_after: Option<u64>) -> tokio::process::Child {
+        let mut child = self.spawn(&["run-once"]);
+        if let Some(ms) = kill_after {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let _ = child.start_kill();
+        }
+        child
+    }
+
+    async fn wait(mut child: tokio::process::Child) {
+        if tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+
+    fn pick(&self, n: u32, completed: bool) -> Option<u64> {
+        let mut all: Vec<_> = SERVERS
+            .iter()
+            .flat_map(|s| self.sim().snapshots(*s))
+            .collect();
+        all.retain(|s| !completed || s.status == SnapshotStatus::Completed);
+        all.sort_by_key(|s| s.id);
+        (!all.is_empty()).then(|| all[n as usize % all.len()].id)
+    }
+
+    pub async fn step(&mut self, step: Step) {
+        match step {
+            Step::RunOnce(kill) => {
+                let child = self.run_once(kill).await;
+                Self::wait(child).await;
+            }
+            Step::TwoRunOnces(kill) => {
+                let second = self.spawn(&["run-once"]);
+                let first = self.run_once(kill).await;
+                Self::wait(first).await;
+                Self::wait(second).await;
+            }
+            Step::StartDaemon => {
+                if self.daemon.is_none() {
+                    self.daemon = Some(self.spawn(&["run"]));
+                }
+            }
+            Step::TermDaemon => {
+                if let Some(d) = self.daemon.take() {
+                    signal(&d, libc::SIGTERM);
+                    Self::wait(d).await;
+                }
+            }
+            Step::KillDaemon => self.kill_daemon().await,
+            Step::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Step::Fault { op, fault, times } => {
+                self.sim().inject(Fault::new(
+                    super::world::op(op),
+                    super::world::fault_kind(fault, Pace::Real),
+                    times,
+                ));
+            }
+            Step::ClearFaults => self.sim().clear_faults(),
+            Step::Mode { server, mode } => {
+                self.sim().set_mode(
+                    server,
+                    [Mode::Normal, Mode::Fail, Mode::Stuck][usize::from(mode % 3)],
+                );
+            }
+            Step::DeleteByHand(n) => {
+                if let Some(id) = self.pick(n, false) {
+                    self.sim().delete_external(id);
+                }
+            }
+            Step::AddByHand { server, look_alike } => {
+                if self.sim().snapshots(server).len() < 5 {
+                    let at = chrono::Utc::now() - chrono::Duration::hours(1);
+                    let name = if look_alike {
+                        vps_snapshot_agent::naming::new_name("job-0", at)
+                    } else {
+                        format!("by-hand-{}", self.commands)
+                    };
+                    self.sim().put(server, &name, SnapshotStatus::Completed, at);
+                }
+            }
+            Step::Pin(n) => {
+                if let Some(id) = self.pick(n, false) {
+                    self.agent(&["pin", &id.to_string()]).await;
+                }
+            }
+            Step::Unpin(n) => {
+                if let Some(id) = self.pick(n, false) {
+                    self.agent(&["unpin", &id.to_string()]).await;
+                }
+            }
+            Step::Restore(n) => {
+                if let Some(id) = self.pick(n, true) {
+                    self.agent(&["restore", &id.to_string(), "--yes"]).await;
+                }
+            }
+            Step::Edit(pick, n) => {
+                if let Some(m) = super::world::edited(&self.model, pick, n) {
+                    self.model = m;
+                    self.write_config();
+                    if let Some(d) = &self.daemon {
+                        signal(d, libc::SIGHUP);
+                    }
+                }
+            }
+            Step::SmtpDown => self.inbox.set_down(true),
+            Step::SmtpUp => self.inbox.set_down(false),
+        }
+    }
+
+    pub async fn kill_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill().await;
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Seeded histories: a short life of one installation, drawn from one seed. The same seed
+//! always draws the same installation and the same events; what they do is up to the
+//! agent.
+
+use std::fmt;
+
+use fastrand::Rng;
+
+/// The servers a history can use.
+pub const SERVERS: [u64; 4] = [11, 12, 13, 14];
+
+/// One job as the config says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobModel {
+    pub name: String,
+    pub server: u64,
+    pub keep_last: u32,
+    /// A maintenance-window job (else a schedule).
+    pub window: bool,
+    /// The minute past each hour it fires (schedule) or its window opens.
+    pub minute: u32,
+}
+
+/// The configuration a history starts from and edits.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub jobs: Vec<JobModel>,
+    pub max_deletions: u32,
+}
+
+impl Model {
+    /// Every server's jobs fit the 4 slots the limit leaves.
+    pub fn valid(&self) -> bool {
+        SERVERS.iter().all(|s| {
+            self.jobs
+                .iter()
+                .filter(|j| j.server == *s)
+                .map(|j| j.keep_last)
+                .sum::<u32>()
+                <= 4
+        }) && !self.jobs.is_empty()
+    }
+
+    /// The TOML file for this model, with timings for `pace`.
+    pub fn render(
+        &self,
+        db: &std::path::Path,
+        base_url: &str,
+        smtp_port: u16,
+        pace: Pace,
+    ) -> String {
+        let (poll, timeout) = match pace {
+            Pace::Virtual => ("2m", "30m"),
+            Pace::Real => ("50ms", "5s"),
+        };
+        let mut t = format!(
+            "database = \"{}\"\n[api]\nbase_url = \"{base_url}\"\nrequest_timeout = \"200ms\"\nmax_retries = 2\n\
+             [defaults]\npoll_interval = \"{poll}\"\nsnapshot_timeout = \"{timeout}\"\ncatch_up = \"2h\"\nmax_deletions_per_run = {}\n\
+             [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp_port}\nsecurity = \"none\"\nfrom = \"agent@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"2s\"\n",
+            db.display(),
+            self.max_deletions
+        );
+        for j in &self.jobs {
+            let when = match (pace, j.window) {
+                (Pace::Virtual, true) => format!(
+                    "maintenance_window = \"0 {} */6 * * *\"\nlead = \"45m\"",
+                    j.minute
+                ),
+                (Pace::Virtual, false) => format!("schedule = \"0 {} * * * *\"", j.minute),
+                // Real time: fires every few seconds, windows open every ten.
+                (Pace::Real, true) => {
+                    "maintenance_window = \"*/10 * * * * *\"\nlead = \"3s\"".to_string()
+                }
+                (Pace::Real, false) => format!("schedule = \"*/{} * * * * *\"", 2 + j.minute % 3),
+            };
+            t.push_str(&format!(
+                "[[jobs]]\nname = \"{}\"\nserver_id = {}\n{when}\nkeep_last = {}\n",
+                j.name, j.server, j.keep_last
+            ));
+        }
+        t
+    }
+}
+
+/// Whose clock a history runs on: the simulator's virtual one (in process), or the
+/// wall clock (through the binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    Virtual,
+    Real,
+}
+
+/// A kill point: the `skip`-th request after the next is held (carried out first or
+/// not) while its sender is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kill {
+    pub skip: u32,
+    pub carry_out: bool,
+}
+
+/// A fault from the simulator's menu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPick {
+    Status5xx(u16),
+    RateLimited,
+    DropBefore,
+    DropAfter,
+    Slow,
+    LandLate,
+    Truncated,
+    Mistyped,
+    EchoHeaders,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpPick {
+    List,
+    Create,
+    Delete,
+    Restore,
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditPick {
+    /// Rewrite the same values (a reload that changes nothing).
+    Keep,
+    Rename,
+    Move,
+    Remove,
+    KeepLast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The daemon's next scheduled fire comes (time moves to it).
+    Fire(Option<Kill>),
+    /// `agent run-once` for every job (`job: None`) or one.
+    RunOnce {
+        job: Option<u32>,
+        kill: Option<Kill>,
+    },
+    /// Two `run-once` started at once; the first may be killed.
+    TwoRunOnces(Option<Kill>),
+    /// A `run-once` beside the daemon's next fire; the run-once may be killed.
+    RunOnceBesideFire(Option<Kill>),
+    StartDaemon,
+    /// SIGTERM to the daemon, right after its next fire started.
+    TermDaemonMidFire,
+    TermDaemon,
+    KillDaemon,
+    /// Time passes (minutes).
+    Advance(u32),
+    Fault {
+        op: OpPick,
+        fault: FaultPick,
+        times: u32,
+    },
+    ClearFaults,
+    /// A server's snapshots start failing, sticking, or behave again (0, 1, 2).
+    Mode {
+        server: u64,
+        mode: u8,
+    },
+    /// Someone deletes a snapshot (the n-th listed) in the panel.
+    DeleteByHand(u32),
+    /// Someone makes a snapshot by hand: named like a job's (`look_alike`) or not.
+    AddByHand {
+        server: u64,
+        look_alike: bool,
+    },
+    Restore(u32),
+    Pin(u32),
+    Unpin(u32),
+    Edit(EditPick, u32),
+    SmtpDown,
+    SmtpUp,
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kill = |k: &Option<Kill>| match k {
+            None => String::new(),
+            Some(k) => format!(
+                ", killed at request {} ({})",
+                k.skip + 1,
+                if k.carry_out {
+                    "carried out"
+                } else {
+                    "not carried out"
+                }
+            ),
+        };
+        match self {
+            Event::Fire(k) => write!(f, "scheduled fire{}", kill(k)),
+            Event::RunOnce { job, kill: k } => match job {
+                None => write!(f, "run-once{}", kill(k)),
+                Some(j) => write!(f, "run-once --job #{j}{}", kill(k)),
+            },
+            Event::TwoRunOnces(k) => write!(f, "two run-once at once{}", kill(k)),
+            Event::RunOnceBesideFire(k) => write!(f, "run-once beside a scheduled fire{}", kill(k)),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+/// A history: where it starts and what happens.
+#[derive(Debug, Clone)]
+pub struct History {
+    pub seed: u64,
+    pub model: Model,
+    pub events: Vec<Event>,
+}
+
+fn kill(rng: &mut Rng) -> Option<Kill> {
+    (rng.u8(..10) < 3).then(|| Kill {
+        skip: rng.u32(0..12),
+        carry_out: rng.bool(),
+    })
+}
+
+fn fault(rng: &mut Rng) -> Event {
+    let fault = match rng.u8(..9) {
+        0 => FaultPick::Status5xx([500, 502, 503, 504][rng.usize(..4)]),
+        1 => FaultPick::RateLimited,
+        2 => FaultPick::DropBefore,
+        3 => FaultPick::DropAfter,
+        4 => FaultPick::Slow,
+        5 => FaultPick::LandLate,
+        6 => FaultPick::Truncated,
+        7 => FaultPick::Mistyped,
+        _ => FaultPick::EchoHeaders,
+    };
+    let op = if fault == FaultPick::LandLate {
+        OpPick::Create
+    } else {
+        [
+            OpPick::List,
+            OpPick::Create,
+            OpPick::Delete,
+            OpPick::Restore,
+            OpPick::Any,
+        ][rng.usize(..5)]
+    };
+    Event::Fault {
+        op,
+        fault,
+        times: rng.u32(1..4),
+    }
+}
+
+fn event(rng: &mut Rng) -> Event {
+    match rng.u32(..100) {
+        0..=21 => Event::Fire(kill(rng)),
+        22..=35 => Event::RunOnce {
+            job: rng.bool().then(|| rng.u32(..6)),
+            kill: kill(rng),
+        },
+        36..=39 => Event::TwoRunOnces(kill(rng)),
+        40..=43 => Event::RunOnceBesideFire(kill(rng)),
+        44..=47 => Event::StartDaemon,
+        48..=49 => Event::TermDaemonMidFire,
+        50 => Event::TermDaemon,
+        51..=52 => Event::KillDaemon,
+        53..=59 => Event::Advance(rng.u32(1..600)),
+        60..=71 => fault(rng),
+        72..=73 => Event::ClearFaults,
+        74..=75 => Event::Mode {
+            server: SERVERS[rng.usize(..4)],
+            mode: rng.u8(..3),
+        },
+        76..=78 => Event::DeleteByHand(rng.u32(..)),
+        79..=81 => Event::AddByHand {
+            server: SERVERS[rng.usize(..4)],
+            look_alike: rng.bool(),
+        },
+        82..=83 => Event::Restore(rng.u32(..)),
+        84..=86 => Event::Pin(rng.u32(..)),
+        87..=88 => Event::Unpin(rng.u32(..)),
+        89..=94 => {
+            let pick = [
+                EditPick::Keep,
+                EditPick::Rename,
+                EditPick::Move,
+                EditPick::Remove,
+                EditPick::KeepLast,
+            ][rng.usize(..5)];
+            Event::Edit(pick, rng.u32(..))
+        }
+        95..=97 => Event::SmtpDown,
+        _ => Event::SmtpUp,
+    }
+}
+
+impl History {
+    /// The history of `seed`.
+    pub fn generate(seed: u64) -> Self {
+        let mut rng = Rng::with_seed(seed);
+        let servers = rng.usize(1..=4);
+        let mut jobs: Vec<JobModel> = Vec::new();
+        for i in 0..rng.usize(2..=6) {
+            let server = SERVERS[rng.usize(..servers)];
+            if jobs.iter().filter(|j| j.server == server).count() >= 3 {
+                continue;
+            }
+            jobs.push(JobModel {
+                name: format!("job-{i}"),
+                server,
+                keep_last: 1,
+                window: rng.u8(..4) == 0,
+                minute: rng.u32(..60),
+            });
+        }
+        let mut model = Model {
+            jobs,
+            max_deletions: rng.u32(1..=3),
+        };
+        // Spend what is left of each server's 4 slots at random.
+        for _ in 0..4 {
+            let i = rng.usize(..model.jobs.len());
+            model.jobs[i].keep_last += 1;
+            if !model.valid() {
+                model.jobs[i].keep_last -= 1;
+            }
+        }
+        let mut events = vec![Event::StartDaemon];
+        events.extend((0..rng.usize(6..20)).map(|_| event(&mut rng)));
+        History {
+            seed,
+            model,
+            events,
+        }
+    }
+
+    /// The same history with only the events at `keep` (indices into `events`).
+    pub fn only(&self, keep: &[usize]) -> Self {
+        History {
+            events: keep
+                .iter()
+                .filter_map(|i| self.events.get(*i).copied())
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
+impl fmt::Display for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "seed {}: max_deletions_per_run {}",
+            self.seed, self.model.max_deletions
+        )?;
+        for j in &self.model.jobs {
+            writeln!(
+                f,
+                "  {} on server {}: keep_last {}{}",
+                j.name,
+                j.server,
+                j.keep_last,
+                if j.window { ", before a window" } else { "" }
+            )?;
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            writeln!(f, "  {i:>2}. {e}")?;
+        }
+        Ok(())
+    }
+}

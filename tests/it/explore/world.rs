@@ -1,0 +1,588 @@
+//! One installation, in process: the simulator (on the history's virtual clock), an SMTP
+//! server, a config file and its SQLite database, and the agent processes the history
+//! starts, kills and stops. [`World::play`] turns a [`History`]'s events into all that.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use vps_snapshot_agent::api::{Client, Snapshot, SnapshotStatus};
+use vps_snapshot_agent::clock::{Clock, SharedClock, VirtualClock};
+use vps_snapshot_agent::config::Settings;
+use vps_snapshot_agent::daemon::{Control, Daemon, Services};
+use vps_snapshot_agent::db::{Database, Owner};
+use vps_snapshot_agent::mail::Mailer;
+use vps_snapshot_agent::run::Runner;
+use vps_snapshot_agent::sim::{
+    Delay, Fault, FaultKind, Mode, Op, SimOptions, SimServer, Simulator, TripWire,
+};
+
+use super::history::{EditPick, Event, FaultPick, History, Kill, Model, OpPick, Pace, SERVERS};
+use super::process::{Counting, DaemonProc, ManualTimer, Proc};
+use crate::helpers::{Inbox, TOKEN};
+
+pub struct World {
+    pub seed: u64,
+    pub dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+    pub db_path: PathBuf,
+    pub clock: VirtualClock,
+    pub server: SimServer,
+    pub inbox: Inbox,
+    smtp_port: u16,
+    pub client: Arc<Client>,
+    pub model: Model,
+    daemon: Option<DaemonProc>,
+    /// Processes started so far (each draws its random numbers from its own seed).
+    started: u64,
+    /// What happened, for the report (shared: a hung history is reported from outside).
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Builds a runner for `settings` owned by `owner`, as a process would at start.
+fn runner(
+    settings: &Settings,
+    db: Database,
+    client: Arc<Client>,
+    clock: SharedClock,
+    owner: Owner,
+) -> Runner {
+    let mut r = Runner::from_settings(settings, db, client, clock);
+    r.owner = owner;
+    r
+}
+
+impl World {
+    pub async fn new(history: &History, smtp: (Inbox, u16)) -> Self {
+        let clock = VirtualClock::new(Utc.with_ymd_and_hms(2026, 11, 28, 0, 0, 0).unwrap());
+        let server = Simulator::start(
+            SimOptions {
+                token: TOKEN.into(),
+                delay: Delay::Uniform(Duration::from_secs(180), Duration::from_secs(600)),
+                seed: history.seed,
+                ..SimOptions::default()
+            },
+            Arc::new(clock.clone()),
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.toml");
+        let db_path = dir.path().join("history.db");
+        let (inbox, smtp_port) = smtp;
+        inbox.set_down(false);
+        let mut settings = vps_snapshot_agent::config::ApiSettings::new(
+            vps_snapshot_agent::config::validate_base_url(&server.base_url()).unwrap(),
+            secrecy::SecretString::from(TOKEN),
+        );
+        settings.request_timeout = Duration::from_millis(200);
+        settings.max_retries = 2;
+        let client = Client::new(
+            &settings,
+            &secrecy::SecretString::from(TOKEN),
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
+        let world = World {
+            seed: history.seed,
+            dir,
+            cfg,
+            db_path,
+            clock,
+            server,
+            inbox,
+            smtp_port,
+            client,
+            model: history.model.clone(),
+            daemon: None,
+            started: 0,
+            log: Arc::default(),
+        };
+        world.write_config();
+        world
+    }
+
+    pub fn sim(&self) -> &Simulator {
+        &self.server.sim
+    }
+
+    pub fn write_config(&self) {
+        let text = self.model.render(
+            &self.db_path,
+            &self.server.base_url(),
+            self.smtp_port,
+            Pace::Virtual,
+        );
+        std::fs::write(&self.cfg, text).unwrap();
+    }
+
+    fn shared_clock(&self) -> SharedClock {
+        Arc::new(self.clock.clone())
+    }
+
+    fn new_proc(&mut self, role: &str) -> Proc {
+        self.started += 1;
+        let p = Proc::start(self.seed.wrapping_mul(1_000_003).wrapping_add(self.started));
+        if std::env::var_os("EXPLORE_SEED").is_some() {
+            eprintln!(
+                "explore:   process {} ({role}): {}",
+                self.started,
+                p.owner.as_str()
+            );
+        }
+        p
+    }
+
+    /// Starts `agent run-once` (every job, or job `job` of the config) in a new process.
+    fn start_run_once(&mut self, job: Option<u32>) -> (Proc, tokio::task::JoinHandle<()>) {
+        let proc = self.new_proc("run-once");
+        let (cfg, client, clock, owner, dbs) = (
+            self.cfg.clone(),
+            self.client.clone(),
+            self.shared_clock(),
+            proc.owner.clone(),
+            proc.dbs(),
+        );
+        let task = proc.spawn(async move {
+            let Ok(settings) = Settings::load(&cfg) else {
+                return;
+            };
+            let Some(db) = super::process::open(&dbs, &settings.database).await else {
+                return;
+            };
+            let jobs = match job {
+                None => settings.jobs.clone(),
+                Some(i) => settings
+                    .jobs
+                    .get(i as usize % settings.jobs.len().max(1))
+                    .cloned()
+                    .into_iter()
+                    .collect(),
+            };
+            let r = runner(&settings, db.clone(), client, clock, owner);
+            let _ = vps_snapshot_agent::commands::run_jobs(&settings, &r, &jobs).await;
+            db.close().await;
+        });
+        (proc, task)
+    }
+
+    /// Starts `agent run` in a new process, unless one runs.
+    async fn start_daemon(&mut self) {
+        if self.daemon.is_some() {
+            return;
+        }
+        let proc = self.new_proc("daemon");
+        let (control, rx) = tokio::sync::mpsc::unbounded_channel();
+        let timer = Arc::new(ManualTimer::default());
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (cfg, client, clock, owner, dbs) = (
+            self.cfg.clone(),
+            self.client.clone(),
+            self.shared_clock(),
+            proc.owner.clone(),
+            proc.dbs(),
+        );
+        let (t, a) = (timer.clone(), active.clone());
+        let task = proc.spawn(async move {
+            let Ok(settings) = Settings::load(&cfg) else {
+                return;
+            };
+            let Some(db) = super::process::open(&dbs, &settings.database).await else {
+                return;
+            };
+            let build = {
+                let (db, clock) = (db.clone(), clock.clone());
+                move |settings: Settings| -> anyhow::Result<Services> {
+                    let r = runner(
+                        &settings,
+                        db.clone(),
+                        client.clone(),
+                        clock.clone(),
+                        owner.clone(),
+                    );
+                    let mailer =
+                        Mailer::from_settings(settings.email.as_ref(), db.clone(), clock.clone())?
+                            .map(Arc::new);
+                    let executor = Arc::new(Counting {
+                        runner: r,
+                        active: a.clone(),
+                    });
+                    Ok(Services {
+                        settings,
+                        executor,
+                        mailer,
+                    })
+                }
+            };
+            let Ok(first) = build(settings) else { return };
+            let daemon = Daemon {
+                services: first,
+                db,
+                clock,
+                timer: t,
+                grace: Duration::from_secs(2),
+                check_every: Duration::from_secs(3600),
+                stale_every: Duration::from_secs(3600),
+                reload: Box::new(move || build(Settings::load(&cfg)?)),
+            };
+            let _ = daemon.run(rx).await;
+        });
+        let d = DaemonProc {
+            proc,
+            control,
+            timer,
+            active,
+            task,
+        };
+        d.quiet(0).await;
+        self.daemon = Some(d);
+    }
+}
+
+/// The simulator's fault for `fault`, timed for `pace`.
+pub fn fault_kind(fault: FaultPick, pace: Pace) -> FaultKind {
+    match fault {
+        FaultPick::Status5xx(code) => FaultKind::Status {
+            code,
+            retry_after: None,
+            body: format!("<html><body>{code} upstream trouble</body></html>"),
+        },
+        FaultPick::RateLimited => FaultKind::Status {
+            code: 429,
+            retry_after: Some(2),
+            body: "{\"detail\":\"slow down\"}".into(),
+        },
+        FaultPick::DropBefore => FaultKind::DropBefore,
+        FaultPick::DropAfter => FaultKind::DropAfter,
+        FaultPick::Slow => FaultKind::Delay(Duration::from_millis(300)),
+        FaultPick::LandLate => FaultKind::LandLate(match pace {
+            Pace::Virtual => Duration::from_secs(1200),
+            Pace::Real => Duration::from_secs(2),
+        }),
+        FaultPick::Truncated => FaultKind::Body("{\"count\": 1, \"results\": [{\"id\":".into()),
+        FaultPick::Mistyped => {
+            FaultKind::Body("{\"id\": \"eight\", \"results\": {\"a\": 1}}".into())
+        }
+        FaultPick::EchoHeaders => FaultKind::EchoHeaders(400),
+    }
+}
+
+pub fn op(pick: OpPick) -> Op {
+    match pick {
+        OpPick::List => Op::List,
+        OpPick::Create => Op::Create,
+        OpPick::Delete => Op::Delete,
+        OpPick::Restore => Op::Restore,
+        OpPick::Any => Op::Any,
+    }
+}
+
+impl World {
+    /// Plays `history`'s events in order.
+    pub async fn play(&mut self, history: &History, stats: &mut super::Stats) {
+        let verbose = std::env::var_os("EXPLORE_SEED").is_some();
+        for (i, e) in history.events.iter().enumerate() {
+            if verbose {
+                eprintln!("explore: {i}. {e}");
+            }
+            self.log.lock().unwrap().push(format!("{i}. {e}"));
+            stats.event(e);
+            let t = std::time::Instant::now();
+            self.step(*e, stats).await;
+            stats.took(&super::Stats::kind(e), t.elapsed());
+        }
+    }
+
+    async fn step(&mut self, e: Event, stats: &mut super::Stats) {
+        match e {
+            Event::Fire(kill) => self.fire(kill, stats).await,
+            Event::RunOnce { job, kill } => {
+                let run = self.start_run_once(job);
+                self.finish(vec![run], kill, stats).await;
+            }
+            Event::TwoRunOnces(kill) => {
+                if self.running_runs().await > 0 {
+                    stats.note("two run-once racing to resume a run");
+                }
+                let (a, b) = (self.start_run_once(None), self.start_run_once(None));
+                self.finish(vec![a, b], kill, stats).await;
+            }
+            Event::RunOnceBesideFire(kill) => {
+                let arms = self.send_fire();
+                let run = self.start_run_once(None);
+                self.finish(vec![run], kill, stats).await;
+                if let (Some(d), Some(arms)) = (&self.daemon, arms) {
+                    d.quiet(arms).await;
+                }
+            }
+            Event::StartDaemon => self.start_daemon().await,
+            Event::TermDaemonMidFire => {
+                self.send_fire();
+                self.stop_daemon().await;
+            }
+            Event::TermDaemon => self.stop_daemon().await,
+            Event::KillDaemon => {
+                if let Some(d) = self.daemon.take() {
+                    d.proc.kill().await;
+                }
+            }
+            Event::Advance(m) => self.clock.advance(Duration::from_secs(u64::from(m) * 60)),
+            Event::Fault {
+                op: o,
+                fault,
+                times,
+            } => {
+                self.sim()
+                    .inject(Fault::new(op(o), fault_kind(fault, Pace::Virtual), times));
+            }
+            Event::ClearFaults => self.sim().clear_faults(),
+            Event::Mode { server, mode } => {
+                let m = [Mode::Normal, Mode::Fail, Mode::Stuck][usize::from(mode % 3)];
+                self.sim().set_mode(server, m);
+            }
+            Event::DeleteByHand(n) => {
+                if let Some(s) = self.pick(n, |_| true) {
+                    self.sim().delete_external(s.id);
+                }
+            }
+            Event::AddByHand { server, look_alike } => self.add_by_hand(server, look_alike),
+            Event::Restore(n) => self.restore(n).await,
+            Event::Pin(n) => {
+                if let Some(s) = self.pick(n, |_| true) {
+                    let db = Database::open(&self.db_path).await.unwrap();
+                    db.pin(s.id, self.clock.now()).await.unwrap();
+                    db.close().await;
+                }
+            }
+            Event::Unpin(n) => {
+                let db = Database::open(&self.db_path).await.unwrap();
+                let mut pins: Vec<u64> = db.pins().await.unwrap().into_iter().collect();
+                pins.sort_unstable();
+                if !pins.is_empty() {
+                    db.unpin(pins[n as usize % pins.len()]).await.unwrap();
+                }
+                db.close().await;
+            }
+            Event::Edit(pick, n) => self.edit(pick, n).await,
+            Event::SmtpDown => self.inbox.set_down(true),
+            Event::SmtpUp => self.inbox.set_down(false),
+        }
+    }
+
+    async fn running_runs(&self) -> usize {
+        let db = Database::open(&self.db_path).await.unwrap();
+        let n = db.running().await.unwrap().len();
+        db.close().await;
+        n
+    }
+
+    /// Every snapshot on every server, by id.
+    fn snapshots(&self) -> Vec<Snapshot> {
+        let mut all: Vec<Snapshot> = SERVERS
+            .iter()
+            .flat_map(|s| self.sim().snapshots(*s))
+            .collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
+    /// The `n`-th (modulo) snapshot that `want` accepts.
+    fn pick(&self, n: u32, want: impl Fn(&Snapshot) -> bool) -> Option<Snapshot> {
+        let all: Vec<Snapshot> = self.snapshots().into_iter().filter(|s| want(s)).collect();
+        (!all.is_empty()).then(|| all[n as usize % all.len()].clone())
+    }
+
+    fn add_by_hand(&mut self, server: u64, look_alike: bool) {
+        if self.sim().snapshots(server).len() >= 5 {
+            return;
+        }
+        let at = self.clock.now() - chrono::Duration::hours(1);
+        let n = self.snapshots().len();
+        let job = self
+            .model
+            .jobs
+            .iter()
+            .find(|j| j.server == server)
+            .map_or("job-0".to_string(), |j| j.name.clone());
+        let (name, description) = if look_alike {
+            let name = vps_snapshot_agent::naming::new_name(&job, at);
+            let fake = format!(
+                "Made by vps-snapshot-agent (job {job}, run 1). agent-mark:v1:{:032x}",
+                n
+            );
+            (name, Some(fake))
+        } else {
+            (format!("by-hand-{n}"), None)
+        };
+        self.sim().put_described(
+            server,
+            &name,
+            description.as_deref(),
+            SnapshotStatus::Completed,
+            at,
+        );
+    }
+
+    async fn restore(&mut self, n: u32) {
+        let Some(snap) = self.pick(n, |s| s.status == SnapshotStatus::Completed) else {
+            return;
+        };
+        let proc = self.new_proc("restore");
+        let (cfg, client, clock, owner, dbs) = (
+            self.cfg.clone(),
+            self.client.clone(),
+            self.shared_clock(),
+            proc.owner.clone(),
+            proc.dbs(),
+        );
+        let task = proc.spawn(async move {
+            let Ok(settings) = Settings::load(&cfg) else {
+                return;
+            };
+            let Some(db) = super::process::open(&dbs, &settings.database).await else {
+                return;
+            };
+            let job = vps_snapshot_agent::naming::parse(&snap.name)
+                .map_or(format!("server-{}", snap.server.id), |p| p.job);
+            let r = runner(&settings, db.clone(), client, clock, owner);
+            let _ = r.restore(&job, &snap).await;
+            db.close().await;
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        proc.kill().await;
+    }
+
+    async fn edit(&mut self, pick: EditPick, n: u32) {
+        let Some(m) = edited(&self.model, pick, n) else {
+            return;
+        };
+        self.model = m;
+        self.write_config();
+        if let Some(d) = &self.daemon {
+            let arms = d.timer.arms.load(Ordering::SeqCst);
+            let _ = d.control.send(Control::Reload);
+            d.quiet(arms).await;
+        }
+    }
+
+    /// Moves time to the daemon's next fire and delivers it; the timer's arm count before.
+    fn send_fire(&mut self) -> Option<usize> {
+        let d = self.daemon.as_ref()?;
+        let at = d.timer.due()?;
+        if let Ok(ahead) = (at - self.clock.now()).to_std() {
+            self.clock.advance(ahead);
+        }
+        let arms = d.timer.arms.load(Ordering::SeqCst);
+        d.timer.fire().then_some(arms)
+    }
+
+    async fn fire(&mut self, kill: Option<Kill>, stats: &mut super::Stats) {
+        if self.daemon.is_none() {
+            // Nobody is there to fire: the hour passes unnoticed.
+            self.clock.advance(Duration::from_secs(3600));
+            return;
+        }
+        let wire = kill.map(|k| self.sim().arm_trip(k.skip, k.carry_out));
+        let Some(arms) = self.send_fire() else {
+            self.sim().disarm_trip();
+            return;
+        };
+        let Some(d) = &self.daemon else { return };
+        match wire {
+            None => d.quiet(arms).await,
+            Some(TripWire { tripped, release }) => {
+                tokio::select! {
+                    op = tripped => {
+                        if let Ok(op) = op {
+                            stats.kill(op, kill.is_some_and(|k| k.carry_out), "daemon");
+                        }
+                        if let Some(d) = self.daemon.take() {
+                            d.proc.kill().await;
+                        }
+                        self.log.lock().unwrap().push("   -> the daemon was killed".into());
+                        let _ = release.send(());
+                    }
+                    () = d.quiet(arms) => {}
+                }
+            }
+        }
+        self.sim().disarm_trip();
+    }
+
+    /// Waits for `runs` (at most 30 s each); with `kill`, kills the first when its kill
+    /// point trips.
+    async fn finish(
+        &mut self,
+        mut runs: Vec<(Proc, tokio::task::JoinHandle<()>)>,
+        kill: Option<Kill>,
+        stats: &mut super::Stats,
+    ) {
+        if let Some(k) = kill {
+            let TripWire { tripped, release } = self.sim().arm_trip(k.skip, k.carry_out);
+            let (first, task) = runs.remove(0);
+            tokio::select! {
+                op = tripped => {
+                    if let Ok(op) = op {
+                        stats.kill(op, k.carry_out, "run-once");
+                    }
+                    self.log.lock().unwrap().push("   -> the run-once was killed".into());
+                    first.kill().await;
+                    let _ = release.send(());
+                }
+                _ = task => first.kill().await,
+            }
+            self.sim().disarm_trip();
+        }
+        for (p, t) in runs {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+            p.kill().await;
+        }
+    }
+
+    /// SIGTERM: the daemon stops starting runs and lets running ones finish (its grace),
+    /// then the process ends.
+    async fn stop_daemon(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            let _ = d.control.send(Control::Stop);
+            let _ = tokio::time::timeout(Duration::from_secs(10), d.task).await;
+            d.proc.kill().await;
+        }
+    }
+
+    /// Kills whatever still runs.
+    pub async fn kill_all(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.proc.kill().await;
+        }
+    }
+
+    /// A `run-once` of every job, to its end.
+    pub async fn run_once_to_the_end(&mut self) {
+        let run = self.start_run_once(None);
+        let mut stats = super::Stats::default();
+        self.finish(vec![run], None, &mut stats).await;
+    }
+}
+
+/// `model` edited as `pick` and `n` say, if the result is a valid config.
+pub fn edited(model: &Model, pick: EditPick, n: u32) -> Option<Model> {
+    let mut m = model.clone();
+    let i = n as usize % m.jobs.len();
+    match pick {
+        EditPick::Keep => {}
+        EditPick::Rename => m.jobs[i].name = format!("job-{i}-r{}", n % 1000),
+        EditPick::Move => m.jobs[i].server = SERVERS[(n / 7) as usize % SERVERS.len()],
+        EditPick::Remove if m.jobs.len() > 1 => {
+            m.jobs.remove(i);
+        }
+        EditPick::Remove => {}
+        EditPick::KeepLast => m.jobs[i].keep_last = 1 + (n / 7) % 3,
+    }
+    let unique = m
+        .jobs
+        .iter()
+        .all(|j| m.jobs.iter().filter(|k| k.name == j.name).count() == 1);
+    (m.valid() && unique).then_some(m)
+}
