@@ -18,6 +18,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod cron;
 pub mod daemon;
 pub mod db;
 pub mod logging;

@@ -75,10 +75,10 @@ pub fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
 
 use vps_snapshot_agent::alert::AlertPolicy;
 use vps_snapshot_agent::config::{JobSettings, Trigger};
+use vps_snapshot_agent::cron::CronSpec;
 use vps_snapshot_agent::db::{Database, Owner};
 use vps_snapshot_agent::retention::RetentionPolicy;
 use vps_snapshot_agent::run::Runner;
-use vps_snapshot_agent::schedule::CronSpec;
 
 pub fn job(name: &str, server_id: u64, keep_last: u32) -> JobSettings {
     JobSettings {

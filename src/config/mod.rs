@@ -1,0 +1,237 @@
+//! The configuration: figment merges the TOML file and `AGENT_`-prefixed environment
+//! variables (`__` for nesting); each section and each `[[jobs]]` entry is deserialized
+//! on its own into serde structs ([`sections`], read by [`source`]), then one pass
+//! ([`check`], and [`jobs`] for the jobs) collects every semantic problem and builds the
+//! typed [`Settings`]; [`secret`] finds the token and the SMTP password alike. Every problem names its key path
+//! and where the value came from (the file, or the environment variable).
+
+mod check;
+mod de;
+mod jobs;
+mod secret;
+mod sections;
+mod source;
+
+pub use check::validate_base_url;
+pub use jobs::validate_job_name;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use figment::value::Dict;
+use lettre::message::Mailbox;
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+use crate::cron::CronSpec;
+use crate::retention::RetentionPolicy;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vps-snapshot-agent/config.toml";
+pub const DEFAULT_DATABASE: &str = "/var/lib/vps-snapshot-agent/history.db";
+pub const DEFAULT_BASE_URL: &str = "https://admin.vps.org/api/v1";
+const TOP_LEVEL: [&str; 5] = ["database", "api", "defaults", "email", "jobs"];
+
+/// One problem in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where the value came from: the file's path, or the environment variable.
+    pub origin: String,
+    /// Key path, e.g. `jobs[1].schedule`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in one configuration; never empty.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "invalid configuration ({n} problem{})",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn single(origin: impl Into<String>, key: &str, message: impl Into<String>) -> Self {
+        Self(vec![ConfigError {
+            origin: origin.into(),
+            key: key.to_string(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_path: PathBuf,
+    pub database: PathBuf,
+    pub api: ApiSettings,
+    pub email: Option<EmailSettings>,
+    pub jobs: Vec<JobSettings>,
+    /// Problems that do not stop the agent (a token file readable by others).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub base_url: Url,
+    /// `None` when no source provides one; commands that talk to the API ask for it
+    /// through [`ApiSettings::token`], the others (history, status) work without.
+    token: Option<SecretString>,
+    token_hint: String,
+    pub request_timeout: Duration,
+    pub max_retries: u32,
+    pub max_concurrent_jobs: usize,
+}
+
+impl ApiSettings {
+    pub fn new(base_url: Url, token: SecretString) -> Self {
+        Self {
+            base_url,
+            token: Some(token),
+            token_hint: String::new(),
+            request_timeout: Duration::from_secs(30),
+            max_retries: 5,
+            max_concurrent_jobs: 8,
+        }
+    }
+
+    /// The API token, or the configuration error saying how to provide one.
+    pub fn token(&self) -> Result<&SecretString, ConfigErrors> {
+        self.token.as_ref().ok_or_else(|| {
+            ConfigErrors::single(
+                &self.token_hint,
+                "api.token",
+                "no API token: set api.token_file, api.token, the environment variable \
+                 AGENT_API__TOKEN, or a systemd credential named api-token",
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    StartTls,
+    Tls,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailSettings {
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub security: Security,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub from: Mailbox,
+    pub to: Vec<Mailbox>,
+    pub repeat_after: Duration,
+    pub notify_recovery: bool,
+    pub timeout: Duration,
+}
+
+/// What fires a job.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Schedule(CronSpec),
+    /// Snapshot `lead` before each opening of the window.
+    Window {
+        window: CronSpec,
+        lead: Duration,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub name: String,
+    pub server_id: u64,
+    pub trigger: Trigger,
+    pub timezone: Tz,
+    pub retention: RetentionPolicy,
+    pub poll_interval: Duration,
+    pub snapshot_timeout: Duration,
+    /// `None` when catch-up is off.
+    pub catch_up: Option<Duration>,
+    pub max_deletions_per_run: u32,
+    /// `None`: twice the schedule's period.
+    pub stale_after: Option<Duration>,
+}
+
+/// Where to find the configuration file: `--config`, then `$AGENT_CONFIG`, then the default.
+pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
+    cli.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("AGENT_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+impl Settings {
+    /// Loads and validates the file at `path` merged with the `AGENT_` environment.
+    pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
+        let origin = path.display().to_string();
+        if let Err(e) = std::fs::metadata(path) {
+            let message = format!("cannot read the configuration file: {e}");
+            return Err(ConfigErrors::single(origin, "", message));
+        }
+        // Only variables for a real top-level key (CI systems set unrelated AGENT_*
+        // ones); secrets are read by the secret lookup, not merged into the tree.
+        let env = Env::prefixed("AGENT_")
+            .filter(|k| {
+                let k = k.as_str().to_ascii_lowercase().replace("__", ".");
+                let top = k.split('.').next().unwrap_or_default();
+                TOP_LEVEL.contains(&top) && k != "api.token" && k != "email.password"
+            })
+            .split("__");
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
+        let tree: Dict = figment.extract().map_err(|e| {
+            ConfigErrors(
+                e.into_iter()
+                    .map(|e| ConfigError {
+                        origin: origin.clone(),
+                        key: e.path.join("."),
+                        message: e.kind.to_string(),
+                    })
+                    .collect(),
+            )
+        })?;
+        let mut reader = source::Reader::new(&figment, origin);
+        let settings = check::settings(&mut reader, path, &tree);
+        if reader.errors.is_empty() {
+            Ok(Settings {
+                warnings: reader.warnings,
+                ..settings
+            })
+        } else {
+            Err(ConfigErrors(reader.errors))
+        }
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobSettings> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
