@@ -16,6 +16,7 @@ use chrono::{TimeZone, Utc};
 use vps_snapshot_agent::clock::{self, VirtualClock};
 use vps_snapshot_agent::config::Settings;
 use vps_snapshot_agent::db::{Database, RunTrigger};
+use vps_snapshot_agent::domain::ServerId;
 use vps_snapshot_agent::run::Runner;
 use vps_snapshot_agent::sim::{Delay, SimOptions, SimServer, Simulator};
 
@@ -165,13 +166,13 @@ async fn bench_run_once(r: &mut Report, n: u64) -> Option<f64> {
     for _ in 0..2 {
         run_once().await;
     }
-    let (req0, _) = s.sim.requests();
+    let req0 = s.sim.requests().total;
     let cpu0 = children_cpu();
     let t0 = Instant::now();
     run_once().await;
     let wall = t0.elapsed();
     let cpu = children_cpu() - cpu0;
-    let (req1, _) = s.sim.requests();
+    let req1 = s.sim.requests().total;
     let per_job_cpu = cpu.as_secs_f64() * 1000.0 / n as f64;
     r.add(
         "run_once_wall_s",
@@ -528,7 +529,9 @@ async fn bench_polling(r: &mut Report) {
     let servers = 100u64;
     for i in 0..servers {
         let base = Duration::from_secs(180 + rng.u64(0..=420));
-        server.sim.set_delay(2000 + i, Delay::Around(base, 0.1));
+        server
+            .sim
+            .set_delay(ServerId::new(2000 + i), Delay::Around(base, 0.1));
     }
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(

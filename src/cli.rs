@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::{ServerId, SnapshotId};
+
 /// Scheduled, rotation-safe snapshots of VPS.org servers.
 ///
 /// Reads one TOML config (see config.example.toml), fires each job on its cron schedule or
@@ -106,19 +108,19 @@ pub struct SnapshotsArgs {
     pub job: Option<String>,
     /// A server id (verdicts from the jobs configured for it)
     #[arg(long, value_name = "ID")]
-    pub server: Option<u64>,
+    pub server: Option<ServerId>,
 }
 
 #[derive(Debug, Args)]
 pub struct PinArgs {
     /// The snapshot's id (see `agent snapshots`)
-    pub snapshot_id: u64,
+    pub snapshot_id: SnapshotId,
 }
 
 /// Restore a server from a snapshot (overwrites all its data; cannot be undone).
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    pub snapshot_id: u64,
+    pub snapshot_id: SnapshotId,
     /// Do not ask for confirmation (required when not on a terminal)
     #[arg(long)]
     pub yes: bool,

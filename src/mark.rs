@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 
 use aws_lc_rs::hmac;
 
+use crate::domain::{RunId, ServerId};
+
 const MARK: &str = "agent-mark:v1:";
 const TAG_HEX: usize = 32;
 
@@ -29,7 +31,7 @@ impl Marker {
         }
     }
 
-    fn tag(&self, server_id: u64, name: &str) -> String {
+    fn tag(&self, server_id: ServerId, name: &str) -> String {
         let data = format!("vps-snapshot-agent mark v1\n{server_id}\n{name}");
         let tag = hmac::sign(&self.key, data.as_bytes());
         let mut hex = String::with_capacity(TAG_HEX);
@@ -40,7 +42,7 @@ impl Marker {
     }
 
     /// The description a new snapshot is created with: what made it, and the mark.
-    pub fn description(&self, job: &str, server_id: u64, run_id: i64, name: &str) -> String {
+    pub fn description(&self, job: &str, server_id: ServerId, run_id: RunId, name: &str) -> String {
         format!(
             "Made by vps-snapshot-agent (job {job}, run {run_id}). {MARK}{}",
             self.tag(server_id, name)
@@ -48,12 +50,12 @@ impl Marker {
     }
 
     /// Whether `description` carries a valid mark for the snapshot `name` on `server_id`.
-    pub fn verifies(&self, server_id: u64, name: &str, description: Option<&str>) -> bool {
+    pub fn verifies(&self, server_id: ServerId, name: &str, description: Option<&str>) -> bool {
         self.check(server_id, name, description) == Mark::Valid
     }
 
     /// What a description says of the mark for the snapshot `name` on `server_id`.
-    pub fn check(&self, server_id: u64, name: &str, description: Option<&str>) -> Mark {
+    pub fn check(&self, server_id: ServerId, name: &str, description: Option<&str>) -> Mark {
         let Some(at) = description.and_then(|d| d.find(MARK).map(|i| &d[i + MARK.len()..])) else {
             return Mark::Absent;
         };

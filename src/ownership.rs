@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 
 use crate::api::Snapshot;
+use crate::domain::SnapshotId;
 use crate::mark::{Mark, Marker};
 use crate::naming;
 
@@ -43,7 +44,7 @@ pub enum Ownership {
 
 impl Ownership {
     /// Judges `snap`; `known` holds the ids the journal records as the agent's.
-    pub fn of(snap: &Snapshot, marker: &Marker, known: &HashSet<u64>) -> Self {
+    pub fn of(snap: &Snapshot, marker: &Marker, known: &HashSet<SnapshotId>) -> Self {
         let Some(parsed) = naming::parse(&snap.name) else {
             return Self::Foreign(NotOurs::Name);
         };
@@ -97,13 +98,14 @@ impl Ownership {
 mod tests {
     use super::*;
     use crate::api::{ServerRef, SnapshotStatus};
+    use crate::domain::{RunId, ServerId};
     use chrono::Utc;
 
     fn snap(id: u64, server: u64, name: &str, description: Option<String>) -> Snapshot {
         Snapshot {
-            id,
+            id: SnapshotId::new(id),
             server: ServerRef {
-                id: server,
+                id: ServerId::new(server),
                 name: None,
             },
             name: name.to_string(),
@@ -118,7 +120,7 @@ mod tests {
     fn a_mark_proves_ownership_only_for_its_own_name_server_and_key() {
         let m = Marker::new(b"token-a");
         let name = naming::new_name("web", Utc::now());
-        let desc = m.description("web", 5, 12, &name);
+        let desc = m.description("web", ServerId::new(5), RunId::new(12), &name);
         assert!(desc.contains("job web, run 12"), "{desc}");
         let none = HashSet::new();
         let mine = snap(1, 5, &name, Some(desc.clone()));
@@ -153,12 +155,12 @@ mod tests {
             Ownership::of(&s, &m, &HashSet::new()).describe(),
             "no (no marker, not in the journal; named like web's)"
         );
-        let known = HashSet::from([7]);
+        let known = HashSet::from([SnapshotId::new(7)]);
         assert!(Ownership::of(&s, &m, &known).is_of("web"));
         assert!(!Ownership::of(&s, &m, &known).is_of("db"));
         let foreign = snap(8, 5, "before-upgrade", None);
         assert_eq!(
-            Ownership::of(&foreign, &m, &HashSet::from([8])),
+            Ownership::of(&foreign, &m, &HashSet::from([SnapshotId::new(8)])),
             Ownership::Foreign(NotOurs::Name)
         );
     }

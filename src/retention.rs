@@ -12,12 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use chrono_tz::Tz;
 
-use crate::api::SnapshotStatus;
-
-/// The provider's limit of snapshots per server.
-pub const LIMIT: u32 = 5;
-/// What a policy may keep: the limit minus room for the snapshot being made.
-pub const SLOTS: u32 = LIMIT - 1;
+pub use crate::domain::{LIMIT, SLOTS};
+use crate::domain::{SnapshotId, SnapshotStatus};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionPolicy {
@@ -79,7 +75,7 @@ impl RetentionPolicy {
 /// What the planner needs to know of one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    pub id: u64,
+    pub id: SnapshotId,
     pub created_at: DateTime<Utc>,
     pub status: SnapshotStatus,
     /// Made by this job (recognized by name).
@@ -89,7 +85,7 @@ pub struct Candidate {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    pub id: u64,
+    pub id: SnapshotId,
     pub keep: bool,
     /// `keep: last #1`, `keep: weekly 2026-W47`, `delete next`, ...
     pub reason: String,
@@ -127,7 +123,7 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
         .collect();
     pool.sort_by(|a, b| newest_first(a, b));
 
-    let mut kept: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    let mut kept: std::collections::HashMap<SnapshotId, String> = std::collections::HashMap::new();
     let mut left = [policy.hourly, policy.daily, policy.weekly, policy.monthly];
     let names = ["hourly", "daily", "weekly", "monthly"];
     let mut last_bucket: [Option<String>; 4] = Default::default();
@@ -201,7 +197,7 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
 
 /// Snapshots to delete after a successful run, in the order to delete them (failed ones
 /// first, then oldest first), at most `max`.
-pub fn victims(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz, max: u32) -> Vec<u64> {
+pub fn victims(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz, max: u32) -> Vec<SnapshotId> {
     let verdicts = plan(snaps, policy, tz);
     let mut out: Vec<&Candidate> = snaps
         .iter()
@@ -222,7 +218,7 @@ pub fn victims(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz, max: u32) 
 /// Why making room failed: every snapshot that may not be deleted, with its reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoRoom {
-    pub blocking: Vec<(u64, String)>,
+    pub blocking: Vec<(SnapshotId, String)>,
 }
 
 /// Before creating a snapshot on a server holding `LIMIT` or more: which managed snapshots
@@ -236,7 +232,7 @@ pub fn make_room(
     tz: Tz,
     now: DateTime<Utc>,
     max: u32,
-) -> Result<Vec<u64>, NoRoom> {
+) -> Result<Vec<SnapshotId>, NoRoom> {
     let needed = (snaps.len() + 1).saturating_sub(LIMIT as usize);
     if needed == 0 {
         return Ok(Vec::new());
@@ -248,12 +244,14 @@ pub fn make_room(
         .map(|s| s.id);
     // The policy as it will be once the new snapshot exists.
     let mut with_new = snaps.to_vec();
-    let phantom = snaps
-        .iter()
-        .map(|s| s.id)
-        .max()
-        .unwrap_or(0)
-        .saturating_add(1);
+    let phantom = SnapshotId::new(
+        snaps
+            .iter()
+            .map(|s| s.id.get())
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1),
+    );
     with_new.push(Candidate {
         id: phantom,
         created_at: now,
@@ -308,7 +306,7 @@ mod tests {
 
     fn snap(id: u64, day: u32, status: SnapshotStatus) -> Candidate {
         Candidate {
-            id,
+            id: SnapshotId::new(id),
             created_at: Utc.with_ymd_and_hms(2026, 11, day, 2, 30, 0).unwrap(),
             status,
             managed: true,
@@ -363,7 +361,8 @@ mod tests {
             ..Default::default()
         };
         let now = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
-        assert_eq!(make_room(&snaps, &policy, Tz::UTC, now, 3), Ok(vec![3]));
+        let expect = Ok(vec![SnapshotId::new(3)]);
+        assert_eq!(make_room(&snaps, &policy, Tz::UTC, now, 3), expect);
     }
 
     #[test]
@@ -381,7 +380,8 @@ mod tests {
         };
         let err = make_room(&snaps, &policy, Tz::UTC, Utc::now(), 3).unwrap_err();
         assert_eq!(err.blocking.len(), 5);
-        assert_eq!(err.blocking[0], (1, "not managed by this job".to_string()));
+        let first = (SnapshotId::new(1), "not managed by this job".to_string());
+        assert_eq!(err.blocking[0], first);
         assert_eq!(err.blocking[4].1, "newest completed managed snapshot");
     }
 }

@@ -100,7 +100,7 @@ mod tests {
     fn job(trigger: Trigger, tz: Tz) -> JobSettings {
         JobSettings {
             name: "j".into(),
-            server_id: 1,
+            server_id: crate::domain::ServerId::new(1),
             trigger,
             timezone: tz,
             retention: RetentionPolicy {

@@ -11,6 +11,7 @@ use url::Url;
 use super::{ApiError, RestoreResponse, Snapshot, SnapshotPage};
 use crate::clock::SharedClock;
 use crate::config::ApiSettings;
+use crate::domain::{ServerId, SnapshotId};
 use crate::mark::Marker;
 
 /// Responses larger than this are refused (a list of 5 snapshots is a few hundred bytes).
@@ -162,7 +163,7 @@ impl Client {
 
     /// All snapshots, or one server's, following `next` links to the end.
     #[tracing::instrument(level = "debug", skip(self))]
-    pub async fn list(&self, server_id: Option<u64>) -> Result<Vec<Snapshot>, ApiError> {
+    pub async fn list(&self, server_id: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
         let mut url = self.url("snapshots/")?;
         if let Some(id) = server_id {
             url.query_pairs_mut()
@@ -224,7 +225,7 @@ impl Client {
     #[tracing::instrument(level = "debug", skip(self, description))]
     pub async fn create(
         &self,
-        server_id: u64,
+        server_id: ServerId,
         name: &str,
         description: &str,
     ) -> Result<Snapshot, ApiError> {
@@ -244,7 +245,7 @@ impl Client {
     /// Deletes a snapshot. A retry that finds it gone counts as deleted; a failure after
     /// an attempt that may have been carried out is [`ApiError::OutcomeUnknown`].
     #[tracing::instrument(level = "debug", skip(self))]
-    pub async fn delete(&self, snapshot_id: u64) -> Result<(), ApiError> {
+    pub async fn delete(&self, snapshot_id: SnapshotId) -> Result<(), ApiError> {
         let what = format!("deleting snapshot {snapshot_id}");
         let url = self.url(&format!("snapshots/{snapshot_id}/"))?;
         match self
@@ -262,7 +263,7 @@ impl Client {
     }
 
     /// Starts a restore. Never retried once it may have reached the API.
-    pub async fn restore(&self, snapshot_id: u64) -> Result<RestoreResponse, ApiError> {
+    pub async fn restore(&self, snapshot_id: SnapshotId) -> Result<RestoreResponse, ApiError> {
         let what = format!("restoring snapshot {snapshot_id}");
         let url = self.url(&format!("snapshots/{snapshot_id}/restore/"))?;
         self.json(

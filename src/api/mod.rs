@@ -3,72 +3,23 @@
 
 mod client;
 
+pub use crate::domain::SnapshotStatus;
+use crate::domain::{ServerId, SnapshotId};
 pub use client::{Client, RetryPolicy};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// A snapshot's state. Unknown values are kept, never a decoding error.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum SnapshotStatus {
-    InProgress,
-    Completed,
-    /// A failure state (`failed`, `error`, ...), with the API's word for it.
-    Failed(String),
-    Unknown(String),
-}
-
-impl SnapshotStatus {
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::InProgress => "in_progress",
-            Self::Completed => "completed",
-            Self::Failed(s) | Self::Unknown(s) => s,
-        }
-    }
-}
-
-impl From<&str> for SnapshotStatus {
-    fn from(s: &str) -> Self {
-        match s {
-            "in_progress" => Self::InProgress,
-            "completed" => Self::Completed,
-            "failed" | "error" | "errored" | "failure" => Self::Failed(s.to_string()),
-            other => Self::Unknown(other.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for SnapshotStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for SnapshotStatus {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = Option::<String>::deserialize(d)?;
-        Ok(s.as_deref()
-            .map_or(Self::Unknown("null".into()), Self::from))
-    }
-}
-
-impl Serialize for SnapshotStatus {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerRef {
-    pub id: u64,
+    pub id: ServerId,
     #[serde(default)]
     pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
-    pub id: u64,
+    pub id: SnapshotId,
     pub server: ServerRef,
     pub name: String,
     pub status: SnapshotStatus,

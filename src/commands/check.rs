@@ -4,10 +4,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::Utc;
 
+use crate::alert::Delivery;
 use crate::api::Client;
 use crate::cli::CheckArgs;
 use crate::config::Trigger;
-use crate::mail::Delivery;
 use crate::schedule;
 
 pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -60,7 +60,7 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         println!("email: not configured ([email] absent): failures are only logged and recorded");
         return Ok(ExitCode::SUCCESS);
     };
-    let smtp = crate::mail::Smtp::new(email)?;
+    let smtp = crate::alert::Smtp::new(email)?;
     smtp.test_connection().await?;
     println!(
         "email: {}:{} accepted the connection (greeting, TLS and login as configured)",
@@ -88,7 +88,7 @@ async fn flush_outbox(
     }
     let db = crate::db::Database::open(&settings.database).await?;
     let mailer =
-        crate::mail::Mailer::from_settings(Some(email), db.clone(), crate::clock::system())?;
+        crate::alert::Mailer::from_settings(Some(email), db.clone(), crate::clock::system())?;
     if let Some(m) = mailer {
         match m.deliver_all().await {
             Delivery::Sent(n) => println!("email: delivered {n} queued alert(s)"),

@@ -13,6 +13,7 @@ use crate::api::SnapshotStatus;
 use crate::cli::DemoArgs;
 use crate::clock::{Clock, VirtualClock};
 use crate::config::Settings;
+use crate::domain::ServerId;
 use crate::run::Runner;
 use crate::sim::{DEFAULT_TOKEN, Delay, SimOptions, Simulator};
 
@@ -33,7 +34,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let manual = server.sim.put(
-        101,
+        ServerId::new(101),
         "before-php-upgrade",
         SnapshotStatus::Completed,
         start - chrono::Duration::days(10),
@@ -104,7 +105,7 @@ keep_weekly = 2
     }
     println!("=== history (agent history) ===");
     output::history(&db.history(None, 50).await?);
-    let (requests, _) = server.sim.requests();
+    let requests = server.sim.requests().total;
     println!(
         "\n{} runs, {requests} API requests. Next: `agent simulate` serves this API for your own config; \
          `agent check` validates a config.",

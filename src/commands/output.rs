@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use crate::api::Snapshot;
 use crate::config::JobSettings;
 use crate::db::Run;
+use crate::domain::SnapshotId;
 use crate::ownership::Ownership;
 use crate::retention;
 use crate::run::{Outcome, candidates};
@@ -51,11 +52,14 @@ pub fn short(d: std::time::Duration) -> String {
     }
 }
 
-pub fn ids(ids: &[u64]) -> String {
+pub fn ids(ids: &[SnapshotId]) -> String {
     if ids.is_empty() {
         "-".into()
     } else {
-        ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+        ids.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -138,7 +142,7 @@ pub fn snapshots(
     listing: &[Snapshot],
     owners: &[Ownership],
     jobs: &[&JobSettings],
-    pins: &HashSet<u64>,
+    pins: &HashSet<SnapshotId>,
 ) {
     let mut verdicts = std::collections::HashMap::new();
     for job in jobs {

@@ -4,11 +4,11 @@ use std::process::ExitCode;
 use chrono::Utc;
 
 use super::{context, output};
+use crate::alert as mail;
 use crate::cli::RunOnceArgs;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
 use crate::db::{Database, RunStatus, RunTrigger};
-use crate::mail;
 use crate::run::{self, Runner};
 
 pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
@@ -49,7 +49,7 @@ pub async fn run_jobs(
         None => false,
     };
     for o in runner.resume_interrupted(&settings.jobs).await? {
-        tracing::info!(run = o.run_id, job = %o.job, status = %o.status, "finished an interrupted run");
+        tracing::info!(run = %o.run_id, job = %o.job, status = %o.status, "finished an interrupted run");
     }
     let results = run::run_many(
         runner,

@@ -1,4 +1,3 @@
-use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -11,7 +10,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         token: args.token.clone(),
         delay: Delay::Fixed(args.completion),
         page_size: args.page_size,
-        servers: None::<BTreeSet<u64>>,
+        servers: None,
         ..SimOptions::default()
     };
     let server = Simulator::new(opts, crate::clock::system())
@@ -32,6 +31,6 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         server.base_url(),
         args.token
     );
-    crate::signals::shutdown_signal().await;
+    crate::daemon::signals::shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

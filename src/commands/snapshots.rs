@@ -4,17 +4,18 @@ use std::process::ExitCode;
 use super::{UsageError, context, output};
 use crate::cli::SnapshotsArgs;
 use crate::config::JobSettings;
+use crate::domain::ServerId;
 use crate::run;
 
 pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
-    let servers: Vec<u64> = match (&args.job, args.server) {
+    let servers: Vec<ServerId> = match (&args.job, args.server) {
         (Some(name), _) => {
             vec![context::select_jobs(&settings, std::slice::from_ref(name))?[0].server_id]
         }
         (None, Some(id)) => vec![id],
         (None, None) => {
-            let mut s: Vec<u64> = settings.jobs.iter().map(|j| j.server_id).collect();
+            let mut s: Vec<ServerId> = settings.jobs.iter().map(|j| j.server_id).collect();
             s.sort_unstable();
             s.dedup();
             if s.is_empty() {

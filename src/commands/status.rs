@@ -13,7 +13,7 @@ use crate::schedule;
 #[derive(Serialize)]
 struct JobStatus {
     name: String,
-    server_id: u64,
+    server_id: crate::domain::ServerId,
     next_run_at: Option<DateTime<Utc>>,
     last_run: Option<Run>,
     last_success_at: Option<DateTime<Utc>>,

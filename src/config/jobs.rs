@@ -14,6 +14,7 @@ use super::sections::{JOB_OWN_KEYS, JobKeys, JobOwn};
 use super::source::{Reader, noun_of};
 use super::{JobSettings, Trigger};
 use crate::cron::CronSpec;
+use crate::domain::ServerId;
 use crate::retention::{RetentionPolicy, SLOTS};
 
 /// Longest job name: the snapshot name adds 28 characters around it.
@@ -201,7 +202,7 @@ fn job(
     }
     Some(JobSettings {
         name: name?,
-        server_id: own.server_id?.0,
+        server_id: ServerId::new(own.server_id?.0),
         trigger: trigger?,
         timezone: fields.timezone,
         retention: fields.retention,
@@ -266,7 +267,7 @@ fn trigger(
 
 /// Jobs on one server share its 5 slots: together they may keep at most 4.
 fn shared_servers(r: &mut Reader<'_>, jobs: &[JobSettings], first: Option<&Value>) {
-    let mut by_server: BTreeMap<u64, Vec<&JobSettings>> = BTreeMap::new();
+    let mut by_server: BTreeMap<ServerId, Vec<&JobSettings>> = BTreeMap::new();
     for j in jobs {
         by_server.entry(j.server_id).or_default().push(j);
     }

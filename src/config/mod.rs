@@ -29,6 +29,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::cron::CronSpec;
+use crate::domain::ServerId;
 use crate::retention::RetentionPolicy;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vps-snapshot-agent/config.toml";
@@ -170,7 +171,7 @@ pub enum Trigger {
 #[derive(Debug, Clone)]
 pub struct JobSettings {
     pub name: String,
-    pub server_id: u64,
+    pub server_id: ServerId,
     pub trigger: Trigger,
     pub timezone: Tz,
     pub retention: RetentionPolicy,

@@ -3,18 +3,17 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Row as _, Sqlite, Transaction};
 
 use super::{Database, DbResult, from_ms, ms};
+use crate::domain::{AlertKind, RunId, ServerId};
 
 #[derive(Debug, Clone)]
 pub struct NewAlert {
     pub job: Option<String>,
-    pub server_id: Option<u64>,
-    pub run_id: Option<i64>,
-    /// `failed`, `recovered`, `stale`, `not_ready_before_window`, `drift`, `no_room`.
-    pub kind: String,
+    pub server_id: Option<ServerId>,
+    pub run_id: Option<RunId>,
+    pub kind: AlertKind,
     pub subject: String,
     pub body: String,
     pub created_at: DateTime<Utc>,
@@ -24,9 +23,9 @@ pub struct NewAlert {
 pub struct PendingAlert {
     pub id: i64,
     pub job: Option<String>,
-    pub server_id: Option<u64>,
-    pub run_id: Option<i64>,
-    pub kind: String,
+    pub server_id: Option<ServerId>,
+    pub run_id: Option<RunId>,
+    pub kind: AlertKind,
     pub subject: String,
     #[serde(skip)]
     pub body: String,
@@ -36,19 +35,36 @@ pub struct PendingAlert {
     pub last_error: Option<String>,
 }
 
-fn pending_from_row(r: &SqliteRow) -> PendingAlert {
-    PendingAlert {
-        id: r.get("id"),
-        job: r.get("job"),
-        server_id: r.get::<Option<i64>, _>("server_id").map(|v| v as u64),
-        run_id: r.get("run_id"),
-        kind: r.get("kind"),
-        subject: r.get("subject"),
-        body: r.get("body"),
-        created_at: from_ms(r.get("created_at")),
-        attempts: r.get("attempts"),
-        next_attempt_at: from_ms(r.get("next_attempt_at")),
-        last_error: r.get("last_error"),
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    job: Option<String>,
+    server_id: Option<ServerId>,
+    run_id: Option<RunId>,
+    kind: AlertKind,
+    subject: String,
+    body: String,
+    created_at: i64,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+}
+
+impl From<Row> for PendingAlert {
+    fn from(r: Row) -> Self {
+        PendingAlert {
+            id: r.id,
+            job: r.job,
+            server_id: r.server_id,
+            run_id: r.run_id,
+            kind: r.kind,
+            subject: r.subject,
+            body: r.body,
+            created_at: from_ms(r.created_at),
+            attempts: r.attempts,
+            next_attempt_at: from_ms(r.next_attempt_at),
+            last_error: r.last_error,
+        }
     }
 }
 
@@ -61,9 +77,9 @@ pub(super) async fn insert(
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&a.job)
-    .bind(a.server_id.map(|v| v as i64))
+    .bind(a.server_id)
     .bind(a.run_id)
-    .bind(&a.kind)
+    .bind(a.kind)
     .bind(&a.subject)
     .bind(&a.body)
     .bind(ms(a.created_at))
@@ -92,22 +108,22 @@ impl Database {
         let sql = format!(
             "SELECT {COLUMNS} FROM alerts WHERE sent_at IS NULL AND next_attempt_at <= ? ORDER BY id"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(ms(now))
             .fetch_all(self.pool())
             .await
             .map_err(self.err("cannot read the alert outbox"))?;
-        Ok(rows.iter().map(pending_from_row).collect())
+        Ok(rows.into_iter().map(PendingAlert::from).collect())
     }
 
     /// Every undelivered alert, oldest first.
     pub async fn pending_alerts(&self) -> DbResult<Vec<PendingAlert>> {
         let sql = format!("SELECT {COLUMNS} FROM alerts WHERE sent_at IS NULL ORDER BY id");
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
             .fetch_all(self.pool())
             .await
             .map_err(self.err("cannot read the alert outbox"))?;
-        Ok(rows.iter().map(pending_from_row).collect())
+        Ok(rows.into_iter().map(PendingAlert::from).collect())
     }
 
     pub async fn mark_alerts_sent(&self, ids: &[i64], at: DateTime<Utc>) -> DbResult<()> {
@@ -152,7 +168,7 @@ impl Database {
     pub async fn last_alert_at(
         &self,
         job: &str,
-        kinds: &[&str],
+        kinds: &[AlertKind],
     ) -> DbResult<Option<DateTime<Utc>>> {
         let placeholders = vec!["?"; kinds.len()].join(", ");
         let sql = format!(
@@ -160,7 +176,7 @@ impl Database {
         );
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(job);
         for k in kinds {
-            q = q.bind(*k);
+            q = q.bind(k);
         }
         let row = q
             .fetch_optional(self.pool())

@@ -12,6 +12,7 @@ use sqlx::{Sqlite, Transaction};
 
 use super::runs::names;
 use super::{Database, DbResult, ms};
+use crate::domain::{RunId, ServerId, SnapshotId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
@@ -63,11 +64,11 @@ pub struct EntryId(i64);
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Entry {
     pub id: EntryId,
-    pub run_id: i64,
-    pub server_id: i64,
+    pub run_id: RunId,
+    pub server_id: ServerId,
     pub action: Action,
     pub state: State,
-    pub snapshot_id: Option<i64>,
+    pub snapshot_id: Option<SnapshotId>,
     pub snapshot_name: Option<String>,
     /// When it was recorded (Unix milliseconds).
     pub at: i64,
@@ -78,8 +79,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn snapshot(&self) -> Option<u64> {
-        self.snapshot_id.map(|i| i as u64)
+    pub fn snapshot(&self) -> Option<SnapshotId> {
+        self.snapshot_id
     }
 
     pub fn recorded_at(&self) -> DateTime<Utc> {
@@ -95,10 +96,10 @@ impl Entry {
 /// What an entry is about.
 #[derive(Debug, Clone, Copy)]
 pub struct Intent<'a> {
-    pub run_id: i64,
-    pub server_id: u64,
+    pub run_id: RunId,
+    pub server_id: ServerId,
     pub action: Action,
-    pub snapshot_id: Option<u64>,
+    pub snapshot_id: Option<SnapshotId>,
     pub snapshot_name: Option<&'a str>,
     pub detail: Option<&'a str>,
 }
@@ -118,10 +119,10 @@ async fn insert(
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(i.run_id)
-    .bind(i.server_id as i64)
+    .bind(i.server_id)
     .bind(i.action)
     .bind(state)
-    .bind(i.snapshot_id.map(|v| v as i64))
+    .bind(i.snapshot_id)
     .bind(i.snapshot_name)
     .bind(ms(at))
     .bind(resolved)
@@ -135,19 +136,19 @@ async fn insert(
 /// A resolved entry about the run itself (its end), inside the caller's transaction.
 pub(super) async fn insert_resolved(
     tx: &mut Transaction<'_, Sqlite>,
-    run_id: i64,
+    run_id: RunId,
     action: Action,
     state: State,
     detail: Option<&str>,
     at: DateTime<Utc>,
 ) -> Result<EntryId, sqlx::Error> {
-    let server: (i64,) = sqlx::query_as("SELECT server_id FROM runs WHERE id = ?")
+    let server: (ServerId,) = sqlx::query_as("SELECT server_id FROM runs WHERE id = ?")
         .bind(run_id)
         .fetch_one(&mut **tx)
         .await?;
     let intent = Intent {
         run_id,
-        server_id: server.0 as u64,
+        server_id: server.0,
         action,
         snapshot_id: None,
         snapshot_name: None,
@@ -187,18 +188,18 @@ impl Database {
         &self,
         entry: EntryId,
         state: State,
-        made: Option<(u64, &str)>,
+        made: Option<(SnapshotId, &str)>,
         outcome: Option<&str>,
         at: DateTime<Utc>,
     ) -> DbResult<()> {
         let what = format!("cannot record an outcome ({state}) in the journal");
         let mut tx = self.begin().await?;
-        let row: (i64, Action, i64) = sqlx::query_as(
+        let row: (RunId, Action, i64) = sqlx::query_as(
             "UPDATE journal SET state = ?, snapshot_id = COALESCE(?, snapshot_id), \
              outcome = ?, resolved_at = ? WHERE id = ? RETURNING run_id, action, at",
         )
         .bind(state)
-        .bind(made.map(|(id, _)| id as i64))
+        .bind(made.map(|(id, _)| id))
         .bind(outcome)
         .bind(ms(at))
         .bind(entry)
@@ -210,7 +211,7 @@ impl Database {
                 "UPDATE runs SET snapshot_id = ?, snapshot_status = ?, \
                  snapshot_created_at = COALESCE(snapshot_created_at, ?) WHERE id = ?",
             )
-            .bind(id as i64)
+            .bind(id)
             .bind(status)
             .bind(row.2)
             .bind(row.0)
@@ -232,7 +233,7 @@ impl Database {
     }
 
     /// A run's entries, oldest first.
-    pub async fn entries(&self, run_id: i64) -> DbResult<Vec<Entry>> {
+    pub async fn entries(&self, run_id: RunId) -> DbResult<Vec<Entry>> {
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM journal WHERE run_id = ? ORDER BY id");
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(run_id)
@@ -242,13 +243,13 @@ impl Database {
     }
 
     /// Effects on `server_id` whose outcome nobody knows yet, oldest first.
-    pub async fn unresolved(&self, server_id: u64) -> DbResult<Vec<Entry>> {
+    pub async fn unresolved(&self, server_id: ServerId) -> DbResult<Vec<Entry>> {
         let sql = format!(
             "SELECT {ENTRY_COLUMNS} FROM journal WHERE server_id = ? \
              AND state IN ('pending', 'unknown') ORDER BY id"
         );
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(server_id as i64)
+            .bind(server_id)
             .fetch_all(self.pool())
             .await
             .map_err(self.err("cannot read the journal"))
@@ -259,24 +260,24 @@ impl Database {
     /// answer was lost.
     pub async fn known_snapshots(
         &self,
-        server_id: u64,
-        ids: &[u64],
+        server_id: ServerId,
+        ids: &[SnapshotId],
         names: &[&str],
-    ) -> DbResult<HashSet<u64>> {
-        let rows: Vec<(Option<i64>, Option<String>)> = sqlx::query_as(
+    ) -> DbResult<HashSet<SnapshotId>> {
+        let rows: Vec<(Option<SnapshotId>, Option<String>)> = sqlx::query_as(
             "SELECT snapshot_id, snapshot_name FROM journal \
              WHERE action IN ('create', 'adopt') AND state != 'error' AND server_id = ? \
              AND (snapshot_id IN (SELECT value FROM json_each(?)) \
                   OR snapshot_name IN (SELECT value FROM json_each(?)))",
         )
-        .bind(server_id as i64)
+        .bind(server_id)
         .bind(serde_json::to_string(ids).unwrap_or_default())
         .bind(serde_json::to_string(names).unwrap_or_default())
         .fetch_all(self.pool())
         .await
         .map_err(self.err("cannot read the journal"))?;
         let known_names: HashSet<String> = rows.iter().filter_map(|r| r.1.clone()).collect();
-        let mut known: HashSet<u64> = rows.iter().filter_map(|r| r.0.map(|v| v as u64)).collect();
+        let mut known: HashSet<SnapshotId> = rows.iter().filter_map(|r| r.0).collect();
         known.extend(
             ids.iter()
                 .zip(names)
@@ -292,10 +293,10 @@ impl Database {
     pub async fn made_by(
         &self,
         job: &str,
-        server_id: u64,
+        server_id: ServerId,
         limit: u32,
-    ) -> DbResult<Vec<(u64, String)>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
+    ) -> DbResult<Vec<(SnapshotId, String)>> {
+        sqlx::query_as(
             "SELECT j.snapshot_id, COALESCE(j.snapshot_name, r.snapshot_name, '') FROM runs r \
              JOIN journal j ON j.run_id = r.id AND j.action IN ('create', 'adopt') AND j.state = 'ok' \
              WHERE r.job = ? AND r.server_id = ? AND r.kind = 'snapshot' AND r.status = 'succeeded' \
@@ -305,16 +306,15 @@ impl Database {
              ORDER BY r.id DESC LIMIT ?",
         )
         .bind(job)
-        .bind(server_id as i64)
+        .bind(server_id)
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await
-        .map_err(self.err("cannot read the journal"))?;
-        Ok(rows.into_iter().map(|(id, n)| (id as u64, n)).collect())
+        .map_err(self.err("cannot read the journal"))
     }
 
     /// How many deletes run `run_id` has asked for that may have been carried out.
-    pub async fn deletes_spent(&self, run_id: i64) -> DbResult<u32> {
+    pub async fn deletes_spent(&self, run_id: RunId) -> DbResult<u32> {
         let (n,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM journal WHERE run_id = ? AND action = 'delete' AND state != 'error'",
         )

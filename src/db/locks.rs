@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{Database, DbResult, ms};
+use super::{Database, DbResult, from_ms, ms};
+use crate::domain::{RunId, ServerId};
 
 /// Who runs things: `host/pid/process-start-time/random`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,11 +81,16 @@ impl Owner {
         }
     }
 
-    /// Whether a process recorded as `owner` may still be running.
-    pub fn may_be_alive(owner: &str, lease_until_ms: Option<i64>) -> bool {
+    /// Whether a process recorded as `owner` may still be running at `now`: as this host
+    /// sees it, or while its lease (if it holds one) runs.
+    pub fn may_be_alive(
+        owner: &str,
+        lease_until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> bool {
         match Self::liveness(owner) {
             Some(alive) => alive,
-            None => lease_until_ms.is_some_and(|t| t > ms(Utc::now())),
+            None => lease_until.is_some_and(|t| t > now),
         }
     }
 }
@@ -94,31 +100,31 @@ impl Database {
     /// the live holder.
     pub async fn try_lock(
         &self,
-        server_id: u64,
+        server_id: ServerId,
         owner: &Owner,
-        run_id: Option<i64>,
+        run_id: Option<RunId>,
+        now: DateTime<Utc>,
         lease: Duration,
     ) -> DbResult<Result<(), String>> {
-        let now = Utc::now();
         let existing =
             sqlx::query("SELECT holder, run_id, expires_at FROM locks WHERE server_id = ?")
-                .bind(server_id as i64)
+                .bind(server_id)
                 .fetch_optional(self.pool())
                 .await
                 .map_err(self.err("cannot read a lock"))?;
         if let Some(row) = existing {
             let holder: String = row.get("holder");
             let expires: i64 = row.get("expires_at");
-            if Owner::may_be_alive(&holder, Some(expires)) {
-                let run: Option<i64> = row.get("run_id");
+            if Owner::may_be_alive(&holder, Some(from_ms(expires)), now) {
+                let run: Option<RunId> = row.get("run_id");
                 return Ok(Err(match run {
                     Some(r) => format!("run {r} of process {holder}"),
                     None => format!("process {holder}"),
                 }));
             }
-            tracing::info!(server_id, %holder, "taking over a lock left by a process that is gone");
+            tracing::info!(%server_id, %holder, "taking over a lock left by a process that is gone");
             sqlx::query("DELETE FROM locks WHERE server_id = ? AND holder = ?")
-                .bind(server_id as i64)
+                .bind(server_id)
                 .bind(&holder)
                 .execute(self.pool())
                 .await
@@ -128,7 +134,7 @@ impl Database {
         let took = sqlx::query(
             "INSERT OR IGNORE INTO locks (server_id, holder, run_id, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?)",
         )
-        .bind(server_id as i64)
+        .bind(server_id)
         .bind(owner.as_str())
         .bind(run_id)
         .bind(ms(now))
@@ -145,11 +151,17 @@ impl Database {
         })
     }
 
-    pub async fn renew_lock(&self, server_id: u64, owner: &Owner, lease: Duration) -> DbResult<()> {
+    pub async fn renew_lock(
+        &self,
+        server_id: ServerId,
+        owner: &Owner,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> DbResult<()> {
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         sqlx::query("UPDATE locks SET expires_at = ? WHERE server_id = ? AND holder = ?")
-            .bind(ms(Utc::now()) + lease_ms)
-            .bind(server_id as i64)
+            .bind(ms(now) + lease_ms)
+            .bind(server_id)
             .bind(owner.as_str())
             .execute(self.pool())
             .await
@@ -157,9 +169,9 @@ impl Database {
         Ok(())
     }
 
-    pub async fn release_lock(&self, server_id: u64, owner: &Owner) -> DbResult<()> {
+    pub async fn release_lock(&self, server_id: ServerId, owner: &Owner) -> DbResult<()> {
         sqlx::query("DELETE FROM locks WHERE server_id = ? AND holder = ?")
-            .bind(server_id as i64)
+            .bind(server_id)
             .bind(owner.as_str())
             .execute(self.pool())
             .await

@@ -5,11 +5,12 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use super::{Database, DbResult, ms};
+use crate::domain::SnapshotId;
 
 impl Database {
-    pub async fn pin(&self, snapshot_id: u64, at: DateTime<Utc>) -> DbResult<bool> {
+    pub async fn pin(&self, snapshot_id: SnapshotId, at: DateTime<Utc>) -> DbResult<bool> {
         let n = sqlx::query("INSERT OR IGNORE INTO pins (snapshot_id, pinned_at) VALUES (?, ?)")
-            .bind(snapshot_id as i64)
+            .bind(snapshot_id)
             .bind(ms(at))
             .execute(self.pool())
             .await
@@ -18,9 +19,9 @@ impl Database {
         Ok(n == 1)
     }
 
-    pub async fn unpin(&self, snapshot_id: u64) -> DbResult<bool> {
+    pub async fn unpin(&self, snapshot_id: SnapshotId) -> DbResult<bool> {
         let n = sqlx::query("DELETE FROM pins WHERE snapshot_id = ?")
-            .bind(snapshot_id as i64)
+            .bind(snapshot_id)
             .execute(self.pool())
             .await
             .map_err(self.err("cannot unpin"))?
@@ -28,11 +29,11 @@ impl Database {
         Ok(n == 1)
     }
 
-    pub async fn pins(&self) -> DbResult<HashSet<u64>> {
-        let rows: Vec<(i64,)> = sqlx::query_as("SELECT snapshot_id FROM pins")
+    pub async fn pins(&self) -> DbResult<HashSet<SnapshotId>> {
+        let rows: Vec<(SnapshotId,)> = sqlx::query_as("SELECT snapshot_id FROM pins")
             .fetch_all(self.pool())
             .await
             .map_err(self.err("cannot read pins"))?;
-        Ok(rows.into_iter().map(|(id,)| id as u64).collect())
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 }

@@ -9,6 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::journal::{self, Action, State};
 use super::{Database, DbError, DbResult, NewAlert, Owner, alerts, from_ms, ms};
+use crate::domain::{RunId, ServerId, SnapshotId};
 
 /// Gives an enum stored as text its name, for messages and tables.
 macro_rules! names {
@@ -78,7 +79,7 @@ names!(Step { Start = "start", Lock = "lock", List = "list", MakeRoom = "make_ro
 /// The snapshot a run made or worked on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunSnapshot {
-    pub id: Option<u64>,
+    pub id: Option<SnapshotId>,
     pub name: String,
     pub status: Option<String>,
 }
@@ -86,9 +87,9 @@ pub struct RunSnapshot {
 /// One run as history shows it (SPEC's JSON shape).
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
-    pub id: i64,
+    pub id: RunId,
     pub job: String,
-    pub server_id: u64,
+    pub server_id: ServerId,
     pub kind: RunKind,
     pub trigger: RunTrigger,
     pub status: RunStatus,
@@ -97,7 +98,7 @@ pub struct Run {
     /// The fire time of a scheduled or caught-up run.
     pub scheduled_for: Option<DateTime<Utc>>,
     pub snapshot: Option<RunSnapshot>,
-    pub deleted_snapshot_ids: Vec<u64>,
+    pub deleted_snapshot_ids: Vec<SnapshotId>,
     pub error: Option<String>,
     /// The step the run reached.
     pub step: Step,
@@ -111,9 +112,9 @@ pub struct Run {
 
 #[derive(sqlx::FromRow)]
 struct RunRow {
-    id: i64,
+    id: RunId,
     job: String,
-    server_id: i64,
+    server_id: ServerId,
     kind: RunKind,
     trigger: RunTrigger,
     status: RunStatus,
@@ -123,7 +124,7 @@ struct RunRow {
     owner: String,
     scheduled_for: Option<i64>,
     snapshot_name: Option<String>,
-    snapshot_id: Option<i64>,
+    snapshot_id: Option<SnapshotId>,
     snapshot_status: Option<String>,
     snapshot_created_at: Option<i64>,
     error: Option<String>,
@@ -135,7 +136,7 @@ impl From<RunRow> for Run {
         Run {
             id: r.id,
             job: r.job,
-            server_id: r.server_id as u64,
+            server_id: r.server_id,
             kind: r.kind,
             trigger: r.trigger,
             status: r.status,
@@ -143,7 +144,7 @@ impl From<RunRow> for Run {
             finished_at: r.finished_at.map(from_ms),
             scheduled_for: r.scheduled_for.map(from_ms),
             snapshot: r.snapshot_name.map(|name| RunSnapshot {
-                id: r.snapshot_id.map(|i| i as u64),
+                id: r.snapshot_id,
                 name,
                 status: r.snapshot_status,
             }),
@@ -164,7 +165,7 @@ impl From<RunRow> for Run {
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
     pub job: &'a str,
-    pub server_id: u64,
+    pub server_id: ServerId,
     pub kind: RunKind,
     pub trigger: RunTrigger,
     pub scheduled_for: Option<DateTime<Utc>>,
@@ -189,13 +190,13 @@ const RUN_COLUMNS: &str = "id, job, server_id, kind, trigger, status, started_at
        WHERE j.run_id = runs.id AND j.action = 'delete' AND j.state = 'ok') AS deleted";
 
 impl Database {
-    pub async fn start_run(&self, run: NewRun<'_>, owner: &Owner) -> DbResult<i64> {
+    pub async fn start_run(&self, run: NewRun<'_>, owner: &Owner) -> DbResult<RunId> {
         let id = sqlx::query(
             "INSERT INTO runs (job, server_id, kind, trigger, status, scheduled_for, started_at, owner) \
              VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
         )
         .bind(run.job)
-        .bind(run.server_id as i64)
+        .bind(run.server_id)
         .bind(run.kind)
         .bind(run.trigger)
         .bind(run.scheduled_for.map(ms))
@@ -205,10 +206,10 @@ impl Database {
         .await
         .map_err(self.err(format!("cannot record the start of a run of {}", run.job)))?
         .last_insert_rowid();
-        Ok(id)
+        Ok(RunId::new(id))
     }
 
-    pub async fn set_step(&self, run_id: i64, step: Step) -> DbResult<()> {
+    pub async fn set_step(&self, run_id: RunId, step: Step) -> DbResult<()> {
         sqlx::query("UPDATE runs SET step = ? WHERE id = ?")
             .bind(step)
             .bind(run_id)
@@ -221,15 +222,15 @@ impl Database {
     /// The snapshot a run works on that it did not create (a restore's).
     pub async fn set_run_snapshot(
         &self,
-        run_id: i64,
-        id: u64,
+        run_id: RunId,
+        id: SnapshotId,
         name: &str,
         status: &str,
     ) -> DbResult<()> {
         sqlx::query(
             "UPDATE runs SET snapshot_id = ?, snapshot_name = ?, snapshot_status = ? WHERE id = ?",
         )
-        .bind(id as i64)
+        .bind(id)
         .bind(name)
         .bind(status)
         .bind(run_id)
@@ -242,7 +243,7 @@ impl Database {
     /// The run's view of its snapshot: status, and when it completed.
     pub async fn set_snapshot_status(
         &self,
-        run_id: i64,
+        run_id: RunId,
         status: &str,
         completed_at: Option<DateTime<Utc>>,
     ) -> DbResult<()> {
@@ -258,7 +259,7 @@ impl Database {
 
     /// Takes over a run left `running` by `from` (a process that is gone), in one
     /// conditional write: of several processes trying at once, exactly one gets it.
-    pub async fn claim_run(&self, run_id: i64, from: &str, to: &Owner) -> DbResult<Option<Run>> {
+    pub async fn claim_run(&self, run_id: RunId, from: &str, to: &Owner) -> DbResult<Option<Run>> {
         let took = sqlx::query(
             "UPDATE runs SET owner = ? WHERE id = ? AND status = 'running' AND owner = ?",
         )
@@ -278,7 +279,7 @@ impl Database {
     /// Ends a run still running and owned by `owner`, and queues its alerts, in one
     /// transaction. A run that is not (or no longer) this owner's is an error: a run is
     /// finished once.
-    pub async fn finish_run(&self, run_id: i64, owner: &Owner, end: Finish<'_>) -> DbResult<()> {
+    pub async fn finish_run(&self, run_id: RunId, owner: &Owner, end: Finish<'_>) -> DbResult<()> {
         let step = if end.status == RunStatus::Succeeded {
             Some(Step::Done)
         } else {
@@ -327,7 +328,7 @@ impl Database {
         Ok(())
     }
 
-    pub async fn run(&self, run_id: i64) -> DbResult<Option<Run>> {
+    pub async fn run(&self, run_id: RunId) -> DbResult<Option<Run>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?");
         let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
             .bind(run_id)
@@ -382,7 +383,7 @@ impl Database {
     }
 
     /// The last finished snapshot run of `job` before run `before` (any status but running).
-    pub async fn previous_finished(&self, job: &str, before: i64) -> DbResult<Option<Run>> {
+    pub async fn previous_finished(&self, job: &str, before: RunId) -> DbResult<Option<Run>> {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE job = ? AND id < ? AND kind = 'snapshot' \
              AND status IN ('succeeded', 'failed') ORDER BY id DESC LIMIT 1"

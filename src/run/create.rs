@@ -5,8 +5,8 @@
 
 use anyhow::anyhow;
 
-use super::{Failure, RunState, Runner, fail};
-use crate::alert::Kind;
+use super::{Failure, RunState, Runner, fail, fail_as};
+use crate::alert::Cause;
 use crate::api::{ApiError, Snapshot};
 use crate::db::{Action, EntryId, Intent, State, Step};
 use crate::naming;
@@ -43,7 +43,7 @@ impl Runner {
                         self.now(),
                     )
                     .await?;
-                tracing::info!(snapshot = snap.id, %name, "snapshot requested");
+                tracing::info!(snapshot = %snap.id, %name, "snapshot requested");
                 st.snapshot = Some(snap);
                 Ok(())
             }
@@ -72,15 +72,16 @@ impl Runner {
                 self.db
                     .resolve(entry, State::Error, None, Some(&e.to_string()), self.now())
                     .await?;
-                Err(Failure {
-                    step: Some(Step::Create),
-                    kind: Kind::NoRoom,
-                    error: anyhow!(e).context(format!(
-                        "server {} holds {} snapshots (limit {LIMIT})",
-                        job.server_id,
-                        st.listing.len()
-                    )),
-                })
+                let held = format!(
+                    "server {} holds {} snapshots (limit {LIMIT})",
+                    job.server_id,
+                    st.listing.len()
+                );
+                Err(fail_as(
+                    Step::Create,
+                    Cause::NoRoom,
+                    anyhow!(e).context(held),
+                ))
             }
             Err(e) => {
                 self.db
@@ -116,7 +117,7 @@ impl Runner {
         )
         .await?;
         tracing::info!(
-            snapshot = snap.id,
+            snapshot = %snap.id,
             "adopted the snapshot whose create answer was lost"
         );
         Ok(())

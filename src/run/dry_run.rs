@@ -8,6 +8,7 @@ use super::{candidates, owners};
 use crate::api::{Client, Snapshot, SnapshotStatus};
 use crate::config::JobSettings;
 use crate::db::Database;
+use crate::domain::SnapshotId;
 use crate::naming;
 use crate::ownership::Ownership;
 use crate::retention::{self, Candidate, LIMIT};
@@ -19,10 +20,10 @@ pub struct DryRun {
     /// Whose each snapshot of the listing is.
     pub owners: Vec<Ownership>,
     pub verdicts: Vec<retention::Verdict>,
-    pub make_room: Result<Vec<u64>, retention::NoRoom>,
+    pub make_room: Result<Vec<SnapshotId>, retention::NoRoom>,
     pub name: String,
     /// What rotation would delete once the new snapshot completes.
-    pub rotate: Vec<u64>,
+    pub rotate: Vec<SnapshotId>,
 }
 
 /// What a run of `job` would do now; `db` (when there is one) supplies pins and the
@@ -62,7 +63,7 @@ pub async fn dry_run(
         .into_iter()
         .filter(|c| !make_room.as_ref().is_ok_and(|v| v.contains(&c.id)))
         .collect();
-    let phantom = after.iter().map(|c| c.id).max().unwrap_or(0) + 1;
+    let phantom = SnapshotId::new(after.iter().map(|c| c.id.get()).max().unwrap_or(0) + 1);
     after.push(Candidate {
         id: phantom,
         created_at: now,

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Failure, Outcome, RunState, Runner, chain};
-use crate::alert;
+use crate::alert::{self, text};
 use crate::db::{DbError, Finish, NewAlert, Run, RunStatus};
 
 impl Runner {
@@ -78,7 +78,7 @@ impl Runner {
             .last_success(&job.name)
             .await?
             .and_then(|r| r.finished_at);
-        Ok(Some(alert::recovered(
+        Ok(Some(text::recovered(
             &job.name,
             job.server_id,
             st.run_id,
@@ -107,8 +107,8 @@ impl Runner {
             return Ok(None);
         }
         let last_good = self.db.last_success(&job.name).await?;
-        Ok(Some(alert::failure(&alert::Failure {
-            kind: f.kind,
+        Ok(Some(text::failure(&text::Failure {
+            cause: f.cause,
             job: &job.name,
             server_id: job.server_id,
             run_id: st.run_id,
@@ -123,7 +123,7 @@ impl Runner {
 
     /// Ends a run this process has claimed as `interrupted`, saying why.
     pub(super) async fn interrupt(&self, run: &Run, why: &str) -> Result<(), DbError> {
-        tracing::warn!(run = run.id, job = %run.job, "marking run interrupted: {why}");
+        tracing::warn!(run = %run.id, job = %run.job, "marking run interrupted: {why}");
         self.db
             .finish_run(
                 run.id,

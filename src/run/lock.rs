@@ -7,6 +7,7 @@ use anyhow::anyhow;
 
 use super::{Failure, Runner, fail};
 use crate::db::{Database, Owner, Step};
+use crate::domain::{RunId, ServerId};
 
 /// How long a lock is good for without renewal (only matters across hosts).
 const LOCK_LEASE: Duration = Duration::from_secs(120);
@@ -14,7 +15,7 @@ const LOCK_LEASE: Duration = Duration::from_secs(120);
 /// Holds a server lock; renews it in the background until released.
 pub(super) struct LockGuard {
     db: Database,
-    server_id: u64,
+    server_id: ServerId,
     owner: Owner,
     renew: tokio::task::JoinHandle<()>,
 }
@@ -38,8 +39,8 @@ impl Runner {
     /// Takes `server_id`'s lock, waiting up to `lock_wait` for another run to finish.
     pub(super) async fn lock(
         &self,
-        server_id: u64,
-        run_id: Option<i64>,
+        server_id: ServerId,
+        run_id: Option<RunId>,
     ) -> Result<LockGuard, Failure> {
         let waited_from = tokio::time::Instant::now();
         let mut told = false;
@@ -48,7 +49,7 @@ impl Runner {
         loop {
             match self
                 .db
-                .try_lock(server_id, &self.owner, run_id, LOCK_LEASE)
+                .try_lock(server_id, &self.owner, run_id, self.now(), LOCK_LEASE)
                 .await?
             {
                 Ok(()) => break,
@@ -63,7 +64,7 @@ impl Runner {
                         ));
                     }
                     if !told {
-                        tracing::info!(server_id, "waiting for {holder} to finish with the server");
+                        tracing::info!(%server_id, "waiting for {holder} to finish with the server");
                         told = true;
                     }
                     tokio::time::sleep(pause).await;
@@ -71,13 +72,16 @@ impl Runner {
                 }
             }
         }
-        let (db, owner) = (self.db.clone(), self.owner.clone());
+        let (db, owner, clock) = (self.db.clone(), self.owner.clone(), self.clock.clone());
         let renew = tokio::spawn(async move {
             let mut tick = tokio::time::interval(LOCK_LEASE / 3);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(e) = db.renew_lock(server_id, &owner, LOCK_LEASE).await {
+                if let Err(e) = db
+                    .renew_lock(server_id, &owner, clock.now(), LOCK_LEASE)
+                    .await
+                {
                     tracing::warn!("{e}");
                 }
             }

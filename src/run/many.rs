@@ -16,7 +16,7 @@ pub async fn run_many(
     max_concurrent: usize,
     trigger: RunTrigger,
 ) -> Vec<Result<Outcome, DbError>> {
-    let mut by_server: std::collections::BTreeMap<u64, Vec<usize>> =
+    let mut by_server: std::collections::BTreeMap<crate::domain::ServerId, Vec<usize>> =
         std::collections::BTreeMap::new();
     for (i, j) in jobs.iter().enumerate() {
         by_server.entry(j.server_id).or_default().push(i);

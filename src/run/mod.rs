@@ -29,13 +29,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::alert::{AlertPolicy, Kind};
+use crate::alert::{AlertPolicy, Cause};
 use crate::api::{ApiError, Client, Snapshot};
 use crate::clock::SharedClock;
 use crate::config::JobSettings;
 use crate::db::{
     Action, Database, DbError, Intent, NewRun, Owner, RunKind, RunStatus, RunTrigger, State, Step,
 };
+use crate::domain::{RunId, ServerId, SnapshotId};
 use crate::mark::Marker;
 use crate::ownership::Ownership;
 use crate::retention::Candidate;
@@ -59,28 +60,40 @@ pub struct Runner {
 /// How a run ended, for summaries.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub job: String,
-    pub server_id: u64,
+    pub server_id: ServerId,
     pub status: RunStatus,
-    pub snapshot: Option<(u64, String)>,
-    pub deleted: Vec<u64>,
+    pub snapshot: Option<(SnapshotId, String)>,
+    pub deleted: Vec<SnapshotId>,
     pub error: Option<String>,
     pub polls: u32,
     pub elapsed: Duration,
 }
 
-/// Why a run failed, and at which step (`None`: recording it failed).
+/// Why a run failed, at which step (`None`: recording it failed), and what that means
+/// for the advice an alert gives.
 struct Failure {
     step: Option<Step>,
-    kind: Kind,
+    cause: Cause,
     error: anyhow::Error,
 }
 
+/// A failure at `step` whose cause is what `error` says: the API's error, if it is one.
 fn fail(step: Step, error: impl Into<anyhow::Error>) -> Failure {
+    let error = error.into();
+    let cause = match error.chain().find_map(|e| e.downcast_ref::<ApiError>()) {
+        Some(ApiError::Unauthorized) => Cause::Unauthorized,
+        Some(e) if e.is_transient() => Cause::ApiDown,
+        _ => Cause::Other,
+    };
+    fail_as(step, cause, error)
+}
+
+fn fail_as(step: Step, cause: Cause, error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         step: Some(step),
-        kind: Kind::Failed,
+        cause,
         error: error.into(),
     }
 }
@@ -89,7 +102,7 @@ impl From<DbError> for Failure {
     fn from(e: DbError) -> Self {
         Failure {
             step: None,
-            kind: Kind::Failed,
+            cause: Cause::Other,
             error: e.into(),
         }
     }
@@ -97,7 +110,7 @@ impl From<DbError> for Failure {
 
 /// The state of one run in progress.
 struct RunState<'a> {
-    run_id: i64,
+    run_id: RunId,
     job: &'a JobSettings,
     started_at: DateTime<Utc>,
     scheduled_for: Option<DateTime<Utc>>,
@@ -107,7 +120,7 @@ struct RunState<'a> {
     requested_at: Option<DateTime<Utc>>,
     /// The server's snapshots as last listed.
     listing: Vec<Snapshot>,
-    deleted: Vec<u64>,
+    deleted: Vec<SnapshotId>,
     /// Deletes asked for that may have been carried out: what counts against
     /// `max_deletions_per_run` (a delete whose answer was lost counts).
     deletes_spent: u32,
@@ -118,7 +131,7 @@ struct RunState<'a> {
 
 impl<'a> RunState<'a> {
     fn new(
-        run_id: i64,
+        run_id: RunId,
         job: &'a JobSettings,
         started_at: DateTime<Utc>,
         scheduled_for: Option<DateTime<Utc>>,
@@ -141,7 +154,7 @@ impl<'a> RunState<'a> {
     }
 
     /// An entry of this run about `snapshot`.
-    fn intent(&self, action: Action, snapshot: Option<u64>) -> Intent<'static> {
+    fn intent(&self, action: Action, snapshot: Option<SnapshotId>) -> Intent<'static> {
         Intent {
             run_id: self.run_id,
             server_id: self.job.server_id,
@@ -175,7 +188,7 @@ pub fn candidates(
     listing: &[Snapshot],
     owners: &[Ownership],
     job: &JobSettings,
-    pins: &HashSet<u64>,
+    pins: &HashSet<SnapshotId>,
 ) -> Vec<Candidate> {
     listing
         .iter()
@@ -196,12 +209,12 @@ pub fn candidates(
 pub async fn owners(
     db: Option<&Database>,
     marker: &Marker,
-    server_id: u64,
+    server_id: ServerId,
     listing: &[Snapshot],
 ) -> Result<Vec<Ownership>, DbError> {
     let known = match db {
         Some(db) => {
-            let ids: Vec<u64> = listing.iter().map(|s| s.id).collect();
+            let ids: Vec<SnapshotId> = listing.iter().map(|s| s.id).collect();
             let names: Vec<&str> = listing.iter().map(|s| s.name.as_str()).collect();
             db.known_snapshots(server_id, &ids, &names).await?
         }
@@ -249,7 +262,7 @@ impl Runner {
         &self,
         st: &RunState<'_>,
         action: Action,
-        snapshot: Option<u64>,
+        snapshot: Option<SnapshotId>,
         state: State,
         detail: Option<&str>,
     ) -> Result<(), DbError> {
@@ -261,7 +274,7 @@ impl Runner {
     }
 
     /// Runs `job` once, start to finish. `Err` only when the run cannot even be recorded.
-    #[tracing::instrument(name = "run", skip_all, fields(job = %job.name, server = job.server_id, run = tracing::field::Empty))]
+    #[tracing::instrument(name = "run", skip_all, fields(job = %job.name, server = %job.server_id, run = tracing::field::Empty))]
     pub async fn run_job(
         &self,
         job: &JobSettings,
@@ -283,7 +296,7 @@ impl Runner {
                 &self.owner,
             )
             .await?;
-        tracing::Span::current().record("run", run_id);
+        tracing::Span::current().record("run", run_id.get());
         tracing::info!(%trigger, "run started");
         let mut st = RunState::new(run_id, job, started_at, scheduled_for);
         let result = match self.lock(job.server_id, Some(run_id)).await {

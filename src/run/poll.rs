@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::{Failure, RunState, Runner, fail};
-use crate::alert::{self, Kind};
+use super::{Failure, RunState, Runner, fail, fail_as};
+use crate::alert::{Cause, text};
 use crate::api::{Snapshot, SnapshotStatus};
 use crate::config::JobSettings;
 use crate::db::{Action, State, Step};
@@ -77,15 +77,13 @@ impl Runner {
                 self.db
                     .set_snapshot_status(st.run_id, last.as_str(), None)
                     .await?;
-                return Err(fail(
-                    Step::Poll,
-                    anyhow!(
-                        "snapshot {} ({}) not completed after {} (still {last})",
-                        snap.id,
-                        snap.name,
-                        humantime::format_duration(job.snapshot_timeout)
-                    ),
-                ));
+                let e = anyhow!(
+                    "snapshot {} ({}) not completed after {} (still {last})",
+                    snap.id,
+                    snap.name,
+                    humantime::format_duration(job.snapshot_timeout)
+                );
+                return Err(fail_as(Step::Poll, Cause::NotCompleted, e));
             }
         }
     }
@@ -147,23 +145,21 @@ impl Runner {
             Some(found.status.as_str()),
         )
         .await?;
-        tracing::debug!(snapshot = snap.id, status = %found.status, "polled");
+        tracing::debug!(snapshot = %snap.id, status = %found.status, "polled");
         *last = found.status.clone();
         match &found.status {
             SnapshotStatus::Completed => {
                 self.db
                     .set_snapshot_status(st.run_id, "completed", Some(self.now()))
                     .await?;
-                tracing::info!(snapshot = snap.id, polls = st.polls, "snapshot completed");
+                tracing::info!(snapshot = %snap.id, polls = st.polls, "snapshot completed");
                 st.snapshot = Some(found);
                 Ok(true)
             }
             SnapshotStatus::Failed(s) => {
                 self.db.set_snapshot_status(st.run_id, s, None).await?;
-                Err(fail(
-                    Step::Poll,
-                    anyhow!("snapshot {} ({}) ended {s}", snap.id, snap.name),
-                ))
+                let e = anyhow!("snapshot {} ({}) ended {s}", snap.id, snap.name);
+                Err(fail_as(Step::Poll, Cause::SnapshotFailed, e))
             }
             SnapshotStatus::InProgress | SnapshotStatus::Unknown(_) => Ok(false),
         }
@@ -176,25 +172,13 @@ impl Runner {
         snap: &Snapshot,
         opens: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), Failure> {
-        let job = st.job;
-        let text = format!(
-            "The snapshot for job {} (id {}, {}) was not completed when the maintenance window opened at {}.\n\
-             The agent keeps waiting for it; hold the maintenance until it completes.",
-            job.name,
-            snap.id,
-            snap.name,
-            alert::fmt_time(opens)
-        );
         tracing::warn!("snapshot not completed when the maintenance window opened");
         if self.alerts.is_some() {
-            let a = alert::notice(
-                Kind::NotReadyBeforeWindow,
-                &job.name,
-                job.server_id,
-                Some(st.run_id),
-                &text,
-                self.now(),
-            );
+            let job = st.job;
+            let snapshot = (snap.id, snap.name.as_str());
+            let now = self.now();
+            let a =
+                text::window_not_ready(&job.name, job.server_id, st.run_id, snapshot, opens, now);
             self.db.queue_alert(&a).await?;
         }
         Ok(())

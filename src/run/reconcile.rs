@@ -7,9 +7,10 @@
 use std::collections::HashSet;
 
 use super::{Failure, RunState, Runner};
-use crate::alert::{self, Kind};
+use crate::alert::text;
 use crate::api::Snapshot;
 use crate::db::{Action, DbError, State};
+use crate::domain::{RunId, ServerId, SnapshotId};
 
 /// How many of a job's latest snapshots the drift check compares with a listing.
 const DRIFT_WINDOW: u32 = 20;
@@ -25,9 +26,9 @@ impl Runner {
     /// run) from `listing`. Restores leave no trace in a listing and stay open.
     pub(super) async fn settle_open(
         &self,
-        server_id: u64,
+        server_id: ServerId,
         listing: &[Snapshot],
-        only: Option<i64>,
+        only: Option<RunId>,
     ) -> Result<(), DbError> {
         for e in self.db.unresolved(server_id).await? {
             if only.is_some_and(|run| run != e.run_id) {
@@ -41,8 +42,8 @@ impl Runner {
                         (State::Ok, "carried out; its answer was lost")
                     };
                     tracing::info!(
-                        run = e.run_id,
-                        snapshot = id,
+                        run = %e.run_id,
+                        snapshot = %id,
                         "the delete whose answer was lost was {detail}"
                     );
                     self.db
@@ -51,7 +52,7 @@ impl Runner {
                 }
                 (Action::Create, _, Some(name)) => {
                     if let Some(s) = listing.iter().find(|s| s.name == name) {
-                        tracing::info!(run = e.run_id, snapshot = s.id, %name, "a snapshot whose create answer was lost has appeared; it is the agent's");
+                        tracing::info!(run = %e.run_id, snapshot = %s.id, %name, "a snapshot whose create answer was lost has appeared; it is the agent's");
                         self.db
                             .resolve(
                                 e.id,
@@ -77,37 +78,24 @@ impl Runner {
             .db
             .made_by(&job.name, job.server_id, DRIFT_WINDOW)
             .await?;
-        let present: HashSet<u64> = st.listing.iter().map(|s| s.id).collect();
-        let gone: Vec<(u64, String)> = made
+        let present: HashSet<SnapshotId> = st.listing.iter().map(|s| s.id).collect();
+        let gone: Vec<(SnapshotId, String)> = made
             .into_iter()
             .filter(|(id, _)| !present.contains(id))
             .collect();
         if gone.is_empty() {
             return Ok(());
         }
-        let mut text = format!(
-            "Snapshots made by job {} vanished from server {} without the agent deleting them:\n",
-            job.name, job.server_id
-        );
         for (id, name) in &gone {
             self.observe(st, Action::Vanished, Some(*id), State::Ok, Some(name))
                 .await?;
-            text.push_str(&format!("  {id}  {name}\n"));
         }
-        text.push_str("\nSomeone deleted them in the panel or through the API. If that was not intended, find out who.");
         tracing::warn!(
             count = gone.len(),
             "managed snapshots vanished outside the agent"
         );
         if self.alerts.is_some() {
-            let a = alert::notice(
-                Kind::Drift,
-                &job.name,
-                job.server_id,
-                Some(st.run_id),
-                &text,
-                self.now(),
-            );
+            let a = text::drift(&job.name, job.server_id, st.run_id, &gone, self.now());
             self.db.queue_alert(&a).await?;
         }
         Ok(())

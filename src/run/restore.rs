@@ -6,6 +6,7 @@ use crate::api::{ApiError, Snapshot};
 use crate::db::{
     Action, DbError, Finish, Intent, NewRun, RunKind, RunStatus, RunTrigger, State, Step,
 };
+use crate::domain::RunId;
 
 impl Runner {
     /// Starts a restore of `snapshot`, recorded under `job_name`.
@@ -76,7 +77,7 @@ impl Runner {
     /// The restore request itself, journaled. `Err(Err)` only when it cannot be recorded.
     async fn request_restore(
         &self,
-        run_id: i64,
+        run_id: RunId,
         snapshot: &Snapshot,
     ) -> Result<Result<(), String>, DbError> {
         let intent = Intent {

@@ -19,14 +19,15 @@ impl Runner {
     pub async fn resume_interrupted(&self, jobs: &[JobSettings]) -> Result<Vec<Outcome>, DbError> {
         let mut out = Vec::new();
         for seen in self.db.running().await? {
-            if seen.owner == self.owner.as_str() || Owner::may_be_alive(&seen.owner, None) {
+            if seen.owner == self.owner.as_str()
+                || Owner::may_be_alive(&seen.owner, None, self.now())
+            {
                 continue;
             }
             let Ok(guard) = self.lock(seen.server_id, Some(seen.id)).await else {
                 continue;
             };
-            let span =
-                tracing::info_span!("run", job = %seen.job, server = seen.server_id, run = seen.id);
+            let span = tracing::info_span!("run", job = %seen.job, server = %seen.server_id, run = %seen.id);
             let outcome = self.claim_and_resume(&seen, jobs).instrument(span).await;
             guard.release().await;
             if let Some(o) = outcome? {

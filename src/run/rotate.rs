@@ -6,10 +6,11 @@ use std::collections::HashSet;
 
 use anyhow::anyhow;
 
-use super::{Failure, RunState, Runner, fail};
-use crate::alert::Kind;
+use super::{Failure, RunState, Runner, fail, fail_as};
+use crate::alert::Cause;
 use crate::api::{ApiError, SnapshotStatus};
 use crate::db::{Action, DbError, Intent, State, Step};
+use crate::domain::SnapshotId;
 use crate::retention::{self, Candidate, LIMIT};
 
 impl Runner {
@@ -18,7 +19,7 @@ impl Runner {
     async fn delete(
         &self,
         st: &mut RunState<'_>,
-        id: u64,
+        id: SnapshotId,
         why: &str,
     ) -> Result<Result<(), ApiError>, DbError> {
         let name = st
@@ -46,7 +47,7 @@ impl Runner {
             State::Ok => {
                 st.deleted.push(id);
                 st.listing.retain(|s| s.id != id);
-                tracing::info!(snapshot = id, "deleted ({why})");
+                tracing::info!(snapshot = %id, "deleted ({why})");
             }
             State::Error => st.deletes_spent -= 1,
             _ => {}
@@ -78,15 +79,12 @@ impl Runner {
                 .iter()
                 .map(|(id, why)| format!("{id} ({why})"))
                 .collect();
-            Failure {
-                step: Some(Step::MakeRoom),
-                kind: Kind::NoRoom,
-                error: anyhow!(
-                    "server {} is at the limit of {LIMIT} snapshots and none may be deleted to make room; blocking: {}",
-                    job.server_id,
-                    list.join(", ")
-                ),
-            }
+            let e = anyhow!(
+                "server {} is at the limit of {LIMIT} snapshots and none may be deleted to make room; blocking: {}",
+                job.server_id,
+                list.join(", ")
+            );
+            fail_as(Step::MakeRoom, Cause::NoRoom, e)
         })?;
         for id in victims {
             if let Err(e) = self.delete(st, id, "make room").await? {
@@ -106,9 +104,9 @@ impl Runner {
         st.step = Step::Rotate;
         let job = st.job;
         let new_id = st.snapshot.as_ref().map(|s| s.id);
-        let mut tried: HashSet<u64> = HashSet::new();
+        let mut tried: HashSet<SnapshotId> = HashSet::new();
         let mut fresh = true;
-        let next = |cands: &[Candidate], tried: &HashSet<u64>| {
+        let next = |cands: &[Candidate], tried: &HashSet<SnapshotId>| {
             let left: Vec<Candidate> = cands
                 .iter()
                 .filter(|c| !tried.contains(&c.id))
@@ -158,7 +156,7 @@ impl Runner {
                     |v| format!("rotation: {}", v.reason),
                 );
             if let Err(e) = self.delete(st, victim, &reason).await? {
-                tracing::warn!(snapshot = victim, "delete failed: {e}");
+                tracing::warn!(snapshot = %victim, "delete failed: {e}");
                 st.delete_errors.push(e.to_string());
             }
             fresh = false;

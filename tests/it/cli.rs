@@ -8,7 +8,7 @@ use std::time::Duration;
 use vps_snapshot_agent::db::{Database, RunStatus, RunTrigger};
 use vps_snapshot_agent::sim::{Mode, SimOptions, SimServer, Simulator};
 
-use crate::helpers::TOKEN;
+use crate::helpers::{ServerId, SnapshotId, TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent");
 
@@ -70,7 +70,7 @@ async fn run_once_exit_codes_and_history_json() {
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("succeeded"));
 
-    s.sim.set_mode(5, Mode::Fail);
+    s.sim.set_mode(ServerId::new(5), Mode::Fail);
     let failed = agent(&cfg, &["run-once", "--job", "web"]).await;
     assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
 
@@ -150,7 +150,7 @@ async fn restore_refuses_without_yes_off_a_terminal_and_records_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &s.base_url(), JOB);
     assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
-    let id = s.sim.snapshots(5)[0].id.to_string();
+    let id = s.sim.snapshots(ServerId::new(5))[0].id.to_string();
     let refused = agent(&cfg, &["restore", &id]).await;
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     assert!(text(&refused).contains("without --yes"));
@@ -175,7 +175,7 @@ async fn pin_protects_and_snapshots_shows_verdicts() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &s.base_url(), JOB);
     assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
-    let first = s.sim.snapshots(5)[0].id;
+    let first = s.sim.snapshots(ServerId::new(5))[0].id;
     assert_eq!(
         agent(&cfg, &["pin", &first.to_string()])
             .await
@@ -186,7 +186,12 @@ async fn pin_protects_and_snapshots_shows_verdicts() {
     for _ in 0..3 {
         assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
     }
-    let ids: Vec<u64> = s.sim.snapshots(5).iter().map(|s| s.id).collect();
+    let ids: Vec<SnapshotId> = s
+        .sim
+        .snapshots(ServerId::new(5))
+        .iter()
+        .map(|s| s.id)
+        .collect();
     assert!(
         ids.contains(&first),
         "the pinned snapshot survived rotation"
@@ -205,7 +210,7 @@ async fn pin_protects_and_snapshots_shows_verdicts() {
         "{t}"
     );
     assert_eq!(
-        s.sim.snapshots(5).len(),
+        s.sim.snapshots(ServerId::new(5)).len(),
         ids.len(),
         "a dry run changes nothing"
     );
@@ -348,7 +353,7 @@ async fn the_daemon_runs_scheduled_jobs_and_stops_cleanly_on_sigterm() {
         );
     }
     assert!(
-        s.sim.snapshots(9).len() <= 3,
+        s.sim.snapshots(ServerId::new(9)).len() <= 3,
         "rotation kept the server within its policy"
     );
     assert!(!err.contains(TOKEN));

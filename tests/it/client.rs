@@ -14,10 +14,13 @@ fn ago(w: &World, mins: i64) -> chrono::DateTime<chrono::Utc> {
 async fn every_endpoint_succeeds_against_the_simulator() {
     let w = world(SimOptions::default()).await;
     let c = w.client();
-    let created = c.create(7, "first_snap-1", "by a test").await.unwrap();
+    let created = c
+        .create(ServerId::new(7), "first_snap-1", "by a test")
+        .await
+        .unwrap();
     assert_eq!(created.status, SnapshotStatus::InProgress);
-    assert_eq!(created.server.id, 7);
-    let listed = c.list(Some(7)).await.unwrap();
+    assert_eq!(created.server.id, ServerId::new(7));
+    let listed = c.list(Some(ServerId::new(7))).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(
         listed[0].status,
@@ -27,7 +30,7 @@ async fn every_endpoint_succeeds_against_the_simulator() {
     assert_eq!(listed[0].description.as_deref(), Some("by a test"));
     c.restore(created.id).await.unwrap();
     c.delete(created.id).await.unwrap();
-    assert!(c.list(Some(7)).await.unwrap().is_empty());
+    assert!(c.list(Some(ServerId::new(7))).await.unwrap().is_empty());
     c.check_token().await.unwrap();
 }
 
@@ -40,47 +43,62 @@ async fn list_follows_next_across_three_pages() {
     .await;
     for i in 0..5 {
         w.sim.put(
-            9,
+            ServerId::new(9),
             &format!("s{i}"),
             SnapshotStatus::Completed,
             ago(&w, 60 - i),
         );
     }
-    w.sim
-        .put(10, "other", SnapshotStatus::Completed, ago(&w, 1));
+    w.sim.put(
+        ServerId::new(10),
+        "other",
+        SnapshotStatus::Completed,
+        ago(&w, 1),
+    );
     let c = w.client();
-    let all = c.list(Some(9)).await.unwrap();
+    let all = c.list(Some(ServerId::new(9))).await.unwrap();
     let names: Vec<_> = all.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["s0", "s1", "s2", "s3", "s4"]);
-    assert_eq!(w.sim.requests().1["list"], 3, "three pages, three requests");
+    assert_eq!(
+        w.sim.requests().of(Op::List),
+        3,
+        "three pages, three requests"
+    );
 }
 
 #[tokio::test]
 async fn errors_are_typed_and_never_retried_for_4xx() {
     let w = world(SimOptions {
-        servers: Some([1].into()),
+        servers: Some([ServerId::new(1)].into()),
         ..SimOptions::default()
     })
     .await;
     let c = w.client();
-    let bad_name = c.create(1, "no spaces allowed", "").await.unwrap_err();
+    let bad_name = c
+        .create(ServerId::new(1), "no spaces allowed", "")
+        .await
+        .unwrap_err();
     assert!(
         matches!(bad_name, ApiError::BadRequest { ref body, .. } if body.contains("letters")),
         "{bad_name}"
     );
-    let no_server = c.create(2, "ok", "").await.unwrap_err();
+    let no_server = c.create(ServerId::new(2), "ok", "").await.unwrap_err();
     assert!(
         matches!(no_server, ApiError::NotFound { .. }),
         "{no_server}"
     );
-    let gone = c.restore(4242).await.unwrap_err();
+    let gone = c.restore(SnapshotId::new(4242)).await.unwrap_err();
     assert!(matches!(gone, ApiError::NotFound { .. }), "{gone}");
-    let del = c.delete(4242).await.unwrap_err();
+    let del = c.delete(SnapshotId::new(4242)).await.unwrap_err();
     assert!(matches!(del, ApiError::NotFound { .. }), "{del}");
     let wrong = w.client_with(&w.api_settings(), "not-the-token");
     let unauth = wrong.list(None).await.unwrap_err();
     assert!(matches!(unauth, ApiError::Unauthorized), "{unauth}");
-    assert_eq!(w.sim.requests().0, 5, "one request each: no 4xx is retried");
+    assert_eq!(
+        w.sim.requests().total,
+        5,
+        "one request each: no 4xx is retried"
+    );
     assert!(w.clock.sleeps().is_empty());
 }
 
@@ -89,9 +107,11 @@ async fn limit_of_five_is_a_400() {
     let w = world(SimOptions::default()).await;
     let c = w.client();
     for i in 0..5 {
-        c.create(3, &format!("s{i}"), "").await.unwrap();
+        c.create(ServerId::new(3), &format!("s{i}"), "")
+            .await
+            .unwrap();
     }
-    let e = c.create(3, "s5", "").await.unwrap_err();
+    let e = c.create(ServerId::new(3), "s5", "").await.unwrap_err();
     assert!(
         matches!(e, ApiError::BadRequest { ref body, .. } if body.contains("limit")),
         "{e}"
@@ -103,8 +123,8 @@ async fn server_errors_are_retried_with_backoff() {
     let w = world(SimOptions::default()).await;
     w.sim.inject(Fault::status(Op::List, 503, 2));
     let c = w.client();
-    assert!(c.list(Some(1)).await.unwrap().is_empty());
-    assert_eq!(w.sim.requests().0, 3);
+    assert!(c.list(Some(ServerId::new(1))).await.unwrap().is_empty());
+    assert_eq!(w.sim.requests().total, 3);
     let sleeps = w.clock.sleeps();
     assert_eq!(sleeps.len(), 2);
     assert!(
@@ -131,7 +151,9 @@ async fn retries_stop_at_max_retries() {
 #[tokio::test]
 async fn a_delete_that_may_have_happened_is_outcome_unknown() {
     let w = world(SimOptions::default()).await;
-    let id = w.sim.put(1, "x", SnapshotStatus::Completed, ago(&w, 5));
+    let id = w
+        .sim
+        .put(ServerId::new(1), "x", SnapshotStatus::Completed, ago(&w, 5));
     // Every attempt answered 502: any of them may have been carried out.
     w.sim.inject(Fault::status(Op::Delete, 502, 10));
     let e = w.client().delete(id).await.unwrap_err();
@@ -143,7 +165,11 @@ async fn a_delete_that_may_have_happened_is_outcome_unknown() {
     assert!(matches!(e, ApiError::Server { status: 503, .. }), "{e}");
     // Gone before the first attempt: not found, not "deleted".
     w.sim.clear_faults();
-    let e = w.client().delete(id + 100).await.unwrap_err();
+    let e = w
+        .client()
+        .delete(SnapshotId::new(id.get() + 100))
+        .await
+        .unwrap_err();
     assert!(matches!(e, ApiError::NotFound { .. }), "{e}");
 }
 
@@ -151,9 +177,12 @@ async fn a_delete_that_may_have_happened_is_outcome_unknown() {
 async fn a_503_on_create_is_sent_again_since_nothing_was_done() {
     let w = world(SimOptions::default()).await;
     w.sim.inject(Fault::status(Op::Create, 503, 1));
-    w.client().create(1, "after_503", "").await.unwrap();
-    assert_eq!(w.sim.snapshots(1).len(), 1);
-    assert_eq!(w.sim.requests().1["create"], 2);
+    w.client()
+        .create(ServerId::new(1), "after_503", "")
+        .await
+        .unwrap();
+    assert_eq!(w.sim.snapshots(ServerId::new(1)).len(), 1);
+    assert_eq!(w.sim.requests().of(Op::Create), 2);
 }
 
 #[tokio::test]
@@ -186,8 +215,11 @@ async fn rate_limit_honours_retry_after() {
 async fn rate_limited_create_is_retried_since_nothing_was_done() {
     let w = world(SimOptions::default()).await;
     w.sim.inject(Fault::status(Op::Create, 429, 1));
-    w.client().create(1, "after_429", "").await.unwrap();
-    assert_eq!(w.sim.snapshots(1).len(), 1);
+    w.client()
+        .create(ServerId::new(1), "after_429", "")
+        .await
+        .unwrap();
+    assert_eq!(w.sim.snapshots(ServerId::new(1)).len(), 1);
 }
 
 #[tokio::test]
@@ -195,11 +227,19 @@ async fn a_dropped_create_is_outcome_unknown_not_retried() {
     let w = world(SimOptions::default()).await;
     w.sim
         .inject(Fault::new(Op::Create, FaultKind::DropAfter, 1));
-    let e = w.client().create(1, "dropped", "").await.unwrap_err();
+    let e = w
+        .client()
+        .create(ServerId::new(1), "dropped", "")
+        .await
+        .unwrap_err();
     assert!(matches!(e, ApiError::OutcomeUnknown { .. }), "{e}");
-    assert_eq!(w.sim.snapshots(1).len(), 1, "the simulator did create it");
     assert_eq!(
-        w.sim.requests().1["create"],
+        w.sim.snapshots(ServerId::new(1)).len(),
+        1,
+        "the simulator did create it"
+    );
+    assert_eq!(
+        w.sim.requests().of(Op::Create),
         1,
         "and the client did not send it twice"
     );
@@ -209,7 +249,11 @@ async fn a_dropped_create_is_outcome_unknown_not_retried() {
 async fn a_5xx_on_create_is_outcome_unknown() {
     let w = world(SimOptions::default()).await;
     w.sim.inject(Fault::status(Op::Create, 500, 1));
-    let e = w.client().create(1, "maybe", "").await.unwrap_err();
+    let e = w
+        .client()
+        .create(ServerId::new(1), "maybe", "")
+        .await
+        .unwrap_err();
     assert!(matches!(e, ApiError::OutcomeUnknown { .. }), "{e}");
 }
 
@@ -240,7 +284,7 @@ async fn a_dropped_list_is_retried() {
     let w = world(SimOptions::default()).await;
     w.sim.inject(Fault::new(Op::List, FaultKind::DropBefore, 1));
     w.client().list(None).await.unwrap();
-    assert_eq!(w.sim.requests().0, 2);
+    assert_eq!(w.sim.requests().total, 2);
 }
 
 #[tokio::test]
@@ -250,7 +294,7 @@ async fn unknown_status_values_are_kept() {
         "name":"x","status":"rebooting","size_mb":null,"created_at":"2026-11-28T02:00:00Z","description":null}]}"#;
     w.sim
         .inject(Fault::new(Op::List, FaultKind::Body(body.into()), 1));
-    let list = w.client().list(Some(1)).await.unwrap();
+    let list = w.client().list(Some(ServerId::new(1))).await.unwrap();
     assert_eq!(list[0].status, SnapshotStatus::Unknown("rebooting".into()));
 }
 
@@ -293,7 +337,11 @@ async fn a_create_answered_with_garbage_is_outcome_unknown() {
         FaultKind::Body("<html>oops".into()),
         1,
     ));
-    let e = w.client().create(1, "x", "").await.unwrap_err();
+    let e = w
+        .client()
+        .create(ServerId::new(1), "x", "")
+        .await
+        .unwrap_err();
     assert!(matches!(e, ApiError::OutcomeUnknown { .. }), "{e}");
 }
 
@@ -333,7 +381,7 @@ async fn a_fault_can_spare_the_first_requests() {
     let c = w.client();
     c.list(None).await.unwrap();
     c.list(None).await.unwrap();
-    assert_eq!(w.sim.requests().0, 2, "the first two were spared");
+    assert_eq!(w.sim.requests().total, 2, "the first two were spared");
     c.list(None).await.unwrap();
-    assert_eq!(w.sim.requests().0, 4, "the third was hit and retried");
+    assert_eq!(w.sim.requests().total, 4, "the third was hit and retried");
 }

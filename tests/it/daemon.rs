@@ -9,6 +9,7 @@ use vps_snapshot_agent::clock::{SharedClock, TokioClock};
 use vps_snapshot_agent::config::{JobSettings, Settings};
 use vps_snapshot_agent::daemon::{BoxFuture, ClockTimer, Control, Daemon, Executor, Services};
 use vps_snapshot_agent::db::{Database, Finish, NewRun, Owner, RunKind, RunStatus, RunTrigger};
+use vps_snapshot_agent::domain::{AlertKind, ServerId};
 
 /// One run started: job, trigger, the fire it belongs to, when it started.
 type Entry = (String, RunTrigger, DateTime<Utc>, DateTime<Utc>);
@@ -290,7 +291,7 @@ async fn a_missed_fire_is_caught_up_exactly_once() {
     let db = Database::open(&dir.path().join("h.db")).await.unwrap();
     let run = NewRun {
         job: "web",
-        server_id: 1,
+        server_id: ServerId::new(1),
         kind: RunKind::Snapshot,
         trigger: RunTrigger::Schedule,
         scheduled_for: None,
@@ -340,7 +341,7 @@ async fn with_earlier_run(job: &str, at: DateTime<Utc>) -> tempfile::TempDir {
     let db = Database::open(&dir.path().join("h.db")).await.unwrap();
     let run = NewRun {
         job,
-        server_id: 1,
+        server_id: ServerId::new(1),
         kind: RunKind::Snapshot,
         trigger: RunTrigger::Schedule,
         scheduled_for: None,
@@ -442,7 +443,7 @@ async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
     let settings = Settings::load(&config).unwrap();
     let db = Database::open(&dir.path().join("h.db")).await.unwrap();
     let clock = vps_snapshot_agent::clock::system();
-    let mailer = vps_snapshot_agent::mail::Mailer::from_settings(
+    let mailer = vps_snapshot_agent::alert::Mailer::from_settings(
         settings.email.as_ref(),
         db.clone(),
         clock.clone(),
@@ -479,7 +480,7 @@ async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
             .await
             .unwrap()
             .into_iter()
-            .filter(|a| a.kind == "stale")
+            .filter(|a| a.kind == AlertKind::Stale)
             .collect();
         if !stale.is_empty() {
             break;
@@ -495,7 +496,7 @@ async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|a| a.kind == "stale")
+        .filter(|a| a.kind == AlertKind::Stale)
         .collect();
     assert_eq!(stale.len(), 1, "no stale alert");
     assert_eq!(all.len(), 1, "one alert per stale spell");

@@ -8,7 +8,7 @@ use vps_snapshot_agent::api::SnapshotStatus;
 use vps_snapshot_agent::db::Database;
 use vps_snapshot_agent::sim::{Delay, Event, Fault, FaultKind, Mode, Op, Simulator};
 
-use crate::helpers::{Inbox, TOKEN, closed_port};
+use crate::helpers::{Inbox, RunId, ServerId, SnapshotId, TOKEN, closed_port};
 use crate::scene::{SERVER, Scene, Setup, command, kill_when, scene_with, step_is, text};
 
 fn setup(defaults: &str) -> Setup {
@@ -29,35 +29,36 @@ async fn history(s: &Scene) -> Vec<serde_json::Value> {
         .clone()
 }
 
-async fn run_json(s: &Scene, id: i64) -> serde_json::Value {
+async fn run_json(s: &Scene, id: RunId) -> serde_json::Value {
     history(s)
         .await
         .into_iter()
-        .find(|r| r["id"] == id)
+        .find(|r| r["id"] == id.get())
         .unwrap_or_else(|| panic!("run {id} is not in the history"))
 }
 
-fn deleted(run: &serde_json::Value) -> Vec<u64> {
+fn deleted(run: &serde_json::Value) -> Vec<SnapshotId> {
     run["deleted_snapshot_ids"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_u64().unwrap())
+        .map(|v| SnapshotId::new(v.as_u64().unwrap()))
         .collect()
 }
 
 /// Runs `run-once` `n` times, each expected to succeed; returns the snapshot ids made.
-async fn seed(s: &Scene, n: usize) -> Vec<u64> {
+async fn seed(s: &Scene, n: usize) -> Vec<SnapshotId> {
     let mut made = Vec::new();
     for _ in 0..n {
         let o = s.agent(&["run-once"]).await;
         assert_eq!(o.status.code(), Some(0), "seeding: {}", text(&o));
-        made.push(history(s).await[0]["snapshot"]["id"].as_u64().unwrap());
+        let id = history(s).await[0]["snapshot"]["id"].as_u64().unwrap();
+        made.push(SnapshotId::new(id));
     }
     made
 }
 
-fn deleted_by_agent(sim: &Simulator) -> Vec<u64> {
+fn deleted_by_agent(sim: &Simulator) -> Vec<SnapshotId> {
     sim.events()
         .into_iter()
         .filter_map(|e| match e {
@@ -212,7 +213,7 @@ async fn hole_5_moving_a_job_to_another_server_is_not_drift() {
     let s = scene_with(setup("keep_last = 2\n")).await;
     seed(&s, 2).await;
     s.reconfigure(&Setup {
-        server: SERVER + 1,
+        server: ServerId::new(SERVER.get() + 1),
         ..setup("keep_last = 2\n")
     });
     let o = s.agent(&["run-once"]).await;
@@ -301,7 +302,7 @@ async fn hole_8_a_hand_made_snapshot_with_an_agent_style_name_is_not_the_agents(
         day(2),
     );
     seed(&s, 2).await;
-    let left: Vec<u64> = s.sim.sim.snapshots(SERVER).iter().map(|x| x.id).collect();
+    let left: Vec<SnapshotId> = s.sim.sim.snapshots(SERVER).iter().map(|x| x.id).collect();
     for id in [look_alike, copied] {
         assert!(left.contains(&id), "{id} was deleted; left {left:?}");
     }

@@ -9,6 +9,7 @@ use secrecy::SecretString;
 use vps_snapshot_agent::api::Client;
 use vps_snapshot_agent::clock::VirtualClock;
 use vps_snapshot_agent::config::{ApiSettings, validate_base_url};
+pub use vps_snapshot_agent::domain::{RunId, ServerId, SnapshotId};
 use vps_snapshot_agent::sim::{SimOptions, SimServer, Simulator};
 
 pub const TOKEN: &str = "test-token-5f1c9a7e2b";
@@ -83,7 +84,7 @@ use vps_snapshot_agent::run::Runner;
 pub fn job(name: &str, server_id: u64, keep_last: u32) -> JobSettings {
     JobSettings {
         name: name.to_string(),
-        server_id,
+        server_id: ServerId::new(server_id),
         trigger: Trigger::Schedule(CronSpec::parse("0 30 2 * * *").unwrap()),
         timezone: chrono_tz::Tz::UTC,
         retention: RetentionPolicy {
@@ -146,13 +147,14 @@ impl World {
         job: Option<&str>,
         mins: i64,
         status: vps_snapshot_agent::api::SnapshotStatus,
-    ) -> u64 {
+    ) -> SnapshotId {
+        let server = ServerId::new(server);
         use vps_snapshot_agent::clock::Clock;
         let at = self.clock.now() - chrono::Duration::minutes(mins);
         match job {
             Some(j) => {
                 let name = vps_snapshot_agent::naming::new_name(j, at);
-                let description = marker().description(j, server, 0, &name);
+                let description = marker().description(j, server, RunId::new(0), &name);
                 self.sim
                     .put_described(server, &name, Some(&description), status, at)
             }
@@ -160,7 +162,7 @@ impl World {
         }
     }
 
-    pub fn deleted_ids(&self) -> Vec<u64> {
+    pub fn deleted_ids(&self) -> Vec<SnapshotId> {
         self.sim
             .events()
             .into_iter()
@@ -279,8 +281,8 @@ pub fn email_settings(port: u16) -> vps_snapshot_agent::config::EmailSettings {
 }
 
 impl World {
-    pub fn mailer(&self, db: &Database, port: u16) -> vps_snapshot_agent::mail::Mailer {
-        vps_snapshot_agent::mail::Mailer::from_settings(
+    pub fn mailer(&self, db: &Database, port: u16) -> vps_snapshot_agent::alert::Mailer {
+        vps_snapshot_agent::alert::Mailer::from_settings(
             Some(&email_settings(port)),
             db.clone(),
             Arc::new(self.clock.clone()),

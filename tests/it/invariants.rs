@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use vps_snapshot_agent::api::SnapshotStatus;
 use vps_snapshot_agent::db::{Database, RunKind, RunStatus};
+use vps_snapshot_agent::domain::{RunId, SnapshotId};
 use vps_snapshot_agent::mark::Marker;
 use vps_snapshot_agent::naming;
 use vps_snapshot_agent::sim::{Event, Simulator};
@@ -59,10 +60,10 @@ pub async fn violations(sim: &Simulator, db: &Database, expect: &Expect) -> Vec<
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
-    run_id: i64,
+    run_id: RunId,
     action: String,
     state: String,
-    snapshot_id: Option<i64>,
+    snapshot_id: Option<SnapshotId>,
     detail: Option<String>,
 }
 
@@ -80,14 +81,14 @@ async fn deletions(
 ) {
     let pins = db.pins().await.unwrap();
     let marker = Marker::new(expect.token.as_bytes());
-    let created: HashSet<u64> = events
+    let created: HashSet<SnapshotId> = events
         .iter()
         .filter_map(|e| match e {
             Event::Created { id, .. } => Some(*id),
             _ => None,
         })
         .collect();
-    let mut per_run: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut per_run: HashMap<RunId, Vec<String>> = HashMap::new();
     for e in events {
         let Event::Deleted {
             id,
@@ -119,7 +120,7 @@ async fn deletions(
         }
         let intents: Vec<&Row> = journal
             .iter()
-            .filter(|r| r.action == "delete" && r.snapshot_id == Some(*id as i64))
+            .filter(|r| r.action == "delete" && r.snapshot_id == Some(*id))
             .collect();
         // The request the API carried out: the intent not refused (an earlier run's
         // refused attempt is not it), the last if several.
@@ -213,7 +214,7 @@ fn endings(runs: &[vps_snapshot_agent::db::Run], journal: &[Row], bad: &mut Vec<
             r.id, r.job, r.step, r.owner
         ));
     }
-    let mut finished: HashMap<i64, usize> = HashMap::new();
+    let mut finished: HashMap<RunId, usize> = HashMap::new();
     for r in journal.iter().filter(|r| r.action == "finish") {
         *finished.entry(r.run_id).or_default() += 1;
     }
@@ -233,7 +234,13 @@ fn drift_alerts(
     bad: &mut Vec<String>,
 ) {
     for r in journal.iter().filter(|r| r.action == "vanished") {
-        let id = r.snapshot_id.unwrap_or_default() as u64;
+        let Some(id) = r.snapshot_id else {
+            bad.push(format!(
+                "run {} reported a vanished snapshot without an id",
+                r.run_id
+            ));
+            continue;
+        };
         let run = runs.iter().find(|x| x.id == r.run_id);
         let made = events.iter().any(|e| {
             matches!(e, Event::Created { id: i, server_id, name }

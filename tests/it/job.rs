@@ -8,6 +8,7 @@ use vps_snapshot_agent::db::{
 use vps_snapshot_agent::sim::{Fault, FaultKind, Mode, Op, SimOptions};
 
 use crate::helpers::*;
+use vps_snapshot_agent::domain::AlertKind;
 
 async fn setup(opts: SimOptions) -> (World, tempfile::TempDir) {
     (world(opts).await, tempfile::tempdir().unwrap())
@@ -24,13 +25,13 @@ async fn a_run_creates_waits_and_records_every_action() {
     let j = job("web", 1, 3);
     let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
     assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
-    let snaps = w.sim.snapshots(1);
+    let snaps = w.sim.snapshots(ServerId::new(1));
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0].status, Completed);
     assert!(snaps[0].name.starts_with("agent-web-"));
     assert_eq!(o.polls, 15, "300 s at a 20 s interval");
     // API requests per successful run: list + create + polls (no deletions here).
-    assert_eq!(w.sim.requests().0, 2 + u64::from(o.polls));
+    assert_eq!(w.sim.requests().total, 2 + u64::from(o.polls));
 
     let run = runner.db.run(o.run_id).await.unwrap().unwrap();
     let json = serde_json::to_value(&run).unwrap();
@@ -80,7 +81,12 @@ async fn rotation_keeps_the_policy_and_never_touches_unmanaged_or_pinned() {
         assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
         w.clock.advance(Duration::from_secs(3600));
     }
-    let left: Vec<u64> = w.sim.snapshots(1).iter().map(|s| s.id).collect();
+    let left: Vec<SnapshotId> = w
+        .sim
+        .snapshots(ServerId::new(1))
+        .iter()
+        .map(|s| s.id)
+        .collect();
     for id in [manual, other_job, pinned] {
         assert!(left.contains(&id), "{id} was deleted; left {left:?}");
         assert!(!w.deleted_ids().contains(&id));
@@ -99,7 +105,7 @@ async fn nothing_is_deleted_after_a_failed_or_timed_out_snapshot() {
         for m in [300, 200, 100] {
             w.put(1, Some("web"), m, Completed);
         }
-        w.sim.set_mode(1, mode);
+        w.sim.set_mode(ServerId::new(1), mode);
         let o = runner
             .run_job(&job("web", 1, 1), RunTrigger::Manual, None)
             .await
@@ -114,7 +120,7 @@ async fn nothing_is_deleted_after_a_failed_or_timed_out_snapshot() {
         // The failure is alerted in the same transaction.
         let pending = runner.db.pending_alerts().await.unwrap();
         assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].kind, "failed");
+        assert_eq!(pending[0].kind, AlertKind::Failed);
         assert!(pending[0].body.contains(says));
     }
 }
@@ -135,7 +141,7 @@ async fn a_failed_snapshot_is_cleaned_up_by_the_next_successful_run() {
 async fn at_the_limit_room_is_made_and_the_newest_good_one_kept() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
-    let ids: Vec<u64> = [500, 400, 300, 200, 100]
+    let ids: Vec<SnapshotId> = [500, 400, 300, 200, 100]
         .iter()
         .map(|m| w.put(1, Some("web"), *m, Completed))
         .collect();
@@ -148,14 +154,14 @@ async fn at_the_limit_room_is_made_and_the_newest_good_one_kept() {
     let deleted = w.deleted_ids();
     assert_eq!(deleted[0], ids[0], "make-room takes the oldest first");
     assert!(!deleted.contains(&newest));
-    assert_eq!(w.sim.snapshots(1).len(), 3);
+    assert_eq!(w.sim.snapshots(ServerId::new(1)).len(), 3);
 }
 
 #[tokio::test]
 async fn a_server_full_of_unmanaged_snapshots_fails_naming_them() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
-    let ids: Vec<u64> = (1..=5)
+    let ids: Vec<SnapshotId> = (1..=5)
         .map(|m| w.put(1, None, m * 100, Completed))
         .collect();
     let o = runner
@@ -170,7 +176,7 @@ async fn a_server_full_of_unmanaged_snapshots_fails_naming_them() {
     assert!(e.contains("not managed"), "{e}");
     assert_eq!(w.created(), 0);
     let alerts = runner.db.pending_alerts().await.unwrap();
-    assert_eq!(alerts[0].kind, "no_room");
+    assert_eq!(alerts[0].kind, AlertKind::NoRoom);
     assert!(
         alerts[0].subject.contains("NO ROOM web (server 1)"),
         "{}",
@@ -196,7 +202,7 @@ async fn a_dropped_create_response_yields_exactly_one_snapshot() {
             .await
             .unwrap();
         assert_eq!(o.status, RunStatus::Succeeded, "{kind:?}: {:?}", o.error);
-        assert_eq!(w.sim.snapshots(1).len(), 1, "{kind:?}");
+        assert_eq!(w.sim.snapshots(ServerId::new(1)).len(), 1, "{kind:?}");
         let adopted: i64 =
             sqlx::query_scalar("SELECT count(*) FROM journal WHERE action = 'adopt'")
                 .fetch_one(runner.db.pool())
@@ -238,7 +244,7 @@ async fn transient_errors_are_retried_and_a_400_is_not() {
         },
         1,
     ));
-    let before = w.sim.requests().1.get("create").copied().unwrap_or(0);
+    let before = w.sim.requests().of(Op::Create);
     let o = runner
         .run_job(&job("web", 1, 3), RunTrigger::Manual, None)
         .await
@@ -246,7 +252,7 @@ async fn transient_errors_are_retried_and_a_400_is_not() {
     assert_eq!(o.status, RunStatus::Failed);
     assert!(o.error.unwrap().contains("400"));
     assert_eq!(
-        w.sim.requests().1["create"] - before,
+        w.sim.requests().of(Op::Create) - before,
         1,
         "a 400 is not retried"
     );
@@ -311,7 +317,7 @@ async fn deletions_are_capped_and_one_failed_delete_does_not_stop_the_rest() {
                 .unwrap();
         let first = if spent == 1 { "unknown" } else { "error" };
         assert_eq!(states[0], first, "{code}: {states:?}");
-        assert_eq!(w.sim.snapshots(1).len(), 3 + spent, "{code}");
+        assert_eq!(w.sim.snapshots(ServerId::new(1)).len(), 3 + spent, "{code}");
     }
 }
 
@@ -319,7 +325,7 @@ async fn deletions_are_capped_and_one_failed_delete_does_not_stop_the_rest() {
 async fn a_snapshot_deleted_by_someone_else_mid_run_fails_the_run() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
-    w.sim.set_mode(1, Mode::Stuck);
+    w.sim.set_mode(ServerId::new(1), Mode::Stuck);
     let mut j = job("web", 1, 1);
     j.snapshot_timeout = Duration::from_secs(30 * 86_400);
     let task = tokio::spawn({
@@ -327,7 +333,7 @@ async fn a_snapshot_deleted_by_someone_else_mid_run_fails_the_run() {
         async move { runner.run_job(&j, RunTrigger::Manual, None).await }
     });
     let id = loop {
-        if let Some(s) = w.sim.snapshots(1).first() {
+        if let Some(s) = w.sim.snapshots(ServerId::new(1)).first() {
             break s.id;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -362,7 +368,7 @@ async fn a_managed_snapshot_that_vanished_between_runs_raises_drift() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|a| a.kind == "drift")
+        .filter(|a| a.kind == AlertKind::Drift)
         .collect();
     assert_eq!(drift.len(), 1, "one alert, not one per run");
     assert!(drift[0].body.contains(&id.to_string()));
@@ -389,7 +395,7 @@ async fn two_runs_on_one_server_never_overlap() {
         (RunStatus::Succeeded, RunStatus::Succeeded)
     );
     // Each run's span from lock to its last action does not overlap the other's.
-    let span = |run: i64| {
+    let span = |run: RunId| {
         let db = a.db.clone();
         async move {
             let (lo, hi): (i64, i64) = sqlx::query_as(
@@ -414,12 +420,12 @@ async fn two_runs_on_one_server_never_overlap() {
 async fn create_intent(
     w: &World,
     runner: &vps_snapshot_agent::run::Runner,
-    run: i64,
+    run: RunId,
     name: &str,
 ) -> EntryId {
     let intent = Intent {
         run_id: run,
-        server_id: 1,
+        server_id: ServerId::new(1),
         action: Action::Create,
         snapshot_id: None,
         snapshot_name: Some(name),
@@ -428,13 +434,13 @@ async fn create_intent(
     runner.db.intend(intent, w.clock.now()).await.unwrap()
 }
 
-async fn crashed_run(w: &World, runner: &vps_snapshot_agent::run::Runner) -> i64 {
+async fn crashed_run(w: &World, runner: &vps_snapshot_agent::run::Runner) -> RunId {
     runner
         .db
         .start_run(
             NewRun {
                 job: "web",
-                server_id: 1,
+                server_id: ServerId::new(1),
                 kind: RunKind::Snapshot,
                 trigger: RunTrigger::Schedule,
                 scheduled_for: None,
@@ -471,14 +477,19 @@ async fn a_run_that_died_after_sending_create_adopts_the_snapshot() {
     let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
     create_intent(&w, &runner, id, &name).await;
     // The create reached the API; the process died before recording the answer.
-    w.sim.put(1, &name, InProgress, w.clock.now());
+    w.sim
+        .put(ServerId::new(1), &name, InProgress, w.clock.now());
     let out = runner
         .resume_interrupted(&[job("web", 1, 3)])
         .await
         .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].status, RunStatus::Succeeded, "{:?}", out[0].error);
-    assert_eq!(w.sim.snapshots(1).len(), 1, "no second snapshot");
+    assert_eq!(
+        w.sim.snapshots(ServerId::new(1)).len(),
+        1,
+        "no second snapshot"
+    );
     assert_eq!(w.created(), 0, "nothing created by the resume");
 }
 
@@ -490,9 +501,12 @@ async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
     let id = crashed_run(&w, &runner).await;
     let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
     let entry = create_intent(&w, &runner, id, &name).await;
-    let snap = w
-        .sim
-        .put(1, &name, SnapshotStatus::Completed, w.clock.now());
+    let snap = w.sim.put(
+        ServerId::new(1),
+        &name,
+        SnapshotStatus::Completed,
+        w.clock.now(),
+    );
     runner
         .db
         .resolve(
@@ -553,7 +567,7 @@ async fn a_run_aborted_at_any_point_resumes_without_a_duplicate() {
         );
         let o = next.run_job(&j, RunTrigger::Manual, None).await.unwrap();
         assert_eq!(o.status, RunStatus::Succeeded, "cut {cut}: {:?}", o.error);
-        assert!(w.sim.snapshots(1).len() <= 2, "cut {cut}");
+        assert!(w.sim.snapshots(ServerId::new(1)).len() <= 2, "cut {cut}");
     }
 }
 
@@ -566,13 +580,13 @@ async fn a_steady_state_run_costs_two_requests_plus_polls_plus_deletions() {
     .await;
     let runner = w.runner(w.db(&dir).await);
     w.put(1, Some("web"), 600, Completed);
-    let before = w.sim.requests().0;
+    let before = w.sim.requests().total;
     let o = runner
         .run_job(&job("web", 1, 1), RunTrigger::Schedule, None)
         .await
         .unwrap();
     assert_eq!(o.deleted.len(), 1);
-    let used = w.sim.requests().0 - before;
+    let used = w.sim.requests().total - before;
     assert_eq!(
         used,
         2 + u64::from(o.polls) + 1,
@@ -609,14 +623,17 @@ async fn an_earlier_versions_database_keeps_knowing_its_snapshots() {
     let at = |mins| w.clock.now() - chrono::Duration::minutes(mins);
     // Made by the earlier version: named in the pattern, no mark, recorded in `actions`.
     let old_name = vps_snapshot_agent::naming::new_name("web", at(600));
-    let old = w.sim.put(1, &old_name, Completed, at(600));
+    let old = w.sim.put(ServerId::new(1), &old_name, Completed, at(600));
     // Asked for by a run that died before recording the answer; it landed.
     let lost_name = vps_snapshot_agent::naming::new_name("web", at(300));
-    let lost = w.sim.put(1, &lost_name, Completed, at(300));
+    let lost = w.sim.put(ServerId::new(1), &lost_name, Completed, at(300));
     // Named like the agent's, but made by hand: the earlier version never knew it.
-    let look_alike = w
-        .sim
-        .put(1, "agent-web-20250101T000000Z-abcdef", Completed, at(900));
+    let look_alike = w.sim.put(
+        ServerId::new(1),
+        "agent-web-20250101T000000Z-abcdef",
+        Completed,
+        at(900),
+    );
     let pool = database_before_the_journal(&path).await;
     for sql in [
         format!(
@@ -644,7 +661,11 @@ async fn an_earlier_versions_database_keeps_knowing_its_snapshots() {
     let runner = w.runner(Database::open(&path).await.unwrap());
     let known = runner
         .db
-        .known_snapshots(1, &[old, lost, look_alike], &[&old_name, &lost_name, "x"])
+        .known_snapshots(
+            ServerId::new(1),
+            &[old, lost, look_alike],
+            &[&old_name, &lost_name, "x"],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -666,7 +687,12 @@ async fn an_earlier_versions_database_keeps_knowing_its_snapshots() {
         .await
         .unwrap();
     assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
-    let left: Vec<u64> = w.sim.snapshots(1).iter().map(|s| s.id).collect();
+    let left: Vec<SnapshotId> = w
+        .sim
+        .snapshots(ServerId::new(1))
+        .iter()
+        .map(|s| s.id)
+        .collect();
     assert!(
         !left.contains(&old),
         "the old version's snapshot is still the agent's to rotate"

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
+use vps_snapshot_agent::alert::Delivery;
 use vps_snapshot_agent::db::{RunStatus, RunTrigger};
-use vps_snapshot_agent::mail::Delivery;
 use vps_snapshot_agent::run::run_many;
 use vps_snapshot_agent::sim::{Mode, SimOptions};
 
@@ -14,7 +14,7 @@ async fn a_failure_sends_one_mail_naming_job_server_and_error() {
     let dir = tempfile::tempdir().unwrap();
     let runner = w.runner(w.db(&dir).await);
     let mailer = w.mailer(&runner.db, port);
-    w.sim.set_mode(7, Mode::Fail);
+    w.sim.set_mode(ServerId::new(7), Mode::Fail);
     let o = runner
         .run_job(&job("web-01", 7, 3), RunTrigger::Schedule, None)
         .await
@@ -53,7 +53,7 @@ async fn a_failure_sends_one_mail_naming_job_server_and_error() {
     assert_eq!(mailer.deliver_due().await, Delivery::Sent(1));
 
     // Recovery sends one mail.
-    w.sim.set_mode(7, Mode::Normal);
+    w.sim.set_mode(ServerId::new(7), Mode::Normal);
     let ok = runner
         .run_job(&job("web-01", 7, 3), RunTrigger::Schedule, None)
         .await
@@ -82,7 +82,7 @@ async fn jobs_failing_together_send_one_digest() {
     let runner = w.runner(w.db(&dir).await);
     let jobs: Vec<_> = (1..=3).map(|i| job(&format!("app-{i}"), i, 2)).collect();
     for i in 1..=3 {
-        w.sim.set_mode(i, Mode::Fail);
+        w.sim.set_mode(ServerId::new(i), Mode::Fail);
     }
     let outs = run_many(&runner, &jobs, 8, RunTrigger::Schedule).await;
     assert!(
@@ -112,7 +112,7 @@ async fn an_alert_survives_an_smtp_outage_and_a_restart() {
     let port = closed_port();
     {
         let runner = w.runner(w.db(&dir).await);
-        w.sim.set_mode(3, Mode::Fail);
+        w.sim.set_mode(ServerId::new(3), Mode::Fail);
         runner
             .run_job(&job("db", 3, 2), RunTrigger::Schedule, None)
             .await
@@ -148,7 +148,7 @@ async fn alerts_older_than_a_day_go_out_marked_late() {
     let w = world(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let runner = w.runner(w.db(&dir).await);
-    w.sim.set_mode(3, Mode::Fail);
+    w.sim.set_mode(ServerId::new(3), Mode::Fail);
     runner
         .run_job(&job("db", 3, 2), RunTrigger::Schedule, None)
         .await

@@ -12,7 +12,7 @@ use vps_snapshot_agent::config::Settings;
 use vps_snapshot_agent::db::{Database, RunStatus};
 use vps_snapshot_agent::sim::{Fault, FaultKind, Mode, Op, SimOptions, Simulator};
 
-use crate::helpers::{Inbox, TOKEN, closed_port};
+use crate::helpers::{Inbox, SnapshotId, TOKEN, closed_port};
 use crate::invariants;
 use crate::scene::{SERVER, command, crash, expect, sane, scene, step_is, text};
 
@@ -435,7 +435,9 @@ async fn database_failures_name_the_file_and_lose_nothing() {
     // Another writer holding the database for a moment: the agent waits, loses nothing.
     let path = dir.path().join("h.db");
     let db = Database::open(&path).await.unwrap();
-    db.pin(1, chrono::Utc::now()).await.unwrap();
+    db.pin(SnapshotId::new(1), chrono::Utc::now())
+        .await
+        .unwrap();
     let other = Database::open(&path).await.unwrap();
     let mut tx = other.pool().begin().await.unwrap();
     sqlx::query("INSERT INTO pins (snapshot_id, pinned_at) VALUES (2, 0)")
@@ -446,9 +448,12 @@ async fn database_failures_name_the_file_and_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         tx.commit().await.unwrap();
     });
-    db.pin(3, chrono::Utc::now()).await.unwrap();
+    db.pin(SnapshotId::new(3), chrono::Utc::now())
+        .await
+        .unwrap();
     writer.await.unwrap();
-    assert_eq!(db.pins().await.unwrap(), [1, 2, 3].into());
+    let pinned = [1, 2, 3].map(SnapshotId::new).into();
+    assert_eq!(db.pins().await.unwrap(), pinned);
 }
 
 /// TOML-ish documents from the config's own vocabulary and random values.

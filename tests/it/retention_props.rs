@@ -8,6 +8,7 @@ use chrono::{TimeZone, Utc};
 use chrono_tz::Tz;
 use proptest::prelude::*;
 use vps_snapshot_agent::api::SnapshotStatus;
+use vps_snapshot_agent::domain::SnapshotId;
 use vps_snapshot_agent::retention::{
     Candidate, LIMIT, RetentionPolicy, SLOTS, make_room, plan, victims,
 };
@@ -36,7 +37,7 @@ fn snapshots() -> impl Strategy<Value = Vec<Candidate>> {
         v.into_iter()
             .enumerate()
             .map(|(i, (mins, status, managed, pinned))| Candidate {
-                id: 800 + i as u64,
+                id: SnapshotId::new(800 + i as u64),
                 created_at: base + chrono::Duration::minutes(mins),
                 status,
                 managed,
@@ -77,7 +78,7 @@ fn tz() -> impl Strategy<Value = Tz> {
     ])
 }
 
-fn newest_completed_managed(snaps: &[Candidate]) -> Option<u64> {
+fn newest_completed_managed(snaps: &[Candidate]) -> Option<SnapshotId> {
     snaps
         .iter()
         .filter(|s| s.managed && s.status == SnapshotStatus::Completed)

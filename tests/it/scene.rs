@@ -11,11 +11,11 @@ use vps_snapshot_agent::api::SnapshotStatus;
 use vps_snapshot_agent::db::{Database, RunStatus};
 use vps_snapshot_agent::sim::{Delay, SimOptions, SimServer, Simulator};
 
-use crate::helpers::TOKEN;
+use crate::helpers::{RunId, ServerId, TOKEN};
 use crate::invariants::{self, Expect};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agent");
-pub const SERVER: u64 = 5;
+pub const SERVER: ServerId = ServerId::new(5);
 
 pub struct Scene {
     pub sim: SimServer,
@@ -30,7 +30,7 @@ pub struct Setup {
     /// Extra `[defaults]` lines.
     pub defaults: String,
     /// The job's server.
-    pub server: u64,
+    pub server: ServerId,
     pub smtp_port: u16,
 }
 
@@ -107,7 +107,7 @@ pub async fn scene(delay: Duration, old: usize, smtp_port: u16, extra_defaults: 
     for i in 0..old {
         let at = now - chrono::Duration::days(i as i64 + 1);
         let name = vps_snapshot_agent::naming::new_name("web", at);
-        let description = crate::helpers::marker().description("web", SERVER, 0, &name);
+        let description = crate::helpers::marker().description("web", SERVER, RunId::new(0), &name);
         s.sim.sim.put_described(
             SERVER,
             &name,
@@ -216,7 +216,7 @@ pub async fn kill_when(
     s: &Scene,
     point: &str,
     at: impl AsyncFn(&Database, &Simulator) -> bool,
-) -> i64 {
+) -> RunId {
     let log = std::fs::File::create(s.dir.path().join("killed.log")).unwrap();
     let mut child = command(&s.cfg, &["run-once"])
         .stdout(Stdio::null())

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fastrand::Rng;
 use vps_snapshot_agent::api::SnapshotStatus;
+use vps_snapshot_agent::domain::{ServerId, SnapshotId};
 use vps_snapshot_agent::sim::{Delay, Fault, Mode, SimOptions, SimServer, Simulator};
 
 use super::history::{EditPick, FaultPick, History, Model, OpPick, Pace, SERVERS};
@@ -33,12 +34,12 @@ pub enum Step {
     },
     ClearFaults,
     Mode {
-        server: u64,
+        server: ServerId,
         mode: u8,
     },
     DeleteByHand(u32),
     AddByHand {
-        server: u64,
+        server: ServerId,
         look_alike: bool,
     },
     Pin(u32),
@@ -262,7 +263,7 @@ impl Site {
         }
     }
 
-    fn pick(&self, n: u32, completed: bool) -> Option<u64> {
+    fn pick(&self, n: u32, completed: bool) -> Option<SnapshotId> {
         let mut all: Vec<_> = SERVERS
             .iter()
             .flat_map(|s| self.sim().snapshots(*s))

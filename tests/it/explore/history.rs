@@ -5,15 +5,21 @@
 use std::fmt;
 
 use fastrand::Rng;
+use vps_snapshot_agent::domain::ServerId;
 
 /// The servers a history can use.
-pub const SERVERS: [u64; 4] = [11, 12, 13, 14];
+pub const SERVERS: [ServerId; 4] = [
+    ServerId::new(11),
+    ServerId::new(12),
+    ServerId::new(13),
+    ServerId::new(14),
+];
 
 /// One job as the config says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobModel {
     pub name: String,
-    pub server: u64,
+    pub server: ServerId,
     pub keep_last: u32,
     /// A maintenance-window job (else a schedule).
     pub window: bool,
@@ -159,14 +165,14 @@ pub enum Event {
     ClearFaults,
     /// A server's snapshots start failing, sticking, or behave again (0, 1, 2).
     Mode {
-        server: u64,
+        server: ServerId,
         mode: u8,
     },
     /// Someone deletes a snapshot (the n-th listed) in the panel.
     DeleteByHand(u32),
     /// Someone makes a snapshot by hand: named like a job's (`look_alike`) or not.
     AddByHand {
-        server: u64,
+        server: ServerId,
         look_alike: bool,
     },
     Restore(u32),

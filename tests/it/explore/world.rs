@@ -8,12 +8,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use vps_snapshot_agent::alert::Mailer;
 use vps_snapshot_agent::api::{Client, Snapshot, SnapshotStatus};
 use vps_snapshot_agent::clock::{Clock, SharedClock, VirtualClock};
 use vps_snapshot_agent::config::Settings;
 use vps_snapshot_agent::daemon::{Control, Daemon, Services};
 use vps_snapshot_agent::db::{Database, Owner};
-use vps_snapshot_agent::mail::Mailer;
+use vps_snapshot_agent::domain::{ServerId, SnapshotId};
 use vps_snapshot_agent::run::Runner;
 use vps_snapshot_agent::sim::{
     Delay, Fault, FaultKind, Mode, Op, SimOptions, SimServer, Simulator, TripWire,
@@ -358,7 +359,7 @@ impl World {
             }
             Event::Unpin(n) => {
                 let db = Database::open(&self.db_path).await.unwrap();
-                let mut pins: Vec<u64> = db.pins().await.unwrap().into_iter().collect();
+                let mut pins: Vec<SnapshotId> = db.pins().await.unwrap().into_iter().collect();
                 pins.sort_unstable();
                 if !pins.is_empty() {
                     db.unpin(pins[n as usize % pins.len()]).await.unwrap();
@@ -394,7 +395,7 @@ impl World {
         (!all.is_empty()).then(|| all[n as usize % all.len()].clone())
     }
 
-    fn add_by_hand(&mut self, server: u64, look_alike: bool) {
+    fn add_by_hand(&mut self, server: ServerId, look_alike: bool) {
         if self.sim().snapshots(server).len() >= 5 {
             return;
         }

@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::Utc;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -154,8 +153,8 @@ impl Mailer {
         let late_note = |a: &PendingAlert| {
             format!(
                 "(Late: queued {} ago, at {}; the mail server could not be reached until now.)\n\n",
-                crate::alert::fmt_age(now - a.created_at),
-                crate::alert::fmt_time(a.created_at)
+                super::text::fmt_age(now - a.created_at),
+                super::text::fmt_time(a.created_at)
             )
         };
         let footer = format!("\n-- \nvps-snapshot-agent on {}\n", self.smtp.host);
@@ -238,7 +237,7 @@ impl Mailer {
         };
         match sent {
             Ok(_) => {
-                if let Err(e) = self.db.mark_alerts_sent(&ids, Utc::now()).await {
+                if let Err(e) = self.db.mark_alerts_sent(&ids, self.clock.now()).await {
                     tracing::error!("{e}");
                 }
                 tracing::info!(count = ids.len(), "alert mail sent");

@@ -1,0 +1,259 @@
+//! What alerts say: every subject and body the agent sends is written here.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::api::Snapshot;
+use crate::db::{NewAlert, Run};
+use crate::domain::{AlertKind, RunId, ServerId, SnapshotId};
+
+pub fn subject(kind: AlertKind, job: &str, server_id: ServerId) -> String {
+    format!("[agent] {} {job} (server {server_id})", kind.headline())
+}
+
+pub fn fmt_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+pub fn fmt_age(d: chrono::Duration) -> String {
+    let secs = d.num_seconds().max(0) as u64;
+    let rounded = if secs >= 3600 { secs / 60 * 60 } else { secs };
+    humantime::format_duration(Duration::from_secs(rounded)).to_string()
+}
+
+/// What went wrong, as far as the advice to the operator goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The server has no room, and nothing may be deleted to make it.
+    NoRoom,
+    /// The snapshot did not complete within `snapshot_timeout`.
+    NotCompleted,
+    /// The provider reported the snapshot as failed.
+    SnapshotFailed,
+    /// The API rejected the token.
+    Unauthorized,
+    /// The API was unreachable or failing.
+    ApiDown,
+    Other,
+}
+
+/// The facts a failure alert reports.
+pub struct Failure<'a> {
+    pub cause: Cause,
+    pub job: &'a str,
+    pub server_id: ServerId,
+    pub run_id: RunId,
+    pub step: &'a str,
+    pub error: &'a str,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub last_good: Option<&'a Run>,
+    pub listing: &'a [Snapshot],
+}
+
+fn advice(cause: Cause, job: &str) -> Vec<String> {
+    let mut out: Vec<String> = match cause {
+        Cause::Unauthorized => vec![
+            "The API token was rejected: put a valid token in the token file and run `agent check`.".into(),
+        ],
+        Cause::NoRoom => vec![format!(
+            "The server has no room: delete or unpin one of the snapshots listed above \
+             (`agent snapshots --job {job}`, `agent unpin ID`)."
+        )],
+        Cause::NotCompleted => vec![
+            "The snapshot did not finish in time: check the server in the VPS.org panel; raise snapshot_timeout if it is simply slow.".into(),
+        ],
+        Cause::SnapshotFailed => vec![
+            "The provider reported the snapshot as failed: check the server's state in the VPS.org panel.".into(),
+        ],
+        Cause::ApiDown => vec![
+            "The API was unreachable or failing: the job runs again at its next time; run it by hand when the API is back.".into(),
+        ],
+        Cause::Other => Vec::new(),
+    };
+    out.push(format!("Run it again by hand: agent run-once --job {job}"));
+    out.push(format!("See what happened: agent history --job {job}"));
+    out
+}
+
+fn write_listing(body: &mut String, listing: &[Snapshot]) {
+    if listing.is_empty() {
+        body.push_str("  (none, or the listing failed)\n");
+    }
+    for s in listing {
+        let _ = writeln!(
+            body,
+            "  {:>8}  {:<48} {:<12} {}",
+            s.id,
+            s.name,
+            s.status.as_str(),
+            fmt_time(s.created_at)
+        );
+    }
+}
+
+pub fn failure(f: &Failure<'_>) -> NewAlert {
+    let (kind, what) = match f.cause {
+        Cause::NoRoom => (AlertKind::NoRoom, "could not make room for a new snapshot"),
+        _ => (AlertKind::Failed, "failed"),
+    };
+    let mut body = format!(
+        "Snapshot job {} on server {} {what}.\n\n",
+        f.job, f.server_id
+    );
+    let _ = writeln!(body, "Error:    {}", f.error);
+    let _ = writeln!(body, "Step:     {}", f.step);
+    let _ = writeln!(body, "Run:      {}", f.run_id);
+    let _ = writeln!(body, "Started:  {}", fmt_time(f.started_at));
+    let _ = writeln!(body, "Finished: {}\n", fmt_time(f.finished_at));
+    match f
+        .last_good
+        .and_then(|r| r.snapshot.as_ref().map(|s| (r, s)))
+    {
+        Some((r, s)) => {
+            let at = r.finished_at.unwrap_or(r.started_at);
+            let _ = writeln!(
+                body,
+                "Last good snapshot: {} (id {}), {} ago ({})\n",
+                s.name,
+                s.id.map_or("?".into(), |i| i.to_string()),
+                fmt_age(f.finished_at - at),
+                fmt_time(at)
+            );
+        }
+        None => body.push_str("Last good snapshot: none recorded by this agent\n\n"),
+    }
+    body.push_str("Snapshots on the server now:\n");
+    write_listing(&mut body, f.listing);
+    body.push_str("\nWhat to do next:\n");
+    for line in advice(f.cause, f.job) {
+        let _ = writeln!(body, "  - {line}");
+    }
+    alert(
+        kind,
+        f.job,
+        f.server_id,
+        Some(f.run_id),
+        body,
+        f.finished_at,
+    )
+}
+
+fn alert(
+    kind: AlertKind,
+    job: &str,
+    server_id: ServerId,
+    run_id: Option<RunId>,
+    body: String,
+    at: DateTime<Utc>,
+) -> NewAlert {
+    NewAlert {
+        job: Some(job.to_string()),
+        server_id: Some(server_id),
+        run_id,
+        kind,
+        subject: subject(kind, job, server_id),
+        body,
+        created_at: at,
+    }
+}
+
+/// A notice from a check rather than a run's end: the text, and when it was seen.
+fn notice(
+    kind: AlertKind,
+    job: &str,
+    server_id: ServerId,
+    run_id: Option<RunId>,
+    text: &str,
+    at: DateTime<Utc>,
+) -> NewAlert {
+    let body = format!("{text}\n\nDetected at {}.\n", fmt_time(at));
+    alert(kind, job, server_id, run_id, body, at)
+}
+
+pub fn recovered(
+    job: &str,
+    server_id: ServerId,
+    run_id: RunId,
+    snapshot: &str,
+    at: DateTime<Utc>,
+    failed_since: Option<DateTime<Utc>>,
+) -> NewAlert {
+    let mut body = format!("Snapshot job {job} on server {server_id} succeeded again.\n\n");
+    let _ = writeln!(body, "Snapshot: {snapshot}");
+    let _ = writeln!(body, "Run:      {run_id}");
+    let _ = writeln!(body, "At:       {}", fmt_time(at));
+    if let Some(since) = failed_since {
+        let _ = writeln!(
+            body,
+            "Failing since: {} ({} ago)",
+            fmt_time(since),
+            fmt_age(at - since)
+        );
+    }
+    body.push_str("\nNothing to do.\n");
+    alert(AlertKind::Recovered, job, server_id, Some(run_id), body, at)
+}
+
+/// No success for `stale_after`: the last success (if any) at `since`.
+pub fn stale(
+    job: &str,
+    server_id: ServerId,
+    since: DateTime<Utc>,
+    last: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> NewAlert {
+    let text = format!(
+        "Job {job} has had no successful snapshot for {} (since {}).\n\
+         Check `agent status` and `agent history --job {job}`; is the agent running and the schedule right?",
+        fmt_age(now - since),
+        last.map_or("the agent started".to_string(), fmt_time),
+    );
+    notice(AlertKind::Stale, job, server_id, None, &text, now)
+}
+
+/// A maintenance window opened before the snapshot `(id, name)` completed.
+pub fn window_not_ready(
+    job: &str,
+    server_id: ServerId,
+    run_id: RunId,
+    snapshot: (SnapshotId, &str),
+    opens: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> NewAlert {
+    let text = format!(
+        "The snapshot for job {job} (id {}, {}) was not completed when the maintenance window opened at {}.\n\
+         The agent keeps waiting for it; hold the maintenance until it completes.",
+        snapshot.0,
+        snapshot.1,
+        fmt_time(opens)
+    );
+    notice(
+        AlertKind::NotReadyBeforeWindow,
+        job,
+        server_id,
+        Some(run_id),
+        &text,
+        now,
+    )
+}
+
+/// Snapshots `gone` (id, name) the job made vanished without the agent deleting them.
+pub fn drift(
+    job: &str,
+    server_id: ServerId,
+    run_id: RunId,
+    gone: &[(SnapshotId, String)],
+    now: DateTime<Utc>,
+) -> NewAlert {
+    let mut text = format!(
+        "Snapshots made by job {job} vanished from server {server_id} without the agent deleting them:\n"
+    );
+    for (id, name) in gone {
+        let _ = writeln!(text, "  {id}  {name}");
+    }
+    text.push_str("\nSomeone deleted them in the panel or through the API. If that was not intended, find out who.");
+    notice(AlertKind::Drift, job, server_id, Some(run_id), &text, now)
+}

@@ -1,0 +1,396 @@
+//! `agent run`: the daemon. Each job's next fire time is computed here (DST-correct, see
+//! [`crate::schedule`]) and only the soonest is armed as a one-shot on a [`Timer`]
+//! ([`timer`]: tokio-cron-scheduler in production), then re-armed after it fires. Running
+//! jobs are tracked (a job still running when its next time comes is not started twice),
+//! concurrency is capped, missed fires are caught up once and stale jobs alerted
+//! ([`checks`]), SIGHUP reloads and SIGTERM drains ([`signals`]), and systemd hears of it
+//! all ([`notify`]).
+
+mod checks;
+pub mod notify;
+pub mod signals;
+mod timer;
+
+pub use timer::{BoxFuture, ClockTimer, CronTimer, Fire, Timer};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::alert::Mailer;
+use crate::clock::SharedClock;
+use crate::config::{JobSettings, Settings};
+use crate::db::{Database, RunTrigger};
+use crate::run::Runner;
+use crate::schedule;
+
+/// What runs a job when it fires (the real [`Runner`], or a recorder in scheduler tests).
+pub trait Executor: Send + Sync + 'static {
+    fn run(
+        &self,
+        job: JobSettings,
+        trigger: RunTrigger,
+        scheduled_for: DateTime<Utc>,
+    ) -> BoxFuture<'static, ()>;
+    /// Finishes runs a dead process left `running` (see [`Runner::resume_interrupted`]).
+    fn resume(&self, jobs: Vec<JobSettings>) -> BoxFuture<'static, ()>;
+}
+
+impl Executor for Runner {
+    fn run(
+        &self,
+        job: JobSettings,
+        trigger: RunTrigger,
+        scheduled_for: DateTime<Utc>,
+    ) -> BoxFuture<'static, ()> {
+        let runner = self.clone();
+        Box::pin(async move {
+            if let Err(e) = runner.run_job(&job, trigger, Some(scheduled_for)).await {
+                tracing::error!(job = %job.name, "{e:#}");
+            }
+        })
+    }
+
+    fn resume(&self, jobs: Vec<JobSettings>) -> BoxFuture<'static, ()> {
+        let runner = self.clone();
+        Box::pin(async move {
+            match runner.resume_interrupted(&jobs).await {
+                Ok(done) => {
+                    for o in done {
+                        tracing::info!(run = %o.run_id, job = %o.job, status = %o.status, "finished an interrupted run");
+                    }
+                }
+                Err(e) => tracing::error!("{e:#}"),
+            }
+        })
+    }
+}
+
+/// Messages to the daemon loop (from signals, or from tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Reload,
+    Stop,
+}
+
+/// The parts a configuration determines, rebuilt on reload.
+pub struct Services {
+    pub settings: Settings,
+    pub executor: Arc<dyn Executor>,
+    pub mailer: Option<Arc<Mailer>>,
+}
+
+/// Builds the services of a newly read configuration (SIGHUP).
+pub type Reload = Box<dyn Fn() -> Result<Services, anyhow::Error> + Send + Sync>;
+
+pub struct Daemon {
+    pub services: Services,
+    pub db: Database,
+    pub clock: SharedClock,
+    pub timer: Arc<dyn Timer>,
+    /// How long SIGTERM waits for running jobs before leaving them for resumption.
+    pub grace: Duration,
+    /// How often alert delivery and resumption run.
+    pub check_every: Duration,
+    /// How often jobs without a recent success are looked for (stale limits are hours).
+    pub stale_every: Duration,
+    pub reload: Reload,
+}
+
+/// Builds the services a configuration calls for.
+pub fn services_for(
+    settings: Settings,
+    db: &Database,
+    clock: &SharedClock,
+) -> anyhow::Result<Services> {
+    let token = settings.api.token()?;
+    let client = crate::api::Client::new(&settings.api, token, clock.clone())?;
+    let runner = Runner::from_settings(&settings, db.clone(), client, clock.clone());
+    let mailer =
+        Mailer::from_settings(settings.email.as_ref(), db.clone(), clock.clone())?.map(Arc::new);
+    Ok(Services {
+        settings,
+        executor: Arc::new(runner),
+        mailer,
+    })
+}
+
+impl Daemon {
+    /// The daemon for the configuration file at `path` (read as `settings`), woken by
+    /// `timer`; a reload reads the file again.
+    pub fn for_config(
+        path: &std::path::Path,
+        settings: Settings,
+        db: Database,
+        clock: SharedClock,
+        timer: Arc<dyn Timer>,
+    ) -> anyhow::Result<Self> {
+        let services = services_for(settings, &db, &clock)?;
+        let (path, reload_db, reload_clock) = (path.to_path_buf(), db.clone(), clock.clone());
+        Ok(Daemon {
+            services,
+            db,
+            clock,
+            timer,
+            grace: GRACE,
+            check_every: Duration::from_secs(30),
+            stale_every: Duration::from_secs(300),
+            reload: Box::new(move || {
+                let settings = Settings::load(&path)?;
+                for w in &settings.warnings {
+                    tracing::warn!("{w}");
+                }
+                services_for(settings, &reload_db, &reload_clock)
+            }),
+        })
+    }
+}
+
+/// How long SIGTERM waits for running snapshots (systemd's default stop timeout is 90 s).
+pub const GRACE: Duration = Duration::from_secs(75);
+
+/// The loop's state.
+struct Loop {
+    fires_tx: mpsc::UnboundedSender<Fire>,
+    done_tx: mpsc::UnboundedSender<String>,
+    tracker: TaskTracker,
+    permits: Arc<Semaphore>,
+    running: HashSet<String>,
+    next: HashMap<String, DateTime<Utc>>,
+    /// Fires armed before the last reload carry an older generation and are ignored.
+    generation: u64,
+    started: DateTime<Utc>,
+    /// The periodic work in flight (at most one of each).
+    resuming: Option<JoinHandle<()>>,
+    delivery: Option<JoinHandle<()>>,
+    last_stale_check: Option<tokio::time::Instant>,
+}
+
+fn idle(task: &Option<JoinHandle<()>>) -> bool {
+    task.as_ref().is_none_or(JoinHandle::is_finished)
+}
+
+impl Daemon {
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Computes `job`'s next fire strictly after `after` into the table of next fires.
+    fn plan_next(&self, lp: &mut Loop, job: &JobSettings, after: DateTime<Utc>) {
+        match schedule::next_fire(job, after) {
+            Some(at) => {
+                lp.next.insert(job.name.clone(), at);
+            }
+            None => {
+                lp.next.remove(&job.name);
+                tracing::warn!(job = %job.name, "the schedule never fires again");
+            }
+        }
+    }
+
+    /// Arms the timer for the soonest next fire only: one pending one-shot however many
+    /// jobs there are (tokio-cron-scheduler walks all its jobs on every tick).
+    async fn arm_soonest(&self, lp: &mut Loop) {
+        let Some((job, at)) = lp.next.iter().min_by_key(|(_, t)| **t) else {
+            return;
+        };
+        let fire = Fire {
+            job: job.clone(),
+            at: *at,
+            generation: lp.generation,
+        };
+        if let Err(e) = self.timer.arm(fire, lp.fires_tx.clone()).await {
+            tracing::error!("cannot arm the next run: {e:#}");
+        }
+    }
+
+    async fn arm_all(&self, lp: &mut Loop) {
+        let now = self.now();
+        lp.next.clear();
+        for job in self.services.settings.jobs.clone() {
+            self.plan_next(lp, &job, now);
+        }
+        self.arm_soonest(lp).await;
+    }
+
+    fn start_run(&self, lp: &mut Loop, job: JobSettings, trigger: RunTrigger, at: DateTime<Utc>) {
+        if !lp.running.insert(job.name.clone()) {
+            tracing::warn!(job = %job.name, %at, "skipped: the previous run of this job is still going");
+            return;
+        }
+        let exec = self.services.executor.clone();
+        let permits = lp.permits.clone();
+        let done = lp.done_tx.clone();
+        lp.tracker.spawn(async move {
+            let name = job.name.clone();
+            if let Ok(_permit) = permits.acquire_owned().await {
+                exec.run(job, trigger, at).await;
+            }
+            let _ = done.send(name);
+        });
+    }
+
+    fn status_line(&self, lp: &Loop) -> String {
+        let running = lp.running.len();
+        match lp.next.iter().min_by_key(|(_, t)| **t) {
+            Some((job, t)) => format!(
+                "next: {job} at {}; {running} running",
+                t.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            None => format!("no job scheduled; {running} running"),
+        }
+    }
+
+    /// Every job due by now runs, each for the fire time it was due at.
+    async fn on_fire(&self, lp: &mut Loop, fire: Fire) {
+        if fire.generation != lp.generation {
+            return;
+        }
+        let now = self.now().max(fire.at);
+        let mut due: Vec<(String, DateTime<Utc>)> = lp
+            .next
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(j, t)| (j.clone(), *t))
+            .collect();
+        due.sort_by_key(|(_, t)| *t);
+        for (name, at) in due {
+            let Some(job) = self.services.settings.job(&name).cloned() else {
+                lp.next.remove(&name);
+                continue;
+            };
+            self.plan_next(lp, &job, at.max(now));
+            self.start_run(lp, job, RunTrigger::Schedule, at);
+        }
+        self.arm_soonest(lp).await;
+        notify::send(&[notify::State::Status(&self.status_line(lp))]);
+    }
+
+    /// SIGHUP: a valid new configuration replaces the schedule; an invalid one is logged
+    /// and the running one kept.
+    async fn on_reload(&mut self, lp: &mut Loop) {
+        notify::send(&[notify::State::Reloading]);
+        match (self.reload)() {
+            Ok(services) => {
+                self.services = services;
+                lp.generation += 1;
+                self.timer.disarm_all().await;
+                let max = self.services.settings.api.max_concurrent_jobs;
+                lp.permits = Arc::new(Semaphore::new(max));
+                self.arm_all(lp).await;
+                let jobs = self.services.settings.jobs.len();
+                tracing::info!(jobs, "configuration reloaded; {}", self.status_line(lp));
+            }
+            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
+        }
+        let status = self.status_line(lp);
+        notify::send(&[notify::State::Ready, notify::State::Status(&status)]);
+    }
+
+    /// The periodic work: stale checks (every `stale_every`), resumption of runs dead
+    /// processes left, and alert delivery, each started only when the last one ended.
+    async fn on_check(&self, lp: &mut Loop) {
+        // Stale limits are hours or days: a look every few minutes is plenty.
+        let stale_due = lp
+            .last_stale_check
+            .is_none_or(|t| t.elapsed() >= self.stale_every);
+        if stale_due {
+            lp.last_stale_check = Some(tokio::time::Instant::now());
+            self.stale_check(lp).await;
+        }
+        if idle(&lp.resuming) {
+            let jobs = self.services.settings.jobs.clone();
+            lp.resuming = Some(tokio::spawn(self.services.executor.resume(jobs)));
+        }
+        if let Some(m) = &self.services.mailer
+            && idle(&lp.delivery)
+        {
+            let m = m.clone();
+            lp.delivery = Some(tokio::spawn(async move {
+                m.deliver_due().await;
+            }));
+        }
+    }
+
+    /// Runs until `control` says stop (or closes).
+    pub async fn run(
+        mut self,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) -> anyhow::Result<()> {
+        let (fires_tx, mut fires) = mpsc::unbounded_channel();
+        let (done_tx, mut done) = mpsc::unbounded_channel();
+        let max = self.services.settings.api.max_concurrent_jobs;
+        let mut lp = Loop {
+            fires_tx,
+            done_tx,
+            tracker: TaskTracker::new(),
+            permits: Arc::new(Semaphore::new(max)),
+            running: HashSet::new(),
+            next: HashMap::new(),
+            generation: 0,
+            started: self.now(),
+            resuming: None,
+            delivery: None,
+            last_stale_check: None,
+        };
+        self.catch_up(&mut lp).await;
+        self.arm_all(&mut lp).await;
+        let status = self.status_line(&lp);
+        let jobs = self.services.settings.jobs.len();
+        tracing::info!(jobs, "scheduled; {status}");
+        notify::send(&[notify::State::Ready, notify::State::Status(&status)]);
+        let watchdog_every = notify::watchdog_every();
+        let mut watchdog =
+            tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+        // The first tick is at once: resumption, delivery and a stale check at start.
+        let mut checks = tokio::time::interval(self.check_every);
+        loop {
+            tokio::select! {
+                Some(fire) = fires.recv() => self.on_fire(&mut lp, fire).await,
+                Some(name) = done.recv() => {
+                    lp.running.remove(&name);
+                }
+                c = control.recv() => match c {
+                    Some(Control::Reload) => self.on_reload(&mut lp).await,
+                    Some(Control::Stop) | None => break,
+                },
+                _ = watchdog.tick(), if watchdog_every.is_some() => {
+                    notify::send(&[notify::State::Watchdog]);
+                }
+                _ = checks.tick() => self.on_check(&mut lp).await,
+            }
+        }
+        self.drain(lp).await;
+        Ok(())
+    }
+
+    /// SIGTERM: no new runs; running ones get `grace` to finish, and are otherwise left
+    /// recorded as running, for the next start to resume.
+    async fn drain(&self, lp: Loop) {
+        notify::send(&[notify::State::Stopping]);
+        self.timer.disarm_all().await;
+        lp.tracker.close();
+        let left = lp.running.len();
+        if left > 0 {
+            let grace = humantime::format_duration(self.grace);
+            tracing::info!("stopping: waiting up to {grace} for {left} running job(s)");
+        }
+        if tokio::time::timeout(self.grace, lp.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "stopping with {} job(s) still running; they stay recorded as running and are resumed at the next start",
+                lp.running.len()
+            );
+        }
+        if let Some(d) = lp.delivery {
+            let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
+        }
+    }
+}

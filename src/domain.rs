@@ -1,0 +1,185 @@
+//! What every layer shares: the provider's limit, a snapshot's status, and the ids and
+//! names that must not be mixed up.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The provider's limit of snapshots per server.
+pub const LIMIT: u32 = 5;
+/// What a retention policy may keep: the limit minus room for the snapshot being made.
+pub const SLOTS: u32 = LIMIT - 1;
+
+/// A snapshot's state. Unknown values are kept, never a decoding error.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SnapshotStatus {
+    InProgress,
+    Completed,
+    /// A failure state (`failed`, `error`, ...), with the API's word for it.
+    Failed(String),
+    Unknown(String),
+}
+
+impl SnapshotStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Failed(s) | Self::Unknown(s) => s,
+        }
+    }
+}
+
+impl From<&str> for SnapshotStatus {
+    fn from(s: &str) -> Self {
+        match s {
+            "in_progress" => Self::InProgress,
+            "completed" => Self::Completed,
+            "failed" | "error" | "errored" | "failure" => Self::Failed(s.to_string()),
+            other => Self::Unknown(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SnapshotStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        Ok(s.as_deref()
+            .map_or(Self::Unknown("null".into()), Self::from))
+    }
+}
+
+impl Serialize for SnapshotStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Ids the API hands out (unsigned), stored in SQLite as integers.
+macro_rules! api_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(u64);
+
+        impl $name {
+            pub const fn new(id: u64) -> Self {
+                Self(id)
+            }
+            pub const fn get(self) -> u64 {
+                self.0
+            }
+        }
+
+        impl From<u64> for $name {
+            fn from(id: u64) -> Self {
+                Self(id)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = std::num::ParseIntError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.trim().parse().map(Self)
+            }
+        }
+
+        impl sqlx::Type<sqlx::Sqlite> for $name {
+            fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+                <i64 as sqlx::Type<sqlx::Sqlite>>::type_info()
+            }
+            fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+                <i64 as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Sqlite> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <sqlx::Sqlite as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                let v = i64::try_from(self.0)?;
+                <i64 as sqlx::Encode<sqlx::Sqlite>>::encode(v, buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for $name {
+            fn decode(
+                value: <sqlx::Sqlite as sqlx::Database>::ValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let v = <i64 as sqlx::Decode<sqlx::Sqlite>>::decode(value)?;
+                Ok(Self(u64::try_from(v)?))
+            }
+        }
+    };
+}
+
+api_id!(
+    /// A VPS.org server.
+    ServerId
+);
+api_id!(
+    /// A snapshot, as the API numbers them.
+    SnapshotId
+);
+
+/// A run in the history.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct RunId(i64);
+
+impl RunId {
+    pub const fn new(id: i64) -> Self {
+        Self(id)
+    }
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum AlertKind {
+    Failed,
+    Recovered,
+    Stale,
+    NotReadyBeforeWindow,
+    Drift,
+    NoRoom,
+}
+
+impl AlertKind {
+    /// How a subject names it: `FAILED`, `NOT READY BEFORE WINDOW`, ...
+    pub fn headline(self) -> &'static str {
+        match self {
+            AlertKind::Failed => "FAILED",
+            AlertKind::Recovered => "RECOVERED",
+            AlertKind::Stale => "STALE",
+            AlertKind::NotReadyBeforeWindow => "NOT READY BEFORE WINDOW",
+            AlertKind::Drift => "DRIFT",
+            AlertKind::NoRoom => "NO ROOM",
+        }
+    }
+}
