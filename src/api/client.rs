@@ -1,13 +1,15 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use url::Url;
 
+use super::error::{self, excerpt};
+use super::retry::{self, RetryPolicy};
 use super::{ApiError, RestoreResponse, Snapshot, SnapshotPage};
 use crate::clock::SharedClock;
 use crate::config::ApiSettings;
@@ -18,26 +20,7 @@ use crate::mark::Marker;
 const MAX_BODY: usize = 4 * 1024 * 1024;
 /// A list never follows more pages than this.
 const MAX_PAGES: usize = 1000;
-/// A `Retry-After` longer than this is cut to it.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
-
-/// How transient failures are retried: exponential backoff with jitter.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub max_retries: u32,
-    pub base: Duration,
-    pub cap: Duration,
-}
-
-impl RetryPolicy {
-    fn backoff(&self, retry: u32) -> Duration {
-        let exp = self.base.saturating_mul(2u32.saturating_pow(retry.min(16)));
-        let full = exp.min(self.cap);
-        // Jitter in [full/2, full]: spreads a herd of agents, never waits less than half.
-        full / 2 + full.mul_f64(fastrand::f64() / 2.0)
-    }
-}
 
 /// The API client. One `reqwest::Client` (connection pool, timeouts) for every request.
 /// The token never leaves it: it signs requests, keys the agent's [`Marker`], and is
@@ -85,12 +68,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Body<'a> {
-    None,
-    Json(&'a serde_json::Value),
-}
-
 impl Client {
     pub fn new(
         settings: &ApiSettings,
@@ -116,11 +93,7 @@ impl Client {
             auth,
             secrets: secret_forms(token.expose_secret()),
             marker: Marker::new(token.expose_secret().as_bytes()),
-            retry: RetryPolicy {
-                max_retries: settings.max_retries,
-                base: Duration::from_millis(500),
-                cap: Duration::from_secs(30),
-            },
+            retry: RetryPolicy::new(settings.max_retries),
             clock,
             requests: AtomicU64::new(0),
         }))
@@ -176,9 +149,7 @@ impl Client {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..MAX_PAGES {
-            let page: SnapshotPage = self
-                .json(Method::GET, url.clone(), Body::None, &what, true)
-                .await?;
+            let page: SnapshotPage = self.json(&Request::get(url.clone(), &what)).await?;
             out.extend(page.results);
             let Some(next) = page.next.filter(|n| !n.is_empty()) else {
                 return Ok(out);
@@ -215,7 +186,7 @@ impl Client {
     pub async fn check_token(&self) -> Result<(), ApiError> {
         let url = self.url("snapshots/")?;
         let _: SnapshotPage = self
-            .json(Method::GET, url, Body::None, "checking the API token", true)
+            .json(&Request::get(url, "checking the API token"))
             .await?;
         Ok(())
     }
@@ -232,14 +203,8 @@ impl Client {
         let body =
             serde_json::json!({"server_id": server_id, "name": name, "description": description});
         let what = format!("creating snapshot {name} on server {server_id}");
-        self.json(
-            Method::POST,
-            self.url("snapshots/")?,
-            Body::Json(&body),
-            &what,
-            false,
-        )
-        .await
+        self.json(&Request::post(self.url("snapshots/")?, &body, &what))
+            .await
     }
 
     /// Deletes a snapshot. A retry that finds it gone counts as deleted; a failure after
@@ -248,16 +213,23 @@ impl Client {
     pub async fn delete(&self, snapshot_id: SnapshotId) -> Result<(), ApiError> {
         let what = format!("deleting snapshot {snapshot_id}");
         let url = self.url(&format!("snapshots/{snapshot_id}/"))?;
-        match self
-            .send(Method::DELETE, url, Body::None, &what, true)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err((ApiError::NotFound { .. }, true)) => Ok(()),
-            Err((e, true)) => Err(ApiError::OutcomeUnknown {
-                what,
-                reason: e.to_string(),
-            }),
+        let req = Request {
+            method: Method::DELETE,
+            url,
+            body: None,
+            what: &what,
+            idempotent: true,
+        };
+        match self.call(&req, |_| Ok(())).await {
+            Ok(()) | Err((ApiError::NotFound { .. }, true)) => Ok(()),
+            Err((e, true)) => {
+                let full = e.to_string();
+                let reason = full.strip_prefix(&format!("{what}: ")).unwrap_or(&full);
+                Err(ApiError::OutcomeUnknown {
+                    reason: reason.to_string(),
+                    what,
+                })
+            }
             Err((e, false)) => Err(e),
         }
     }
@@ -266,214 +238,157 @@ impl Client {
     pub async fn restore(&self, snapshot_id: SnapshotId) -> Result<RestoreResponse, ApiError> {
         let what = format!("restoring snapshot {snapshot_id}");
         let url = self.url(&format!("snapshots/{snapshot_id}/restore/"))?;
-        self.json(
-            Method::POST,
-            url,
-            Body::Json(&serde_json::json!({})),
-            &what,
-            false,
-        )
-        .await
+        self.json(&Request::post(url, &serde_json::json!({}), &what))
+            .await
     }
 
-    async fn json<T: DeserializeOwned>(
+    async fn json<T: DeserializeOwned + Send>(&self, req: &Request<'_>) -> Result<T, ApiError> {
+        self.call(req, parse_json).await.map_err(|(e, _)| e)
+    }
+
+    /// Sends `req` under the retry policy and reads the answer with `parse`. On error,
+    /// also says whether an attempt may have been carried out (so a 404 on a retried
+    /// DELETE means "already gone").
+    async fn call<T: Send>(
         &self,
-        method: Method,
-        url: Url,
-        body: Body<'_>,
-        what: &str,
-        idempotent: bool,
+        req: &Request<'_>,
+        parse: fn(&[u8]) -> Result<T, String>,
+    ) -> Result<T, (ApiError, bool)> {
+        let tally = Tally::default();
+        self.retry
+            .run(&self.clock, req.what, || self.attempt(req, &tally, parse))
+            .await
+            .map_err(|e| (e, tally.maybe_done.load(Ordering::Relaxed)))
+    }
+
+    /// One attempt. A failure after the request may have been carried out is final for
+    /// a request that must not be repeated ([`ApiError::OutcomeUnknown`]).
+    async fn attempt<T: Send>(
+        &self,
+        req: &Request<'_>,
+        tally: &Tally,
+        parse: fn(&[u8]) -> Result<T, String>,
     ) -> Result<T, ApiError> {
-        let mut decode_failures = 0;
-        loop {
-            let bytes = self
-                .send(method.clone(), url.clone(), body, what, idempotent)
-                .await
-                .map_err(|(e, _)| e)?;
-            let err = match serde_json::from_slice(&bytes) {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            let detail = format!("{err} in {}", excerpt(&bytes));
-            // A success we cannot read was still a success: the create happened.
-            if !idempotent {
-                return Err(ApiError::OutcomeUnknown {
-                    what: what.to_string(),
-                    reason: format!("malformed response: {detail}"),
-                });
+        let attempts = tally.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let what = req.what.to_string();
+        let mut http = self
+            .http
+            .request(req.method.clone(), req.url.clone())
+            .header(AUTHORIZATION, self.auth.clone());
+        if let Some(body) = req.body {
+            http = http.json(body);
+        }
+        let resp = match http.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                // A request that never connected was never sent.
+                let never_sent = e.is_connect();
+                let kind = format!("{} ({:#})", transport_kind(&e), anyhow::Error::new(e));
+                let err = ApiError::Transport {
+                    what,
+                    kind: kind.clone(),
+                    attempts,
+                };
+                if never_sent {
+                    return Err(err);
+                }
+                return Err(req.maybe_done(tally, err, kind));
             }
-            decode_failures += 1;
-            if decode_failures > self.retry.max_retries {
-                return Err(ApiError::Decode {
-                    what: what.to_string(),
-                    detail,
-                });
+        };
+        let status = resp.status();
+        let wait = retry::retry_after(resp.headers());
+        let bytes = match read_capped(resp).await {
+            Ok(bytes) => self.scrub(bytes),
+            Err(detail) => {
+                let err = ApiError::Decode {
+                    what,
+                    detail: detail.clone(),
+                };
+                return Err(req.maybe_done(tally, err, detail));
             }
-            let d = self.retry.backoff(decode_failures - 1);
-            tracing::warn!(%what, "malformed response ({detail}); retrying in {d:?}");
-            self.clock.sleep(d).await;
+        };
+        if !status.is_success() {
+            let err = error::classify(status, &bytes, wait, req.what, attempts);
+            if status.is_client_error() || err.not_handled() {
+                return Err(err);
+            }
+            let reason = format!("server error {}: {}", status.as_u16(), excerpt(&bytes));
+            return Err(req.maybe_done(tally, err, reason));
+        }
+        // A success we cannot read was still a success: a create happened.
+        parse(&bytes).map_err(|e| {
+            let detail = format!("{e} in {}", excerpt(&bytes));
+            let reason = format!("malformed response: {detail}");
+            req.maybe_done(tally, ApiError::Decode { what, detail }, reason)
+        })
+    }
+}
+
+/// One request, as every attempt sends it.
+struct Request<'a> {
+    method: Method,
+    url: Url,
+    body: Option<&'a serde_json::Value>,
+    what: &'a str,
+    /// Safe to send again after an attempt that may have been carried out.
+    idempotent: bool,
+}
+
+impl<'a> Request<'a> {
+    fn get(url: Url, what: &'a str) -> Self {
+        Self {
+            method: Method::GET,
+            url,
+            body: None,
+            what,
+            idempotent: true,
         }
     }
 
-    /// Sends with retries. On error, also says whether an earlier attempt may have been
-    /// carried out (so a 404 on a retried DELETE means "already gone").
-    async fn send(
-        &self,
-        method: Method,
-        url: Url,
-        body: Body<'_>,
-        what: &str,
-        idempotent: bool,
-    ) -> Result<bytes::Bytes, (ApiError, bool)> {
-        let mut attempt: u32 = 0;
-        let mut maybe_done = false;
-        loop {
-            attempt += 1;
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .header(AUTHORIZATION, self.auth.clone());
-            if let Body::Json(b) = body {
-                req = req.json(b);
-            }
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let retries_left = attempt <= self.retry.max_retries;
-            let (err, wait) = match req.send().await {
-                Err(e) => {
-                    let never_sent = e.is_connect();
-                    let kind = if e.is_timeout() {
-                        "timed out".to_string()
-                    } else if never_sent {
-                        "could not connect".to_string()
-                    } else {
-                        "connection failed".to_string()
-                    };
-                    if !never_sent && !idempotent {
-                        return Err((
-                            ApiError::OutcomeUnknown {
-                                what: what.to_string(),
-                                reason: format!("{kind}: {}", error_chain(&e)),
-                            },
-                            true,
-                        ));
-                    }
-                    maybe_done |= !never_sent;
-                    let err = ApiError::Transport {
-                        what: what.to_string(),
-                        kind: format!("{kind} ({})", error_chain(&e)),
-                        attempts: attempt,
-                    };
-                    (err, None)
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = resp
-                        .headers()
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
-                    let bytes = match read_capped(resp).await {
-                        Ok(b) => self.scrub(b),
-                        Err(detail) => {
-                            if !idempotent {
-                                return Err((
-                                    ApiError::OutcomeUnknown {
-                                        what: what.to_string(),
-                                        reason: detail,
-                                    },
-                                    true,
-                                ));
-                            }
-                            maybe_done = true;
-                            let err = ApiError::Decode {
-                                what: what.to_string(),
-                                detail,
-                            };
-                            if !retries_left {
-                                return Err((err, maybe_done));
-                            }
-                            let d = self.retry.backoff(attempt - 1);
-                            tracing::warn!(%what, attempt, "{err}; retrying in {d:?}");
-                            self.clock.sleep(d).await;
-                            continue;
-                        }
-                    };
-                    if status.is_success() {
-                        return Ok(bytes);
-                    }
-                    let text = excerpt(&bytes);
-                    match status {
-                        StatusCode::UNAUTHORIZED => {
-                            return Err((ApiError::Unauthorized, maybe_done));
-                        }
-                        StatusCode::NOT_FOUND => {
-                            return Err((
-                                ApiError::NotFound {
-                                    what: what.to_string(),
-                                    body: text,
-                                },
-                                maybe_done,
-                            ));
-                        }
-                        StatusCode::BAD_REQUEST => {
-                            return Err((
-                                ApiError::BadRequest {
-                                    what: what.to_string(),
-                                    body: text,
-                                },
-                                maybe_done,
-                            ));
-                        }
-                        StatusCode::TOO_MANY_REQUESTS => (
-                            ApiError::RateLimited {
-                                what: what.to_string(),
-                                attempts: attempt,
-                            },
-                            retry_after,
-                        ),
-                        s if s.is_server_error() => {
-                            let err = ApiError::Server {
-                                what: what.to_string(),
-                                status: s.as_u16(),
-                                attempts: attempt,
-                                body: text,
-                            };
-                            // 503 says the request was not handled, so even a create
-                            // may be sent again; any other 5xx may follow the work.
-                            let handled = s != StatusCode::SERVICE_UNAVAILABLE;
-                            if handled && !idempotent {
-                                return Err((
-                                    ApiError::OutcomeUnknown {
-                                        what: what.to_string(),
-                                        reason: err.to_string(),
-                                    },
-                                    true,
-                                ));
-                            }
-                            maybe_done |= handled;
-                            (err, retry_after)
-                        }
-                        s => {
-                            return Err((
-                                ApiError::Status {
-                                    what: what.to_string(),
-                                    status: s.as_u16(),
-                                    body: text,
-                                },
-                                maybe_done,
-                            ));
-                        }
-                    }
-                }
-            };
-            if !retries_left {
-                return Err((err, maybe_done));
-            }
-            let d = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
-            tracing::warn!(%what, attempt, "{err}; retrying in {}", humantime::format_duration(d));
-            self.clock.sleep(d).await;
+    /// A POST: never sent again once it may have reached the API.
+    fn post(url: Url, body: &'a serde_json::Value, what: &'a str) -> Self {
+        Self {
+            method: Method::POST,
+            url,
+            body: Some(body),
+            what,
+            idempotent: false,
         }
+    }
+
+    /// `err` from an attempt that may have been carried out: retryable if the request
+    /// is idempotent, else final as [`ApiError::OutcomeUnknown`] with `reason`.
+    fn maybe_done(&self, tally: &Tally, err: ApiError, reason: String) -> ApiError {
+        tally.maybe_done.store(true, Ordering::Relaxed);
+        if self.idempotent {
+            return err;
+        }
+        ApiError::OutcomeUnknown {
+            what: self.what.to_string(),
+            reason,
+        }
+    }
+}
+
+/// What the attempts of one request have learnt so far.
+#[derive(Default)]
+struct Tally {
+    attempts: AtomicU32,
+    maybe_done: AtomicBool,
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+fn transport_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
     }
 }
 
@@ -491,35 +406,12 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<bytes::Bytes, String
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(buf.freeze()),
-            Err(e) => return Err(format!("reading the response failed: {}", error_chain(&e))),
+            Err(e) => {
+                return Err(format!(
+                    "reading the response failed: {:#}",
+                    anyhow::Error::new(e)
+                ));
+            }
         }
     }
-}
-
-/// The start of a body, for error messages.
-fn excerpt(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    if text.is_empty() {
-        return "(empty body)".to_string();
-    }
-    let mut cut: String = text.chars().take(300).collect();
-    if cut.len() < text.len() {
-        cut.push('…');
-    }
-    cut
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let msg = c.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = c.source();
-    }
-    s
 }

@@ -1,0 +1,131 @@
+//! What can go wrong talking to the API, and what an HTTP status means.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+/// Everything that can go wrong talking to the API. Bodies are shown, never parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "the API rejected the token (401 Unauthorized); check api.token_file or AGENT_API__TOKEN"
+    )]
+    Unauthorized,
+    #[error("{what}: not found (404): {body}")]
+    NotFound { what: String, body: String },
+    #[error("the API refused {what} (400 Bad Request): {body}")]
+    BadRequest { what: String, body: String },
+    #[error("{what}: HTTP {status}: {body}")]
+    Status {
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{what}: rate limited (429) after {attempts} attempts")]
+    RateLimited {
+        what: String,
+        attempts: u32,
+        retry_after: Option<Duration>,
+    },
+    #[error("{what}: server error {status} after {attempts} attempts: {body}")]
+    Server {
+        what: String,
+        status: u16,
+        attempts: u32,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{what}: {kind} after {attempts} attempts")]
+    Transport {
+        what: String,
+        kind: String,
+        attempts: u32,
+    },
+    #[error("{what}: malformed response: {detail}")]
+    Decode { what: String, detail: String },
+    /// The request may or may not have been carried out (a create or restore whose
+    /// response was lost). The caller must find out before trying again.
+    #[error("{what}: outcome unknown ({reason})")]
+    OutcomeUnknown { what: String, reason: String },
+}
+
+impl ApiError {
+    /// Worth trying again later (the API or the network, not the request, was at fault).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::Transport { .. }
+                | Self::OutcomeUnknown { .. }
+        )
+    }
+
+    /// How long the API asked us to wait before the next attempt, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } | Self::Server { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// The API answered but did not carry the request out: a 503 says so outright, and
+    /// a 429 is refused before any work. Any other 5xx may follow the work.
+    pub fn not_handled(&self) -> bool {
+        match self {
+            Self::RateLimited { .. } => true,
+            Self::Server { status, .. } => *status == StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+            _ => false,
+        }
+    }
+}
+
+/// The error an unsuccessful answer stands for. `attempts` counts this one.
+pub(super) fn classify(
+    status: StatusCode,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    what: &str,
+    attempts: u32,
+) -> ApiError {
+    let what = what.to_string();
+    let body = excerpt(body);
+    match status {
+        StatusCode::UNAUTHORIZED => ApiError::Unauthorized,
+        StatusCode::NOT_FOUND => ApiError::NotFound { what, body },
+        StatusCode::BAD_REQUEST => ApiError::BadRequest { what, body },
+        StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
+            what,
+            attempts,
+            retry_after,
+        },
+        s if s.is_server_error() => ApiError::Server {
+            what,
+            status: s.as_u16(),
+            attempts,
+            body,
+            retry_after,
+        },
+        s => ApiError::Status {
+            what,
+            status: s.as_u16(),
+            body,
+        },
+    }
+}
+
+/// The start of a body, for error messages.
+pub(super) fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".to_string();
+    }
+    let mut cut: String = text.chars().take(300).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    cut
+}
