@@ -1,16 +1,25 @@
 //! vps-snapshot-agent: scheduled, rotation-safe snapshots of VPS.org servers, with a SQLite
 //! history and email alerts. `main.rs` only parses the command line and dispatches here.
 //!
-//! # Layout
-//! - [`config`]: figment loading and validation into typed [`config::Settings`]
-//! - [`api`]: the VPS.org Snapshot API client (retries, pagination, typed errors)
-//! - [`sim`]: the API simulator used by tests, `agent demo` and `agent simulate`
+//! # Layout (one line per module, as the README's Development map)
+//! - [`cli`]: the command line, as clap types only
+//! - [`commands`]: one file per subcommand, and the exit codes
+//! - [`config`]: figment loading, serde sections, one validation pass into [`config::Settings`]
+//! - [`domain`]: what every layer shares: the limit of 5, ids, statuses, alert kinds
+//! - [`api`]: the VPS.org Snapshot API: types, client, error classes, the retry policy
+//! - [`sim`]: the API simulator (world, fault menu, HTTP front) for tests, demo, `simulate`
+//! - [`db`]: SQLite: runs, the run journal, pins, per-server locks, the alert outbox
+//! - [`run`]: one job run, a file per step, written as a journal ahead of its effects
+//! - [`daemon`]: `agent run`: the loop, next fires, periodic checks, signals, sd-notify
+//! - [`alert`]: what alerts say (`text`), when they are sent, delivery by mail
 //! - [`retention`]: the pure retention planner (which snapshots to keep, which to delete)
 //! - [`naming`]: snapshot names that say which job made them and when
 //! - [`mark`]: the agent's mark on its snapshots (an HMAC keyed with the token)
 //! - [`ownership`]: which snapshots are the agent's (name, and a mark or the journal)
 //! - [`schedule`]: cron and maintenance-window fire times, DST-correct
-//! - [`clock`]: time as a dependency (real, or virtual for tests)
+//! - [`cron`]: cron expressions, parsed and evaluated in a time zone
+//! - [`clock`]: time as a dependency (real, or virtual for tests); nothing else reads it
+//! - [`logging`]: tracing-subscriber set-up (text or JSON, filters, `-v`/`-q`)
 
 pub mod alert;
 pub mod api;

@@ -232,7 +232,7 @@ impl Mailer {
                 .transport
                 .send(msg)
                 .await
-                .map_err(|e| format!("SMTP {}: {e}", self.smtp.server)),
+                .map_err(|e| format!("SMTP {}: {:#}", self.smtp.server, anyhow::Error::new(e))),
             Err(e) => Err(format!("cannot build the alert mail: {e}")),
         };
         match sent {

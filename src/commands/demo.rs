@@ -2,6 +2,7 @@
 //! several rounds of the real job runs one simulated day apart (snapshots take 3-10
 //! simulated minutes, so polling is real too), then the history.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +10,11 @@ use std::time::Duration;
 use chrono::{Timelike, Utc};
 
 use super::{context, output, run_once};
-use crate::api::SnapshotStatus;
+use crate::api::{Client, SnapshotStatus};
 use crate::cli::DemoArgs;
 use crate::clock::{Clock, VirtualClock};
 use crate::config::Settings;
+use crate::db::Database;
 use crate::domain::ServerId;
 use crate::run::Runner;
 use crate::sim::{DEFAULT_TOKEN, Delay, SimOptions, Simulator};
@@ -39,7 +41,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         SnapshotStatus::Completed,
         start - chrono::Duration::days(10),
     );
-    let config = dir.path().join("config.toml");
+    let config = write_config(dir.path(), &server.base_url())?;
+    println!(
+        "vps-snapshot-agent demo: a simulated VPS.org API on {}",
+        server.base_url()
+    );
+    println!(
+        "config and history in {} (removed at the end)",
+        dir.path().display()
+    );
+    println!(
+        "server 101 already holds snapshot {manual} \"before-php-upgrade\", made by hand: the agent never touches it."
+    );
+    println!("Snapshots take 3-10 simulated minutes; each round is one simulated day later.\n");
+    let settings = Settings::load(&config)?;
+    let db = context::open_db(&settings).await?;
+    let client = context::client(&settings, shared.clone())?;
+    let runner = Runner::from_settings(&settings, db.clone(), client.clone(), shared);
+    for round in 1..=args.rounds {
+        println!(
+            "=== round {round} of {}: {} (simulated) ===",
+            args.rounds,
+            clock.now().format("%a %Y-%m-%d %H:%M UTC")
+        );
+        run_once::run_jobs(&settings, &runner, &settings.jobs).await?;
+        show_servers(&settings, &db, &client).await?;
+        clock.advance(Duration::from_secs(86_400) - Duration::from_secs(600));
+    }
+    println!("=== history (agent history) ===");
+    output::history(&db.history(None, 50).await?);
+    let requests = server.sim.requests().total;
+    println!(
+        "\n{} runs, {requests} API requests. Next: `agent simulate` serves this API for your own config; \
+         `agent check` validates a config.",
+        db.history(None, 1000).await?.len()
+    );
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's configuration, in `dir`, for the simulator at `url`.
+fn write_config(dir: &Path, url: &str) -> anyhow::Result<PathBuf> {
+    let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
@@ -66,51 +109,20 @@ lead = "45m"
 keep_last = 1
 keep_weekly = 2
 "#,
-            db = dir.path().join("history.db").display(),
-            url = server.base_url()
+            db = dir.join("history.db").display(),
         ),
     )?;
-    println!(
-        "vps-snapshot-agent demo: a simulated VPS.org API on {}",
-        server.base_url()
-    );
-    println!(
-        "config and history in {} (removed at the end)",
-        dir.path().display()
-    );
-    println!(
-        "server 101 already holds snapshot {manual} \"before-php-upgrade\", made by hand: the agent never touches it."
-    );
-    println!("Snapshots take 3-10 simulated minutes; each round is one simulated day later.\n");
-    let settings = Settings::load(&config)?;
-    let db = context::open_db(&settings).await?;
-    let client = context::client(&settings, shared.clone())?;
-    let runner = Runner::from_settings(&settings, db.clone(), client.clone(), shared);
-    for round in 1..=args.rounds {
-        println!(
-            "=== round {round} of {}: {} (simulated) ===",
-            args.rounds,
-            clock.now().format("%a %Y-%m-%d %H:%M UTC")
-        );
-        run_once::run_jobs(&settings, &runner, &settings.jobs).await?;
-        for job in &settings.jobs {
-            let listing = client.list(Some(job.server_id)).await?;
-            let owners =
-                crate::run::owners(Some(&db), client.marker(), job.server_id, &listing).await?;
-            println!("\nserver {} now:", job.server_id);
-            output::snapshots(&listing, &owners, &[job], &db.pins().await?);
-        }
-        println!();
-        clock.advance(Duration::from_secs(86_400) - Duration::from_secs(600));
+    Ok(config)
+}
+
+/// Each job's server as `agent snapshots` shows it.
+async fn show_servers(settings: &Settings, db: &Database, client: &Client) -> anyhow::Result<()> {
+    for job in &settings.jobs {
+        let listing = client.list(Some(job.server_id)).await?;
+        let owners = crate::run::owners(Some(db), client.marker(), job.server_id, &listing).await?;
+        println!("\nserver {} now:", job.server_id);
+        output::snapshots(&listing, &owners, &[job], &db.pins().await?);
     }
-    println!("=== history (agent history) ===");
-    output::history(&db.history(None, 50).await?);
-    let requests = server.sim.requests().total;
-    println!(
-        "\n{} runs, {requests} API requests. Next: `agent simulate` serves this API for your own config; \
-         `agent check` validates a config.",
-        db.history(None, 1000).await?.len()
-    );
-    db.close().await;
-    Ok(ExitCode::SUCCESS)
+    println!();
+    Ok(())
 }

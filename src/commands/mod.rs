@@ -67,15 +67,7 @@ pub fn load_settings(path: &std::path::Path) -> Result<Settings, ConfigErrors> {
 
 /// Prints `agent: <error>: <cause>: ...` once and picks the exit code.
 pub fn report(e: &anyhow::Error) -> ExitCode {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg.push_str(": ");
-            msg.push_str(&c);
-        }
-    }
-    eprintln!("agent: {msg}");
+    eprintln!("agent: {e:#}");
     let config = e.chain().any(|c| {
         c.downcast_ref::<ConfigErrors>().is_some()
             || matches!(

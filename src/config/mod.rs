@@ -1,8 +1,8 @@
 //! The configuration: figment merges the TOML file and `AGENT_`-prefixed environment
 //! variables (`__` for nesting); each section and each `[[jobs]]` entry is deserialized
-//! on its own into serde structs ([`sections`], read by [`source`]), then one pass
-//! ([`check`], and [`jobs`] for the jobs) collects every semantic problem and builds the
-//! typed [`Settings`]; [`secret`] finds the token and the SMTP password alike. Every problem names its key path
+//! on its own into serde structs (`sections`, read by `source`), then one pass
+//! (`check`, and `jobs` for the jobs) collects every semantic problem and builds the
+//! typed [`Settings`]; `secret` finds the token and the SMTP password alike. Every problem names its key path
 //! and where the value came from (the file, or the environment variable).
 
 mod check;

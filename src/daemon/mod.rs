@@ -1,9 +1,9 @@
 //! `agent run`: the daemon. Each job's next fire time is computed here (DST-correct, see
 //! [`crate::schedule`]) and only the soonest is armed as a one-shot on a [`Timer`]
-//! ([`timer`]: tokio-cron-scheduler in production), then re-armed after it fires. Running
+//! (`timer`: tokio-cron-scheduler in production), then re-armed after it fires. Running
 //! jobs are tracked (a job still running when its next time comes is not started twice),
 //! concurrency is capped, missed fires are caught up once and stale jobs alerted
-//! ([`checks`]), SIGHUP reloads and SIGTERM drains ([`signals`]), and systemd hears of it
+//! (`checks`), SIGHUP reloads and SIGTERM drains ([`signals`]), and systemd hears of it
 //! all ([`notify`]).
 
 mod checks;
@@ -75,6 +75,8 @@ impl Executor for Runner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     Reload,
+    /// Runs the periodic checks now, stale check included (tests step the loop with it).
+    Check,
     Stop,
 }
 
@@ -357,6 +359,10 @@ impl Daemon {
                 }
                 c = control.recv() => match c {
                     Some(Control::Reload) => self.on_reload(&mut lp).await,
+                    Some(Control::Check) => {
+                        lp.last_stale_check = None;
+                        self.on_check(&mut lp).await;
+                    }
                     Some(Control::Stop) | None => break,
                 },
                 _ = watchdog.tick(), if watchdog_every.is_some() => {

@@ -1,5 +1,5 @@
-//! The history store: one SQLite file (WAL), migrated on open. Runs ([`runs`]) and their
-//! write-ahead journal ([`journal`]) are written as they happen; pins, per-server locks and
+//! The history store: one SQLite file (WAL), migrated on open. Runs (`runs`) and their
+//! write-ahead journal (`journal`) are written as they happen; pins, per-server locks and
 //! the alert outbox live here too.
 
 mod alerts;
@@ -22,14 +22,24 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-/// A database problem, always naming the file.
+/// A database problem, always naming the file. A leaf: `detail` is the underlying
+/// error with its causes, so the message is whole wherever it is printed.
 #[derive(Debug, thiserror::Error)]
-#[error("database {path}: {what}: {source}")]
+#[error("database {path}: {what}: {detail}")]
 pub struct DbError {
     pub path: PathBuf,
     pub what: String,
-    #[source]
-    pub source: anyhow::Error,
+    pub detail: String,
+}
+
+impl DbError {
+    fn new(path: &Path, what: impl Into<String>, cause: impl Into<anyhow::Error>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            what: what.into(),
+            detail: format!("{:#}", cause.into()),
+        }
+    }
 }
 
 pub type DbResult<T> = Result<T, DbError>;
@@ -67,11 +77,7 @@ impl Database {
 
     /// [`Database::open`] with [`OpenOptions`].
     pub async fn open_with(path: &Path, options: &OpenOptions) -> DbResult<Self> {
-        let err = |what: &str, e: anyhow::Error| DbError {
-            path: path.to_path_buf(),
-            what: what.to_string(),
-            source: e,
-        };
+        let err = |what: &str, e: anyhow::Error| DbError::new(path, what, e);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| err("cannot create its directory", e.into()))?;
@@ -146,11 +152,7 @@ impl Database {
 
     fn err(&self, what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> DbError + '_ {
         let what = what.into();
-        move |e| DbError {
-            path: self.path.clone(),
-            what,
-            source: e.into(),
-        }
+        move |e| DbError::new(&self.path, what, e)
     }
 
     pub async fn close(&self) {

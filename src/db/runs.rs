@@ -304,7 +304,7 @@ impl Database {
             return Err(DbError {
                 path: self.path().to_path_buf(),
                 what: format!("cannot record the end of run {run_id}"),
-                source: anyhow::anyhow!("it is no longer running under this process"),
+                detail: "it is no longer running under this process".to_string(),
             });
         }
         journal::insert_resolved(

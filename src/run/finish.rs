@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Failure, Outcome, RunState, Runner, chain};
+use super::{Failure, Outcome, RunState, Runner};
 use crate::alert::{self, text};
 use crate::db::{DbError, Finish, NewAlert, Run, RunStatus};
 
@@ -23,7 +23,7 @@ impl Runner {
                 (RunStatus::Succeeded, warn, recovered)
             }
             Err(f) => {
-                let error = chain(&f.error);
+                let error = format!("{:#}", f.error);
                 let failed = self.failure_alert(&st, f, &error, now).await?;
                 (RunStatus::Failed, Some(error), failed)
             }

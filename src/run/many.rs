@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use anyhow::anyhow;
-
 use super::{Outcome, Runner};
 use crate::config::JobSettings;
 use crate::db::{DbError, RunTrigger};
@@ -59,7 +57,7 @@ pub async fn run_many(
                 Err(DbError {
                     path: runner.db.path().to_path_buf(),
                     what: format!("the run of {} did not finish", j.name),
-                    source: anyhow!("its task ended abnormally"),
+                    detail: "its task ended abnormally".to_string(),
                 })
             })
         })

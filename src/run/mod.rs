@@ -4,9 +4,9 @@
 //! twice); poll until done; rotate only after success; finish. Every create, delete and
 //! restore is a journal entry committed before its request leaves and resolved after.
 //!
-//! A file per step: [`lock`], [`reconcile`] (open effects, drift), [`create`], [`poll`],
-//! [`rotate`] (and make-room), [`finish`], [`resume`] (a claimed, interrupted run),
-//! [`restore`]; [`dry_run`] and [`many`] (several jobs at once) use them.
+//! A file per step: `lock`, `reconcile` (open effects, drift), `create`, `poll`,
+//! `rotate` (and make-room), `finish`, `resume` (a claimed, interrupted run),
+//! `restore`; `dry_run` and `many` (several jobs at once) use them.
 
 mod create;
 mod dry_run;
@@ -164,22 +164,6 @@ impl<'a> RunState<'a> {
             detail: None,
         }
     }
-}
-
-/// Error chain on one line.
-pub fn chain(e: &anyhow::Error) -> String {
-    let mut s = String::new();
-    for (i, c) in e.chain().enumerate() {
-        let c = c.to_string();
-        if s.contains(&c) {
-            continue;
-        }
-        if i > 0 {
-            s.push_str(": ");
-        }
-        s.push_str(&c);
-    }
-    s
 }
 
 /// The planner's view of a server's snapshots for `job`; `owners` says whose each one is

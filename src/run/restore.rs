@@ -1,7 +1,7 @@
 //! A restore, recorded as a run of kind `restore`: the request is a journal entry before
 //! it leaves, and is never sent twice.
 
-use super::{Outcome, Runner, chain};
+use super::{Outcome, Runner};
 use crate::api::{ApiError, Snapshot};
 use crate::db::{
     Action, DbError, Finish, Intent, NewRun, RunKind, RunStatus, RunTrigger, State, Step,
@@ -36,7 +36,7 @@ impl Runner {
             )
             .await?;
         let result = match self.lock(server_id, Some(run_id)).await {
-            Err(f) => Err(chain(&f.error)),
+            Err(f) => Err(format!("{:#}", f.error)),
             Ok(guard) => {
                 let r = self.request_restore(run_id, snapshot).await;
                 guard.release().await;

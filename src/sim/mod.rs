@@ -3,8 +3,8 @@
 //! token, the limit of 5, name rules, 201/204/400/401/404 with JSON bodies, paginated lists,
 //! `in_progress` → `completed` after a delay) and injects faults on request.
 //!
-//! [`world`]: the snapshots and what happens to them; [`faults`]: the fault menu and
-//! kill points; [`http`]: the HTTP front.
+//! `world`: the snapshots and what happens to them; `faults`: the fault menu and
+//! kill points; `http`: the HTTP front.
 
 mod faults;
 mod http;

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use tokio::sync::mpsc;
-use vps_snapshot_agent::clock::{SharedClock, TokioClock};
+use vps_snapshot_agent::clock::{SharedClock, TokioClock, VirtualClock};
 use vps_snapshot_agent::config::{JobSettings, Settings};
-use vps_snapshot_agent::daemon::{BoxFuture, ClockTimer, Control, Daemon, Executor, Services};
+use vps_snapshot_agent::daemon::{
+    BoxFuture, ClockTimer, Control, Daemon, Executor, Fire, Services, Timer,
+};
 use vps_snapshot_agent::db::{Database, Finish, NewRun, Owner, RunKind, RunStatus, RunTrigger};
 use vps_snapshot_agent::domain::{AlertKind, ServerId};
 
@@ -78,7 +80,7 @@ struct Harness {
     recorder: Recorder,
     control: mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     config: std::path::PathBuf,
 }
 
@@ -88,82 +90,117 @@ fn config_text(jobs: &str, max_concurrent: u32) -> String {
     )
 }
 
-/// Starts a daemon whose clock begins at `start_at`. With `paused`, tokio's clock is
-/// paused once the database is open, and the database is not used again.
-async fn start(
-    start_at: DateTime<Utc>,
-    jobs: &str,
+/// How a test daemon starts: `Start::at(t).jobs(..)...spawn().await`.
+struct Start {
+    at: DateTime<Utc>,
+    jobs: String,
     max_concurrent: u32,
     takes: Duration,
-    db_dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
     paused: bool,
-) -> Harness {
-    let dir = db_dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-    let config = dir.path().join("config.toml");
-    let jobs = if paused {
-        format!("{jobs}[defaults]\ncatch_up = \"off\"\n")
-    } else {
-        jobs.to_string()
-    };
-    std::fs::write(&config, config_text(&jobs, max_concurrent)).unwrap();
-    let db = Database::open(&dir.path().join("h.db")).await.unwrap();
-    if paused {
-        tokio::time::pause();
+}
+
+impl Start {
+    /// A daemon whose clock begins at `at`, on real time with a real database.
+    fn at(at: DateTime<Utc>, jobs: &str) -> Self {
+        Self {
+            at,
+            jobs: jobs.to_string(),
+            max_concurrent: 8,
+            takes: Duration::ZERO,
+            dir: None,
+            paused: false,
+        }
     }
-    let clock: SharedClock = Arc::new(TokioClock::starting_at(start_at));
-    let recorder = Recorder {
-        clock: clock.clone(),
-        db: (!paused).then(|| db.clone()),
-        takes,
-        log: Arc::default(),
-        active: Arc::default(),
-    };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let reload_rec = recorder.clone();
-    let reload_path = config.clone();
-    let daemon = Daemon {
-        services: Services {
-            settings: Settings::load(&config).unwrap(),
-            executor: Arc::new(recorder.clone()),
-            mailer: None,
-        },
-        db,
-        clock: clock.clone(),
-        timer: Arc::new(ClockTimer::new(clock)),
-        grace: Duration::from_secs(600),
-        check_every: Duration::from_secs(86_400 * 365),
-        stale_every: Duration::from_secs(86_400 * 365),
-        reload: Box::new(move || {
-            Ok(Services {
-                settings: Settings::load(&reload_path)?,
-                executor: Arc::new(reload_rec.clone()),
+
+    fn max_concurrent(mut self, n: u32) -> Self {
+        self.max_concurrent = n;
+        self
+    }
+
+    /// How long each run takes.
+    fn takes(mut self, d: Duration) -> Self {
+        self.takes = d;
+        self
+    }
+
+    /// Reuses the database (and config) directory of an earlier daemon.
+    fn in_dir(mut self, dir: tempfile::TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// tokio's clock is paused once the database is open (days pass in milliseconds);
+    /// runs are not recorded and catch-up is off, since sqlx does not run on paused time.
+    fn paused(mut self) -> Self {
+        self.paused = true;
+        self
+    }
+
+    async fn spawn(self) -> Harness {
+        let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let config = dir.path().join("config.toml");
+        let mut jobs = self.jobs;
+        if self.paused {
+            jobs.push_str("[defaults]\ncatch_up = \"off\"\n");
+        }
+        std::fs::write(&config, config_text(&jobs, self.max_concurrent)).unwrap();
+        let db = Database::open(&dir.path().join("h.db")).await.unwrap();
+        if self.paused {
+            tokio::time::pause();
+        }
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(self.at));
+        let recorder = Recorder {
+            clock: clock.clone(),
+            db: (!self.paused).then(|| db.clone()),
+            takes: self.takes,
+            log: Arc::default(),
+            active: Arc::default(),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reload_rec = recorder.clone();
+        let reload_path = config.clone();
+        let daemon = Daemon {
+            services: Services {
+                settings: Settings::load(&config).unwrap(),
+                executor: Arc::new(recorder.clone()),
                 mailer: None,
-            })
-        }),
-    };
-    let task = tokio::spawn(daemon.run(rx));
-    Harness {
-        recorder,
-        control: tx,
-        task,
-        _dir: dir,
-        config,
+            },
+            db,
+            clock: clock.clone(),
+            timer: Arc::new(ClockTimer::new(clock)),
+            grace: Duration::from_secs(600),
+            check_every: Duration::from_secs(86_400 * 365),
+            stale_every: Duration::from_secs(86_400 * 365),
+            reload: Box::new(move || {
+                Ok(Services {
+                    settings: Settings::load(&reload_path)?,
+                    executor: Arc::new(reload_rec.clone()),
+                    mailer: None,
+                })
+            }),
+        };
+        let task = tokio::spawn(daemon.run(rx));
+        Harness {
+            recorder,
+            control: tx,
+            task,
+            dir,
+            config,
+        }
     }
 }
 
 impl Harness {
-    async fn stop(
-        self,
-    ) -> (
-        Vec<(String, RunTrigger, DateTime<Utc>, DateTime<Utc>)>,
-        usize,
-        tempfile::TempDir,
-    ) {
+    /// Stops the daemon once it has dealt with everything sent before, and waits for
+    /// its runs (start-up catch-up is decided before the loop reads its first message).
+    /// Returns the runs started, the peak of runs at once, and the directory.
+    async fn stop(self) -> (Vec<Entry>, usize, tempfile::TempDir) {
         self.control.send(Control::Stop).unwrap();
         self.task.await.unwrap().unwrap();
         let log = self.recorder.log.lock().unwrap().clone();
         let peak = self.recorder.active.lock().unwrap().1;
-        (log, peak, self._dir)
+        (log, peak, self.dir)
     }
 }
 
@@ -175,15 +212,11 @@ const BERLIN_NIGHTLY: &str = "[[jobs]]\nname = \"web\"\nserver_id = 1\nschedule 
 
 #[tokio::test]
 async fn jobs_fire_at_their_instants_across_a_dst_change() {
-    let h = start(
-        utc(2027, 3, 26, 12, 0),
-        BERLIN_NIGHTLY,
-        8,
-        Duration::from_secs(60),
-        None,
-        true,
-    )
-    .await;
+    let h = Start::at(utc(2027, 3, 26, 12, 0), BERLIN_NIGHTLY)
+        .takes(Duration::from_secs(60))
+        .paused()
+        .spawn()
+        .await;
     tokio::time::sleep(Duration::from_secs(4 * 86_400)).await;
     let (log, _, _) = h.stop().await;
     let at: Vec<_> = log.iter().map(|l| l.2).collect();
@@ -209,15 +242,11 @@ async fn jobs_fire_at_their_instants_across_a_dst_change() {
 
 #[tokio::test]
 async fn a_fall_back_night_fires_once() {
-    let h = start(
-        utc(2027, 10, 30, 12, 0),
-        BERLIN_NIGHTLY,
-        8,
-        Duration::from_secs(60),
-        None,
-        true,
-    )
-    .await;
+    let h = Start::at(utc(2027, 10, 30, 12, 0), BERLIN_NIGHTLY)
+        .takes(Duration::from_secs(60))
+        .paused()
+        .spawn()
+        .await;
     tokio::time::sleep(Duration::from_secs(2 * 86_400)).await;
     let (log, _, _) = h.stop().await;
     let at: Vec<_> = log.iter().map(|l| l.2).collect();
@@ -227,15 +256,11 @@ async fn a_fall_back_night_fires_once() {
 #[tokio::test]
 async fn a_job_still_running_is_not_started_twice() {
     let jobs = "[[jobs]]\nname = \"busy\"\nserver_id = 1\nschedule = \"0 * * * * *\"\n";
-    let h = start(
-        utc(2026, 11, 28, 0, 0),
-        jobs,
-        8,
-        Duration::from_secs(150),
-        None,
-        true,
-    )
-    .await;
+    let h = Start::at(utc(2026, 11, 28, 0, 0), jobs)
+        .takes(Duration::from_secs(150))
+        .paused()
+        .spawn()
+        .await;
     tokio::time::sleep(Duration::from_secs(6 * 60 + 30)).await;
     let (log, peak, _) = h.stop().await;
     let at: Vec<_> = log.iter().map(|l| l.2).collect();
@@ -251,29 +276,16 @@ async fn max_concurrent_jobs_holds_across_jobs() {
             format!("[[jobs]]\nname = \"j{i}\"\nserver_id = {i}\nschedule = \"0 0 * * * *\"\n")
         })
         .collect();
-    let h = start(
-        utc(2026, 11, 28, 0, 30),
-        &jobs,
-        2,
-        Duration::from_secs(600),
-        None,
-        true,
-    )
-    .await;
+    let h = Start::at(utc(2026, 11, 28, 0, 30), &jobs)
+        .max_concurrent(2)
+        .takes(Duration::from_secs(600))
+        .paused()
+        .spawn()
+        .await;
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let (log, peak, _) = h.stop().await;
     assert_eq!(log.len(), 4, "all four ran, two at a time");
     assert_eq!(peak, 2);
-}
-
-/// Waits (real time, bounded) until the recorder has `n` entries.
-async fn wait_for(h: &Harness, n: usize) {
-    for _ in 0..500 {
-        if h.recorder.log.lock().unwrap().len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -283,7 +295,7 @@ async fn a_missed_fire_is_caught_up_exactly_once() {
         "[[jobs]]\nname = \"web\"\nserver_id = 1\nschedule = \"0 30 2 * * *\"\ncatch_up = \"2h\"\n";
     let started = utc(2026, 11, 28, 3, 10);
     // A job that never ran has nothing to catch up.
-    let h = start(started, jobs, 8, Duration::ZERO, None, false).await;
+    let h = Start::at(started, jobs).spawn().await;
     let (log, _, dir) = h.stop().await;
     assert!(log.is_empty(), "{log:?}");
 
@@ -298,8 +310,7 @@ async fn a_missed_fire_is_caught_up_exactly_once() {
         started_at: utc(2026, 11, 27, 2, 30),
     };
     db.start_run(run, &Owner::current()).await.unwrap();
-    let h = start(started, jobs, 8, Duration::ZERO, Some(dir), false).await;
-    wait_for(&h, 1).await;
+    let h = Start::at(started, jobs).in_dir(dir).spawn().await;
     let (log, _, dir) = h.stop().await;
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(
@@ -308,30 +319,18 @@ async fn a_missed_fire_is_caught_up_exactly_once() {
     );
 
     // Restarting again does not catch up a second time.
-    let h = start(
-        utc(2026, 11, 28, 3, 30),
-        jobs,
-        8,
-        Duration::ZERO,
-        Some(dir),
-        false,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let h = Start::at(utc(2026, 11, 28, 3, 30), jobs)
+        .in_dir(dir)
+        .spawn()
+        .await;
     let (log, _, dir) = h.stop().await;
     assert!(log.is_empty(), "{log:?}");
 
     // Nor beyond catch_up.
-    let h = start(
-        utc(2026, 11, 28, 5, 0),
-        jobs,
-        8,
-        Duration::ZERO,
-        Some(dir),
-        false,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let h = Start::at(utc(2026, 11, 28, 5, 0), jobs)
+        .in_dir(dir)
+        .spawn()
+        .await;
     assert!(h.stop().await.0.is_empty());
 }
 
@@ -357,45 +356,33 @@ async fn a_window_job_is_not_caught_up_once_its_window_opened() {
     let jobs = "[[jobs]]\nname = \"db\"\nserver_id = 1\nmaintenance_window = \"0 0 4 * * *\"\nlead = \"1h\"\n";
     // Fire was 03:00, window opens 04:00. At 03:40: catch up. At 04:10: too late.
     let dir = with_earlier_run("db", utc(2026, 11, 27, 3, 0)).await;
-    let h = start(
-        utc(2026, 11, 28, 3, 40),
-        jobs,
-        8,
-        Duration::ZERO,
-        Some(dir),
-        false,
-    )
-    .await;
-    wait_for(&h, 1).await;
+    let h = Start::at(utc(2026, 11, 28, 3, 40), jobs)
+        .in_dir(dir)
+        .spawn()
+        .await;
     let (log, _, _) = h.stop().await;
     assert_eq!(log.len(), 1);
+    assert_eq!(
+        (log[0].1, log[0].2),
+        (RunTrigger::CatchUp, utc(2026, 11, 28, 3, 0))
+    );
 
     let dir = with_earlier_run("db", utc(2026, 11, 27, 3, 0)).await;
-    let h = start(
-        utc(2026, 11, 28, 4, 10),
-        jobs,
-        8,
-        Duration::ZERO,
-        Some(dir),
-        false,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let h = Start::at(utc(2026, 11, 28, 4, 10), jobs)
+        .in_dir(dir)
+        .spawn()
+        .await;
     assert!(h.stop().await.0.is_empty());
 }
 
 #[tokio::test]
 async fn sighup_with_a_broken_config_keeps_the_old_schedule_and_a_good_one_replaces_it() {
     let jobs = "[[jobs]]\nname = \"a\"\nserver_id = 1\nschedule = \"0 0 * * * *\"\n";
-    let h = start(
-        utc(2026, 11, 28, 0, 30),
-        jobs,
-        8,
-        Duration::from_secs(1),
-        None,
-        true,
-    )
-    .await;
+    let h = Start::at(utc(2026, 11, 28, 0, 30), jobs)
+        .takes(Duration::from_secs(1))
+        .paused()
+        .spawn()
+        .await;
     std::fs::write(
         &h.config,
         config_text(
@@ -427,22 +414,25 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_and_a_good_one_repla
     );
 }
 
-#[tokio::test]
-async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            "[[jobs]]\nname = \"quiet\"\nserver_id = 1\nschedule = \"0 0 4 1 1 *\"\nstale_after = \"1s\"\ncatch_up = \"off\"\n\
-             [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = 9\nsecurity = \"none\"\nfrom = \"a@b.c\"\nto = [\"o@b.c\"]\n",
-            8,
-        ),
-    )
-    .unwrap();
-    let settings = Settings::load(&config).unwrap();
-    let db = Database::open(&dir.path().join("h.db")).await.unwrap();
-    let clock = vps_snapshot_agent::clock::system();
+/// A timer that never fires: the test steps the loop with [`Control::Check`].
+struct NeverTimer;
+
+impl Timer for NeverTimer {
+    fn arm(&self, _: Fire, _: mpsc::UnboundedSender<Fire>) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn disarm_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Starts a daemon on `dir`'s config and database with its clock at `at`, sends it
+/// `checks` check requests and a stop, and waits for it to end: the loop handles its
+/// messages in order, each check to its end before the next.
+async fn check_at(dir: &std::path::Path, at: DateTime<Utc>, checks: usize) {
+    let settings = Settings::load(&dir.join("config.toml")).unwrap();
+    let db = Database::open(&dir.join("h.db")).await.unwrap();
+    let clock: SharedClock = Arc::new(VirtualClock::new(at));
     let mailer = vps_snapshot_agent::alert::Mailer::from_settings(
         settings.email.as_ref(),
         db.clone(),
@@ -465,41 +455,72 @@ async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
             mailer,
         },
         db: db.clone(),
-        clock: clock.clone(),
-        timer: Arc::new(ClockTimer::new(clock)),
+        clock,
+        timer: Arc::new(NeverTimer),
         grace: Duration::from_secs(5),
-        check_every: Duration::from_millis(50),
-        stale_every: Duration::from_millis(50),
+        check_every: Duration::from_secs(86_400 * 365),
+        stale_every: Duration::from_secs(86_400 * 365),
         reload: Box::new(|| anyhow::bail!("not reloaded here")),
     };
     let task = tokio::spawn(daemon.run(rx));
-    let mut stale = Vec::new();
-    for _ in 0..100 {
-        stale = db
-            .pending_alerts()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|a| a.kind == AlertKind::Stale)
-            .collect();
-        if !stale.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..checks {
+        tx.send(Control::Check).unwrap();
     }
-    // Several more checks pass; still one alert for this stale spell.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     tx.send(Control::Stop).unwrap();
     task.await.unwrap().unwrap();
-    let all: Vec<_> = db
-        .pending_alerts()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|a| a.kind == AlertKind::Stale)
-        .collect();
-    assert_eq!(stale.len(), 1, "no stale alert");
-    assert_eq!(all.len(), 1, "one alert per stale spell");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        config_text(
+            "[[jobs]]\nname = \"quiet\"\nserver_id = 1\nschedule = \"0 0 4 1 1 *\"\nstale_after = \"1h\"\ncatch_up = \"off\"\n\
+             [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = 9\nsecurity = \"none\"\nfrom = \"a@b.c\"\nto = [\"o@b.c\"]\n",
+            8,
+        ),
+    )
+    .unwrap();
+    // The last success ended at midnight.
+    let db = Database::open(&dir.path().join("h.db")).await.unwrap();
+    let midnight = utc(2026, 11, 28, 0, 0);
+    let run = NewRun {
+        job: "quiet",
+        server_id: ServerId::new(1),
+        kind: RunKind::Snapshot,
+        trigger: RunTrigger::Manual,
+        scheduled_for: None,
+        started_at: midnight,
+    };
+    let owner = Owner::current();
+    let id = db.start_run(run, &owner).await.unwrap();
+    let end = Finish {
+        status: RunStatus::Succeeded,
+        error: None,
+        step: None,
+        at: midnight,
+        alerts: &[],
+    };
+    db.finish_run(id, &owner, end).await.unwrap();
+    db.close().await;
+    let stale_alerts = async || -> Vec<_> {
+        let db = Database::open(&dir.path().join("h.db")).await.unwrap();
+        let all = db.pending_alerts().await.unwrap();
+        db.close().await;
+        all.into_iter()
+            .filter(|a| a.kind == AlertKind::Stale)
+            .collect::<Vec<_>>()
+    };
+    // 00:59: not stale yet.
+    check_at(dir.path(), utc(2026, 11, 28, 0, 59), 2).await;
+    assert!(stale_alerts().await.is_empty());
+    // 01:01: stale; one alert however many checks follow, and across a restart.
+    check_at(dir.path(), utc(2026, 11, 28, 1, 1), 3).await;
+    check_at(dir.path(), utc(2026, 11, 28, 1, 30), 2).await;
+    let all = stale_alerts().await;
+    assert_eq!(all.len(), 1, "one alert per stale spell: {all:?}");
     assert!(
         all[0].subject.contains("STALE quiet (server 1)"),
         "{}",

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use vps_snapshot_agent::api::SnapshotStatus;
-use vps_snapshot_agent::db::Database;
+use vps_snapshot_agent::db::{Database, Step};
+use vps_snapshot_agent::domain::AlertKind;
 use vps_snapshot_agent::sim::{Delay, Event, Fault, FaultKind, Mode, Op, Simulator};
 
 use crate::helpers::{Inbox, RunId, ServerId, SnapshotId, TOKEN, closed_port};
@@ -83,7 +84,7 @@ async fn hole_1_a_snapshot_that_completed_while_the_agent_was_down_is_not_timed_
         .sim
         .set_delay(SERVER, Delay::Fixed(Duration::from_millis(1500)));
     let killed = kill_when(&s, "mid-poll", async |db: &Database, _: &Simulator| {
-        step_is(db, "poll").await
+        step_is(db, Step::Poll).await
     })
     .await;
     s.sim.sim.set_delay(SERVER, Delay::Fixed(Duration::ZERO));
@@ -95,7 +96,7 @@ async fn hole_1_a_snapshot_that_completed_while_the_agent_was_down_is_not_timed_
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(deleted(&run), vec![old], "the resumed run rotated: {run}");
     assert!(
-        !s.alert_kinds().await.contains(&"failed".to_string()),
+        !s.alert_kinds().await.contains(&AlertKind::Failed),
         "no FAILED alert for a snapshot that completed"
     );
     s.check().await;
@@ -110,7 +111,7 @@ async fn hole_2_two_processes_starting_at_once_resume_an_interrupted_run_once() 
         .sim
         .set_delay(SERVER, Delay::Fixed(Duration::from_millis(800)));
     let killed = kill_when(&s, "mid-poll", async |db: &Database, _: &Simulator| {
-        step_is(db, "poll").await
+        step_is(db, Step::Poll).await
     })
     .await;
     s.sim.sim.set_delay(SERVER, Delay::Fixed(Duration::ZERO));
@@ -197,7 +198,7 @@ async fn hole_4_a_delete_killed_in_flight_is_the_agents_own_not_drift() {
     let o = s.agent(&["run-once"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
-        !s.alert_kinds().await.contains(&"drift".to_string()),
+        !s.alert_kinds().await.contains(&AlertKind::Drift),
         "the agent's own delete was taken for drift"
     );
     let run = run_json(&s, killed).await;
@@ -224,7 +225,7 @@ async fn hole_5_moving_a_job_to_another_server_is_not_drift() {
         "the old server kept its own"
     );
     assert!(
-        !s.alert_kinds().await.contains(&"drift".to_string()),
+        !s.alert_kinds().await.contains(&AlertKind::Drift),
         "snapshots on the old server did not vanish"
     );
     s.check().await;
@@ -246,7 +247,7 @@ async fn hole_6_a_restored_hand_made_snapshot_deleted_later_is_not_drift() {
     let o = s.agent(&["run-once"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
-        !s.alert_kinds().await.contains(&"drift".to_string()),
+        !s.alert_kinds().await.contains(&AlertKind::Drift),
         "the job never made {by_hand}"
     );
     s.check().await;

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use vps_snapshot_agent::api::SnapshotStatus;
-use vps_snapshot_agent::db::{Database, RunKind, RunStatus};
+use vps_snapshot_agent::db::{Action, Database, RunKind, RunStatus, State};
 use vps_snapshot_agent::domain::{RunId, SnapshotId};
 use vps_snapshot_agent::mark::Marker;
 use vps_snapshot_agent::naming;
@@ -61,8 +61,8 @@ pub async fn violations(sim: &Simulator, db: &Database, expect: &Expect) -> Vec<
 struct Row {
     id: i64,
     run_id: RunId,
-    action: String,
-    state: String,
+    action: Action,
+    state: State,
     snapshot_id: Option<SnapshotId>,
     detail: Option<String>,
 }
@@ -120,14 +120,14 @@ async fn deletions(
         }
         let intents: Vec<&Row> = journal
             .iter()
-            .filter(|r| r.action == "delete" && r.snapshot_id == Some(*id))
+            .filter(|r| r.action == Action::Delete && r.snapshot_id == Some(*id))
             .collect();
         // The request the API carried out: the intent not refused (an earlier run's
         // refused attempt is not it), the last if several.
         let sent = intents
             .iter()
             .rev()
-            .find(|r| r.state != "error")
+            .find(|r| r.state != State::Error)
             .or(intents.last());
         match sent {
             None => bad.push(format!(
@@ -145,7 +145,7 @@ async fn deletions(
             Some((from, cap))
                 if journal
                     .iter()
-                    .any(|r| r.run_id == run && r.action == "delete" && r.id >= from) =>
+                    .any(|r| r.run_id == run && r.action == Action::Delete && r.id >= from) =>
             {
                 cap
             }
@@ -161,7 +161,7 @@ async fn deletions(
     }
     for r in journal
         .iter()
-        .filter(|r| r.action == "delete" && r.state == "ok")
+        .filter(|r| r.action == Action::Delete && r.state == State::Ok)
     {
         let Some(run) = runs.iter().find(|x| x.id == r.run_id) else {
             continue;
@@ -215,7 +215,7 @@ fn endings(runs: &[vps_snapshot_agent::db::Run], journal: &[Row], bad: &mut Vec<
         ));
     }
     let mut finished: HashMap<RunId, usize> = HashMap::new();
-    for r in journal.iter().filter(|r| r.action == "finish") {
+    for r in journal.iter().filter(|r| r.action == Action::Finish) {
         *finished.entry(r.run_id).or_default() += 1;
     }
     for (run, n) in finished {
@@ -233,7 +233,7 @@ fn drift_alerts(
     journal: &[Row],
     bad: &mut Vec<String>,
 ) {
-    for r in journal.iter().filter(|r| r.action == "vanished") {
+    for r in journal.iter().filter(|r| r.action == Action::Vanished) {
         let Some(id) = r.snapshot_id else {
             bad.push(format!(
                 "run {} reported a vanished snapshot without an id",

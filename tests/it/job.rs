@@ -55,16 +55,16 @@ async fn a_run_creates_waits_and_records_every_action() {
     assert_eq!(json["trigger"], "manual");
     assert_eq!(json["snapshot"]["status"], "completed");
     assert!(json["started_at"].as_str().unwrap().ends_with('Z'));
-    let actions: Vec<(String, String)> =
+    let actions: Vec<(Action, State)> =
         sqlx::query_as("SELECT action, state FROM journal WHERE run_id = ? ORDER BY id")
             .bind(o.run_id)
             .fetch_all(runner.db.pool())
             .await
             .unwrap();
-    assert_eq!(actions[0], ("lock".into(), "ok".into()));
-    assert_eq!(actions[1], ("list".into(), "ok".into()));
-    assert_eq!(actions[2], ("create".into(), "ok".into()));
-    assert_eq!(actions.iter().filter(|a| a.0 == "poll").count(), 15);
+    assert_eq!(actions[0], (Action::Lock, State::Ok));
+    assert_eq!(actions[1], (Action::List, State::Ok));
+    assert_eq!(actions[2], (Action::Create, State::Ok));
+    assert_eq!(actions.iter().filter(|a| a.0 == Action::Poll).count(), 15);
 }
 
 #[tokio::test]

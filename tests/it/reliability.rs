@@ -9,7 +9,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use vps_snapshot_agent::api::{SnapshotPage, SnapshotStatus};
 use vps_snapshot_agent::config::Settings;
-use vps_snapshot_agent::db::{Database, RunStatus};
+use vps_snapshot_agent::db::{Action, Database, RunStatus, State, Step};
 use vps_snapshot_agent::sim::{Fault, FaultKind, Mode, Op, SimOptions, Simulator};
 
 use crate::helpers::{Inbox, SnapshotId, TOKEN, closed_port};
@@ -184,9 +184,10 @@ async fn failed_stuck_and_vanished_snapshots_end_cleanly() {
     s.check().await;
 }
 
-async fn actions(db: &Database, action: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM journal WHERE action = ? AND state = 'ok'")
+async fn actions(db: &Database, action: Action) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM journal WHERE action = ? AND state = ?")
         .bind(action)
+        .bind(State::Ok)
         .fetch_one(db.pool())
         .await
         .unwrap()
@@ -201,7 +202,7 @@ async fn killed_after_taking_the_lock() {
         1,
     ));
     crash(&s, "after lock", async |db: &Database, _: &Simulator| {
-        actions(db, "lock").await > 0
+        actions(db, Action::Lock).await > 0
     })
     .await;
 }
@@ -215,7 +216,7 @@ async fn killed_after_listing_before_the_create_lands() {
         1,
     ));
     crash(&s, "after list", async |db: &Database, _: &Simulator| {
-        step_is(db, "create").await
+        step_is(db, Step::Create).await
     })
     .await;
 }
@@ -232,7 +233,7 @@ async fn killed_after_the_create_was_sent() {
         &s,
         "after create sent",
         async |db: &Database, sim: &Simulator| {
-            step_is(db, "create").await
+            step_is(db, Step::Create).await
                 && sim
                     .snapshots(SERVER)
                     .iter()
@@ -246,7 +247,7 @@ async fn killed_after_the_create_was_sent() {
 async fn killed_mid_poll() {
     let s = scene(Duration::from_secs(2), 2, closed_port(), "").await;
     crash(&s, "mid-poll", async |db: &Database, _: &Simulator| {
-        step_is(db, "poll").await
+        step_is(db, Step::Poll).await
     })
     .await;
 }
@@ -260,7 +261,7 @@ async fn killed_between_deletes() {
     crash(
         &s,
         "between deletes",
-        async |db: &Database, _: &Simulator| actions(db, "delete").await == 1,
+        async |db: &Database, _: &Simulator| actions(db, Action::Delete).await == 1,
     )
     .await;
 }
@@ -272,7 +273,7 @@ async fn killed_before_a_failure_is_alerted() {
     crash(
         &s,
         "before the alert",
-        async |db: &Database, _: &Simulator| step_is(db, "poll").await,
+        async |db: &Database, _: &Simulator| step_is(db, Step::Poll).await,
     )
     .await;
     let db = s.db().await;

@@ -8,7 +8,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use vps_snapshot_agent::api::SnapshotStatus;
-use vps_snapshot_agent::db::{Database, RunStatus};
+use vps_snapshot_agent::db::{Database, RunStatus, Step};
+use vps_snapshot_agent::domain::AlertKind;
 use vps_snapshot_agent::sim::{Delay, SimOptions, SimServer, Simulator};
 
 use crate::helpers::{RunId, ServerId, TOKEN};
@@ -199,7 +200,7 @@ impl Scene {
     }
 
     /// The kinds of the alerts queued or sent so far.
-    pub async fn alert_kinds(&self) -> Vec<String> {
+    pub async fn alert_kinds(&self) -> Vec<AlertKind> {
         let db = self.db().await;
         let kinds = sqlx::query_scalar("SELECT kind FROM alerts ORDER BY id")
             .fetch_all(db.pool())
@@ -272,10 +273,6 @@ pub async fn crash(s: &Scene, point: &str, at: impl AsyncFn(&Database, &Simulato
 }
 
 /// Whether a run is recorded at `step` (as history's JSON names it).
-pub async fn step_is(db: &Database, step: &str) -> bool {
-    db.running()
-        .await
-        .unwrap()
-        .iter()
-        .any(|r| r.step.to_string() == step)
+pub async fn step_is(db: &Database, step: Step) -> bool {
+    db.running().await.unwrap().iter().any(|r| r.step == step)
 }
