@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{Timelike, Utc};
+use chrono::Timelike;
 
 use super::{context, output, run_once};
 use crate::api::{Client, SnapshotStatus};
 use crate::cli::DemoArgs;
-use crate::clock::{Clock, VirtualClock};
+use crate::clock::{Clock, SystemClock, VirtualClock};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::domain::ServerId;
@@ -21,10 +21,11 @@ use crate::sim::{DEFAULT_TOKEN, Delay, SimOptions, Simulator};
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir()?;
-    let start = Utc::now()
+    let now = SystemClock.now();
+    let start = now
         .with_hour(2)
         .and_then(|t| t.with_minute(30))
-        .unwrap_or_else(Utc::now);
+        .unwrap_or(now);
     let clock = VirtualClock::new(start);
     let shared: crate::clock::SharedClock = Arc::new(clock.clone());
     let server = Simulator::start(
