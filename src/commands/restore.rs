@@ -63,7 +63,7 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let outcome = runner.restore(&job, &snap).await?;
     db.close().await;
     match outcome.status {
-        RunStatus::Succeeded => {
+        RunStatus::Started => {
             println!(
                 "restore started (run {}); it takes 5-15 minutes",
                 outcome.run_id

@@ -53,6 +53,8 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     Interrupted,
+    /// A restore the API accepted: it offers no way to see one complete.
+    Started,
 }
 
 /// The last step a run reached.
@@ -73,7 +75,7 @@ pub enum Step {
 
 names!(RunKind { Snapshot = "snapshot", Restore = "restore" });
 names!(RunTrigger { Schedule = "schedule", Manual = "manual", CatchUp = "catch_up" });
-names!(RunStatus { Running = "running", Succeeded = "succeeded", Failed = "failed", Interrupted = "interrupted" });
+names!(RunStatus { Running = "running", Succeeded = "succeeded", Failed = "failed", Interrupted = "interrupted", Started = "started" });
 names!(Step { Start = "start", Lock = "lock", List = "list", MakeRoom = "make_room", Create = "create", Poll = "poll", Rotate = "rotate", Restore = "restore", Done = "done" });
 
 /// The snapshot a run made or worked on.
@@ -367,9 +369,11 @@ impl Database {
         Ok(rows.into_iter().map(Run::from).collect())
     }
 
-    /// Whether any run of `job` started at or after `t`.
+    /// Whether any snapshot run of `job` started at or after `t`.
     pub async fn has_run_since(&self, job: &str, t: DateTime<Utc>) -> DbResult<bool> {
-        let row = sqlx::query("SELECT 1 FROM runs WHERE job = ? AND started_at >= ? LIMIT 1")
+        let row = sqlx::query(
+            "SELECT 1 FROM runs WHERE job = ? AND kind = 'snapshot' AND started_at >= ? LIMIT 1",
+        )
             .bind(job)
             .bind(ms(t))
             .fetch_optional(self.pool())
@@ -378,8 +382,18 @@ impl Database {
         Ok(row.is_some())
     }
 
+    /// The newest snapshot run of `job` (a restore is not the job's run).
     pub async fn last_run(&self, job: &str) -> DbResult<Option<Run>> {
-        Ok(self.history(Some(job), 1).await?.pop())
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job = ? AND kind = 'snapshot' \
+             ORDER BY id DESC LIMIT 1"
+        );
+        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+            .bind(job)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(self.err("cannot read the last run"))?;
+        Ok(row.map(Run::from))
     }
 
     /// The last finished snapshot run of `job` before run `before` (any status but running).

@@ -49,6 +49,7 @@ impl Runner {
             snapshot: st.snapshot.as_ref().map(|s| (s.id, s.name.clone())),
             deleted: st.deleted,
             error,
+            cause: result.as_ref().err().map(|f| f.cause),
             polls: st.polls,
             elapsed: (now - st.started_at).to_std().unwrap_or_default(),
         })

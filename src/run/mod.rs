@@ -67,6 +67,8 @@ pub struct Outcome {
     pub snapshot: Option<(SnapshotId, String)>,
     pub deleted: Vec<SnapshotId>,
     pub error: Option<String>,
+    /// What kind of failure, when the run failed.
+    pub cause: Option<Cause>,
     pub polls: u32,
     pub elapsed: Duration,
 }

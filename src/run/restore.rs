@@ -45,7 +45,7 @@ impl Runner {
         };
         let now = self.now();
         let (status, error) = match &result {
-            Ok(()) => (RunStatus::Succeeded, None),
+            Ok(()) => (RunStatus::Started, None),
             Err(e) => (RunStatus::Failed, Some(e.clone())),
         };
         self.db
@@ -69,6 +69,7 @@ impl Runner {
             snapshot: Some((snapshot.id, snapshot.name.clone())),
             deleted: Vec::new(),
             error,
+            cause: None,
             polls: 0,
             elapsed: (now - started_at).to_std().unwrap_or_default(),
         })

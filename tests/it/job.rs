@@ -594,12 +594,12 @@ async fn a_steady_state_run_costs_two_requests_plus_polls_plus_deletions() {
     );
 }
 
-/// A database as the version before the journal left it: the older migrations only.
-async fn database_before_the_journal(path: &std::path::Path) -> sqlx::SqlitePool {
+/// A database as an earlier version left it: the migrations older than `before` only.
+async fn database_before(path: &std::path::Path, before: &str) -> sqlx::SqlitePool {
     let old = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir("migrations").unwrap() {
         let entry = entry.unwrap();
-        if entry.file_name().to_string_lossy().as_ref() < "20261129" {
+        if entry.file_name().to_string_lossy().as_ref() < before {
             std::fs::copy(entry.path(), old.path().join(entry.file_name())).unwrap();
         }
     }
@@ -634,7 +634,7 @@ async fn an_earlier_versions_database_keeps_knowing_its_snapshots() {
         Completed,
         at(900),
     );
-    let pool = database_before_the_journal(&path).await;
+    let pool = database_before(&path, "20261129").await;
     for sql in [
         format!(
             "INSERT INTO runs (id, job, server_id, kind, trigger, status, started_at, finished_at, owner, step, \
@@ -701,4 +701,52 @@ async fn an_earlier_versions_database_keeps_knowing_its_snapshots() {
         left.contains(&look_alike),
         "a name alone was never proof: {left:?}"
     );
+}
+
+#[tokio::test]
+async fn restores_recorded_as_succeeded_become_started_and_nothing_else_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    let pool = database_before(&path, "20261130").await;
+    for sql in [
+        "INSERT INTO runs (id, job, server_id, kind, trigger, status, started_at, finished_at, owner, step) \
+         VALUES (7, 'web', 1, 'snapshot', 'manual', 'succeeded', 0, 1, 'old/1/1/x', 'done')",
+        "INSERT INTO runs (id, job, server_id, kind, trigger, status, started_at, finished_at, owner, step) \
+         VALUES (8, 'web', 1, 'restore', 'manual', 'succeeded', 2, 3, 'old/1/1/x', 'restore')",
+        "INSERT INTO journal (run_id, server_id, action, state, snapshot_id, at) \
+         VALUES (7, 1, 'create', 'ok', 801, 0), (8, 1, 'restore', 'ok', 801, 2)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let db = Database::open(&path).await.unwrap();
+    let status = |id: i64| {
+        let db = db.clone();
+        async move { db.run(RunId::new(id)).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(7).await, RunStatus::Succeeded);
+    assert_eq!(status(8).await, RunStatus::Started, "a restore is only ever started");
+    let journal: i64 = sqlx::query_scalar("SELECT count(*) FROM journal")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(journal, 2, "rebuilding runs must not cascade into the journal");
+    let dangling: Vec<(String,)> = sqlx::query_as("PRAGMA foreign_key_check")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert!(dangling.is_empty(), "{dangling:?}");
+    assert_eq!(
+        db.last_run("web").await.unwrap().map(|r| r.id),
+        Some(RunId::new(7)),
+        "a restore is not the job's last run"
+    );
+    let bad = sqlx::query(
+        "INSERT INTO runs (job, server_id, kind, trigger, status, started_at, owner) \
+         VALUES ('web', 1, 'snapshot', 'manual', 'started', 4, 'x')",
+    )
+    .execute(db.pool())
+    .await;
+    assert!(bad.is_err(), "only a restore can be 'started'");
 }
