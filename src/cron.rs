@@ -40,7 +40,10 @@ impl CronSpec {
             .seconds(Seconds::Optional)
             .build()
             .parse(expr)
-            .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))?;
+            .map_err(|e| match out_of_range(expr) {
+                Some(why) => format!("{expr:?} is not a valid cron expression: {why}"),
+                None => format!("{expr:?} is not a valid cron expression: {e}"),
+            })?;
         let spec = Self {
             expr: expr.trim().to_string(),
             cron,
@@ -69,6 +72,41 @@ impl CronSpec {
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
+}
+
+/// The fields of a six-field expression, with the values each allows.
+const FIELDS: [(&str, u32, u32); 6] = [
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+];
+
+/// The first number outside its field's range, said in words: croner only says "Number
+/// out of bounds", which leaves the user to count fields.
+fn out_of_range(expr: &str) -> Option<String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let skip = FIELDS.len().checked_sub(fields.len())?;
+    for (field, &(name, min, max)) in fields.iter().zip(&FIELDS[skip..]) {
+        for part in field.split(',') {
+            let (range, step) = part.split_once('/').unwrap_or((part, ""));
+            if step == "0" {
+                return Some(format!("{name} step 0 is not allowed"));
+            }
+            let range = range.split('#').next().unwrap_or(range);
+            for n in range
+                .split('-')
+                .filter_map(|v| v.trim_end_matches('W').parse::<u32>().ok())
+            {
+                if !(min..=max).contains(&n) {
+                    return Some(format!("{name} {n} is out of range ({min}-{max})"));
+                }
+            }
+        }
+    }
+    None
 }
 
 fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {

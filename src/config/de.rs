@@ -66,9 +66,9 @@ pub fn catch_up<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Duratio
     }
     humantime::parse_duration(text.trim())
         .map(|d| Some(Some(d)))
-        .map_err(|e| {
+        .map_err(|_| {
             de::Error::custom(format!(
-                "{text:?}: {e} (expected \"off\" or a duration like \"2h\")"
+                "{text:?}: expected \"off\" (skip missed runs) or a duration like \"2h\""
             ))
         })
 }

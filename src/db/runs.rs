@@ -374,11 +374,11 @@ impl Database {
         let row = sqlx::query(
             "SELECT 1 FROM runs WHERE job = ? AND kind = 'snapshot' AND started_at >= ? LIMIT 1",
         )
-            .bind(job)
-            .bind(ms(t))
-            .fetch_optional(self.pool())
-            .await
-            .map_err(self.err("cannot read the history"))?;
+        .bind(job)
+        .bind(ms(t))
+        .fetch_optional(self.pool())
+        .await
+        .map_err(self.err("cannot read the history"))?;
         Ok(row.is_some())
     }
 

@@ -166,7 +166,10 @@ async fn restore_refuses_without_yes_off_a_terminal_and_records_with_it() {
     let hist = agent(&cfg, &["history", "--json"]).await;
     let runs: serde_json::Value = serde_json::from_slice(&hist.stdout).unwrap();
     assert_eq!(runs[0]["kind"], "restore");
-    assert_eq!(runs[0]["status"], "started", "the API only starts a restore");
+    assert_eq!(
+        runs[0]["status"], "started",
+        "the API only starts a restore"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

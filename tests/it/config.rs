@@ -361,15 +361,36 @@ fn a_missing_or_broken_file_is_named() {
 }
 
 #[test]
-fn the_example_config_parses_and_validates() {
+fn the_example_config_validates_unchanged_and_its_email_section_once_uncommented() {
     let _g = env_lock();
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
-        .unwrap();
-    // Point the file references at files that exist here; keep everything else as shipped.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    // As shipped, with only a token in the environment: valid, and no email.
+    unsafe { std::env::set_var("AGENT_API__TOKEN", "env-token") };
+    let s = Settings::load(std::path::Path::new(example));
+    unsafe { std::env::remove_var("AGENT_API__TOKEN") };
+    let s = s.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.jobs.len(), 2);
+    assert!(matches!(s.jobs[1].trigger, Trigger::Window { .. }));
+    assert_eq!(s.jobs[1].retention.weekly, 2);
+    assert!(
+        s.email.is_none(),
+        "site-specific sections ship commented out"
+    );
+    assert_eq!(s.api.token().unwrap().expose_secret(), "env-token");
+
+    // The commented settings (`#` and no space) are real keys once uncommented.
+    let text = std::fs::read_to_string(example).unwrap();
     let token = write(&dir, "token", "example-token");
     let pass = write(&dir, "smtp-password", "example-password");
-    let text = text
+    let text: String = text
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
         .replace(
             "/etc/vps-snapshot-agent/token",
             &token.display().to_string(),
@@ -380,17 +401,58 @@ fn the_example_config_parses_and_validates() {
         );
     let path = write(&dir, "config.toml", &text);
     let s = Settings::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(s.jobs.len(), 2);
-    assert!(matches!(s.jobs[1].trigger, Trigger::Window { .. }));
-    assert_eq!(s.jobs[1].retention.weekly, 2);
     let email = s.email.unwrap();
     assert_eq!(email.smtp_port, 587);
     assert_eq!(email.to.len(), 1);
-    // And with the token supplied by the environment instead of the file.
-    let no_file = text.replace(&format!("token_file = \"{}\"", token.display()), "");
-    let path = write(&dir, "config2.toml", &no_file);
-    unsafe { std::env::set_var("AGENT_API__TOKEN", "env-token") };
-    let s = Settings::load(&path);
-    unsafe { std::env::remove_var("AGENT_API__TOKEN") };
-    assert_eq!(s.unwrap().api.token().unwrap().expose_secret(), "env-token");
+    assert_eq!(s.api.token().unwrap().expose_secret(), "example-token");
+}
+
+#[test]
+fn one_bad_value_gives_one_error() {
+    let _g = env_lock();
+    unsafe { std::env::set_var("AGENT_DEFAULTS__KEEP_LAST", "abc") };
+    let errs = load(BASE).map(|_| ()).unwrap_err();
+    unsafe { std::env::remove_var("AGENT_DEFAULTS__KEEP_LAST") };
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    assert_eq!(errs.0[0].key, "defaults.keep_last");
+    assert!(
+        errs.0[0].origin.contains("AGENT_DEFAULTS__KEEP_LAST"),
+        "{errs}"
+    );
+
+    // An unreadable password file is the one problem, not also "no password".
+    let errs = errors(&format!(
+        "{BASE}[email]\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\nto = \"o@b.c\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("email.password_file: cannot read"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn a_bad_cron_field_or_catch_up_says_what_is_expected() {
+    let _g = env_lock();
+    for (expr, want) in [
+        ("0 30 25 * * *", "hour 25 is out of range (0-23)"),
+        ("0 61 2 * * *", "minute 61 is out of range (0-59)"),
+        ("30 2 32 * *", "day-of-month 32 is out of range (1-31)"),
+        ("0 0 2 * 13 *", "month 13 is out of range (1-12)"),
+        ("0 0 2 * * 8", "day-of-week 8 is out of range (0-7)"),
+        ("0 0 1-30 * * *", "hour 30 is out of range (0-23)"),
+    ] {
+        let e = vps_snapshot_agent::cron::CronSpec::parse(expr).unwrap_err();
+        assert!(e.contains(want), "{expr}: {e}");
+    }
+    assert_error(
+        &BASE.replace("0 30 2 * * *", "0 30 25 * * *"),
+        "jobs[0].schedule",
+        "hour 25 is out of range (0-23)",
+    );
+    let errs = errors(&format!("{BASE}catch_up = \"no\"\n"));
+    assert_eq!(
+        errs,
+        ["jobs[0].catch_up: \"no\": expected \"off\" (skip missed runs) or a duration like \"2h\""]
+    );
 }

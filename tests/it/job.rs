@@ -726,12 +726,19 @@ async fn restores_recorded_as_succeeded_become_started_and_nothing_else_changes(
         async move { db.run(RunId::new(id)).await.unwrap().unwrap().status }
     };
     assert_eq!(status(7).await, RunStatus::Succeeded);
-    assert_eq!(status(8).await, RunStatus::Started, "a restore is only ever started");
+    assert_eq!(
+        status(8).await,
+        RunStatus::Started,
+        "a restore is only ever started"
+    );
     let journal: i64 = sqlx::query_scalar("SELECT count(*) FROM journal")
         .fetch_one(db.pool())
         .await
         .unwrap();
-    assert_eq!(journal, 2, "rebuilding runs must not cascade into the journal");
+    assert_eq!(
+        journal, 2,
+        "rebuilding runs must not cascade into the journal"
+    );
     let dangling: Vec<(String,)> = sqlx::query_as("PRAGMA foreign_key_check")
         .fetch_all(db.pool())
         .await
