@@ -95,8 +95,12 @@ pub struct HistoryArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print JSON
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     pub json: bool,
+    /// Monitoring mode: one line, exit 0 OK, 1 WARNING (alerts not delivered, a run left
+    /// by a stopped agent), 2 CRITICAL (a job's last run failed, or it is stale)
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// A server's snapshots from the API: managed or not, pinned or not, and the retention
@@ -109,6 +113,9 @@ pub struct SnapshotsArgs {
     /// A server id (verdicts from the jobs configured for it)
     #[arg(long, value_name = "ID")]
     pub server: Option<ServerId>,
+    /// Print JSON: per server, its jobs and each snapshot with owner, pin and verdict
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -117,9 +124,16 @@ pub struct PinArgs {
     pub snapshot_id: SnapshotId,
 }
 
-/// Restore a server from a snapshot (overwrites all its data; cannot be undone).
+/// Restore a server from one of its snapshots. This overwrites ALL current data on the
+/// server with the snapshot's and cannot be undone. On a terminal you are asked to type
+/// the server's id; off one, --yes is required. The API only starts a restore (it takes
+/// 5-15 minutes), so history records it as `started`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  agent snapshots --server 12345     # find the snapshot's id\n  agent restore 802                  # asks you to type 12345 to go ahead\n  agent restore 802 --yes            # from a script"
+)]
 pub struct RestoreArgs {
+    /// The id of the snapshot to restore (see `agent snapshots`); its server is restored
     pub snapshot_id: SnapshotId,
     /// Do not ask for confirmation (required when not on a terminal)
     #[arg(long)]

@@ -21,6 +21,12 @@ impl fmt::Debug for CronSpec {
     }
 }
 
+impl PartialEq for CronSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.expr == other.expr
+    }
+}
+
 impl fmt::Display for CronSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.expr)

@@ -1,9 +1,12 @@
 //! tracing-subscriber set-up: text or JSON on stderr, `RUST_LOG`-style filters, `-v`/`-q`,
 //! and no timestamps or colours under systemd (journald adds its own).
 
+use std::fmt;
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::time::ChronoUtc;
 
 use crate::cli::LogFormat;
 
@@ -22,11 +25,58 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    // Whole seconds: nobody reads an operations log to the nanosecond.
+    let builder = builder.with_timer(ChronoUtc::new("%Y-%m-%dT%H:%M:%SZ".into()));
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text if journald => builder.without_time().with_ansi(false).try_init(),
         LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_ansi(colour(std::io::stderr().is_terminal()))
             .try_init(),
     };
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set (no-color.org).
+pub fn colour(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A duration as a person reads it in a log: `1.6s` under a minute, `4m 40s` above.
+pub struct Secs(pub Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tenths = (self.0.as_millis() + 50) / 100;
+        if tenths < 600 {
+            if tenths.is_multiple_of(10) {
+                write!(f, "{}s", tenths / 10)
+            } else {
+                write!(f, "{}.{}s", tenths / 10, tenths % 10)
+            }
+        } else {
+            let secs = (self.0.as_millis() + 500) / 1000;
+            let secs = u64::try_from(secs).unwrap_or(u64::MAX);
+            write!(
+                f,
+                "{}",
+                humantime::format_duration(Duration::from_secs(secs))
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_rounded_for_people() {
+        let s = |ms| Secs(Duration::from_millis(ms)).to_string();
+        assert_eq!(s(1_641), "1.6s");
+        assert_eq!(s(20_000), "20s");
+        assert_eq!(s(49), "0s");
+        assert_eq!(s(59_960), "1m");
+        assert_eq!(s(280_400), "4m 40s");
+        assert_eq!(Secs(Duration::new(1, 641_335_718)).to_string(), "1.6s");
+    }
 }

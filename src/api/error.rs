@@ -21,13 +21,13 @@ pub enum ApiError {
         status: u16,
         body: String,
     },
-    #[error("{what}: rate limited (429) after {attempts} attempts")]
+    #[error("{what}: rate limited (429) after {}", tries(*.attempts))]
     RateLimited {
         what: String,
         attempts: u32,
         retry_after: Option<Duration>,
     },
-    #[error("{what}: server error {status} after {attempts} attempts: {body}")]
+    #[error("{what}: server error {status} after {}: {body}", tries(*.attempts))]
     Server {
         what: String,
         status: u16,
@@ -35,7 +35,7 @@ pub enum ApiError {
         body: String,
         retry_after: Option<Duration>,
     },
-    #[error("{what}: {kind} after {attempts} attempts")]
+    #[error("{what}: {kind} after {}", tries(*.attempts))]
     Transport {
         what: String,
         kind: String,
@@ -79,6 +79,15 @@ impl ApiError {
             Self::Server { status, .. } => *status == StatusCode::SERVICE_UNAVAILABLE.as_u16(),
             _ => false,
         }
+    }
+}
+
+/// "1 attempt", "3 attempts".
+fn tries(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
     }
 }
 

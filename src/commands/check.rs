@@ -12,6 +12,7 @@ use crate::schedule;
 
 pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let settings = super::load_settings(config)?;
+    settings.require_jobs()?;
     println!(
         "{}: valid, {} job{}",
         config.display(),
@@ -49,6 +50,12 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     if args.offline {
         return Ok(ExitCode::SUCCESS);
     }
+    let db = super::context::open_db(&settings).await?;
+    db.close().await;
+    println!(
+        "\ndatabase: {} opens and is up to date",
+        settings.database.display()
+    );
     let token = settings.api.token()?;
     let client = Client::new(&settings.api, token, crate::clock::system())?;
     client
@@ -83,10 +90,7 @@ async fn flush_outbox(
     settings: &crate::config::Settings,
     email: &crate::config::EmailSettings,
 ) -> anyhow::Result<()> {
-    if !settings.database.exists() {
-        return Ok(());
-    }
-    let db = crate::db::Database::open(&settings.database).await?;
+    let db = super::context::open_db(settings).await?;
     let mailer =
         crate::alert::Mailer::from_settings(Some(email), db.clone(), crate::clock::system())?;
     if let Some(m) = mailer {

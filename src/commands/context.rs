@@ -10,8 +10,48 @@ use crate::db::Database;
 
 use super::UsageError;
 
+/// The database could not be opened at start: a setup problem (path, permissions, the
+/// user the command runs as), so it exits 78 like a broken config and systemd does not
+/// restart the service into the same wall.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}{hint}")]
+pub struct UnusableDatabase {
+    error: crate::db::DbError,
+    hint: String,
+}
+
 pub async fn open_db(settings: &Settings) -> anyhow::Result<Database> {
-    Ok(Database::open(&settings.database).await?)
+    Database::open(&settings.database).await.map_err(|error| {
+        let hint = owner_hint(&settings.database).unwrap_or_default();
+        UnusableDatabase { error, hint }.into()
+    })
+}
+
+/// When the database (or the nearest directory that exists on its path) belongs to
+/// another user: whose it is, and how to run as them.
+fn owner_hint(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = path.ancestors().find_map(|p| std::fs::metadata(p).ok())?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() == me {
+        return None;
+    }
+    let name = user_name(meta.uid()).unwrap_or_else(|| format!("uid {}", meta.uid()));
+    Some(format!(
+        " (it belongs to {name}; run agent as that user, e.g. `sudo -u {name} agent …`)"
+    ))
+}
+
+/// The name /etc/passwd gives `uid`.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let id = f.nth(1)?.parse::<u32>().ok()?;
+        (id == uid).then(|| name.to_string())
+    })
 }
 
 pub fn client(settings: &Settings, clock: SharedClock) -> anyhow::Result<Arc<Client>> {

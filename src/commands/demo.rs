@@ -9,22 +9,27 @@ use std::time::Duration;
 
 use chrono::Timelike;
 
-use super::{context, output, run_once};
+use super::{context, output};
 use crate::api::{Client, SnapshotStatus};
 use crate::cli::DemoArgs;
 use crate::clock::{Clock, SystemClock, VirtualClock};
 use crate::config::Settings;
 use crate::db::Database;
+use crate::db::RunTrigger;
 use crate::domain::ServerId;
 use crate::run::Runner;
+use crate::schedule;
 use crate::sim::{DEFAULT_TOKEN, Delay, SimOptions, Simulator};
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir()?;
     let now = SystemClock.now();
+    // A minute before the nightly job's 02:30 today, on whole seconds.
     let start = now
         .with_hour(2)
-        .and_then(|t| t.with_minute(30))
+        .and_then(|t| t.with_minute(29))
+        .and_then(|t| t.with_second(0))
+        .and_then(|t| t.with_nanosecond(0))
         .unwrap_or(now);
     let clock = VirtualClock::new(start);
     let shared: crate::clock::SharedClock = Arc::new(clock.clone());
@@ -60,15 +65,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let client = context::client(&settings, shared.clone())?;
     let runner = Runner::from_settings(&settings, db.clone(), client.clone(), shared);
     for round in 1..=args.rounds {
+        // Each job at its own scheduled time, as the daemon would fire it.
+        let since = clock.now();
+        let mut fires: Vec<_> = settings
+            .jobs
+            .iter()
+            .filter_map(|j| schedule::next_fire(j, since).map(|at| (at, j)))
+            .collect();
+        fires.sort_by_key(|(at, _)| *at);
+        let day = fires.first().map_or(clock.now(), |(at, _)| *at);
         println!(
-            "=== round {round} of {}: {} (simulated) ===",
+            "=== day {round} of {}: {} (simulated) ===",
             args.rounds,
-            clock.now().format("%a %Y-%m-%d %H:%M UTC")
+            day.format("%a %Y-%m-%d")
         );
-        run_once::run_jobs(&settings, &runner, &settings.jobs).await?;
+        let mut outcomes = Vec::new();
+        for (at, job) in fires {
+            if let Ok(wait) = (at - clock.now()).to_std() {
+                clock.advance(wait);
+            }
+            outcomes.push(runner.run_job(job, RunTrigger::Schedule, Some(at)).await?);
+        }
+        output::summary(&outcomes);
         show_servers(&settings, &db, &client).await?;
-        clock.advance(Duration::from_secs(86_400) - Duration::from_secs(600));
     }
+    println!(
+        "TIME is each run from its scheduled start to its end: the simulated snapshots take \
+         3-10 minutes, and the agent looks every 20 s (or, once it knows the job's usual \
+         duration, first just before it is due).\n"
+    );
     println!("=== history (agent history) ===");
     output::history(&db.history(None, 50).await?);
     let requests = server.sim.requests().total;
@@ -122,7 +147,12 @@ async fn show_servers(settings: &Settings, db: &Database, client: &Client) -> an
         let listing = client.list(Some(job.server_id)).await?;
         let owners = crate::run::owners(Some(db), client.marker(), job.server_id, &listing).await?;
         println!("\nserver {} now:", job.server_id);
-        output::snapshots(&listing, &owners, &[job], &db.pins().await?);
+        output::snapshots(&output::snapshot_rows(
+            &listing,
+            &owners,
+            &[job],
+            &db.pins().await?,
+        ));
     }
     println!();
     Ok(())

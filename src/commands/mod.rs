@@ -33,7 +33,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = crate::config::resolve_path(cli.config.as_deref());
     match cli.command {
         Command::Run => run::run(&config).await,
-        Command::Status(args) => status::run(&config, args.json).await,
+        Command::Status(args) => status::run(&config, args).await,
         Command::RunOnce(args) => run_once::run(&config, args).await,
         Command::History(args) => history::run(&config, args).await,
         Command::Snapshots(args) => snapshots::run(&config, args).await,
@@ -70,6 +70,7 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     eprintln!("agent: {e:#}");
     let config = e.chain().any(|c| {
         c.downcast_ref::<ConfigErrors>().is_some()
+            || c.downcast_ref::<context::UnusableDatabase>().is_some()
             || matches!(
                 c.downcast_ref::<crate::api::ApiError>(),
                 Some(crate::api::ApiError::Unauthorized)

@@ -136,14 +136,28 @@ pub fn history(runs: &[Run]) {
     );
 }
 
+/// One snapshot as `agent snapshots` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct SnapshotRow {
+    pub id: SnapshotId,
+    pub name: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    /// Whose it is and why: `yes (web, marked)`, `no (made by hand)`, …
+    pub managed: String,
+    pub pinned: bool,
+    /// The policy's verdict: `keep: last #1`, `delete next`, `keep: not managed`, …
+    pub verdict: String,
+}
+
 /// A server's snapshots with, for each, whose it is (and why), whether it is pinned and
 /// the verdict of the job it belongs to.
-pub fn snapshots(
+pub fn snapshot_rows(
     listing: &[Snapshot],
     owners: &[Ownership],
     jobs: &[&JobSettings],
     pins: &HashSet<SnapshotId>,
-) {
+) -> Vec<SnapshotRow> {
     let mut verdicts = std::collections::HashMap::new();
     for job in jobs {
         let cands = candidates(listing, owners, job, pins);
@@ -153,27 +167,47 @@ pub fn snapshots(
             }
         }
     }
-    let rows: Vec<Vec<String>> = listing
+    listing
         .iter()
         .zip(owners)
         .map(|(s, owner)| {
-            let managed = owner.describe();
-            let pinned = if pins.contains(&s.id) { "yes" } else { "no" };
+            let pinned = pins.contains(&s.id);
             let verdict = verdicts.get(&s.id).cloned().unwrap_or_else(|| {
-                if pins.contains(&s.id) {
+                if pinned {
                     "keep: pinned".into()
                 } else {
                     "keep: not managed".into()
                 }
             });
-            vec![
-                s.id.to_string(),
-                s.name.clone(),
-                s.status.to_string(),
-                time(s.created_at),
-                managed,
-                pinned.to_string(),
+            SnapshotRow {
+                id: s.id,
+                name: s.name.clone(),
+                status: s.status.to_string(),
+                created_at: s.created_at,
+                managed: owner.describe(),
+                pinned,
                 verdict,
+            }
+        })
+        .collect()
+}
+
+/// The rows as a table; nothing at all when there are none.
+pub fn snapshots(rows: &[SnapshotRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.name.clone(),
+                r.status.clone(),
+                time(r.created_at),
+                r.managed.clone(),
+                if r.pinned { "yes" } else { "no" }.to_string(),
+                r.verdict.clone(),
             ]
         })
         .collect();

@@ -7,6 +7,7 @@ use crate::daemon::{self, CronTimer, Daemon};
 
 pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
+    settings.require_jobs()?;
     let clock = crate::clock::system();
     let db = context::open_db(&settings).await?;
     let control = daemon::signals::control()?;

@@ -1,18 +1,28 @@
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 use super::{context, output};
-use crate::alert as mail;
+use crate::alert::{self as mail, Cause};
 use crate::cli::RunOnceArgs;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
-use crate::db::{Database, RunStatus, RunTrigger};
+use crate::db::{Database, Owner, RunStatus, RunTrigger};
 use crate::run::{self, Runner};
 
 pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
+    if settings.jobs.is_empty() {
+        eprintln!(
+            "agent: nothing to do: {} has no [[jobs]]",
+            settings.config_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let jobs = context::select_jobs(&settings, &args.jobs)?;
     let clock = crate::clock::system();
     if args.dry_run {
@@ -21,22 +31,37 @@ pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
     let db = context::open_db(&settings).await?;
     let client = context::client(&settings, clock.clone())?;
     let runner = Runner::from_settings(&settings, db.clone(), client, clock.clone());
-    let failed = run_jobs(&settings, &runner, &jobs).await?;
+    let interrupts = Interrupts::watch(&runner.db, &runner.owner, runner.stop.clone())?;
+    let verdict = run_jobs(&settings, &runner, &jobs).await?;
     db.close().await;
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    if let Some(code) = interrupts.exit_code() {
+        return Ok(ExitCode::from(code));
+    }
+    Ok(match verdict {
+        Verdict::Succeeded => ExitCode::SUCCESS,
+        Verdict::Failed => ExitCode::FAILURE,
+        Verdict::TokenRejected => ExitCode::from(super::EXIT_CONFIG),
     })
 }
 
+/// How a `run-once` went, for its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Succeeded,
+    /// A run failed (or was left unfinished by a stop).
+    Failed,
+    /// The API rejected the token: a configuration problem, exit 78 like `check`.
+    TokenRejected,
+}
+
 /// What `run-once` and `demo` share: deliver old alerts, resume interrupted runs, run the
-/// jobs, print the summary, try once to deliver new alerts. `true` if any run failed.
+/// jobs, print the summary, try once to deliver new alerts. A job whose interrupted run
+/// was just finished successfully counts that run as this one: one snapshot, not two.
 pub async fn run_jobs(
     settings: &Settings,
     runner: &Runner,
     jobs: &[JobSettings],
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Verdict> {
     let mailer = mail::Mailer::from_settings(
         settings.email.as_ref(),
         runner.db.clone(),
@@ -48,17 +73,29 @@ pub async fn run_jobs(
         Some(m) => !matches!(m.deliver_all().await, mail::Delivery::Failed(_)),
         None => false,
     };
+    let mut outcomes = Vec::new();
     for o in runner.resume_interrupted(&settings.jobs).await? {
-        tracing::info!(run = %o.run_id, job = %o.job, status = %o.status, "finished an interrupted run");
+        tracing::info!(run = o.run_id.get(), job = %o.job, status = %o.status, "finished an interrupted run");
+        if o.status == RunStatus::Succeeded && jobs.iter().any(|j| j.name == o.job) {
+            println!(
+                "{}: finished its interrupted run {}; that snapshot counts as this run's",
+                o.job, o.run_id
+            );
+            outcomes.push(o);
+        }
     }
+    let todo: Vec<JobSettings> = jobs
+        .iter()
+        .filter(|j| !outcomes.iter().any(|o| o.job == j.name))
+        .cloned()
+        .collect();
     let results = run::run_many(
         runner,
-        jobs,
+        &todo,
         settings.api.max_concurrent_jobs,
         RunTrigger::Manual,
     )
     .await;
-    let mut outcomes = Vec::new();
     let mut failed = false;
     for r in results {
         match r {
@@ -72,13 +109,93 @@ pub async fn run_jobs(
             }
         }
     }
+    let skipped: Vec<&str> = todo
+        .iter()
+        .filter(|j| !outcomes.iter().any(|o| o.job == j.name))
+        .map(|j| j.name.as_str())
+        .collect();
     output::summary(&outcomes);
+    if !skipped.is_empty() && runner.stop.is_cancelled() {
+        failed = true;
+        println!("not started (stopped): {}", skipped.join(", "));
+    }
     if let Some(m) = &mailer
         && reachable
     {
         m.deliver_all().await;
     }
-    Ok(failed)
+    let rejected = outcomes
+        .iter()
+        .any(|o| o.cause == Some(Cause::Unauthorized));
+    Ok(if rejected {
+        Verdict::TokenRejected
+    } else if failed {
+        Verdict::Failed
+    } else {
+        Verdict::Succeeded
+    })
+}
+
+/// SIGINT and SIGTERM for `run-once`: the first stops starting work and lets running
+/// runs stop at a safe point, telling the operator what is in flight; the second exits
+/// at once. Either way the journal keeps what was sent, and the next start finishes it.
+struct Interrupts {
+    first: Arc<OnceLock<u8>>,
+}
+
+impl Interrupts {
+    fn watch(db: &Database, owner: &Owner, stop: CancellationToken) -> anyhow::Result<Self> {
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let first = Arc::new(OnceLock::new());
+        let (db, owner, seen) = (db.clone(), owner.clone(), first.clone());
+        tokio::spawn(async move {
+            let code = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            let _ = seen.set(code);
+            stop.cancel();
+            let in_flight = in_flight(&db, &owner).await;
+            if in_flight.is_empty() {
+                eprintln!("agent: stopping: no new runs start");
+            } else {
+                eprintln!(
+                    "agent: stopping: no new runs start; waiting for {} to reach a safe point.\n\
+                     agent: a run stopped while its snapshot is being made stays recorded as running, \
+                     and the next start (`agent run-once` or the daemon) finishes it.\n\
+                     agent: press Ctrl-C again to exit now.",
+                    in_flight.join(", ")
+                );
+            }
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!(
+                "agent: second signal: exiting now; runs in flight stay recorded and the next start finishes them"
+            );
+            std::process::exit(i32::from(code));
+        });
+        Ok(Self { first })
+    }
+
+    /// 130 (SIGINT) or 143 (SIGTERM) once a signal came.
+    fn exit_code(&self) -> Option<u8> {
+        self.first.get().copied()
+    }
+}
+
+/// This process's runs still going, as "web (run 3, poll)".
+async fn in_flight(db: &Database, owner: &Owner) -> Vec<String> {
+    match db.running().await {
+        Ok(runs) => runs
+            .into_iter()
+            .filter(|r| r.owner == owner.as_str())
+            .map(|r| format!("{} (run {}, {})", r.job, r.id, r.step))
+            .collect(),
+        Err(e) => vec![format!("runs unknown: {e}")],
+    }
 }
 
 async fn dry_run(

@@ -38,6 +38,7 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
         Some(db) => db.pins().await?,
         None => Default::default(),
     };
+    let mut json = Vec::new();
     for (i, server) in servers.iter().enumerate() {
         let listing = client.list(Some(*server)).await?;
         let jobs: Vec<&JobSettings> = settings
@@ -45,10 +46,21 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
             .iter()
             .filter(|j| j.server_id == *server && args.job.as_ref().is_none_or(|n| *n == j.name))
             .collect();
+        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        let owners = run::owners(db.as_ref(), client.marker(), *server, &listing).await?;
+        let rows = output::snapshot_rows(&listing, &owners, &jobs, &pins);
+        if args.json {
+            json.push(serde_json::json!({
+                "server_id": server,
+                "limit": crate::domain::LIMIT,
+                "jobs": names,
+                "snapshots": rows,
+            }));
+            continue;
+        }
         if i > 0 {
             println!();
         }
-        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
         println!(
             "server {server}: {} snapshot{} (limit 5); jobs: {}",
             listing.len(),
@@ -59,8 +71,10 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
                 names.join(", ")
             }
         );
-        let owners = run::owners(db.as_ref(), client.marker(), *server, &listing).await?;
-        output::snapshots(&listing, &owners, &jobs, &pins);
+        output::snapshots(&rows);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
     }
     if let Some(db) = db {
         db.close().await;

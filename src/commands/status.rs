@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{context, output};
+use crate::cli::StatusArgs;
 use crate::config::{JobSettings, Trigger};
-use crate::db::{Database, PendingAlert, Run};
+use crate::db::{Database, Owner, PendingAlert, Run, RunStatus};
 use crate::schedule;
 
 #[derive(Serialize)]
@@ -16,7 +17,12 @@ struct JobStatus {
     server_id: crate::domain::ServerId,
     next_run_at: Option<DateTime<Utc>>,
     last_run: Option<Run>,
+    /// The last run is `running` but the process running it is gone: the next start of
+    /// the agent finishes it.
+    last_run_orphaned: bool,
     last_success_at: Option<DateTime<Utc>>,
+    /// No success for longer than `stale_after`.
+    stale: bool,
     warnings: Vec<String>,
 }
 
@@ -58,20 +64,36 @@ async fn job_status(
             ));
         }
     }
+    let last_run = db.last_run(&job.name).await?;
+    let last_success_at = db
+        .last_success(&job.name)
+        .await?
+        .and_then(|r| r.finished_at);
+    let since = last_success_at.or_else(|| db_first_run(last_run.as_ref()));
+    let stale = since
+        .is_some_and(|t| (now - t).to_std().unwrap_or_default() > schedule::stale_after(job, now));
     Ok(JobStatus {
         name: job.name.clone(),
         server_id: job.server_id,
         next_run_at: schedule::next_fire(job, now),
-        last_run: db.last_run(&job.name).await?,
-        last_success_at: db
-            .last_success(&job.name)
-            .await?
-            .and_then(|r| r.finished_at),
+        last_run_orphaned: last_run.as_ref().is_some_and(|r| {
+            r.status == RunStatus::Running && !Owner::may_be_alive(&r.owner, None, now)
+        }),
+        last_run,
+        last_success_at,
+        stale,
         warnings,
     })
 }
 
-pub async fn run(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// Without a success, staleness counts from the last run: a job that never ran is new,
+/// not stale.
+fn db_first_run(last: Option<&Run>) -> Option<DateTime<Utc>> {
+    last.map(|r| r.started_at)
+}
+
+pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
     let settings = context::config_settings(config)?;
     let db = context::open_db(&settings).await?;
     let now = Utc::now();
@@ -84,6 +106,11 @@ pub async fn run(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
         pending_alerts: db.pending_alerts().await?,
     };
     db.close().await;
+    if args.check {
+        let (code, line) = verdict(&status, now);
+        println!("{line}");
+        return Ok(ExitCode::from(code));
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
@@ -102,7 +129,17 @@ pub async fn run(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()
                 }),
                 j.last_run.as_ref().map_or("-".into(), |r| {
-                    format!("{} {} (run {})", output::time(r.started_at), r.status, r.id)
+                    let gone = if j.last_run_orphaned {
+                        ", its process is gone: the next start finishes it"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "{} {} (run {}{gone})",
+                        output::time(r.started_at),
+                        r.status,
+                        r.id
+                    )
                 }),
                 j.last_success_at.map_or("never".into(), output::time),
             ]
@@ -145,4 +182,68 @@ pub async fn run(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `status --check`, as monitoring plugins answer: 0 OK, 1 WARNING, 2 CRITICAL, and one
+/// line that says why. Critical: a job whose last run failed or was interrupted, or that
+/// is stale. Warning: an alert that could not be delivered, a run whose process is gone.
+fn verdict(status: &Status, now: DateTime<Utc>) -> (u8, String) {
+    let names = |f: &dyn Fn(&JobStatus) -> bool| -> Vec<&str> {
+        status
+            .jobs
+            .iter()
+            .filter(|j| f(j))
+            .map(|j| j.name.as_str())
+            .collect()
+    };
+    let failed = names(&|j| {
+        j.last_run
+            .as_ref()
+            .is_some_and(|r| matches!(r.status, RunStatus::Failed | RunStatus::Interrupted))
+    });
+    let stale = names(&|j| j.stale);
+    let orphaned = names(&|j| j.last_run_orphaned);
+    let stuck = status
+        .pending_alerts
+        .iter()
+        .filter(|a| a.attempts > 0)
+        .count();
+    let mut problems = Vec::new();
+    let mut say = |what: &str, v: &[&str]| {
+        if !v.is_empty() {
+            problems.push(format!("{what}: {}", v.join(", ")));
+        }
+    };
+    say("last run failed", &failed);
+    say("stale", &stale);
+    say("left running by a stopped agent", &orphaned);
+    if stuck > 0 {
+        problems.push(format!("{stuck} alert(s) not delivered"));
+    }
+    let code = if !failed.is_empty() || !stale.is_empty() {
+        2
+    } else if !problems.is_empty() {
+        1
+    } else {
+        0
+    };
+    let line = match code {
+        0 => {
+            let oldest = status
+                .jobs
+                .iter()
+                .filter_map(|j| j.last_success_at)
+                .min()
+                .map_or("no success yet".into(), |t| {
+                    format!(
+                        "oldest last success {} ago",
+                        crate::alert::text::fmt_age(now - t)
+                    )
+                });
+            format!("OK: {} job(s); {oldest}", status.jobs.len())
+        }
+        1 => format!("WARNING: {}", problems.join("; ")),
+        _ => format!("CRITICAL: {}", problems.join("; ")),
+    };
+    (code, line)
 }

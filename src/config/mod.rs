@@ -77,7 +77,7 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl ConfigErrors {
-    fn single(origin: impl Into<String>, key: &str, message: impl Into<String>) -> Self {
+    pub fn single(origin: impl Into<String>, key: &str, message: impl Into<String>) -> Self {
         Self(vec![ConfigError {
             origin: origin.into(),
             key: key.to_string(),
@@ -158,7 +158,7 @@ pub struct EmailSettings {
 }
 
 /// What fires a job.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
     Schedule(CronSpec),
     /// Snapshot `lead` before each opening of the window.
@@ -168,7 +168,7 @@ pub enum Trigger {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobSettings {
     pub name: String,
     pub server_id: ServerId,
@@ -234,5 +234,47 @@ impl Settings {
 
     pub fn job(&self, name: &str) -> Option<&JobSettings> {
         self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// For `run` and `check`: a configuration without jobs (an empty or truncated file)
+    /// is a mistake, not an idle schedule.
+    pub fn require_jobs(&self) -> Result<(), ConfigErrors> {
+        if self.jobs.is_empty() {
+            return Err(ConfigErrors::single(
+                self.config_path.display().to_string(),
+                "jobs",
+                "no [[jobs]]: nothing to do (is the file empty or cut short?)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What `new` changes in the jobs, in words: "added a; removed b; changed c (schedule)".
+    pub fn job_changes(&self, new: &Settings) -> String {
+        let mut added = Vec::new();
+        let mut changed = Vec::new();
+        for j in &new.jobs {
+            match self.job(&j.name) {
+                None => added.push(j.name.as_str()),
+                Some(old) if old != j => changed.push(j.name.as_str()),
+                Some(_) => {}
+            }
+        }
+        let removed: Vec<&str> = self
+            .jobs
+            .iter()
+            .filter(|j| new.job(&j.name).is_none())
+            .map(|j| j.name.as_str())
+            .collect();
+        let parts: Vec<String> = [("added", added), ("removed", removed), ("changed", changed)]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(what, v)| format!("{what} {}", v.join(", ")))
+            .collect();
+        if parts.is_empty() {
+            "no job changed".into()
+        } else {
+            parts.join("; ")
+        }
     }
 }

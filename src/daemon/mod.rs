@@ -62,7 +62,7 @@ impl Executor for Runner {
             match runner.resume_interrupted(&jobs).await {
                 Ok(done) => {
                     for o in done {
-                        tracing::info!(run = %o.run_id, job = %o.job, status = %o.status, "finished an interrupted run");
+                        tracing::info!(run = o.run_id.get(), job = %o.job, status = %o.status, "finished an interrupted run");
                     }
                 }
                 Err(e) => tracing::error!("{e:#}"),
@@ -144,6 +144,7 @@ impl Daemon {
             stale_every: Duration::from_secs(300),
             reload: Box::new(move || {
                 let settings = Settings::load(&path)?;
+                settings.require_jobs()?;
                 for w in &settings.warnings {
                     tracing::warn!("{w}");
                 }
@@ -171,6 +172,16 @@ struct Loop {
     resuming: Option<JoinHandle<()>>,
     delivery: Option<JoinHandle<()>>,
     last_stale_check: Option<tokio::time::Instant>,
+}
+
+/// Resolves on the next [`Control::Stop`]; never, if nobody can send one any more.
+async fn second_stop(control: &mut mpsc::UnboundedReceiver<Control>) {
+    while let Some(c) = control.recv().await {
+        if c == Control::Stop {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 fn idle(task: &Option<JoinHandle<()>>) -> bool {
@@ -279,6 +290,7 @@ impl Daemon {
         notify::send(&[notify::State::Reloading]);
         match (self.reload)() {
             Ok(services) => {
+                let changes = self.services.settings.job_changes(&services.settings);
                 self.services = services;
                 lp.generation += 1;
                 self.timer.disarm_all().await;
@@ -286,7 +298,11 @@ impl Daemon {
                 lp.permits = Arc::new(Semaphore::new(max));
                 self.arm_all(lp).await;
                 let jobs = self.services.settings.jobs.len();
-                tracing::info!(jobs, "configuration reloaded; {}", self.status_line(lp));
+                tracing::info!(
+                    jobs,
+                    "configuration reloaded: {changes}; {}",
+                    self.status_line(lp)
+                );
             }
             Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
         }
@@ -371,25 +387,28 @@ impl Daemon {
                 _ = checks.tick() => self.on_check(&mut lp).await,
             }
         }
-        self.drain(lp).await;
+        self.drain(lp, &mut control).await;
         Ok(())
     }
 
     /// SIGTERM: no new runs; running ones get `grace` to finish, and are otherwise left
-    /// recorded as running, for the next start to resume.
-    async fn drain(&self, lp: Loop) {
+    /// recorded as running, for the next start to resume. A second stop ends the wait.
+    async fn drain(&self, lp: Loop, control: &mut mpsc::UnboundedReceiver<Control>) {
         notify::send(&[notify::State::Stopping]);
         self.timer.disarm_all().await;
         lp.tracker.close();
         let left = lp.running.len();
         if left > 0 {
-            let grace = humantime::format_duration(self.grace);
-            tracing::info!("stopping: waiting up to {grace} for {left} running job(s)");
+            let grace = crate::logging::Secs(self.grace);
+            tracing::info!(
+                "stopping: waiting up to {grace} for {left} running job(s); a second signal stops at once"
+            );
         }
-        if tokio::time::timeout(self.grace, lp.tracker.wait())
-            .await
-            .is_err()
-        {
+        let cut_short = tokio::select! {
+            r = tokio::time::timeout(self.grace, lp.tracker.wait()) => r.is_err(),
+            () = second_stop(control) => true,
+        };
+        if cut_short {
             tracing::warn!(
                 "stopping with {} job(s) still running; they stay recorded as running and are resumed at the next start",
                 lp.running.len()

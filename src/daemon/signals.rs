@@ -5,7 +5,8 @@ use tokio::sync::mpsc;
 
 use super::Control;
 
-/// Turns SIGHUP into [`Control::Reload`] and SIGTERM/SIGINT into [`Control::Stop`].
+/// Turns SIGHUP into [`Control::Reload`] and SIGTERM/SIGINT into [`Control::Stop`]; it
+/// keeps listening after the first stop, so a second one can cut the drain short.
 pub fn control() -> anyhow::Result<mpsc::UnboundedReceiver<Control>> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut hup = signal(SignalKind::hangup())?;
@@ -18,7 +19,7 @@ pub fn control() -> anyhow::Result<mpsc::UnboundedReceiver<Control>> {
                 _ = term.recv() => Control::Stop,
                 _ = int.recv() => Control::Stop,
             };
-            if tx.send(c).is_err() || c == Control::Stop {
+            if tx.send(c).is_err() {
                 return;
             }
         }

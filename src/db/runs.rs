@@ -281,6 +281,18 @@ impl Database {
     /// Ends a run still running and owned by `owner`, and queues its alerts, in one
     /// transaction. A run that is not (or no longer) this owner's is an error: a run is
     /// finished once.
+    /// Notes on a run still `running` under `owner` why it stops here unfinished.
+    pub async fn note_unfinished(&self, run_id: RunId, owner: &Owner, note: &str) -> DbResult<()> {
+        sqlx::query("UPDATE runs SET error = ? WHERE id = ? AND status = 'running' AND owner = ?")
+            .bind(note)
+            .bind(run_id)
+            .bind(owner.as_str())
+            .execute(self.pool())
+            .await
+            .map_err(self.err(format!("cannot note why run {run_id} stops")))?;
+        Ok(())
+    }
+
     pub async fn finish_run(&self, run_id: RunId, owner: &Owner, end: Finish<'_>) -> DbResult<()> {
         let step = if end.status == RunStatus::Succeeded {
             Some(Step::Done)

@@ -43,7 +43,7 @@ impl Runner {
                         self.now(),
                     )
                     .await?;
-                tracing::info!(snapshot = %snap.id, %name, "snapshot requested");
+                tracing::info!(snapshot = snap.id.get(), %name, "snapshot requested");
                 st.snapshot = Some(snap);
                 Ok(())
             }

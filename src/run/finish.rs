@@ -18,7 +18,7 @@ impl Runner {
             Ok(()) => {
                 let warn = (!st.delete_errors.is_empty())
                     .then(|| format!("rotation: {}", st.delete_errors.join("; ")));
-                tracing::info!(deleted = ?st.deleted, "run succeeded");
+                tracing::info!(deleted = st.deleted.len(), "run succeeded");
                 let recovered = self.recovery_alert(&st, now).await?;
                 (RunStatus::Succeeded, warn, recovered)
             }
@@ -50,6 +50,57 @@ impl Runner {
             deleted: st.deleted,
             error,
             cause: result.as_ref().err().map(|f| f.cause),
+            polls: st.polls,
+            elapsed: (now - st.started_at).to_std().unwrap_or_default(),
+        })
+    }
+
+    /// The process is stopping while the run waits. A run that has done nothing yet (it
+    /// was waiting for the server's lock) ends `interrupted`; one whose snapshot was asked
+    /// for stays `running`, with a note, for the next start to finish: the next start
+    /// resumes the runs of processes that are gone.
+    pub(super) async fn leave(&self, st: RunState<'_>, f: &Failure) -> Result<Outcome, DbError> {
+        let now = self.now();
+        let (status, note) = match &st.snapshot {
+            None => {
+                let note = "stopped by a signal before it began; nothing was done".to_string();
+                self.db
+                    .finish_run(
+                        st.run_id,
+                        &self.owner,
+                        Finish {
+                            status: RunStatus::Interrupted,
+                            error: Some(&note),
+                            step: f.step,
+                            at: now,
+                            alerts: &[],
+                        },
+                    )
+                    .await?;
+                (RunStatus::Interrupted, note)
+            }
+            Some(snap) => {
+                let note = format!(
+                    "stopped by a signal while snapshot {} was being made; the next start \
+                     (`agent run-once` or the daemon) finishes this run",
+                    snap.id
+                );
+                self.db
+                    .note_unfinished(st.run_id, &self.owner, &note)
+                    .await?;
+                (RunStatus::Running, note)
+            }
+        };
+        tracing::warn!("{note}");
+        Ok(Outcome {
+            run_id: st.run_id,
+            job: st.job.name.clone(),
+            server_id: st.job.server_id,
+            status,
+            snapshot: st.snapshot.as_ref().map(|s| (s.id, s.name.clone())),
+            deleted: st.deleted,
+            error: Some(note),
+            cause: None,
             polls: st.polls,
             elapsed: (now - st.started_at).to_std().unwrap_or_default(),
         })
@@ -124,7 +175,7 @@ impl Runner {
 
     /// Ends a run this process has claimed as `interrupted`, saying why.
     pub(super) async fn interrupt(&self, run: &Run, why: &str) -> Result<(), DbError> {
-        tracing::warn!(run = %run.id, job = %run.job, "marking run interrupted: {why}");
+        tracing::warn!(run = run.id.get(), job = %run.job, "marking run interrupted: {why}");
         self.db
             .finish_run(
                 run.id,

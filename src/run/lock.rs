@@ -53,6 +53,7 @@ impl Runner {
                 .await?
             {
                 Ok(()) => break,
+                Err(_) if self.stop.is_cancelled() => return Err(Failure::stopped(Step::Lock)),
                 Err(holder) => {
                     if waited_from.elapsed() >= self.lock_wait {
                         return Err(fail(

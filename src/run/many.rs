@@ -7,7 +7,8 @@ use crate::config::JobSettings;
 use crate::db::{DbError, RunTrigger};
 
 /// Runs `jobs` now: different servers in parallel (at most `max_concurrent` at once), one
-/// server's jobs one after another. Outcomes in the order of `jobs`.
+/// server's jobs one after another. Outcomes in the order of `jobs`; once the runner's
+/// `stop` is cancelled no run starts, and the jobs not started are left out.
 pub async fn run_many(
     runner: &Runner,
     jobs: &[JobSettings],
@@ -29,9 +30,16 @@ pub async fn run_many(
         tasks.spawn(async move {
             let mut out = Vec::new();
             for (i, job) in group {
-                let Ok(_permit) = permits.acquire().await else {
+                let permit = tokio::select! {
+                    p = permits.acquire() => p,
+                    () = runner.stop.cancelled() => break,
+                };
+                let Ok(_permit) = permit else {
                     break;
                 };
+                if runner.stop.is_cancelled() {
+                    break;
+                }
                 out.push((i, runner.run_job(&job, trigger, None).await));
             }
             out
@@ -49,9 +57,11 @@ pub async fn run_many(
             Err(e) => tracing::error!("a run task panicked: {e}"),
         }
     }
+    let stopped = runner.stop.is_cancelled();
     results
         .into_iter()
         .zip(jobs)
+        .filter(|(r, _)| r.is_some() || !stopped)
         .map(|(r, j)| {
             r.unwrap_or_else(|| {
                 Err(DbError {

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::alert::{AlertPolicy, Cause};
 use crate::api::{ApiError, Client, Snapshot};
@@ -55,6 +56,10 @@ pub struct Runner {
     /// After a create whose outcome is unknown, how long apart the listings that look for
     /// it are (the API's request timeout: a slow create can land after we gave up on it).
     pub settle: Duration,
+    /// Cancelled when the operator asks the process to stop (`run-once` on SIGINT or
+    /// SIGTERM): no run starts after it, and a run waiting for a lock or for its snapshot
+    /// stops there, left for the next start to finish.
+    pub stop: CancellationToken,
 }
 
 /// How a run ended, for summaries.
@@ -79,6 +84,20 @@ struct Failure {
     step: Option<Step>,
     cause: Cause,
     error: anyhow::Error,
+    /// Not a failure of the run: the process is stopping at a safe point.
+    stopped: bool,
+}
+
+impl Failure {
+    /// The process is stopping while the run waits at `step`.
+    fn stopped(step: Step) -> Self {
+        Failure {
+            step: Some(step),
+            cause: Cause::Other,
+            error: anyhow::anyhow!("stopped by a signal"),
+            stopped: true,
+        }
+    }
 }
 
 /// A failure at `step` whose cause is what `error` says: the API's error, if it is one.
@@ -97,6 +116,7 @@ fn fail_as(step: Step, cause: Cause, error: impl Into<anyhow::Error>) -> Failure
         step: Some(step),
         cause,
         error: error.into(),
+        stopped: false,
     }
 }
 
@@ -106,6 +126,7 @@ impl From<DbError> for Failure {
             step: None,
             cause: Cause::Other,
             error: e.into(),
+            stopped: false,
         }
     }
 }
@@ -236,6 +257,7 @@ impl Runner {
             // Long enough for another run on the server to finish its snapshot.
             lock_wait: longest + Duration::from_secs(300),
             settle: settings.api.request_timeout,
+            stop: CancellationToken::new(),
         }
     }
 
@@ -260,7 +282,7 @@ impl Runner {
     }
 
     /// Runs `job` once, start to finish. `Err` only when the run cannot even be recorded.
-    #[tracing::instrument(name = "run", skip_all, fields(job = %job.name, server = %job.server_id, run = tracing::field::Empty))]
+    #[tracing::instrument(name = "run", skip_all, fields(job = %job.name, server = job.server_id.get(), run = tracing::field::Empty))]
     pub async fn run_job(
         &self,
         job: &JobSettings,
@@ -293,7 +315,10 @@ impl Runner {
             }
             Err(f) => Err(f),
         };
-        self.finish(st, result).await
+        match result {
+            Err(f) if f.stopped => self.leave(st, &f).await,
+            result => self.finish(st, result).await,
+        }
     }
 
     async fn execute(&self, st: &mut RunState<'_>) -> Result<(), Failure> {

@@ -60,7 +60,12 @@ impl Runner {
         let mut last = snap.status.clone();
         loop {
             let remaining = (deadline - self.now()).to_std().unwrap_or_default();
-            self.clock.sleep(wait.min(remaining)).await;
+            let pause = wait.min(remaining);
+            tracing::debug!(snapshot = snap.id.get(), status = %last, "next look in {}", crate::logging::Secs(pause));
+            tokio::select! {
+                () = self.clock.sleep(pause) => {}
+                () = self.stop.cancelled() => return Err(Failure::stopped(Step::Poll)),
+            }
             wait = job.poll_interval;
             if self.look(st, &snap, &mut last).await? {
                 return Ok(());
@@ -145,14 +150,18 @@ impl Runner {
             Some(found.status.as_str()),
         )
         .await?;
-        tracing::debug!(snapshot = %snap.id, status = %found.status, "polled");
+        tracing::debug!(snapshot = snap.id.get(), status = %found.status, poll = st.polls, "polled");
         *last = found.status.clone();
         match &found.status {
             SnapshotStatus::Completed => {
                 self.db
                     .set_snapshot_status(st.run_id, "completed", Some(self.now()))
                     .await?;
-                tracing::info!(snapshot = %snap.id, polls = st.polls, "snapshot completed");
+                tracing::info!(
+                    snapshot = snap.id.get(),
+                    polls = st.polls,
+                    "snapshot completed"
+                );
                 st.snapshot = Some(found);
                 Ok(true)
             }

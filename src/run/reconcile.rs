@@ -52,7 +52,7 @@ impl Runner {
                 }
                 (Action::Create, _, Some(name)) => {
                     if let Some(s) = listing.iter().find(|s| s.name == name) {
-                        tracing::info!(run = %e.run_id, snapshot = %s.id, %name, "a snapshot whose create answer was lost has appeared; it is the agent's");
+                        tracing::info!(run = e.run_id.get(), snapshot = s.id.get(), %name, "a snapshot whose create answer was lost has appeared; it is the agent's");
                         self.db
                             .resolve(
                                 e.id,

@@ -24,12 +24,17 @@ impl Runner {
             {
                 continue;
             }
-            let Ok(guard) = self.lock(seen.server_id, Some(seen.id)).await else {
-                continue;
-            };
-            let span = tracing::info_span!("run", job = %seen.job, server = %seen.server_id, run = %seen.id);
-            let outcome = self.claim_and_resume(&seen, jobs).instrument(span).await;
-            guard.release().await;
+            let span = tracing::info_span!("run", job = %seen.job, server = seen.server_id.get(), run = seen.id.get());
+            let outcome = async {
+                let Ok(guard) = self.lock(seen.server_id, Some(seen.id)).await else {
+                    return Ok(None);
+                };
+                let outcome = self.claim_and_resume(&seen, jobs).await;
+                guard.release().await;
+                outcome
+            }
+            .instrument(span)
+            .await;
             if let Some(o) = outcome? {
                 out.push(o);
             }

@@ -47,7 +47,7 @@ impl Runner {
             State::Ok => {
                 st.deleted.push(id);
                 st.listing.retain(|s| s.id != id);
-                tracing::info!(snapshot = %id, "deleted ({why})");
+                tracing::info!(snapshot = id.get(), "deleted ({why})");
             }
             State::Error => st.deletes_spent -= 1,
             _ => {}
@@ -156,7 +156,7 @@ impl Runner {
                     |v| format!("rotation: {}", v.reason),
                 );
             if let Err(e) = self.delete(st, victim, &reason).await? {
-                tracing::warn!(snapshot = %victim, "delete failed: {e}");
+                tracing::warn!(snapshot = victim.get(), "delete failed: {e}");
                 st.delete_errors.push(e.to_string());
             }
             fresh = false;

@@ -136,6 +136,7 @@ impl World {
             max_retries: 3,
             lock_wait: Duration::from_secs(60),
             settle: Duration::from_secs(5),
+            stop: Default::default(),
         }
     }
 

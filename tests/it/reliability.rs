@@ -395,7 +395,7 @@ async fn a_self_signed_https_api_is_refused_saying_why() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cfg = d.join("config.toml");
-    std::fs::write(&cfg, format!("database = \"{}\"\n[api]\nbase_url = \"https://127.0.0.1:{port}/api/v1\"\nmax_retries = 0\n", d.join("h.db").display())).unwrap();
+    std::fs::write(&cfg, format!("database = \"{}\"\n[api]\nbase_url = \"https://127.0.0.1:{port}/api/v1\"\nmax_retries = 0\n[[jobs]]\nname = \"web\"\nserver_id = 1\nschedule = \"0 30 2 * * *\"\n", d.join("h.db").display())).unwrap();
     let o = command(&cfg, &["check"]).output().await.unwrap();
     let _ = server.kill();
     let _ = server.wait();
