@@ -10,9 +10,9 @@ use vps_snapshot_agent::sim::{Mode, SimOptions, SimServer, Simulator};
 
 use crate::helpers::{ServerId, SnapshotId, TOKEN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent");
+pub const BIN: &str = env!("CARGO_BIN_EXE_agent");
 
-async fn sim() -> SimServer {
+pub async fn sim() -> SimServer {
     Simulator::start(
         SimOptions {
             token: TOKEN.into(),
@@ -24,7 +24,7 @@ async fn sim() -> SimServer {
     .unwrap()
 }
 
-fn config(dir: &Path, base_url: &str, jobs: &str) -> PathBuf {
+pub fn config(dir: &Path, base_url: &str, jobs: &str) -> PathBuf {
     let p = dir.join("config.toml");
     std::fs::write(
         &p,
@@ -37,11 +37,11 @@ fn config(dir: &Path, base_url: &str, jobs: &str) -> PathBuf {
     p
 }
 
-const JOB: &str =
+pub const JOB: &str =
     "[[jobs]]\nname = \"web\"\nserver_id = 5\nschedule = \"0 30 2 * * *\"\nkeep_last = 2\n";
 
 /// Runs `agent ARGS` to completion off a terminal (stdin is /dev/null), token in the env.
-async fn agent(cfg: &Path, args: &[&str]) -> Output {
+pub async fn agent(cfg: &Path, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg("--config")
         .arg(cfg)
@@ -52,7 +52,7 @@ async fn agent(cfg: &Path, args: &[&str]) -> Output {
     cmd.output().await.unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),

@@ -10,6 +10,7 @@ mod helpers;
 mod invariants;
 mod job;
 mod mail;
+mod newcomer;
 mod reliability;
 mod retention_props;
 mod scene;
