@@ -61,12 +61,18 @@ pub enum Command {
     Completions {
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to standard output
-    Manpage,
+    /// Print the man page agent(1) (roff); with --dir, write it and one page per
+    /// subcommand (agent-run(1), …) into DIR
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// Run jobs now (all of them unless named), wait for them, print a summary, record the
-/// history and alert on failure. Exit 1 if any job failed.
+/// history and alert on failure. Exit 1 if any job failed, 78 if the API rejects the
+/// token. Ctrl-C stops at a safe point (the next start finishes what is in flight); a
+/// second Ctrl-C exits at once.
 #[derive(Debug, Args)]
 pub struct RunOnceArgs {
     /// A job to run (repeat for several)

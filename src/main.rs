@@ -12,7 +12,7 @@ fn main() -> ExitCode {
             | Command::Status(_)
             | Command::Snapshots(_)
             | Command::Completions { .. }
-            | Command::Manpage
+            | Command::Manpage { .. }
     ) {
         // Pure output: `agent history | head` ends quietly, like any Unix filter.
         // SAFETY: setting a signal disposition before any thread exists.

@@ -4,6 +4,7 @@ mod check;
 mod context;
 mod demo;
 mod history;
+mod manpage;
 mod output;
 mod pin;
 mod restore;
@@ -48,9 +49,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut cmd, "agent", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Manpage => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        Command::Manpage { dir } => {
+            manpage::run(dir.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -422,3 +422,36 @@ async fn json_logs_carry_numbers_and_every_poll_is_logged_at_debug() {
     let ts = requested["timestamp"].as_str().unwrap();
     assert_eq!(ts.len(), "2026-11-28T21:40:22Z".len(), "{ts}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_man_pages_have_the_usual_sections_and_every_page_referred_to_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .args(["manpage", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let main = std::fs::read_to_string(dir.path().join("agent.1")).unwrap();
+    for section in [
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        ".SH EXAMPLES",
+    ] {
+        assert!(main.contains(section), "agent(1) lacks {section}");
+    }
+    assert!(main.contains("\\fB78\\fR"), "exit 78 is explained");
+    let referred: Vec<String> = main
+        .lines()
+        .filter_map(|l| l.strip_suffix("(1)"))
+        .map(|l| l.replace("\\-", "-"))
+        .collect();
+    assert!(referred.contains(&"agent-run".to_string()), "{referred:?}");
+    for page in referred {
+        assert!(
+            dir.path().join(format!("{page}.1")).exists(),
+            "agent(1) refers to {page}(1), which is not shipped"
+        );
+    }
+}
