@@ -70,6 +70,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        assert!(!colour(false));
+        // The only test in this binary that touches NO_COLOR.
+        unsafe { std::env::set_var("NO_COLOR", "1") };
+        let with = colour(true);
+        unsafe { std::env::set_var("NO_COLOR", "") };
+        let empty = colour(true);
+        unsafe { std::env::remove_var("NO_COLOR") };
+        assert!(!with, "NO_COLOR=1 turns colour off");
+        assert!(empty, "an empty NO_COLOR does not (no-color.org)");
+        assert!(colour(true));
+    }
+
+    #[test]
     fn durations_are_rounded_for_people() {
         let s = |ms| Secs(Duration::from_millis(ms)).to_string();
         assert_eq!(s(1_641), "1.6s");

@@ -138,3 +138,16 @@ pub(super) fn excerpt(bytes: &[u8]) -> String {
     }
     cut
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_are_counted_in_words() {
+        let e = classify(StatusCode::BAD_GATEWAY, b"down", None, "list", 1);
+        assert!(e.to_string().contains("after 1 attempt: "), "{e}");
+        let e = classify(StatusCode::BAD_GATEWAY, b"down", None, "list", 6);
+        assert!(e.to_string().contains("after 6 attempts: "), "{e}");
+    }
+}

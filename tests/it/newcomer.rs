@@ -455,3 +455,36 @@ async fn the_man_pages_have_the_usual_sections_and_every_page_referred_to_exists
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_reads_true_scheduled_runs_at_their_times() {
+    let o = Command::new(BIN)
+        .args(["demo", "--rounds", "3"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let history: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("=== history"))
+        .filter(|l| l.contains(" snapshot "))
+        .collect();
+    assert_eq!(history.len(), 6, "{out}");
+    for line in &history {
+        assert!(
+            line.contains(" schedule "),
+            "a scheduled job says so: {line}"
+        );
+        let at_time = if line.contains("web-01-nightly") {
+            " 02:30:00 "
+        } else {
+            " 03:15:00 "
+        };
+        assert!(line.contains(at_time), "every day at its time: {line}");
+    }
+    assert!(
+        out.contains("TIME is each run from its scheduled start"),
+        "{out}"
+    );
+}
