@@ -1,6 +1,7 @@
 -- no-transaction
 -- A restore is recorded as 'started': the API only starts it and offers no way to see it
--- complete. SQLite cannot change a CHECK constraint in place, so `runs` is rebuilt with the
+-- complete. It records the safety snapshot taken before it, and a note for the operator
+-- (how to undo it). SQLite cannot change a CHECK constraint in place, so `runs` is rebuilt with the
 -- documented procedure (foreign keys off so the journal's rows are not cascaded away,
 -- everything in one transaction). Written to be run again safely: sqlx records a
 -- no-transaction migration only after it ends, so a crash in between repeats it.
@@ -26,9 +27,13 @@ CREATE TABLE runs_rebuilt (
     snapshot_created_at INTEGER,
     snapshot_completed_at INTEGER,
     error TEXT,
+    safety_snapshot_id INTEGER,
+    note TEXT,
     CHECK (status <> 'started' OR kind = 'restore')
 );
-INSERT INTO runs_rebuilt
+INSERT INTO runs_rebuilt (id, job, server_id, kind, trigger, status, scheduled_for, started_at,
+    finished_at, owner, step, snapshot_name, snapshot_id, snapshot_status, snapshot_created_at,
+    snapshot_completed_at, error)
 SELECT id, job, server_id, kind, trigger,
        CASE WHEN kind = 'restore' AND status = 'succeeded' THEN 'started' ELSE status END,
        scheduled_for, started_at, finished_at, owner, step, snapshot_name, snapshot_id,

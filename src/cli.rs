@@ -131,9 +131,10 @@ pub struct PinArgs {
 }
 
 /// Restore a server from one of its snapshots. This overwrites ALL current data on the
-/// server with the snapshot's and cannot be undone. On a terminal you are asked to type
-/// the server's id; off one, --yes is required. The API only starts a restore (it takes
-/// 5-15 minutes), so history records it as `started`.
+/// server with the snapshot's. First a safety snapshot of the server as it is is taken,
+/// pinned and waited for, so that the restore can be undone (`agent restore <safety id>`).
+/// On a terminal you are asked to type the server's id; off one, --yes is required. The
+/// API only starts a restore (it takes 5-15 minutes), so history records it as `started`.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  agent snapshots --server 12345     # find the snapshot's id\n  agent restore 802                  # asks you to type 12345 to go ahead\n  agent restore 802 --yes            # from a script"
@@ -144,6 +145,12 @@ pub struct RestoreArgs {
     /// Do not ask for confirmation (required when not on a terminal)
     #[arg(long)]
     pub yes: bool,
+    /// Skip the safety snapshot: faster, but the restore cannot be undone
+    #[arg(long)]
+    pub no_safety_snapshot: bool,
+    /// Show what would happen (safety snapshot, what making room would delete); touch nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The quick start: run sample jobs against the built-in simulator in a temp dir, several

@@ -168,6 +168,8 @@ pub enum AlertKind {
     NotReadyBeforeWindow,
     Drift,
     NoRoom,
+    /// A restore was started (with the way to undo it).
+    Restored,
 }
 
 impl AlertKind {
@@ -180,6 +182,7 @@ impl AlertKind {
             AlertKind::NotReadyBeforeWindow => "NOT READY BEFORE WINDOW",
             AlertKind::Drift => "DRIFT",
             AlertKind::NoRoom => "NO ROOM",
+            AlertKind::Restored => "RESTORED",
         }
     }
 }

@@ -17,15 +17,30 @@ pub fn new_name(job: &str, at: DateTime<Utc>) -> String {
     )
 }
 
+/// What ends the name of the snapshot taken just before a restore.
+const PRE_RESTORE: &str = "-prerestore";
+
+/// A fresh name for the safety snapshot of `job`'s server taken before a restore:
+/// `agent-<job>-<UTC time>-<6 hex>-prerestore`.
+pub fn new_pre_restore_name(job: &str, at: DateTime<Utc>) -> String {
+    format!("{}{PRE_RESTORE}", new_name(job, at))
+}
+
 /// What a managed snapshot's name says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedName {
     pub job: String,
     pub at: DateTime<Utc>,
+    /// Taken just before a restore, to undo it.
+    pub pre_restore: bool,
 }
 
 /// `Some` when `name` is one the agent makes.
 pub fn parse(name: &str) -> Option<ParsedName> {
+    let (name, pre_restore) = match name.strip_suffix(PRE_RESTORE) {
+        Some(n) => (n, true),
+        None => (name, false),
+    };
     let rest = name.strip_prefix(PREFIX)?;
     let mut parts = rest.rsplitn(3, '-');
     let suffix = parts.next()?;
@@ -44,6 +59,7 @@ pub fn parse(name: &str) -> Option<ParsedName> {
     Some(ParsedName {
         job: job.to_string(),
         at,
+        pre_restore,
     })
 }
 
@@ -70,8 +86,23 @@ mod tests {
             parse(&name),
             Some(ParsedName {
                 job: "web-01_nightly".into(),
-                at
+                at,
+                pre_restore: false,
             })
+        );
+        let safety = new_pre_restore_name("web-01_nightly", at);
+        assert!(safety.ends_with("-prerestore"), "{safety}");
+        let parsed = parse(&safety).unwrap();
+        assert_eq!(
+            (parsed.job.as_str(), parsed.pre_restore),
+            ("web-01_nightly", true)
+        );
+        assert!(is_managed_by(&safety, "web-01_nightly"));
+        assert_eq!(
+            parse("agent-x-prerestore-20261128T023000Z-abcdef")
+                .unwrap()
+                .job,
+            "x-prerestore"
         );
         assert!(is_managed_by(&name, "web-01_nightly"));
         assert!(!is_managed_by(&name, "web-01"));

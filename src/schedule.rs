@@ -112,6 +112,7 @@ mod tests {
             catch_up: None,
             max_deletions_per_run: 3,
             stale_after: None,
+            restore_safety_keep: Duration::from_secs(7 * 86_400),
         }
     }
 

@@ -197,6 +197,60 @@ pub fn recovered(
     alert(AlertKind::Recovered, job, server_id, Some(run_id), body, at)
 }
 
+/// A restore was started: from what, and how to undo it.
+pub fn restored(
+    job: &str,
+    server_id: ServerId,
+    run_id: RunId,
+    from: &Snapshot,
+    safety: Option<SnapshotId>,
+    at: DateTime<Utc>,
+) -> NewAlert {
+    let mut body = format!(
+        "Server {server_id} is being restored from snapshot {} ({}, taken {}).\n\n",
+        from.id,
+        from.name,
+        fmt_time(from.created_at)
+    );
+    let _ = writeln!(body, "Run:     {run_id} (agent history --job {job})");
+    let _ = writeln!(
+        body,
+        "Started: {} (the API takes 5-15 minutes)",
+        fmt_time(at)
+    );
+    match safety {
+        Some(id) => {
+            let _ = writeln!(
+                body,
+                "\nThe server's state just before was saved as snapshot {id} (pinned).\n\
+                 To undo: agent restore {id}"
+            );
+        }
+        None => body.push_str("\nNo safety snapshot was taken (--no-safety-snapshot).\n"),
+    }
+    alert(AlertKind::Restored, job, server_id, Some(run_id), body, at)
+}
+
+/// A restore that did not happen, and why.
+pub fn restore_failed(
+    job: &str,
+    server_id: ServerId,
+    run_id: RunId,
+    from: &Snapshot,
+    error: &str,
+    at: DateTime<Utc>,
+) -> NewAlert {
+    let body = format!(
+        "The restore of server {server_id} from snapshot {} ({}) was not done.\n\n\
+         Error: {error}\nRun:   {run_id} (agent history --job {job})\nAt:    {}\n\n\
+         Check the server in the panel; `agent snapshots --server {server_id}` shows its snapshots.\n",
+        from.id,
+        from.name,
+        fmt_time(at)
+    );
+    alert(AlertKind::Failed, job, server_id, Some(run_id), body, at)
+}
+
 /// No success for `stale_after`: the last success (if any) at `since`.
 pub fn stale(
     job: &str,

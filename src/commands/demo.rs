@@ -87,7 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             outcomes.push(runner.run_job(job, RunTrigger::Schedule, Some(at)).await?);
         }
         output::summary(&outcomes);
-        show_servers(&settings, &db, &client).await?;
+        show_servers(&settings, &db, &client, clock.now()).await?;
     }
     println!(
         "TIME is each run from its scheduled start to its end: the simulated snapshots take \
@@ -142,7 +142,12 @@ keep_weekly = 2
 }
 
 /// Each job's server as `agent snapshots` shows it.
-async fn show_servers(settings: &Settings, db: &Database, client: &Client) -> anyhow::Result<()> {
+async fn show_servers(
+    settings: &Settings,
+    db: &Database,
+    client: &Client,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
     for job in &settings.jobs {
         let listing = client.list(Some(job.server_id)).await?;
         let owners = crate::run::owners(Some(db), client.marker(), job.server_id, &listing).await?;
@@ -151,7 +156,7 @@ async fn show_servers(settings: &Settings, db: &Database, client: &Client) -> an
             &listing,
             &owners,
             &[job],
-            &db.pins().await?,
+            &db.pins(now).await?,
         ));
     }
     println!();

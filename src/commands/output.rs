@@ -112,9 +112,11 @@ pub fn history(runs: &[Run]) {
                     s.id.map_or(s.name.clone(), |id| format!("{} ({id})", s.name))
                 }),
                 ids(&r.deleted_snapshot_ids),
-                r.error
-                    .as_deref()
-                    .map_or(String::new(), |e| e.chars().take(80).collect()),
+                match (&r.error, &r.note) {
+                    (Some(e), _) => e.chars().take(80).collect(),
+                    (None, Some(note)) => note.clone(),
+                    (None, None) => String::new(),
+                },
             ]
         })
         .collect();
@@ -130,7 +132,7 @@ pub fn history(runs: &[Run]) {
             "TOOK",
             "SNAPSHOT",
             "DELETED",
-            "ERROR",
+            "ERROR / NOTE",
         ],
         &rows,
     );

@@ -3,12 +3,15 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::bail;
+use chrono::Utc;
 
 use super::{UsageError, context, output};
+use crate::api::Snapshot;
 use crate::cli::RestoreArgs;
-use crate::db::RunStatus;
+use crate::config::{JobSettings, Settings};
+use crate::db::{Database, RunStatus};
 use crate::naming;
-use crate::run::Runner;
+use crate::run::{self, RestoreRequest, Runner};
 
 pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
@@ -18,6 +21,8 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let Some(snap) = client.list(None).await?.into_iter().find(|s| s.id == id) else {
         bail!("no snapshot {id} exists (checked with the API)");
     };
+    let job = job_for(&settings, &snap);
+    let safety = !args.no_safety_snapshot;
     let server = snap
         .server
         .name
@@ -27,40 +32,50 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
         });
     println!(
         "Restoring server {server} from snapshot {id} ({}, {}, taken {} UTC).\n\
-         This overwrites ALL current data on the server, stops it first, and cannot be undone.",
+         This overwrites ALL current data on the server and stops it first.",
         snap.name,
         snap.status,
         output::time(snap.created_at)
     );
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(UsageError(
-                "refusing to restore without --yes when not on a terminal".into(),
-            )
-            .into());
-        }
-        print!("Type the server id ({}) to go ahead: ", snap.server.id);
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != snap.server.id.to_string() {
-            println!("not restoring");
-            return Ok(ExitCode::FAILURE);
+    match (safety, job) {
+        (true, Some(job)) => println!(
+            "First a safety snapshot of the server as it is now is taken and waited for \
+             (pinned for {}), so this restore can be undone.",
+            humantime::format_duration(job.restore_safety_keep)
+        ),
+        (true, None) => bail!(
+            "no job is configured for server {}, so a safety snapshot would have no retention \
+             policy; add a job for it, or pass --no-safety-snapshot",
+            snap.server.id
+        ),
+        (false, _) => {
+            println!("--no-safety-snapshot: no safety snapshot is taken; this CANNOT be undone.")
         }
     }
+    if args.dry_run {
+        return dry_run(&settings, &client, &snap, job.filter(|_| safety)).await;
+    }
+    if !args.yes {
+        confirm(&snap)?;
+    }
     let db = context::open_db(&settings).await?;
-    let job = naming::parse(&snap.name)
-        .map(|p| p.job)
-        .or_else(|| {
-            settings
-                .jobs
-                .iter()
-                .find(|j| j.server_id == snap.server.id)
-                .map(|j| j.name.clone())
-        })
-        .unwrap_or_else(|| format!("server-{}", snap.server.id));
     let runner = Runner::from_settings(&settings, db.clone(), client, clock);
-    let outcome = runner.restore(&job, &snap).await?;
+    let outcome = runner
+        .restore(RestoreRequest {
+            snapshot: &snap,
+            job,
+            safety,
+        })
+        .await?;
+    // The operators hear of it now (how to undo it, or why it did not happen); if the
+    // mail server is down the alert stays queued for the daemon.
+    if let Some(m) = crate::alert::Mailer::from_settings(
+        settings.email.as_ref(),
+        db.clone(),
+        crate::clock::system(),
+    )? {
+        m.deliver_all().await;
+    }
     db.close().await;
     match outcome.status {
         RunStatus::Started => {
@@ -68,6 +83,7 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
                 "restore started (run {}); it takes 5-15 minutes",
                 outcome.run_id
             );
+            println!("{}", run::undo_note(&snap, outcome.safety));
             Ok(ExitCode::SUCCESS)
         }
         _ => bail!(
@@ -76,4 +92,87 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
             outcome.error.unwrap_or_default()
         ),
     }
+}
+
+/// The job configured for the snapshot's server: the one whose name the snapshot bears,
+/// else the first for that server.
+fn job_for<'a>(settings: &'a Settings, snap: &Snapshot) -> Option<&'a JobSettings> {
+    let on_server = |j: &&JobSettings| j.server_id == snap.server.id;
+    let named = naming::parse(&snap.name).map(|p| p.job);
+    settings
+        .jobs
+        .iter()
+        .filter(on_server)
+        .find(|j| named.as_deref() == Some(j.name.as_str()))
+        .or_else(|| settings.jobs.iter().find(on_server))
+}
+
+/// On a terminal: the operator types the server id. Off one: `--yes` is required.
+fn confirm(snap: &Snapshot) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(
+            UsageError("refusing to restore without --yes when not on a terminal".into()).into(),
+        );
+    }
+    print!("Type the server id ({}) to go ahead: ", snap.server.id);
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != snap.server.id.to_string() {
+        bail!("not restoring: the answer was not {}", snap.server.id);
+    }
+    Ok(())
+}
+
+/// What the restore would do, touching nothing (and creating no database).
+async fn dry_run(
+    settings: &Settings,
+    client: &crate::api::Client,
+    snap: &Snapshot,
+    safety_job: Option<&JobSettings>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(job) = safety_job {
+        let db = if settings.database.exists() {
+            Some(Database::open(&settings.database).await?)
+        } else {
+            None
+        };
+        let now = Utc::now();
+        let plan = run::dry_run(client, db.as_ref(), job, now).await?;
+        if let Some(db) = db {
+            db.close().await;
+        }
+        println!(
+            "would take a safety snapshot: {}-prerestore, pinned until {} UTC",
+            plan.name,
+            output::time(
+                now + chrono::Duration::from_std(job.restore_safety_keep).unwrap_or_default()
+            )
+        );
+        match &plan.make_room {
+            Ok(v) if v.is_empty() => {}
+            Ok(v) => println!("  would first delete to make room: {}", output::ids(v)),
+            Err(no) => {
+                let list: Vec<String> = no
+                    .blocking
+                    .iter()
+                    .map(|(id, why)| format!("{id} ({why})"))
+                    .collect();
+                println!(
+                    "would FAIL: server {} is at the limit and nothing may be deleted; blocking: {}",
+                    snap.server.id,
+                    list.join(", ")
+                );
+                println!("\ndry run: nothing was created, deleted, restored or recorded");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        println!("  and wait until it has completed");
+    }
+    println!(
+        "would then restore server {} from snapshot {} ({})",
+        snap.server.id, snap.id, snap.name
+    );
+    println!("\ndry run: nothing was created, deleted, restored or recorded");
+    Ok(ExitCode::SUCCESS)
 }

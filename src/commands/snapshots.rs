@@ -35,7 +35,7 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
         None
     };
     let pins = match &db {
-        Some(db) => db.pins().await?,
+        Some(db) => db.pins(chrono::Utc::now()).await?,
         None => Default::default(),
     };
     let mut json = Vec::new();

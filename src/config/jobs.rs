@@ -30,6 +30,7 @@ pub(super) struct JobFields {
     catch_up: Option<Duration>,
     max_deletions_per_run: u32,
     stale_after: Option<Duration>,
+    restore_safety_keep: Duration,
 }
 
 /// Checks a job name: letters, digits, `-` and `_`, at most 40 characters.
@@ -64,6 +65,7 @@ pub(super) fn defaults(r: &mut Reader<'_>, keys: &JobKeys, v: Option<&Value>) ->
         catch_up: Some(Duration::from_secs(2 * 3600)),
         max_deletions_per_run: 3,
         stale_after: None,
+        restore_safety_keep: Duration::from_secs(7 * 86_400),
     };
     fields(r, "defaults", keys, v, &builtin)
 }
@@ -108,6 +110,7 @@ fn fields(
             .max_deletions_per_run
             .map_or(base.max_deletions_per_run, |b| b.0 as u32),
         stale_after: k.stale_after.or(base.stale_after),
+        restore_safety_keep: k.restore_safety_keep.unwrap_or(base.restore_safety_keep),
     }
 }
 
@@ -211,6 +214,7 @@ fn job(
         catch_up: fields.catch_up,
         max_deletions_per_run: fields.max_deletions_per_run,
         stale_after: fields.stale_after,
+        restore_safety_keep: fields.restore_safety_keep,
     })
 }
 

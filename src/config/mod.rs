@@ -182,6 +182,8 @@ pub struct JobSettings {
     pub max_deletions_per_run: u32,
     /// `None`: twice the schedule's period.
     pub stale_after: Option<Duration>,
+    /// How long the safety snapshot taken before a restore stays pinned.
+    pub restore_safety_keep: Duration,
 }
 
 /// Where to find the configuration file: `--config`, then `$AGENT_CONFIG`, then the default.

@@ -42,6 +42,8 @@ pub struct JobKeys {
     pub max_deletions_per_run: Option<Bounded<1, 5>>,
     #[serde(default, deserialize_with = "de::duration")]
     pub stale_after: Option<Duration>,
+    #[serde(default, deserialize_with = "de::duration")]
+    pub restore_safety_keep: Option<Duration>,
 }
 
 impl JobKeys {

@@ -9,9 +9,26 @@ use crate::domain::SnapshotId;
 
 impl Database {
     pub async fn pin(&self, snapshot_id: SnapshotId, at: DateTime<Utc>) -> DbResult<bool> {
-        let n = sqlx::query("INSERT OR IGNORE INTO pins (snapshot_id, pinned_at) VALUES (?, ?)")
-            .bind(snapshot_id)
-            .bind(ms(at))
+        self.pin_until(snapshot_id, at, None).await
+    }
+
+    /// Pins `snapshot_id` from `at` until `until` (`None`: until unpinned). A pin that has
+    /// run out no longer counts; pinning again replaces it.
+    pub async fn pin_until(
+        &self,
+        snapshot_id: SnapshotId,
+        at: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    ) -> DbResult<bool> {
+        let n = sqlx::query(
+            "INSERT INTO pins (snapshot_id, pinned_at, until) VALUES (?, ?, ?) \
+             ON CONFLICT (snapshot_id) DO UPDATE SET pinned_at = excluded.pinned_at, until = excluded.until \
+             WHERE pins.until IS NOT NULL \
+               AND (excluded.until IS NULL OR excluded.until > pins.until OR pins.until <= excluded.pinned_at)",
+        )
+        .bind(snapshot_id)
+        .bind(ms(at))
+        .bind(until.map(ms))
             .execute(self.pool())
             .await
             .map_err(self.err("cannot pin"))?
@@ -29,11 +46,25 @@ impl Database {
         Ok(n == 1)
     }
 
-    pub async fn pins(&self) -> DbResult<HashSet<SnapshotId>> {
-        let rows: Vec<(SnapshotId,)> = sqlx::query_as("SELECT snapshot_id FROM pins")
-            .fetch_all(self.pool())
-            .await
-            .map_err(self.err("cannot read pins"))?;
+    /// The snapshots pinned at `now`.
+    pub async fn pins(&self, now: DateTime<Utc>) -> DbResult<HashSet<SnapshotId>> {
+        let rows: Vec<(SnapshotId,)> =
+            sqlx::query_as("SELECT snapshot_id FROM pins WHERE until IS NULL OR until > ?")
+                .bind(ms(now))
+                .fetch_all(self.pool())
+                .await
+                .map_err(self.err("cannot read pins"))?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// When `snapshot_id`'s pin ends, if it is pinned for a while only.
+    pub async fn pin_ends(&self, snapshot_id: SnapshotId) -> DbResult<Option<DateTime<Utc>>> {
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT until FROM pins WHERE snapshot_id = ?")
+                .bind(snapshot_id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(self.err("cannot read pins"))?;
+        Ok(row.and_then(|(u,)| u).map(super::from_ms))
     }
 }

@@ -102,6 +102,10 @@ pub struct Run {
     pub snapshot: Option<RunSnapshot>,
     pub deleted_snapshot_ids: Vec<SnapshotId>,
     pub error: Option<String>,
+    /// A restore: the snapshot of the server's state taken just before it.
+    pub safety_snapshot_id: Option<SnapshotId>,
+    /// For the operator: what was done and how to undo it.
+    pub note: Option<String>,
     /// The step the run reached.
     pub step: Step,
     /// The agent that ran it (its host name).
@@ -130,6 +134,8 @@ struct RunRow {
     snapshot_status: Option<String>,
     snapshot_created_at: Option<i64>,
     error: Option<String>,
+    safety_snapshot_id: Option<SnapshotId>,
+    note: Option<String>,
     deleted: Option<String>,
 }
 
@@ -155,6 +161,8 @@ impl From<RunRow> for Run {
                 .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
                 .unwrap_or_default(),
             error: r.error,
+            safety_snapshot_id: r.safety_snapshot_id,
+            note: r.note,
             step: r.step,
             host: Owner::from_recorded(r.owner.clone()).host().to_string(),
             owner: r.owner,
@@ -188,6 +196,7 @@ pub struct Finish<'a> {
 
 const RUN_COLUMNS: &str = "id, job, server_id, kind, trigger, status, started_at, finished_at, step, owner, \
     scheduled_for, snapshot_name, snapshot_id, snapshot_status, snapshot_created_at, error, \
+    safety_snapshot_id, note, \
     (SELECT group_concat(snapshot_id) FROM journal j \
        WHERE j.run_id = runs.id AND j.action = 'delete' AND j.state = 'ok') AS deleted";
 
@@ -281,6 +290,24 @@ impl Database {
     /// Ends a run still running and owned by `owner`, and queues its alerts, in one
     /// transaction. A run that is not (or no longer) this owner's is an error: a run is
     /// finished once.
+    /// A restore's safety snapshot (taken before it, pinned) and the note for the
+    /// operator (how to undo it).
+    pub async fn set_restore_safety(
+        &self,
+        run_id: RunId,
+        safety: Option<SnapshotId>,
+        note: &str,
+    ) -> DbResult<()> {
+        sqlx::query("UPDATE runs SET safety_snapshot_id = ?, note = ? WHERE id = ?")
+            .bind(safety)
+            .bind(note)
+            .bind(run_id)
+            .execute(self.pool())
+            .await
+            .map_err(self.err(format!("cannot record run {run_id}'s safety snapshot")))?;
+        Ok(())
+    }
+
     /// Notes on a run still `running` under `owner` why it stops here unfinished.
     pub async fn note_unfinished(&self, run_id: RunId, owner: &Owner, note: &str) -> DbResult<()> {
         sqlx::query("UPDATE runs SET error = ? WHERE id = ? AND status = 'running' AND owner = ?")

@@ -16,7 +16,11 @@ impl Runner {
     pub(super) async fn create(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
         let job = st.job;
         let name = loop {
-            let n = naming::new_name(&job.name, self.now());
+            let n = if st.pre_restore {
+                naming::new_pre_restore_name(&job.name, self.now())
+            } else {
+                naming::new_name(&job.name, self.now())
+            };
             if !st.listing.iter().any(|s| s.name == n) {
                 break n;
             }

@@ -41,7 +41,7 @@ pub async fn dry_run(
         .filter(|s| s.server.id == job.server_id)
         .collect();
     let pins = match db {
-        Some(db) => db.pins().await?,
+        Some(db) => db.pins(now).await?,
         None => HashSet::new(),
     };
     let owners = owners(db, client.marker(), job.server_id, &listing).await?;

@@ -52,6 +52,7 @@ impl Runner {
             cause: result.as_ref().err().map(|f| f.cause),
             polls: st.polls,
             elapsed: (now - st.started_at).to_std().unwrap_or_default(),
+            safety: None,
         })
     }
 
@@ -103,6 +104,7 @@ impl Runner {
             cause: None,
             polls: st.polls,
             elapsed: (now - st.started_at).to_std().unwrap_or_default(),
+            safety: None,
         })
     }
 

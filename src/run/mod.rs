@@ -22,6 +22,7 @@ mod rotate;
 pub use dry_run::{DryRun, dry_run};
 pub use many::run_many;
 pub use poll::learned_first_wait;
+pub use restore::{RestoreRequest, undo_note};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -76,6 +77,8 @@ pub struct Outcome {
     pub cause: Option<Cause>,
     pub polls: u32,
     pub elapsed: Duration,
+    /// A restore: the safety snapshot taken first.
+    pub safety: Option<SnapshotId>,
 }
 
 /// Why a run failed, at which step (`None`: recording it failed), and what that means
@@ -150,6 +153,8 @@ struct RunState<'a> {
     delete_errors: Vec<String>,
     polls: u32,
     window_alerted: bool,
+    /// The safety snapshot of a restore: named `…-prerestore`.
+    pre_restore: bool,
 }
 
 impl<'a> RunState<'a> {
@@ -173,6 +178,7 @@ impl<'a> RunState<'a> {
             delete_errors: Vec::new(),
             polls: 0,
             window_alerted: false,
+            pre_restore: false,
         }
     }
 
@@ -364,7 +370,7 @@ impl Runner {
 
     /// The planner's view of the listing in hand, for this run's job.
     async fn candidates(&self, st: &RunState<'_>) -> Result<Vec<Candidate>, DbError> {
-        let pins = self.db.pins().await?;
+        let pins = self.db.pins(self.now()).await?;
         let owners = owners(
             Some(&self.db),
             self.client.marker(),

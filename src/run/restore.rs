@@ -1,23 +1,47 @@
-//! A restore, recorded as a run of kind `restore`: the request is a journal entry before
-//! it leaves, and is never sent twice.
+//! A restore, recorded as a run of kind `restore`. By default it is undoable: first a
+//! safety snapshot of the server's current state (a normal journaled create, named
+//! `…-prerestore`, pinned for the job's `restore_safety_keep`), waited for until it has
+//! completed, and only then the restore request — itself a journal entry before it
+//! leaves, and never sent twice. The API only starts a restore, so a run that sent it
+//! ends `started`.
 
-use super::{Outcome, Runner};
+use anyhow::anyhow;
+
+use super::{Failure, Outcome, RunState, Runner, fail};
+use crate::alert::text;
 use crate::api::{ApiError, Snapshot};
+use crate::config::JobSettings;
 use crate::db::{
-    Action, DbError, Finish, Intent, NewRun, RunKind, RunStatus, RunTrigger, State, Step,
+    Action, DbError, Finish, Intent, NewAlert, NewRun, RunKind, RunStatus, RunTrigger, State, Step,
 };
-use crate::domain::RunId;
+use crate::domain::{RunId, SnapshotId};
+use crate::retention::LIMIT;
+
+/// What `agent restore` asks for.
+pub struct RestoreRequest<'a> {
+    /// The snapshot to restore; its server is the one restored.
+    pub snapshot: &'a Snapshot,
+    /// The job configured for that server: its policy makes room for the safety snapshot
+    /// and later rotates it; its name names the run.
+    pub job: Option<&'a JobSettings>,
+    /// Take the safety snapshot first (needs `job`).
+    pub safety: bool,
+}
 
 impl Runner {
-    /// Starts a restore of `snapshot`, recorded under `job_name`.
-    pub async fn restore(&self, job_name: &str, snapshot: &Snapshot) -> Result<Outcome, DbError> {
-        let started_at = self.now();
+    /// Restores `req.snapshot`'s server, with a safety snapshot first unless told not to.
+    pub async fn restore(&self, req: RestoreRequest<'_>) -> Result<Outcome, DbError> {
+        let snapshot = req.snapshot;
         let server_id = snapshot.server.id;
+        let job_name = req
+            .job
+            .map_or_else(|| format!("server-{server_id}"), |j| j.name.clone());
+        let started_at = self.now();
         let run_id = self
             .db
             .start_run(
                 NewRun {
-                    job: job_name,
+                    job: &job_name,
                     server_id,
                     kind: RunKind::Restore,
                     trigger: RunTrigger::Manual,
@@ -36,18 +60,144 @@ impl Runner {
             )
             .await?;
         let result = match self.lock(server_id, Some(run_id)).await {
-            Err(f) => Err(format!("{:#}", f.error)),
+            Err(f) => Err(f),
             Ok(guard) => {
-                let r = self.request_restore(run_id, snapshot).await;
+                let r = self.safety_then_restore(run_id, &req, started_at).await;
                 guard.release().await;
-                r?
+                r
             }
         };
-        let now = self.now();
-        let (status, error) = match &result {
-            Ok(()) => (RunStatus::Started, None),
-            Err(e) => (RunStatus::Failed, Some(e.clone())),
+        self.end_restore(run_id, &job_name, &req, started_at, result)
+            .await
+    }
+
+    async fn safety_then_restore(
+        &self,
+        run_id: RunId,
+        req: &RestoreRequest<'_>,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<SnapshotId>, Failure> {
+        let safety = match (req.safety, req.job) {
+            (false, _) => None,
+            (true, Some(job)) => Some(self.safety_snapshot(run_id, job, started_at).await?),
+            (true, None) => {
+                return Err(fail(
+                    Step::Restore,
+                    anyhow!(
+                        "no job is configured for server {}, so its safety snapshot would have \
+                         no retention policy; add a job for it, or pass --no-safety-snapshot",
+                        req.snapshot.server.id
+                    ),
+                ));
+            }
         };
+        if let Some(id) = safety {
+            self.db
+                .set_restore_safety(run_id, Some(id), &undo_note(req.snapshot, Some(id)))
+                .await?;
+        }
+        self.db.set_step(run_id, Step::Restore).await?;
+        match self.request_restore(run_id, req.snapshot).await? {
+            Ok(()) => Ok(safety),
+            Err(e) => Err(fail(Step::Restore, e)),
+        }
+    }
+
+    /// The safety snapshot: listed, room made by the job's policy, created, pinned at
+    /// once, and waited for until completed. Any failure stops the restore.
+    async fn safety_snapshot(
+        &self,
+        run_id: RunId,
+        job: &JobSettings,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<SnapshotId, Failure> {
+        let mut st = RunState::new(run_id, job, started_at, None);
+        st.pre_restore = true;
+        // A maintenance window has nothing to do with a restore's safety snapshot.
+        st.window_alerted = true;
+        self.observe(&st, Action::Lock, None, State::Ok, None)
+            .await?;
+        st.step = Step::List;
+        self.list(&mut st).await?;
+        self.reconcile(&mut st).await?;
+        if st.listing.len() >= LIMIT as usize {
+            self.make_room(&mut st).await?;
+        }
+        self.create(&mut st).await?;
+        let Some(id) = st.snapshot.as_ref().map(|s| s.id) else {
+            return Err(fail(
+                Step::Create,
+                anyhow!("no safety snapshot to wait for"),
+            ));
+        };
+        let now = self.now();
+        let until = now + chrono::Duration::from_std(job.restore_safety_keep).unwrap_or_default();
+        self.db.pin_until(id, now, Some(until)).await?;
+        self.db
+            .set_restore_safety(run_id, Some(id), "safety snapshot not completed yet")
+            .await?;
+        let first = self.first_wait(job).await;
+        self.poll(&mut st, first).await?;
+        Ok(id)
+    }
+
+    /// Records the end: `started` with the way back, or `failed` (and an alert).
+    async fn end_restore(
+        &self,
+        run_id: RunId,
+        job_name: &str,
+        req: &RestoreRequest<'_>,
+        started_at: chrono::DateTime<chrono::Utc>,
+        result: Result<Option<SnapshotId>, Failure>,
+    ) -> Result<Outcome, DbError> {
+        let now = self.now();
+        let server_id = req.snapshot.server.id;
+        let (status, error, note, safety) = match &result {
+            Ok(safety) => (
+                RunStatus::Started,
+                None,
+                undo_note(req.snapshot, *safety),
+                *safety,
+            ),
+            Err(f) => {
+                let error = format!("{:#}; the restore was not done", f.error);
+                let sent = f.step == Some(Step::Restore);
+                let note = if sent {
+                    "the restore request failed; the server was not changed by this run".into()
+                } else {
+                    "the restore was not sent: nothing on the server was overwritten".into()
+                };
+                (RunStatus::Failed, Some(error), note, None)
+            }
+        };
+        let safety_id = self
+            .db
+            .run(run_id)
+            .await?
+            .and_then(|r| r.safety_snapshot_id);
+        self.db
+            .set_restore_safety(run_id, safety.or(safety_id), &note)
+            .await?;
+        let alerts: Vec<NewAlert> = match (&self.alerts, &error) {
+            (None, _) => Vec::new(),
+            (Some(_), None) => vec![text::restored(
+                job_name,
+                server_id,
+                run_id,
+                req.snapshot,
+                safety,
+                now,
+            )],
+            (Some(_), Some(e)) => vec![text::restore_failed(
+                job_name,
+                server_id,
+                run_id,
+                req.snapshot,
+                e,
+                now,
+            )],
+        };
+        let step = result.as_ref().err().and_then(|f| f.step);
         self.db
             .finish_run(
                 run_id,
@@ -55,9 +205,9 @@ impl Runner {
                 Finish {
                     status,
                     error: error.as_deref(),
-                    step: Some(Step::Restore),
+                    step: step.or(Some(Step::Restore)),
                     at: now,
-                    alerts: &[],
+                    alerts: &alerts,
                 },
             )
             .await?;
@@ -66,12 +216,13 @@ impl Runner {
             job: job_name.to_string(),
             server_id,
             status,
-            snapshot: Some((snapshot.id, snapshot.name.clone())),
+            snapshot: Some((req.snapshot.id, req.snapshot.name.clone())),
             deleted: Vec::new(),
             error,
-            cause: None,
+            cause: result.as_ref().err().map(|f| f.cause),
             polls: 0,
             elapsed: (now - started_at).to_std().unwrap_or_default(),
+            safety,
         })
     }
 
@@ -80,7 +231,7 @@ impl Runner {
         &self,
         run_id: RunId,
         snapshot: &Snapshot,
-    ) -> Result<Result<(), String>, DbError> {
+    ) -> Result<Result<(), ApiError>, DbError> {
         let intent = Intent {
             run_id,
             server_id: snapshot.server.id,
@@ -104,6 +255,18 @@ impl Runner {
         self.db
             .resolve(entry, state, None, Some(&detail), self.now())
             .await?;
-        Ok(answer.map(|_| ()).map_err(|e| e.to_string()))
+        Ok(answer.map(|_| ()))
+    }
+}
+
+/// What the operator reads in history: what was done, and how to undo it.
+pub fn undo_note(snapshot: &Snapshot, safety: Option<SnapshotId>) -> String {
+    let done = format!(
+        "restored server {} from snapshot {} ({})",
+        snapshot.server.id, snapshot.id, snapshot.name
+    );
+    match safety {
+        Some(id) => format!("{done}; to undo, `agent restore {id}`"),
+        None => format!("{done}; no safety snapshot was taken (--no-safety-snapshot)"),
     }
 }

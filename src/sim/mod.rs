@@ -140,7 +140,8 @@ impl Simulator {
             .await
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    /// The simulator's time (its clock's).
+    pub fn now(&self) -> DateTime<Utc> {
         self.inner.clock.now()
     }
 

@@ -96,6 +96,7 @@ pub fn job(name: &str, server_id: u64, keep_last: u32) -> JobSettings {
         catch_up: Some(Duration::from_secs(7200)),
         max_deletions_per_run: 3,
         stale_after: None,
+        restore_safety_keep: Duration::from_secs(7 * 86_400),
     }
 }
 

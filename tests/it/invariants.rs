@@ -79,7 +79,10 @@ async fn deletions(
     expect: &Expect,
     bad: &mut Vec<String>,
 ) {
-    let pins = db.pins().await.unwrap();
+    let pins = db
+        .pins(chrono::Utc::now() + chrono::Duration::days(3650))
+        .await
+        .unwrap();
     let marker = Marker::new(expect.token.as_bytes());
     let created: HashSet<SnapshotId> = events
         .iter()
@@ -189,15 +192,22 @@ fn creations(events: &[Event], runs: &[vps_snapshot_agent::db::Run], bad: &mut V
         if *n > 1 {
             bad.push(format!("snapshot name {name} created {n} times"));
         }
-        if naming::parse(name).is_some()
-            && !runs
+        let recorded = match naming::parse(name) {
+            None => true,
+            // A restore's safety snapshot: the restore run of that job made it.
+            Some(p) if p.pre_restore => runs
                 .iter()
-                .any(|r| r.snapshot.as_ref().is_some_and(|s| s.name == *name))
-        {
+                .any(|r| r.kind == RunKind::Restore && r.job == p.job),
+            Some(_) => runs
+                .iter()
+                .any(|r| r.snapshot.as_ref().is_some_and(|s| s.name == *name)),
+        };
+        if !recorded {
             bad.push(format!("snapshot {name} created but no run records it"));
         }
     }
-    let snapshot_runs = runs.iter().filter(|r| r.kind == RunKind::Snapshot).count();
+    // A snapshot run makes at most one; so does a restore (its safety snapshot).
+    let snapshot_runs = runs.len();
     if created.len() > snapshot_runs {
         bad.push(format!(
             "{} snapshots created by {snapshot_runs} runs",

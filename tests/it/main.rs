@@ -12,5 +12,6 @@ mod job;
 mod mail;
 mod newcomer;
 mod reliability;
+mod restore;
 mod retention_props;
 mod scene;

@@ -454,7 +454,12 @@ async fn database_failures_name_the_file_and_lose_nothing() {
         .unwrap();
     writer.await.unwrap();
     let pinned = [1, 2, 3].map(SnapshotId::new).into();
-    assert_eq!(db.pins().await.unwrap(), pinned);
+    assert_eq!(
+        db.pins(chrono::Utc::now() + chrono::Duration::days(3650))
+            .await
+            .unwrap(),
+        pinned
+    );
 }
 
 /// TOML-ish documents from the config's own vocabulary and random values.

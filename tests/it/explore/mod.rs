@@ -316,7 +316,8 @@ async fn over_policy(cfg: &Path, sim: &Simulator, db: &Database) -> Vec<String> 
     let Ok(settings) = vps_snapshot_agent::config::Settings::load(cfg) else {
         return vec!["the final config does not load".into()];
     };
-    let pins = db.pins().await.unwrap();
+    // Pinned as the quiet phase's runs saw it (a safety snapshot's pin may have ended).
+    let pins = db.pins(sim.now()).await.unwrap();
     let marker = crate::helpers::marker();
     let mut bad = Vec::new();
     for job in &settings.jobs {

@@ -359,7 +359,12 @@ impl World {
             }
             Event::Unpin(n) => {
                 let db = Database::open(&self.db_path).await.unwrap();
-                let mut pins: Vec<SnapshotId> = db.pins().await.unwrap().into_iter().collect();
+                let mut pins: Vec<SnapshotId> = db
+                    .pins(chrono::Utc::now() + chrono::Duration::days(3650))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .collect();
                 pins.sort_unstable();
                 if !pins.is_empty() {
                     db.unpin(pins[n as usize % pins.len()]).await.unwrap();
@@ -445,10 +450,24 @@ impl World {
             let Some(db) = super::process::open(&dbs, &settings.database).await else {
                 return;
             };
-            let job = vps_snapshot_agent::naming::parse(&snap.name)
-                .map_or(format!("server-{}", snap.server.id), |p| p.job);
+            // As `agent restore` does: the server's job takes a safety snapshot first.
+            let named = vps_snapshot_agent::naming::parse(&snap.name).map(|p| p.job);
+            let on_server =
+                |j: &&vps_snapshot_agent::config::JobSettings| j.server_id == snap.server.id;
+            let job = settings
+                .jobs
+                .iter()
+                .filter(on_server)
+                .find(|j| named.as_deref() == Some(j.name.as_str()))
+                .or_else(|| settings.jobs.iter().find(on_server));
             let r = runner(&settings, db.clone(), client, clock, owner);
-            let _ = r.restore(&job, &snap).await;
+            let _ = r
+                .restore(vps_snapshot_agent::run::RestoreRequest {
+                    snapshot: &snap,
+                    job,
+                    safety: job.is_some(),
+                })
+                .await;
             db.close().await;
         });
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
