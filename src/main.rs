@@ -13,6 +13,7 @@ fn main() -> ExitCode {
             | Command::Snapshots(_)
             | Command::Completions { .. }
             | Command::Manpage { .. }
+            | Command::Check(_)
     ) {
         // Pure output: `agent history | head` ends quietly, like any Unix filter.
         // SAFETY: setting a signal disposition before any thread exists.
