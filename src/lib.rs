@@ -18,7 +18,7 @@
 //! - [`ownership`]: which snapshots are the agent's (name, and a mark or the journal)
 //! - [`schedule`]: cron and maintenance-window fire times, DST-correct
 //! - [`cron`]: cron expressions, parsed and evaluated in a time zone
-//! - [`clock`]: time as a dependency (real, or virtual for tests); nothing else reads it
+//! - [`clock`]: time as a dependency (real, or virtual for tests), and durations for people
 //! - [`logging`]: tracing-subscriber set-up (text or JSON, filters, `-v`/`-q`)
 
 pub mod alert;

@@ -1,9 +1,7 @@
 //! tracing-subscriber set-up: text or JSON on stderr, `RUST_LOG`-style filters, `-v`/`-q`,
 //! and no timestamps or colours under systemd (journald adds its own).
 
-use std::fmt;
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::time::ChronoUtc;
@@ -41,30 +39,6 @@ pub fn colour(terminal: bool) -> bool {
     terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// A duration as a person reads it in a log: `1.6s` under a minute, `4m 40s` above.
-pub struct Secs(pub Duration);
-
-impl fmt::Display for Secs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tenths = (self.0.as_millis() + 50) / 100;
-        if tenths < 600 {
-            if tenths.is_multiple_of(10) {
-                write!(f, "{}s", tenths / 10)
-            } else {
-                write!(f, "{}.{}s", tenths / 10, tenths % 10)
-            }
-        } else {
-            let secs = (self.0.as_millis() + 500) / 1000;
-            let secs = u64::try_from(secs).unwrap_or(u64::MAX);
-            write!(
-                f,
-                "{}",
-                humantime::format_duration(Duration::from_secs(secs))
-            )
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,16 +55,5 @@ mod tests {
         assert!(!with, "NO_COLOR=1 turns colour off");
         assert!(empty, "an empty NO_COLOR does not (no-color.org)");
         assert!(colour(true));
-    }
-
-    #[test]
-    fn durations_are_rounded_for_people() {
-        let s = |ms| Secs(Duration::from_millis(ms)).to_string();
-        assert_eq!(s(1_641), "1.6s");
-        assert_eq!(s(20_000), "20s");
-        assert_eq!(s(49), "0s");
-        assert_eq!(s(59_960), "1m");
-        assert_eq!(s(280_400), "4m 40s");
-        assert_eq!(Secs(Duration::new(1, 641_335_718)).to_string(), "1.6s");
     }
 }

@@ -59,7 +59,7 @@ impl RetryPolicy {
             .when(retryable)
             .adjust(|e, d| d.map(|d| e.retry_after().unwrap_or(d)))
             .notify(|e, d| {
-                tracing::warn!(%what, "{e}; retrying in {}", crate::logging::Secs(d));
+                tracing::warn!(%what, "{e}; retrying in {}", crate::clock::Secs(d));
             });
         // Boxed as `Send`: the retry future holds closures over borrowed requests, which
         // the compiler cannot otherwise prove `Send` for every lifetime.

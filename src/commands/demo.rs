@@ -65,27 +65,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let client = context::client(&settings, shared.clone())?;
     let runner = Runner::from_settings(&settings, db.clone(), client.clone(), shared);
     for round in 1..=args.rounds {
-        // Each job at its own scheduled time, as the daemon would fire it.
-        let since = clock.now();
-        let mut fires: Vec<_> = settings
-            .jobs
-            .iter()
-            .filter_map(|j| schedule::next_fire(j, since).map(|at| (at, j)))
-            .collect();
-        fires.sort_by_key(|(at, _)| *at);
-        let day = fires.first().map_or(clock.now(), |(at, _)| *at);
         println!(
-            "=== day {round} of {}: {} (simulated) ===",
+            "=== day {round} of {}: {} ===",
             args.rounds,
-            day.format("%a %Y-%m-%d")
+            day_of_next_fire(&settings, &clock)
         );
-        let mut outcomes = Vec::new();
-        for (at, job) in fires {
-            if let Ok(wait) = (at - clock.now()).to_std() {
-                clock.advance(wait);
-            }
-            outcomes.push(runner.run_job(job, RunTrigger::Schedule, Some(at)).await?);
-        }
+        let outcomes = one_day(&settings, &runner, &clock).await?;
         output::summary(&outcomes);
         show_servers(&settings, &db, &client, clock.now()).await?;
     }
@@ -104,6 +89,41 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     db.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The day of the next fire, as the round's heading says it.
+fn day_of_next_fire(settings: &Settings, clock: &VirtualClock) -> String {
+    let now = clock.now();
+    let first = settings
+        .jobs
+        .iter()
+        .filter_map(|j| schedule::next_fire(j, now))
+        .min()
+        .unwrap_or(now);
+    format!("{} (simulated)", first.format("%a %Y-%m-%d"))
+}
+
+/// Each job once, at its own next scheduled time, as the daemon would fire it.
+async fn one_day(
+    settings: &Settings,
+    runner: &Runner,
+    clock: &VirtualClock,
+) -> anyhow::Result<Vec<crate::run::Outcome>> {
+    let since = clock.now();
+    let mut fires: Vec<_> = settings
+        .jobs
+        .iter()
+        .filter_map(|j| schedule::next_fire(j, since).map(|at| (at, j)))
+        .collect();
+    fires.sort_by_key(|(at, _)| *at);
+    let mut outcomes = Vec::new();
+    for (at, job) in fires {
+        if let Ok(wait) = (at - clock.now()).to_std() {
+            clock.advance(wait);
+        }
+        outcomes.push(runner.run_job(job, RunTrigger::Schedule, Some(at)).await?);
+    }
+    Ok(outcomes)
 }
 
 /// The demo's configuration, in `dir`, for the simulator at `url`.

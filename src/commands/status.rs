@@ -115,6 +115,13 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
+    print_jobs(&settings, &status);
+    print_alerts(&settings, &status);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The jobs' table and their warnings.
+fn print_jobs(settings: &crate::config::Settings, status: &Status) {
     let rows: Vec<Vec<String>> = status
         .jobs
         .iter()
@@ -160,6 +167,10 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
             println!("\nwarning: {}: {w}", j.name);
         }
     }
+}
+
+/// What waits in the outbox, or why nothing can.
+fn print_alerts(settings: &crate::config::Settings, status: &Status) {
     if settings.email.is_none() {
         println!("\nemail alerts: off ([email] not configured)");
     } else if status.pending_alerts.is_empty() {
@@ -181,7 +192,6 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `status --check`, as monitoring plugins answer: 0 OK, 1 WARNING, 2 CRITICAL, and one

@@ -399,7 +399,7 @@ impl Daemon {
         lp.tracker.close();
         let left = lp.running.len();
         if left > 0 {
-            let grace = crate::logging::Secs(self.grace);
+            let grace = crate::clock::Secs(self.grace);
             tracing::info!(
                 "stopping: waiting up to {grace} for {left} running job(s); a second signal stops at once"
             );

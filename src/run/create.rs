@@ -15,16 +15,7 @@ use crate::retention::LIMIT;
 impl Runner {
     pub(super) async fn create(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
         let job = st.job;
-        let name = loop {
-            let n = if st.pre_restore {
-                naming::new_pre_restore_name(&job.name, self.now())
-            } else {
-                naming::new_name(&job.name, self.now())
-            };
-            if !st.listing.iter().any(|s| s.name == n) {
-                break n;
-            }
-        };
+        let name = self.fresh_name(st);
         st.step = Step::Create;
         let description =
             self.client
@@ -92,6 +83,20 @@ impl Runner {
                     .resolve(entry, State::Error, None, Some(&e.to_string()), self.now())
                     .await?;
                 Err(fail(Step::Create, e))
+            }
+        }
+    }
+
+    /// A name no snapshot on the server has (`…-prerestore` for a restore's safety one).
+    fn fresh_name(&self, st: &RunState<'_>) -> String {
+        loop {
+            let n = if st.pre_restore {
+                naming::new_pre_restore_name(&st.job.name, self.now())
+            } else {
+                naming::new_name(&st.job.name, self.now())
+            };
+            if !st.listing.iter().any(|s| s.name == n) {
+                return n;
             }
         }
     }

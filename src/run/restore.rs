@@ -178,25 +178,7 @@ impl Runner {
         self.db
             .set_restore_safety(run_id, safety.or(safety_id), &note)
             .await?;
-        let alerts: Vec<NewAlert> = match (&self.alerts, &error) {
-            (None, _) => Vec::new(),
-            (Some(_), None) => vec![text::restored(
-                job_name,
-                server_id,
-                run_id,
-                req.snapshot,
-                safety,
-                now,
-            )],
-            (Some(_), Some(e)) => vec![text::restore_failed(
-                job_name,
-                server_id,
-                run_id,
-                req.snapshot,
-                e,
-                now,
-            )],
-        };
+        let alerts = self.restore_alerts(job_name, run_id, req.snapshot, safety, error.as_deref());
         let step = result.as_ref().err().and_then(|f| f.step);
         self.db
             .finish_run(
@@ -224,6 +206,27 @@ impl Runner {
             elapsed: (now - started_at).to_std().unwrap_or_default(),
             safety,
         })
+    }
+
+    /// What the operators hear (when alerts are mailed): the way back, or why not.
+    fn restore_alerts(
+        &self,
+        job_name: &str,
+        run_id: RunId,
+        from: &Snapshot,
+        safety: Option<SnapshotId>,
+        error: Option<&str>,
+    ) -> Vec<NewAlert> {
+        let (server_id, now) = (from.server.id, self.now());
+        match (&self.alerts, error) {
+            (None, _) => Vec::new(),
+            (Some(_), None) => vec![text::restored(
+                job_name, server_id, run_id, from, safety, now,
+            )],
+            (Some(_), Some(e)) => vec![text::restore_failed(
+                job_name, server_id, run_id, from, e, now,
+            )],
+        }
     }
 
     /// The restore request itself, journaled. `Err(Err)` only when it cannot be recorded.
