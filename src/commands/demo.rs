@@ -83,8 +83,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     output::history(&db.history(None, 50).await?);
     let requests = server.sim.requests().total;
     println!(
-        "\n{} runs, {requests} API requests. Next: `agent simulate` serves this API for your own config; \
-         `agent check` validates a config.",
+        "\n{} runs, {requests} API requests. Next: `agent simulate` (`cargo run -- simulate` from the \
+         source tree) serves this API for your own config; `agent check` validates a config.",
         db.history(None, 1000).await?.len()
     );
     db.close().await;

@@ -27,7 +27,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         humantime::format_duration(args.completion)
     );
     println!(
-        "Try it: AGENT_API__BASE_URL={} AGENT_API__TOKEN={} agent check",
+        "Try it: AGENT_API__BASE_URL={} AGENT_API__TOKEN={} agent check   (or `cargo run -- check` from the source tree)",
         server.base_url(),
         args.token
     );
