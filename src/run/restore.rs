@@ -82,7 +82,7 @@ impl Runner {
             (true, Some(job)) => Some(self.safety_snapshot(run_id, job, started_at).await?),
             (true, None) => {
                 return Err(fail(
-                    Step::Restore,
+                    Step::Start,
                     anyhow!(
                         "no job is configured for server {}, so its safety snapshot would have \
                          no retention policy; add a job for it, or pass --no-safety-snapshot",
@@ -137,7 +137,12 @@ impl Runner {
             .set_restore_safety(run_id, Some(id), "safety snapshot not completed yet")
             .await?;
         let first = self.first_wait(job).await;
-        self.poll(&mut st, first).await?;
+        if let Err(f) = self.poll(&mut st, first).await {
+            // Not a way back (failed, or not there yet) and the server was not touched:
+            // the pin would only keep a useless snapshot from rotation.
+            self.db.unpin(id).await?;
+            return Err(f);
+        }
         Ok(id)
     }
 

@@ -178,6 +178,14 @@ async fn a_failed_or_stuck_safety_snapshot_means_no_restore_and_an_alert() {
             "{}",
             runs[0]
         );
+        let db = Database::open(&dir.path().join("history.db"))
+            .await
+            .unwrap();
+        assert!(
+            db.pins(Utc::now()).await.unwrap().is_empty(),
+            "{mode:?}: a safety snapshot that is no way back is not kept pinned"
+        );
+        db.close().await;
         let mail = inbox.messages().join("\n");
         assert!(mail.contains("FAILED"), "{mode:?}: {mail}");
         assert!(mail.contains("was not done"), "{mode:?}: {mail}");
