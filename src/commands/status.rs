@@ -46,6 +46,7 @@ pub fn p95(d: &[Duration]) -> Option<Duration> {
 async fn job_status(
     db: &Database,
     job: &JobSettings,
+    summary: (Option<Run>, Option<DateTime<Utc>>),
     now: DateTime<Utc>,
 ) -> anyhow::Result<JobStatus> {
     let mut warnings = Vec::new();
@@ -64,11 +65,7 @@ async fn job_status(
             ));
         }
     }
-    let last_run = db.last_run(&job.name).await?;
-    let last_success_at = db
-        .last_success(&job.name)
-        .await?
-        .and_then(|r| r.finished_at);
+    let (last_run, last_success_at) = summary;
     let since = last_success_at.or_else(|| db_first_run(last_run.as_ref()));
     let stale = since
         .is_some_and(|t| (now - t).to_std().unwrap_or_default() > schedule::stale_after(job, now));
@@ -97,9 +94,12 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
     let db = context::open_db(&settings).await?;
     let now = Utc::now();
+    let names: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
+    let mut summaries = db.job_summaries(&names).await?;
     let mut jobs = Vec::new();
     for job in &settings.jobs {
-        jobs.push(job_status(&db, job, now).await?);
+        let summary = summaries.remove(&job.name).unwrap_or_default();
+        jobs.push(job_status(&db, job, summary, now).await?);
     }
     let status = Status {
         jobs,

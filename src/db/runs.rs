@@ -1,6 +1,7 @@
 //! Runs: one row per job run (snapshot or restore), from start to finish. The row is the
 //! run's summary; what it did is in its journal ([`super::journal`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -433,6 +434,47 @@ impl Database {
             .await
             .map_err(self.err("cannot read the last run"))?;
         Ok(row.map(Run::from))
+    }
+
+    /// For each of `jobs`: its newest snapshot run and when its last success ended. Two
+    /// statements whatever the number of jobs (index seeks inside SQLite), so `status`
+    /// stays fast on a long history.
+    pub async fn job_summaries(
+        &self,
+        jobs: &[&str],
+    ) -> DbResult<HashMap<String, (Option<Run>, Option<DateTime<Utc>>)>> {
+        let names = serde_json::to_string(jobs).unwrap_or_else(|_| "[]".into());
+        let heads: Vec<(String, Option<RunId>, Option<i64>)> = sqlx::query_as(
+            "SELECT n.value, \
+               (SELECT id FROM runs r WHERE r.job = n.value AND r.kind = 'snapshot' \
+                  ORDER BY r.id DESC LIMIT 1), \
+               (SELECT finished_at FROM runs r WHERE r.job = n.value AND r.status = 'succeeded' \
+                  AND r.kind = 'snapshot' ORDER BY r.id DESC LIMIT 1) \
+             FROM json_each(?) n",
+        )
+        .bind(&names)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err("cannot read the jobs' last runs"))?;
+        let ids: Vec<RunId> = heads.iter().filter_map(|h| h.1).collect();
+        let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+        let sql =
+            format!("SELECT {RUN_COLUMNS} FROM runs WHERE id IN (SELECT value FROM json_each(?))");
+        let mut runs: HashMap<RunId, Run> = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+            .bind(&ids)
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err("cannot read the jobs' last runs"))?
+            .into_iter()
+            .map(|r| (r.id, Run::from(r)))
+            .collect();
+        Ok(heads
+            .into_iter()
+            .map(|(job, id, success)| {
+                let run = id.and_then(|id| runs.remove(&id));
+                (job, (run, success.map(from_ms)))
+            })
+            .collect())
     }
 
     /// The last finished snapshot run of `job` before run `before` (any status but running).

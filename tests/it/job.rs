@@ -757,3 +757,41 @@ async fn restores_recorded_as_succeeded_become_started_and_nothing_else_changes(
     .await;
     assert!(bad.is_err(), "only a restore can be 'started'");
 }
+
+#[tokio::test]
+async fn job_summaries_agree_with_the_one_job_queries() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let (web, db_job) = (job("web", 1, 2), job("db", 2, 2));
+    for _ in 0..2 {
+        runner
+            .run_job(&web, RunTrigger::Manual, None)
+            .await
+            .unwrap();
+    }
+    w.sim
+        .set_mode(ServerId::new(2), vps_snapshot_agent::sim::Mode::Fail);
+    runner
+        .run_job(&db_job, RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    let summaries = runner
+        .db
+        .job_summaries(&["web", "db", "never-ran"])
+        .await
+        .unwrap();
+    for name in ["web", "db"] {
+        let (last, success) = summaries[name].clone();
+        let want_last = runner.db.last_run(name).await.unwrap();
+        let want_success = runner
+            .db
+            .last_success(name)
+            .await
+            .unwrap()
+            .and_then(|r| r.finished_at);
+        assert_eq!(last.map(|r| r.id), want_last.map(|r| r.id), "{name}");
+        assert_eq!(success, want_success, "{name}");
+    }
+    assert!(summaries["db"].1.is_none(), "db never succeeded");
+    assert_eq!(summaries["never-ran"].0.as_ref().map(|r| r.id), None);
+}
