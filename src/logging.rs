@@ -4,7 +4,8 @@
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::time::ChronoUtc;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
 
 use crate::cli::LogFormat;
 
@@ -24,7 +25,7 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8) {
         .with_writer(std::io::stderr)
         .with_target(false);
     // Whole seconds: nobody reads an operations log to the nanosecond.
-    let builder = builder.with_timer(ChronoUtc::new("%Y-%m-%dT%H:%M:%SZ".into()));
+    let builder = builder.with_timer(Seconds);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text if journald => builder.without_time().with_ansi(false).try_init(),
@@ -32,6 +33,15 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8) {
             .with_ansi(colour(std::io::stderr().is_terminal()))
             .try_init(),
     };
+}
+
+/// Log timestamps in UTC, to the second.
+struct Seconds;
+
+impl FormatTime for Seconds {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        write!(w, "{}", chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"))
+    }
 }
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set (no-color.org).
