@@ -3,6 +3,7 @@
 //! the alert outbox live here too.
 
 mod alerts;
+mod history;
 mod journal;
 mod locks;
 mod pins;

@@ -1,12 +1,8 @@
 //! Runs: one row per job run (snapshot or restore), from start to finish. The row is the
 //! run's summary; what it did is in its journal ([`super::journal`]).
 
-use std::collections::HashMap;
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, Row};
 
 use super::journal::{self, Action, State};
 use super::{Database, DbError, DbResult, NewAlert, Owner, alerts, from_ms, ms};
@@ -118,7 +114,7 @@ pub struct Run {
 }
 
 #[derive(sqlx::FromRow)]
-struct RunRow {
+pub(super) struct RunRow {
     id: RunId,
     job: String,
     server_id: ServerId,
@@ -195,7 +191,7 @@ pub struct Finish<'a> {
     pub alerts: &'a [NewAlert],
 }
 
-const RUN_COLUMNS: &str = "id, job, server_id, kind, trigger, status, started_at, finished_at, step, owner, \
+pub(super) const RUN_COLUMNS: &str = "id, job, server_id, kind, trigger, status, started_at, finished_at, step, owner, \
     scheduled_for, snapshot_name, snapshot_id, snapshot_status, snapshot_created_at, error, \
     safety_snapshot_id, note, \
     (SELECT group_concat(snapshot_id) FROM journal j \
@@ -368,159 +364,5 @@ impl Database {
             .await
             .map_err(self.err(format!("cannot commit the end of run {run_id}")))?;
         Ok(())
-    }
-
-    pub async fn run(&self, run_id: RunId) -> DbResult<Option<Run>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?");
-        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
-            .bind(run_id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(self.err("cannot read a run"))?;
-        Ok(row.map(Run::from))
-    }
-
-    /// Newest first.
-    pub async fn history(&self, job: Option<&str>, limit: u32) -> DbResult<Vec<Run>> {
-        let sql = match job {
-            Some(_) => {
-                format!("SELECT {RUN_COLUMNS} FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?")
-            }
-            None => format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?"),
-        };
-        let mut q = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql));
-        if let Some(j) = job {
-            q = q.bind(j);
-        }
-        let rows = q
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await
-            .map_err(self.err("cannot read the history"))?;
-        Ok(rows.into_iter().map(Run::from).collect())
-    }
-
-    pub async fn running(&self) -> DbResult<Vec<Run>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY id");
-        let rows = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
-            .fetch_all(self.pool())
-            .await
-            .map_err(self.err("cannot read running runs"))?;
-        Ok(rows.into_iter().map(Run::from).collect())
-    }
-
-    /// Whether any snapshot run of `job` started at or after `t`.
-    pub async fn has_run_since(&self, job: &str, t: DateTime<Utc>) -> DbResult<bool> {
-        let row = sqlx::query(
-            "SELECT 1 FROM runs WHERE job = ? AND kind = 'snapshot' AND started_at >= ? LIMIT 1",
-        )
-        .bind(job)
-        .bind(ms(t))
-        .fetch_optional(self.pool())
-        .await
-        .map_err(self.err("cannot read the history"))?;
-        Ok(row.is_some())
-    }
-
-    /// The newest snapshot run of `job` (a restore is not the job's run).
-    pub async fn last_run(&self, job: &str) -> DbResult<Option<Run>> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE job = ? AND kind = 'snapshot' \
-             ORDER BY id DESC LIMIT 1"
-        );
-        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
-            .bind(job)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(self.err("cannot read the last run"))?;
-        Ok(row.map(Run::from))
-    }
-
-    /// For each of `jobs`: its newest snapshot run and when its last success ended. Two
-    /// statements whatever the number of jobs (index seeks inside SQLite), so `status`
-    /// stays fast on a long history.
-    pub async fn job_summaries(
-        &self,
-        jobs: &[&str],
-    ) -> DbResult<HashMap<String, (Option<Run>, Option<DateTime<Utc>>)>> {
-        let names = serde_json::to_string(jobs).unwrap_or_else(|_| "[]".into());
-        let heads: Vec<(String, Option<RunId>, Option<i64>)> = sqlx::query_as(
-            "SELECT n.value, \
-               (SELECT id FROM runs r WHERE r.job = n.value AND r.kind = 'snapshot' \
-                  ORDER BY r.id DESC LIMIT 1), \
-               (SELECT finished_at FROM runs r WHERE r.job = n.value AND r.status = 'succeeded' \
-                  AND r.kind = 'snapshot' ORDER BY r.id DESC LIMIT 1) \
-             FROM json_each(?) n",
-        )
-        .bind(&names)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.err("cannot read the jobs' last runs"))?;
-        let ids: Vec<RunId> = heads.iter().filter_map(|h| h.1).collect();
-        let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
-        let sql =
-            format!("SELECT {RUN_COLUMNS} FROM runs WHERE id IN (SELECT value FROM json_each(?))");
-        let mut runs: HashMap<RunId, Run> = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
-            .bind(&ids)
-            .fetch_all(self.pool())
-            .await
-            .map_err(self.err("cannot read the jobs' last runs"))?
-            .into_iter()
-            .map(|r| (r.id, Run::from(r)))
-            .collect();
-        Ok(heads
-            .into_iter()
-            .map(|(job, id, success)| {
-                let run = id.and_then(|id| runs.remove(&id));
-                (job, (run, success.map(from_ms)))
-            })
-            .collect())
-    }
-
-    /// The last finished snapshot run of `job` before run `before` (any status but running).
-    pub async fn previous_finished(&self, job: &str, before: RunId) -> DbResult<Option<Run>> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE job = ? AND id < ? AND kind = 'snapshot' \
-             AND status IN ('succeeded', 'failed') ORDER BY id DESC LIMIT 1"
-        );
-        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
-            .bind(job)
-            .bind(before)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(self.err("cannot read the previous run"))?;
-        Ok(row.map(Run::from))
-    }
-
-    pub async fn last_success(&self, job: &str) -> DbResult<Option<Run>> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE job = ? AND status = 'succeeded' AND kind = 'snapshot' \
-             ORDER BY id DESC LIMIT 1"
-        );
-        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
-            .bind(job)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(self.err("cannot read the last success"))?;
-        Ok(row.map(Run::from))
-    }
-
-    /// How long the job's recent snapshots took from create to completed, newest first.
-    pub async fn snapshot_durations(&self, job: &str, limit: u32) -> DbResult<Vec<Duration>> {
-        let rows = sqlx::query(
-            "SELECT snapshot_completed_at - snapshot_created_at AS d FROM runs \
-             WHERE job = ? AND status = 'succeeded' AND snapshot_completed_at IS NOT NULL \
-             AND snapshot_created_at IS NOT NULL ORDER BY id DESC LIMIT ?",
-        )
-        .bind(job)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.err("cannot read snapshot durations"))?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| r.get::<Option<i64>, _>("d"))
-            .map(|d| Duration::from_millis(d.max(0) as u64))
-            .collect())
     }
 }
