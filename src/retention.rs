@@ -221,6 +221,18 @@ pub struct NoRoom {
     pub blocking: Vec<(SnapshotId, String)>,
 }
 
+impl NoRoom {
+    /// The blockers as messages name them: `801 (pinned), 802 (not managed by this job)`.
+    pub fn list(&self) -> String {
+        let each: Vec<String> = self
+            .blocking
+            .iter()
+            .map(|(id, why)| format!("{id} ({why})"))
+            .collect();
+        each.join(", ")
+    }
+}
+
 /// Before creating a snapshot on a server holding `LIMIT` or more: which managed snapshots
 /// to delete so that one more fits, in order. Candidates are this job's managed snapshots
 /// that are neither pinned, in progress, of unknown status, nor the newest completed one:

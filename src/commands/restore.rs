@@ -10,7 +10,6 @@ use crate::api::Snapshot;
 use crate::cli::RestoreArgs;
 use crate::config::{JobSettings, Settings};
 use crate::db::{Database, RunStatus};
-use crate::naming;
 use crate::run::{self, RestoreRequest, Runner};
 
 pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
@@ -21,7 +20,7 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let Some(snap) = client.list(None).await?.into_iter().find(|s| s.id == id) else {
         bail!("no snapshot {id} exists (checked with the API)");
     };
-    let job = job_for(&settings, &snap);
+    let job = run::job_for(&settings.jobs, &snap);
     let safety = !args.no_safety_snapshot;
     let server = snap
         .server
@@ -94,19 +93,6 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The job configured for the snapshot's server: the one whose name the snapshot bears,
-/// else the first for that server.
-fn job_for<'a>(settings: &'a Settings, snap: &Snapshot) -> Option<&'a JobSettings> {
-    let on_server = |j: &&JobSettings| j.server_id == snap.server.id;
-    let named = naming::parse(&snap.name).map(|p| p.job);
-    settings
-        .jobs
-        .iter()
-        .filter(on_server)
-        .find(|j| named.as_deref() == Some(j.name.as_str()))
-        .or_else(|| settings.jobs.iter().find(on_server))
-}
-
 /// On a terminal: the operator types the server id. Off one: `--yes` is required.
 fn confirm(snap: &Snapshot) -> anyhow::Result<()> {
     if !std::io::stdin().is_terminal() {
@@ -153,15 +139,10 @@ async fn dry_run(
             Ok(v) if v.is_empty() => {}
             Ok(v) => println!("  would first delete to make room: {}", output::ids(v)),
             Err(no) => {
-                let list: Vec<String> = no
-                    .blocking
-                    .iter()
-                    .map(|(id, why)| format!("{id} ({why})"))
-                    .collect();
                 println!(
                     "would FAIL: server {} is at the limit and nothing may be deleted; blocking: {}",
                     snap.server.id,
-                    list.join(", ")
+                    no.list()
                 );
                 println!("\ndry run: nothing was created, deleted, restored or recorded");
                 return Ok(ExitCode::FAILURE);

@@ -223,14 +223,9 @@ async fn dry_run(
             Ok(v) if v.is_empty() => {}
             Ok(v) => println!("  would delete to make room: {}", output::ids(v)),
             Err(no) => {
-                let list: Vec<String> = no
-                    .blocking
-                    .iter()
-                    .map(|(id, why)| format!("{id} ({why})"))
-                    .collect();
                 println!(
                     "  would FAIL: the server is at the limit and nothing may be deleted; blocking: {}",
-                    list.join(", ")
+                    no.list()
                 );
             }
         }

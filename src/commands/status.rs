@@ -66,7 +66,9 @@ async fn job_status(
         }
     }
     let (last_run, last_success_at) = summary;
-    let since = last_success_at.or_else(|| db_first_run(last_run.as_ref()));
+    // Without a success, staleness counts from the last run: a job that never ran is
+    // new, not stale.
+    let since = last_success_at.or_else(|| last_run.as_ref().map(|r| r.started_at));
     let stale = since
         .is_some_and(|t| (now - t).to_std().unwrap_or_default() > schedule::stale_after(job, now));
     Ok(JobStatus {
@@ -81,12 +83,6 @@ async fn job_status(
         stale,
         warnings,
     })
-}
-
-/// Without a success, staleness counts from the last run: a job that never ran is new,
-/// not stale.
-fn db_first_run(last: Option<&Run>) -> Option<DateTime<Utc>> {
-    last.map(|r| r.started_at)
 }
 
 pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {

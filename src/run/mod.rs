@@ -22,7 +22,7 @@ mod rotate;
 pub use dry_run::{DryRun, dry_run};
 pub use many::run_many;
 pub use poll::learned_first_wait;
-pub use restore::{RestoreRequest, undo_note};
+pub use restore::{RestoreRequest, job_for, undo_note};
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -267,6 +267,17 @@ impl Runner {
     }
 }
 
+/// The job configured for `snap`'s server: the one whose name the snapshot bears, else
+/// the first for that server. Its policy makes room for the safety snapshot.
+pub fn job_for<'a>(jobs: &'a [JobSettings], snap: &Snapshot) -> Option<&'a JobSettings> {
+    let on_server = |j: &&JobSettings| j.server_id == snap.server.id;
+    let named = crate::naming::parse(&snap.name).map(|p| p.job);
+    jobs.iter()
+        .filter(on_server)
+        .find(|j| named.as_deref() == Some(j.name.as_str()))
+        .or_else(|| jobs.iter().find(on_server))
+}
+
 /// What the operator reads in history: what was done, and how to undo it.
 pub fn undo_note(snapshot: &Snapshot, safety: Option<SnapshotId>) -> String {
     let done = format!(

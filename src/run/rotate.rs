@@ -74,15 +74,10 @@ impl Runner {
             self.budget(st),
         )
         .map_err(|no_room| {
-            let list: Vec<String> = no_room
-                .blocking
-                .iter()
-                .map(|(id, why)| format!("{id} ({why})"))
-                .collect();
             let e = anyhow!(
                 "server {} is at the limit of {LIMIT} snapshots and none may be deleted to make room; blocking: {}",
                 job.server_id,
-                list.join(", ")
+                no_room.list()
             );
             fail_as(Step::MakeRoom, Cause::NoRoom, e)
         })?;

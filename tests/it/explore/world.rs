@@ -451,15 +451,7 @@ impl World {
                 return;
             };
             // As `agent restore` does: the server's job takes a safety snapshot first.
-            let named = vps_snapshot_agent::naming::parse(&snap.name).map(|p| p.job);
-            let on_server =
-                |j: &&vps_snapshot_agent::config::JobSettings| j.server_id == snap.server.id;
-            let job = settings
-                .jobs
-                .iter()
-                .filter(on_server)
-                .find(|j| named.as_deref() == Some(j.name.as_str()))
-                .or_else(|| settings.jobs.iter().find(on_server));
+            let job = vps_snapshot_agent::run::job_for(&settings.jobs, &snap);
             let r = runner(&settings, db.clone(), client, clock, owner);
             let _ = r
                 .restore(vps_snapshot_agent::run::RestoreRequest {
