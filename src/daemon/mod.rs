@@ -39,6 +39,9 @@ pub trait Executor: Send + Sync + 'static {
     ) -> BoxFuture<'static, ()>;
     /// Finishes runs a dead process left `running` (see [`Runner::resume_interrupted`]).
     fn resume(&self, jobs: Vec<JobSettings>) -> BoxFuture<'static, ()>;
+    /// The process is stopping: running jobs stop at their next safe point (after
+    /// running the `after` hooks they owe).
+    fn stop_runs(&self) {}
 }
 
 impl Executor for Runner {
@@ -54,6 +57,10 @@ impl Executor for Runner {
                 tracing::error!(job = %job.name, "{e:#}");
             }
         })
+    }
+
+    fn stop_runs(&self) {
+        self.stop.cancel();
     }
 
     fn resume(&self, jobs: Vec<JobSettings>) -> BoxFuture<'static, ()> {
@@ -391,8 +398,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGTERM: no new runs; running ones get `grace` to finish, and are otherwise left
-    /// recorded as running, for the next start to resume. A second stop ends the wait.
+    /// SIGTERM: no new runs; running ones get four fifths of `grace` to finish, then are
+    /// told to stop where they are (running the `after` hooks they owe) and get the last
+    /// fifth for it; what is still running is left recorded as running, for the next
+    /// start to resume. A second stop tells them to stop at once.
     async fn drain(&self, lp: Loop, control: &mut mpsc::UnboundedReceiver<Control>) {
         notify::send(&[notify::State::Stopping]);
         self.timer.disarm_all().await;
@@ -404,10 +413,18 @@ impl Daemon {
                 "stopping: waiting up to {grace} for {left} running job(s); a second signal stops at once"
             );
         }
-        let cut_short = tokio::select! {
-            r = tokio::time::timeout(self.grace, lp.tracker.wait()) => r.is_err(),
-            () = second_stop(control) => true,
+        let reserve = self.grace / 5;
+        let finished = tokio::select! {
+            r = tokio::time::timeout(self.grace - reserve, lp.tracker.wait()) => r.is_ok(),
+            () = second_stop(control) => false,
         };
+        if !finished {
+            self.services.executor.stop_runs();
+        }
+        let cut_short = !finished
+            && tokio::time::timeout(reserve, lp.tracker.wait())
+                .await
+                .is_err();
         if cut_short {
             tracing::warn!(
                 "stopping with {} job(s) still running; they stay recorded as running and are resumed at the next start",

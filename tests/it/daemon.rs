@@ -26,6 +26,9 @@ struct Recorder {
     takes: Duration,
     log: Arc<Mutex<Vec<Entry>>>,
     active: Arc<Mutex<(usize, usize)>>,
+    /// Cancelled (and when noted) by the daemon's `stop_runs`: runs end early.
+    stop: tokio_util::sync::CancellationToken,
+    stopped: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl Executor for Recorder {
@@ -66,13 +69,21 @@ impl Executor for Recorder {
                 };
                 db.finish_run(id, &owner, end).await.unwrap();
             }
-            tokio::time::sleep(me.takes).await;
+            tokio::select! {
+                () = tokio::time::sleep(me.takes) => {}
+                () = me.stop.cancelled() => {}
+            }
             me.active.lock().unwrap().0 -= 1;
         })
     }
 
     fn resume(&self, _jobs: Vec<JobSettings>) -> BoxFuture<'static, ()> {
         Box::pin(async {})
+    }
+
+    fn stop_runs(&self) {
+        *self.stopped.lock().unwrap() = Some(tokio::time::Instant::now());
+        self.stop.cancel();
     }
 }
 
@@ -156,6 +167,8 @@ impl Start {
             takes: self.takes,
             log: Arc::default(),
             active: Arc::default(),
+            stop: Default::default(),
+            stopped: Arc::default(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let reload_rec = recorder.clone();
@@ -206,6 +219,39 @@ impl Harness {
 
 fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+}
+
+#[tokio::test]
+async fn a_stop_asks_runs_still_going_to_stop_a_fifth_before_the_grace_ends_and_waits_for_them() {
+    let h = Start::at(
+        utc(2026, 11, 28, 0, 0),
+        "[[jobs]]\nname = \"slow\"\nserver_id = 1\nschedule = \"0 * * * * *\"\n",
+    )
+    .takes(Duration::from_secs(86_400))
+    .paused()
+    .spawn()
+    .await;
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    let recorder = h.recorder.clone();
+    assert_eq!(recorder.active.lock().unwrap().0, 1, "a run is going");
+    let asked = tokio::time::Instant::now();
+    let (log, _, _) = h.stop().await;
+    assert_eq!(log.len(), 1);
+    let stopped = recorder
+        .stopped
+        .lock()
+        .unwrap()
+        .expect("runs were asked to stop");
+    let after = stopped - asked;
+    assert!(
+        after >= Duration::from_secs(480) && after < Duration::from_secs(481),
+        "four fifths of the 600 s grace: {after:?}"
+    );
+    assert_eq!(
+        recorder.active.lock().unwrap().0,
+        0,
+        "the daemon waited for the run to stop (and run the hooks it owes)"
+    );
 }
 
 const BERLIN_NIGHTLY: &str = "[[jobs]]\nname = \"web\"\nserver_id = 1\nschedule = \"0 30 2 * * *\"\ntimezone = \"Europe/Berlin\"\n";
@@ -446,6 +492,8 @@ async fn check_at(dir: &std::path::Path, at: DateTime<Utc>, checks: usize) {
         takes: Duration::ZERO,
         log: Arc::default(),
         active: Arc::default(),
+        stop: Default::default(),
+        stopped: Arc::default(),
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let daemon = Daemon {
