@@ -170,6 +170,8 @@ pub enum AlertKind {
     NoRoom,
     /// A restore was started (with the way to undo it).
     Restored,
+    /// A hook failed without failing its run, or had to be run at the next start.
+    Hook,
 }
 
 impl AlertKind {
@@ -183,6 +185,7 @@ impl AlertKind {
             AlertKind::Drift => "DRIFT",
             AlertKind::NoRoom => "NO ROOM",
             AlertKind::Restored => "RESTORED",
+            AlertKind::Hook => "HOOK",
         }
     }
 }

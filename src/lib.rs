@@ -31,6 +31,7 @@ pub mod cron;
 pub mod daemon;
 pub mod db;
 pub mod domain;
+pub mod hooks;
 pub mod logging;
 pub mod mark;
 pub mod naming;

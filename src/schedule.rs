@@ -113,6 +113,7 @@ mod tests {
             max_deletions_per_run: 3,
             stale_after: None,
             restore_safety_keep: Duration::from_secs(7 * 86_400),
+            hooks: crate::hooks::Hooks::default(),
         }
     }
 

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::api::Snapshot;
 use crate::db::{NewAlert, Run};
 use crate::domain::{AlertKind, RunId, ServerId, SnapshotId};
+use crate::hooks::{Phase, Ran};
 
 pub fn subject(kind: AlertKind, job: &str, server_id: ServerId) -> String {
     format!("[agent] {} {job} (server {server_id})", kind.headline())
@@ -36,6 +37,8 @@ pub enum Cause {
     Unauthorized,
     /// The API was unreachable or failing.
     ApiDown,
+    /// A `before` hook failed (and `before_failure = "skip"`), or an `after` hook did.
+    Hook,
     Other,
 }
 
@@ -51,6 +54,7 @@ pub struct Failure<'a> {
     pub finished_at: DateTime<Utc>,
     pub last_good: Option<&'a Run>,
     pub listing: &'a [Snapshot],
+    pub hooks: &'a [Ran],
 }
 
 fn advice(cause: Cause, job: &str) -> Vec<String> {
@@ -70,6 +74,11 @@ fn advice(cause: Cause, job: &str) -> Vec<String> {
         ],
         Cause::ApiDown => vec![
             "The API was unreachable or failing: the job runs again at its next time; run it by hand when the API is back.".into(),
+        ],
+        Cause::Hook => vec![
+            "A hook failed: its output is above. Run it by hand as the service user to see why; \
+             `agent check` verifies that every hook's program exists."
+                .into(),
         ],
         Cause::Other => Vec::new(),
     };
@@ -92,6 +101,48 @@ fn write_listing(body: &mut String, listing: &[Snapshot]) {
             fmt_time(s.created_at)
         );
     }
+}
+
+/// The hooks a run ran, each with its status and the end of its output; a failed
+/// `after` first of all (the application may still be frozen).
+fn write_hooks(body: &mut String, hooks: &[Ran]) {
+    if hooks.is_empty() {
+        return;
+    }
+    if hooks
+        .iter()
+        .any(|h| h.phase == Phase::After && !h.finished.ok())
+    {
+        body.push_str(
+            "\nAN AFTER HOOK FAILED: what `before` did may not be undone (a frozen file \
+             system or a held lock). Check the application now and undo it by hand.\n",
+        );
+    }
+    body.push_str("\nHooks:\n");
+    for h in hooks {
+        let report = h.finished.report().replace('\n', "\n      ");
+        let _ = writeln!(body, "  {} `{}`: {report}", h.phase.as_str(), h.command);
+    }
+}
+
+/// A hook that failed without failing its run (`before` with `before_failure =
+/// "snapshot-anyway"`), or an `after` the next start had to run for a run whose agent
+/// died: `what` says which, `hooks` what ran.
+pub fn hook(
+    job: &str,
+    server_id: ServerId,
+    run_id: RunId,
+    what: &str,
+    hooks: &[Ran],
+    at: DateTime<Utc>,
+) -> NewAlert {
+    let mut body = format!("Snapshot job {job} on server {server_id}, run {run_id}: {what}\n");
+    write_hooks(&mut body, hooks);
+    let _ = writeln!(
+        body,
+        "\nSee what happened: agent history --job {job} --json"
+    );
+    alert(AlertKind::Hook, job, server_id, Some(run_id), body, at)
 }
 
 pub fn failure(f: &Failure<'_>) -> NewAlert {
@@ -127,6 +178,7 @@ pub fn failure(f: &Failure<'_>) -> NewAlert {
     }
     body.push_str("Snapshots on the server now:\n");
     write_listing(&mut body, f.listing);
+    write_hooks(&mut body, f.hooks);
     body.push_str("\nWhat to do next:\n");
     for line in advice(f.cause, f.job) {
         let _ = writeln!(body, "  - {line}");

@@ -59,6 +59,18 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A hook sees neither the token in its environment nor in what its output records.
+impl crate::hooks::Secrets for Client {
+    fn contains_secret(&self, text: &[u8]) -> bool {
+        self.secrets.iter().any(|s| find(text, s).is_some())
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        let scrubbed = Client::scrub(self, bytes::Bytes::copy_from_slice(text.as_bytes()));
+        String::from_utf8_lossy(&scrubbed).into_owned()
+    }
+}
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")

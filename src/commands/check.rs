@@ -7,7 +7,8 @@ use chrono::Utc;
 use crate::alert::Delivery;
 use crate::api::Client;
 use crate::cli::CheckArgs;
-use crate::config::Trigger;
+use crate::config::{ConfigError, ConfigErrors, JobSettings, Trigger};
+use crate::hooks::{self, BeforeFailure, ThawAfter};
 use crate::schedule;
 
 pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -23,7 +24,8 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         println!("warning: {w}");
     }
     let now = Utc::now();
-    for job in &settings.jobs {
+    let mut problems = Vec::new();
+    for (i, job) in settings.jobs.iter().enumerate() {
         let what = match &job.trigger {
             Trigger::Schedule(c) => format!("schedule \"{c}\""),
             Trigger::Window { window, lead } => format!(
@@ -46,6 +48,10 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
                 t.format("%Y-%m-%dT%H:%M:%SZ")
             );
         }
+        check_hooks(config, i, job, &mut problems).await;
+    }
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems).into());
     }
     if args.offline {
         return Ok(ExitCode::SUCCESS);
@@ -83,6 +89,44 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         flush_outbox(&settings, email).await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints job `i`'s hooks; a command this user cannot start is a problem of the
+/// configuration (it would fail at the first run, possibly with something frozen).
+async fn check_hooks(config: &Path, i: usize, job: &JobSettings, problems: &mut Vec<ConfigError>) {
+    let h = &job.hooks;
+    if h.is_empty() {
+        return;
+    }
+    let thaw = match h.thaw_after {
+        ThawAfter::Created => "created",
+        ThawAfter::Completed => "completed",
+    };
+    let skip = match h.before_failure {
+        BeforeFailure::Skip => "skip",
+        BeforeFailure::SnapshotAnyway => "snapshot-anyway",
+    };
+    println!(
+        "  hooks: thaw_after = {thaw}, before_failure = {skip}, hook_timeout = {}",
+        humantime::format_duration(h.timeout)
+    );
+    let phases = [
+        ("before", &h.before),
+        ("after", &h.after),
+        ("on_failure", &h.on_failure),
+    ];
+    for (phase, commands) in phases {
+        for c in commands {
+            match hooks::check(c).await {
+                Ok(()) => println!("  {phase}: {c}"),
+                Err(e) => problems.push(ConfigError {
+                    origin: config.display().to_string(),
+                    key: format!("jobs[{i}].{phase}"),
+                    message: format!("`{c}`: {e}"),
+                }),
+            }
+        }
+    }
 }
 
 /// The mail server works now: alerts queued while it did not go out at once.

@@ -12,6 +12,7 @@ use crate::cli::RunOnceArgs;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
 use crate::db::{Database, Owner, RunStatus, RunTrigger};
+use crate::hooks::ThawAfter;
 use crate::run::{self, Runner};
 
 pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
@@ -198,6 +199,24 @@ async fn in_flight(db: &Database, owner: &Owner) -> Vec<String> {
     }
 }
 
+/// The hooks a run of `job` would run, and when.
+fn print_hooks(job: &JobSettings) {
+    let h = &job.hooks;
+    for c in &h.before {
+        println!("  would run before: {c}");
+    }
+    let when = match h.thaw_after {
+        ThawAfter::Created => "once the create is accepted",
+        ThawAfter::Completed => "once the snapshot completes",
+    };
+    for c in &h.after {
+        println!("  would run after ({when}, and whenever the run ends early): {c}");
+    }
+    for c in &h.on_failure {
+        println!("  would run on_failure if the run fails: {c}");
+    }
+}
+
 async fn dry_run(
     settings: &Settings,
     jobs: &[JobSettings],
@@ -229,6 +248,7 @@ async fn dry_run(
                 );
             }
         }
+        print_hooks(job);
         println!("  would create: {}", plan.name);
         for s in &plan.listing {
             if plan.rotate.contains(&s.id) {

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use crate::hooks::Command;
+
 /// A string, also when the environment supplied digits or `true` for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Text(pub String);
@@ -117,5 +119,46 @@ impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX>
                 "{n} is out of range ({MIN}..={MAX})"
             )))
         }
+    }
+}
+
+/// A hook: a shell string (run with `sh -c`), or a list of argv arrays run in order.
+/// `[]` runs nothing (a job's way to drop what `[defaults]` sets).
+pub fn commands<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Command>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Shell(String),
+        List(Vec<Item>),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Argv(Vec<String>),
+        Word(String),
+    }
+    const EXPECTED: &str = "expected a shell string (run with sh -c) or a list of argv arrays, \
+                            like [[\"fsfreeze\", \"--freeze\", \"/srv\"]]";
+    match Form::deserialize(d) {
+        Ok(Form::Shell(s)) if s.trim().is_empty() => Err(de::Error::custom(
+            "is an empty command; use [] to run nothing",
+        )),
+        Ok(Form::Shell(s)) => Ok(Some(vec![Command::Shell(s)])),
+        Ok(Form::List(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Item::Argv(argv) if argv.first().is_some_and(|p| !p.trim().is_empty()) => {
+                    Ok(Command::Argv(argv))
+                }
+                Item::Argv(_) => Err(de::Error::custom(
+                    "holds an empty argv array (its first word is the program)",
+                )),
+                Item::Word(w) => Err(de::Error::custom(format!(
+                    "is a list of strings ({w:?}, …): {EXPECTED}; one command is [[\"prog\", \"arg\"]]"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Err(_) => Err(de::Error::custom(EXPECTED)),
     }
 }

@@ -15,6 +15,7 @@ use super::source::{Reader, noun_of};
 use super::{JobSettings, Trigger};
 use crate::cron::CronSpec;
 use crate::domain::ServerId;
+use crate::hooks::Hooks;
 use crate::retention::{RetentionPolicy, SLOTS};
 
 /// Longest job name: the snapshot name adds 28 characters around it.
@@ -31,6 +32,7 @@ pub(super) struct JobFields {
     max_deletions_per_run: u32,
     stale_after: Option<Duration>,
     restore_safety_keep: Duration,
+    hooks: Hooks,
 }
 
 /// Checks a job name: letters, digits, `-` and `_`, at most 40 characters.
@@ -66,6 +68,10 @@ pub(super) fn defaults(r: &mut Reader<'_>, keys: &JobKeys, v: Option<&Value>) ->
         max_deletions_per_run: 3,
         stale_after: None,
         restore_safety_keep: Duration::from_secs(7 * 86_400),
+        hooks: Hooks {
+            timeout: Duration::from_secs(60),
+            ..Hooks::default()
+        },
     };
     fields(r, "defaults", keys, v, &builtin)
 }
@@ -111,6 +117,20 @@ fn fields(
             .map_or(base.max_deletions_per_run, |b| b.0 as u32),
         stale_after: k.stale_after.or(base.stale_after),
         restore_safety_keep: k.restore_safety_keep.unwrap_or(base.restore_safety_keep),
+        hooks: Hooks {
+            before: k
+                .before
+                .clone()
+                .unwrap_or_else(|| base.hooks.before.clone()),
+            after: k.after.clone().unwrap_or_else(|| base.hooks.after.clone()),
+            on_failure: k
+                .on_failure
+                .clone()
+                .unwrap_or_else(|| base.hooks.on_failure.clone()),
+            timeout: k.hook_timeout.unwrap_or(base.hooks.timeout),
+            thaw_after: k.thaw_after.unwrap_or(base.hooks.thaw_after),
+            before_failure: k.before_failure.unwrap_or(base.hooks.before_failure),
+        },
     }
 }
 
@@ -203,6 +223,11 @@ fn job(
             "is shorter than poll_interval",
         );
     }
+    if !fields.hooks.before.is_empty() && fields.hooks.after.is_empty() {
+        r.warnings.push(format!(
+            "{key}: before is set without after: nothing undoes what before does (a freeze stays frozen)"
+        ));
+    }
     Some(JobSettings {
         name: name?,
         server_id: ServerId::new(own.server_id?.0),
@@ -215,6 +240,7 @@ fn job(
         max_deletions_per_run: fields.max_deletions_per_run,
         stale_after: fields.stale_after,
         restore_safety_keep: fields.restore_safety_keep,
+        hooks: fields.hooks,
     })
 }
 

@@ -30,6 +30,7 @@ use url::Url;
 
 use crate::cron::CronSpec;
 use crate::domain::ServerId;
+use crate::hooks::Hooks;
 use crate::retention::RetentionPolicy;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vps-snapshot-agent/config.toml";
@@ -184,6 +185,8 @@ pub struct JobSettings {
     pub stale_after: Option<Duration>,
     /// How long the safety snapshot taken before a restore stays pinned.
     pub restore_safety_keep: Duration,
+    /// Commands run around the snapshot.
+    pub hooks: Hooks,
 }
 
 /// Where to find the configuration file: `--config`, then `$AGENT_CONFIG`, then the default.

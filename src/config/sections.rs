@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::Security;
 use super::de::{self, Bounded, Text};
+use crate::hooks::{BeforeFailure, Command, ThawAfter};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +45,16 @@ pub struct JobKeys {
     pub stale_after: Option<Duration>,
     #[serde(default, deserialize_with = "de::duration")]
     pub restore_safety_keep: Option<Duration>,
+    #[serde(default, deserialize_with = "de::commands")]
+    pub before: Option<Vec<Command>>,
+    #[serde(default, deserialize_with = "de::commands")]
+    pub after: Option<Vec<Command>>,
+    #[serde(default, deserialize_with = "de::commands")]
+    pub on_failure: Option<Vec<Command>>,
+    #[serde(default, deserialize_with = "de::duration")]
+    pub hook_timeout: Option<Duration>,
+    pub thaw_after: Option<ThawAfter>,
+    pub before_failure: Option<BeforeFailure>,
 }
 
 impl JobKeys {

@@ -36,6 +36,13 @@ pub enum Action {
     Vanished,
     /// The run ended (its status in `detail`).
     Finish,
+    /// A `before` hook (its command in `detail`, its exit and output in `outcome`).
+    Before,
+    /// An `after` hook: written, still pending, with the first `before`; a pending one
+    /// is an obligation the next start carries out if the run's process is gone.
+    After,
+    /// An `on_failure` hook.
+    OnFailure,
 }
 
 /// How an entry stands.
@@ -52,8 +59,11 @@ pub enum State {
     Unknown,
 }
 
-names!(Action { Lock = "lock", List = "list", Create = "create", Adopt = "adopt", Poll = "poll", Delete = "delete", Restore = "restore", Vanished = "vanished", Finish = "finish" });
+names!(Action { Lock = "lock", List = "list", Create = "create", Adopt = "adopt", Poll = "poll", Delete = "delete", Restore = "restore", Vanished = "vanished", Finish = "finish", Before = "before", After = "after", OnFailure = "on_failure" });
 names!(State { Pending = "pending", Ok = "ok", Error = "error", Unknown = "unknown" });
+
+/// How [`Database::begun`] marks an entry's outcome.
+pub const BEGUN: &str = "begun at";
 
 /// An entry's row id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
@@ -179,6 +189,38 @@ impl Database {
         }
         tx.commit().await.map_err(self.err(what))?;
         Ok(id)
+    }
+
+    /// Records several intents at once, committed together when this returns.
+    pub async fn intend_all(
+        &self,
+        intents: &[Intent<'_>],
+        at: DateTime<Utc>,
+    ) -> DbResult<Vec<EntryId>> {
+        let what = "cannot record the run's hooks in the journal";
+        let mut tx = self.begin().await?;
+        let mut ids = Vec::with_capacity(intents.len());
+        for i in intents {
+            ids.push(
+                insert(&mut tx, i, State::Pending, at)
+                    .await
+                    .map_err(self.err(what))?,
+            );
+        }
+        tx.commit().await.map_err(self.err(what))?;
+        Ok(ids)
+    }
+
+    /// Notes on an entry still pending that its effect has begun (an `after` hook started:
+    /// if the process dies now, the next start knows it may have run).
+    pub async fn begun(&self, entry: EntryId, at: DateTime<Utc>) -> DbResult<()> {
+        sqlx::query("UPDATE journal SET outcome = ? WHERE id = ? AND state = 'pending'")
+            .bind(format!("{BEGUN} {}", ms(at)))
+            .bind(entry)
+            .execute(self.pool())
+            .await
+            .map_err(self.err("cannot record that a hook started"))?;
+        Ok(())
     }
 
     /// Records what became of an effect (`outcome` in words; the intent's reason stays).

@@ -10,7 +10,7 @@ mod pins;
 mod runs;
 
 pub use alerts::{NewAlert, PendingAlert};
-pub use journal::{Action, Entry, EntryId, Intent, State};
+pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
 pub use locks::Owner;
 pub use runs::{Finish, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};
 

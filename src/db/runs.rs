@@ -67,13 +67,17 @@ pub enum Step {
     Poll,
     Rotate,
     Restore,
+    /// Running the `before` hooks.
+    Before,
+    /// Running the `after` hooks.
+    After,
     Done,
 }
 
 names!(RunKind { Snapshot = "snapshot", Restore = "restore" });
 names!(RunTrigger { Schedule = "schedule", Manual = "manual", CatchUp = "catch_up" });
 names!(RunStatus { Running = "running", Succeeded = "succeeded", Failed = "failed", Interrupted = "interrupted", Started = "started" });
-names!(Step { Start = "start", Lock = "lock", List = "list", MakeRoom = "make_room", Create = "create", Poll = "poll", Rotate = "rotate", Restore = "restore", Done = "done" });
+names!(Step { Start = "start", Lock = "lock", List = "list", MakeRoom = "make_room", Create = "create", Poll = "poll", Rotate = "rotate", Restore = "restore", Before = "before", After = "after", Done = "done" });
 
 /// The snapshot a run made or worked on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -107,6 +111,9 @@ pub struct Run {
     pub step: Step,
     /// The agent that ran it (its host name).
     pub host: String,
+    /// The hooks it ran (or, pending, must still run), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookEntry>,
     #[serde(skip)]
     pub owner: String,
     #[serde(skip)]
@@ -134,6 +141,46 @@ pub(super) struct RunRow {
     safety_snapshot_id: Option<SnapshotId>,
     note: Option<String>,
     deleted: Option<String>,
+    hooks: Option<String>,
+}
+
+/// One hook of a run, as history shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HookEntry {
+    /// `before`, `after` or `on_failure`.
+    pub phase: String,
+    /// As the configuration wrote it: a shell string, or an argv array.
+    pub command: serde_json::Value,
+    /// `pending` (not run yet, or cut off by a crash), `ok` or `error`, `unknown`.
+    pub state: String,
+    /// Its exit status, how long it took, and the end of its output.
+    pub result: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct StoredHook {
+    phase: String,
+    command: Option<String>,
+    state: String,
+    result: Option<String>,
+}
+
+fn hooks_of(json: Option<&str>) -> Vec<HookEntry> {
+    let stored: Vec<StoredHook> = json
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    stored
+        .into_iter()
+        .map(|h| HookEntry {
+            phase: h.phase,
+            command: h
+                .command
+                .and_then(|c| serde_json::from_str(&c).ok())
+                .unwrap_or_default(),
+            state: h.state,
+            result: h.result,
+        })
+        .collect()
 }
 
 impl From<RunRow> for Run {
@@ -162,6 +209,7 @@ impl From<RunRow> for Run {
             note: r.note,
             step: r.step,
             host: Owner::from_recorded(r.owner.clone()).host().to_string(),
+            hooks: hooks_of(r.hooks.as_deref()),
             owner: r.owner,
             snapshot_created_at: r.snapshot_created_at.map(from_ms),
         }
@@ -195,7 +243,10 @@ pub(super) const RUN_COLUMNS: &str = "id, job, server_id, kind, trigger, status,
     scheduled_for, snapshot_name, snapshot_id, snapshot_status, snapshot_created_at, error, \
     safety_snapshot_id, note, \
     (SELECT group_concat(snapshot_id) FROM journal j \
-       WHERE j.run_id = runs.id AND j.action = 'delete' AND j.state = 'ok') AS deleted";
+       WHERE j.run_id = runs.id AND j.action = 'delete' AND j.state = 'ok') AS deleted, \
+    (SELECT json_group_array(json_object('phase', action, 'command', detail, 'state', state, \
+       'result', outcome) ORDER BY id) FROM journal j \
+       WHERE j.run_id = runs.id AND j.action IN ('before', 'after', 'on_failure')) AS hooks";
 
 impl Database {
     pub async fn start_run(&self, run: NewRun<'_>, owner: &Owner) -> DbResult<RunId> {

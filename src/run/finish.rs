@@ -9,15 +9,21 @@ use crate::db::{DbError, Finish, NewAlert, Run, RunStatus};
 impl Runner {
     pub(super) async fn finish(
         &self,
-        st: RunState<'_>,
+        mut st: RunState<'_>,
         result: Result<(), Failure>,
     ) -> Result<Outcome, DbError> {
+        if let Err(f) = &result {
+            self.on_failure(&mut st, &format!("{:#}", f.error)).await?;
+        }
         let now = self.now();
         let job = st.job;
         let (status, error, alerts) = match &result {
             Ok(()) => {
-                let warn = (!st.delete_errors.is_empty())
-                    .then(|| format!("rotation: {}", st.delete_errors.join("; ")));
+                if !st.delete_errors.is_empty() {
+                    let rotation = format!("rotation: {}", st.delete_errors.join("; "));
+                    st.warnings.push(rotation);
+                }
+                let warn = (!st.warnings.is_empty()).then(|| st.warnings.join("; "));
                 tracing::info!(deleted = st.deleted.len(), "run succeeded");
                 let recovered = self.recovery_alert(&st, now).await?;
                 (RunStatus::Succeeded, warn, recovered)
@@ -172,6 +178,7 @@ impl Runner {
             finished_at: now,
             last_good: last_good.as_ref(),
             listing: &st.listing,
+            hooks: &st.hooks_ran,
         })))
     }
 

@@ -11,6 +11,7 @@
 mod create;
 mod dry_run;
 mod finish;
+mod hooks;
 mod lock;
 mod many;
 mod poll;
@@ -36,9 +37,11 @@ use crate::api::{ApiError, Client, Snapshot};
 use crate::clock::SharedClock;
 use crate::config::JobSettings;
 use crate::db::{
-    Action, Database, DbError, Intent, NewRun, Owner, RunKind, RunStatus, RunTrigger, State, Step,
+    Action, Database, DbError, EntryId, Intent, NewRun, Owner, RunKind, RunStatus, RunTrigger,
+    State, Step,
 };
 use crate::domain::{RunId, ServerId, SnapshotId};
+use crate::hooks::{Command, Ran, ThawAfter};
 use crate::mark::Marker;
 use crate::ownership::Ownership;
 use crate::retention::Candidate;
@@ -153,8 +156,17 @@ struct RunState<'a> {
     delete_errors: Vec<String>,
     polls: u32,
     window_alerted: bool,
-    /// The safety snapshot of a restore: named `…-prerestore`.
+    /// The safety snapshot of a restore: named `…-prerestore` (and no hooks).
     pre_restore: bool,
+    trigger: RunTrigger,
+    /// The `after` hooks recorded and not yet run: the run owes them.
+    owed: Vec<(EntryId, Command)>,
+    /// The hooks run so far, for the alert.
+    hooks_ran: Vec<Ran>,
+    /// A failed `after`, failing the run once the rest of it is done.
+    after_failed: Option<String>,
+    /// What a successful run still reports (a crash-consistent fallback, failed deletes).
+    warnings: Vec<String>,
 }
 
 impl<'a> RunState<'a> {
@@ -179,6 +191,11 @@ impl<'a> RunState<'a> {
             polls: 0,
             window_alerted: false,
             pre_restore: false,
+            trigger: RunTrigger::Manual,
+            owed: Vec::new(),
+            hooks_ran: Vec::new(),
+            after_failed: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -313,9 +330,14 @@ impl Runner {
         tracing::Span::current().record("run", run_id.get());
         tracing::info!(%trigger, "run started");
         let mut st = RunState::new(run_id, job, started_at, scheduled_for);
+        st.trigger = trigger;
         let result = match self.lock(job.server_id, Some(run_id)).await {
             Ok(guard) => {
-                let r = self.execute(&mut st).await;
+                let mut r = self.execute(&mut st).await;
+                // Whatever ended the run early, what `before` did is undone.
+                if let Err(e) = self.thaw(&mut st).await {
+                    r = r.and(Err(e.into()));
+                }
                 guard.release().await;
                 r
             }
@@ -336,10 +358,22 @@ impl Runner {
         if st.listing.len() >= crate::retention::LIMIT as usize {
             self.make_room(st).await?;
         }
+        if self.stop.is_cancelled() {
+            return Err(Failure::stopped(Step::List));
+        }
+        self.before(st).await?;
+        if self.stop.is_cancelled() {
+            return Err(Failure::stopped(Step::Before));
+        }
         self.create(st).await?;
+        if st.job.hooks.thaw_after == ThawAfter::Created {
+            self.thaw(st).await?;
+        }
         let first = self.first_wait(st.job).await;
         self.poll(st, first).await?;
-        self.rotate(st).await
+        self.thaw(st).await?;
+        self.rotate(st).await?;
+        Self::after_failure(st)
     }
 
     /// Lists the server's snapshots into `st.listing`, recording the listing. The API's

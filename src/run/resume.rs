@@ -55,10 +55,11 @@ impl Runner {
             self.interrupt_restore(&run).await?;
             return Ok(None);
         }
-        let Some(job) = jobs
+        let job = jobs
             .iter()
-            .find(|j| j.name == run.job && j.server_id == run.server_id)
-        else {
+            .find(|j| j.name == run.job && j.server_id == run.server_id);
+        self.thaw_left(&run, job.map(|j| j.hooks.timeout)).await?;
+        let Some(job) = job else {
             self.interrupt(
                 &run,
                 "the agent stopped during this run, and the job is no longer configured for this server",
@@ -94,6 +95,7 @@ impl Runner {
     async fn resume(&self, run: &Run, job: &JobSettings) -> Result<Option<Outcome>, DbError> {
         let mut st = RunState::new(run.id, job, run.started_at, run.scheduled_for);
         st.step = run.step;
+        st.trigger = run.trigger;
         if let Err(e) = self.relist(&mut st).await? {
             return self.finish(st, Err(fail(Step::List, e))).await.map(Some);
         }

@@ -97,6 +97,7 @@ pub fn job(name: &str, server_id: u64, keep_last: u32) -> JobSettings {
         max_deletions_per_run: 3,
         stale_after: None,
         restore_safety_keep: Duration::from_secs(7 * 86_400),
+        hooks: vps_snapshot_agent::hooks::Hooks::default(),
     }
 }
 

@@ -49,6 +49,7 @@ pub async fn violations(sim: &Simulator, db: &Database, expect: &Expect) -> Vec<
     deletions(&events, &runs, &journal, db, expect, &mut bad).await;
     creations(&events, &runs, &mut bad);
     endings(&runs, &journal, &mut bad);
+    thaws(&runs, &journal, &mut bad);
     drift_alerts(&events, &runs, &journal, &mut bad);
     if expect.alerts {
         failures_alerted(&runs, db, expect, &mut bad).await;
@@ -175,6 +176,25 @@ async fn deletions(
             bad.push(format!(
                 "run {} ({:?}) deleted after its snapshot did not complete: {:?}",
                 r.run_id, run.status, r.detail
+            ));
+        }
+    }
+}
+
+/// Every `before` has its `after`: a run no longer running owes no `after` (each one
+/// recorded with the first `before` was run, or run at the next start).
+fn thaws(runs: &[vps_snapshot_agent::db::Run], journal: &[Row], bad: &mut Vec<String>) {
+    for r in journal
+        .iter()
+        .filter(|r| r.action == Action::After && r.state == State::Pending)
+    {
+        let running = runs
+            .iter()
+            .any(|x| x.id == r.run_id && x.status == RunStatus::Running);
+        if !running {
+            bad.push(format!(
+                "run {} ended owing its after hook {:?}",
+                r.run_id, r.detail
             ));
         }
     }

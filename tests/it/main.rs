@@ -7,6 +7,7 @@ mod daemon;
 mod data_safety;
 mod explore;
 mod helpers;
+mod hooks;
 mod invariants;
 mod job;
 mod mail;

@@ -57,6 +57,69 @@ pub struct BinaryHistory {
     pub seed: u64,
     pub model: Model,
     pub steps: Vec<Step>,
+    pub hooks: Option<Hooks>,
+}
+
+/// The `before` and `after` hooks every job of a binary history runs: they log their
+/// phase and run to `hooks.log`; `before` takes `sleep` (a window for kills) and, with
+/// `failing`, fails in every third run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    pub thaw_completed: bool,
+    pub snapshot_anyway: bool,
+    pub failing: bool,
+    pub sleep_ms: u32,
+}
+
+const HOOK: &str = r#"#!/bin/sh
+echo "$VPS_SNAPSHOT_PHASE $VPS_SNAPSHOT_RUN_ID" >> "$1"
+[ "$VPS_SNAPSHOT_PHASE" = before ] || exit 0
+sleep "$2"
+[ "$3" = failing ] && [ $((VPS_SNAPSHOT_RUN_ID % 3)) -eq 0 ] && exit 1
+exit 0
+"#;
+
+impl Hooks {
+    /// Two histories in three have hooks (drawn apart from the steps, so that adding
+    /// hooks changed no seed's steps).
+    fn draw(seed: u64) -> Option<Hooks> {
+        let mut rng = Rng::with_seed(seed ^ 0x400c_5000);
+        (rng.u32(..3) != 0).then(|| Hooks {
+            thaw_completed: rng.bool(),
+            snapshot_anyway: rng.bool(),
+            failing: rng.bool(),
+            sleep_ms: rng.u32(..300),
+        })
+    }
+
+    /// The keys for `[defaults]`, the script written into `dir`.
+    fn keys(&self, dir: &std::path::Path) -> String {
+        let script = dir.join("hook.sh");
+        if !script.exists() {
+            std::fs::write(&script, HOOK).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let log = dir.join("hooks.log");
+        let (s, l) = (script.display(), log.display());
+        let sleep = format!("{}.{:03}", self.sleep_ms / 1000, self.sleep_ms % 1000);
+        let failing = if self.failing { "failing" } else { "-" };
+        format!(
+            "before = [[\"{s}\", \"{l}\", \"{sleep}\", \"{failing}\"]]\n\
+             after = [[\"{s}\", \"{l}\"]]\n\
+             thaw_after = \"{}\"\nbefore_failure = \"{}\"\n",
+            if self.thaw_completed {
+                "completed"
+            } else {
+                "created"
+            },
+            if self.snapshot_anyway {
+                "snapshot-anyway"
+            } else {
+                "skip"
+            },
+        )
+    }
 }
 
 impl BinaryHistory {
@@ -123,7 +186,12 @@ impl BinaryHistory {
                 _ => Step::SmtpUp,
             });
         }
-        BinaryHistory { seed, model, steps }
+        BinaryHistory {
+            seed,
+            model,
+            steps,
+            hooks: Hooks::draw(seed),
+        }
     }
 }
 
@@ -141,6 +209,9 @@ impl std::fmt::Display for BinaryHistory {
                 j.name, j.server, j.keep_last
             )?;
         }
+        if let Some(h) = &self.hooks {
+            writeln!(f, "  hooks: {h:?}")?;
+        }
         for (i, s) in self.steps.iter().enumerate() {
             writeln!(f, "  {i:>2}. {s:?}")?;
         }
@@ -157,6 +228,7 @@ pub struct Site {
     pub inbox: Inbox,
     smtp_port: u16,
     pub model: Model,
+    pub hooks: Option<Hooks>,
     daemon: Option<tokio::process::Child>,
     /// Commands run so far (each writes its output to a file of its own).
     commands: u32,
@@ -193,6 +265,7 @@ impl Site {
             inbox,
             smtp_port,
             model: h.model.clone(),
+            hooks: h.hooks,
             daemon: None,
             commands: 0,
         };
@@ -205,13 +278,63 @@ impl Site {
     }
 
     pub fn write_config(&self) {
-        let text = self.model.render(
+        let mut text = self.model.render(
             &self.db_path,
             &self.server.base_url(),
             self.smtp_port,
             Pace::Real,
         );
+        if let Some(h) = &self.hooks {
+            text = text.replace(
+                "[defaults]\n",
+                &format!("[defaults]\n{}", h.keys(self.dir.path())),
+            );
+        }
         std::fs::write(&self.cfg, text).unwrap();
+    }
+
+    /// Every run whose `before` ran had its `after` run, once; twice only where the
+    /// journal says the agent died while it ran (a thaw is at least once, never zero).
+    pub async fn hook_violations(&self) -> Vec<String> {
+        if self.hooks.is_none() {
+            return Vec::new();
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("hooks.log")).unwrap_or_default();
+        let mut seen: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
+        for line in log.lines() {
+            let Some((phase, run)) = line.split_once(' ') else {
+                continue;
+            };
+            let e = seen.entry(run.to_string()).or_default();
+            match phase {
+                "before" => e.0 += 1,
+                _ => e.1 += 1,
+            }
+        }
+        let db = vps_snapshot_agent::db::Database::open(&self.db_path)
+            .await
+            .unwrap();
+        let again: Vec<(i64,)> = sqlx::query_as(
+            "SELECT run_id FROM journal WHERE action = 'after' AND outcome LIKE '%again%'",
+        )
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        db.close().await;
+        let mut bad = Vec::new();
+        for (run, (before, after)) in seen {
+            let twice_ok = again.iter().any(|(r,)| r.to_string() == run);
+            if before > 1 {
+                bad.push(format!("run {run} ran before {before} times"));
+            }
+            if before > 0 && after == 0 {
+                bad.push(format!("run {run} ran before and never after"));
+            }
+            if after > 1 && !(after == 2 && twice_ok) {
+                bad.push(format!("run {run} ran after {after} times"));
+            }
+        }
+        bad
     }
 
     /// `agent ARGS` in the background, its output in a file of the site's.

@@ -350,7 +350,9 @@ pub async fn run_binary(h: &BinaryHistory, smtp: &(Inbox, u16), stats: &mut Stat
             ));
             site.step(*step).await;
         }
-        quiet(&mut site, stats).await
+        let mut bad = quiet(&mut site, stats).await;
+        bad.extend(site.hook_violations().await);
+        bad
     })
     .await;
     site.kill_daemon().await;
@@ -453,6 +455,7 @@ async fn shrink_binary(h: &BinaryHistory, smtp: &(Inbox, u16)) -> BinaryHistory 
             steps: fewer.clone(),
             model: h.model.clone(),
             seed: h.seed,
+            hooks: h.hooks,
         };
         if !run_binary(&trial, smtp, &mut Stats::default())
             .await
@@ -465,6 +468,7 @@ async fn shrink_binary(h: &BinaryHistory, smtp: &(Inbox, u16)) -> BinaryHistory 
         steps,
         model: h.model.clone(),
         seed: h.seed,
+        hooks: h.hooks,
     }
 }
 
