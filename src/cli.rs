@@ -78,7 +78,8 @@ pub struct RunOnceArgs {
     /// A job to run (repeat for several)
     #[arg(long = "job", value_name = "NAME")]
     pub jobs: Vec<String>,
-    /// Show what would be created and deleted, and why; change and record nothing
+    /// Show what would be created and deleted, and why, and which hooks would run; change,
+    /// run and record nothing
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -162,14 +163,14 @@ pub struct DemoArgs {
     pub rounds: u32,
 }
 
-/// Validate the config (every error at once), check the API token and the SMTP server, and
-/// print each job's next fire times.
+/// Validate the config (every error at once), check that every hook's program can be
+/// started, check the API token and the SMTP server, and print each job's next fire times.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Also send one test email to every address in email.to
     #[arg(long)]
     pub send_test_email: bool,
-    /// Only validate the file; do not contact the API or the SMTP server
+    /// Only validate the file (and the hooks); do not contact the API or the SMTP server
     #[arg(long)]
     pub offline: bool,
 }
