@@ -101,6 +101,9 @@ pub struct HistoryArgs {
 /// Per job: last run, last success, next scheduled time; and alerts not yet delivered.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Only this job (repeat for several)
+    #[arg(long = "job", value_name = "NAME")]
+    pub jobs: Vec<String>,
     /// Print JSON
     #[arg(long, conflicts_with = "check")]
     pub json: bool,

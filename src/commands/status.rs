@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -43,10 +44,32 @@ pub fn p95(d: &[Duration]) -> Option<Duration> {
     v.get(rank - 1).copied()
 }
 
+/// When a job fires next and how long without a success makes it stale.
+type Timing = (Option<DateTime<Utc>>, Duration);
+
+/// `job`'s [`Timing`], worked out once per distinct schedule: configs repeat a few
+/// expressions across many jobs, and croner's search would otherwise be most of
+/// `status`'s time at a thousand jobs.
+fn timing(job: &JobSettings, now: DateTime<Utc>, memo: &mut HashMap<String, Timing>) -> Timing {
+    let key = match &job.trigger {
+        Trigger::Schedule(c) => format!("s {c} {} {:?}", job.timezone, job.stale_after),
+        Trigger::Window { window, lead } => {
+            format!("w {window} {lead:?} {} {:?}", job.timezone, job.stale_after)
+        }
+    };
+    *memo.entry(key).or_insert_with(|| {
+        (
+            schedule::next_fire(job, now),
+            schedule::stale_after(job, now),
+        )
+    })
+}
+
 async fn job_status(
     db: &Database,
     job: &JobSettings,
     summary: (Option<Run>, Option<DateTime<Utc>>),
+    (next_run_at, stale_after): Timing,
     now: DateTime<Utc>,
 ) -> anyhow::Result<JobStatus> {
     let mut warnings = Vec::new();
@@ -69,12 +92,11 @@ async fn job_status(
     // Without a success, staleness counts from the last run: a job that never ran is
     // new, not stale.
     let since = last_success_at.or_else(|| last_run.as_ref().map(|r| r.started_at));
-    let stale = since
-        .is_some_and(|t| (now - t).to_std().unwrap_or_default() > schedule::stale_after(job, now));
+    let stale = since.is_some_and(|t| (now - t).to_std().unwrap_or_default() > stale_after);
     Ok(JobStatus {
         name: job.name.clone(),
         server_id: job.server_id,
-        next_run_at: schedule::next_fire(job, now),
+        next_run_at,
         last_run_orphaned: last_run.as_ref().is_some_and(|r| {
             r.status == RunStatus::Running && !Owner::may_be_alive(&r.owner, None, now)
         }),
@@ -90,12 +112,15 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
     let db = context::open_db(&settings).await?;
     let now = Utc::now();
-    let names: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
+    let selected = context::select_jobs(&settings, &args.jobs)?;
+    let names: Vec<&str> = selected.iter().map(|j| j.name.as_str()).collect();
     let mut summaries = db.job_summaries(&names).await?;
+    let mut memo = HashMap::new();
     let mut jobs = Vec::new();
-    for job in &settings.jobs {
+    for job in &selected {
         let summary = summaries.remove(&job.name).unwrap_or_default();
-        jobs.push(job_status(&db, job, summary, now).await?);
+        let timing = timing(job, now, &mut memo);
+        jobs.push(job_status(&db, job, summary, timing, now).await?);
     }
     let status = Status {
         jobs,
@@ -111,20 +136,19 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print_jobs(&settings, &status);
+    print_jobs(&selected, &status);
     print_alerts(&settings, &status);
     Ok(ExitCode::SUCCESS)
 }
 
 /// The jobs' table and their warnings.
-fn print_jobs(settings: &crate::config::Settings, status: &Status) {
+fn print_jobs(selected: &[JobSettings], status: &Status) {
     let rows: Vec<Vec<String>> = status
         .jobs
         .iter()
-        .map(|j| {
-            let tz = settings
-                .job(&j.name)
-                .map_or(chrono_tz::Tz::UTC, |s| s.timezone);
+        .zip(selected)
+        .map(|(j, settings)| {
+            let tz = settings.timezone;
             vec![
                 j.name.clone(),
                 j.server_id.to_string(),

@@ -78,46 +78,36 @@ impl Database {
         Ok(row.map(Run::from))
     }
 
-    /// For each of `jobs`: its newest snapshot run and when its last success ended. Two
-    /// statements whatever the number of jobs (index seeks inside SQLite), so `status`
-    /// stays fast on a long history.
+    /// For each of `jobs`: its newest snapshot run and when its last success ended, in
+    /// one statement over `job_state` (kept by triggers as runs start and succeed), so
+    /// `status` reads one row per job however long the history is.
     pub async fn job_summaries(
         &self,
         jobs: &[&str],
     ) -> DbResult<HashMap<String, (Option<Run>, Option<DateTime<Utc>>)>> {
+        #[derive(sqlx::FromRow)]
+        struct Summary {
+            #[sqlx(flatten)]
+            run: RunRow,
+            last_success_at: Option<i64>,
+        }
         let names = serde_json::to_string(jobs).unwrap_or_else(|_| "[]".into());
-        let heads: Vec<(String, Option<RunId>, Option<i64>)> = sqlx::query_as(
-            "SELECT n.value, \
-               (SELECT id FROM runs r WHERE r.job = n.value AND r.kind = 'snapshot' \
-                  ORDER BY r.id DESC LIMIT 1), \
-               (SELECT finished_at FROM runs r WHERE r.job = n.value AND r.status = 'succeeded' \
-                  AND r.kind = 'snapshot' ORDER BY r.id DESC LIMIT 1) \
-             FROM json_each(?) n",
-        )
-        .bind(&names)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.err("cannot read the jobs' last runs"))?;
-        let ids: Vec<RunId> = heads.iter().filter_map(|h| h.1).collect();
-        let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
-        let sql =
-            format!("SELECT {RUN_COLUMNS} FROM runs WHERE id IN (SELECT value FROM json_each(?))");
-        let mut runs: HashMap<RunId, Run> = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
-            .bind(&ids)
+        let sql = format!(
+            "SELECT r.*, s.last_success_at FROM \
+               (SELECT {RUN_COLUMNS} FROM runs WHERE id IN \
+                  (SELECT last_run_id FROM job_state WHERE job IN (SELECT value FROM json_each(?)))) r \
+             JOIN job_state s ON s.last_run_id = r.id"
+        );
+        let rows = sqlx::query_as::<_, Summary>(AssertSqlSafe(sql))
+            .bind(&names)
             .fetch_all(self.pool())
             .await
-            .map_err(self.err("cannot read the jobs' last runs"))?
+            .map_err(self.err("cannot read the jobs' last runs"))?;
+        Ok(rows
             .into_iter()
-            .map(|r| {
-                let run = Run::from(r);
-                (run.id, run)
-            })
-            .collect();
-        Ok(heads
-            .into_iter()
-            .map(|(job, id, success)| {
-                let run = id.and_then(|id| runs.remove(&id));
-                (job, (run, success.map(from_ms)))
+            .map(|s| {
+                let run = Run::from(s.run);
+                (run.job.clone(), (Some(run), s.last_success_at.map(from_ms)))
             })
             .collect())
     }

@@ -122,7 +122,8 @@ impl Database {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            .row_buffer_size(1024);
         let label = options.label.clone().unwrap_or_else(|| "agent-db".into());
         let opts = opts.thread_name(move |id| format!("{label}-{id}"));
         let opts = options

@@ -464,3 +464,46 @@ async fn status_json_has_the_spec_shape_and_json_logs_are_json() {
         text(&plain)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_for_one_job_reads_its_last_run_and_last_success() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = format!(
+        "{JOB}[[jobs]]\nname = \"db\"\nserver_id = 6\nschedule = \"0 30 3 * * *\"\nkeep_last = 2\n"
+    );
+    let cfg = config(dir.path(), &s.base_url(), &jobs);
+    assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
+    s.sim
+        .set_mode(ServerId::new(5), vps_snapshot_agent::sim::Mode::Fail);
+    assert_eq!(
+        agent(&cfg, &["run-once", "--job", "web"])
+            .await
+            .status
+            .code(),
+        Some(1)
+    );
+
+    let o = agent(&cfg, &["status", "--job", "web", "--json"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let jobs = st["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "only the job asked for");
+    assert_eq!(jobs[0]["name"], "web");
+    assert_eq!(jobs[0]["last_run"]["status"], "failed", "the newest run");
+    assert_eq!(jobs[0]["last_run"]["id"], 3);
+    let hist = agent(&cfg, &["history", "--json", "--job", "web"]).await;
+    let runs: serde_json::Value = serde_json::from_slice(&hist.stdout).unwrap();
+    assert_eq!(
+        jobs[0]["last_success_at"], runs[1]["finished_at"],
+        "the end of the last success, not of the newest run"
+    );
+    assert_eq!(
+        jobs[0]["last_run"], runs[0],
+        "the same run as history shows"
+    );
+
+    let unknown = agent(&cfg, &["status", "--job", "nope"]).await;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown).contains("no job named \"nope\""));
+}
