@@ -2,17 +2,20 @@
 //! in a time zone. Pure: no config, no clock.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 
-/// A parsed cron expression: 6 fields (seconds first) or 5 (seconds taken as 0).
+/// A parsed cron expression: 6 fields (seconds first) or 5 (seconds taken as 0). Cheap to
+/// clone: a parsed expression is about 5 KiB (croner keeps a byte per possible year), and
+/// every copy of the settings would otherwise copy it.
 #[derive(Clone)]
 pub struct CronSpec {
     expr: String,
-    cron: Cron,
+    cron: Arc<Cron>,
 }
 
 impl fmt::Debug for CronSpec {
@@ -52,7 +55,7 @@ impl CronSpec {
             })?;
         let spec = Self {
             expr: expr.trim().to_string(),
-            cron,
+            cron: Arc::new(cron),
         };
         // An expression that never fires (Feb 30th) is a mistake, not a schedule.
         let probe = DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default();

@@ -181,6 +181,17 @@ struct Loop {
     last_stale_check: Option<tokio::time::Instant>,
 }
 
+/// Gives the heap pages freed after reading the configuration back to the system: a
+/// big config's parse tree is several times the settings it leaves, and glibc keeps
+/// freed pages in the process (at 1,000 jobs, 16 of 25 MiB resident were such pages).
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Resolves on the next [`Control::Stop`]; never, if nobody can send one any more.
 async fn second_stop(control: &mut mpsc::UnboundedReceiver<Control>) {
     while let Some(c) = control.recv().await {
@@ -315,6 +326,7 @@ impl Daemon {
         }
         let status = self.status_line(lp);
         notify::send(&[notify::State::Ready, notify::State::Status(&status)]);
+        release_freed_memory();
     }
 
     /// The periodic work: stale checks (every `stale_every`), resumption of runs dead
@@ -369,6 +381,7 @@ impl Daemon {
         let jobs = self.services.settings.jobs.len();
         tracing::info!(jobs, "scheduled; {status}");
         notify::send(&[notify::State::Ready, notify::State::Status(&status)]);
+        release_freed_memory();
         let watchdog_every = notify::watchdog_every();
         let mut watchdog =
             tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
