@@ -117,8 +117,10 @@ pub struct Intent<'a> {
 const ENTRY_COLUMNS: &str =
     "id, run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail, outcome";
 
-async fn insert(
-    tx: &mut Transaction<'_, Sqlite>,
+/// Inserts an entry through `ex`: a transaction, or the pool (a single statement commits
+/// on its own, and saves the two extra hops to SQLite's thread a transaction costs).
+async fn insert<'c, E: sqlx::Executor<'c, Database = Sqlite>>(
+    ex: E,
     i: &Intent<'_>,
     state: State,
     at: DateTime<Utc>,
@@ -137,7 +139,7 @@ async fn insert(
     .bind(ms(at))
     .bind(resolved)
     .bind(i.detail)
-    .execute(&mut **tx)
+    .execute(ex)
     .await?
     .last_insert_rowid();
     Ok(EntryId(id))
@@ -164,7 +166,7 @@ pub(super) async fn insert_resolved(
         snapshot_name: None,
         detail,
     };
-    insert(tx, &intent, state, at).await
+    insert(&mut **tx, &intent, state, at).await
 }
 
 impl Database {
@@ -174,11 +176,16 @@ impl Database {
             "cannot record the intent to {} (run {})",
             i.action, i.run_id
         );
+        if i.action != Action::Create {
+            return insert(self.pool(), &i, State::Pending, at)
+                .await
+                .map_err(self.err(what));
+        }
         let mut tx = self.begin().await?;
-        let id = insert(&mut tx, &i, State::Pending, at)
+        let id = insert(&mut *tx, &i, State::Pending, at)
             .await
             .map_err(self.err(what.clone()))?;
-        if i.action == Action::Create {
+        {
             // The run's summary names its snapshot from the moment it is asked for.
             sqlx::query("UPDATE runs SET snapshot_name = ?, step = 'create' WHERE id = ?")
                 .bind(i.snapshot_name)
@@ -202,7 +209,7 @@ impl Database {
         let mut ids = Vec::with_capacity(intents.len());
         for i in intents {
             ids.push(
-                insert(&mut tx, i, State::Pending, at)
+                insert(&mut *tx, i, State::Pending, at)
                     .await
                     .map_err(self.err(what))?,
             );
@@ -235,6 +242,18 @@ impl Database {
         at: DateTime<Utc>,
     ) -> DbResult<()> {
         let what = format!("cannot record an outcome ({state}) in the journal");
+        if made.is_none() {
+            // One statement, committed on its own: nothing else changes with it.
+            sqlx::query("UPDATE journal SET state = ?, outcome = ?, resolved_at = ? WHERE id = ?")
+                .bind(state)
+                .bind(outcome)
+                .bind(ms(at))
+                .bind(entry)
+                .execute(self.pool())
+                .await
+                .map_err(self.err(what))?;
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
         let row: (RunId, Action, i64) = sqlx::query_as(
             "UPDATE journal SET state = ?, snapshot_id = COALESCE(?, snapshot_id), \
@@ -267,11 +286,10 @@ impl Database {
     /// Records something seen (a listing, a poll, an adoption), resolved at once.
     pub async fn observe(&self, i: Intent<'_>, state: State, at: DateTime<Utc>) -> DbResult<()> {
         let what = format!("cannot record a {} of run {}", i.action, i.run_id);
-        let mut tx = self.begin().await?;
-        insert(&mut tx, &i, state, at)
+        insert(self.pool(), &i, state, at)
             .await
-            .map_err(self.err(what.clone()))?;
-        tx.commit().await.map_err(self.err(what))
+            .map(drop)
+            .map_err(self.err(what))
     }
 
     /// A run's entries, oldest first.
