@@ -78,7 +78,8 @@ impl Database {
         Ok(row.map(Run::from))
     }
 
-    /// For each of `jobs`: its newest snapshot run and when its last success ended, in
+    /// For each of `jobs` (none, for one that never ran): its newest snapshot run and when
+    /// its last success ended, in
     /// one statement over `job_state` (kept by triggers as runs start and succeed), so
     /// `status` reads one row per job however long the history is.
     pub async fn job_summaries(
@@ -103,13 +104,13 @@ impl Database {
             .fetch_all(self.pool())
             .await
             .map_err(self.err("cannot read the jobs' last runs"))?;
-        Ok(rows
-            .into_iter()
-            .map(|s| {
-                let run = Run::from(s.run);
-                (run.job.clone(), (Some(run), s.last_success_at.map(from_ms)))
-            })
-            .collect())
+        let mut out: HashMap<String, (Option<Run>, Option<DateTime<Utc>>)> =
+            jobs.iter().map(|j| (j.to_string(), (None, None))).collect();
+        for s in rows {
+            let run = Run::from(s.run);
+            out.insert(run.job.clone(), (Some(run), s.last_success_at.map(from_ms)));
+        }
+        Ok(out)
     }
 
     /// The last finished snapshot run of `job` before run `before` (any status but running).
