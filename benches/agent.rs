@@ -4,7 +4,7 @@
 //!
 //! Knobs (environment): BENCH_JOBS (1000), BENCH_PEER_JOBS (100), BENCH_IDLE_SECS (60),
 //! BENCH_RUNS (1000000), BENCH_SCALE_JOBS (10000), BENCH_SCALE_RUN_JOBS (5000), BENCH_SKIP
-//! (comma list of: run_once,peer,idle,scale,history,lateness,polling).
+//! (comma list of: run_once,floor,peer,idle,scale,history,lateness,polling).
 
 use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;
@@ -43,6 +43,91 @@ fn children_cpu() -> Duration {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The size of the binary as shipped. The one this bench runs is built with the
+/// dev-dependencies' features too (tokio's test-util among them), half a MiB larger, so
+/// the shipped one is built apart, in a target directory of its own.
+fn shipped_size() -> u64 {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/size-check");
+    let built = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--bin",
+            "agent",
+        ])
+        .args(["--target-dir", dir])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(built, "cargo build --release failed");
+    std::fs::metadata(format!("{dir}/release/agent"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// CPU (user+sys) this process has used.
+fn self_cpu() -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The floor under the CPU per job: what one statement and one transaction cost through
+/// sqlx's SQLite worker thread (the agent's settings: WAL, synchronous NORMAL), in this
+/// process, one after another as a run makes them.
+async fn bench_floor(r: &mut Report) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE floor (x INTEGER)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let n = 20_000u32;
+    let cpu0 = self_cpu();
+    for i in 0..n {
+        sqlx::query("INSERT INTO floor (x) VALUES (?)")
+            .bind(i64::from(i))
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+    let statement = (self_cpu() - cpu0).as_secs_f64() * 1e6 / f64::from(n);
+    let cpu0 = self_cpu();
+    for i in 0..n / 4 {
+        let mut tx = db.pool().begin().await.unwrap();
+        sqlx::query("INSERT INTO floor (x) VALUES (?)")
+            .bind(i64::from(i))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let transaction = (self_cpu() - cpu0).as_secs_f64() * 1e6 / f64::from(n / 4);
+    db.close().await;
+    r.add(
+        "floor_statement_us",
+        "one INSERT through sqlx (autocommit): CPU",
+        statement,
+        "us",
+        "",
+    );
+    r.add(
+        "floor_transaction_us",
+        "one INSERT in a transaction (BEGIN, INSERT, COMMIT): CPU",
+        transaction,
+        "us",
+        "",
+    );
 }
 
 /// CPU time and RSS of a running process, from /proc.
@@ -650,11 +735,10 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::env::consts::ARCH
     );
-    let size = std::fs::metadata(BIN).map(|m| m.len()).unwrap_or(0);
     r.add(
         "binary_mib",
-        "release binary size",
-        size as f64 / (1024.0 * 1024.0),
+        "release binary size (`cargo build --release`)",
+        shipped_size() as f64 / (1024.0 * 1024.0),
         "MiB",
         "<= 10 MiB",
     );
@@ -667,6 +751,9 @@ async fn main() {
             .get("run_once_wall_s")
             .and_then(|v| v["value"].as_f64())
             .map(|s| s * 1000.0 / jobs as f64);
+    }
+    if !skipped("floor") {
+        bench_floor(&mut r).await;
     }
     if !skipped("peer") {
         bench_peer(&mut r, knob("BENCH_PEER_JOBS", 100), agent_cpu, agent_wall).await;

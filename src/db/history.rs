@@ -79,9 +79,8 @@ impl Database {
     }
 
     /// For each of `jobs` (none, for one that never ran): its newest snapshot run and when
-    /// its last success ended, in
-    /// one statement over `job_state` (kept by triggers as runs start and succeed), so
-    /// `status` reads one row per job however long the history is.
+    /// its last success ended, in one statement over `job_state` (kept by triggers as runs
+    /// start and succeed), so `status` reads one row per job however long the history is.
     pub async fn job_summaries(
         &self,
         jobs: &[&str],

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::runs::names;
 use super::{Database, DbResult, ms};
@@ -117,10 +117,10 @@ pub struct Intent<'a> {
 const ENTRY_COLUMNS: &str =
     "id, run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail, outcome";
 
-/// Inserts an entry through `ex`: a transaction, or the pool (a single statement commits
-/// on its own, and saves the two extra hops to SQLite's thread a transaction costs).
-async fn insert<'c, E: sqlx::Executor<'c, Database = Sqlite>>(
-    ex: E,
+/// Inserts an entry on `conn`: in a transaction, or on its own (a single statement commits
+/// by itself, and saves the two hops to SQLite's thread a transaction adds).
+async fn insert(
+    conn: &mut SqliteConnection,
     i: &Intent<'_>,
     state: State,
     at: DateTime<Utc>,
@@ -139,7 +139,7 @@ async fn insert<'c, E: sqlx::Executor<'c, Database = Sqlite>>(
     .bind(ms(at))
     .bind(resolved)
     .bind(i.detail)
-    .execute(ex)
+    .execute(conn)
     .await?
     .last_insert_rowid();
     Ok(EntryId(id))
@@ -177,7 +177,12 @@ impl Database {
             i.action, i.run_id
         );
         if i.action != Action::Create {
-            return insert(self.pool(), &i, State::Pending, at)
+            let mut conn = self
+                .pool()
+                .acquire()
+                .await
+                .map_err(self.err(what.clone()))?;
+            return insert(&mut conn, &i, State::Pending, at)
                 .await
                 .map_err(self.err(what));
         }
@@ -286,7 +291,12 @@ impl Database {
     /// Records something seen (a listing, a poll, an adoption), resolved at once.
     pub async fn observe(&self, i: Intent<'_>, state: State, at: DateTime<Utc>) -> DbResult<()> {
         let what = format!("cannot record a {} of run {}", i.action, i.run_id);
-        insert(self.pool(), &i, state, at)
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(self.err(what.clone()))?;
+        insert(&mut conn, &i, state, at)
             .await
             .map(drop)
             .map_err(self.err(what))
