@@ -166,7 +166,7 @@ pub(super) async fn insert_resolved(
         snapshot_name: None,
         detail,
     };
-    insert(&mut **tx, &intent, state, at).await
+    insert(tx, &intent, state, at).await
 }
 
 impl Database {
@@ -187,7 +187,7 @@ impl Database {
                 .map_err(self.err(what));
         }
         let mut tx = self.begin().await?;
-        let id = insert(&mut *tx, &i, State::Pending, at)
+        let id = insert(&mut tx, &i, State::Pending, at)
             .await
             .map_err(self.err(what.clone()))?;
         {
@@ -214,7 +214,7 @@ impl Database {
         let mut ids = Vec::with_capacity(intents.len());
         for i in intents {
             ids.push(
-                insert(&mut *tx, i, State::Pending, at)
+                insert(&mut tx, i, State::Pending, at)
                     .await
                     .map_err(self.err(what))?,
             );
