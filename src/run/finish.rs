@@ -62,15 +62,22 @@ impl Runner {
         })
     }
 
-    /// The process is stopping while the run waits. A run that has done nothing yet (it
-    /// was waiting for the server's lock) ends `interrupted`; one whose snapshot was asked
+    /// The process is stopping while the run waits. A run that has not asked for its
+    /// snapshot (it was waiting for the server's lock, or a stop came while its hooks
+    /// ran, and its `after` has run) ends `interrupted`; one whose snapshot was asked
     /// for stays `running`, with a note, for the next start to finish: the next start
     /// resumes the runs of processes that are gone.
     pub(super) async fn leave(&self, st: RunState<'_>, f: &Failure) -> Result<Outcome, DbError> {
         let now = self.now();
         let (status, note) = match &st.snapshot {
             None => {
-                let note = "stopped by a signal before it began; nothing was done".to_string();
+                let note = if st.deleted.is_empty() && st.hooks_ran.is_empty() {
+                    "stopped by a signal before it began; nothing was done".to_string()
+                } else {
+                    "stopped by a signal before asking for its snapshot; what it had done \
+                     (room made, hooks run) is in `agent history --json`"
+                        .to_string()
+                };
                 self.db
                     .finish_run(
                         st.run_id,

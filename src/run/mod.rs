@@ -358,11 +358,9 @@ impl Runner {
         if st.listing.len() >= crate::retention::LIMIT as usize {
             self.make_room(st).await?;
         }
-        if self.stop.is_cancelled() {
-            return Err(Failure::stopped(Step::List));
-        }
         self.before(st).await?;
-        if self.stop.is_cancelled() {
+        // A stop that came while the hooks ran: no snapshot to wait for yet.
+        if !st.hooks_ran.is_empty() && self.stop.is_cancelled() {
             return Err(Failure::stopped(Step::Before));
         }
         self.create(st).await?;

@@ -422,6 +422,51 @@ async fn sigterm_mid_run_thaws_before_the_agent_exits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_before_runs_asks_for_no_snapshot_and_thaws() {
+    let s = sim().await;
+    let h = Hooked::new();
+    let started = h.dir.path().join("before-started");
+    let slow = h.dir.path().join("slow.sh");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh
+touch {}
+sleep 2
+",
+            started.display()
+        ),
+    )
+    .unwrap();
+    set_executable(&slow);
+    let hooks = format!(
+        "before = [[\"{}\"]]\n{}",
+        slow.display(),
+        h.hook("after", 0, "")
+    );
+    let cfg = h.config(&s.base_url(), &hooks, "");
+    let mut child = spawn(&cfg, &h.dir.path().join("first.log"));
+    for _ in 0..400 {
+        if started.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(started.exists(), "before never started");
+    // SAFETY: kill(2) on a child we started and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut child).await, Some(143));
+    assert_eq!(
+        s.sim.requests().of(Op::Create),
+        0,
+        "no snapshot asked for after the stop"
+    );
+    assert_eq!(h.lines("after").len(), 1, "what before did is undone");
+    let runs = history(&h).await;
+    assert_eq!(runs[0]["status"], "interrupted", "{}", runs[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_before_the_next_start_thaws_once_and_says_it_had_to() {
     let s = sim().await;
     s.sim
