@@ -9,13 +9,14 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 
-/// A parsed cron expression: 6 fields (seconds first) or 5 (seconds taken as 0). Cheap to
-/// clone: a parsed expression is about 5 KiB (croner keeps a byte per possible year), and
-/// every copy of the settings would otherwise copy it.
+/// A cron expression, validated: 6 fields (seconds first) or 5 (seconds taken as 0). A
+/// parsed expression is about 5 KiB (croner keeps a byte per possible year): copies share
+/// it, and a long-running process may drop it ([`CronSpec::compact`]) to parse it again
+/// (about 25 µs) when it next needs it.
 #[derive(Clone)]
 pub struct CronSpec {
     expr: String,
-    cron: Arc<Cron>,
+    cron: Option<Arc<Cron>>,
 }
 
 impl fmt::Debug for CronSpec {
@@ -45,9 +46,7 @@ impl CronSpec {
                  day-of-week) or 5 (seconds taken as 0)"
             ));
         }
-        let cron = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .build()
+        let cron = parser()
             .parse(expr)
             .map_err(|e| match out_of_range(expr) {
                 Some(why) => format!("{expr:?} is not a valid cron expression: {why}"),
@@ -55,7 +54,7 @@ impl CronSpec {
             })?;
         let spec = Self {
             expr: expr.trim().to_string(),
-            cron: Arc::new(cron),
+            cron: Some(Arc::new(cron)),
         };
         // An expression that never fires (Feb 30th) is a mistake, not a schedule.
         let probe = DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default();
@@ -65,10 +64,31 @@ impl CronSpec {
         Ok(spec)
     }
 
+    /// The parsed expression: the one kept, or parsed anew after [`CronSpec::compact`].
+    fn cron(&self) -> Option<Arc<Cron>> {
+        match &self.cron {
+            Some(c) => Some(c.clone()),
+            None => parser().parse(&self.expr).ok().map(Arc::new),
+        }
+    }
+
+    /// This expression with its parsed form in hand, for several evaluations in a row.
+    pub fn parsed(&self) -> Self {
+        Self {
+            expr: self.expr.clone(),
+            cron: self.cron(),
+        }
+    }
+
+    /// Drops the parsed form; it is parsed again when next needed.
+    pub fn compact(&mut self) {
+        self.cron = None;
+    }
+
     /// The first fire strictly after `after`, evaluated in `tz`. Whole seconds: croner
     /// carries a start time's fraction into its answer.
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.cron
+        self.cron()?
             .find_next_occurrence(&whole_seconds(after).with_timezone(&tz), false)
             .ok()
             .map(|t| t.with_timezone(&Utc))
@@ -76,11 +96,15 @@ impl CronSpec {
 
     /// The last fire at or before `at`, evaluated in `tz`.
     pub fn previous_at_or_before(&self, at: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.cron
+        self.cron()?
             .find_previous_occurrence(&whole_seconds(at).with_timezone(&tz), true)
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
+}
+
+fn parser() -> CronParser {
+    CronParser::builder().seconds(Seconds::Optional).build()
 }
 
 /// The fields of a six-field expression, with the values each allows.

@@ -58,6 +58,11 @@ pub fn window_for_run(
 
 /// The next `n` fires after `now`.
 pub fn upcoming(job: &JobSettings, now: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+    // Parsed once for the n fires, if the settings dropped it.
+    let job = &JobSettings {
+        trigger: job.trigger.parsed(),
+        ..job.clone()
+    };
     let mut out = Vec::with_capacity(n);
     let mut t = now;
     while out.len() < n {

@@ -315,6 +315,7 @@ impl Daemon {
                 let max = self.services.settings.api.max_concurrent_jobs;
                 lp.permits = Arc::new(Semaphore::new(max));
                 self.arm_all(lp).await;
+                self.services.settings.compact();
                 let jobs = self.services.settings.jobs.len();
                 tracing::info!(
                     jobs,
@@ -377,6 +378,7 @@ impl Daemon {
         };
         self.catch_up(&mut lp).await;
         self.arm_all(&mut lp).await;
+        self.services.settings.compact();
         let status = self.status_line(&lp);
         let jobs = self.services.settings.jobs.len();
         tracing::info!(jobs, "scheduled; {status}");
