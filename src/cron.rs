@@ -46,12 +46,10 @@ impl CronSpec {
                  day-of-week) or 5 (seconds taken as 0)"
             ));
         }
-        let cron = parser()
-            .parse(expr)
-            .map_err(|e| match out_of_range(expr) {
-                Some(why) => format!("{expr:?} is not a valid cron expression: {why}"),
-                None => format!("{expr:?} is not a valid cron expression: {e}"),
-            })?;
+        let cron = parser().parse(expr).map_err(|e| match out_of_range(expr) {
+            Some(why) => format!("{expr:?} is not a valid cron expression: {why}"),
+            None => format!("{expr:?} is not a valid cron expression: {e}"),
+        })?;
         let spec = Self {
             expr: expr.trim().to_string(),
             cron: Some(Arc::new(cron)),
