@@ -114,7 +114,7 @@ async fn history(h: &Hooked) -> Vec<serde_json::Value> {
 async fn before_runs_before_the_create_and_after_once_right_after_it() {
     let s = sim().await;
     s.sim
-        .set_delay(ServerId::new(5), Delay::Fixed(Duration::from_secs(2)));
+        .set_delay(ServerId::new(5), Delay::Fixed(Duration::from_secs(4)));
     let h = Hooked::new();
     let hooks = h.hook("before", 0, "frozen") + &h.hook("after", 0, "thawed");
     let cfg = h.config(&s.base_url(), &hooks, "");
