@@ -35,14 +35,19 @@ fn skipped(what: &str) -> bool {
     std::env::var("BENCH_SKIP").is_ok_and(|s| s.split(',').any(|x| x.trim() == what))
 }
 
-/// CPU time (user + system) of all children waited for so far.
-fn children_cpu() -> Duration {
+/// CPU time (user + system) of `who` (`RUSAGE_SELF`, or `RUSAGE_CHILDREN`: all children
+/// waited for so far).
+fn cpu_of(who: libc::c_int) -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    unsafe { libc::getrusage(who, &mut ru) };
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn children_cpu() -> Duration {
+    cpu_of(libc::RUSAGE_CHILDREN)
 }
 
 /// The size of the binary as shipped. The one this bench runs is built with the
@@ -72,12 +77,7 @@ fn shipped_size() -> u64 {
 
 /// CPU (user+sys) this process has used.
 fn self_cpu() -> Duration {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    cpu_of(libc::RUSAGE_SELF)
 }
 
 /// The floor under the CPU per job: what one statement and one transaction cost through

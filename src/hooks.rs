@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// A hook's time limit when the configuration sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much of a hook's output is kept (its end).
 pub const OUTPUT_TAIL: usize = 4096;
 /// After a hook exits, how long a child it left in the background may keep its output

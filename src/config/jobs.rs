@@ -69,7 +69,7 @@ pub(super) fn defaults(r: &mut Reader<'_>, keys: &JobKeys, v: Option<&Value>) ->
         stale_after: None,
         restore_safety_keep: Duration::from_secs(7 * 86_400),
         hooks: Hooks {
-            timeout: Duration::from_secs(60),
+            timeout: crate::hooks::DEFAULT_TIMEOUT,
             ..Hooks::default()
         },
     };

@@ -13,9 +13,6 @@ use crate::alert::{Cause, text};
 use crate::db::{Action, BEGUN, DbError, Entry, EntryId, Intent, Run, State, Step};
 use crate::hooks::{self, BeforeFailure, Command, Phase, Ran};
 
-/// How long a hook a resumed run owes may take when its job is no longer configured.
-const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// What a hook is told about its run.
 struct Facts<'a> {
     job: &'a str,
@@ -312,7 +309,7 @@ impl Runner {
                     .await?;
                 continue;
             };
-            let t = timeout.unwrap_or(DEFAULT_TIMEOUT);
+            let t = timeout.unwrap_or(hooks::DEFAULT_TIMEOUT);
             let r = self.run_hook(e.id, Phase::After, &command, &facts, t, Some(note));
             ran.push(r.await?);
         }

@@ -12,6 +12,7 @@ use vps_snapshot_agent::sim::{Delay, Fault, Mode, Op};
 
 use crate::cli::{BIN, agent, config, sim, text};
 use crate::helpers::{Inbox, ServerId, TOKEN};
+use crate::newcomer::{exit_code, signal, spawn};
 
 /// Appends one line per call to `$1`: phase, time (ns), run facts, error; dumps the
 /// environment beside it; exits `$2` (default 0).
@@ -355,20 +356,6 @@ async fn a_hook_printing_megabytes_keeps_only_its_end() {
     assert!(result.len() < 4096 + 200, "{}", result.len());
 }
 
-/// Spawns `agent run-once` in the background (stderr to `log`).
-fn spawn(cfg: &Path, log: &Path) -> std::process::Child {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .arg("run-once")
-        .env("AGENT_API__TOKEN", TOKEN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
 /// Waits (bounded) until the simulator has made a snapshot.
 async fn wait_for_create(s: &vps_snapshot_agent::sim::SimServer) {
     for _ in 0..400 {
@@ -382,17 +369,6 @@ async fn wait_for_create(s: &vps_snapshot_agent::sim::SimServer) {
     panic!("no snapshot was asked for");
 }
 
-async fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
-    for _ in 0..600 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    panic!("run-once did not exit");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_run_thaws_before_the_agent_exits() {
     let s = sim().await;
@@ -401,12 +377,14 @@ async fn sigterm_mid_run_thaws_before_the_agent_exits() {
     let h = Hooked::new();
     let hooks = h.hook("before", 0, "") + &h.hook("after", 0, "") + "thaw_after = \"completed\"\n";
     let cfg = h.config(&s.base_url(), &hooks, "");
-    let mut child = spawn(&cfg, &h.dir.path().join("first.log"));
+    let mut child = spawn(&cfg, &["run-once"], &h.dir.path().join("first.log"));
     wait_for_create(&s).await;
     assert!(h.lines("after").is_empty());
-    // SAFETY: kill(2) on a child we started and have not reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(&mut child).await, Some(143));
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        exit_code(&mut child, Duration::from_secs(30)).await,
+        Some(143)
+    );
     assert_eq!(h.lines("after").len(), 1, "thawed before exiting");
 
     // The next start finishes the run and does not thaw again.
@@ -445,7 +423,7 @@ sleep 2
         h.hook("after", 0, "")
     );
     let cfg = h.config(&s.base_url(), &hooks, "");
-    let mut child = spawn(&cfg, &h.dir.path().join("first.log"));
+    let mut child = spawn(&cfg, &["run-once"], &h.dir.path().join("first.log"));
     for _ in 0..400 {
         if started.exists() {
             break;
@@ -453,9 +431,11 @@ sleep 2
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(started.exists(), "before never started");
-    // SAFETY: kill(2) on a child we started and have not reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(&mut child).await, Some(143));
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        exit_code(&mut child, Duration::from_secs(30)).await,
+        Some(143)
+    );
     assert_eq!(
         s.sim.requests().of(Op::Create),
         0,
@@ -475,7 +455,7 @@ async fn sigkill_after_before_the_next_start_thaws_once_and_says_it_had_to() {
     let h = Hooked::new();
     let hooks = h.hook("before", 0, "") + &h.hook("after", 0, "") + "thaw_after = \"completed\"\n";
     let cfg = h.config(&s.base_url(), &hooks, &email(port));
-    let mut child = spawn(&cfg, &h.dir.path().join("first.log"));
+    let mut child = spawn(&cfg, &["run-once"], &h.dir.path().join("first.log"));
     wait_for_create(&s).await;
     child.kill().unwrap();
     let _ = child.wait();

@@ -12,7 +12,7 @@ use crate::cli::{BIN, JOB, agent, config, sim, text};
 use crate::helpers::{ServerId, TOKEN};
 
 /// `agent ARGS` started in the background, stderr to `log`, token in the environment.
-fn spawn(cfg: &Path, args: &[&str], log: &Path) -> std::process::Child {
+pub fn spawn(cfg: &Path, args: &[&str], log: &Path) -> std::process::Child {
     Command::new(BIN)
         .arg("--config")
         .arg(cfg)
@@ -25,7 +25,7 @@ fn spawn(cfg: &Path, args: &[&str], log: &Path) -> std::process::Child {
         .unwrap()
 }
 
-fn signal(child: &std::process::Child, sig: i32) {
+pub fn signal(child: &std::process::Child, sig: i32) {
     // SAFETY: kill(2) on a child we started and have not reaped.
     unsafe { libc::kill(child.id() as i32, sig) };
 }
@@ -63,7 +63,7 @@ async fn wait_for_snapshot_requested(db_path: &Path) {
 }
 
 /// Waits for `child` to exit, bounded well below any grace period the test is about.
-async fn exit_code(child: &mut std::process::Child, within: Duration) -> Option<i32> {
+pub async fn exit_code(child: &mut std::process::Child, within: Duration) -> Option<i32> {
     let start = std::time::Instant::now();
     while start.elapsed() < within {
         if let Some(status) = child.try_wait().unwrap() {
