@@ -167,12 +167,14 @@ pub struct DemoArgs {
 }
 
 /// Validate the config (every error at once), check that every hook's program can be
-/// started, check the API token and the SMTP server, and print each job's next fire times.
+/// started, check the API token and the SMTP server, and print each job's next fire times and what
+/// watches the agent (metrics, pings, alert channels).
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Also send one test email to every address in email.to
-    #[arg(long)]
-    pub send_test_email: bool,
+    /// Also send a test alert on every channel ([email] to every address in email.to,
+    /// each [[notify]]), then the alerts they still owe
+    #[arg(long, alias = "send-test-email")]
+    pub send_test_alert: bool,
     /// Only validate the file (and the hooks); do not contact the API or the SMTP server
     #[arg(long)]
     pub offline: bool,

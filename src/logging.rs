@@ -9,7 +9,23 @@ use tracing_subscriber::fmt::time::FormatTime;
 
 use crate::cli::LogFormat;
 
-pub fn init(format: LogFormat, verbose: u8, quiet: u8) {
+/// Sets up logging; `live` asks for live progress lines ([`crate::progress`]), drawn only
+/// on a terminal, with text logs, without `-q`/`-v`.
+pub fn init(format: LogFormat, verbose: u8, quiet: u8, live: bool) {
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let terminal =
+        std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
+    if live && format == LogFormat::Text && verbose == 0 && quiet == 0 && terminal && !journald {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("warn,vps_snapshot_agent=debug"));
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(crate::progress::ProgressLayer::new())
+            .try_init();
+        return;
+    }
     let level = match (verbose, quiet) {
         (0, 0) => "info",
         (1, _) => "debug",
@@ -19,7 +35,6 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8) {
     };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,vps_snapshot_agent={level}")));
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -21,10 +21,12 @@ fn main() -> ExitCode {
     }
     // The demo prints its own story; its logs would only repeat it.
     let quiet_by_default = matches!(cli.command, Command::Demo(_));
+    let live = matches!(&cli.command, Command::RunOnce(a) if !a.dry_run);
     logging::init(
         cli.log_format,
         cli.verbose,
         cli.quiet + u8::from(quiet_by_default),
+        live,
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -119,6 +119,7 @@ mod tests {
             stale_after: None,
             restore_safety_keep: Duration::from_secs(7 * 86_400),
             hooks: crate::hooks::Hooks::default(),
+            ping_url: None,
         }
     }
 

@@ -1,23 +1,29 @@
 //! Alerts: [`text`] says what every alert says; this module decides when one is worth
-//! sending (throttling a failing job's repeats); [`mail`] delivers the outbox with lettre
-//! (one alert alone, several as a digest). Alerts are queued in the database's outbox in
-//! the same transaction as the run they describe.
+//! sending (throttling a failing job's repeats); [`outbox`] delivers the outbox on each
+//! channel ([`mail`] for email, [`http`] for webhook, Slack and ntfy) and sends the
+//! dead-man pings. Alerts are queued in the database's outbox in the same transaction as
+//! the run they describe.
 
+pub mod http;
 pub mod mail;
+pub mod outbox;
 pub mod text;
 
 pub use crate::domain::AlertKind;
-pub use mail::{Delivery, Mailer, Smtp};
+pub use mail::Smtp;
+pub use outbox::{Channel, Delivery, Outbox, Report};
 pub use text::Cause;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::EmailSettings;
+use crate::config::{DEFAULT_REPEAT_AFTER, Settings};
 use crate::db::{Database, DbResult};
 
-/// Alerting rules taken from `[email]`; `None` there means alerts are only logged.
+/// Alerting rules, the same for every channel: `repeat_after` and `notify_recovery` are
+/// `[email]`'s (their defaults without it). `None` without any channel: alerts are only
+/// logged.
 #[derive(Debug, Clone, Copy)]
 pub struct AlertPolicy {
     pub repeat_after: Duration,
@@ -25,10 +31,16 @@ pub struct AlertPolicy {
 }
 
 impl AlertPolicy {
-    pub fn from_settings(email: Option<&EmailSettings>) -> Option<Self> {
-        email.map(|e| Self {
-            repeat_after: e.repeat_after,
-            notify_recovery: e.notify_recovery,
+    pub fn from_settings(settings: &Settings) -> Option<Self> {
+        if let Some(e) = &settings.email {
+            return Some(Self {
+                repeat_after: e.repeat_after,
+                notify_recovery: e.notify_recovery,
+            });
+        }
+        (!settings.notify.is_empty()).then_some(Self {
+            repeat_after: DEFAULT_REPEAT_AFTER,
+            notify_recovery: true,
         })
     }
 }

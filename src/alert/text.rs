@@ -363,3 +363,14 @@ pub fn drift(
     text.push_str("\nSomeone deleted them in the panel or through the API. If that was not intended, find out who.");
     notice(AlertKind::Drift, job, server_id, Some(run_id), &text, now)
 }
+
+/// What `agent check --send-test-alert` sends on a `[[notify]]` channel.
+pub fn test_alert() -> (String, String) {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    (
+        "[agent] test alert".to_string(),
+        format!(
+            "This is a test alert from vps-snapshot-agent on {host}.\nIf you can read it, alerts will reach you here.\n"
+        ),
+    )
+}

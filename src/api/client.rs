@@ -215,8 +215,13 @@ impl Client {
         let body =
             serde_json::json!({"server_id": server_id, "name": name, "description": description});
         let what = format!("creating snapshot {name} on server {server_id}");
-        self.json(&Request::post(self.url("snapshots/")?, &body, &what))
-            .await
+        self.json(&Request::post(
+            "create",
+            self.url("snapshots/")?,
+            &body,
+            &what,
+        ))
+        .await
     }
 
     /// Deletes a snapshot. A retry that finds it gone counts as deleted; a failure after
@@ -226,6 +231,7 @@ impl Client {
         let what = format!("deleting snapshot {snapshot_id}");
         let url = self.url(&format!("snapshots/{snapshot_id}/"))?;
         let req = Request {
+            endpoint: "delete",
             method: Method::DELETE,
             url,
             body: None,
@@ -250,8 +256,13 @@ impl Client {
     pub async fn restore(&self, snapshot_id: SnapshotId) -> Result<RestoreResponse, ApiError> {
         let what = format!("restoring snapshot {snapshot_id}");
         let url = self.url(&format!("snapshots/{snapshot_id}/restore/"))?;
-        self.json(&Request::post(url, &serde_json::json!({}), &what))
-            .await
+        self.json(&Request::post(
+            "restore",
+            url,
+            &serde_json::json!({}),
+            &what,
+        ))
+        .await
     }
 
     async fn json<T: DeserializeOwned + Send>(&self, req: &Request<'_>) -> Result<T, ApiError> {
@@ -276,6 +287,21 @@ impl Client {
     /// One attempt. A failure after the request may have been carried out is final for
     /// a request that must not be repeated ([`ApiError::OutcomeUnknown`]).
     async fn attempt<T: Send>(
+        &self,
+        req: &Request<'_>,
+        tally: &Tally,
+        parse: fn(&[u8]) -> Result<T, String>,
+    ) -> Result<T, ApiError> {
+        let metrics = crate::metrics::global();
+        if tally.attempts.load(Ordering::Relaxed) > 0 {
+            metrics.api_retry(req.endpoint);
+        }
+        let result = self.attempt_once(req, tally, parse).await;
+        metrics.api_request(req.endpoint, outcome(&result));
+        result
+    }
+
+    async fn attempt_once<T: Send>(
         &self,
         req: &Request<'_>,
         tally: &Tally,
@@ -339,6 +365,8 @@ impl Client {
 
 /// One request, as every attempt sends it.
 struct Request<'a> {
+    /// For metrics: `list`, `create`, `delete` or `restore`.
+    endpoint: &'static str,
     method: Method,
     url: Url,
     body: Option<&'a serde_json::Value>,
@@ -350,6 +378,7 @@ struct Request<'a> {
 impl<'a> Request<'a> {
     fn get(url: Url, what: &'a str) -> Self {
         Self {
+            endpoint: "list",
             method: Method::GET,
             url,
             body: None,
@@ -359,8 +388,9 @@ impl<'a> Request<'a> {
     }
 
     /// A POST: never sent again once it may have reached the API.
-    fn post(url: Url, body: &'a serde_json::Value, what: &'a str) -> Self {
+    fn post(endpoint: &'static str, url: Url, body: &'a serde_json::Value, what: &'a str) -> Self {
         Self {
+            endpoint,
             method: Method::POST,
             url,
             body: Some(body),
@@ -388,6 +418,25 @@ impl<'a> Request<'a> {
 struct Tally {
     attempts: AtomicU32,
     maybe_done: AtomicBool,
+}
+
+/// An attempt's outcome, as the requests metric labels it.
+fn outcome<T>(result: &Result<T, ApiError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(ApiError::RateLimited { .. }) => "rate_limited",
+        Err(ApiError::Server { .. }) => "server_error",
+        Err(ApiError::Transport { .. }) => "transport_error",
+        Err(ApiError::Decode { .. }) => "malformed",
+        Err(ApiError::OutcomeUnknown { reason, .. }) if reason.starts_with("server error") => {
+            "server_error"
+        }
+        Err(ApiError::OutcomeUnknown { reason, .. }) if reason.starts_with("malformed") => {
+            "malformed"
+        }
+        Err(ApiError::OutcomeUnknown { .. }) => "transport_error",
+        Err(_) => "client_error",
+    }
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {

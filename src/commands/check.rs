@@ -7,7 +7,7 @@ use chrono::Utc;
 use crate::alert::Delivery;
 use crate::api::Client;
 use crate::cli::CheckArgs;
-use crate::config::{ConfigError, ConfigErrors, JobSettings, Trigger};
+use crate::config::{ConfigError, ConfigErrors, JobSettings, Settings, Trigger};
 use crate::hooks::{self, BeforeFailure, ThawAfter};
 use crate::schedule;
 
@@ -69,26 +69,101 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("checking the API at {}", settings.api.base_url))?;
     println!("\nAPI: token accepted by {}", settings.api.base_url);
-    let Some(email) = &settings.email else {
-        println!("email: not configured ([email] absent): failures are only logged and recorded");
-        return Ok(ExitCode::SUCCESS);
-    };
-    let smtp = crate::alert::Smtp::new(email)?;
-    smtp.test_connection().await?;
-    println!(
-        "email: {}:{} accepted the connection (greeting, TLS and login as configured)",
-        email.smtp_host, email.smtp_port
-    );
-    if args.send_test_email {
-        let reply = smtp.send_test().await?;
-        let to: Vec<String> = email.to.iter().map(ToString::to_string).collect();
+    check_channels(&settings, args.send_test_alert).await
+}
+
+/// Connects to the SMTP server; with `send_test`, sends a test alert on every channel
+/// and then the alerts they owe. Any channel failing fails the check, naming it.
+async fn check_channels(settings: &Settings, send_test: bool) -> anyhow::Result<ExitCode> {
+    if settings.email.is_none() && settings.notify.is_empty() {
         println!(
-            "email: test mail sent to {}; server replied {reply}",
-            to.join(", ")
+            "alerts: no channel ([email], [[notify]] absent): failures are only logged and recorded"
         );
-        flush_outbox(&settings, email).await?;
+    }
+    let mut failed = Vec::new();
+    if let Some(email) = &settings.email {
+        let smtp = crate::alert::Smtp::new(email)?;
+        smtp.test_connection().await?;
+        println!(
+            "email: {}:{} accepted the connection (greeting, TLS and login as configured)",
+            email.smtp_host, email.smtp_port
+        );
+        if send_test {
+            match smtp.send_test().await {
+                Ok(reply) => {
+                    let to: Vec<String> = email.to.iter().map(ToString::to_string).collect();
+                    println!(
+                        "email: test mail sent to {}; server replied {reply}",
+                        to.join(", ")
+                    );
+                }
+                Err(e) => failed.push(format!("email: {e:#}")),
+            }
+        }
+    }
+    let http = crate::alert::http::client()?;
+    for n in &settings.notify {
+        let host = n.url.host_str().unwrap_or("?");
+        if !send_test {
+            println!(
+                "notify {}: {} to {host} (--send-test-alert tries it)",
+                n.name,
+                n.kind.as_str()
+            );
+            continue;
+        }
+        let (subject, text) = crate::alert::text::test_alert();
+        match crate::alert::http::post_alerts(
+            &http,
+            n,
+            &[],
+            &subject,
+            &text,
+            &gethostname::gethostname().to_string_lossy(),
+        )
+        .await
+        {
+            Ok(()) => println!("notify {}: test alert accepted by {host}", n.name),
+            Err(e) => failed.push(format!("notify {}: {e}", n.name)),
+        }
+    }
+    print_watchers(settings);
+    if send_test && failed.is_empty() {
+        flush_outbox(settings).await?;
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("test alert not delivered:\n  {}", failed.join("\n  "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What watches the agent from outside, as configured (ping URLs show only their host:
+/// their path is the secret).
+fn print_watchers(settings: &Settings) {
+    if let Some(m) = &settings.metrics {
+        if let Some(a) = m.listen {
+            println!("metrics: http://{a}/metrics and /healthz while `agent run` runs");
+        }
+        if let Some(p) = &m.textfile {
+            println!("metrics: written to {} after each run", p.display());
+        }
+    }
+    if let Some(h) = &settings.heartbeat {
+        println!(
+            "heartbeat: a ping to {} every {}",
+            h.url.host_str().unwrap_or("?"),
+            humantime::format_duration(h.every)
+        );
+    }
+    for j in &settings.jobs {
+        if let Some(u) = &j.ping_url {
+            println!(
+                "job {}: pings {} at each run's start and end",
+                j.name,
+                u.host_str().unwrap_or("?")
+            );
+        }
+    }
 }
 
 /// Prints job `i`'s hooks; a command this user cannot start is a problem of the
@@ -129,18 +204,16 @@ async fn check_hooks(config: &Path, i: usize, job: &JobSettings, problems: &mut 
     }
 }
 
-/// The mail server works now: alerts queued while it did not go out at once.
-async fn flush_outbox(
-    settings: &crate::config::Settings,
-    email: &crate::config::EmailSettings,
-) -> anyhow::Result<()> {
+/// The channels work now: alerts queued while they did not go out at once.
+async fn flush_outbox(settings: &Settings) -> anyhow::Result<()> {
     let db = super::context::open_db(settings).await?;
-    let mailer =
-        crate::alert::Mailer::from_settings(Some(email), db.clone(), crate::clock::system())?;
-    if let Some(m) = mailer {
-        match m.deliver_all().await {
-            Delivery::Sent(n) => println!("email: delivered {n} queued alert(s)"),
-            Delivery::Failed(e) => println!("email: queued alerts could not be delivered: {e}"),
+    if let Some(o) =
+        crate::alert::Outbox::from_settings(settings, db.clone(), crate::clock::system())?
+    {
+        o.register().await?;
+        match o.deliver_all().await {
+            Delivery::Sent(n) => println!("alerts: delivered {n} queued alert(s)"),
+            Delivery::Failed(e) => println!("alerts: queued alerts could not be delivered: {e}"),
             Delivery::Nothing => {}
         }
     }

@@ -12,12 +12,38 @@ use crate::ownership::Ownership;
 use crate::retention;
 use crate::run::{Outcome, candidates};
 
-/// Prints rows under a header, columns padded to their widest cell.
+/// `status` in its colour: green for success, red for failure, yellow while running,
+/// magenta when interrupted. The colour is dropped off a terminal and under `NO_COLOR`
+/// (anstream, when the table is printed).
+pub fn paint(status: impl std::fmt::Display) -> String {
+    use anstyle::AnsiColor;
+    let text = status.to_string();
+    let colour = match text.as_str() {
+        "succeeded" | "started" => AnsiColor::Green,
+        "failed" => AnsiColor::Red,
+        "running" => AnsiColor::Yellow,
+        "interrupted" => AnsiColor::Magenta,
+        _ => return text,
+    };
+    let style = anstyle::Style::new().fg_color(Some(colour.into()));
+    format!("{style}{text}{style:#}")
+}
+
+/// How wide `cell` shows (its colour codes take no room).
+fn visible(cell: &str) -> usize {
+    anstream::adapter::strip_str(cell)
+        .to_string()
+        .chars()
+        .count()
+}
+
+/// Prints rows under a header, columns padded to their widest cell; colour only on a
+/// terminal.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
+            widths[i] = widths[i].max(visible(c));
         }
     }
     let line = |cells: Vec<&str>| {
@@ -26,12 +52,18 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                s.push_str(c);
+                s.push_str(&" ".repeat(widths[i] - visible(c) + 2));
             }
         }
-        println!("{}", s.trim_end());
+        anstream::println!("{}", s.trim_end());
     };
-    line(header.to_vec());
+    let bold = anstyle::Style::new().bold();
+    let header: Vec<String> = header
+        .iter()
+        .map(|h| format!("{bold}{h}{bold:#}"))
+        .collect();
+    line(header.iter().map(String::as_str).collect());
     for r in rows {
         line(r.iter().map(String::as_str).collect());
     }
@@ -103,7 +135,7 @@ pub fn history(runs: &[Run]) {
                 r.server_id.to_string(),
                 r.kind.to_string(),
                 r.trigger.to_string(),
-                r.status.to_string(),
+                paint(r.status),
                 time(r.started_at),
                 r.finished_at.map_or("-".into(), |f| {
                     short((f - r.started_at).to_std().unwrap_or_default())

@@ -58,6 +58,10 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
         confirm(&snap)?;
     }
     let db = context::open_db(&settings).await?;
+    let outbox = crate::alert::Outbox::from_settings(&settings, db.clone(), clock.clone())?;
+    if let Some(o) = &outbox {
+        o.register().await?;
+    }
     let runner = Runner::from_settings(&settings, db.clone(), client, clock);
     let outcome = runner
         .restore(RestoreRequest {
@@ -68,12 +72,8 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
         .await?;
     // The operators hear of it now (how to undo it, or why it did not happen); if the
     // mail server is down the alert stays queued for the daemon.
-    if let Some(m) = crate::alert::Mailer::from_settings(
-        settings.email.as_ref(),
-        db.clone(),
-        crate::clock::system(),
-    )? {
-        m.deliver_all().await;
+    if let Some(o) = &outbox {
+        o.deliver_all().await;
     }
     db.close().await;
     match outcome.status {

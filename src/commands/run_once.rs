@@ -63,17 +63,28 @@ pub async fn run_jobs(
     runner: &Runner,
     jobs: &[JobSettings],
 ) -> anyhow::Result<Verdict> {
-    let mailer = mail::Mailer::from_settings(
-        settings.email.as_ref(),
-        runner.db.clone(),
-        runner.clock.clone(),
-    )?;
-    // Alerts queued earlier go first, backoff or not; if the mail server is unreachable
-    // now, the new ones stay queued for the daemon rather than costing a second timeout.
-    let reachable = match &mailer {
-        Some(m) => !matches!(m.deliver_all().await, mail::Delivery::Failed(_)),
-        None => false,
+    let outbox = mail::Outbox::from_settings(settings, runner.db.clone(), runner.clock.clone())?
+        .map(Arc::new);
+    match &outbox {
+        Some(o) => o.register().await?,
+        None => runner.db.set_channels(&[]).await?,
+    }
+    // Alerts queued earlier go first, backoff or not; a channel unreachable now is not
+    // tried again at the end (its new alerts stay queued for the daemon rather than
+    // costing a second timeout).
+    let unreachable: Vec<String> = match &outbox {
+        Some(o) => o
+            .deliver(true, &[])
+            .await
+            .failed
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect(),
+        None => Vec::new(),
     };
+    let pinger = outbox
+        .clone()
+        .map(|o| Pinger::start(o, runner.kick.clone()));
     let mut outcomes = Vec::new();
     for o in runner.resume_interrupted(&settings.jobs).await? {
         tracing::info!(run = o.run_id.get(), job = %o.job, status = %o.status, "finished an interrupted run");
@@ -120,11 +131,13 @@ pub async fn run_jobs(
         failed = true;
         println!("not started (stopped): {}", skipped.join(", "));
     }
-    if let Some(m) = &mailer
-        && reachable
-    {
-        m.deliver_all().await;
+    if let Some(p) = pinger {
+        p.finish().await;
     }
+    if let Some(o) = &outbox {
+        o.deliver(true, &unreachable).await;
+    }
+    crate::metrics::update_textfile(&runner.db, settings, runner.clock.now()).await;
     let rejected = outcomes
         .iter()
         .any(|o| o.cause == Some(Cause::Unauthorized));
@@ -135,6 +148,37 @@ pub async fn run_jobs(
     } else {
         Verdict::Succeeded
     })
+}
+
+/// Sends the runs' pings as they are queued (a `/start` is worth little at the end),
+/// one round at a time.
+struct Pinger {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    outbox: Arc<mail::Outbox>,
+}
+
+impl Pinger {
+    fn start(outbox: Arc<mail::Outbox>, kick: Arc<tokio::sync::Notify>) -> Self {
+        let stop = CancellationToken::new();
+        let (o, s) = (outbox.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = s.cancelled() => return,
+                    () = kick.notified() => o.deliver_pings().await,
+                }
+            }
+        });
+        Self { stop, task, outbox }
+    }
+
+    /// Waits for the round in flight, then sends what is left.
+    async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.outbox.deliver_pings().await;
+    }
 }
 
 /// SIGINT and SIGTERM for `run-once`: the first stops starting work and lets running

@@ -164,7 +164,7 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
                     format!(
                         "{} {} (run {}{gone})",
                         output::time(r.started_at),
-                        r.status,
+                        output::paint(r.status),
                         r.id
                     )
                 }),

@@ -15,6 +15,7 @@ use super::jobs;
 use super::secret::{Found, Lookup};
 use super::sections::{self, JobKeys};
 use super::source::Reader;
+use super::watch;
 use super::{
     ApiSettings, DEFAULT_BASE_URL, DEFAULT_DATABASE, EmailSettings, Security, Settings, TOP_LEVEL,
 };
@@ -92,6 +93,9 @@ pub(super) fn settings(r: &mut Reader<'_>, path: &Path, tree: &Dict) -> Settings
         let raw = r.read("email", v);
         email(r, raw, v)
     });
+    let notify = watch::notify(r, tree);
+    let metrics = watch::metrics(r, tree);
+    let heartbeat = watch::heartbeat(r, tree);
     let jobs = jobs::jobs(r, tree.get("jobs"), &defaults);
     Settings {
         config_path: path.to_path_buf(),
@@ -103,6 +107,9 @@ pub(super) fn settings(r: &mut Reader<'_>, path: &Path, tree: &Dict) -> Settings
         },
         api,
         email: email.flatten(),
+        notify,
+        metrics,
+        heartbeat,
         jobs,
         warnings: Vec::new(),
     }
@@ -211,7 +218,7 @@ fn email(r: &mut Reader<'_>, raw: sections::Email, v: Option<&Value>) -> Option<
         password,
         from: from?,
         to,
-        repeat_after: raw.repeat_after.unwrap_or(Duration::from_secs(6 * 3600)),
+        repeat_after: raw.repeat_after.unwrap_or(super::DEFAULT_REPEAT_AFTER),
         notify_recovery: raw.notify_recovery.unwrap_or(true),
         timeout: raw.timeout.unwrap_or(Duration::from_secs(30)),
     })

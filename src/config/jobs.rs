@@ -212,6 +212,7 @@ fn job(
         r.error(format!("{key}.server_id"), v, "is required");
     }
     let trigger = trigger(r, key, item, &own, &mut seen.crons);
+    let ping_url = super::watch::ping_url(r, key, item, own.ping_url.clone());
     if let Err(e) = fields.retention.validate() {
         r.error(format!("{key}.keep_*"), v, e);
     }
@@ -241,6 +242,7 @@ fn job(
         stale_after: fields.stale_after,
         restore_safety_keep: fields.restore_safety_keep,
         hooks: fields.hooks,
+        ping_url,
     })
 }
 

@@ -11,9 +11,13 @@ mod jobs;
 mod secret;
 mod sections;
 mod source;
+mod watch;
 
 pub use check::validate_base_url;
 pub use jobs::validate_job_name;
+pub use watch::{
+    DEFAULT_HTTP_TIMEOUT, HeartbeatSettings, MetricsSettings, NotifyKind, NotifySettings,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -35,8 +39,19 @@ use crate::retention::RetentionPolicy;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vps-snapshot-agent/config.toml";
 pub const DEFAULT_DATABASE: &str = "/var/lib/vps-snapshot-agent/history.db";
+/// How long a failing job's alert is not repeated (on every channel).
+pub const DEFAULT_REPEAT_AFTER: Duration = Duration::from_secs(6 * 3600);
 pub const DEFAULT_BASE_URL: &str = "https://admin.vps.org/api/v1";
-const TOP_LEVEL: [&str; 5] = ["database", "api", "defaults", "email", "jobs"];
+const TOP_LEVEL: [&str; 8] = [
+    "database",
+    "api",
+    "defaults",
+    "email",
+    "notify",
+    "metrics",
+    "heartbeat",
+    "jobs",
+];
 
 /// One problem in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +109,10 @@ pub struct Settings {
     pub database: PathBuf,
     pub api: ApiSettings,
     pub email: Option<EmailSettings>,
+    /// Alert channels besides email.
+    pub notify: Vec<NotifySettings>,
+    pub metrics: Option<MetricsSettings>,
+    pub heartbeat: Option<HeartbeatSettings>,
     pub jobs: Vec<JobSettings>,
     /// Problems that do not stop the agent (a token file readable by others).
     pub warnings: Vec<String>,
@@ -187,6 +206,8 @@ pub struct JobSettings {
     pub restore_safety_keep: Duration,
     /// Commands run around the snapshot.
     pub hooks: Hooks,
+    /// A Healthchecks-style check pinged at each run's start and end.
+    pub ping_url: Option<Url>,
 }
 
 impl Trigger {

@@ -70,8 +70,9 @@ impl JobKeys {
 }
 
 /// The keys only a `[[jobs]]` entry has.
-pub const JOB_OWN_KEYS: [&str; 5] = [
+pub const JOB_OWN_KEYS: [&str; 6] = [
     "name",
+    "ping_url",
     "server_id",
     "schedule",
     "maintenance_window",
@@ -86,6 +87,7 @@ pub struct JobOwn {
     pub maintenance_window: Option<Text>,
     #[serde(default, deserialize_with = "de::duration")]
     pub lead: Option<Duration>,
+    pub ping_url: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -39,7 +39,7 @@ impl Daemon {
 
     /// Alerts for jobs without a success for `stale_after` (once per stale spell).
     pub(super) async fn stale_check(&self, lp: &Loop) {
-        if self.services.mailer.is_none() {
+        if crate::alert::AlertPolicy::from_settings(&self.services.settings).is_none() {
             return;
         }
         let now = self.now();

@@ -8,6 +8,7 @@
 
 mod checks;
 pub mod notify;
+mod outside;
 pub mod signals;
 mod timer;
 
@@ -22,7 +23,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::alert::Mailer;
+use crate::alert::Outbox;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
 use crate::db::{Database, RunTrigger};
@@ -91,7 +92,9 @@ pub enum Control {
 pub struct Services {
     pub settings: Settings,
     pub executor: Arc<dyn Executor>,
-    pub mailer: Option<Arc<Mailer>>,
+    pub outbox: Option<Arc<Outbox>>,
+    /// Woken when a run queues a ping or an alert: the outbox delivers at once.
+    pub kick: Arc<tokio::sync::Notify>,
 }
 
 /// Builds the services of a newly read configuration (SIGHUP).
@@ -120,12 +123,12 @@ pub fn services_for(
     let token = settings.api.token()?;
     let client = crate::api::Client::new(&settings.api, token, clock.clone())?;
     let runner = Runner::from_settings(&settings, db.clone(), client, clock.clone());
-    let mailer =
-        Mailer::from_settings(settings.email.as_ref(), db.clone(), clock.clone())?.map(Arc::new);
+    let outbox = Outbox::from_settings(&settings, db.clone(), clock.clone())?.map(Arc::new);
     Ok(Services {
         settings,
+        kick: runner.kick.clone(),
         executor: Arc::new(runner),
-        mailer,
+        outbox,
     })
 }
 
@@ -304,7 +307,7 @@ impl Daemon {
 
     /// SIGHUP: a valid new configuration replaces the schedule; an invalid one is logged
     /// and the running one kept.
-    async fn on_reload(&mut self, lp: &mut Loop) {
+    async fn on_reload(&mut self, lp: &mut Loop, outside: &outside::Outside) {
         notify::send(&[notify::State::Reloading]);
         match (self.reload)() {
             Ok(services) => {
@@ -316,6 +319,8 @@ impl Daemon {
                 lp.permits = Arc::new(Semaphore::new(max));
                 self.arm_all(lp).await;
                 self.services.settings.compact();
+                self.register_channels().await;
+                self.settings_changed(outside);
                 let jobs = self.services.settings.jobs.len();
                 tracing::info!(
                     jobs,
@@ -345,7 +350,12 @@ impl Daemon {
             let jobs = self.services.settings.jobs.clone();
             lp.resuming = Some(tokio::spawn(self.services.executor.resume(jobs)));
         }
-        if let Some(m) = &self.services.mailer
+        self.deliver(lp);
+    }
+
+    /// Starts a delivery of what the outbox holds, unless one is going.
+    fn deliver(&self, lp: &mut Loop) {
+        if let Some(m) = &self.services.outbox
             && idle(&lp.delivery)
         {
             let m = m.clone();
@@ -376,6 +386,9 @@ impl Daemon {
             delivery: None,
             last_stale_check: None,
         };
+        self.register_channels().await;
+        let outside = self.watch_from_outside().await?;
+        let mut heartbeat = self.heartbeat_interval();
         self.catch_up(&mut lp).await;
         self.arm_all(&mut lp).await;
         self.services.settings.compact();
@@ -390,13 +403,24 @@ impl Daemon {
         // The first tick is at once: resumption, delivery and a stale check at start.
         let mut checks = tokio::time::interval(self.check_every);
         loop {
+            outside.health.beat();
+            let kick = self.services.kick.clone();
             tokio::select! {
                 Some(fire) = fires.recv() => self.on_fire(&mut lp, fire).await,
                 Some(name) = done.recv() => {
                     lp.running.remove(&name);
+                    self.write_textfile();
+                }
+                () = kick.notified() => self.deliver(&mut lp),
+                () = outside::tick(&mut heartbeat) => {
+                    self.heartbeat().await;
+                    self.deliver(&mut lp);
                 }
                 c = control.recv() => match c {
-                    Some(Control::Reload) => self.on_reload(&mut lp).await,
+                    Some(Control::Reload) => {
+                        self.on_reload(&mut lp, &outside).await;
+                        heartbeat = self.heartbeat_interval();
+                    }
                     Some(Control::Check) => {
                         lp.last_stale_check = None;
                         self.on_check(&mut lp).await;

@@ -1,5 +1,6 @@
-//! The alert outbox: alerts are rows first, mail second. A row leaves the pending set only
-//! when the SMTP server has accepted it.
+//! The alert outbox: alerts are rows first, deliveries second. Each configured channel
+//! (email, each `[[notify]]`) has its own delivery row per alert, which leaves the pending
+//! set only when that channel's server has accepted it.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -30,9 +31,12 @@ pub struct PendingAlert {
     #[serde(skip)]
     pub body: String,
     pub created_at: DateTime<Utc>,
+    /// Delivery attempts so far (the most on any channel still owed it).
     pub attempts: i64,
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
+    /// The configured channels it has not reached yet.
+    pub channels: Vec<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -48,6 +52,7 @@ struct Row {
     attempts: i64,
     next_attempt_at: i64,
     last_error: Option<String>,
+    channels: Option<String>,
 }
 
 impl From<Row> for PendingAlert {
@@ -64,8 +69,21 @@ impl From<Row> for PendingAlert {
             attempts: r.attempts,
             next_attempt_at: from_ms(r.next_attempt_at),
             last_error: r.last_error,
+            channels: r
+                .channels
+                .map(|c| c.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
         }
     }
+}
+
+/// What the outbox holds, for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxCounts {
+    /// Alerts ever queued.
+    pub queued: i64,
+    /// Per configured channel: alerts delivered, alerts still owed.
+    pub channels: Vec<(String, i64, i64)>,
 }
 
 pub(super) async fn insert(
@@ -73,8 +91,8 @@ pub(super) async fn insert(
     a: &NewAlert,
 ) -> Result<i64, sqlx::Error> {
     Ok(sqlx::query(
-        "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at, next_attempt_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&a.job)
     .bind(a.server_id)
@@ -83,13 +101,13 @@ pub(super) async fn insert(
     .bind(&a.subject)
     .bind(&a.body)
     .bind(ms(a.created_at))
-    .bind(ms(a.created_at))
     .execute(&mut **tx)
     .await?
     .last_insert_rowid())
 }
 
-const COLUMNS: &str = "id, job, server_id, run_id, kind, subject, body, created_at, attempts, next_attempt_at, last_error";
+const ALERT_COLUMNS: &str =
+    "a.id, a.job, a.server_id, a.run_id, a.kind, a.subject, a.body, a.created_at";
 
 impl Database {
     pub async fn queue_alert(&self, a: &NewAlert) -> DbResult<i64> {
@@ -103,38 +121,112 @@ impl Database {
         Ok(id)
     }
 
-    /// Undelivered alerts whose next attempt is due at `now`, oldest first.
-    pub async fn due_alerts(&self, now: DateTime<Utc>) -> DbResult<Vec<PendingAlert>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM alerts WHERE sent_at IS NULL AND next_attempt_at <= ? ORDER BY id"
-        );
-        let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(ms(now))
-            .fetch_all(self.pool())
-            .await
-            .map_err(self.err("cannot read the alert outbox"))?;
-        Ok(rows.into_iter().map(PendingAlert::from).collect())
-    }
-
-    /// Every undelivered alert, oldest first.
-    pub async fn pending_alerts(&self) -> DbResult<Vec<PendingAlert>> {
-        let sql = format!("SELECT {COLUMNS} FROM alerts WHERE sent_at IS NULL ORDER BY id");
-        let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
-            .fetch_all(self.pool())
-            .await
-            .map_err(self.err("cannot read the alert outbox"))?;
-        Ok(rows.into_iter().map(PendingAlert::from).collect())
-    }
-
-    pub async fn mark_alerts_sent(&self, ids: &[i64], at: DateTime<Utc>) -> DbResult<()> {
+    /// Makes `names` the channels new alerts are delivered to. A channel new to the
+    /// database also takes the alerts that no channel has taken yet (queued while none
+    /// was configured, or before this version): queued is never lost.
+    pub async fn set_channels(&self, names: &[&str]) -> DbResult<()> {
+        let what = "cannot record the alert channels";
         let mut tx = self.begin().await?;
-        for id in ids {
-            sqlx::query("UPDATE alerts SET sent_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?")
-                .bind(ms(at))
+        let known: Vec<String> = sqlx::query_scalar("SELECT name FROM channels")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(self.err(what))?;
+        let mut wanted = names.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if known.iter().map(String::as_str).eq(wanted.iter().copied()) {
+            return Ok(());
+        }
+        let orphans: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM alerts a WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alert_id = a.id)",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(self.err(what))?;
+        sqlx::query("DELETE FROM channels")
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err(what))?;
+        for name in &wanted {
+            sqlx::query("INSERT OR IGNORE INTO channels (name) VALUES (?)")
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err(what))?;
+            for id in &orphans {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO deliveries (alert_id, channel, next_attempt_at) \
+                     SELECT id, ?, created_at FROM alerts WHERE id = ?",
+                )
+                .bind(name)
                 .bind(id)
                 .execute(&mut *tx)
                 .await
-                .map_err(self.err("cannot mark an alert sent"))?;
+                .map_err(self.err(what))?;
+            }
+        }
+        tx.commit().await.map_err(self.err(what))
+    }
+
+    /// Alerts `channel` still owes whose next attempt is due at `now` (every one it owes
+    /// when `now` is `None`), oldest first.
+    pub async fn due_alerts(
+        &self,
+        channel: &str,
+        now: Option<DateTime<Utc>>,
+    ) -> DbResult<Vec<PendingAlert>> {
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS}, d.attempts, d.next_attempt_at, d.last_error, d.channel AS channels \
+             FROM deliveries d JOIN alerts a ON a.id = d.alert_id \
+             WHERE d.channel = ? AND d.sent_at IS NULL AND d.next_attempt_at <= ? ORDER BY a.id"
+        );
+        let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(channel)
+            .bind(now.map_or(i64::MAX, ms))
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err("cannot read the alert outbox"))?;
+        Ok(rows.into_iter().map(PendingAlert::from).collect())
+    }
+
+    /// Every alert a configured channel still owes (or that no channel has taken yet),
+    /// oldest first.
+    pub async fn pending_alerts(&self) -> DbResult<Vec<PendingAlert>> {
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS}, coalesce(max(d.attempts), 0) AS attempts, \
+               coalesce(min(d.next_attempt_at), a.created_at) AS next_attempt_at, \
+               max(d.last_error) AS last_error, group_concat(d.channel) AS channels \
+             FROM alerts a LEFT JOIN deliveries d ON d.alert_id = a.id AND d.sent_at IS NULL \
+               AND d.channel IN (SELECT name FROM channels) \
+             WHERE d.alert_id IS NOT NULL \
+                OR NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.alert_id = a.id) \
+             GROUP BY a.id ORDER BY a.id"
+        );
+        let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err("cannot read the alert outbox"))?;
+        Ok(rows.into_iter().map(PendingAlert::from).collect())
+    }
+
+    pub async fn mark_alerts_sent(
+        &self,
+        channel: &str,
+        ids: &[i64],
+        at: DateTime<Utc>,
+    ) -> DbResult<()> {
+        let mut tx = self.begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE deliveries SET sent_at = ?, attempts = attempts + 1, last_error = NULL \
+                 WHERE alert_id = ? AND channel = ?",
+            )
+            .bind(ms(at))
+            .bind(id)
+            .bind(channel)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err("cannot mark an alert sent"))?;
         }
         tx.commit()
             .await
@@ -144,24 +236,48 @@ impl Database {
 
     pub async fn mark_alerts_failed(
         &self,
+        channel: &str,
         ids: &[i64],
         error: &str,
         retry_at: DateTime<Utc>,
     ) -> DbResult<()> {
         let mut tx = self.begin().await?;
         for id in ids {
-            sqlx::query("UPDATE alerts SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?")
-                .bind(error)
-                .bind(ms(retry_at))
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.err("cannot record a failed delivery"))?;
+            sqlx::query(
+                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? \
+                 WHERE alert_id = ? AND channel = ?",
+            )
+            .bind(error)
+            .bind(ms(retry_at))
+            .bind(id)
+            .bind(channel)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err("cannot record a failed delivery"))?;
         }
         tx.commit()
             .await
             .map_err(self.err("cannot record failed deliveries"))?;
         Ok(())
+    }
+
+    /// Alerts queued, and per configured channel delivered and owed.
+    pub async fn outbox_counts(&self) -> DbResult<OutboxCounts> {
+        let what = "cannot count the alert outbox";
+        let queued: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM alerts")
+            .fetch_one(self.pool())
+            .await
+            .map_err(self.err(what))?;
+        let channels: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT c.name, \
+               (SELECT count(*) FROM deliveries d WHERE d.channel = c.name AND d.sent_at IS NOT NULL), \
+               (SELECT count(*) FROM deliveries d WHERE d.channel = c.name AND d.sent_at IS NULL) \
+             FROM channels c ORDER BY c.name",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err(what))?;
+        Ok(OutboxCounts { queued, channels })
     }
 
     /// When `job` last had an alert of one of `kinds` queued.

@@ -6,12 +6,14 @@ mod alerts;
 mod history;
 mod journal;
 mod locks;
+mod pings;
 mod pins;
 mod runs;
 
-pub use alerts::{NewAlert, PendingAlert};
+pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
 pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
 pub use locks::Owner;
+pub use pings::{NewPing, PendingPing, PingKind};
 pub use runs::{Finish, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};
 
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::journal::{self, Action, State};
-use super::{Database, DbError, DbResult, NewAlert, Owner, alerts, from_ms, ms};
+use super::{Database, DbError, DbResult, NewAlert, NewPing, Owner, alerts, from_ms, ms, pings};
 use crate::domain::{RunId, ServerId, SnapshotId};
 
 /// Gives an enum stored as text its name, for messages and tables.
@@ -237,6 +237,8 @@ pub struct Finish<'a> {
     pub at: DateTime<Utc>,
     /// Queued in the same transaction: a failure recorded is a failure alerted.
     pub alerts: &'a [NewAlert],
+    /// The job's end-of-run ping, queued in the same transaction.
+    pub ping: Option<NewPing>,
 }
 
 pub(super) const RUN_COLUMNS: &str = "id, job, server_id, kind, trigger, status, started_at, finished_at, step, owner, \
@@ -410,6 +412,11 @@ impl Database {
             alerts::insert(&mut tx, a)
                 .await
                 .map_err(self.err("cannot queue an alert"))?;
+        }
+        if let Some(p) = &end.ping {
+            pings::insert(&mut tx, p)
+                .await
+                .map_err(self.err("cannot queue a ping"))?;
         }
         tx.commit()
             .await

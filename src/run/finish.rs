@@ -44,9 +44,12 @@ impl Runner {
                     step: Some(st.step),
                     at: now,
                     alerts: alerts.as_slice(),
+                    ping: super::pings::end_ping(job, st.run_id, status, error.as_deref(), now),
                 },
             )
             .await?;
+        self.kick.notify_one();
+        self.count(&st, now);
         Ok(Outcome {
             run_id: st.run_id,
             job: job.name.clone(),
@@ -88,6 +91,7 @@ impl Runner {
                             step: f.step,
                             at: now,
                             alerts: &[],
+                            ping: None,
                         },
                     )
                     .await?;
@@ -189,6 +193,24 @@ impl Runner {
         })))
     }
 
+    /// The run's figures for the metrics: how long it took, the snapshots it saw.
+    fn count(&self, st: &RunState<'_>, now: DateTime<Utc>) {
+        let metrics = crate::metrics::global();
+        let job = &st.job.name;
+        metrics.run_finished(job, (now - st.started_at).to_std().unwrap_or_default());
+        let on_server = st
+            .listing
+            .iter()
+            .filter(|s| s.server.id == st.job.server_id);
+        let known = std::collections::HashSet::new();
+        let managed = on_server
+            .clone()
+            .filter(|s| crate::ownership::Ownership::of(s, self.client.marker(), &known).is_of(job))
+            .count();
+        let unmanaged = on_server.count() - managed;
+        metrics.snapshots_seen(job, st.job.server_id.get(), managed, unmanaged);
+    }
+
     /// Ends a run this process has claimed as `interrupted`, saying why.
     pub(super) async fn interrupt(&self, run: &Run, why: &str) -> Result<(), DbError> {
         tracing::warn!(run = run.id.get(), job = %run.job, "marking run interrupted: {why}");
@@ -202,6 +224,7 @@ impl Runner {
                     step: None,
                     at: self.now(),
                     alerts: &[],
+                    ping: None,
                 },
             )
             .await

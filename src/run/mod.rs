@@ -14,6 +14,7 @@ mod finish;
 mod hooks;
 mod lock;
 mod many;
+mod pings;
 mod poll;
 mod reconcile;
 mod restore;
@@ -22,6 +23,7 @@ mod rotate;
 
 pub use dry_run::{DryRun, dry_run};
 pub use many::run_many;
+pub use pings::PING_EXPIRES;
 pub use poll::learned_first_wait;
 pub use restore::{RestoreRequest, job_for, undo_note};
 
@@ -64,6 +66,9 @@ pub struct Runner {
     /// SIGTERM): no run starts after it, and a run waiting for a lock or for its snapshot
     /// stops there, left for the next start to finish.
     pub stop: CancellationToken,
+    /// Woken when a ping or an alert is queued, so that the outbox sends it now rather
+    /// than at its next round.
+    pub kick: Arc<tokio::sync::Notify>,
 }
 
 /// How a run ended, for summaries.
@@ -275,12 +280,13 @@ impl Runner {
             client,
             clock,
             owner: Owner::current(),
-            alerts: AlertPolicy::from_settings(settings.email.as_ref()),
+            alerts: AlertPolicy::from_settings(settings),
             max_retries: settings.api.max_retries,
             // Long enough for another run on the server to finish its snapshot.
             lock_wait: longest + Duration::from_secs(300),
             settle: settings.api.request_timeout,
             stop: CancellationToken::new(),
+            kick: Arc::default(),
         }
     }
 
@@ -329,6 +335,7 @@ impl Runner {
             .await?;
         tracing::Span::current().record("run", run_id.get());
         tracing::info!(%trigger, "run started");
+        self.start_ping(job, run_id).await;
         let mut st = RunState::new(run_id, job, started_at, scheduled_for);
         st.trigger = trigger;
         let result = match self.lock(job.server_id, Some(run_id)).await {

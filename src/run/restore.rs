@@ -195,6 +195,7 @@ impl Runner {
                     step: step.or(Some(Step::Restore)),
                     at: now,
                     alerts: &alerts,
+                    ping: None,
                 },
             )
             .await?;

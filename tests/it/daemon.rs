@@ -66,6 +66,7 @@ impl Executor for Recorder {
                     step: None,
                     at: me.clock.now(),
                     alerts: &[],
+                    ping: None,
                 };
                 db.finish_run(id, &owner, end).await.unwrap();
             }
@@ -177,7 +178,8 @@ impl Start {
             services: Services {
                 settings: Settings::load(&config).unwrap(),
                 executor: Arc::new(recorder.clone()),
-                mailer: None,
+                outbox: None,
+                kick: Default::default(),
             },
             db,
             clock: clock.clone(),
@@ -189,7 +191,8 @@ impl Start {
                 Ok(Services {
                     settings: Settings::load(&reload_path)?,
                     executor: Arc::new(reload_rec.clone()),
-                    mailer: None,
+                    outbox: None,
+                    kick: Default::default(),
                 })
             }),
         };
@@ -479,13 +482,10 @@ async fn check_at(dir: &std::path::Path, at: DateTime<Utc>, checks: usize) {
     let settings = Settings::load(&dir.join("config.toml")).unwrap();
     let db = Database::open(&dir.join("h.db")).await.unwrap();
     let clock: SharedClock = Arc::new(VirtualClock::new(at));
-    let mailer = vps_snapshot_agent::alert::Mailer::from_settings(
-        settings.email.as_ref(),
-        db.clone(),
-        clock.clone(),
-    )
-    .unwrap()
-    .map(Arc::new);
+    let outbox =
+        vps_snapshot_agent::alert::Outbox::from_settings(&settings, db.clone(), clock.clone())
+            .unwrap()
+            .map(Arc::new);
     let recorder = Recorder {
         clock: clock.clone(),
         db: None,
@@ -500,7 +500,8 @@ async fn check_at(dir: &std::path::Path, at: DateTime<Utc>, checks: usize) {
         services: Services {
             settings,
             executor: Arc::new(recorder),
-            mailer,
+            outbox,
+            kick: Default::default(),
         },
         db: db.clone(),
         clock,
@@ -550,6 +551,7 @@ async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
         step: None,
         at: midnight,
         alerts: &[],
+        ping: None,
     };
     db.finish_run(id, &owner, end).await.unwrap();
     db.close().await;

@@ -98,6 +98,7 @@ pub fn job(name: &str, server_id: u64, keep_last: u32) -> JobSettings {
         stale_after: None,
         restore_safety_keep: Duration::from_secs(7 * 86_400),
         hooks: vps_snapshot_agent::hooks::Hooks::default(),
+        ping_url: None,
     }
 }
 
@@ -139,6 +140,7 @@ impl World {
             lock_wait: Duration::from_secs(60),
             settle: Duration::from_secs(5),
             stop: Default::default(),
+            kick: Default::default(),
         }
     }
 
@@ -284,13 +286,12 @@ pub fn email_settings(port: u16) -> vps_snapshot_agent::config::EmailSettings {
 }
 
 impl World {
-    pub fn mailer(&self, db: &Database, port: u16) -> vps_snapshot_agent::alert::Mailer {
-        vps_snapshot_agent::alert::Mailer::from_settings(
-            Some(&email_settings(port)),
+    pub fn mailer(&self, db: &Database, port: u16) -> vps_snapshot_agent::alert::Outbox {
+        vps_snapshot_agent::alert::Outbox::email(
+            &email_settings(port),
             db.clone(),
             Arc::new(self.clock.clone()),
         )
-        .unwrap()
         .unwrap()
     }
 }

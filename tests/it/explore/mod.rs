@@ -533,7 +533,7 @@ shards!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay() {
     if std::env::var_os("EXPLORE_LOG").is_some() {
-        vps_snapshot_agent::logging::init(vps_snapshot_agent::cli::LogFormat::Text, 1, 0);
+        vps_snapshot_agent::logging::init(vps_snapshot_agent::cli::LogFormat::Text, 1, 0, false);
     }
     let smtp = Inbox::start(0);
     if let Some(seed) = env_u64("EXPLORE_BINARY_SEED") {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use vps_snapshot_agent::alert::Mailer;
+use vps_snapshot_agent::alert::Outbox;
 use vps_snapshot_agent::api::{Client, Snapshot, SnapshotStatus};
 use vps_snapshot_agent::clock::{Clock, SharedClock, VirtualClock};
 use vps_snapshot_agent::config::Settings;
@@ -203,17 +203,18 @@ impl World {
                         clock.clone(),
                         owner.clone(),
                     );
-                    let mailer =
-                        Mailer::from_settings(settings.email.as_ref(), db.clone(), clock.clone())?
-                            .map(Arc::new);
+                    let outbox =
+                        Outbox::from_settings(&settings, db.clone(), clock.clone())?.map(Arc::new);
+                    let kick = r.kick.clone();
                     let executor = Arc::new(Counting {
                         runner: r,
                         active: a.clone(),
                     });
                     Ok(Services {
                         settings,
+                        kick,
                         executor,
-                        mailer,
+                        outbox,
                     })
                 }
             };

@@ -1,0 +1,115 @@
+//! What lets the daemon be watched from outside: the outbox's channels recorded, the
+//! metrics listener and textfile, the heartbeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::Daemon;
+use crate::config::Settings;
+use crate::metrics::{self, Health};
+
+/// The daemon's side of the metrics: the settings the listener answers from, its
+/// health, and the listener's lifetime.
+pub(super) struct Outside {
+    settings: Option<watch::Sender<Arc<Settings>>>,
+    pub health: Health,
+    _stop: DropGuard,
+}
+
+impl Daemon {
+    /// Records the outbox's channels (alerts queued from now on are owed to each).
+    pub(super) async fn register_channels(&self) {
+        let registered = match &self.services.outbox {
+            Some(o) => o.register().await,
+            None => self.db.set_channels(&[]).await,
+        };
+        if let Err(e) = registered {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Starts the metrics listener if `[metrics] listen` is set, and writes the textfile.
+    pub(super) async fn watch_from_outside(&self) -> anyhow::Result<Outside> {
+        // Healthy while the loop turns: it does at least every `check_every`.
+        let health = Health::new(self.check_every * 3);
+        health.beat();
+        let stop = CancellationToken::new();
+        let settings = &self.services.settings;
+        let mut sender = None;
+        if let Some(addr) = settings.metrics.as_ref().and_then(|m| m.listen) {
+            let (tx, rx) = watch::channel(Arc::new(settings.clone()));
+            let bound = metrics::serve(
+                addr,
+                self.db.clone(),
+                rx,
+                self.clock.clone(),
+                health.clone(),
+                stop.clone(),
+            )
+            .await?;
+            tracing::info!("metrics on http://{bound}/metrics");
+            sender = Some(tx);
+        }
+        let outside = Outside {
+            settings: sender,
+            health,
+            _stop: stop.drop_guard(),
+        };
+        self.write_textfile();
+        Ok(outside)
+    }
+
+    /// A new configuration: the listener answers from it (its address is read at start).
+    pub(super) fn settings_changed(&self, outside: &Outside) {
+        if let Some(tx) = &outside.settings {
+            tx.send_replace(Arc::new(self.services.settings.clone()));
+        }
+        self.write_textfile();
+    }
+
+    /// Rewrites the textfile in the background, if one is configured.
+    pub(super) fn write_textfile(&self) {
+        if self
+            .services
+            .settings
+            .metrics
+            .as_ref()
+            .and_then(|m| m.textfile.as_ref())
+            .is_none()
+        {
+            return;
+        }
+        let (db, settings, now) = (
+            self.db.clone(),
+            self.services.settings.clone(),
+            self.clock.now(),
+        );
+        tokio::spawn(async move { metrics::update_textfile(&db, &settings, now).await });
+    }
+
+    /// The heartbeat's rhythm, if `[heartbeat]` is set.
+    pub(super) fn heartbeat_interval(&self) -> Option<tokio::time::Interval> {
+        let every: Duration = self.services.outbox.as_ref()?.heartbeat_every()?;
+        Some(tokio::time::interval(every))
+    }
+
+    /// Queues a heartbeat ping.
+    pub(super) async fn heartbeat(&self) {
+        if let Some(o) = &self.services.outbox {
+            o.heartbeat().await;
+        }
+    }
+}
+
+/// The next tick of `i`; never, without one.
+pub(super) async fn tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,158 @@
+//! The ping outbox: dead-man pings (the Healthchecks protocol) queued as rows, sent by
+//! the same delivery pass as alerts, dropped rather than sent once they have expired.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Sqlite, Transaction};
+
+use super::{Database, DbResult, from_ms, ms};
+use crate::domain::RunId;
+
+/// Which ping: Healthchecks' `/start`, the bare URL, `/fail`, or the daemon's heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum PingKind {
+    Start,
+    Success,
+    Fail,
+    Heartbeat,
+}
+
+impl PingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PingKind::Start => "start",
+            PingKind::Success => "success",
+            PingKind::Fail => "fail",
+            PingKind::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPing {
+    /// `None` for the heartbeat.
+    pub job: Option<String>,
+    pub run_id: Option<RunId>,
+    pub kind: PingKind,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PendingPing {
+    pub id: i64,
+    pub job: Option<String>,
+    pub kind: PingKind,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub attempts: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    job: Option<String>,
+    kind: PingKind,
+    body: String,
+    created_at: i64,
+    expires_at: i64,
+    attempts: i64,
+}
+
+pub(super) async fn insert(
+    tx: &mut Transaction<'_, Sqlite>,
+    p: &NewPing,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pings (job, run_id, kind, body, created_at, expires_at, next_attempt_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&p.job)
+    .bind(p.run_id)
+    .bind(p.kind)
+    .bind(&p.body)
+    .bind(ms(p.created_at))
+    .bind(ms(p.expires_at))
+    .bind(ms(p.created_at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Database {
+    pub async fn queue_ping(&self, p: &NewPing) -> DbResult<()> {
+        let mut tx = self.begin().await?;
+        insert(&mut tx, p)
+            .await
+            .map_err(self.err("cannot queue a ping"))?;
+        tx.commit().await.map_err(self.err("cannot queue a ping"))
+    }
+
+    /// Pings neither sent nor dropped whose next attempt is due at `now`, oldest first.
+    pub async fn due_pings(&self, now: DateTime<Utc>) -> DbResult<Vec<PendingPing>> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, job, kind, body, created_at, expires_at, attempts FROM pings \
+             WHERE sent_at IS NULL AND dropped_at IS NULL AND next_attempt_at <= ? ORDER BY id",
+        )
+        .bind(ms(now))
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err("cannot read the ping outbox"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PendingPing {
+                id: r.id,
+                job: r.job,
+                kind: r.kind,
+                body: r.body,
+                created_at: from_ms(r.created_at),
+                expires_at: from_ms(r.expires_at),
+                attempts: r.attempts,
+            })
+            .collect())
+    }
+
+    /// Records how a ping went: sent (`error` None), failed (retried at `retry_at`), or
+    /// dropped (`retry_at` None).
+    pub async fn ping_attempted(
+        &self,
+        id: i64,
+        at: DateTime<Utc>,
+        error: Option<&str>,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> DbResult<()> {
+        let sql = match (error, retry_at) {
+            (None, _) => {
+                "UPDATE pings SET attempts = attempts + 1, sent_at = ?, last_error = ? WHERE id = ?"
+            }
+            (Some(_), Some(_)) => {
+                "UPDATE pings SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?"
+            }
+            (Some(_), None) => "UPDATE pings SET dropped_at = ?, last_error = ? WHERE id = ?",
+        };
+        sqlx::query(sql)
+            .bind(ms(retry_at.unwrap_or(at)))
+            .bind(error)
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .map_err(self.err("cannot record a ping"))?;
+        Ok(())
+    }
+
+    /// Forgets pings sent or dropped before `before` (a heartbeat a minute is half a
+    /// million rows a year otherwise).
+    pub async fn prune_pings(&self, before: DateTime<Utc>) -> DbResult<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM pings WHERE created_at < ? AND (sent_at IS NOT NULL OR dropped_at IS NOT NULL)",
+        )
+        .bind(ms(before))
+        .execute(self.pool())
+        .await
+        .map_err(self.err("cannot prune old pings"))?
+        .rows_affected())
+    }
+}

@@ -1,0 +1,317 @@
+//! Prometheus metrics. What happens in this process (API requests, retries, run
+//! durations, snapshots seen, deliveries, pings) is counted in [`global`]; what the
+//! database knows (each job's last run and success, the outbox) is read at each
+//! [`render`], so a scrape after a restart still tells the whole story. Text format
+//! 0.0.4 (prometheus-client's encoder): what Prometheus scrapes and node_exporter's
+//! textfile collector reads. [`serve`] is the listener, [`write_textfile`] the file.
+
+mod serve;
+
+pub use serve::{Health, serve};
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::config::Settings;
+use crate::db::{Database, DbResult, RunStatus};
+
+type Labels1 = [(&'static str, String); 1];
+type Labels2 = [(&'static str, String); 2];
+type Labels3 = [(&'static str, String); 3];
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// Run durations from 10 s to about 3 h (snapshots take minutes).
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 10800.0,
+    ])
+}
+
+/// What this process counts as it goes.
+pub struct Metrics {
+    api_requests: Family<Labels2, Counter>,
+    api_retries: Family<Labels1, Counter>,
+    run_duration: Family<Labels1, Histogram, fn() -> Histogram>,
+    snapshots: Family<Labels3, Gauge>,
+    deliveries: Family<Labels2, Counter>,
+    pings: Family<Labels2, Counter>,
+}
+
+static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    api_requests: Family::default(),
+    api_retries: Family::default(),
+    run_duration: Family::new_with_constructor(duration_histogram),
+    snapshots: Family::default(),
+    deliveries: Family::default(),
+    pings: Family::default(),
+});
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    &GLOBAL
+}
+
+fn l<const N: usize>(pairs: [(&'static str, &str); N]) -> [(&'static str, String); N] {
+    pairs.map(|(k, v)| (k, v.to_string()))
+}
+
+impl Metrics {
+    /// One API request's answer: `ok`, `rate_limited`, `client_error`, `server_error`,
+    /// `malformed` or `transport_error`.
+    pub fn api_request(&self, endpoint: &str, outcome: &str) {
+        let labels = l([("endpoint", endpoint), ("outcome", outcome)]);
+        self.api_requests.get_or_create(&labels).inc();
+    }
+
+    pub fn api_retry(&self, endpoint: &str) {
+        self.api_retries
+            .get_or_create(&l([("endpoint", endpoint)]))
+            .inc();
+    }
+
+    pub fn run_finished(&self, job: &str, took: Duration) {
+        let h = self.run_duration.get_or_create(&l([("job", job)]));
+        h.observe(took.as_secs_f64());
+    }
+
+    /// The snapshots a run saw on its job's server: the job's own, and the others.
+    pub fn snapshots_seen(&self, job: &str, server_id: u64, managed: usize, unmanaged: usize) {
+        let server = server_id.to_string();
+        for (owner, n) in [("managed", managed), ("unmanaged", unmanaged)] {
+            let labels = l([("job", job), ("server_id", &server), ("owner", owner)]);
+            self.snapshots
+                .get_or_create(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// One delivery attempt on `channel`: `sent` or `failed`.
+    pub fn delivery(&self, channel: &str, outcome: &str) {
+        let labels = l([("channel", channel), ("outcome", outcome)]);
+        self.deliveries.get_or_create(&labels).inc();
+    }
+
+    /// One ping: `sent`, `failed` (retried) or `dropped`.
+    pub fn ping(&self, kind: &str, outcome: &str) {
+        let labels = l([("kind", kind), ("outcome", outcome)]);
+        self.pings.get_or_create(&labels).inc();
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "vps_snapshot_api_requests",
+            "API requests sent, by endpoint and outcome",
+            self.api_requests.clone(),
+        );
+        r.register(
+            "vps_snapshot_api_retries",
+            "API requests sent again after a transient failure",
+            self.api_retries.clone(),
+        );
+        r.register_with_unit(
+            "vps_snapshot_run_duration",
+            "How long snapshot runs took, start to end",
+            Unit::Seconds,
+            self.run_duration.clone(),
+        );
+        r.register(
+            "vps_snapshot_server_snapshots",
+            "Snapshots on the job's server when its last run ended in this process, by owner (managed: the job's own)",
+            self.snapshots.clone(),
+        );
+        r.register(
+            "vps_snapshot_alert_delivery_attempts",
+            "Alert delivery attempts, by channel and outcome",
+            self.deliveries.clone(),
+        );
+        r.register(
+            "vps_snapshot_pings",
+            "Dead-man pings, by kind and outcome (sent, failed and retried, dropped when expired)",
+            self.pings.clone(),
+        );
+    }
+}
+
+fn seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+fn float_family(r: &mut Registry, name: &str, help: &str) -> Family<Labels1, FloatGauge> {
+    let f = Family::<Labels1, FloatGauge>::default();
+    r.register_with_unit(name, help, Unit::Seconds, f.clone());
+    f
+}
+
+/// The per-job figures the database knows.
+async fn jobs(
+    r: &mut Registry,
+    db: &Database,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> DbResult<()> {
+    let names: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
+    let summaries = db.job_summaries(&names).await?;
+    let start = float_family(
+        r,
+        "vps_snapshot_job_last_run_start_timestamp",
+        "When the job's last run started (Unix time)",
+    );
+    let end = float_family(
+        r,
+        "vps_snapshot_job_last_run_end_timestamp",
+        "When the job's last run ended (Unix time)",
+    );
+    let success = float_family(
+        r,
+        "vps_snapshot_job_last_success_timestamp",
+        "When the job's last successful run ended (Unix time)",
+    );
+    let next = float_family(
+        r,
+        "vps_snapshot_job_next_fire_timestamp",
+        "When the job fires next (Unix time)",
+    );
+    let status = Family::<Labels2, Gauge>::default();
+    r.register(
+        "vps_snapshot_job_last_status",
+        "1 for the status of the job's last run (running, succeeded, failed, interrupted), 0 for the others",
+        status.clone(),
+    );
+    let mut memo: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
+    for job in &settings.jobs {
+        let key = l([("job", job.name.as_str())]);
+        let (last, last_success) = summaries.get(&job.name).cloned().unwrap_or_default();
+        if let Some(run) = &last {
+            start.get_or_create(&key).set(seconds(run.started_at));
+            if let Some(t) = run.finished_at {
+                end.get_or_create(&key).set(seconds(t));
+            }
+            for s in [
+                RunStatus::Running,
+                RunStatus::Succeeded,
+                RunStatus::Failed,
+                RunStatus::Interrupted,
+            ] {
+                let labels = l([("job", job.name.as_str()), ("status", s.as_str())]);
+                status
+                    .get_or_create(&labels)
+                    .set(i64::from(run.status == s));
+            }
+        }
+        if let Some(t) = last_success {
+            success.get_or_create(&key).set(seconds(t));
+        }
+        let expr = format!("{:?}{}", job.trigger, job.timezone);
+        let fire = *memo
+            .entry(expr)
+            .or_insert_with(|| crate::schedule::next_fire(job, now));
+        if let Some(t) = fire {
+            next.get_or_create(&key).set(seconds(t));
+        }
+    }
+    Ok(())
+}
+
+/// What the outbox holds.
+async fn outbox(r: &mut Registry, db: &Database) -> DbResult<()> {
+    let counts = db.outbox_counts().await?;
+    let queued = Counter::<u64>::default();
+    queued.inc_by(u64::try_from(counts.queued).unwrap_or(0));
+    r.register("vps_snapshot_alerts_queued", "Alerts queued, ever", queued);
+    let delivered = Family::<Labels1, Counter>::default();
+    let pending = Family::<Labels1, Gauge>::default();
+    for (channel, sent, owed) in &counts.channels {
+        let key = l([("channel", channel.as_str())]);
+        delivered
+            .get_or_create(&key)
+            .inc_by(u64::try_from(*sent).unwrap_or(0));
+        pending.get_or_create(&key).set(*owed);
+    }
+    r.register(
+        "vps_snapshot_alerts_delivered",
+        "Alerts delivered, by channel",
+        delivered,
+    );
+    r.register(
+        "vps_snapshot_alerts_pending",
+        "Alerts queued and not yet delivered, by channel",
+        pending,
+    );
+    Ok(())
+}
+
+/// Every metric, in the Prometheus text format.
+pub async fn render(db: &Database, settings: &Settings, now: DateTime<Utc>) -> DbResult<String> {
+    let mut r = Registry::default();
+    let info = Family::<Labels1, Gauge>::default();
+    info.get_or_create(&l([("version", env!("CARGO_PKG_VERSION"))]))
+        .set(1);
+    r.register(
+        "vps_snapshot_agent_build_info",
+        "The agent's version (always 1)",
+        info,
+    );
+    global().register(&mut r);
+    jobs(&mut r, db, settings, now).await?;
+    outbox(&mut r, db).await?;
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_text::encode(&mut out, &r);
+    Ok(out)
+}
+
+/// Writes the metrics to `path` for node_exporter's textfile collector: a temporary file
+/// beside it, then a rename, so the collector never reads half a file.
+pub fn write_textfile(path: &Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".agent.prom.")
+        .tempfile_in(dir)
+        .with_context(|| format!("metrics.textfile: cannot write in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("metrics.textfile: cannot write {}", tmp.path().display()))?;
+    // node_exporter runs as its own user: the file must be readable by others.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .with_context(|| {
+        format!(
+            "metrics.textfile: cannot make {} readable",
+            tmp.path().display()
+        )
+    })?;
+    tmp.persist(path)
+        .with_context(|| format!("metrics.textfile: cannot rename onto {}", path.display()))?;
+    Ok(())
+}
+
+/// Renders and writes the textfile if one is configured; a failure is logged.
+pub async fn update_textfile(db: &Database, settings: &Settings, now: DateTime<Utc>) {
+    let Some(path) = settings.metrics.as_ref().and_then(|m| m.textfile.as_ref()) else {
+        return;
+    };
+    let written = match render(db, settings, now).await {
+        Ok(text) => write_textfile(path, &text),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = written {
+        tracing::warn!("{e:#}");
+    }
+}

@@ -1,0 +1,163 @@
+//! `[metrics] listen`: `GET /metrics` (the Prometheus text format) and `GET /healthz`
+//! (200 while the daemon's loop is turning, 503 when it has stopped). Read-only: any
+//! other method is refused, any other path is 404.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::db::Database;
+
+/// When the daemon's loop last turned, for `/healthz`.
+#[derive(Clone)]
+pub struct Health {
+    origin: Instant,
+    last: Arc<AtomicU64>,
+    /// Longer than this without a turn is unhealthy.
+    pub max_silence: Duration,
+}
+
+impl Health {
+    pub fn new(max_silence: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            last: Arc::default(),
+            max_silence,
+        }
+    }
+
+    /// The loop turned.
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn alive(&self) -> bool {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last) <= self.max_silence
+    }
+}
+
+/// What a request is answered from.
+#[derive(Clone)]
+struct Source {
+    db: Database,
+    settings: watch::Receiver<Arc<Settings>>,
+    clock: SharedClock,
+    health: Health,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn text(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+impl Source {
+    async fn answer(&self, req: Request<Incoming>) -> Resp {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                PLAIN,
+                "read-only: GET only\n",
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                let settings = self.settings.borrow().clone();
+                match super::render(&self.db, &settings, self.clock.now()).await {
+                    Ok(body) => text(
+                        StatusCode::OK,
+                        prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                        body,
+                    ),
+                    Err(e) => {
+                        tracing::warn!("/metrics: {e}");
+                        text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{e}\n"))
+                    }
+                }
+            }
+            "/healthz" if self.health.alive() => text(StatusCode::OK, PLAIN, "ok\n"),
+            "/healthz" => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                PLAIN,
+                "the scheduler loop has stopped turning\n",
+            ),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                PLAIN,
+                "not found: try /metrics or /healthz\n",
+            ),
+        }
+    }
+}
+
+/// Binds `addr` and serves until `stop`; the address bound is returned (port 0 picks one).
+pub async fn serve(
+    addr: SocketAddr,
+    db: Database,
+    settings: watch::Receiver<Arc<Settings>>,
+    clock: SharedClock,
+    health: Health,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let source = Source {
+        db,
+        settings,
+        clock,
+        health,
+    };
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let (source, stop) = (source.clone(), stop.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let source = source.clone();
+                    async move { Ok::<_, std::convert::Infallible>(source.answer(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    _ = conn => {}
+                }
+            });
+        }
+    });
+    Ok(bound)
+}

@@ -1,0 +1,144 @@
+//! A loopback HTTP receiver standing in for Healthchecks, a webhook, Slack and ntfy: it
+//! records every request and answers as planned (200, a status, or slowly).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// One request received.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+/// How the next request is answered; after the plan, 200.
+#[derive(Debug, Clone, Copy)]
+pub enum Reply {
+    Status(u16),
+    /// 200 after this long (not counted as received: the sender has given up).
+    Slow(Duration),
+}
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    got: Arc<Mutex<Vec<Got>>>,
+    plan: Arc<Mutex<VecDeque<Reply>>>,
+    _stop: DropGuard,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got: Arc<Mutex<Vec<Got>>> = Arc::default();
+        let plan: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let (g, p, s) = (got.clone(), plan.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = s.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let (g, p) = (g.clone(), p.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (g, p) = (g.clone(), p.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let reply = p.lock().unwrap().pop_front();
+                            let (code, counts) = match reply {
+                                Some(Reply::Status(c)) => (c, false),
+                                // Answered after the sender gave up: not delivered.
+                                Some(Reply::Slow(d)) => {
+                                    tokio::time::sleep(d).await;
+                                    (200, false)
+                                }
+                                None => (200, true),
+                            };
+                            if counts {
+                                g.lock().unwrap().push(Got {
+                                    method: parts.method.to_string(),
+                                    path: parts.uri.path().to_string(),
+                                    headers: parts
+                                        .headers
+                                        .iter()
+                                        .map(|(k, v)| {
+                                            (k.to_string(), v.to_str().unwrap_or("").to_string())
+                                        })
+                                        .collect(),
+                                    body: String::from_utf8_lossy(&body).into_owned(),
+                                });
+                            }
+                            let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+                            *r.status_mut() = StatusCode::from_u16(code).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            got,
+            plan,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answers the next requests so, in order.
+    pub fn plan(&self, replies: &[Reply]) {
+        self.plan.lock().unwrap().extend(replies.iter().copied());
+    }
+
+    /// The requests answered 200 at once whose path starts with `prefix`.
+    pub fn got(&self, prefix: &str) -> Vec<Got> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.path.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (up to a minute) until `n` requests under `prefix` have been received.
+    pub async fn wait_for(&self, prefix: &str, n: usize) -> Vec<Got> {
+        for _ in 0..600 {
+            let got = self.got(prefix);
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "fewer than {n} requests to {prefix}: {:?}",
+            self.got(prefix)
+        );
+    }
+}
