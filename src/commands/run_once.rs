@@ -63,25 +63,7 @@ pub async fn run_jobs(
     runner: &Runner,
     jobs: &[JobSettings],
 ) -> anyhow::Result<Verdict> {
-    let outbox = mail::Outbox::from_settings(settings, runner.db.clone(), runner.clock.clone())?
-        .map(Arc::new);
-    match &outbox {
-        Some(o) => o.register().await?,
-        None => runner.db.set_channels(&[]).await?,
-    }
-    // Alerts queued earlier go first, backoff or not; a channel unreachable now is not
-    // tried again at the end (its new alerts stay queued for the daemon rather than
-    // costing a second timeout).
-    let unreachable: Vec<String> = match &outbox {
-        Some(o) => o
-            .deliver(true, &[])
-            .await
-            .failed
-            .into_iter()
-            .map(|(c, _)| c)
-            .collect(),
-        None => Vec::new(),
-    };
+    let (outbox, unreachable) = open_outbox(settings, runner).await?;
     let pinger = outbox
         .clone()
         .map(|o| Pinger::start(o, runner.kick.clone()));
@@ -148,6 +130,25 @@ pub async fn run_jobs(
     } else {
         Verdict::Succeeded
     })
+}
+
+/// The outbox with its channels registered, after one attempt to deliver what was
+/// queued before (backoff or not); the channels that failed it are not tried again at
+/// the end (their new alerts stay queued for the daemon rather than costing a second
+/// timeout).
+async fn open_outbox(
+    settings: &Settings,
+    runner: &Runner,
+) -> anyhow::Result<(Option<Arc<mail::Outbox>>, Vec<String>)> {
+    let outbox = mail::Outbox::from_settings(settings, runner.db.clone(), runner.clock.clone())?
+        .map(Arc::new);
+    let Some(o) = &outbox else {
+        runner.db.set_channels(&[]).await?;
+        return Ok((None, Vec::new()));
+    };
+    o.register().await?;
+    let failed = o.deliver(true, &[]).await.failed;
+    Ok((outbox, failed.into_iter().map(|(c, _)| c).collect()))
 }
 
 /// Sends the runs' pings as they are queued (a `/start` is worth little at the end),

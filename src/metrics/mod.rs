@@ -37,11 +37,19 @@ fn duration_histogram() -> Histogram {
     ])
 }
 
+/// How late a scheduled run started: 50 ms to about 10 min.
+fn lateness_histogram() -> Histogram {
+    Histogram::new([
+        0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+    ])
+}
+
 /// What this process counts as it goes.
 pub struct Metrics {
     api_requests: Family<Labels2, Counter>,
     api_retries: Family<Labels1, Counter>,
     run_duration: Family<Labels1, Histogram, fn() -> Histogram>,
+    lateness: Family<Labels1, Histogram, fn() -> Histogram>,
     snapshots: Family<Labels3, Gauge>,
     deliveries: Family<Labels2, Counter>,
     pings: Family<Labels2, Counter>,
@@ -51,6 +59,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     api_requests: Family::default(),
     api_retries: Family::default(),
     run_duration: Family::new_with_constructor(duration_histogram),
+    lateness: Family::new_with_constructor(lateness_histogram),
     snapshots: Family::default(),
     deliveries: Family::default(),
     pings: Family::default(),
@@ -79,8 +88,14 @@ impl Metrics {
             .inc();
     }
 
+    /// A run for a fire time started `late` after it.
+    pub fn run_started(&self, job: &str, late: Duration) {
+        let h = self.lateness.get_or_create(&l([("job_name", job)]));
+        h.observe(late.as_secs_f64());
+    }
+
     pub fn run_finished(&self, job: &str, took: Duration) {
-        let h = self.run_duration.get_or_create(&l([("job", job)]));
+        let h = self.run_duration.get_or_create(&l([("job_name", job)]));
         h.observe(took.as_secs_f64());
     }
 
@@ -88,7 +103,7 @@ impl Metrics {
     pub fn snapshots_seen(&self, job: &str, server_id: u64, managed: usize, unmanaged: usize) {
         let server = server_id.to_string();
         for (owner, n) in [("managed", managed), ("unmanaged", unmanaged)] {
-            let labels = l([("job", job), ("server_id", &server), ("owner", owner)]);
+            let labels = l([("job_name", job), ("server_id", &server), ("owner", owner)]);
             self.snapshots
                 .get_or_create(&labels)
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -107,6 +122,37 @@ impl Metrics {
         self.pings.get_or_create(&labels).inc();
     }
 
+    /// Counters start at 0 for what `settings` makes possible, so a rate over them is
+    /// defined before the first event (a retry, a failed delivery).
+    fn init(&self, settings: &Settings) {
+        for endpoint in ["list", "create", "delete", "restore"] {
+            self.api_retries.get_or_create(&l([("endpoint", endpoint)]));
+        }
+        let email = settings.email.as_ref().map(|_| "email");
+        let channels = email
+            .into_iter()
+            .chain(settings.notify.iter().map(|n| n.name.as_str()));
+        for channel in channels {
+            for outcome in ["sent", "failed"] {
+                self.deliveries
+                    .get_or_create(&l([("channel", channel), ("outcome", outcome)]));
+            }
+        }
+        let mut kinds = Vec::new();
+        if settings.jobs.iter().any(|j| j.ping_url.is_some()) {
+            kinds.extend(["start", "success", "fail"]);
+        }
+        if settings.heartbeat.is_some() {
+            kinds.push("heartbeat");
+        }
+        for kind in kinds {
+            for outcome in ["sent", "failed", "dropped"] {
+                self.pings
+                    .get_or_create(&l([("kind", kind), ("outcome", outcome)]));
+            }
+        }
+    }
+
     fn register(&self, r: &mut Registry) {
         r.register(
             "vps_snapshot_api_requests",
@@ -123,6 +169,12 @@ impl Metrics {
             "How long snapshot runs took, start to end",
             Unit::Seconds,
             self.run_duration.clone(),
+        );
+        r.register_with_unit(
+            "vps_snapshot_run_lateness",
+            "How long after its fire time a scheduled (or caught-up) run started",
+            Unit::Seconds,
+            self.lateness.clone(),
         );
         r.register(
             "vps_snapshot_server_snapshots",
@@ -181,15 +233,20 @@ async fn jobs(
         "vps_snapshot_job_next_fire_timestamp",
         "When the job fires next (Unix time)",
     );
+    let stale = float_family(
+        r,
+        "vps_snapshot_job_stale_after",
+        "How long the job may go without a success before it is stale",
+    );
     let status = Family::<Labels2, Gauge>::default();
     r.register(
         "vps_snapshot_job_last_status",
         "1 for the status of the job's last run (running, succeeded, failed, interrupted), 0 for the others",
         status.clone(),
     );
-    let mut memo: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
+    let mut memo: HashMap<String, (Option<DateTime<Utc>>, Duration)> = HashMap::new();
     for job in &settings.jobs {
-        let key = l([("job", job.name.as_str())]);
+        let key = l([("job_name", job.name.as_str())]);
         let (last, last_success) = summaries.get(&job.name).cloned().unwrap_or_default();
         if let Some(run) = &last {
             start.get_or_create(&key).set(seconds(run.started_at));
@@ -202,7 +259,7 @@ async fn jobs(
                 RunStatus::Failed,
                 RunStatus::Interrupted,
             ] {
-                let labels = l([("job", job.name.as_str()), ("status", s.as_str())]);
+                let labels = l([("job_name", job.name.as_str()), ("status", s.as_str())]);
                 status
                     .get_or_create(&labels)
                     .set(i64::from(run.status == s));
@@ -211,13 +268,21 @@ async fn jobs(
         if let Some(t) = last_success {
             success.get_or_create(&key).set(seconds(t));
         }
-        let expr = format!("{:?}{}", job.trigger, job.timezone);
-        let fire = *memo
-            .entry(expr)
-            .or_insert_with(|| crate::schedule::next_fire(job, now));
+        let expr = format!("{:?}{}{:?}", job.trigger, job.timezone, job.stale_after);
+        let (fire, stale_after) = *memo.entry(expr).or_insert_with(|| {
+            let job = crate::config::JobSettings {
+                trigger: job.trigger.parsed(),
+                ..job.clone()
+            };
+            (
+                crate::schedule::next_fire(&job, now),
+                crate::schedule::stale_after(&job, now),
+            )
+        });
         if let Some(t) = fire {
             next.get_or_create(&key).set(seconds(t));
         }
+        stale.get_or_create(&key).set(stale_after.as_secs_f64());
     }
     Ok(())
 }
@@ -261,6 +326,7 @@ pub async fn render(db: &Database, settings: &Settings, now: DateTime<Utc>) -> D
         "The agent's version (always 1)",
         info,
     );
+    global().init(settings);
     global().register(&mut r);
     jobs(&mut r, db, settings, now).await?;
     outbox(&mut r, db).await?;

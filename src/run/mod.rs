@@ -335,7 +335,7 @@ impl Runner {
             .await?;
         tracing::Span::current().record("run", run_id.get());
         tracing::info!(%trigger, "run started");
-        self.start_ping(job, run_id).await;
+        self.start_ping(job, run_id, scheduled_for).await;
         let mut st = RunState::new(run_id, job, started_at, scheduled_for);
         st.trigger = trigger;
         let result = match self.lock(job.server_id, Some(run_id)).await {

@@ -1,4 +1,5 @@
-//! A job's dead-man pings: `/start` queued when a run starts, the bare URL or `/fail` in
+//! A run's start and end as seen from outside: the lateness metric, and the job's
+//! dead-man pings: `/start` queued when a run starts, the bare URL or `/fail` in
 //! the transaction that ends it. Queued only: the outbox sends them, so a ping never
 //! holds a run up.
 
@@ -53,7 +54,16 @@ pub fn end_ping(
 
 impl Runner {
     /// Queues the `/start` ping of a run just recorded; a failure is logged, not fatal.
-    pub(super) async fn start_ping(&self, job: &JobSettings, run_id: RunId) {
+    pub(super) async fn start_ping(
+        &self,
+        job: &JobSettings,
+        run_id: RunId,
+        scheduled_for: Option<DateTime<Utc>>,
+    ) {
+        if let Some(at) = scheduled_for {
+            let late = (self.now() - at).to_std().unwrap_or_default();
+            crate::metrics::global().run_started(&job.name, late);
+        }
         let Some(p) = job_ping(job, run_id, PingKind::Start, String::new(), self.now()) else {
             return;
         };

@@ -155,14 +155,14 @@ async fn each_channel_gets_each_alert_once_and_the_job_pings_its_check() {
     let success = value(
         &scrape,
         "vps_snapshot_job_last_success_timestamp_seconds",
-        &[("job", "web")],
+        &[("job_name", "web")],
     );
     assert!(success.unwrap() > 1.7e9, "{success:?}");
     assert_eq!(
         value(
             &scrape,
             "vps_snapshot_job_last_status",
-            &[("job", "web"), ("status", "succeeded")]
+            &[("job_name", "web"), ("status", "succeeded")]
         ),
         Some(1.0)
     );
@@ -325,6 +325,55 @@ async fn a_ping_is_retried_until_it_expires_then_dropped_never_sent_late() {
     );
 }
 
+/// Every metric the shipped dashboard and alert rules query is one the agent exports
+/// (`# TYPE` lines name every family, samples or not).
+fn contrib_uses_only(exported: &str) {
+    let families: std::collections::HashSet<&str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(queries.len() >= 10, "a panel per figure: {queries:?}");
+    let rules = std::fs::read_to_string(root.join("prometheus-alerts.yml")).unwrap();
+    queries.extend(
+        rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr: "))
+            .map(str::to_string),
+    );
+    let mut seen = 0;
+    for q in &queries {
+        for (i, _) in q.match_indices("vps_snapshot_") {
+            let name: String = q[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(f)))
+                .unwrap_or(&name);
+            assert!(
+                families.contains(family),
+                "{name} (in `{q}`) is not exported: {families:?}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 15, "{seen} metric references checked");
+}
+
 /// A port nothing listens on yet.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -341,8 +390,9 @@ async fn a_running_daemon_serves_metrics_healthz_and_sends_its_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let extra = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[heartbeat]\nurl = \"{}\"\nevery = \"10s\"\n{}",
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[heartbeat]\nurl = \"{}\"\nevery = \"10s\"\n[[notify]]\nkind = \"webhook\"\nurl = \"{}\"\n{}",
         hc.url("/beat"),
+        hc.url("/hook"),
         job(&hc.url("/p"), "*/2 * * * * *")
     );
     let cfg = config(dir.path(), &s.base_url(), &extra);
@@ -366,7 +416,7 @@ async fn a_running_daemon_serves_metrics_healthz_and_sends_its_heartbeat() {
         if value(
             &m,
             "vps_snapshot_run_duration_seconds_count",
-            &[("job", "web")],
+            &[("job_name", "web")],
         )
         .unwrap_or(0.0)
             >= 1.0
@@ -377,6 +427,21 @@ async fn a_running_daemon_serves_metrics_healthz_and_sends_its_heartbeat() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let m = scrape.expect("a run is counted within 30 s");
+    let exported = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    contrib_uses_only(&exported);
+    // For CI's `promtool check metrics` (the naming conventions' linter).
+    std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics-sample.prom"),
+        &exported,
+    )
+    .unwrap();
     assert_eq!(
         value(
             &m,
@@ -398,7 +463,7 @@ async fn a_running_daemon_serves_metrics_healthz_and_sends_its_heartbeat() {
         value(
             &m,
             "vps_snapshot_job_next_fire_timestamp_seconds",
-            &[("job", "web")]
+            &[("job_name", "web")]
         )
         .unwrap()
             > 1.7e9
@@ -407,7 +472,7 @@ async fn a_running_daemon_serves_metrics_healthz_and_sends_its_heartbeat() {
         value(
             &m,
             "vps_snapshot_server_snapshots",
-            &[("job", "web"), ("owner", "managed")]
+            &[("job_name", "web"), ("owner", "managed")]
         )
         .is_some()
     );
