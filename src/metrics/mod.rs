@@ -126,7 +126,8 @@ impl Metrics {
     /// defined before the first event (a retry, a failed delivery).
     fn init(&self, settings: &Settings) {
         for endpoint in ["list", "create", "delete", "restore"] {
-            self.api_retries.get_or_create(&l([("endpoint", endpoint)]));
+            // Created at 0; the guard is released at once.
+            let _ = self.api_retries.get_or_create(&l([("endpoint", endpoint)]));
         }
         let email = settings.email.as_ref().map(|_| "email");
         let channels = email
@@ -134,7 +135,8 @@ impl Metrics {
             .chain(settings.notify.iter().map(|n| n.name.as_str()));
         for channel in channels {
             for outcome in ["sent", "failed"] {
-                self.deliveries
+                let _ = self
+                    .deliveries
                     .get_or_create(&l([("channel", channel), ("outcome", outcome)]));
             }
         }
@@ -147,7 +149,8 @@ impl Metrics {
         }
         for kind in kinds {
             for outcome in ["sent", "failed", "dropped"] {
-                self.pings
+                let _ = self
+                    .pings
                     .get_or_create(&l([("kind", kind), ("outcome", outcome)]));
             }
         }
