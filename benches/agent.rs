@@ -564,6 +564,30 @@ async fn bench_history(r: &mut Report, runs: u64) {
         "ms",
         "",
     );
+    // What one scrape of /metrics costs the daemon: the database's part and the encoding.
+    let settings = Settings::load(&cfg).unwrap();
+    let db = Database::open(&settings.database).await.unwrap();
+    let mut scrapes = Vec::new();
+    let mut size = 0;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let text = vps_snapshot_agent::metrics::render(&db, &settings, Utc::now())
+            .await
+            .unwrap();
+        scrapes.push(t.elapsed().as_secs_f64() * 1000.0);
+        size = text.len();
+    }
+    db.close().await;
+    r.add(
+        "metrics_render_ms",
+        &format!(
+            "/metrics body, 1000 jobs, {runs} runs ({} KiB; in process, p50)",
+            size / 1024
+        ),
+        percentile(&mut scrapes, 50.0),
+        "ms",
+        "",
+    );
 }
 
 /// Schedule lateness of the real daemon (tokio-cron-scheduler one-shots): started_at minus

@@ -13,6 +13,9 @@ CREATE TABLE deliveries (
     next_attempt_at INTEGER NOT NULL,
     sent_at INTEGER,
     last_error TEXT,
+    -- A process sending it holds it until then: two processes on one database (the
+    -- daemon and a run-once) never send the same alert twice on a channel.
+    claimed_until INTEGER,
     PRIMARY KEY (alert_id, channel)
 );
 
@@ -50,7 +53,8 @@ CREATE TABLE pings (
     next_attempt_at INTEGER NOT NULL,
     sent_at INTEGER,
     dropped_at INTEGER,
-    last_error TEXT
+    last_error TEXT,
+    claimed_until INTEGER
 );
 
 CREATE INDEX pings_pending ON pings (next_attempt_at) WHERE sent_at IS NULL AND dropped_at IS NULL;

@@ -22,6 +22,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30 * 60);
 /// A ping is retried sooner: it is worth nothing once it expires.
 const PING_BACKOFF_BASE: Duration = Duration::from_secs(5);
 const PING_BACKOFF_CAP: Duration = Duration::from_secs(120);
+/// How long a delivery or a ping is held by the process sending it (a process that dies
+/// mid-send leaves it to the others after this).
+const CLAIM: Duration = Duration::from_secs(300);
 /// Pings sent or dropped are forgotten after this.
 const PING_KEEP: chrono::Duration = chrono::Duration::days(7);
 
@@ -89,6 +92,12 @@ pub struct Outbox {
 fn backoff(attempts: i64, base: Duration, cap: Duration) -> Duration {
     let exp = u32::try_from(attempts.clamp(0, 10)).unwrap_or(10);
     base.saturating_mul(2u32.pow(exp)).min(cap)
+}
+
+/// The end of a claim taken at `now`, a few random milliseconds apart from any other
+/// process's (the claim's value is what a process finds its rows by).
+fn claim_until(now: DateTime<Utc>) -> DateTime<Utc> {
+    later(now, CLAIM + Duration::from_millis(fastrand::u64(0..60_000)))
 }
 
 fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -211,7 +220,7 @@ impl Outbox {
     ) -> Result<usize, String> {
         let due = self
             .db
-            .due_alerts(c.name(), (!all).then_some(now))
+            .claim_alerts(c.name(), now, all, claim_until(now))
             .await
             .map_err(|e| {
                 tracing::error!("{e}");
@@ -270,9 +279,11 @@ impl Outbox {
     /// Sends the pings that are due, each on its own; drops those that expired.
     pub async fn deliver_pings(&self) {
         let now = self.clock.now();
-        let due = match self.db.due_pings(now).await {
+        let due = match self.db.claim_pings(now, claim_until(now)).await {
             Ok(d) => d,
-            Err(e) => return tracing::error!("{e}"),
+            Err(e) => {
+                return tracing::error!("{e}");
+            }
         };
         let mut sends = tokio::task::JoinSet::new();
         for p in due {
@@ -280,7 +291,11 @@ impl Outbox {
             let (http, db, clock) = (self.http.clone(), self.db.clone(), self.clock.clone());
             sends.spawn(async move { send_ping(&http, &db, &clock, p, target).await });
         }
-        while sends.join_next().await.is_some() {}
+        while let Some(done) = sends.join_next().await {
+            if let Err(e) = done {
+                tracing::error!("sending a ping failed: {e}");
+            }
+        }
         if let Err(e) = self.db.prune_pings(now - PING_KEEP).await {
             tracing::warn!("{e}");
         }

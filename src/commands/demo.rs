@@ -81,9 +81,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("=== history (agent history) ===");
     output::history(&db.history(None, 50).await?);
-    println!("\n=== metrics (what GET /metrics serves with [metrics] listen; buckets left out) ===");
+    println!(
+        "\n=== metrics (what GET /metrics serves with [metrics] listen; buckets left out) ==="
+    );
     let metrics = crate::metrics::render(&db, &settings, clock.now()).await?;
-    for line in metrics.lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket{")) {
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains("_bucket{"))
+    {
         println!("{line}");
     }
     let requests = server.sim.requests().total;

@@ -191,8 +191,8 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
 
 /// What waits in the outbox, or why nothing can.
 fn print_alerts(settings: &crate::config::Settings, status: &Status) {
-    if settings.email.is_none() {
-        println!("\nemail alerts: off ([email] not configured)");
+    if settings.email.is_none() && settings.notify.is_empty() {
+        println!("\nalerts: off (no [email], no [[notify]])");
     } else if status.pending_alerts.is_empty() {
         println!("\nalerts: none waiting to be delivered");
     } else {
@@ -201,8 +201,13 @@ fn print_alerts(settings: &crate::config::Settings, status: &Status) {
             status.pending_alerts.len()
         );
         for a in &status.pending_alerts {
+            let on = if a.channels.is_empty() {
+                String::new()
+            } else {
+                format!(" for {}", a.channels.join(", "))
+            };
             println!(
-                "  {} queued {} UTC, {} attempt(s){}",
+                "  {} queued {} UTC{on}, {} attempt(s){}",
                 a.subject,
                 output::time(a.created_at),
                 a.attempts,

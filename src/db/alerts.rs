@@ -168,24 +168,42 @@ impl Database {
         tx.commit().await.map_err(self.err(what))
     }
 
-    /// Alerts `channel` still owes whose next attempt is due at `now` (every one it owes
-    /// when `now` is `None`), oldest first.
-    pub async fn due_alerts(
+    /// Claims, until `until`, the alerts `channel` still owes whose next attempt is due
+    /// at `now` (every one it owes with `all`) and no other process is sending; returns
+    /// them, oldest first. The claim ends when the delivery is marked sent or failed.
+    pub async fn claim_alerts(
         &self,
         channel: &str,
-        now: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        all: bool,
+        until: DateTime<Utc>,
     ) -> DbResult<Vec<PendingAlert>> {
+        let what = "cannot read the alert outbox";
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE deliveries SET claimed_until = ? WHERE channel = ? AND sent_at IS NULL \
+               AND (claimed_until IS NULL OR claimed_until <= ?) AND (? OR next_attempt_at <= ?)",
+        )
+        .bind(ms(until))
+        .bind(channel)
+        .bind(ms(now))
+        .bind(all)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(self.err(what))?;
         let sql = format!(
             "SELECT {ALERT_COLUMNS}, d.attempts, d.next_attempt_at, d.last_error, d.channel AS channels \
              FROM deliveries d JOIN alerts a ON a.id = d.alert_id \
-             WHERE d.channel = ? AND d.sent_at IS NULL AND d.next_attempt_at <= ? ORDER BY a.id"
+             WHERE d.channel = ? AND d.sent_at IS NULL AND d.claimed_until = ? ORDER BY a.id"
         );
         let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(channel)
-            .bind(now.map_or(i64::MAX, ms))
-            .fetch_all(self.pool())
+            .bind(ms(until))
+            .fetch_all(&mut *tx)
             .await
-            .map_err(self.err("cannot read the alert outbox"))?;
+            .map_err(self.err(what))?;
+        tx.commit().await.map_err(self.err(what))?;
         Ok(rows.into_iter().map(PendingAlert::from).collect())
     }
 
@@ -218,7 +236,7 @@ impl Database {
         let mut tx = self.begin().await?;
         for id in ids {
             sqlx::query(
-                "UPDATE deliveries SET sent_at = ?, attempts = attempts + 1, last_error = NULL \
+                "UPDATE deliveries SET sent_at = ?, attempts = attempts + 1, last_error = NULL, claimed_until = NULL \
                  WHERE alert_id = ? AND channel = ?",
             )
             .bind(ms(at))
@@ -244,7 +262,7 @@ impl Database {
         let mut tx = self.begin().await?;
         for id in ids {
             sqlx::query(
-                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? \
+                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, claimed_until = NULL \
                  WHERE alert_id = ? AND channel = ?",
             )
             .bind(error)

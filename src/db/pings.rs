@@ -2,7 +2,7 @@
 //! the same delivery pass as alerts, dropped rather than sent once they have expired.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Sqlite, Transaction};
 
 use super::{Database, DbResult, from_ms, ms};
 use crate::domain::RunId;
@@ -93,14 +93,69 @@ impl Database {
 
     /// Pings neither sent nor dropped whose next attempt is due at `now`, oldest first.
     pub async fn due_pings(&self, now: DateTime<Utc>) -> DbResult<Vec<PendingPing>> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, job, kind, body, created_at, expires_at, attempts FROM pings \
-             WHERE sent_at IS NULL AND dropped_at IS NULL AND next_attempt_at <= ? ORDER BY id",
+        self.pings_where(
+            "next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until <= ?)",
+            now,
+            None,
         )
-        .bind(ms(now))
-        .fetch_all(self.pool())
         .await
-        .map_err(self.err("cannot read the ping outbox"))?;
+    }
+
+    /// Claims, until `until`, the pings due at `now` that no other process is sending,
+    /// and returns them; the claim ends when the ping is recorded sent, failed or dropped.
+    pub async fn claim_pings(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> DbResult<Vec<PendingPing>> {
+        self.pings_where(
+            "next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until <= ?)",
+            now,
+            Some(until),
+        )
+        .await
+    }
+
+    async fn pings_where(
+        &self,
+        due: &str,
+        now: DateTime<Utc>,
+        claim: Option<DateTime<Utc>>,
+    ) -> DbResult<Vec<PendingPing>> {
+        let what = "cannot read the ping outbox";
+        let open = "sent_at IS NULL AND dropped_at IS NULL";
+        let mut tx = self.begin().await?;
+        let select = "SELECT id, job, kind, body, created_at, expires_at, attempts FROM pings";
+        let rows: Vec<Row> = match claim {
+            // Claimed, then read back by the claim's value (as alerts are).
+            Some(until) => {
+                let sql = format!("UPDATE pings SET claimed_until = ? WHERE {open} AND {due}");
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(ms(until))
+                    .bind(ms(now))
+                    .bind(ms(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.err(what))?;
+                let sql = format!("{select} WHERE {open} AND claimed_until = ?");
+                sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(ms(until))
+                    .fetch_all(&mut *tx)
+                    .await
+            }
+            None => {
+                let sql = format!("{select} WHERE {open} AND {due}");
+                sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(ms(now))
+                    .bind(ms(now))
+                    .fetch_all(&mut *tx)
+                    .await
+            }
+        }
+        .map_err(self.err(what))?;
+        tx.commit().await.map_err(self.err(what))?;
+        let mut rows = rows;
+        rows.sort_by_key(|r| r.id);
         Ok(rows
             .into_iter()
             .map(|r| PendingPing {
@@ -126,12 +181,14 @@ impl Database {
     ) -> DbResult<()> {
         let sql = match (error, retry_at) {
             (None, _) => {
-                "UPDATE pings SET attempts = attempts + 1, sent_at = ?, last_error = ? WHERE id = ?"
+                "UPDATE pings SET attempts = attempts + 1, sent_at = ?, last_error = ?, claimed_until = NULL WHERE id = ?"
             }
             (Some(_), Some(_)) => {
-                "UPDATE pings SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?"
+                "UPDATE pings SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, claimed_until = NULL WHERE id = ?"
             }
-            (Some(_), None) => "UPDATE pings SET dropped_at = ?, last_error = ? WHERE id = ?",
+            (Some(_), None) => {
+                "UPDATE pings SET dropped_at = ?, last_error = ?, claimed_until = NULL WHERE id = ?"
+            }
         };
         sqlx::query(sql)
             .bind(ms(retry_at.unwrap_or(at)))

@@ -648,3 +648,53 @@ async fn status_and_history_are_coloured_on_a_terminal_only() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_database_never_send_an_alert_or_a_ping_twice() {
+    use vps_snapshot_agent::clock::Clock as _;
+    let r = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[notify]]\nkind = \"webhook\"\nurl = \"{}\"\n{}",
+        r.url("/hook"),
+        job(&r.url("/p"), "0 30 2 * * *")
+    );
+    let cfg = config(dir.path(), "http://127.0.0.1:9/api/v1/", &extra);
+    let settings = Settings::load(&cfg).unwrap();
+    let clock = Arc::new(VirtualClock::new(
+        Utc.with_ymd_and_hms(2026, 11, 28, 2, 30, 0).unwrap(),
+    ));
+    let mut boxes = Vec::new();
+    for _ in 0..2 {
+        let db = Database::open(&settings.database).await.unwrap();
+        let o = Outbox::from_settings(&settings, db, clock.clone())
+            .unwrap()
+            .unwrap();
+        o.register().await.unwrap();
+        boxes.push(o);
+    }
+    let db = Database::open(&settings.database).await.unwrap();
+    for i in 0..40 {
+        db.queue_alert(&vps_snapshot_agent::db::NewAlert {
+            job: Some(format!("job-{i}")),
+            server_id: None,
+            run_id: None,
+            kind: vps_snapshot_agent::alert::AlertKind::Stale,
+            subject: format!("[agent] STALE job-{i}"),
+            body: "b".into(),
+            created_at: clock.now(),
+        })
+        .await
+        .unwrap();
+        db.queue_ping(&ping(PingKind::Start, &clock)).await.unwrap();
+    }
+    for _ in 0..3 {
+        tokio::join!(boxes[0].deliver_all(), boxes[1].deliver_all());
+    }
+    let mut jobs: Vec<String> = webhook_alerts(&r).into_iter().map(|(_, j)| j).collect();
+    jobs.sort();
+    let mut want: Vec<String> = (0..40).map(|i| format!("job-{i}")).collect();
+    want.sort();
+    assert_eq!(jobs, want, "each alert once");
+    assert_eq!(r.got("/p/start").len(), 40, "each ping once");
+}
