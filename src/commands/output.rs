@@ -20,13 +20,35 @@ pub fn paint(status: impl std::fmt::Display) -> String {
     let text = status.to_string();
     let colour = match text.as_str() {
         "succeeded" | "started" => AnsiColor::Green,
-        "failed" => AnsiColor::Red,
+        "failed" | "STALE" => AnsiColor::Red,
         "running" => AnsiColor::Yellow,
         "interrupted" => AnsiColor::Magenta,
         _ => return text,
     };
     let style = anstyle::Style::new().fg_color(Some(colour.into()));
     format!("{style}{text}{style:#}")
+}
+
+/// Runs as marks, oldest first, each its own shape (so that they read without colour)
+/// and colour.
+pub fn timeline(runs: &[crate::db::RunStatus]) -> String {
+    use crate::db::RunStatus;
+    use anstyle::AnsiColor;
+    if runs.is_empty() {
+        return "-".into();
+    }
+    runs.iter()
+        .map(|s| {
+            let (mark, colour) = match s {
+                RunStatus::Succeeded | RunStatus::Started => ('●', AnsiColor::Green),
+                RunStatus::Failed => ('✗', AnsiColor::Red),
+                RunStatus::Interrupted => ('○', AnsiColor::Magenta),
+                RunStatus::Running => ('▶', AnsiColor::Yellow),
+            };
+            let style = anstyle::Style::new().fg_color(Some(colour.into()));
+            format!("{style}{mark}{style:#}")
+        })
+        .collect()
 }
 
 /// How wide `cell` shows (its colour codes take no room).

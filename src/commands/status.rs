@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{context, output};
 use crate::cli::StatusArgs;
 use crate::config::{JobSettings, Trigger};
-use crate::db::{Database, Owner, PendingAlert, Run, RunStatus};
+use crate::db::{Database, JobSummary, Owner, PendingAlert, Run, RunStatus};
 use crate::schedule;
 
 #[derive(Serialize)]
@@ -17,11 +17,20 @@ struct JobStatus {
     name: String,
     server_id: crate::domain::ServerId,
     next_run_at: Option<DateTime<Utc>>,
+    /// The same time in the job's zone (RFC 3339 with its offset).
+    next_run_at_local: Option<String>,
+    timezone: String,
+    /// The last 30 runs, oldest first: succeeded, failed, interrupted, and running last
+    /// when one is.
+    timeline: Vec<RunStatus>,
     last_run: Option<Run>,
     /// The last run is `running` but the process running it is gone: the next start of
     /// the agent finishes it.
     last_run_orphaned: bool,
     last_success_at: Option<DateTime<Utc>>,
+    /// Seconds since the last success.
+    last_success_age_secs: Option<i64>,
+    stale_after_secs: u64,
     /// No success for longer than `stale_after`.
     stale: bool,
     warnings: Vec<String>,
@@ -68,7 +77,7 @@ fn timing(job: &JobSettings, now: DateTime<Utc>, memo: &mut HashMap<String, Timi
 async fn job_status(
     db: &Database,
     job: &JobSettings,
-    summary: (Option<Run>, Option<DateTime<Utc>>),
+    summary: JobSummary,
     (next_run_at, stale_after): Timing,
     now: DateTime<Utc>,
 ) -> anyhow::Result<JobStatus> {
@@ -88,7 +97,18 @@ async fn job_status(
             ));
         }
     }
-    let (last_run, last_success_at) = summary;
+    let JobSummary {
+        last_run,
+        last_success_at,
+        mut timeline,
+    } = summary;
+    timeline.extend(
+        last_run
+            .as_ref()
+            .filter(|r| r.status == RunStatus::Running)
+            .map(|r| r.status),
+    );
+    timeline.drain(..timeline.len().saturating_sub(30));
     // Without a success, staleness counts from the last run: a job that never ran is
     // new, not stale.
     let since = last_success_at.or_else(|| last_run.as_ref().map(|r| r.started_at));
@@ -97,6 +117,11 @@ async fn job_status(
         name: job.name.clone(),
         server_id: job.server_id,
         next_run_at,
+        next_run_at_local: next_run_at.map(|t| t.with_timezone(&job.timezone).to_rfc3339()),
+        timezone: job.timezone.to_string(),
+        timeline,
+        last_success_age_secs: last_success_at.map(|t| (now - t).num_seconds()),
+        stale_after_secs: stale_after.as_secs(),
         last_run_orphaned: last_run.as_ref().is_some_and(|r| {
             r.status == RunStatus::Running && !Owner::may_be_alive(&r.owner, None, now)
         }),
@@ -149,11 +174,34 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
         .zip(selected)
         .map(|(j, settings)| {
             let tz = settings.timezone;
+            let stale_after = humantime::format_duration(Duration::from_secs(j.stale_after_secs));
             vec![
                 j.name.clone(),
                 j.server_id.to_string(),
+                output::timeline(&j.timeline),
+                j.last_success_at.map_or("never".into(), |t| {
+                    let age =
+                        Duration::from_secs(j.last_success_age_secs.unwrap_or(0).max(0) as u64);
+                    let age = crate::alert::text::fmt_age(chrono::Duration::seconds(
+                        age.as_secs() as i64
+                    ));
+                    let mark = if j.stale {
+                        output::paint("STALE")
+                    } else {
+                        "ok".into()
+                    };
+                    format!(
+                        "{} ({age} ago; {mark} under {stale_after})",
+                        output::time(t)
+                    )
+                }),
                 j.next_run_at.map_or("never".into(), |t| {
-                    t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()
+                    let local = t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
+                    if tz == chrono_tz::UTC {
+                        local
+                    } else {
+                        format!("{local} ({} UTC)", t.format("%H:%M"))
+                    }
                 }),
                 j.last_run.as_ref().map_or("-".into(), |r| {
                     let gone = if j.last_run_orphaned {
@@ -168,7 +216,6 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
                         r.id
                     )
                 }),
-                j.last_success_at.map_or("never".into(), output::time),
             ]
         })
         .collect();
@@ -176,11 +223,19 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
         &[
             "JOB",
             "SERVER",
+            "LAST 30 RUNS",
+            "LAST SUCCESS (UTC)",
             "NEXT RUN",
             "LAST RUN (UTC)",
-            "LAST SUCCESS (UTC)",
         ],
         &rows,
+    );
+    anstream::println!(
+        "\n{} succeeded  {} failed  {} interrupted  {} running  (oldest left, newest right)",
+        output::timeline(&[RunStatus::Succeeded]),
+        output::timeline(&[RunStatus::Failed]),
+        output::timeline(&[RunStatus::Interrupted]),
+        output::timeline(&[RunStatus::Running])
     );
     for j in &status.jobs {
         for w in &j.warnings {

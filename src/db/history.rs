@@ -8,8 +8,23 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::runs::{RUN_COLUMNS, RunRow};
-use super::{Database, DbResult, Run, from_ms, ms};
+use super::{Database, DbResult, Run, RunStatus, from_ms, ms};
 use crate::domain::RunId;
+
+/// What `status` and the metrics show of a job: its newest run, the end of its last
+/// success, and its last 30 finished runs' statuses, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct JobSummary {
+    pub last_run: Option<Run>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub timeline: Vec<RunStatus>,
+}
+
+impl JobSummary {
+    fn job(&self) -> &str {
+        self.last_run.as_ref().map_or("", |r| r.job.as_str())
+    }
+}
 
 impl Database {
     pub async fn run(&self, run_id: RunId) -> DbResult<Option<Run>> {
@@ -81,19 +96,17 @@ impl Database {
     /// For each of `jobs` (none, for one that never ran): its newest snapshot run and when
     /// its last success ended, in one statement over `job_state` (kept by triggers as runs
     /// start and succeed), so `status` reads one row per job however long the history is.
-    pub async fn job_summaries(
-        &self,
-        jobs: &[&str],
-    ) -> DbResult<HashMap<String, (Option<Run>, Option<DateTime<Utc>>)>> {
+    pub async fn job_summaries(&self, jobs: &[&str]) -> DbResult<HashMap<String, JobSummary>> {
         #[derive(sqlx::FromRow)]
         struct Summary {
             #[sqlx(flatten)]
             run: RunRow,
             last_success_at: Option<i64>,
+            timeline: String,
         }
         let names = serde_json::to_string(jobs).unwrap_or_else(|_| "[]".into());
         let sql = format!(
-            "SELECT r.*, s.last_success_at FROM \
+            "SELECT r.*, s.last_success_at, s.timeline FROM \
                (SELECT {RUN_COLUMNS} FROM runs WHERE id IN \
                   (SELECT last_run_id FROM job_state WHERE job IN (SELECT value FROM json_each(?)))) r \
              JOIN job_state s ON s.last_run_id = r.id"
@@ -103,11 +116,27 @@ impl Database {
             .fetch_all(self.pool())
             .await
             .map_err(self.err("cannot read the jobs' last runs"))?;
-        let mut out: HashMap<String, (Option<Run>, Option<DateTime<Utc>>)> =
-            jobs.iter().map(|j| (j.to_string(), (None, None))).collect();
+        let mut out: HashMap<String, JobSummary> = jobs
+            .iter()
+            .map(|j| (j.to_string(), JobSummary::default()))
+            .collect();
         for s in rows {
             let run = Run::from(s.run);
-            out.insert(run.job.clone(), (Some(run), s.last_success_at.map(from_ms)));
+            let timeline = s
+                .timeline
+                .chars()
+                .map(|c| match c {
+                    's' => RunStatus::Succeeded,
+                    'f' => RunStatus::Failed,
+                    _ => RunStatus::Interrupted,
+                })
+                .collect();
+            let summary = JobSummary {
+                last_success_at: s.last_success_at.map(from_ms),
+                timeline,
+                last_run: Some(run),
+            };
+            out.insert(summary.job().to_string(), summary);
         }
         Ok(out)
     }

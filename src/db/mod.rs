@@ -11,6 +11,7 @@ mod pins;
 mod runs;
 
 pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
+pub use history::JobSummary;
 pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
 pub use locks::Owner;
 pub use pings::{NewPing, PendingPing, PingKind};

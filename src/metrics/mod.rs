@@ -250,8 +250,10 @@ async fn jobs(
     let mut memo: HashMap<String, (Option<DateTime<Utc>>, Duration)> = HashMap::new();
     for job in &settings.jobs {
         let key = l([("job_name", job.name.as_str())]);
-        let (last, last_success) = summaries.get(&job.name).cloned().unwrap_or_default();
-        if let Some(run) = &last {
+        let summary = summaries.get(&job.name);
+        let last = summary.and_then(|s| s.last_run.as_ref());
+        let last_success = summary.and_then(|s| s.last_success_at);
+        if let Some(run) = last {
             start.get_or_create(&key).set(seconds(run.started_at));
             if let Some(t) = run.finished_at {
                 end.get_or_create(&key).set(seconds(t));

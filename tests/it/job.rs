@@ -781,7 +781,8 @@ async fn job_summaries_agree_with_the_one_job_queries() {
         .await
         .unwrap();
     for name in ["web", "db"] {
-        let (last, success) = summaries[name].clone();
+        let s = summaries[name].clone();
+        let (last, success) = (s.last_run, s.last_success_at);
         let want_last = runner.db.last_run(name).await.unwrap();
         let want_success = runner
             .db
@@ -792,6 +793,13 @@ async fn job_summaries_agree_with_the_one_job_queries() {
         assert_eq!(last.map(|r| r.id), want_last.map(|r| r.id), "{name}");
         assert_eq!(success, want_success, "{name}");
     }
-    assert!(summaries["db"].1.is_none(), "db never succeeded");
-    assert_eq!(summaries["never-ran"].0.as_ref().map(|r| r.id), None);
+    assert!(
+        summaries["db"].last_success_at.is_none(),
+        "db never succeeded"
+    );
+    assert_eq!(summaries["never-ran"].last_run.as_ref().map(|r| r.id), None);
+    use vps_snapshot_agent::db::RunStatus::{Failed, Succeeded};
+    assert_eq!(summaries["web"].timeline, [Succeeded, Succeeded]);
+    assert_eq!(summaries["db"].timeline, [Failed]);
+    assert!(summaries["never-ran"].timeline.is_empty());
 }

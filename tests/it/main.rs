@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod data_safety;
 mod explore;
+mod glance;
 mod helpers;
 mod hooks;
 mod invariants;
