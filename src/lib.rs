@@ -37,6 +37,7 @@ pub mod mark;
 pub mod metrics;
 pub mod naming;
 pub mod ownership;
+pub mod page;
 pub mod progress;
 pub mod retention;
 pub mod run;

@@ -5,7 +5,7 @@ mod context;
 mod demo;
 mod history;
 mod manpage;
-mod output;
+pub(crate) mod output;
 mod pin;
 mod restore;
 mod run;

@@ -41,16 +41,18 @@ impl Daemon {
         let mut sender = None;
         if let Some(addr) = settings.metrics.as_ref().and_then(|m| m.listen) {
             let (tx, rx) = watch::channel(Arc::new(settings.clone()));
-            let bound = metrics::serve(
-                addr,
-                self.db.clone(),
-                rx,
-                self.clock.clone(),
-                health.clone(),
-                stop.clone(),
-            )
-            .await?;
-            tracing::info!("metrics on http://{bound}/metrics");
+            let token = settings.api.token()?;
+            let source = metrics::Source {
+                db: self.db.clone(),
+                settings: rx,
+                clock: self.clock.clone(),
+                health: health.clone(),
+                marker: Arc::new(crate::mark::Marker::new(
+                    secrecy::ExposeSecret::expose_secret(token).as_bytes(),
+                )),
+            };
+            let bound = metrics::serve(addr, source, stop.clone()).await?;
+            tracing::info!("metrics on http://{bound}/metrics, status page on http://{bound}/");
             sender = Some(tx);
         }
         let outside = Outside {

@@ -7,7 +7,7 @@
 
 mod serve;
 
-pub use serve::{Health, serve};
+pub use serve::{Health, Source, serve};
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,6 +1,7 @@
-//! `[metrics] listen`: `GET /metrics` (the Prometheus text format) and `GET /healthz`
-//! (200 while the daemon's loop is turning, 503 when it has stopped). Read-only: any
-//! other method is refused, any other path is 404.
+//! `[metrics] listen`: `GET /metrics` (the Prometheus text format), `GET /healthz`
+//! (200 while the daemon's loop is turning, 503 when it has stopped) and the status page
+//! (`/`, [`crate::page`]). Read-only: any other method is refused, any other path is 404;
+//! every answer carries a strict Content-Security-Policy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::db::Database;
+use crate::mark::Marker;
 
 /// When the daemon's loop last turned, for `/healthz`.
 #[derive(Clone)]
@@ -55,11 +57,13 @@ impl Health {
 
 /// What a request is answered from.
 #[derive(Clone)]
-struct Source {
-    db: Database,
-    settings: watch::Receiver<Arc<Settings>>,
-    clock: SharedClock,
-    health: Health,
+pub struct Source {
+    pub db: Database,
+    pub settings: watch::Receiver<Arc<Settings>>,
+    pub clock: SharedClock,
+    pub health: Health,
+    /// Tells the agent's snapshots from others on the status page.
+    pub marker: Arc<Marker>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -67,8 +71,17 @@ type Resp = Response<Full<Bytes>>;
 fn text(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = code;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(crate::page::CSP),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
     r
 }
 
@@ -101,6 +114,18 @@ impl Source {
                     }
                 }
             }
+            "/" => {
+                let settings = self.settings.borrow().clone();
+                let now = self.clock.now();
+                match crate::page::render(&self.db, &settings, &self.marker, now).await {
+                    Ok(html) => text(StatusCode::OK, "text/html; charset=utf-8", html),
+                    Err(e) => {
+                        tracing::warn!("status page: {e:#}");
+                        text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{e:#}\n"))
+                    }
+                }
+            }
+            "/status.css" => text(StatusCode::OK, "text/css; charset=utf-8", crate::page::CSS),
             "/healthz" if self.health.alive() => text(StatusCode::OK, PLAIN, "ok\n"),
             "/healthz" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -110,31 +135,23 @@ impl Source {
             _ => text(
                 StatusCode::NOT_FOUND,
                 PLAIN,
-                "not found: try /metrics or /healthz\n",
+                "not found: try /, /metrics or /healthz\n",
             ),
         }
     }
 }
 
-/// Binds `addr` and serves until `stop`; the address bound is returned (port 0 picks one).
+/// Binds `addr` and serves `source` until `stop`; the address bound is returned (port 0
+/// picks one).
 pub async fn serve(
     addr: SocketAddr,
-    db: Database,
-    settings: watch::Receiver<Arc<Settings>>,
-    clock: SharedClock,
-    health: Health,
+    source: Source,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
-    let source = Source {
-        db,
-        settings,
-        clock,
-        health,
-    };
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {

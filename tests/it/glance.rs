@@ -1,6 +1,7 @@
 //! At a glance: `status` draws each job's last 30 runs as a timeline, from a seeded history.
 
 use std::path::Path;
+use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use vps_snapshot_agent::db::{Database, Finish, NewRun, Owner, RunKind, RunStatus, RunTrigger};
@@ -130,4 +131,182 @@ async fn status_draws_the_last_30_runs_as_a_timeline() {
     assert!(tty.contains("\u{1b}[31m✗"), "{tty:?}");
     assert!(tty.contains("\u{1b}[32m●"), "{tty:?}");
     assert!(tty.contains("\u{1b}[33m▶"), "{tty:?}");
+}
+
+/// Chromium from Debian's package, or `None` (then the browser part is skipped, unless
+/// `AGENT_TEST_BROWSER=required`, as CI sets it).
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        std::process::Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("AGENT_TEST_BROWSER").as_deref() != Ok("required"),
+            "AGENT_TEST_BROWSER=required but no chromium found"
+        );
+        eprintln!(
+            "chromium not found: the status page's browser check is skipped (apt-get install chromium)"
+        );
+    }
+    found
+}
+
+async fn browser(bin: &str, args: &[String]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_jobs_snapshots_and_verdicts_in_a_browser_and_never_a_secret() {
+    use vps_snapshot_agent::api::SnapshotStatus;
+    let s = crate::cli::sim().await;
+    let manual = s.sim.put(
+        ServerId::new(5),
+        "before-php-upgrade",
+        SnapshotStatus::Completed,
+        Utc::now() - chrono::Duration::hours(3),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret_path = "/hooks/T000/B000/s3cr3t-webhook-path";
+    let cfg = config(
+        dir.path(),
+        &s.base_url(),
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[[notify]]\nkind = \"slack\"\nurl = \"http://127.0.0.1:9{secret_path}\"\n[[jobs]]\nname = \"web\"\nserver_id = 5\nschedule = \"*/2 * * * * *\"\nkeep_last = 2\n[[jobs]]\nname = \"db\"\nserver_id = 6\nschedule = \"0 0 3 * * *\"\nkeep_last = 2\n"
+        ),
+    );
+    let pinned = agent(&cfg, &["pin", &manual.to_string()]).await;
+    assert_eq!(pinned.status.code(), Some(0), "{}", text(&pinned));
+    let mut child = crate::newcomer::spawn(&cfg, &["run"], &dir.path().join("log"));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    // Three runs of web: its server has its own snapshots and the hand-made one.
+    let mut page = String::new();
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/")).send().await {
+            page = r.text().await.unwrap();
+            if page.matches("class=\"mark succeeded\"").count() >= 4 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(page.contains("keep: last #1"), "{page}");
+
+    // Read-only, strict, and no secret in any answer.
+    let r = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.starts_with("default-src 'none'") && !csp.contains("script"),
+        "{csp}"
+    );
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
+    ] {
+        let r = http
+            .request(method.clone(), format!("{base}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method}");
+    }
+    for path in ["/", "/status.css", "/metrics", "/healthz", "/nope"] {
+        let body = http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!body.contains(crate::helpers::TOKEN), "the token in {path}");
+        assert!(!body.contains("s3cr3t"), "the webhook URL in {path}");
+    }
+    assert!(!page.contains("<script"), "no JavaScript");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external asset"
+    );
+
+    if let Some(bin) = chromium() {
+        let dom = browser(bin, &["--dump-dom".into(), format!("{base}/")]).await;
+        assert!(
+            dom.contains("id=\"job-web\"") && dom.contains("id=\"job-db\""),
+            "{dom}"
+        );
+        assert!(dom.contains("no runs yet"), "db has not run: {dom}");
+        assert!(
+            dom.matches("class=\"mark succeeded\"").count() >= 4,
+            "{dom}"
+        );
+        assert!(dom.contains("before-php-upgrade"), "{dom}");
+        assert!(
+            dom.contains("keep: pinned"),
+            "the hand-made, pinned one: {dom}"
+        );
+        assert!(
+            dom.contains("keep: last #1") && dom.contains("keep: last #2"),
+            "{dom}"
+        );
+        assert!(
+            dom.contains("Not listed since the agent started"),
+            "server 6: {dom}"
+        );
+        let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+        let _ = std::fs::remove_file(&shot);
+        browser(
+            bin,
+            &[
+                format!("--screenshot={}", shot.display()),
+                "--window-size=1280,1000".into(),
+                "--hide-scrollbars".into(),
+                format!("{base}/"),
+            ],
+        )
+        .await;
+        let png = std::fs::read(&shot).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "a screenshot of the page"
+        );
+    }
+    crate::newcomer::signal(&child, libc::SIGTERM);
+    assert_eq!(
+        crate::newcomer::exit_code(&mut child, Duration::from_secs(60)).await,
+        Some(0)
+    );
 }

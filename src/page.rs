@@ -1,0 +1,269 @@
+//! The read-only status page served at `/` on the metrics listener: jobs with their
+//! timelines and next fires, each server's snapshots with the policy's verdict, queued
+//! alerts, the agents alive. Rendered on the server by askama (compiled templates, HTML
+//! escaped); no JavaScript, no external assets; it refreshes itself. The snapshots shown
+//! are those the daemon's runs last listed (the page never calls the API): a server not
+//! run since the daemon started says so.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
+use askama::Template;
+use chrono::{DateTime, Utc};
+
+use crate::api::Snapshot;
+use crate::commands::output;
+use crate::config::{JobSettings, Settings};
+use crate::db::{Database, RunStatus};
+use crate::domain::ServerId;
+use crate::mark::Marker;
+
+/// How often the page reloads itself.
+const REFRESH_SECS: u32 = 30;
+
+/// The stylesheet, served at `/status.css` (the page's policy allows no inline style).
+pub const CSS: &str = include_str!("../templates/status.css");
+
+/// The policy every answer carries: nothing but the page's own stylesheet.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// A server's snapshots and when they were listed.
+type Listing = (DateTime<Utc>, Vec<Snapshot>);
+
+/// Each server's snapshots as a run of this process last listed them.
+static SEEN: LazyLock<Mutex<HashMap<ServerId, Listing>>> = LazyLock::new(Mutex::default);
+
+/// A run listed `server` at `at`.
+pub fn saw(server: ServerId, listing: &[Snapshot], at: DateTime<Utc>) {
+    let on: Vec<Snapshot> = listing
+        .iter()
+        .filter(|s| s.server.id == server)
+        .cloned()
+        .collect();
+    SEEN.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(server, (at, on));
+}
+
+struct Mark {
+    class: &'static str,
+    symbol: char,
+}
+
+struct JobView {
+    name: String,
+    server_id: ServerId,
+    marks: Vec<Mark>,
+    last_success: String,
+    stale: bool,
+    next_local: String,
+    next_utc: String,
+}
+
+struct Row {
+    id: String,
+    name: String,
+    status: String,
+    created: String,
+    managed: String,
+    pinned: bool,
+    verdict: String,
+    delete_next: bool,
+}
+
+struct ServerView {
+    id: ServerId,
+    count: usize,
+    jobs: String,
+    seen: String,
+    empty: &'static str,
+    rows: Vec<Row>,
+}
+
+struct AlertView {
+    subject: String,
+    queued: String,
+    channels: String,
+    error: String,
+}
+
+#[derive(Template)]
+#[template(path = "status.html")]
+struct Page {
+    host: String,
+    version: &'static str,
+    generated: String,
+    refresh_secs: u32,
+    jobs: Vec<JobView>,
+    servers: Vec<ServerView>,
+    alerts: Vec<AlertView>,
+    agents: Vec<String>,
+}
+
+fn mark(s: RunStatus) -> Mark {
+    match s {
+        RunStatus::Succeeded | RunStatus::Started => Mark {
+            class: "succeeded",
+            symbol: '●',
+        },
+        RunStatus::Failed => Mark {
+            class: "failed",
+            symbol: '✗',
+        },
+        RunStatus::Interrupted => Mark {
+            class: "interrupted",
+            symbol: '○',
+        },
+        RunStatus::Running => Mark {
+            class: "running",
+            symbol: '▶',
+        },
+    }
+}
+
+async fn jobs(
+    db: &Database,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<JobView>> {
+    let names: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
+    let mut summaries = db.job_summaries(&names).await?;
+    let mut out = Vec::new();
+    for job in &settings.jobs {
+        let s = summaries.remove(&job.name).unwrap_or_default();
+        let mut marks: Vec<Mark> = s.timeline.iter().map(|st| mark(*st)).collect();
+        if s.last_run
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Running)
+        {
+            marks.push(mark(RunStatus::Running));
+        }
+        marks.drain(..marks.len().saturating_sub(30));
+        let parsed = JobSettings {
+            trigger: job.trigger.parsed(),
+            ..job.clone()
+        };
+        let stale_after = crate::schedule::stale_after(&parsed, now);
+        let since = s
+            .last_success_at
+            .or_else(|| s.last_run.as_ref().map(|r| r.started_at));
+        let stale = since.is_some_and(|t| (now - t).to_std().unwrap_or_default() > stale_after);
+        let next = crate::schedule::next_fire(&parsed, now);
+        out.push(JobView {
+            name: job.name.clone(),
+            server_id: job.server_id,
+            marks,
+            last_success: s.last_success_at.map_or("never".into(), |t| {
+                format!(
+                    "{} UTC ({} ago; stale after {})",
+                    output::time(t),
+                    crate::alert::text::fmt_age(now - t),
+                    humantime::format_duration(stale_after)
+                )
+            }),
+            stale,
+            next_local: next.map_or("never".into(), |t| {
+                t.with_timezone(&job.timezone)
+                    .format("%Y-%m-%d %H:%M %Z")
+                    .to_string()
+            }),
+            next_utc: next
+                .filter(|_| job.timezone != chrono_tz::UTC)
+                .map_or(String::new(), |t| {
+                    t.format("%Y-%m-%d %H:%M UTC").to_string()
+                }),
+        });
+    }
+    Ok(out)
+}
+
+async fn servers(
+    db: &Database,
+    settings: &Settings,
+    marker: &Marker,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<ServerView>> {
+    let mut ids: Vec<ServerId> = settings.jobs.iter().map(|j| j.server_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let seen = SEEN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let pins = db.pins(now).await?;
+    let mut out = Vec::new();
+    for id in ids {
+        let jobs: Vec<&JobSettings> = settings.jobs.iter().filter(|j| j.server_id == id).collect();
+        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        let Some((at, listing)) = seen.get(&id) else {
+            out.push(ServerView {
+                id,
+                count: 0,
+                jobs: names.join(", "),
+                seen: "not listed yet".into(),
+                empty: "Not listed since the agent started: shown after this server's next run.",
+                rows: Vec::new(),
+            });
+            continue;
+        };
+        let owners = crate::run::owners(Some(db), marker, id, listing).await?;
+        let rows = output::snapshot_rows(listing, &owners, &jobs, &pins)
+            .into_iter()
+            .map(|r| Row {
+                id: r.id.to_string(),
+                delete_next: r.verdict.starts_with("delete"),
+                name: r.name,
+                status: r.status,
+                created: output::time(r.created_at),
+                managed: r.managed,
+                pinned: r.pinned,
+                verdict: r.verdict,
+            })
+            .collect();
+        out.push(ServerView {
+            id,
+            count: listing.len(),
+            jobs: names.join(", "),
+            seen: format!("as listed {} ago", crate::alert::text::fmt_age(now - *at)),
+            empty: "No snapshots.",
+            rows,
+        });
+    }
+    Ok(out)
+}
+
+/// The page, as HTML.
+pub async fn render(
+    db: &Database,
+    settings: &Settings,
+    marker: &Marker,
+    now: DateTime<Utc>,
+) -> anyhow::Result<String> {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let alerts = db
+        .pending_alerts()
+        .await?
+        .into_iter()
+        .map(|a| AlertView {
+            subject: a.subject,
+            queued: format!("{} UTC", output::time(a.created_at)),
+            channels: if a.channels.is_empty() {
+                "no channel yet".into()
+            } else {
+                a.channels.join(", ")
+            },
+            error: a.last_error.unwrap_or_default(),
+        })
+        .collect();
+    let page = Page {
+        agents: vec![format!(
+            "{host} (pid {}): alive, serving this page; one agent per database until several are supported",
+            std::process::id()
+        )],
+        host,
+        version: env!("CARGO_PKG_VERSION"),
+        generated: format!("{} UTC", output::time(now)),
+        refresh_secs: REFRESH_SECS,
+        jobs: jobs(db, settings, now).await?,
+        servers: servers(db, settings, marker, now).await?,
+        alerts,
+    };
+    Ok(page.render()?)
+}
