@@ -491,7 +491,11 @@ async fn a_running_daemon_serves_metrics_healthz_and_sends_its_heartbeat() {
     let post = http.post(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(post.status(), 405);
     assert_eq!(
-        http.get(format!("{base}/")).send().await.unwrap().status(),
+        http.get(format!("{base}/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         404
     );
 
