@@ -2,17 +2,12 @@
 //! timelines and next fires, each server's snapshots with the policy's verdict, queued
 //! alerts, the agents alive. Rendered on the server by askama (compiled templates, HTML
 //! escaped); no JavaScript, no external assets; it refreshes itself. The snapshots shown
-//! are those the daemon's runs last listed (the page never calls the API): a server not
-//! run since the daemon started says so.
-
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+//! are those the daemon's runs last listed ([`crate::api::last_listings`]; the page never
+//! calls the API): a server not run since the daemon started says so.
 
 use askama::Template;
 use chrono::{DateTime, Utc};
 
-use crate::api::Snapshot;
-use crate::commands::output;
 use crate::config::{JobSettings, Settings};
 use crate::db::{Database, RunStatus};
 use crate::domain::ServerId;
@@ -26,24 +21,6 @@ pub const CSS: &str = include_str!("../templates/status.css");
 
 /// The policy every answer carries: nothing but the page's own stylesheet.
 pub const CSP: &str = "default-src 'none'; style-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-/// A server's snapshots and when they were listed.
-type Listing = (DateTime<Utc>, Vec<Snapshot>);
-
-/// Each server's snapshots as a run of this process last listed them.
-static SEEN: LazyLock<Mutex<HashMap<ServerId, Listing>>> = LazyLock::new(Mutex::default);
-
-/// A run listed `server` at `at`.
-pub fn saw(server: ServerId, listing: &[Snapshot], at: DateTime<Utc>) {
-    let on: Vec<Snapshot> = listing
-        .iter()
-        .filter(|s| s.server.id == server)
-        .cloned()
-        .collect();
-    SEEN.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(server, (at, on));
-}
 
 struct Mark {
     class: &'static str,
@@ -98,6 +75,10 @@ struct Page {
     servers: Vec<ServerView>,
     alerts: Vec<AlertView>,
     agents: Vec<String>,
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 fn mark(s: RunStatus) -> Mark {
@@ -156,7 +137,7 @@ async fn jobs(
             last_success: s.last_success_at.map_or("never".into(), |t| {
                 format!(
                     "{} UTC ({} ago; stale after {})",
-                    output::time(t),
+                    time(t),
                     crate::alert::text::fmt_age(now - t),
                     humantime::format_duration(stale_after)
                 )
@@ -186,7 +167,7 @@ async fn servers(
     let mut ids: Vec<ServerId> = settings.jobs.iter().map(|j| j.server_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let seen = SEEN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let seen = crate::api::last_listings();
     let pins = db.pins(now).await?;
     let mut out = Vec::new();
     for id in ids {
@@ -204,14 +185,14 @@ async fn servers(
             continue;
         };
         let owners = crate::run::owners(Some(db), marker, id, listing).await?;
-        let rows = output::snapshot_rows(listing, &owners, &jobs, &pins)
+        let rows = crate::verdicts::snapshot_rows(listing, &owners, &jobs, &pins)
             .into_iter()
             .map(|r| Row {
                 id: r.id.to_string(),
                 delete_next: r.verdict.starts_with("delete"),
                 name: r.name,
                 status: r.status,
-                created: output::time(r.created_at),
+                created: time(r.created_at),
                 managed: r.managed,
                 pinned: r.pinned,
                 verdict: r.verdict,
@@ -243,7 +224,7 @@ pub async fn render(
         .into_iter()
         .map(|a| AlertView {
             subject: a.subject,
-            queued: format!("{} UTC", output::time(a.created_at)),
+            queued: format!("{} UTC", time(a.created_at)),
             channels: if a.channels.is_empty() {
                 "no channel yet".into()
             } else {
@@ -259,7 +240,7 @@ pub async fn render(
         )],
         host,
         version: env!("CARGO_PKG_VERSION"),
-        generated: format!("{} UTC", output::time(now)),
+        generated: format!("{} UTC", time(now)),
         refresh_secs: REFRESH_SECS,
         jobs: jobs(db, settings, now).await?,
         servers: servers(db, settings, marker, now).await?,

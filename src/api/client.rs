@@ -164,6 +164,9 @@ impl Client {
             let page: SnapshotPage = self.json(&Request::get(url.clone(), &what)).await?;
             out.extend(page.results);
             let Some(next) = page.next.filter(|n| !n.is_empty()) else {
+                if let Some(id) = server_id {
+                    super::listed(id, &out, self.clock.now());
+                }
                 return Ok(out);
             };
             let next = self.base.join(&next).map_err(|e| ApiError::Decode {

@@ -11,6 +11,9 @@ use crate::domain::{ServerId, SnapshotId};
 pub use client::Client;
 pub use error::ApiError;
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -53,4 +56,27 @@ pub struct RestoreResponse {
     pub status: Option<String>,
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// A server's snapshots and when they were listed.
+pub type Listing = (DateTime<Utc>, Vec<Snapshot>);
+
+/// Each server's snapshots as this process last listed them (for the status page).
+static LISTED: LazyLock<Mutex<HashMap<ServerId, Listing>>> = LazyLock::new(Default::default);
+
+fn listed(server: ServerId, listing: &[Snapshot], at: DateTime<Utc>) {
+    let on = listing
+        .iter()
+        .filter(|s| s.server.id == server)
+        .cloned()
+        .collect();
+    LISTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(server, (at, on));
+}
+
+/// The last listing of each server this process has listed.
+pub fn last_listings() -> HashMap<ServerId, Listing> {
+    LISTED.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }

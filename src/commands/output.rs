@@ -1,16 +1,10 @@
 //! Plain-text tables and the shared ways of showing runs and snapshots.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 
-use crate::api::Snapshot;
-use crate::config::JobSettings;
 use crate::db::Run;
 use crate::domain::SnapshotId;
-use crate::ownership::Ownership;
-use crate::retention;
-use crate::run::{Outcome, candidates};
+use crate::run::Outcome;
 
 /// `status` in its colour: green for success, red for failure, yellow while running,
 /// magenta when interrupted. The colour is dropped off a terminal and under `NO_COLOR`
@@ -192,61 +186,7 @@ pub fn history(runs: &[Run]) {
     );
 }
 
-/// One snapshot as `agent snapshots` shows it.
-#[derive(Debug, serde::Serialize)]
-pub struct SnapshotRow {
-    pub id: SnapshotId,
-    pub name: String,
-    pub status: String,
-    pub created_at: DateTime<Utc>,
-    /// Whose it is and why: `yes (web, marked)`, `no (made by hand)`, …
-    pub managed: String,
-    pub pinned: bool,
-    /// The policy's verdict: `keep: last #1`, `delete next`, `keep: not managed`, …
-    pub verdict: String,
-}
-
-/// A server's snapshots with, for each, whose it is (and why), whether it is pinned and
-/// the verdict of the job it belongs to.
-pub fn snapshot_rows(
-    listing: &[Snapshot],
-    owners: &[Ownership],
-    jobs: &[&JobSettings],
-    pins: &HashSet<SnapshotId>,
-) -> Vec<SnapshotRow> {
-    let mut verdicts = std::collections::HashMap::new();
-    for job in jobs {
-        let cands = candidates(listing, owners, job, pins);
-        for v in retention::plan(&cands, &job.retention, job.timezone) {
-            if cands.iter().any(|c| c.id == v.id && c.managed) {
-                verdicts.insert(v.id, v.reason);
-            }
-        }
-    }
-    listing
-        .iter()
-        .zip(owners)
-        .map(|(s, owner)| {
-            let pinned = pins.contains(&s.id);
-            let verdict = verdicts.get(&s.id).cloned().unwrap_or_else(|| {
-                if pinned {
-                    "keep: pinned".into()
-                } else {
-                    "keep: not managed".into()
-                }
-            });
-            SnapshotRow {
-                id: s.id,
-                name: s.name.clone(),
-                status: s.status.to_string(),
-                created_at: s.created_at,
-                managed: owner.describe(),
-                pinned,
-                verdict,
-            }
-        })
-        .collect()
-}
+pub use crate::verdicts::{SnapshotRow, snapshot_rows};
 
 /// The rows as a table; nothing at all when there are none.
 pub fn snapshots(rows: &[SnapshotRow]) {

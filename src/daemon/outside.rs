@@ -9,7 +9,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::Daemon;
 use crate::config::Settings;
-use crate::metrics::{self, Health};
+use crate::listener::{self, Health};
+use crate::metrics;
 
 /// The daemon's side of the metrics: the settings the listener answers from, its
 /// health, and the listener's lifetime.
@@ -42,7 +43,7 @@ impl Daemon {
         if let Some(addr) = settings.metrics.as_ref().and_then(|m| m.listen) {
             let (tx, rx) = watch::channel(Arc::new(settings.clone()));
             let token = settings.api.token()?;
-            let source = metrics::Source {
+            let source = listener::Source {
                 db: self.db.clone(),
                 settings: rx,
                 clock: self.clock.clone(),
@@ -51,7 +52,7 @@ impl Daemon {
                     secrecy::ExposeSecret::expose_secret(token).as_bytes(),
                 )),
             };
-            let bound = metrics::serve(addr, source, stop.clone()).await?;
+            let bound = listener::serve(addr, source, stop.clone()).await?;
             tracing::info!("metrics on http://{bound}/metrics, status page on http://{bound}/");
             sender = Some(tx);
         }

@@ -3,11 +3,8 @@
 //! database knows (each job's last run and success, the outbox) is read at each
 //! [`render`], so a scrape after a restart still tells the whole story. Text format
 //! 0.0.4 (prometheus-client's encoder): what Prometheus scrapes and node_exporter's
-//! textfile collector reads. [`serve`] is the listener, [`write_textfile`] the file.
-
-mod serve;
-
-pub use serve::{Health, Source, serve};
+//! textfile collector reads ([`crate::listener`] serves it), [`write_textfile`] writes it
+//! to a file.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -207,6 +204,20 @@ fn float_family(r: &mut Registry, name: &str, help: &str) -> Family<Labels1, Flo
     f
 }
 
+/// 1 for `job`'s last status, 0 for the others.
+fn one_hot(family: &Family<Labels2, Gauge>, job: &str, last: RunStatus) {
+    let all = [
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Interrupted,
+    ];
+    for s in all {
+        let labels = l([("job_name", job), ("status", s.as_str())]);
+        family.get_or_create(&labels).set(i64::from(last == s));
+    }
+}
+
 /// The per-job figures the database knows.
 async fn jobs(
     r: &mut Registry,
@@ -258,17 +269,7 @@ async fn jobs(
             if let Some(t) = run.finished_at {
                 end.get_or_create(&key).set(seconds(t));
             }
-            for s in [
-                RunStatus::Running,
-                RunStatus::Succeeded,
-                RunStatus::Failed,
-                RunStatus::Interrupted,
-            ] {
-                let labels = l([("job_name", job.name.as_str()), ("status", s.as_str())]);
-                status
-                    .get_or_create(&labels)
-                    .set(i64::from(run.status == s));
-            }
+            one_hot(&status, &job.name, run.status);
         }
         if let Some(t) = last_success {
             success.get_or_create(&key).set(seconds(t));

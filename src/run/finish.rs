@@ -209,7 +209,6 @@ impl Runner {
             .count();
         let unmanaged = on_server.count() - managed;
         metrics.snapshots_seen(job, st.job.server_id.get(), managed, unmanaged);
-        crate::page::saw(st.job.server_id, &st.listing, now);
     }
 
     /// Ends a run this process has claimed as `interrupted`, saying why.

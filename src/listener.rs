@@ -1,4 +1,4 @@
-//! `[metrics] listen`: `GET /metrics` (the Prometheus text format), `GET /healthz`
+//! The HTTP listener at `[metrics] listen`: `GET /metrics` (the Prometheus text format), `GET /healthz`
 //! (200 while the daemon's loop is turning, 503 when it has stopped) and the status page
 //! (`/`, [`crate::page`]). Read-only: any other method is refused, any other path is 404;
 //! every answer carries a strict Content-Security-Policy.
@@ -102,7 +102,7 @@ impl Source {
         match req.uri().path() {
             "/metrics" => {
                 let settings = self.settings.borrow().clone();
-                match super::render(&self.db, &settings, self.clock.now()).await {
+                match crate::metrics::render(&self.db, &settings, self.clock.now()).await {
                     Ok(body) => text(
                         StatusCode::OK,
                         prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
