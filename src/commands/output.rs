@@ -45,43 +45,49 @@ pub fn timeline(runs: &[crate::db::RunStatus]) -> String {
         .collect()
 }
 
-/// How wide `cell` shows (its colour codes take no room).
+/// How wide `cell` shows (its colour codes take no room); plain text is counted as is.
 fn visible(cell: &str) -> usize {
-    anstream::adapter::strip_str(cell)
-        .to_string()
-        .chars()
-        .count()
+    if cell.contains('\u{1b}') {
+        anstream::adapter::strip_str(cell)
+            .to_string()
+            .chars()
+            .count()
+    } else {
+        cell.chars().count()
+    }
 }
 
 /// Prints rows under a header, columns padded to their widest cell; colour only on a
-/// terminal.
+/// terminal (one stream for the whole table, so the terminal is looked at once).
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(visible(c));
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(c);
-                s.push_str(&" ".repeat(widths[i] - visible(c) + 2));
-            }
-        }
-        anstream::println!("{}", s.trim_end());
-    };
+    use std::io::Write as _;
     let bold = anstyle::Style::new().bold();
     let header: Vec<String> = header
         .iter()
         .map(|h| format!("{bold}{h}{bold:#}"))
         .collect();
-    line(header.iter().map(String::as_str).collect());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
+    let all: Vec<Vec<(&str, usize)>> = std::iter::once(&header)
+        .chain(rows)
+        .map(|r| r.iter().map(|c| (c.as_str(), visible(c))).collect())
+        .collect();
+    let mut widths = vec![0; header.len()];
+    for r in &all {
+        for (i, (_, w)) in r.iter().enumerate() {
+            widths[i] = widths[i].max(*w);
+        }
+    }
+    let mut out = anstream::stdout().lock();
+    let mut line = String::new();
+    for r in &all {
+        line.clear();
+        for (i, (c, w)) in r.iter().enumerate() {
+            line.push_str(c);
+            if i + 1 < r.len() {
+                line.extend(std::iter::repeat_n(' ', widths[i] - w + 2));
+            }
+        }
+        // A closed pipe ends the output quietly (SIGPIPE is the default for tables).
+        let _ = writeln!(out, "{}", line.trim_end());
     }
 }
 
