@@ -181,6 +181,8 @@ struct Loop {
     /// The periodic work in flight (at most one of each).
     resuming: Option<JoinHandle<()>>,
     delivery: Option<JoinHandle<()>>,
+    /// Something was queued while a delivery was going.
+    again: Arc<std::sync::atomic::AtomicBool>,
     last_stale_check: Option<tokio::time::Instant>,
 }
 
@@ -353,16 +355,25 @@ impl Daemon {
         self.deliver(lp);
     }
 
-    /// Starts a delivery of what the outbox holds, unless one is going.
+    /// Starts a delivery of what the outbox holds; if one is going, it goes round once
+    /// more when it ends (what was queued meanwhile is not left for the next check).
     fn deliver(&self, lp: &mut Loop) {
-        if let Some(m) = &self.services.outbox
-            && idle(&lp.delivery)
-        {
-            let m = m.clone();
-            lp.delivery = Some(tokio::spawn(async move {
-                m.deliver_due().await;
-            }));
+        let Some(m) = &self.services.outbox else {
+            return;
+        };
+        if !idle(&lp.delivery) {
+            lp.again.store(true, std::sync::atomic::Ordering::Release);
+            return;
         }
+        let (m, again) = (m.clone(), lp.again.clone());
+        lp.delivery = Some(tokio::spawn(async move {
+            loop {
+                m.deliver_due().await;
+                if !again.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                    break;
+                }
+            }
+        }));
     }
 
     /// Runs until `control` says stop (or closes).
@@ -384,6 +395,7 @@ impl Daemon {
             started: self.now(),
             resuming: None,
             delivery: None,
+            again: Arc::default(),
             last_stale_check: None,
         };
         self.register_channels().await;
