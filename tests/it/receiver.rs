@@ -29,6 +29,8 @@ pub enum Reply {
     Status(u16),
     /// 200 after this long (not counted as received: the sender has given up).
     Slow(Duration),
+    /// 200 after this long, received (a slow server the sender waits for).
+    Late(Duration),
 }
 
 pub struct Receiver {
@@ -71,6 +73,10 @@ impl Receiver {
                                 Some(Reply::Slow(d)) => {
                                     tokio::time::sleep(d).await;
                                     (200, false)
+                                }
+                                Some(Reply::Late(d)) => {
+                                    tokio::time::sleep(d).await;
+                                    (200, true)
                                 }
                                 None => (200, true),
                             };

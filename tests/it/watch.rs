@@ -653,6 +653,18 @@ async fn status_and_history_are_coloured_on_a_terminal_only() {
     }
 }
 
+fn alert(i: usize, at: chrono::DateTime<Utc>) -> vps_snapshot_agent::db::NewAlert {
+    vps_snapshot_agent::db::NewAlert {
+        job: Some(format!("job-{i}")),
+        server_id: None,
+        run_id: None,
+        kind: vps_snapshot_agent::alert::AlertKind::Stale,
+        subject: format!("[agent] STALE job-{i}"),
+        body: "b".into(),
+        created_at: at,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_on_one_database_never_send_an_alert_or_a_ping_twice() {
     use vps_snapshot_agent::clock::Clock as _;
@@ -679,19 +691,10 @@ async fn two_processes_on_one_database_never_send_an_alert_or_a_ping_twice() {
     }
     let db = Database::open(&settings.database).await.unwrap();
     for i in 0..40 {
-        db.queue_alert(&vps_snapshot_agent::db::NewAlert {
-            job: Some(format!("job-{i}")),
-            server_id: None,
-            run_id: None,
-            kind: vps_snapshot_agent::alert::AlertKind::Stale,
-            subject: format!("[agent] STALE job-{i}"),
-            body: "b".into(),
-            created_at: clock.now(),
-        })
-        .await
-        .unwrap();
+        db.queue_alert(&alert(i, clock.now())).await.unwrap();
         db.queue_ping(&ping(PingKind::Start, &clock)).await.unwrap();
     }
+    r.plan(&[Reply::Late(Duration::from_millis(300)); 50]);
     for _ in 0..3 {
         tokio::join!(boxes[0].deliver_all(), boxes[1].deliver_all());
     }
@@ -701,4 +704,53 @@ async fn two_processes_on_one_database_never_send_an_alert_or_a_ping_twice() {
     want.sort();
     assert_eq!(jobs, want, "each alert once");
     assert_eq!(r.got("/p/start").len(), 40, "each ping once");
+    // The claim itself, step by step: what one process holds, the other cannot take
+    // until it is recorded or the claim runs out.
+    let other = Database::open(&settings.database).await.unwrap();
+    for i in 0..40 {
+        db.queue_alert(&alert(i, clock.now())).await.unwrap();
+        db.queue_ping(&ping(PingKind::Start, &clock)).await.unwrap();
+    }
+    let now = clock.now();
+    let soon = now + chrono::Duration::minutes(5);
+    let held = db.claim_alerts("webhook", now, true, soon).await.unwrap();
+    assert_eq!(held.len(), 40);
+    let later = soon + chrono::Duration::seconds(1);
+    assert!(
+        other
+            .claim_alerts("webhook", now, true, later)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(other.claim_pings(now, later).await.unwrap().len() == 40);
+    assert!(db.claim_pings(now, soon).await.unwrap().is_empty());
+    let ids: Vec<i64> = held.iter().map(|a| a.id).collect();
+    db.mark_alerts_failed("webhook", &ids, "test", now)
+        .await
+        .unwrap();
+    let after = soon + chrono::Duration::seconds(2);
+    assert_eq!(
+        other
+            .claim_alerts("webhook", now, true, after)
+            .await
+            .unwrap()
+            .len(),
+        40,
+        "released when recorded"
+    );
+    let expired = after + chrono::Duration::seconds(1);
+    assert_eq!(
+        db.claim_pings(expired, expired + chrono::Duration::minutes(5))
+            .await
+            .unwrap()
+            .len(),
+        40,
+        "taken back when the claim ran out"
+    );
+    // Let the outboxes have them all again, and race them.
+    db.mark_alerts_failed("webhook", &ids, "test", now)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(3600));
 }
