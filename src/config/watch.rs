@@ -116,6 +116,7 @@ fn url(r: &mut Reader<'_>, key: &str, v: Option<&Value>, raw: Option<Text>) -> O
 pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict) -> Option<MetricsSettings> {
     let v = r.table(tree, "metrics")?;
     let raw: RawMetrics = r.read("metrics", Some(v));
+    let set = raw.listen.is_some() || raw.textfile.is_some();
     let listen = raw.listen.and_then(|t| {
         t.0.trim()
             .parse::<SocketAddr>()
@@ -136,7 +137,7 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict) -> Option<MetricsSettings
             "must not be empty",
         );
     }
-    if listen.is_none() && textfile.is_none() && r.errors.is_empty() {
+    if !set {
         r.error("metrics", Some(v), "set listen, textfile or both");
     }
     Some(MetricsSettings { listen, textfile })

@@ -181,6 +181,8 @@ struct Loop {
     /// The periodic work in flight (at most one of each).
     resuming: Option<JoinHandle<()>>,
     delivery: Option<JoinHandle<()>>,
+    /// The alert channels last recorded in the database.
+    channels: Option<Vec<String>>,
     /// Something was queued while a delivery was going.
     again: Arc<std::sync::atomic::AtomicBool>,
     last_stale_check: Option<tokio::time::Instant>,
@@ -321,7 +323,7 @@ impl Daemon {
                 lp.permits = Arc::new(Semaphore::new(max));
                 self.arm_all(lp).await;
                 self.services.settings.compact();
-                self.register_channels().await;
+                self.register_channels(lp);
                 self.settings_changed(outside);
                 let jobs = self.services.settings.jobs.len();
                 tracing::info!(
@@ -396,9 +398,10 @@ impl Daemon {
             resuming: None,
             delivery: None,
             again: Arc::default(),
+            channels: None,
             last_stale_check: None,
         };
-        self.register_channels().await;
+        self.register_channels(&mut lp);
         let outside = self.watch_from_outside().await?;
         let mut heartbeat = self.heartbeat_interval();
         self.catch_up(&mut lp).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::Daemon;
+use super::{Daemon, Loop};
 use crate::config::Settings;
 use crate::listener::{self, Health};
 use crate::metrics;
@@ -21,15 +21,30 @@ pub(super) struct Outside {
 }
 
 impl Daemon {
-    /// Records the outbox's channels (alerts queued from now on are owed to each).
-    pub(super) async fn register_channels(&self) {
-        let registered = match &self.services.outbox {
-            Some(o) => o.register().await,
-            None => self.db.set_channels(&[]).await,
-        };
-        if let Err(e) = registered {
-            tracing::error!("{e}");
+    /// Records the outbox's channels (alerts queued from now on are owed to each) when
+    /// they differ from those recorded last, in the background: the loop never waits on
+    /// it. Alerts queued before it lands are taken by the new channels then.
+    pub(super) fn register_channels(&self, lp: &mut Loop) {
+        let names: Vec<String> = self
+            .services
+            .outbox
+            .iter()
+            .flat_map(|o| o.channels().map(|c| c.name().to_string()))
+            .collect();
+        if lp.channels.as_ref() == Some(&names) {
+            return;
         }
+        lp.channels = Some(names);
+        let (outbox, db) = (self.services.outbox.clone(), self.db.clone());
+        tokio::spawn(async move {
+            let registered = match outbox {
+                Some(o) => o.register().await,
+                None => db.set_channels(&[]).await,
+            };
+            if let Err(e) = registered {
+                tracing::error!("{e}");
+            }
+        });
     }
 
     /// Starts the metrics listener if `[metrics] listen` is set, and writes the textfile.
