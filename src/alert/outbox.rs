@@ -285,16 +285,18 @@ impl Outbox {
                 return tracing::error!("{e}");
             }
         };
+        // A few at a time: a thousand jobs may ping in the same second.
         let mut sends = tokio::task::JoinSet::new();
         for p in due {
+            if sends.len() >= PINGS_AT_ONCE {
+                reap(sends.join_next().await);
+            }
             let target = self.ping_url(&p);
             let (http, db, clock) = (self.http.clone(), self.db.clone(), self.clock.clone());
             sends.spawn(async move { send_ping(&http, &db, &clock, p, target).await });
         }
         while let Some(done) = sends.join_next().await {
-            if let Err(e) = done {
-                tracing::error!("sending a ping failed: {e}");
-            }
+            reap(Some(done));
         }
         if let Err(e) = self.db.prune_pings(now - PING_KEEP).await {
             tracing::warn!("{e}");
@@ -339,6 +341,15 @@ impl Outbox {
 
     pub fn heartbeat_every(&self) -> Option<Duration> {
         self.pings.heartbeat.as_ref().map(|h| h.every)
+    }
+}
+
+/// Pings in flight at once.
+const PINGS_AT_ONCE: usize = 16;
+
+fn reap(done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = done {
+        tracing::error!("sending a ping failed: {e}");
     }
 }
 
