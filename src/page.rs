@@ -77,10 +77,6 @@ struct Page {
     agents: Vec<String>,
 }
 
-fn time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
 fn mark(s: RunStatus) -> Mark {
     match s {
         RunStatus::Succeeded | RunStatus::Started => Mark {
@@ -109,40 +105,24 @@ async fn jobs(
 ) -> anyhow::Result<Vec<JobView>> {
     let names: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
     let mut summaries = db.job_summaries(&names).await?;
+    let mut timings = crate::schedule::Timings::default();
     let mut out = Vec::new();
     for job in &settings.jobs {
         let s = summaries.remove(&job.name).unwrap_or_default();
-        let mut marks: Vec<Mark> = s.timeline.iter().map(|st| mark(*st)).collect();
-        if s.last_run
-            .as_ref()
-            .is_some_and(|r| r.status == RunStatus::Running)
-        {
-            marks.push(mark(RunStatus::Running));
-        }
-        marks.drain(..marks.len().saturating_sub(30));
-        let parsed = JobSettings {
-            trigger: job.trigger.parsed(),
-            ..job.clone()
-        };
-        let stale_after = crate::schedule::stale_after(&parsed, now);
-        let since = s
-            .last_success_at
-            .or_else(|| s.last_run.as_ref().map(|r| r.started_at));
-        let stale = since.is_some_and(|t| (now - t).to_std().unwrap_or_default() > stale_after);
-        let next = crate::schedule::next_fire(&parsed, now);
+        let (next, stale_after) = timings.of(job, now);
         out.push(JobView {
             name: job.name.clone(),
             server_id: job.server_id,
-            marks,
+            marks: s.marks().into_iter().map(mark).collect(),
+            stale: s.stale(stale_after, now),
             last_success: s.last_success_at.map_or("never".into(), |t| {
                 format!(
-                    "{} UTC ({} ago; stale after {})",
-                    time(t),
+                    "{} ({} ago; stale after {})",
+                    crate::alert::text::fmt_time(t),
                     crate::alert::text::fmt_age(now - t),
                     humantime::format_duration(stale_after)
                 )
             }),
-            stale,
             next_local: next.map_or("never".into(), |t| {
                 t.with_timezone(&job.timezone)
                     .format("%Y-%m-%d %H:%M %Z")
@@ -192,7 +172,7 @@ async fn servers(
                 delete_next: r.verdict.starts_with("delete"),
                 name: r.name,
                 status: r.status,
-                created: time(r.created_at),
+                created: crate::alert::text::fmt_time(r.created_at),
                 managed: r.managed,
                 pinned: r.pinned,
                 verdict: r.verdict,
@@ -224,7 +204,7 @@ pub async fn render(
         .into_iter()
         .map(|a| AlertView {
             subject: a.subject,
-            queued: format!("{} UTC", time(a.created_at)),
+            queued: crate::alert::text::fmt_time(a.created_at),
             channels: if a.channels.is_empty() {
                 "no channel yet".into()
             } else {
@@ -240,7 +220,7 @@ pub async fn render(
         )],
         host,
         version: env!("CARGO_PKG_VERSION"),
-        generated: format!("{} UTC", time(now)),
+        generated: crate::alert::text::fmt_time(now),
         refresh_secs: REFRESH_SECS,
         jobs: jobs(db, settings, now).await?,
         servers: servers(db, settings, marker, now).await?,

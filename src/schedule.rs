@@ -3,6 +3,7 @@
 //! twice fires once), and maintenance windows minus their lead. Pure functions of
 //! (job, now), so they are tested across DST changes without waiting for one.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -91,6 +92,34 @@ pub fn stale_after(job: &JobSettings, now: DateTime<Utc>) -> Duration {
         .and_then(|d| d.to_std().ok())
         .unwrap_or(Duration::from_secs(86_400));
     period * 2
+}
+
+/// When a job fires next and how long without a success makes it stale.
+pub type Timing = (Option<DateTime<Utc>>, Duration);
+
+/// Jobs' [`Timing`]s, worked out once per distinct schedule: configs repeat a few
+/// expressions across many jobs, and croner's search (and, for settings that dropped
+/// their parsed expressions, the parse) would otherwise be most of the time `status`,
+/// a scrape or the status page take at a thousand jobs.
+#[derive(Default)]
+pub struct Timings(HashMap<String, Timing>);
+
+impl Timings {
+    pub fn of(&mut self, job: &JobSettings, now: DateTime<Utc>) -> Timing {
+        let key = match &job.trigger {
+            Trigger::Schedule(c) => format!("s {c} {} {:?}", job.timezone, job.stale_after),
+            Trigger::Window { window, lead } => {
+                format!("w {window} {lead:?} {} {:?}", job.timezone, job.stale_after)
+            }
+        };
+        *self.0.entry(key).or_insert_with(|| {
+            let job = JobSettings {
+                trigger: job.trigger.parsed(),
+                ..job.clone()
+            };
+            (next_fire(&job, now), stale_after(&job, now))
+        })
+    }
 }
 
 #[cfg(test)]

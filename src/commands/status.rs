@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,7 +9,7 @@ use super::{context, output};
 use crate::cli::StatusArgs;
 use crate::config::{JobSettings, Trigger};
 use crate::db::{Database, JobSummary, Owner, PendingAlert, Run, RunStatus};
-use crate::schedule;
+use crate::schedule::{self, Timing};
 
 #[derive(Serialize)]
 struct JobStatus {
@@ -53,27 +52,6 @@ pub fn p95(d: &[Duration]) -> Option<Duration> {
     v.get(rank - 1).copied()
 }
 
-/// When a job fires next and how long without a success makes it stale.
-type Timing = (Option<DateTime<Utc>>, Duration);
-
-/// `job`'s [`Timing`], worked out once per distinct schedule: configs repeat a few
-/// expressions across many jobs, and croner's search would otherwise be most of
-/// `status`'s time at a thousand jobs.
-fn timing(job: &JobSettings, now: DateTime<Utc>, memo: &mut HashMap<String, Timing>) -> Timing {
-    let key = match &job.trigger {
-        Trigger::Schedule(c) => format!("s {c} {} {:?}", job.timezone, job.stale_after),
-        Trigger::Window { window, lead } => {
-            format!("w {window} {lead:?} {} {:?}", job.timezone, job.stale_after)
-        }
-    };
-    *memo.entry(key).or_insert_with(|| {
-        (
-            schedule::next_fire(job, now),
-            schedule::stale_after(job, now),
-        )
-    })
-}
-
 async fn job_status(
     db: &Database,
     job: &JobSettings,
@@ -97,22 +75,13 @@ async fn job_status(
             ));
         }
     }
+    let timeline = summary.marks();
+    let stale = summary.stale(stale_after, now);
     let JobSummary {
         last_run,
         last_success_at,
-        mut timeline,
+        ..
     } = summary;
-    timeline.extend(
-        last_run
-            .as_ref()
-            .filter(|r| r.status == RunStatus::Running)
-            .map(|r| r.status),
-    );
-    timeline.drain(..timeline.len().saturating_sub(30));
-    // Without a success, staleness counts from the last run: a job that never ran is
-    // new, not stale.
-    let since = last_success_at.or_else(|| last_run.as_ref().map(|r| r.started_at));
-    let stale = since.is_some_and(|t| (now - t).to_std().unwrap_or_default() > stale_after);
     Ok(JobStatus {
         name: job.name.clone(),
         server_id: job.server_id,
@@ -140,11 +109,11 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let selected = context::select_jobs(&settings, &args.jobs)?;
     let names: Vec<&str> = selected.iter().map(|j| j.name.as_str()).collect();
     let mut summaries = db.job_summaries(&names).await?;
-    let mut memo = HashMap::new();
+    let mut timings = schedule::Timings::default();
     let mut jobs = Vec::new();
     for job in &selected {
         let summary = summaries.remove(&job.name).unwrap_or_default();
-        let timing = timing(job, now, &mut memo);
+        let timing = timings.of(job, now);
         jobs.push(job_status(&db, job, summary, timing, now).await?);
     }
     let status = Status {

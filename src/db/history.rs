@@ -21,6 +21,28 @@ pub struct JobSummary {
 }
 
 impl JobSummary {
+    /// The last 30 runs, oldest first, a running last run included.
+    pub fn marks(&self) -> Vec<RunStatus> {
+        let mut marks = self.timeline.clone();
+        marks.extend(
+            self.last_run
+                .as_ref()
+                .filter(|r| r.status == RunStatus::Running)
+                .map(|r| r.status),
+        );
+        marks.drain(..marks.len().saturating_sub(30));
+        marks
+    }
+
+    /// No success for longer than `stale_after`. Without a success, staleness counts
+    /// from the last run: a job that never ran is new, not stale.
+    pub fn stale(&self, stale_after: Duration, now: DateTime<Utc>) -> bool {
+        let since = self
+            .last_success_at
+            .or_else(|| self.last_run.as_ref().map(|r| r.started_at));
+        since.is_some_and(|t| (now - t).to_std().unwrap_or_default() > stale_after)
+    }
+
     fn job(&self) -> &str {
         self.last_run.as_ref().map_or("", |r| r.job.as_str())
     }

@@ -6,7 +6,6 @@
 //! textfile collector reads ([`crate::listener`] serves it), [`write_textfile`] writes it
 //! to a file.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -258,7 +257,7 @@ async fn jobs(
         "1 for the status of the job's last run (running, succeeded, failed, interrupted), 0 for the others",
         status.clone(),
     );
-    let mut memo: HashMap<String, (Option<DateTime<Utc>>, Duration)> = HashMap::new();
+    let mut timings = crate::schedule::Timings::default();
     for job in &settings.jobs {
         let key = l([("job_name", job.name.as_str())]);
         let summary = summaries.get(&job.name);
@@ -274,17 +273,7 @@ async fn jobs(
         if let Some(t) = last_success {
             success.get_or_create(&key).set(seconds(t));
         }
-        let expr = format!("{:?}{}{:?}", job.trigger, job.timezone, job.stale_after);
-        let (fire, stale_after) = *memo.entry(expr).or_insert_with(|| {
-            let job = crate::config::JobSettings {
-                trigger: job.trigger.parsed(),
-                ..job.clone()
-            };
-            (
-                crate::schedule::next_fire(&job, now),
-                crate::schedule::stale_after(&job, now),
-            )
-        });
+        let (fire, stale_after) = timings.of(job, now);
         if let Some(t) = fire {
             next.get_or_create(&key).set(seconds(t));
         }

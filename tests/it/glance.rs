@@ -183,11 +183,7 @@ async fn the_status_page_shows_jobs_snapshots_and_verdicts_in_a_browser_and_neve
         Utc::now() - chrono::Duration::hours(3),
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::watch::free_port();
     let secret_path = "/hooks/T000/B000/s3cr3t-webhook-path";
     let cfg = config(
         dir.path(),

@@ -22,6 +22,16 @@ fn job(ping: &str, schedule: &str) -> String {
     )
 }
 
+/// A Healthchecks-style receiver, then a webhook, a Slack and an ntfy one.
+async fn receivers() -> [Receiver; 4] {
+    [
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    ]
+}
+
 fn channels(hook: &Receiver, slack: &Receiver, ntfy: &Receiver) -> String {
     format!(
         "[[notify]]\nkind = \"webhook\"\nurl = \"{}\"\n[[notify]]\nkind = \"slack\"\nurl = \"{}\"\n[[notify]]\nkind = \"ntfy\"\nurl = \"{}\"\ntimeout = \"1s\"\n",
@@ -81,12 +91,7 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_channel_gets_each_alert_once_and_the_job_pings_its_check() {
     let s = sim().await;
-    let (hc, hook, slack, ntfy) = (
-        Receiver::start().await,
-        Receiver::start().await,
-        Receiver::start().await,
-        Receiver::start().await,
-    );
+    let [hc, hook, slack, ntfy] = receivers().await;
     let dir = tempfile::tempdir().unwrap();
     let textfile = dir.path().join("agent.prom");
     let extra = format!(
@@ -194,12 +199,7 @@ async fn each_channel_gets_each_alert_once_and_the_job_pings_its_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_that_is_down_keeps_its_alerts_while_the_others_deliver() {
     let s = sim().await;
-    let (hc, hook, slack, ntfy) = (
-        Receiver::start().await,
-        Receiver::start().await,
-        Receiver::start().await,
-        Receiver::start().await,
-    );
+    let [hc, hook, slack, ntfy] = receivers().await;
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
         "{}{}",
@@ -375,7 +375,7 @@ fn contrib_uses_only(exported: &str) {
 }
 
 /// A port nothing listens on yet.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
