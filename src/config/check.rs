@@ -66,6 +66,45 @@ fn mailbox(r: &mut Reader<'_>, key: &str, v: Option<&Value>, text: &str) -> Opti
         .ok()
 }
 
+/// Where the history database is: a path, or a `sqlite:` URL of one. Anything else is
+/// refused by name rather than taken for a file name (`postgres://…` once was).
+fn database_path(text: &str) -> Result<PathBuf, String> {
+    let (scheme, rest) = match text.split_once(':') {
+        Some((s, rest))
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                && (rest.starts_with("//") || s == "sqlite") =>
+        {
+            (s, rest)
+        }
+        _ => ("", text),
+    };
+    let path = match scheme {
+        "" => text,
+        "sqlite" if rest.contains('?') => {
+            return Err(format!(
+                "{text:?}: options in a sqlite: URL are not supported; give the file's path"
+            ));
+        }
+        // sqlite:///abs/path, sqlite://relative/path, sqlite:relative/path
+        "sqlite" => rest.strip_prefix("//").unwrap_or(rest),
+        "postgres" | "postgresql" => {
+            return Err("PostgreSQL is not supported by this version of the agent yet: give the path of a SQLite file \
+                 (several agents on one host can share it: see \"Several agents\" in the README)".into());
+        }
+        other => {
+            return Err(format!(
+                "{text:?}: unknown database URL scheme {other:?}: give the path of a SQLite file"
+            ));
+        }
+    };
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(PathBuf::from(path))
+}
+
 /// The whole configuration; its problems are in `r`.
 pub(super) fn settings(r: &mut Reader<'_>, path: &Path, tree: &Dict) -> Settings {
     for (k, v) in tree {
@@ -78,10 +117,11 @@ pub(super) fn settings(r: &mut Reader<'_>, path: &Path, tree: &Dict) -> Settings
         }
     }
     let database: Option<Text> = r.read("database", tree.get("database"));
-    let database = PathBuf::from(database.map_or(DEFAULT_DATABASE.to_string(), |t| t.0));
-    if database.as_os_str().is_empty() {
-        r.error("database", tree.get("database"), "must not be empty");
-    }
+    let database = database.map_or(DEFAULT_DATABASE.to_string(), |t| t.0);
+    let database = database_path(&database).unwrap_or_else(|e| {
+        r.error("database", tree.get("database"), e);
+        PathBuf::new()
+    });
     let api_v = r.table(tree, "api");
     let raw = r.read("api", api_v);
     let api = api(r, raw, api_v);
