@@ -2,7 +2,7 @@
 //! once), and jobs without a success for `stale_after` (the dead-man check).
 
 use super::{Daemon, Loop};
-use crate::alert::{AlertKind, text};
+use crate::alert::text;
 use crate::db::RunTrigger;
 use crate::schedule;
 
@@ -37,7 +37,8 @@ impl Daemon {
         }
     }
 
-    /// Alerts for jobs without a success for `stale_after` (once per stale spell).
+    /// Alerts for jobs without a success for `stale_after` (once per stale spell, however
+    /// many agents check).
     pub(super) async fn stale_check(&self, lp: &Loop) {
         if crate::alert::AlertPolicy::from_settings(&self.services.settings).is_none() {
             return;
@@ -55,18 +56,13 @@ impl Daemon {
             if (now - since).to_std().unwrap_or_default() <= schedule::stale_after(job, now) {
                 continue;
             }
-            match self.db.last_alert_at(&job.name, &[AlertKind::Stale]).await {
-                Ok(Some(t)) if t > since => continue,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    continue;
-                }
-                _ => {}
-            }
-            tracing::warn!(job = %job.name, "stale: no success for {}", text::fmt_age(now - since));
             let a = text::stale(&job.name, job.server_id, since, last, now);
-            if let Err(e) = self.db.queue_alert(&a).await {
-                tracing::error!("{e}");
+            match self.db.queue_alert_unless_since(&a, since).await {
+                Ok(true) => {
+                    tracing::warn!(job = %job.name, "stale: no success for {}", text::fmt_age(now - since));
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!("{e}"),
             }
         }
     }

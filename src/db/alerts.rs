@@ -121,6 +121,32 @@ impl Database {
         Ok(id)
     }
 
+    /// Queues `a` unless an alert of its kind about its job was queued after `since`, in
+    /// one statement: of several agents checking at once, one queues it. Whether it did.
+    pub async fn queue_alert_unless_since(
+        &self,
+        a: &NewAlert,
+        since: DateTime<Utc>,
+    ) -> DbResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS \
+               (SELECT 1 FROM alerts WHERE job = ?1 AND kind = ?4 AND created_at > ?8)",
+        )
+        .bind(&a.job)
+        .bind(a.server_id)
+        .bind(a.run_id)
+        .bind(a.kind)
+        .bind(&a.subject)
+        .bind(&a.body)
+        .bind(ms(a.created_at))
+        .bind(ms(since))
+        .execute(self.pool())
+        .await
+        .map_err(self.err("cannot queue an alert"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Makes `names` the channels new alerts are delivered to. A channel new to the
     /// database also takes the alerts that no channel has taken yet (queued while none
     /// was configured, or before this version): queued is never lost.
