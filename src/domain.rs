@@ -172,6 +172,8 @@ pub enum AlertKind {
     Restored,
     /// A hook failed without failing its run, or had to be run at the next start.
     Hook,
+    /// An agent on the database stopped heartbeating (while this one lives).
+    AgentGone,
 }
 
 impl AlertKind {
@@ -186,6 +188,7 @@ impl AlertKind {
             AlertKind::NoRoom => "NO ROOM",
             AlertKind::Restored => "RESTORED",
             AlertKind::Hook => "HOOK",
+            AlertKind::AgentGone => "AGENT GONE",
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`api`]: the VPS.org Snapshot API: types, client, error classes, the retry policy
 //! - [`sim`]: the API simulator (world, fault menu, HTTP front) for tests, demo, `simulate`
 //! - [`db`]: SQLite: runs, the run journal, pins, per-server locks, the alert outbox
+//! - [`presence`]: this process's heartbeat on the database, seen by the other agents
 //! - [`run`]: one job run, a file per step, written as a journal ahead of its effects
 //! - [`daemon`]: `agent run`: the loop, next fires, periodic checks, signals, sd-notify
 //! - [`alert`]: what alerts say (`text`), when they are sent, delivery by mail
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod naming;
 pub mod ownership;
 pub mod page;
+pub mod presence;
 pub mod progress;
 pub mod retention;
 pub mod run;

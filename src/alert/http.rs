@@ -47,7 +47,8 @@ fn ntfy_priority(kind: AlertKind) -> u8 {
         AlertKind::Failed
         | AlertKind::NoRoom
         | AlertKind::Stale
-        | AlertKind::NotReadyBeforeWindow => 4,
+        | AlertKind::NotReadyBeforeWindow
+        | AlertKind::AgentGone => 4,
         AlertKind::Hook | AlertKind::Drift | AlertKind::Restored => 3,
         AlertKind::Recovered => 2,
     }

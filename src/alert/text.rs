@@ -374,3 +374,32 @@ pub fn test_alert() -> (String, String) {
         ),
     )
 }
+
+/// A daemon on the database (agent `id`, on `host`) stopped heartbeating at `seen_at`
+/// without stopping cleanly, while the one that noticed lives.
+pub fn agent_gone(id: &str, host: &str, seen_at: DateTime<Utc>, now: DateTime<Utc>) -> NewAlert {
+    let mut body = format!(
+        "The agent daemon on host {host} ({id}) stopped heartbeating: last seen {} ({} ago), \
+         and it did not stop cleanly.\n\n",
+        fmt_time(seen_at),
+        fmt_age(now - seen_at)
+    );
+    body.push_str(
+        "The agents still alive run every fire and finish the runs it left; until it is back \
+         this database has one agent fewer to fall back on.\n\nWhat to do next:\n",
+    );
+    let _ = writeln!(
+        body,
+        "  - on {host}: systemctl status vps-snapshot-agent; journalctl -u vps-snapshot-agent"
+    );
+    body.push_str("  - agent status lists the agents alive on this database\n");
+    NewAlert {
+        job: None,
+        server_id: None,
+        run_id: None,
+        kind: AlertKind::AgentGone,
+        subject: format!("[agent] {} {host}", AlertKind::AgentGone.headline()),
+        body,
+        created_at: now,
+    }
+}

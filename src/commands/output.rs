@@ -14,7 +14,7 @@ pub fn paint(status: impl std::fmt::Display) -> String {
     let text = status.to_string();
     let colour = match text.as_str() {
         "succeeded" | "started" => AnsiColor::Green,
-        "failed" | "STALE" => AnsiColor::Red,
+        "failed" | "STALE" | "GONE" => AnsiColor::Red,
         "running" => AnsiColor::Yellow,
         "interrupted" => AnsiColor::Magenta,
         _ => return text,
@@ -158,6 +158,7 @@ pub fn history(runs: &[Run]) {
                 r.kind.to_string(),
                 r.trigger.to_string(),
                 paint(r.status),
+                r.host.clone(),
                 time(r.started_at),
                 r.finished_at.map_or("-".into(), |f| {
                     short((f - r.started_at).to_std().unwrap_or_default())
@@ -182,6 +183,7 @@ pub fn history(runs: &[Run]) {
             "KIND",
             "TRIGGER",
             "STATUS",
+            "HOST",
             "STARTED (UTC)",
             "TOOK",
             "SNAPSHOT",

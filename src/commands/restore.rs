@@ -9,7 +9,8 @@ use super::{UsageError, context, output};
 use crate::api::Snapshot;
 use crate::cli::RestoreArgs;
 use crate::config::{JobSettings, Settings};
-use crate::db::{Database, RunStatus};
+use crate::db::{AgentRole, Database, RunStatus};
+use crate::presence::Presence;
 use crate::run::{self, RestoreRequest, Runner};
 
 pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
@@ -63,6 +64,12 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
         o.register().await?;
     }
     let runner = Runner::from_settings(&settings, db.clone(), client, clock);
+    let presence = Presence::start(
+        db.clone(),
+        runner.clock.clone(),
+        &runner.owner,
+        AgentRole::RunOnce,
+    );
     let outcome = runner
         .restore(RestoreRequest {
             snapshot: &snap,
@@ -70,6 +77,7 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
             safety,
         })
         .await?;
+    presence.leave().await;
     // The operators hear of it now (how to undo it, or why it did not happen); if the
     // mail server is down the alert stays queued for the daemon.
     if let Some(o) = &outbox {

@@ -11,8 +11,9 @@ use crate::alert::{self as mail, Cause};
 use crate::cli::RunOnceArgs;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
-use crate::db::{Database, Owner, RunStatus, RunTrigger};
+use crate::db::{AgentRole, Database, Owner, RunStatus, RunTrigger};
 use crate::hooks::ThawAfter;
+use crate::presence::Presence;
 use crate::run::{self, Runner};
 
 pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
@@ -63,6 +64,12 @@ pub async fn run_jobs(
     runner: &Runner,
     jobs: &[JobSettings],
 ) -> anyhow::Result<Verdict> {
+    let presence = Presence::start(
+        runner.db.clone(),
+        runner.clock.clone(),
+        &runner.owner,
+        AgentRole::RunOnce,
+    );
     let (outbox, unreachable) = open_outbox(settings, runner).await?;
     let pinger = outbox
         .clone()
@@ -120,6 +127,7 @@ pub async fn run_jobs(
         o.deliver(true, &unreachable).await;
     }
     crate::metrics::update_textfile(&runner.db, settings, runner.clock.now()).await;
+    presence.leave().await;
     let rejected = outcomes
         .iter()
         .any(|o| o.cause == Some(Cause::Unauthorized));

@@ -8,7 +8,9 @@ use serde::Serialize;
 use super::{context, output};
 use crate::cli::StatusArgs;
 use crate::config::{JobSettings, Trigger};
-use crate::db::{Database, JobSummary, Owner, PendingAlert, Run, RunStatus};
+use crate::db::{
+    AgentRole, AgentRow, Database, JobSummary, Leases, Owner, PendingAlert, Run, RunStatus,
+};
 use crate::schedule::{self, Timing};
 
 #[derive(Serialize)]
@@ -39,6 +41,9 @@ struct JobStatus {
 struct Status {
     jobs: Vec<JobStatus>,
     pending_alerts: Vec<PendingAlert>,
+    /// The agents on this database seen in the last week (daemons, and `run-once`s
+    /// still running), newest first.
+    agents: Vec<AgentRow>,
 }
 
 /// The 95th percentile (nearest rank) of `d`.
@@ -57,6 +62,7 @@ async fn job_status(
     job: &JobSettings,
     summary: JobSummary,
     (next_run_at, stale_after): Timing,
+    leases: &Leases,
     now: DateTime<Utc>,
 ) -> anyhow::Result<JobStatus> {
     let mut warnings = Vec::new();
@@ -92,7 +98,8 @@ async fn job_status(
         last_success_age_secs: last_success_at.map(|t| (now - t).num_seconds()),
         stale_after_secs: stale_after.as_secs(),
         last_run_orphaned: last_run.as_ref().is_some_and(|r| {
-            r.status == RunStatus::Running && !Owner::may_be_alive(&r.owner, None, now)
+            r.status == RunStatus::Running
+                && !Owner::may_be_alive(&r.owner, leases.of(&r.owner, None), now)
         }),
         last_run,
         last_success_at,
@@ -110,15 +117,19 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let names: Vec<&str> = selected.iter().map(|j| j.name.as_str()).collect();
     let mut summaries = db.job_summaries(&names).await?;
     let mut timings = schedule::Timings::default();
+    let leases = db.leases().await?;
     let mut jobs = Vec::new();
     for job in &selected {
         let summary = summaries.remove(&job.name).unwrap_or_default();
         let timing = timings.of(job, now);
-        jobs.push(job_status(&db, job, summary, timing, now).await?);
+        jobs.push(job_status(&db, job, summary, timing, &leases, now).await?);
     }
+    let mut agents = db.agents(now).await?;
+    agents.retain(|a| a.role == AgentRole::Daemon || a.alive);
     let status = Status {
         jobs,
         pending_alerts: db.pending_alerts().await?,
+        agents,
     };
     db.close().await;
     if args.check {
@@ -131,6 +142,7 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print_jobs(&selected, &status);
+    print_agents(&status, now);
     print_alerts(&settings, &status);
     Ok(ExitCode::SUCCESS)
 }
@@ -179,10 +191,11 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
                         ""
                     };
                     format!(
-                        "{} {} (run {}{gone})",
+                        "{} {} (run {} on {}{gone})",
                         output::time(r.started_at),
                         output::paint(r.status),
-                        r.id
+                        r.id,
+                        r.host
                     )
                 }),
             ]
@@ -210,6 +223,39 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
         for w in &j.warnings {
             println!("\nwarning: {}: {w}", j.name);
         }
+    }
+}
+
+/// The agents on the database: alive, or gone (and since when), once there is more than
+/// one or one is gone.
+fn print_agents(status: &Status, now: DateTime<Utc>) {
+    let agents = &status.agents;
+    if agents.len() <= 1 && agents.iter().all(|a| a.alive) {
+        return;
+    }
+    let alive = agents.iter().filter(|a| a.alive).count();
+    println!("\nagents on this database: {alive} alive");
+    for a in agents {
+        let state = match (a.alive, a.stopped_at) {
+            (true, _) => format!(
+                "alive, last heartbeat {} ago",
+                crate::alert::text::fmt_age(now - a.seen_at)
+            ),
+            (false, Some(t)) => format!("stopped {} UTC", output::time(t)),
+            (false, None) => format!(
+                "{} since {} UTC (no heartbeat for {})",
+                output::paint("GONE"),
+                output::time(a.seen_at),
+                crate::alert::text::fmt_age(now - a.seen_at)
+            ),
+        };
+        anstream::println!(
+            "  {} {} {} (version {}): {state}",
+            a.host,
+            a.role,
+            a.id,
+            a.version
+        );
     }
 }
 

@@ -26,7 +26,8 @@ use tokio_util::task::TaskTracker;
 use crate::alert::Outbox;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
-use crate::db::{Database, RunTrigger};
+use crate::db::{AgentRole, Database, Owner, RunTrigger};
+use crate::presence::Presence;
 use crate::run::Runner;
 use crate::schedule;
 
@@ -54,7 +55,7 @@ impl Executor for Runner {
     ) -> BoxFuture<'static, ()> {
         let runner = self.clone();
         Box::pin(async move {
-            if let Err(e) = runner.run_job(&job, trigger, Some(scheduled_for)).await {
+            if let Err(e) = runner.run_fire(&job, trigger, scheduled_for).await {
                 tracing::error!(job = %job.name, "{e:#}");
             }
         })
@@ -401,6 +402,12 @@ impl Daemon {
             channels: None,
             last_stale_check: None,
         };
+        let presence = Presence::start(
+            self.db.clone(),
+            self.clock.clone(),
+            &Owner::current(),
+            AgentRole::Daemon,
+        );
         self.register_channels(&mut lp);
         let outside = self.watch_from_outside().await?;
         let mut heartbeat = self.heartbeat_interval();
@@ -449,6 +456,7 @@ impl Daemon {
             }
         }
         self.drain(lp, &mut control).await;
+        presence.leave().await;
         Ok(())
     }
 

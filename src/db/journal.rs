@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::runs::names;
-use super::{Database, DbResult, ms};
+use super::{Database, DbError, DbResult, Owner, ms};
 use crate::domain::{RunId, ServerId, SnapshotId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
@@ -145,6 +145,34 @@ async fn insert(
     Ok(EntryId(id))
 }
 
+/// Inserts a pending entry only while its run is still running under `owner`: an agent
+/// whose run another agent took over (its heartbeat lapsed, say, cut off from the
+/// database) records no intent, and so sends no request, for it again. `None` when not.
+async fn insert_fenced(
+    conn: &mut SqliteConnection,
+    i: &Intent<'_>,
+    owner: &Owner,
+    at: DateTime<Utc>,
+) -> Result<Option<EntryId>, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO journal (run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail) \
+         SELECT ?, ?, ?, 'pending', ?, ?, ?, ? \
+         WHERE EXISTS (SELECT 1 FROM runs WHERE id = ? AND status = 'running' AND owner = ?)",
+    )
+    .bind(i.run_id)
+    .bind(i.server_id)
+    .bind(i.action)
+    .bind(i.snapshot_id)
+    .bind(i.snapshot_name)
+    .bind(ms(at))
+    .bind(i.detail)
+    .bind(i.run_id)
+    .bind(owner.as_str())
+    .execute(conn)
+    .await?;
+    Ok((done.rows_affected() == 1).then(|| EntryId(done.last_insert_rowid())))
+}
+
 /// A resolved entry about the run itself (its end), inside the caller's transaction.
 pub(super) async fn insert_resolved(
     tx: &mut Transaction<'_, Sqlite>,
@@ -170,8 +198,14 @@ pub(super) async fn insert_resolved(
 }
 
 impl Database {
-    /// Records an effect about to be requested; committed when this returns.
-    pub async fn intend(&self, i: Intent<'_>, at: DateTime<Utc>) -> DbResult<EntryId> {
+    /// Records an effect about to be requested by `owner`'s run; committed when this
+    /// returns. An error when the run is no longer `owner`'s.
+    pub async fn intend(
+        &self,
+        i: Intent<'_>,
+        owner: &Owner,
+        at: DateTime<Utc>,
+    ) -> DbResult<EntryId> {
         let what = format!(
             "cannot record the intent to {} (run {})",
             i.action, i.run_id
@@ -182,14 +216,16 @@ impl Database {
                 .acquire()
                 .await
                 .map_err(self.err(what.clone()))?;
-            return insert(&mut conn, &i, State::Pending, at)
+            return insert_fenced(&mut conn, &i, owner, at)
                 .await
-                .map_err(self.err(what));
+                .map_err(self.err(what.clone()))?
+                .ok_or_else(|| self.taken_over(&what, i.run_id));
         }
         let mut tx = self.begin().await?;
-        let id = insert(&mut tx, &i, State::Pending, at)
+        let id = insert_fenced(&mut tx, &i, owner, at)
             .await
-            .map_err(self.err(what.clone()))?;
+            .map_err(self.err(what.clone()))?
+            .ok_or_else(|| self.taken_over(&what, i.run_id))?;
         {
             // The run's summary names its snapshot from the moment it is asked for.
             sqlx::query("UPDATE runs SET snapshot_name = ?, step = 'create' WHERE id = ?")
@@ -203,10 +239,22 @@ impl Database {
         Ok(id)
     }
 
-    /// Records several intents at once, committed together when this returns.
+    fn taken_over(&self, what: &str, run_id: RunId) -> DbError {
+        DbError::new(
+            &self.path,
+            what,
+            anyhow::anyhow!(
+                "run {run_id} is no longer this agent's (another agent took it over after this one's heartbeat lapsed)"
+            ),
+        )
+    }
+
+    /// Records several intents of `owner`'s runs at once, committed together when this
+    /// returns.
     pub async fn intend_all(
         &self,
         intents: &[Intent<'_>],
+        owner: &Owner,
         at: DateTime<Utc>,
     ) -> DbResult<Vec<EntryId>> {
         let what = "cannot record the run's hooks in the journal";
@@ -214,9 +262,10 @@ impl Database {
         let mut ids = Vec::with_capacity(intents.len());
         for i in intents {
             ids.push(
-                insert(&mut tx, i, State::Pending, at)
+                insert_fenced(&mut tx, i, owner, at)
                     .await
-                    .map_err(self.err(what))?,
+                    .map_err(self.err(what))?
+                    .ok_or_else(|| self.taken_over(what, i.run_id))?,
             );
         }
         tx.commit().await.map_err(self.err(what))?;

@@ -1,6 +1,7 @@
 //! Per-server locks in SQLite, shared by every agent process on the database (the daemon
 //! and `run-once`). A holder on this host is dead when its process is gone (pid and start
-//! time no longer match); a holder on another host when its lease lapses.
+//! time no longer match); a holder on another host when its agent's heartbeat lapses (or,
+//! for an agent too old to heartbeat, the lock's own lease).
 
 use std::time::Duration;
 
@@ -32,6 +33,11 @@ fn hostname() -> String {
 }
 
 impl Owner {
+    /// The agent (process) it belongs to: `host/pid/process start`.
+    pub fn agent_id(&self) -> &str {
+        super::agents::agent_id(&self.0)
+    }
+
     /// This process, distinguished from other owners in it by a random suffix.
     pub fn current() -> Self {
         Self::of_process(std::process::id())
@@ -114,8 +120,12 @@ impl Database {
                 .map_err(self.err("cannot read a lock"))?;
         if let Some(row) = existing {
             let holder: String = row.get("holder");
-            let expires: i64 = row.get("expires_at");
-            if Owner::may_be_alive(&holder, Some(from_ms(expires)), now) {
+            let expires = Some(from_ms(row.get("expires_at")));
+            let lease = match Owner::liveness(&holder) {
+                Some(_) => None,
+                None => self.leases().await?.of(&holder, expires),
+            };
+            if Owner::may_be_alive(&holder, lease, now) {
                 let run: Option<RunId> = row.get("run_id");
                 return Ok(Err(match run {
                     Some(r) => format!("run {r} of process {holder}"),

@@ -2,6 +2,7 @@
 //! write-ahead journal (`journal`) are written as they happen; pins, per-server locks and
 //! the alert outbox live here too.
 
+mod agents;
 mod alerts;
 mod history;
 mod journal;
@@ -10,12 +11,13 @@ mod pings;
 mod pins;
 mod runs;
 
+pub use agents::{AGENT_BEAT, AGENT_LEASE, AgentRole, AgentRow, Leases};
 pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
 pub use history::JobSummary;
 pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
 pub use locks::Owner;
 pub use pings::{NewPing, PendingPing, PingKind};
-pub use runs::{Finish, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};
+pub use runs::{Finish, FireTaken, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

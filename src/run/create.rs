@@ -25,7 +25,7 @@ impl Runner {
             snapshot_name: Some(&name),
             ..st.intent(Action::Create, None)
         };
-        let entry = self.db.intend(intent, self.now()).await?;
+        let entry = self.db.intend(intent, &self.owner, self.now()).await?;
         st.requested_at = Some(self.now());
         match self.client.create(job.server_id, &name, &description).await {
             Ok(snap) => {

@@ -118,7 +118,10 @@ impl Runner {
                 ..st.intent(*a, None)
             })
             .collect();
-        let mut ids = self.db.intend_all(&intents, self.now()).await?;
+        let mut ids = self
+            .db
+            .intend_all(&intents, &self.owner, self.now())
+            .await?;
         let first_before = (!hooks.before.is_empty()).then(|| ids.pop()).flatten();
         st.owed = ids.into_iter().zip(hooks.after.iter().cloned()).collect();
         for (i, command) in hooks.before.iter().enumerate() {
@@ -130,7 +133,7 @@ impl Runner {
                         detail: Some(&c),
                         ..st.intent(Action::Before, None)
                     };
-                    self.db.intend(intent, self.now()).await?
+                    self.db.intend(intent, &self.owner, self.now()).await?
                 }
             };
             let facts = self.facts(st, None);
@@ -238,7 +241,7 @@ impl Runner {
                 detail: Some(&c),
                 ..st.intent(Action::OnFailure, None)
             };
-            let entry = self.db.intend(intent, self.now()).await?;
+            let entry = self.db.intend(intent, &self.owner, self.now()).await?;
             let facts = self.facts(st, Some(error));
             let ran = self
                 .run_hook(

@@ -217,6 +217,23 @@ impl<'a> RunState<'a> {
     }
 }
 
+/// A snapshot run of `job` as it starts.
+fn new_run(
+    job: &JobSettings,
+    trigger: RunTrigger,
+    started_at: DateTime<Utc>,
+    scheduled_for: Option<DateTime<Utc>>,
+) -> NewRun<'_> {
+    NewRun {
+        job: &job.name,
+        server_id: job.server_id,
+        kind: RunKind::Snapshot,
+        trigger,
+        scheduled_for,
+        started_at,
+    }
+}
+
 /// The planner's view of a server's snapshots for `job`; `owners` says whose each one is
 /// (in the order of `listing`).
 pub fn candidates(
@@ -319,20 +336,43 @@ impl Runner {
         scheduled_for: Option<DateTime<Utc>>,
     ) -> Result<Outcome, DbError> {
         let started_at = self.now();
-        let run_id = self
-            .db
-            .start_run(
-                NewRun {
-                    job: &job.name,
-                    server_id: job.server_id,
-                    kind: RunKind::Snapshot,
-                    trigger,
-                    scheduled_for,
-                    started_at,
-                },
-                &self.owner,
-            )
-            .await?;
+        let new = new_run(job, trigger, started_at, scheduled_for);
+        let run_id = self.db.start_run(new, &self.owner).await?;
+        self.run_started(job, run_id, trigger, started_at, scheduled_for)
+            .await
+    }
+
+    /// Runs `job`'s fire at `at` (scheduled, or caught up), unless a run of that fire was
+    /// started already, by this agent or another on the database: `None` then.
+    #[tracing::instrument(name = "run", skip_all, fields(job = %job.name, server = job.server_id.get(), run = tracing::field::Empty))]
+    pub async fn run_fire(
+        &self,
+        job: &JobSettings,
+        trigger: RunTrigger,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Outcome>, DbError> {
+        let started_at = self.now();
+        let new = new_run(job, trigger, started_at, Some(at));
+        match self.db.claim_fire(new, &self.owner).await? {
+            Ok(run_id) => self
+                .run_started(job, run_id, trigger, started_at, Some(at))
+                .await
+                .map(Some),
+            Err(taken) => {
+                tracing::info!(fire = %at, taken_by = taken.run_id.get(), host = %taken.host, "this fire is already being run (or was run) by another run");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn run_started(
+        &self,
+        job: &JobSettings,
+        run_id: RunId,
+        trigger: RunTrigger,
+        started_at: DateTime<Utc>,
+        scheduled_for: Option<DateTime<Utc>>,
+    ) -> Result<Outcome, DbError> {
         tracing::Span::current().record("run", run_id.get());
         tracing::info!(%trigger, "run started");
         self.start_ping(job, run_id, scheduled_for).await;

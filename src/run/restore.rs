@@ -249,7 +249,7 @@ impl Runner {
             snapshot_name: Some(&snapshot.name),
             detail: None,
         };
-        let entry = self.db.intend(intent, self.now()).await?;
+        let entry = self.db.intend(intent, &self.owner, self.now()).await?;
         let answer = self.client.restore(snapshot.id).await;
         let (state, detail) = match &answer {
             Ok(resp) => (

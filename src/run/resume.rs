@@ -1,4 +1,5 @@
-//! Runs left `running` by a process that is gone. Resuming one is a claim: under the
+//! Runs left `running` by a process that is gone (on this host, its process is; on
+//! another, its agent's heartbeat lapsed: see [`crate::presence`]). Resuming one is a claim: under the
 //! server's lock, one conditional write takes the run if it is still running under the
 //! dead owner, so of several processes starting at once exactly one resumes it, once.
 //! The claimed run is then read from its journal: what the API shows settles its open
@@ -18,9 +19,15 @@ impl Runner {
     /// Finishes every run a dead process left running; the outcomes of those resumed.
     pub async fn resume_interrupted(&self, jobs: &[JobSettings]) -> Result<Vec<Outcome>, DbError> {
         let mut out = Vec::new();
-        for seen in self.db.running().await? {
+        let running = self.db.running().await?;
+        if running.is_empty() {
+            return Ok(out);
+        }
+        let leases = self.db.leases().await?;
+        for seen in running {
+            let lease = leases.of(&seen.owner, None);
             if seen.owner == self.owner.as_str()
-                || Owner::may_be_alive(&seen.owner, None, self.now())
+                || Owner::may_be_alive(&seen.owner, lease, self.now())
             {
                 continue;
             }

@@ -32,7 +32,7 @@ impl Runner {
             detail: Some(why),
             ..st.intent(Action::Delete, Some(id))
         };
-        let entry = self.db.intend(intent, self.now()).await?;
+        let entry = self.db.intend(intent, &self.owner, self.now()).await?;
         st.deletes_spent += 1;
         let result = self.client.delete(id).await;
         let (state, detail) = match &result {

@@ -416,7 +416,8 @@ async fn two_runs_on_one_server_never_overlap() {
     );
 }
 
-/// The journal entry a create request leaves before it is sent.
+/// The journal entry a create request of a crashed run (its owner the dead process) left
+/// before it was sent.
 async fn create_intent(
     w: &World,
     runner: &vps_snapshot_agent::run::Runner,
@@ -431,7 +432,11 @@ async fn create_intent(
         snapshot_name: Some(name),
         detail: None,
     };
-    runner.db.intend(intent, w.clock.now()).await.unwrap()
+    runner
+        .db
+        .intend(intent, &dead_owner(), w.clock.now())
+        .await
+        .unwrap()
 }
 
 async fn crashed_run(w: &World, runner: &vps_snapshot_agent::run::Runner) -> RunId {

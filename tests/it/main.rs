@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a module per feature (link once, run everything).
 
+mod agents;
 mod cli;
 mod client;
 mod config;

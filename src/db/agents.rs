@@ -1,0 +1,225 @@
+//! The agents using this database, each heartbeating a row while it lives: how another
+//! host's process is known to be alive (its runs are resumed and its locks taken only
+//! once its heartbeat lapses), what `status` lists, and the alert when a daemon stops.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Database, DbResult, NewAlert, alerts, from_ms, ms};
+
+/// How often an agent writes its heartbeat.
+pub const AGENT_BEAT: Duration = Duration::from_secs(10);
+/// How long after its last heartbeat an agent on another host counts as dead.
+pub const AGENT_LEASE: Duration = Duration::from_secs(60);
+
+fn lease_ms() -> i64 {
+    AGENT_LEASE.as_millis() as i64
+}
+
+/// What an agent process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "kebab-case")]
+#[sqlx(rename_all = "kebab-case")]
+pub enum AgentRole {
+    Daemon,
+    RunOnce,
+}
+
+impl std::fmt::Display for AgentRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AgentRole::Daemon => "daemon",
+            AgentRole::RunOnce => "run-once",
+        })
+    }
+}
+
+/// An agent as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRow {
+    /// `host/pid/process start`.
+    pub id: String,
+    pub host: String,
+    pub role: AgentRole,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub seen_at: DateTime<Utc>,
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// Heartbeating within [`AGENT_LEASE`] and not stopped.
+    pub alive: bool,
+}
+
+/// Each agent's heartbeat lease (its last heartbeat plus [`AGENT_LEASE`]; `None` once it
+/// stopped), by id: what [`crate::db::Owner::may_be_alive`] weighs for another host.
+#[derive(Debug, Clone, Default)]
+pub struct Leases(HashMap<String, Option<DateTime<Utc>>>);
+
+impl Leases {
+    /// How long the process recorded as `owner` (`host/pid/start/…`) may be alive: its
+    /// agent's heartbeat lease when the agent is recorded (an older agent did not
+    /// heartbeat), else `otherwise`.
+    pub fn of(&self, owner: &str, otherwise: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        match self.0.get(agent_id(owner)) {
+            Some(lease) => *lease,
+            None => otherwise,
+        }
+    }
+}
+
+/// The agent (process) part of an owner: `host/pid/start`.
+pub fn agent_id(owner: &str) -> &str {
+    match owner.match_indices('/').nth(2) {
+        Some((i, _)) => &owner[..i],
+        None => owner,
+    }
+}
+
+impl Database {
+    /// Records that agent `id` lives at `now` (inserting it the first time).
+    pub async fn heartbeat(&self, id: &str, role: AgentRole, now: DateTime<Utc>) -> DbResult<()> {
+        let host = id.split('/').next().unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO agents (id, host, role, version, started_at, seen_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, stopped_at = NULL",
+        )
+        .bind(id)
+        .bind(host)
+        .bind(role)
+        .bind(env!("CARGO_PKG_VERSION"))
+        .bind(ms(now))
+        .bind(ms(now))
+        .execute(self.pool())
+        .await
+        .map_err(self.err("cannot record the agent's heartbeat"))?;
+        Ok(())
+    }
+
+    /// Records that agent `id` stopped cleanly (or was found dead): no alert for it.
+    pub async fn agent_stopped(&self, id: &str, now: DateTime<Utc>) -> DbResult<()> {
+        sqlx::query("UPDATE agents SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL")
+            .bind(ms(now))
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .map_err(self.err("cannot record that the agent stopped"))?;
+        Ok(())
+    }
+
+    /// The agents seen in the last week, newest first.
+    pub async fn agents(&self, now: DateTime<Utc>) -> DbResult<Vec<AgentRow>> {
+        let week = 7 * 24 * 3600 * 1000;
+        let rows = sqlx::query(
+            "SELECT id, host, role, version, started_at, seen_at, stopped_at FROM agents \
+             WHERE seen_at >= ? ORDER BY seen_at DESC, id",
+        )
+        .bind(ms(now) - week)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err("cannot read the agents"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let seen_at = from_ms(r.get("seen_at"));
+                let stopped_at = r.get::<Option<i64>, _>("stopped_at").map(from_ms);
+                AgentRow {
+                    id: r.get("id"),
+                    host: r.get("host"),
+                    role: r.get("role"),
+                    version: r.get("version"),
+                    started_at: from_ms(r.get("started_at")),
+                    seen_at,
+                    stopped_at,
+                    alive: stopped_at.is_none() && ms(seen_at) + lease_ms() > ms(now),
+                }
+            })
+            .collect())
+    }
+
+    /// Every recorded agent's heartbeat lease.
+    pub async fn leases(&self) -> DbResult<Leases> {
+        let rows = sqlx::query("SELECT id, seen_at, stopped_at FROM agents")
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err("cannot read the agents"))?;
+        Ok(Leases(
+            rows.into_iter()
+                .map(|r| {
+                    let stopped: Option<i64> = r.get("stopped_at");
+                    let lease = stopped
+                        .is_none()
+                        .then(|| from_ms(r.get::<i64, _>("seen_at") + lease_ms()));
+                    (r.get("id"), lease)
+                })
+                .collect(),
+        ))
+    }
+
+    /// Queues, once per agent, an alert for each daemon whose heartbeat lapsed while
+    /// `me` lives and no other daemon on its host took its place; `alert` writes it.
+    /// Of several daemons checking at once, one queues it (one conditional write).
+    /// Returns the hosts alerted about.
+    pub async fn alert_gone_agents(
+        &self,
+        me: &str,
+        now: DateTime<Utc>,
+        alert: impl Fn(&str, &str, DateTime<Utc>, DateTime<Utc>) -> NewAlert,
+    ) -> DbResult<Vec<String>> {
+        let what = "cannot check the other agents' heartbeats";
+        let cutoff = ms(now) - lease_ms();
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query(
+            "UPDATE agents SET gone_alerted_at = ?1 \
+             WHERE role = 'daemon' AND stopped_at IS NULL AND gone_alerted_at IS NULL \
+               AND seen_at < ?2 AND id <> ?3 \
+               AND NOT EXISTS (SELECT 1 FROM agents b WHERE b.host = agents.host \
+                   AND b.role = 'daemon' AND b.stopped_at IS NULL AND b.seen_at >= ?2) \
+             RETURNING id, host, seen_at",
+        )
+        .bind(ms(now))
+        .bind(cutoff)
+        .bind(me)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(self.err(what))?;
+        let mut hosts = Vec::new();
+        for r in gone {
+            let (id, host): (String, String) = (r.get("id"), r.get("host"));
+            let a = alert(&id, &host, from_ms(r.get("seen_at")), now);
+            alerts::insert(&mut tx, &a).await.map_err(self.err(what))?;
+            hosts.push(host);
+        }
+        tx.commit().await.map_err(self.err(what))?;
+        Ok(hosts)
+    }
+
+    /// Marks as stopped the daemons recorded on this host that `dead` says are gone (a
+    /// restarted service replaces its dead self: not an agent lost), and forgets agents
+    /// not seen for a week.
+    pub async fn tidy_agents(
+        &self,
+        host: &str,
+        dead: impl Fn(&str) -> bool,
+        now: DateTime<Utc>,
+    ) -> DbResult<()> {
+        let what = "cannot tidy the agents";
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM agents WHERE host = ? AND stopped_at IS NULL")
+                .bind(host)
+                .fetch_all(self.pool())
+                .await
+                .map_err(self.err(what))?;
+        for id in ids.iter().filter(|id| dead(id)) {
+            self.agent_stopped(id, now).await?;
+        }
+        sqlx::query("DELETE FROM agents WHERE seen_at < ?")
+            .bind(ms(now) - 7 * 24 * 3600 * 1000)
+            .execute(self.pool())
+            .await
+            .map_err(self.err(what))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! An agent's presence on its database: a row heartbeated every [`AGENT_BEAT`] while the
+//! process lives, which is how agents on other hosts know its runs and locks are still
+//! held (`/proc` cannot tell across hosts). A daemon also looks, at each beat, for daemons
+//! whose heartbeat lapsed and queues the alert about them (once, whichever daemon sees it
+//! first).
+
+use tokio::task::JoinHandle;
+
+use crate::alert::text;
+use crate::clock::SharedClock;
+use crate::db::{AGENT_BEAT, AgentRole, Database, Owner};
+
+/// The heartbeat of this process, until [`Presence::leave`].
+pub struct Presence {
+    db: Database,
+    clock: SharedClock,
+    id: String,
+    task: JoinHandle<()>,
+}
+
+impl Presence {
+    /// Starts heartbeating as `owner`'s agent, in the background (the first beat at once).
+    pub fn start(db: Database, clock: SharedClock, owner: &Owner, role: AgentRole) -> Self {
+        let id = owner.agent_id().to_string();
+        let task = tokio::spawn(beat(db.clone(), clock.clone(), id.clone(), role));
+        Self {
+            db,
+            clock,
+            id,
+            task,
+        }
+    }
+
+    /// Stops heartbeating and records a clean stop (no alert about it).
+    pub async fn leave(self) {
+        self.task.abort();
+        if let Err(e) = self.db.agent_stopped(&self.id, self.clock.now()).await {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn beat(db: Database, clock: SharedClock, id: String, role: AgentRole) {
+    let host = id.split('/').next().unwrap_or_default().to_string();
+    let dead_here = |other: &str| other != id && Owner::liveness(other) == Some(false);
+    if let Err(e) = db.tidy_agents(&host, dead_here, clock.now()).await {
+        tracing::warn!("{e}");
+    }
+    let mut tick = tokio::time::interval(AGENT_BEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let now = clock.now();
+        match db.heartbeat(&id, role, now).await {
+            Ok(()) if failing => {
+                tracing::info!("the agent's heartbeat is recorded again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!("{e}; other agents take over this one's runs if it lasts");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        if role == AgentRole::Daemon && !failing {
+            match db.alert_gone_agents(&id, now, text::agent_gone).await {
+                Ok(hosts) => {
+                    for host in hosts {
+                        tracing::warn!(%host, "an agent on this database stopped heartbeating");
+                    }
+                }
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+    }
+}

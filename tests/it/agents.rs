@@ -1,0 +1,495 @@
+//! Several agents on one database: each fire run once, another host's runs and locks left
+//! alone while its agent heartbeats and taken over once it lapses, an agent that stops
+//! heartbeating alerted once, the intent fence, and `database` URLs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use vps_snapshot_agent::clock::Clock;
+use vps_snapshot_agent::db::{
+    AGENT_LEASE, Action, AgentRole, Database, Intent, NewRun, Owner, RunKind, RunStatus, RunTrigger,
+};
+use vps_snapshot_agent::domain::AlertKind;
+use vps_snapshot_agent::sim::{Event, Mode, SimOptions};
+
+use crate::cli::{agent, config, sim, text};
+use crate::helpers::{Inbox, ServerId, TOKEN, job, world};
+use crate::newcomer::{signal, spawn};
+
+/// An owner on another host (its `/proc` is out of sight), for agent `tag`.
+fn remote(tag: &str) -> Owner {
+    Owner::from_recorded(format!("otherhost-{tag}/4242/77/0000abcd"))
+}
+
+fn fire(job: &str, server: u64, at: DateTime<Utc>) -> NewRun<'_> {
+    NewRun {
+        job,
+        server_id: ServerId::new(server),
+        kind: RunKind::Snapshot,
+        trigger: RunTrigger::Schedule,
+        scheduled_for: Some(at),
+        started_at: at,
+    }
+}
+
+#[tokio::test]
+async fn a_fire_is_claimed_once_however_many_agents_fire_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    let db = Database::open(&path).await.unwrap();
+    let at = crate::helpers::clock().now();
+    // Eight agents (their own pools on the file) fire the same 10 fires at once.
+    let mut tasks = Vec::new();
+    for a in 0..8 {
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let db = Database::open(&path).await.unwrap();
+            let owner = remote(&a.to_string());
+            let mut won = Vec::new();
+            for j in 0..10 {
+                let name = format!("job-{j}");
+                if let Ok(id) = db.claim_fire(fire(&name, j, at), &owner).await.unwrap() {
+                    won.push(id);
+                }
+            }
+            db.close().await;
+            won
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        won.extend(t.await.unwrap());
+    }
+    assert_eq!(won.len(), 10, "each fire run by exactly one agent");
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(runs, 10, "a losing claim leaves no run behind");
+    // The loser is told who has it; a catch-up of the same fire is the same fire.
+    let mut again = fire("job-3", 3, at);
+    again.trigger = RunTrigger::CatchUp;
+    let taken = db
+        .claim_fire(again, &remote("x"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(won.contains(&taken.run_id));
+    assert!(taken.host.starts_with("otherhost-"), "{taken:?}");
+    // The next fire is a new one.
+    let next = at + chrono::Duration::minutes(1);
+    assert!(
+        db.claim_fire(fire("job-3", 3, next), &remote("x"))
+            .await
+            .unwrap()
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn another_hosts_run_and_lock_are_left_alone_while_its_agent_heartbeats() {
+    let w = world(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = w.db(&dir).await;
+    let j = job("web", 5, 2);
+    let them = remote("a");
+    let t0 = w.clock.now();
+    db.heartbeat(them.agent_id(), AgentRole::Daemon, t0)
+        .await
+        .unwrap();
+    let run = db
+        .claim_fire(fire("web", 5, t0), &them)
+        .await
+        .unwrap()
+        .unwrap();
+    db.try_lock(
+        ServerId::new(5),
+        &them,
+        Some(run),
+        t0,
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // Another of its runs waits for a lock (it holds none yet).
+    let j6 = job("db", 6, 2);
+    let waiting = db
+        .claim_fire(fire("db", 6, t0), &them)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut runner = w.runner(db.clone());
+    runner.lock_wait = Duration::ZERO;
+    // Its heartbeat is 50 s old: alive. Neither its runs nor the server are touched.
+    w.clock.advance(Duration::from_secs(50));
+    assert!(
+        runner
+            .resume_interrupted(&[j.clone(), j6.clone()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(db.run(waiting).await.unwrap().unwrap().owner, them.as_str());
+    let busy = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+    assert_eq!(busy.status, RunStatus::Failed);
+    assert!(busy.error.unwrap().contains("busy"));
+    assert_eq!(
+        db.run(run).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    assert_eq!(w.created(), 0);
+
+    // A heartbeat keeps it alive past its lock's own lease.
+    w.clock.advance(Duration::from_secs(40));
+    db.heartbeat(them.agent_id(), AgentRole::Daemon, w.clock.now())
+        .await
+        .unwrap();
+    w.clock.advance(Duration::from_secs(50));
+    assert!(
+        runner
+            .resume_interrupted(std::slice::from_ref(&j))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let busy = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+    assert!(busy.error.unwrap().contains("busy"), "the lock holds");
+
+    // Then it stops heartbeating: once the lease lapses, one agent takes the run over.
+    w.clock.advance(AGENT_LEASE);
+    let jobs = [j.clone(), j6.clone()];
+    let resumed = runner.resume_interrupted(&jobs).await.unwrap();
+    let other = w.runner(db.clone());
+    assert!(other.resume_interrupted(&jobs).await.unwrap().is_empty());
+    for id in [run, waiting] {
+        let after = db.run(id).await.unwrap().unwrap();
+        assert_ne!(after.status, RunStatus::Running, "{resumed:?}");
+        assert_eq!(after.owner, runner.owner.as_str());
+    }
+    // And the server is free again.
+    let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+}
+
+#[tokio::test]
+async fn an_agent_whose_run_was_taken_over_records_no_intent_and_sends_nothing() {
+    let w = world(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = w.db(&dir).await;
+    let runner = w.runner(db.clone());
+    let t0 = w.clock.now();
+    let run = db
+        .claim_fire(fire("web", 5, t0), &runner.owner)
+        .await
+        .unwrap()
+        .unwrap();
+    // Cut off, its heartbeat lapsed; another agent claimed the run.
+    let other = remote("b");
+    assert!(
+        db.claim_run(run, runner.owner.as_str(), &other)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let intent = Intent {
+        run_id: run,
+        server_id: ServerId::new(5),
+        action: Action::Create,
+        snapshot_id: None,
+        snapshot_name: Some("web-x"),
+        detail: None,
+    };
+    let e = db.intend(intent, &runner.owner, t0).await.unwrap_err();
+    assert!(e.to_string().contains("no longer this agent's"), "{e}");
+    let delete = Intent {
+        action: Action::Delete,
+        snapshot_name: None,
+        ..intent
+    };
+    assert!(db.intend(delete, &runner.owner, t0).await.is_err());
+    assert!(
+        db.entries(run).await.unwrap().is_empty(),
+        "nothing recorded"
+    );
+    // The owner it has now can.
+    db.intend(intent, &other, t0).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_daemon_that_stops_heartbeating_is_alerted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap();
+    let t0 = crate::helpers::clock().now();
+    let (a, b, c) = ("hosta/1/1", "hostb/2/2", "hostc/3/3");
+    for id in [a, b, c] {
+        db.heartbeat(id, AgentRole::Daemon, t0).await.unwrap();
+    }
+    // A run-once that ended without a word, and a daemon that stopped cleanly: no alert.
+    db.heartbeat("hostd/4/4", AgentRole::RunOnce, t0)
+        .await
+        .unwrap();
+    db.heartbeat("hoste/5/5", AgentRole::Daemon, t0)
+        .await
+        .unwrap();
+    db.agent_stopped("hoste/5/5", t0).await.unwrap();
+    let alert = vps_snapshot_agent::alert::text::agent_gone;
+    let t1 = t0 + chrono::Duration::seconds(30);
+    db.heartbeat(a, AgentRole::Daemon, t1).await.unwrap();
+    db.heartbeat(c, AgentRole::Daemon, t1).await.unwrap();
+    assert!(db.alert_gone_agents(a, t1, alert).await.unwrap().is_empty());
+    // b and d stop; a and c live on and both look.
+    let t2 = t1 + chrono::Duration::seconds(45);
+    for id in [a, c] {
+        db.heartbeat(id, AgentRole::Daemon, t2).await.unwrap();
+    }
+    let (x, y) = tokio::join!(
+        db.alert_gone_agents(a, t2, alert),
+        db.alert_gone_agents(c, t2, alert)
+    );
+    let mut hosts = x.unwrap();
+    hosts.extend(y.unwrap());
+    assert_eq!(hosts, ["hostb"]);
+    let pending = db.pending_alerts().await.unwrap();
+    let gone: Vec<_> = pending
+        .iter()
+        .filter(|p| p.kind == AlertKind::AgentGone)
+        .collect();
+    assert_eq!(gone.len(), 1);
+    assert!(gone[0].subject.contains("hostb"), "{}", gone[0].subject);
+    assert!(gone[0].body.contains("last seen"), "{}", gone[0].body);
+    // Later looks do not repeat it.
+    let t3 = t2 + chrono::Duration::minutes(10);
+    for id in [a, c] {
+        db.heartbeat(id, AgentRole::Daemon, t3).await.unwrap();
+    }
+    assert!(db.alert_gone_agents(a, t3, alert).await.unwrap().is_empty());
+    let agents = db.agents(t3).await.unwrap();
+    let state: HashMap<&str, bool> = agents.iter().map(|r| (r.id.as_str(), r.alive)).collect();
+    assert!(state[a] && state[c] && !state[b] && !state["hoste/5/5"]);
+    // A service restarted on its host replaces its dead self: no alert for that one.
+    let t4 = t3 + chrono::Duration::minutes(2);
+    db.heartbeat("hostf/6/6", AgentRole::Daemon, t0)
+        .await
+        .unwrap();
+    db.heartbeat("hostf/7/7", AgentRole::Daemon, t4)
+        .await
+        .unwrap();
+    db.heartbeat(a, AgentRole::Daemon, t4).await.unwrap();
+    let later = db.alert_gone_agents(a, t4, alert).await.unwrap();
+    assert_eq!(later, ["hostc"], "c is gone now; f's new daemon lives");
+}
+
+/// A config of `jobs` jobs on servers 1..=jobs firing every 3 s, alerts to `smtp`.
+fn many_jobs(jobs: u64, smtp: u16) -> String {
+    let mut t = format!(
+        "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp}\nsecurity = \"none\"\nfrom = \"agent@example.com\"\nto = [\"ops@example.com\"]\n"
+    );
+    for i in 1..=jobs {
+        t.push_str(&format!(
+            "[[jobs]]\nname = \"web-{i}\"\nserver_id = {i}\nschedule = \"*/3 * * * * *\"\nkeep_last = 2\n"
+        ));
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_one_sqlite_file_run_each_fire_once() {
+    let s = sim().await;
+    let failing = ServerId::new(20);
+    s.sim.set_mode(failing, Mode::Fail);
+    let (inbox, smtp) = Inbox::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), &many_jobs(20, smtp));
+    let mut daemons: Vec<_> = (0..2)
+        .map(|i| spawn(&cfg, &["run"], &dir.path().join(format!("log-{i}"))))
+        .collect();
+    let db = Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap();
+    // Four fires of each job at least.
+    for _ in 0..600 {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE status <> 'running' AND server_id = 1",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        if n >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = agent(&cfg, &["status"]).await;
+    let shown = text(&status);
+    assert!(
+        shown.contains("agents on this database: 2 alive"),
+        "{shown}"
+    );
+    for d in &daemons {
+        signal(d, libc::SIGTERM);
+    }
+    for d in &mut daemons {
+        assert!(d.wait().unwrap().success());
+    }
+    let log: String = (0..2)
+        .map(|i| std::fs::read_to_string(dir.path().join(format!("log-{i}"))).unwrap())
+        .collect();
+    assert!(!log.contains(TOKEN));
+
+    let rows = sqlx::query(
+        "SELECT job, scheduled_for, count(*) AS n, min(owner) AS a, max(owner) AS b FROM runs \
+         WHERE trigger = 'schedule' GROUP BY job, scheduled_for",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let fires = rows.len();
+    let twice: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<i64, _>("n") > 1)
+        .map(|r| {
+            format!(
+                "{} at {}",
+                r.get::<String, _>("job"),
+                r.get::<i64, _>("scheduled_for")
+            )
+        })
+        .collect();
+    assert!(twice.is_empty(), "fires run twice: {twice:?}");
+    assert!(fires >= 80, "{fires} fires");
+    let owners: std::collections::HashSet<String> = rows
+        .iter()
+        .flat_map(|r| [r.get::<String, _>("a"), r.get::<String, _>("b")])
+        .map(|o| Owner::from_recorded(o).agent_id().to_string())
+        .collect();
+    assert_eq!(owners.len(), 2, "both daemons shared the work");
+
+    // One snapshot asked for per run that asked, and never two runs on a server at once.
+    let runs = db.history(None, 100_000).await.unwrap();
+    let created = s
+        .sim
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::Created { .. }))
+        .count();
+    let asked = runs.iter().filter(|r| r.snapshot.is_some()).count();
+    assert_eq!(created, asked, "no duplicate snapshot");
+    type Spans = Vec<(DateTime<Utc>, DateTime<Utc>)>;
+    let mut by_server: BTreeMap<ServerId, Spans> = BTreeMap::new();
+    for r in &runs {
+        let end = r.finished_at.expect("every run finished");
+        by_server
+            .entry(r.server_id)
+            .or_default()
+            .push((r.started_at, end));
+    }
+    for (server, mut spans) in by_server {
+        spans.sort();
+        for w in spans.windows(2) {
+            assert!(w[0].1 <= w[1].0, "server {server}: runs overlap: {w:?}");
+        }
+    }
+    // Every alert mailed once: one FAILED spell for server 20, one mail about it.
+    let failed: Vec<_> = runs
+        .iter()
+        .filter(|r| r.server_id == failing && r.status == RunStatus::Failed)
+        .collect();
+    assert!(failed.len() >= 4);
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE kind = 'failed'")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let mails = inbox
+        .messages()
+        .iter()
+        .filter(|m| m.contains("FAILED web-20"))
+        .count();
+    assert_eq!((queued, mails), (1, 1), "{:?}", inbox.messages());
+    // Both stopped cleanly: gone from the live list, no alert about them.
+    let after = agent(&cfg, &["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    let agents = v["agents"].as_array().unwrap();
+    assert!(
+        agents
+            .iter()
+            .all(|a| a["alive"] == false && !a["stopped_at"].is_null()),
+        "{agents:?}"
+    );
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_urls_select_sqlite_and_refuse_what_is_not_built() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), crate::cli::JOB);
+    let text_of = |c: &std::path::Path| std::fs::read_to_string(c).unwrap();
+    let base = text_of(&cfg);
+    let db_line = base.lines().next().unwrap().to_string();
+    let file = dir.path().join("via-url.db");
+    std::fs::write(
+        &cfg,
+        base.replace(
+            &db_line,
+            &format!("database = \"sqlite://{}\"", file.display()),
+        ),
+    )
+    .unwrap();
+    let ok = agent(&cfg, &["run-once"]).await;
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert!(file.exists(), "the sqlite: URL's file is the database");
+
+    for (url, says) in [
+        (
+            "postgres://agent:hunter2@db.internal/snapshots",
+            "PostgreSQL is not supported",
+        ),
+        (
+            "postgresql://db.internal/snapshots",
+            "PostgreSQL is not supported",
+        ),
+        ("mysql://db.internal/x", "unknown database URL scheme"),
+        ("sqlite:///tmp/x.db?mode=ro", "options in a sqlite: URL"),
+    ] {
+        std::fs::write(
+            &cfg,
+            base.replace(&db_line, &format!("database = \"{url}\"")),
+        )
+        .unwrap();
+        let o = agent(&cfg, &["check"]).await;
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(78), "{url}: {t}");
+        assert!(t.contains("database") && t.contains(says), "{url}: {t}");
+        assert!(!t.contains("hunter2"), "the password leaked: {t}");
+        assert!(!dir.path().join("postgres:").exists());
+    }
+}
+
+#[tokio::test]
+async fn a_stale_job_is_alerted_once_however_many_agents_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    let (a, b) = (
+        Database::open(&path).await.unwrap(),
+        Database::open(&path).await.unwrap(),
+    );
+    let now = crate::helpers::clock().now();
+    let since = now - chrono::Duration::days(2);
+    let alert = vps_snapshot_agent::alert::text::stale("web", ServerId::new(5), since, None, now);
+    let (x, y) = tokio::join!(
+        a.queue_alert_unless_since(&alert, since),
+        b.queue_alert_unless_since(&alert, since)
+    );
+    assert_eq!(u8::from(x.unwrap()) + u8::from(y.unwrap()), 1);
+    // A new spell (a success after it) is alerted again.
+    let later = now + chrono::Duration::days(3);
+    let again = vps_snapshot_agent::alert::text::stale("web", ServerId::new(5), now, None, later);
+    assert!(a.queue_alert_unless_since(&again, now).await.unwrap());
+}
