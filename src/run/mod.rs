@@ -39,14 +39,17 @@ use crate::api::{ApiError, Client, Snapshot};
 use crate::clock::SharedClock;
 use crate::config::JobSettings;
 use crate::db::{
-    Action, Database, DbError, EntryId, Intent, NewRun, Owner, RunKind, RunStatus, RunTrigger,
-    State, Step,
+    Action, Database, DbError, EntryId, FireTaken, Intent, NewRun, Owner, RunKind, RunStatus,
+    RunTrigger, State, Step,
 };
 use crate::domain::{RunId, ServerId, SnapshotId};
 use crate::hooks::{Command, Ran, ThawAfter};
 use crate::mark::Marker;
 use crate::ownership::Ownership;
 use crate::retention::Candidate;
+
+/// How long a fire keeps trying to claim itself while the database cannot be written.
+pub const CLAIM_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Everything a run needs; one per process, shared by its runs.
 #[derive(Clone)]
@@ -353,7 +356,7 @@ impl Runner {
     ) -> Result<Option<Outcome>, DbError> {
         let started_at = self.now();
         let new = new_run(job, trigger, started_at, Some(at));
-        match self.db.claim_fire(new, &self.owner).await? {
+        match self.claim_patiently(job, new).await? {
             Ok(run_id) => self
                 .run_started(job, run_id, trigger, started_at, Some(at))
                 .await
@@ -362,6 +365,34 @@ impl Runner {
                 tracing::info!(fire = %at, taken_by = taken.run_id.get(), host = %taken.host, "this fire is already being run (or was run) by another run");
                 Ok(None)
             }
+        }
+    }
+
+    /// Claims a fire, trying again while the database cannot be written (locked, full,
+    /// unreachable) for up to [`CLAIM_PATIENCE`], and for a maintenance-window job only
+    /// until its window opens. A fire is never run unclaimed: a late snapshot (or, past
+    /// that, a missed one the stale check reports) rather than a duplicate.
+    async fn claim_patiently(
+        &self,
+        job: &JobSettings,
+        new: NewRun<'_>,
+    ) -> Result<Result<RunId, FireTaken>, DbError> {
+        let from = tokio::time::Instant::now();
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let e = match self.db.claim_fire(new.clone(), &self.owner).await {
+                Ok(claim) => return Ok(claim),
+                Err(e) => e,
+            };
+            let now = self.now();
+            let window_open = crate::schedule::window_for_run(job, new.scheduled_for, now)
+                .is_some_and(|opens| now >= opens);
+            if from.elapsed() + pause > CLAIM_PATIENCE || window_open || self.stop.is_cancelled() {
+                return Err(e);
+            }
+            tracing::warn!("{e}; trying again in {}", humantime::format_duration(pause));
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(30));
         }
     }
 

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use vps_snapshot_agent::clock::Clock;
 use vps_snapshot_agent::db::{
-    AGENT_LEASE, Action, AgentRole, Database, Intent, NewRun, Owner, RunKind, RunStatus, RunTrigger,
+    AGENT_LEASE, Action, AgentRole, Database, Intent, NewRun, OpenOptions, Owner, RunKind,
+    RunStatus, RunTrigger,
 };
 use vps_snapshot_agent::domain::AlertKind;
 use vps_snapshot_agent::sim::{Event, Mode, SimOptions};
@@ -492,4 +493,38 @@ async fn a_stale_job_is_alerted_once_however_many_agents_check() {
     let later = now + chrono::Duration::days(3);
     let again = vps_snapshot_agent::alert::text::stale("web", ServerId::new(5), now, None, later);
     assert!(a.queue_alert_unless_since(&again, now).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_waits_out_a_database_it_cannot_write_and_then_runs_once() {
+    let w = world(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    w.db(&dir).await.close().await;
+    // This agent gives up on a locked database after 50 ms (10 s by default).
+    let quick = OpenOptions {
+        pragmas: vec![("busy_timeout", "50".into())],
+        ..OpenOptions::default()
+    };
+    let db = Database::open_with(&path, &quick).await.unwrap();
+    let runner = w.runner(db.clone());
+    // Another process holds the database's write lock for 2.5 s as the fire comes.
+    let blocker = Database::open(&path).await.unwrap();
+    let mut conn = blocker.pool().acquire().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let (j, at) = (job("web", 5, 2), w.clock.now());
+    let fired = tokio::spawn(async move { runner.run_fire(&j, RunTrigger::Schedule, at).await });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+    let o = fired
+        .await
+        .unwrap()
+        .expect("the claim is tried again, not given up")
+        .expect("the fire was not taken");
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+    assert_eq!(db.history(None, 10).await.unwrap().len(), 1);
+    assert_eq!(w.created(), 1);
 }
