@@ -74,7 +74,49 @@ struct Page {
     jobs: Vec<JobView>,
     servers: Vec<ServerView>,
     alerts: Vec<AlertView>,
-    agents: Vec<String>,
+    agents: Vec<AgentView>,
+}
+
+struct AgentView {
+    /// `alive`, `gone` or `stopped`.
+    state: &'static str,
+    text: String,
+}
+
+/// The agents on the database: daemons, and `run-once`s while they run.
+async fn agents(db: &Database, now: DateTime<Utc>) -> anyhow::Result<Vec<AgentView>> {
+    let me = crate::db::Owner::current();
+    Ok(db
+        .agents(now)
+        .await?
+        .into_iter()
+        .filter(|a| a.role == crate::db::AgentRole::Daemon || a.alive)
+        .map(|a| {
+            let this = if a.id == me.agent_id() {
+                ", serving this page"
+            } else {
+                ""
+            };
+            let (state, since) = match (a.alive, a.stopped_at) {
+                (true, _) => ("alive", String::new()),
+                (false, Some(t)) => ("stopped", format!(" {}", crate::alert::text::fmt_time(t))),
+                (false, None) => (
+                    "gone",
+                    format!(
+                        ", last heartbeat {}",
+                        crate::alert::text::fmt_time(a.seen_at)
+                    ),
+                ),
+            };
+            AgentView {
+                state,
+                text: format!(
+                    "{} {} {} (version {}): {state}{since}{this}",
+                    a.host, a.role, a.id, a.version
+                ),
+            }
+        })
+        .collect())
 }
 
 fn mark(s: RunStatus) -> Mark {
@@ -214,10 +256,7 @@ pub async fn render(
         })
         .collect();
     let page = Page {
-        agents: vec![format!(
-            "{host} (pid {}): alive, serving this page; one agent per database until several are supported",
-            std::process::id()
-        )],
+        agents: agents(db, now).await?,
         host,
         version: env!("CARGO_PKG_VERSION"),
         generated: crate::alert::text::fmt_time(now),

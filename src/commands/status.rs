@@ -291,7 +291,8 @@ fn print_alerts(settings: &crate::config::Settings, status: &Status) {
 
 /// `status --check`, as monitoring plugins answer: 0 OK, 1 WARNING, 2 CRITICAL, and one
 /// line that says why. Critical: a job whose last run failed or was interrupted, or that
-/// is stale. Warning: an alert that could not be delivered, a run whose process is gone.
+/// is stale. Warning: an alert that could not be delivered, a run whose process is gone, a
+/// daemon on the database that stopped heartbeating without stopping.
 fn verdict(status: &Status, now: DateTime<Utc>) -> (u8, String) {
     let names = |f: &dyn Fn(&JobStatus) -> bool| -> Vec<&str> {
         status
@@ -324,6 +325,18 @@ fn verdict(status: &Status, now: DateTime<Utc>) -> (u8, String) {
     say("left running by a stopped agent", &orphaned);
     if stuck > 0 {
         problems.push(format!("{stuck} alert(s) not delivered"));
+    }
+    let gone: Vec<&str> = status
+        .agents
+        .iter()
+        .filter(|a| !a.alive && a.stopped_at.is_none() && a.role == AgentRole::Daemon)
+        .map(|a| a.host.as_str())
+        .collect();
+    if !gone.is_empty() {
+        problems.push(format!(
+            "agent stopped heartbeating on: {}",
+            gone.join(", ")
+        ));
     }
     let code = if !failed.is_empty() || !stale.is_empty() {
         2

@@ -310,6 +310,30 @@ async fn outbox(r: &mut Registry, db: &Database) -> DbResult<()> {
     Ok(())
 }
 
+/// The daemons on the database, alive and gone (stopped heartbeating without stopping).
+async fn agents(r: &mut Registry, db: &Database, now: DateTime<Utc>) -> DbResult<()> {
+    let daemons = Family::<Labels1, Gauge>::default();
+    let (mut alive, mut gone) = (0, 0);
+    for a in db.agents(now).await? {
+        if a.role != crate::db::AgentRole::Daemon {
+            continue;
+        }
+        match (a.alive, a.stopped_at) {
+            (true, _) => alive += 1,
+            (false, None) => gone += 1,
+            (false, Some(_)) => {}
+        }
+    }
+    daemons.get_or_create(&l([("state", "alive")])).set(alive);
+    daemons.get_or_create(&l([("state", "gone")])).set(gone);
+    r.register(
+        "vps_snapshot_agents",
+        "Agent daemons on the database: alive (heartbeating), gone (stopped heartbeating without stopping)",
+        daemons,
+    );
+    Ok(())
+}
+
 /// Every metric, in the Prometheus text format.
 pub async fn render(db: &Database, settings: &Settings, now: DateTime<Utc>) -> DbResult<String> {
     let mut r = Registry::default();
@@ -325,6 +349,7 @@ pub async fn render(db: &Database, settings: &Settings, now: DateTime<Utc>) -> D
     global().register(&mut r);
     jobs(&mut r, db, settings, now).await?;
     outbox(&mut r, db).await?;
+    agents(&mut r, db, now).await?;
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_text::encode(&mut out, &r);

@@ -660,3 +660,67 @@ async fn a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot
     assert_eq!(twice, 0);
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_metrics_and_the_page_show_a_gone_agent() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), crate::cli::JOB);
+    let db = Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let gone_since = now - chrono::Duration::minutes(5);
+    db.heartbeat("otherhost/12/34", AgentRole::Daemon, gone_since)
+        .await
+        .unwrap();
+    db.heartbeat("livehost/56/78", AgentRole::Daemon, now)
+        .await
+        .unwrap();
+    db.heartbeat("quiethost/9/9", AgentRole::Daemon, gone_since)
+        .await
+        .unwrap();
+    db.agent_stopped("quiethost/9/9", gone_since).await.unwrap();
+
+    let check = agent(&cfg, &["status", "--check"]).await;
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    assert!(
+        text(&check).contains("WARNING: agent stopped heartbeating on: otherhost"),
+        "{}",
+        text(&check)
+    );
+    let shown = text(&agent(&cfg, &["status"]).await);
+    assert!(
+        shown.contains("agents on this database: 1 alive"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("otherhost") && l.contains("GONE since")),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("quiethost") && l.contains("stopped")),
+        "{shown}"
+    );
+
+    let settings = vps_snapshot_agent::config::Settings::load(&cfg).unwrap();
+    let m = vps_snapshot_agent::metrics::render(&db, &settings, now)
+        .await
+        .unwrap();
+    assert!(m.contains("vps_snapshot_agents{state=\"gone\"} 1"), "{m}");
+    assert!(m.contains("vps_snapshot_agents{state=\"alive\"} 1"), "{m}");
+    let page = vps_snapshot_agent::page::render(&db, &settings, &crate::helpers::marker(), now)
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<li class=\"agent gone\">otherhost daemon otherhost/12/34"),
+        "{page}"
+    );
+    assert!(page.contains("<li class=\"agent alive\">livehost daemon"));
+    assert!(page.contains("<li class=\"agent stopped\">quiethost daemon"));
+    db.close().await;
+}
