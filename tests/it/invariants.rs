@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use vps_snapshot_agent::api::SnapshotStatus;
-use vps_snapshot_agent::db::{Action, Database, RunKind, RunStatus, State};
+use vps_snapshot_agent::db::{Action, Database, RunKind, RunStatus, RunTrigger, State};
 use vps_snapshot_agent::domain::{RunId, SnapshotId};
 use vps_snapshot_agent::mark::Marker;
 use vps_snapshot_agent::naming;
@@ -224,6 +224,21 @@ fn creations(events: &[Event], runs: &[vps_snapshot_agent::db::Run], bad: &mut V
         };
         if !recorded {
             bad.push(format!("snapshot {name} created but no run records it"));
+        }
+    }
+    // A scheduled fire (or its catch-up) is run once, however many agents fired it.
+    let mut fires: HashMap<(&str, i64), usize> = HashMap::new();
+    for r in runs {
+        if let (RunTrigger::Schedule | RunTrigger::CatchUp, Some(at)) = (r.trigger, r.scheduled_for)
+        {
+            *fires
+                .entry((r.job.as_str(), at.timestamp_millis()))
+                .or_default() += 1;
+        }
+    }
+    for ((job, at), n) in fires {
+        if n > 1 {
+            bad.push(format!("the fire of {job} at {at} ms was run {n} times"));
         }
     }
     // A snapshot run makes at most one; so does a restore (its safety snapshot).
