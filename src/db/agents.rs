@@ -78,7 +78,50 @@ pub fn agent_id(owner: &str) -> &str {
     }
 }
 
+/// This process as a claim holder: its agent id.
+pub(super) fn this_agent() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| super::Owner::current().agent_id().to_string())
+}
+
 impl Database {
+    /// Frees the outbox claims (`table`: `deliveries` or `pings`) held by processes that
+    /// are gone, so that what a killed agent was sending goes now rather than when its
+    /// claim runs out.
+    pub(super) async fn free_dead_claims(&self, table: &str, now: DateTime<Utc>) -> DbResult<()> {
+        let what = "cannot look at the outbox's claims";
+        let sql = format!(
+            "SELECT DISTINCT claimed_by FROM {table} \
+             WHERE sent_at IS NULL AND claimed_until > ? AND claimed_by IS NOT NULL"
+        );
+        let holders: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(ms(now))
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err(what))?;
+        let holders: Vec<String> = holders.into_iter().filter(|h| h != this_agent()).collect();
+        if holders.is_empty() {
+            return Ok(());
+        }
+        let leases = self.leases().await?;
+        for h in holders {
+            if super::Owner::may_be_alive(&h, leases.of(&h, None), now) {
+                continue;
+            }
+            tracing::info!(holder = %h, "taking back the outbox claims of a process that is gone");
+            let sql = format!(
+                "UPDATE {table} SET claimed_until = NULL, claimed_by = NULL \
+                 WHERE claimed_by = ? AND sent_at IS NULL"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&h)
+                .execute(self.pool())
+                .await
+                .map_err(self.err(what))?;
+        }
+        Ok(())
+    }
+
     /// Records that agent `id` lives at `now` (inserting it the first time).
     pub async fn heartbeat(&self, id: &str, role: AgentRole, now: DateTime<Utc>) -> DbResult<()> {
         let host = id.split('/').next().unwrap_or_default();

@@ -205,12 +205,14 @@ impl Database {
         until: DateTime<Utc>,
     ) -> DbResult<Vec<PendingAlert>> {
         let what = "cannot read the alert outbox";
+        self.free_dead_claims("deliveries", now).await?;
         let mut tx = self.begin().await?;
         sqlx::query(
-            "UPDATE deliveries SET claimed_until = ? WHERE channel = ? AND sent_at IS NULL \
+            "UPDATE deliveries SET claimed_until = ?, claimed_by = ? WHERE channel = ? AND sent_at IS NULL \
                AND (claimed_until IS NULL OR claimed_until <= ?) AND (? OR next_attempt_at <= ?)",
         )
         .bind(ms(until))
+        .bind(super::agents::this_agent())
         .bind(channel)
         .bind(ms(now))
         .bind(all)

@@ -124,14 +124,20 @@ impl Database {
     ) -> DbResult<Vec<PendingPing>> {
         let what = "cannot read the ping outbox";
         let open = "sent_at IS NULL AND dropped_at IS NULL";
+        if claim.is_some() {
+            self.free_dead_claims("pings", now).await?;
+        }
         let mut tx = self.begin().await?;
         let select = "SELECT id, job, kind, body, created_at, expires_at, attempts FROM pings";
         let rows: Vec<Row> = match claim {
             // Claimed, then read back by the claim's value (as alerts are).
             Some(until) => {
-                let sql = format!("UPDATE pings SET claimed_until = ? WHERE {open} AND {due}");
+                let sql = format!(
+                    "UPDATE pings SET claimed_until = ?, claimed_by = ? WHERE {open} AND {due}"
+                );
                 sqlx::query(AssertSqlSafe(sql))
                     .bind(ms(until))
+                    .bind(super::agents::this_agent())
                     .bind(ms(now))
                     .bind(ms(now))
                     .execute(&mut *tx)

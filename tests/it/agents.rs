@@ -724,3 +724,73 @@ async fn status_metrics_and_the_page_show_a_gone_agent() {
     assert!(page.contains("<li class=\"agent stopped\">quiethost daemon"));
     db.close().await;
 }
+
+#[tokio::test]
+async fn an_outbox_claim_of_a_process_that_is_gone_is_taken_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap();
+    db.set_channels(&["webhook"]).await.unwrap();
+    let now = crate::helpers::clock().now();
+    let a = vps_snapshot_agent::alert::text::stale("web", ServerId::new(5), now, None, now);
+    db.queue_alert(&a).await.unwrap();
+    db.queue_ping(&vps_snapshot_agent::db::NewPing {
+        job: Some("web".into()),
+        run_id: None,
+        kind: vps_snapshot_agent::db::PingKind::Start,
+        body: String::new(),
+        created_at: now,
+        expires_at: now + vps_snapshot_agent::run::PING_EXPIRES,
+    })
+    .await
+    .unwrap();
+    let held_by = |who: String| {
+        let db = db.clone();
+        async move {
+            for table in ["deliveries", "pings"] {
+                let sql = format!("UPDATE {table} SET claimed_until = ?, claimed_by = ?");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind((now + chrono::Duration::minutes(5)).timestamp_millis())
+                    .bind(&who)
+                    .execute(db.pool())
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let until = now + chrono::Duration::minutes(6);
+    // Held by a live agent on another host: left alone.
+    db.heartbeat("otherhost/1/1", AgentRole::Daemon, now)
+        .await
+        .unwrap();
+    held_by("otherhost/1/1".into()).await;
+    assert!(
+        db.claim_alerts("webhook", now, true, until)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(db.claim_pings(now, until).await.unwrap().is_empty());
+    // Held by a process of this host that is gone (a daemon killed mid-delivery): taken.
+    held_by(crate::helpers::dead_owner().agent_id().to_string()).await;
+    assert_eq!(
+        db.claim_alerts("webhook", now, true, until)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(db.claim_pings(now, until).await.unwrap().len(), 1);
+    // Held by the other host's agent once its heartbeat lapsed: taken too.
+    let later = now + AGENT_LEASE + chrono::Duration::seconds(1).to_std().unwrap();
+    held_by("otherhost/1/1".into()).await;
+    let until = later + chrono::Duration::minutes(6);
+    assert_eq!(
+        db.claim_alerts("webhook", later, true, until)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -32,6 +32,9 @@ pub struct JobModel {
 pub struct Model {
     pub jobs: Vec<JobModel>,
     pub max_deletions: u32,
+    /// A second daemon on the same database (started with the first, and fired with it;
+    /// kills and stops go to the first).
+    pub peer: bool,
 }
 
 impl Model {
@@ -320,6 +323,9 @@ impl History {
         let mut model = Model {
             jobs,
             max_deletions: rng.u32(1..=3),
+            // From a stream of its own, so that every seed still draws the events it drew
+            // before peers existed (the regression seeds replay).
+            peer: Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15).u8(..4) == 0,
         };
         // Spend what is left of each server's 4 slots at random.
         for _ in 0..4 {
@@ -354,8 +360,14 @@ impl fmt::Display for History {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "seed {}: max_deletions_per_run {}",
-            self.seed, self.model.max_deletions
+            "seed {}: max_deletions_per_run {}{}",
+            self.seed,
+            self.model.max_deletions,
+            if self.model.peer {
+                "; two daemons on the database"
+            } else {
+                ""
+            }
         )?;
         for j in &self.model.jobs {
             writeln!(

@@ -36,6 +36,8 @@ pub struct World {
     pub client: Arc<Client>,
     pub model: Model,
     daemon: Option<DaemonProc>,
+    /// The second daemon of a model with a peer.
+    peer: Option<DaemonProc>,
     /// Processes started so far (each draws its random numbers from its own seed).
     started: u64,
     /// What happened, for the report (shared: a hung history is reported from outside).
@@ -98,6 +100,7 @@ impl World {
             client,
             model: history.model.clone(),
             daemon: None,
+            peer: None,
             started: 0,
             log: Arc::default(),
         };
@@ -169,12 +172,19 @@ impl World {
         (proc, task)
     }
 
-    /// Starts `agent run` in a new process, unless one runs.
+    /// Starts `agent run` in a new process, unless one runs (and its peer, if the model
+    /// has one and it is not running).
     async fn start_daemon(&mut self) {
-        if self.daemon.is_some() {
-            return;
+        if self.daemon.is_none() {
+            self.daemon = Some(self.spawn_daemon("daemon").await);
         }
-        let proc = self.new_proc("daemon");
+        if self.model.peer && self.peer.is_none() {
+            self.peer = Some(self.spawn_daemon("peer daemon").await);
+        }
+    }
+
+    async fn spawn_daemon(&mut self, role: &str) -> DaemonProc {
+        let proc = self.new_proc(role);
         let (control, rx) = tokio::sync::mpsc::unbounded_channel();
         let timer = Arc::new(ManualTimer::default());
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -239,7 +249,7 @@ impl World {
             task,
         };
         d.quiet(0).await;
-        self.daemon = Some(d);
+        d
     }
 }
 
@@ -473,11 +483,22 @@ impl World {
         };
         self.model = m;
         self.write_config();
-        if let Some(d) = &self.daemon {
+        for d in self.daemon.iter().chain(&self.peer) {
             let arms = d.timer.arms.load(Ordering::SeqCst);
             let _ = d.control.send(Control::Reload);
             d.quiet(arms).await;
         }
+    }
+
+    /// Delivers the peer's fire if it is due by now (the same fire as the first
+    /// daemon's); the timer's arm count before.
+    fn fire_peer(&self) -> Option<usize> {
+        let p = self.peer.as_ref()?;
+        if p.timer.due()? > self.clock.now() {
+            return None;
+        }
+        let arms = p.timer.arms.load(Ordering::SeqCst);
+        p.timer.fire().then_some(arms)
     }
 
     /// Moves time to the daemon's next fire and delivers it; the timer's arm count before.
@@ -502,6 +523,24 @@ impl World {
             self.sim().disarm_trip();
             return;
         };
+        let peer_arms = self.fire_peer();
+        if peer_arms.is_some() {
+            stats.note("two daemons firing the same fire");
+        }
+        self.fire_daemon(arms, kill, wire, stats).await;
+        if let (Some(p), Some(arms)) = (&self.peer, peer_arms) {
+            p.quiet(arms).await;
+        }
+        self.sim().disarm_trip();
+    }
+
+    async fn fire_daemon(
+        &mut self,
+        arms: usize,
+        kill: Option<Kill>,
+        wire: Option<TripWire>,
+        stats: &mut super::Stats,
+    ) {
         let Some(d) = &self.daemon else { return };
         match wire {
             None => d.quiet(arms).await,
@@ -521,7 +560,6 @@ impl World {
                 }
             }
         }
-        self.sim().disarm_trip();
     }
 
     /// Waits for `runs` (at most 30 s each); with `kill`, kills the first when its kill
@@ -566,7 +604,7 @@ impl World {
 
     /// Kills whatever still runs.
     pub async fn kill_all(&mut self) {
-        if let Some(d) = self.daemon.take() {
+        for d in [self.daemon.take(), self.peer.take()].into_iter().flatten() {
             d.proc.kill().await;
         }
     }
