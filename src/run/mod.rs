@@ -62,6 +62,9 @@ pub struct Runner {
     pub max_retries: u32,
     /// How long to wait for a server locked by another run before failing.
     pub lock_wait: Duration,
+    /// How long a fire keeps trying to claim itself while the database cannot be written
+    /// ([`CLAIM_PATIENCE`]).
+    pub claim_patience: Duration,
     /// After a create whose outcome is unknown, how long apart the listings that look for
     /// it are (the API's request timeout: a slow create can land after we gave up on it).
     pub settle: Duration,
@@ -304,6 +307,7 @@ impl Runner {
             max_retries: settings.api.max_retries,
             // Long enough for another run on the server to finish its snapshot.
             lock_wait: longest + Duration::from_secs(300),
+            claim_patience: CLAIM_PATIENCE,
             settle: settings.api.request_timeout,
             stop: CancellationToken::new(),
             kick: Arc::default(),
@@ -369,7 +373,7 @@ impl Runner {
     }
 
     /// Claims a fire, trying again while the database cannot be written (locked, full,
-    /// unreachable) for up to [`CLAIM_PATIENCE`], and for a maintenance-window job only
+    /// unreachable) for up to `claim_patience`, and for a maintenance-window job only
     /// until its window opens. A fire is never run unclaimed: a late snapshot (or, past
     /// that, a missed one the stale check reports) rather than a duplicate.
     async fn claim_patiently(
@@ -387,7 +391,10 @@ impl Runner {
             let now = self.now();
             let window_open = crate::schedule::window_for_run(job, new.scheduled_for, now)
                 .is_some_and(|opens| now >= opens);
-            if from.elapsed() + pause > CLAIM_PATIENCE || window_open || self.stop.is_cancelled() {
+            if from.elapsed() + pause > self.claim_patience
+                || window_open
+                || self.stop.is_cancelled()
+            {
                 return Err(e);
             }
             tracing::warn!("{e}; trying again in {}", humantime::format_duration(pause));

@@ -138,6 +138,7 @@ impl World {
             }),
             max_retries: 3,
             lock_wait: Duration::from_secs(60),
+            claim_patience: vps_snapshot_agent::run::CLAIM_PATIENCE,
             settle: Duration::from_secs(5),
             stop: Default::default(),
             kick: Default::default(),

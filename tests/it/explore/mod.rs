@@ -162,6 +162,8 @@ pub async fn run(history: &History, smtp: &(Inbox, u16), stats: &mut Stats) -> V
     match played {
         Ok(bad) => bad,
         Err(_) => {
+            // Its processes' runtimes must be shut down, not dropped here.
+            w.kill_all().await;
             let done = log.lock().unwrap().len();
             vec![format!(
                 "the history did not end within {HISTORY_LIMIT:?}: stuck after {done} events"

@@ -14,7 +14,9 @@ use vps_snapshot_agent::db::{Database, OpenOptions, Owner, RunTrigger};
 use vps_snapshot_agent::run::Runner;
 
 pub struct Proc {
-    rt: tokio::runtime::Runtime,
+    /// Taken by [`Proc::kill`]; a process dropped unkilled (a history cut short by its
+    /// time limit) is shut down in the background instead.
+    rt: Option<tokio::runtime::Runtime>,
     token: std::process::Child,
     pub owner: Owner,
     /// The databases it opened, and the label of their threads: SQLite statements run on
@@ -55,6 +57,16 @@ fn threads_named(label: &str) -> bool {
         })
 }
 
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.token.kill();
+        let _ = self.token.wait();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl Proc {
     /// A new process; its threads draw random numbers from `seed`.
     pub fn start(seed: u64) -> Self {
@@ -74,7 +86,7 @@ impl Proc {
             open: Arc::default(),
         };
         Self {
-            rt,
+            rt: Some(rt),
             token,
             owner,
             dbs,
@@ -91,7 +103,10 @@ impl Proc {
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.rt.spawn(f)
+        match &self.rt {
+            Some(rt) => rt.spawn(f),
+            None => unreachable!("a killed process spawns nothing"),
+        }
     }
 
     /// SIGKILL: every task dropped where it stands, the pid gone, and no statement of
@@ -99,9 +114,11 @@ impl Proc {
     pub async fn kill(mut self) {
         let _ = self.token.kill();
         let _ = self.token.wait();
-        let rt = self.rt;
-        let _ =
-            tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(2))).await;
+        if let Some(rt) = self.rt.take() {
+            let _ =
+                tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(2)))
+                    .await;
+        }
         let dbs: Vec<Database> = std::mem::take(&mut *self.dbs.open.lock().unwrap());
         for db in dbs {
             let _ = tokio::time::timeout(Duration::from_secs(2), db.close()).await;

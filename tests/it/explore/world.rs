@@ -54,6 +54,9 @@ fn runner(
 ) -> Runner {
     let mut r = Runner::from_settings(settings, db, client, clock);
     r.owner = owner;
+    // A history's real-time budget is two minutes: a fire that cannot claim itself
+    // (a killed process's transaction still draining) gives up within seconds.
+    r.claim_patience = Duration::from_secs(2);
     r
 }
 
