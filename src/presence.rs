@@ -19,6 +19,17 @@ pub struct Presence {
 }
 
 impl Presence {
+    /// The presence of a `run-once` (or `restore`) running `runner`.
+    pub fn of_runner(runner: &crate::run::Runner) -> Self {
+        let (db, clock) = (runner.db.clone(), runner.clock.clone());
+        Self::start(db, clock, &runner.owner, AgentRole::RunOnce)
+    }
+
+    /// The presence of this process as `agent run`.
+    pub fn of_daemon(db: Database, clock: SharedClock) -> Self {
+        Self::start(db, clock, &Owner::current(), AgentRole::Daemon)
+    }
+
     /// Starts heartbeating as `owner`'s agent, in the background (the first beat at once).
     pub fn start(db: Database, clock: SharedClock, owner: &Owner, role: AgentRole) -> Self {
         let id = owner.agent_id().to_string();

@@ -9,7 +9,7 @@ use super::{UsageError, context, output};
 use crate::api::Snapshot;
 use crate::cli::RestoreArgs;
 use crate::config::{JobSettings, Settings};
-use crate::db::{AgentRole, Database, RunStatus};
+use crate::db::{Database, RunStatus};
 use crate::presence::Presence;
 use crate::run::{self, RestoreRequest, Runner};
 
@@ -23,20 +23,7 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     let job = run::job_for(&settings.jobs, &snap);
     let safety = !args.no_safety_snapshot;
-    let server = snap
-        .server
-        .name
-        .clone()
-        .map_or(snap.server.id.to_string(), |n| {
-            format!("{} ({n})", snap.server.id)
-        });
-    println!(
-        "Restoring server {server} from snapshot {id} ({}, {}, taken {} UTC).\n\
-         This overwrites ALL current data on the server and stops it first.",
-        snap.name,
-        snap.status,
-        output::time(snap.created_at)
-    );
+    announce(&snap);
     match (safety, job) {
         (true, Some(job)) => println!(
             "First a safety snapshot of the server as it is now is taken and waited for \
@@ -64,12 +51,7 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
         o.register().await?;
     }
     let runner = Runner::from_settings(&settings, db.clone(), client, clock);
-    let presence = Presence::start(
-        db.clone(),
-        runner.clock.clone(),
-        &runner.owner,
-        AgentRole::RunOnce,
-    );
+    let presence = Presence::of_runner(&runner);
     let outcome = runner
         .restore(RestoreRequest {
             snapshot: &snap,
@@ -99,6 +81,25 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
             outcome.error.unwrap_or_default()
         ),
     }
+}
+
+/// What is about to happen, before anything does.
+fn announce(snap: &Snapshot) {
+    let server = snap
+        .server
+        .name
+        .clone()
+        .map_or(snap.server.id.to_string(), |n| {
+            format!("{} ({n})", snap.server.id)
+        });
+    println!(
+        "Restoring server {server} from snapshot {} ({}, {}, taken {} UTC).\n\
+         This overwrites ALL current data on the server and stops it first.",
+        snap.id,
+        snap.name,
+        snap.status,
+        output::time(snap.created_at)
+    );
 }
 
 /// On a terminal: the operator types the server id. Off one: `--yes` is required.

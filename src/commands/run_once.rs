@@ -11,7 +11,7 @@ use crate::alert::{self as mail, Cause};
 use crate::cli::RunOnceArgs;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
-use crate::db::{AgentRole, Database, Owner, RunStatus, RunTrigger};
+use crate::db::{Database, Owner, RunStatus, RunTrigger};
 use crate::hooks::ThawAfter;
 use crate::presence::Presence;
 use crate::run::{self, Runner};
@@ -64,12 +64,7 @@ pub async fn run_jobs(
     runner: &Runner,
     jobs: &[JobSettings],
 ) -> anyhow::Result<Verdict> {
-    let presence = Presence::start(
-        runner.db.clone(),
-        runner.clock.clone(),
-        &runner.owner,
-        AgentRole::RunOnce,
-    );
+    let presence = Presence::of_runner(runner);
     let (outbox, unreachable) = open_outbox(settings, runner).await?;
     let pinger = outbox
         .clone()

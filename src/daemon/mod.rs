@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::alert::Outbox;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
-use crate::db::{AgentRole, Database, Owner, RunTrigger};
+use crate::db::{Database, RunTrigger};
 use crate::presence::Presence;
 use crate::run::Runner;
 use crate::schedule;
@@ -402,12 +402,7 @@ impl Daemon {
             channels: None,
             last_stale_check: None,
         };
-        let presence = Presence::start(
-            self.db.clone(),
-            self.clock.clone(),
-            &Owner::current(),
-            AgentRole::Daemon,
-        );
+        let presence = Presence::of_daemon(self.db.clone(), self.clock.clone());
         self.register_channels(&mut lp);
         let outside = self.watch_from_outside().await?;
         let mut heartbeat = self.heartbeat_interval();

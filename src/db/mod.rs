@@ -4,6 +4,7 @@
 
 mod agents;
 mod alerts;
+mod fires;
 mod history;
 mod journal;
 mod locks;
@@ -13,11 +14,12 @@ mod runs;
 
 pub use agents::{AGENT_BEAT, AGENT_LEASE, AgentRole, AgentRow, Leases};
 pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
+pub use fires::FireTaken;
 pub use history::JobSummary;
 pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
 pub use locks::Owner;
 pub use pings::{NewPing, PendingPing, PingKind};
-pub use runs::{Finish, FireTaken, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};
+pub use runs::{Finish, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -166,9 +168,13 @@ impl Database {
         self.pool.close().await;
     }
 
+    /// A write transaction, holding the write lock from its start: a deferred one that
+    /// reads first fails at its first write if another connection wrote meanwhile
+    /// (SQLITE_BUSY_SNAPSHOT, which the busy timeout cannot wait out), while this one
+    /// waits its turn. Several agents, and an agent's own heartbeat, write concurrently.
     pub(crate) async fn begin(&self) -> DbResult<Transaction<'static, Sqlite>> {
         self.pool
-            .begin()
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(self.err("cannot begin a transaction"))
     }

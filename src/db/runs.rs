@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
+use sqlx::SqliteConnection;
 
 use super::journal::{self, Action, State};
 use super::{Database, DbError, DbResult, NewAlert, NewPing, Owner, alerts, from_ms, ms, pings};
@@ -251,15 +251,7 @@ pub(super) const RUN_COLUMNS: &str = "id, job, server_id, kind, trigger, status,
        'result', outcome) ORDER BY id) FROM journal j \
        WHERE j.run_id = runs.id AND j.action IN ('before', 'after', 'on_failure')) AS hooks";
 
-/// A fire another run has claimed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FireTaken {
-    pub run_id: RunId,
-    /// The host of the agent running it (or that ran it).
-    pub host: String,
-}
-
-async fn insert_run(
+pub(super) async fn insert_run(
     conn: &mut SqliteConnection,
     run: &NewRun<'_>,
     owner: &Owner,
@@ -291,62 +283,6 @@ impl Database {
         insert_run(&mut conn, &run, owner)
             .await
             .map_err(self.err(format!("cannot record the start of a run of {}", run.job)))
-    }
-
-    /// Starts the run of a scheduled fire (`run.scheduled_for`) unless a run of that fire
-    /// was started already, by this agent or another on the database: the claim and the
-    /// run's row are one transaction, so of several agents firing at once exactly one
-    /// runs it. `Err` is the run that has it.
-    pub async fn claim_fire(
-        &self,
-        run: NewRun<'_>,
-        owner: &Owner,
-    ) -> DbResult<Result<RunId, FireTaken>> {
-        let what = format!("cannot claim the fire of {}", run.job);
-        let at = run.scheduled_for.map_or(ms(run.started_at), ms);
-        // The claim is the transaction's first statement: a write, so it waits for
-        // another agent's claim to commit instead of reading a snapshot it cannot write on.
-        let mut tx = self.begin().await?;
-        let claimed = sqlx::query(
-            "INSERT INTO fires (job, scheduled_for, run_id) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
-        )
-        .bind(run.job)
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .map_err(self.err(what.clone()))?
-        .rows_affected()
-            == 1;
-        if !claimed {
-            let row = sqlx::query(
-                "SELECT f.run_id, r.owner FROM fires f LEFT JOIN runs r ON r.id = f.run_id \
-                 WHERE f.job = ? AND f.scheduled_for = ?",
-            )
-            .bind(run.job)
-            .bind(at)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(self.err(what))?;
-            let owner: Option<String> = row.get(1);
-            return Ok(Err(FireTaken {
-                run_id: row.get(0),
-                host: owner
-                    .map(|o| Owner::from_recorded(o).host().to_string())
-                    .unwrap_or_default(),
-            }));
-        }
-        let id = insert_run(&mut tx, &run, owner)
-            .await
-            .map_err(self.err(what.clone()))?;
-        sqlx::query("UPDATE fires SET run_id = ? WHERE job = ? AND scheduled_for = ?")
-            .bind(id)
-            .bind(run.job)
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.err(what.clone()))?;
-        tx.commit().await.map_err(self.err(what))?;
-        Ok(Ok(id))
     }
 
     pub async fn set_step(&self, run_id: RunId, step: Step) -> DbResult<()> {

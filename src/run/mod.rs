@@ -11,6 +11,7 @@
 mod create;
 mod dry_run;
 mod finish;
+mod fire;
 mod hooks;
 mod lock;
 mod many;
@@ -22,6 +23,7 @@ mod resume;
 mod rotate;
 
 pub use dry_run::{DryRun, dry_run};
+pub use fire::CLAIM_PATIENCE;
 pub use many::run_many;
 pub use pings::PING_EXPIRES;
 pub use poll::learned_first_wait;
@@ -39,17 +41,14 @@ use crate::api::{ApiError, Client, Snapshot};
 use crate::clock::SharedClock;
 use crate::config::JobSettings;
 use crate::db::{
-    Action, Database, DbError, EntryId, FireTaken, Intent, NewRun, Owner, RunKind, RunStatus,
-    RunTrigger, State, Step,
+    Action, Database, DbError, EntryId, Intent, NewRun, Owner, RunKind, RunStatus, RunTrigger,
+    State, Step,
 };
 use crate::domain::{RunId, ServerId, SnapshotId};
 use crate::hooks::{Command, Ran, ThawAfter};
 use crate::mark::Marker;
 use crate::ownership::Ownership;
 use crate::retention::Candidate;
-
-/// How long a fire keeps trying to claim itself while the database cannot be written.
-pub const CLAIM_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Everything a run needs; one per process, shared by its runs.
 #[derive(Clone)]
@@ -224,7 +223,7 @@ impl<'a> RunState<'a> {
 }
 
 /// A snapshot run of `job` as it starts.
-fn new_run(
+pub(super) fn new_run(
     job: &JobSettings,
     trigger: RunTrigger,
     started_at: DateTime<Utc>,
@@ -349,61 +348,7 @@ impl Runner {
             .await
     }
 
-    /// Runs `job`'s fire at `at` (scheduled, or caught up), unless a run of that fire was
-    /// started already, by this agent or another on the database: `None` then.
-    #[tracing::instrument(name = "run", skip_all, fields(job = %job.name, server = job.server_id.get(), run = tracing::field::Empty))]
-    pub async fn run_fire(
-        &self,
-        job: &JobSettings,
-        trigger: RunTrigger,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Outcome>, DbError> {
-        let started_at = self.now();
-        let new = new_run(job, trigger, started_at, Some(at));
-        match self.claim_patiently(job, new).await? {
-            Ok(run_id) => self
-                .run_started(job, run_id, trigger, started_at, Some(at))
-                .await
-                .map(Some),
-            Err(taken) => {
-                tracing::info!(fire = %at, taken_by = taken.run_id.get(), host = %taken.host, "this fire is already being run (or was run) by another run");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Claims a fire, trying again while the database cannot be written (locked, full,
-    /// unreachable) for up to `claim_patience`, and for a maintenance-window job only
-    /// until its window opens. A fire is never run unclaimed: a late snapshot (or, past
-    /// that, a missed one the stale check reports) rather than a duplicate.
-    async fn claim_patiently(
-        &self,
-        job: &JobSettings,
-        new: NewRun<'_>,
-    ) -> Result<Result<RunId, FireTaken>, DbError> {
-        let from = tokio::time::Instant::now();
-        let mut pause = Duration::from_secs(1);
-        loop {
-            let e = match self.db.claim_fire(new.clone(), &self.owner).await {
-                Ok(claim) => return Ok(claim),
-                Err(e) => e,
-            };
-            let now = self.now();
-            let window_open = crate::schedule::window_for_run(job, new.scheduled_for, now)
-                .is_some_and(|opens| now >= opens);
-            if from.elapsed() + pause > self.claim_patience
-                || window_open
-                || self.stop.is_cancelled()
-            {
-                return Err(e);
-            }
-            tracing::warn!("{e}; trying again in {}", humantime::format_duration(pause));
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(30));
-        }
-    }
-
-    async fn run_started(
+    pub(super) async fn run_started(
         &self,
         job: &JobSettings,
         run_id: RunId,

@@ -1,0 +1,74 @@
+//! Fire claims: each scheduled fire (job, scheduled time) is run once, by whichever agent
+//! on the database records its start first.
+
+use sqlx::Row;
+
+use super::runs::insert_run;
+use super::{Database, DbResult, NewRun, Owner, ms};
+use crate::domain::RunId;
+
+/// A fire another run has claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FireTaken {
+    pub run_id: RunId,
+    /// The host of the agent running it (or that ran it).
+    pub host: String,
+}
+
+impl Database {
+    /// Starts the run of a scheduled fire (`run.scheduled_for`) unless a run of that fire
+    /// was started already, by this agent or another on the database: the claim and the
+    /// run's row are one transaction, so of several agents firing at once exactly one
+    /// runs it. `Err` is the run that has it.
+    pub async fn claim_fire(
+        &self,
+        run: NewRun<'_>,
+        owner: &Owner,
+    ) -> DbResult<Result<RunId, FireTaken>> {
+        let what = format!("cannot claim the fire of {}", run.job);
+        let at = run.scheduled_for.map_or(ms(run.started_at), ms);
+        // The claim is the transaction's first statement: a write, so it waits for
+        // another agent's claim to commit instead of reading a snapshot it cannot write on.
+        let mut tx = self.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO fires (job, scheduled_for, run_id) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(run.job)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.err(what.clone()))?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            let row = sqlx::query(
+                "SELECT f.run_id, r.owner FROM fires f LEFT JOIN runs r ON r.id = f.run_id \
+                 WHERE f.job = ? AND f.scheduled_for = ?",
+            )
+            .bind(run.job)
+            .bind(at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(self.err(what))?;
+            let owner: Option<String> = row.get(1);
+            return Ok(Err(FireTaken {
+                run_id: row.get(0),
+                host: owner
+                    .map(|o| Owner::from_recorded(o).host().to_string())
+                    .unwrap_or_default(),
+            }));
+        }
+        let id = insert_run(&mut tx, &run, owner)
+            .await
+            .map_err(self.err(what.clone()))?;
+        sqlx::query("UPDATE fires SET run_id = ? WHERE job = ? AND scheduled_for = ?")
+            .bind(id)
+            .bind(run.job)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err(what.clone()))?;
+        tx.commit().await.map_err(self.err(what))?;
+        Ok(Ok(id))
+    }
+}
