@@ -27,8 +27,8 @@ impl Database {
     ) -> DbResult<Result<RunId, FireTaken>> {
         let what = format!("cannot claim the fire of {}", run.job);
         let at = run.scheduled_for.map_or(ms(run.started_at), ms);
-        // The claim is the transaction's first statement: a write, so it waits for
-        // another agent's claim to commit instead of reading a snapshot it cannot write on.
+        // The transaction holds the write lock from its start, so a second agent's claim
+        // waits for the first's commit and then finds the row.
         let mut tx = self.begin().await?;
         let claimed = sqlx::query(
             "INSERT INTO fires (job, scheduled_for, run_id) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",

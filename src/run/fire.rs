@@ -23,10 +23,9 @@ impl Runner {
         trigger: RunTrigger,
         at: DateTime<Utc>,
     ) -> Result<Option<Outcome>, DbError> {
-        let started_at = self.now();
-        let new = new_run(job, trigger, started_at, Some(at));
+        let new = new_run(job, trigger, self.now(), Some(at));
         match self.claim_patiently(job, new).await? {
-            Ok(run_id) => self
+            Ok((run_id, started_at)) => self
                 .run_started(job, run_id, trigger, started_at, Some(at))
                 .await
                 .map(Some),
@@ -40,17 +39,19 @@ impl Runner {
     /// Claims a fire, trying again while the database cannot be written (locked, full,
     /// unreachable) for up to `claim_patience`, and for a maintenance-window job only
     /// until its window opens. A fire is never run unclaimed: a late snapshot (or, past
-    /// that, a missed one the stale check reports) rather than a duplicate.
+    /// that, a missed one the stale check reports) rather than a duplicate. The run and
+    /// when it started (the attempt that took the claim).
     async fn claim_patiently(
         &self,
         job: &JobSettings,
-        new: NewRun<'_>,
-    ) -> Result<Result<RunId, FireTaken>, DbError> {
+        mut new: NewRun<'_>,
+    ) -> Result<Result<(RunId, DateTime<Utc>), FireTaken>, DbError> {
         let from = tokio::time::Instant::now();
         let mut pause = Duration::from_secs(1);
         loop {
+            new.started_at = self.now();
             let e = match self.db.claim_fire(new.clone(), &self.owner).await {
-                Ok(claim) => return Ok(claim),
+                Ok(claim) => return Ok(claim.map(|id| (id, new.started_at))),
                 Err(e) => e,
             };
             let now = self.now();
