@@ -90,7 +90,7 @@ async fn agents(db: &Database, now: DateTime<Utc>) -> anyhow::Result<Vec<AgentVi
         .agents(now)
         .await?
         .into_iter()
-        .filter(|a| a.role == crate::db::AgentRole::Daemon || a.alive)
+        .filter(crate::db::AgentRow::listed)
         .map(|a| {
             let this = if a.id == me.agent_id() {
                 ", serving this page"

@@ -125,7 +125,7 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
         jobs.push(job_status(&db, job, summary, timing, &leases, now).await?);
     }
     let mut agents = db.agents(now).await?;
-    agents.retain(|a| a.role == AgentRole::Daemon || a.alive);
+    agents.retain(AgentRow::listed);
     let status = Status {
         jobs,
         pending_alerts: db.pending_alerts().await?,
@@ -329,7 +329,7 @@ fn verdict(status: &Status, now: DateTime<Utc>) -> (u8, String) {
     let gone: Vec<&str> = status
         .agents
         .iter()
-        .filter(|a| !a.alive && a.stopped_at.is_none() && a.role == AgentRole::Daemon)
+        .filter(|a| a.gone() && a.role == AgentRole::Daemon)
         .map(|a| a.host.as_str())
         .collect();
     if !gone.is_empty() {

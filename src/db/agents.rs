@@ -16,6 +16,9 @@ pub const AGENT_BEAT: Duration = Duration::from_secs(10);
 /// How long after its last heartbeat an agent on another host counts as dead.
 pub const AGENT_LEASE: Duration = Duration::from_secs(60);
 
+/// How long an agent not seen is kept (and listed by `status`).
+const KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
+
 fn lease_ms() -> i64 {
     AGENT_LEASE.as_millis() as i64
 }
@@ -51,6 +54,19 @@ pub struct AgentRow {
     pub stopped_at: Option<DateTime<Utc>>,
     /// Heartbeating within [`AGENT_LEASE`] and not stopped.
     pub alive: bool,
+}
+
+impl AgentRow {
+    /// Stopped heartbeating without stopping cleanly.
+    pub fn gone(&self) -> bool {
+        !self.alive && self.stopped_at.is_none()
+    }
+
+    /// Worth listing to an operator: a daemon (alive, gone or stopped), or another agent
+    /// while it runs.
+    pub fn listed(&self) -> bool {
+        self.role == AgentRole::Daemon || self.alive
+    }
 }
 
 /// Each agent's heartbeat lease (its last heartbeat plus [`AGENT_LEASE`]; `None` once it
@@ -154,12 +170,11 @@ impl Database {
 
     /// The agents seen in the last week, newest first.
     pub async fn agents(&self, now: DateTime<Utc>) -> DbResult<Vec<AgentRow>> {
-        let week = 7 * 24 * 3600 * 1000;
         let rows = sqlx::query(
             "SELECT id, host, role, version, started_at, seen_at, stopped_at FROM agents \
              WHERE seen_at >= ? ORDER BY seen_at DESC, id",
         )
-        .bind(ms(now) - week)
+        .bind(ms(now) - KEPT_MS)
         .fetch_all(self.pool())
         .await
         .map_err(self.err("cannot read the agents"))?;
@@ -259,7 +274,7 @@ impl Database {
             self.agent_stopped(id, now).await?;
         }
         sqlx::query("DELETE FROM agents WHERE seen_at < ?")
-            .bind(ms(now) - 7 * 24 * 3600 * 1000)
+            .bind(ms(now) - KEPT_MS)
             .execute(self.pool())
             .await
             .map_err(self.err(what))?;

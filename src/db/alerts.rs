@@ -90,20 +90,28 @@ pub(super) async fn insert(
     tx: &mut Transaction<'_, Sqlite>,
     a: &NewAlert,
 ) -> Result<i64, sqlx::Error> {
-    Ok(sqlx::query(
+    let q = sqlx::query(
         "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&a.job)
-    .bind(a.server_id)
-    .bind(a.run_id)
-    .bind(a.kind)
-    .bind(&a.subject)
-    .bind(&a.body)
-    .bind(ms(a.created_at))
-    .execute(&mut **tx)
-    .await?
-    .last_insert_rowid())
+    );
+    Ok(bind_alert(q, a)
+        .execute(&mut **tx)
+        .await?
+        .last_insert_rowid())
+}
+
+/// Binds an alert's seven columns, in the order the inserts name them.
+fn bind_alert<'q>(
+    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    a: &'q NewAlert,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    q.bind(&a.job)
+        .bind(a.server_id)
+        .bind(a.run_id)
+        .bind(a.kind)
+        .bind(&a.subject)
+        .bind(&a.body)
+        .bind(ms(a.created_at))
 }
 
 const ALERT_COLUMNS: &str =
@@ -128,22 +136,16 @@ impl Database {
         a: &NewAlert,
         since: DateTime<Utc>,
     ) -> DbResult<bool> {
-        let done = sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at) \
              SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS \
                (SELECT 1 FROM alerts WHERE job = ?1 AND kind = ?4 AND created_at > ?8)",
-        )
-        .bind(&a.job)
-        .bind(a.server_id)
-        .bind(a.run_id)
-        .bind(a.kind)
-        .bind(&a.subject)
-        .bind(&a.body)
-        .bind(ms(a.created_at))
-        .bind(ms(since))
-        .execute(self.pool())
-        .await
-        .map_err(self.err("cannot queue an alert"))?;
+        );
+        let done = bind_alert(q, a)
+            .bind(ms(since))
+            .execute(self.pool())
+            .await
+            .map_err(self.err("cannot queue an alert"))?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -315,13 +315,9 @@ async fn agents(r: &mut Registry, db: &Database, now: DateTime<Utc>) -> DbResult
     let daemons = Family::<Labels1, Gauge>::default();
     let (mut alive, mut gone) = (0, 0);
     for a in db.agents(now).await? {
-        if a.role != crate::db::AgentRole::Daemon {
-            continue;
-        }
-        match (a.alive, a.stopped_at) {
-            (true, _) => alive += 1,
-            (false, None) => gone += 1,
-            (false, Some(_)) => {}
+        if a.role == crate::db::AgentRole::Daemon {
+            alive += i64::from(a.alive);
+            gone += i64::from(a.gone());
         }
     }
     daemons.get_or_create(&l([("state", "alive")])).set(alive);

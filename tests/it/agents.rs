@@ -309,6 +309,24 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Every run recorded, and the snapshots the simulator made, one for each run that asked
+/// for one (no duplicate, none for a killed run finished by another).
+async fn one_snapshot_per_run(
+    s: &vps_snapshot_agent::sim::SimServer,
+    db: &Database,
+) -> (Vec<vps_snapshot_agent::db::Run>, usize) {
+    let runs = db.history(None, u32::MAX).await.unwrap();
+    let created = s
+        .sim
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::Created { .. }))
+        .count();
+    let asked = runs.iter().filter(|r| r.snapshot.is_some()).count();
+    assert_eq!(created, asked, "one snapshot per run that asked");
+    (runs, created)
+}
+
 /// 20 jobs firing every 3 s and two daemons; `AGENT_SOAK_JOBS`, `AGENT_SOAK_DAEMONS` and
 /// `AGENT_SOAK_EVERY` (seconds) make it larger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,15 +417,7 @@ async fn two_daemons_on_one_sqlite_file_run_each_fire_once() {
     );
 
     // One snapshot asked for per run that asked, and never two runs on a server at once.
-    let runs = db.history(None, 100_000).await.unwrap();
-    let created = s
-        .sim
-        .events()
-        .iter()
-        .filter(|e| matches!(e, Event::Created { .. }))
-        .count();
-    let asked = runs.iter().filter(|r| r.snapshot.is_some()).count();
-    assert_eq!(created, asked, "no duplicate snapshot");
+    let (runs, created) = one_snapshot_per_run(&s, &db).await;
     let mut late: Vec<i64> = runs
         .iter()
         .filter_map(|r| Some((r.started_at - r.scheduled_for?).num_milliseconds()))
@@ -641,15 +651,7 @@ async fn a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot
         failover.num_milliseconds()
     );
 
-    let runs = db.history(None, 10_000).await.unwrap();
-    let created = s
-        .sim
-        .events()
-        .iter()
-        .filter(|e| matches!(e, Event::Created { .. }))
-        .count();
-    let asked = runs.iter().filter(|r| r.snapshot.is_some()).count();
-    assert_eq!(created, asked, "no second snapshot for the killed run");
+    one_snapshot_per_run(&s, &db).await;
     let twice: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT 1 FROM runs WHERE trigger = 'schedule' \
          GROUP BY job, scheduled_for HAVING count(*) > 1)",
