@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Connection, Sqlite, Transaction};
 
 /// A database problem, always naming the file. A leaf: `detail` is the underlying
 /// error with its causes, so the message is whole wherever it is printed.
@@ -139,6 +139,16 @@ impl Database {
             .fold(opts, |o, (k, v)| o.pragma(*k, v.clone()));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A failed COMMIT (a full disk) makes SQLite roll back by itself, so the ROLLBACK
+            // sqlx sends when the transaction is dropped fails and sqlx still counts the
+            // connection as inside one; every later `BEGIN IMMEDIATE` on it would be refused.
+            // The ping waits for that ROLLBACK; such a connection is closed, not reused.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(opts)
             .await
             .map_err(|e| err("cannot open", e.into()))?;

@@ -579,15 +579,12 @@ async fn a_fire_waits_out_a_database_it_cannot_write_and_then_runs_once() {
     assert_eq!(w.created(), 1);
 }
 
-/// The run of agent process `pid` waiting for its snapshot, if there is one.
-async fn polling_run_of(db: &Database, pid: u32) -> Option<i64> {
-    sqlx::query_scalar(
-        "SELECT id FROM runs WHERE status = 'running' AND step = 'poll' AND owner LIKE ?",
-    )
-    .bind(format!("%/{pid}/%"))
-    .fetch_optional(db.pool())
-    .await
-    .unwrap()
+/// A run waiting for its snapshot, if there is one, and the agent that owns it.
+async fn a_polling_run(db: &Database) -> Option<(i64, String)> {
+    sqlx::query_as("SELECT id, owner FROM runs WHERE status = 'running' AND step = 'poll' LIMIT 1")
+        .fetch_optional(db.pool())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -611,20 +608,25 @@ async fn a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot
     let db = Database::open(&dir.path().join("history.db"))
         .await
         .unwrap();
-    let mut victim = None;
-    for _ in 0..600 {
-        victim = polling_run_of(&db, a.id()).await;
-        if victim.is_some() {
+    // Whichever daemon claimed a fire first is killed while it waits for the snapshot.
+    let mut polling = None;
+    for _ in 0..1800 {
+        polling = a_polling_run(&db).await;
+        if polling.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let victim = victim.expect("daemon a polls a snapshot within 30 s");
+    let (victim, owner) = polling.expect("a daemon polls a snapshot within 90 s");
+    if !owner.contains(&format!("/{}/", a.id())) {
+        std::mem::swap(&mut a, &mut b);
+    }
+    assert!(owner.contains(&format!("/{}/", a.id())), "{owner}");
     signal(&a, libc::SIGKILL);
     let killed_at = Utc::now();
     a.wait().unwrap();
     let mut finished = None;
-    for _ in 0..900 {
+    for _ in 0..1800 {
         let row = db
             .run(vps_snapshot_agent::domain::RunId::new(victim))
             .await
@@ -636,7 +638,7 @@ async fn a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let run = finished.expect("daemon b finished the run within 45 s");
+    let run = finished.expect("the other daemon finished the run within 90 s");
     signal(&b, libc::SIGTERM);
     assert!(b.wait().unwrap().success());
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
