@@ -89,7 +89,7 @@ async fn bench_floor(r: &mut Report) {
         .await
         .unwrap();
     sqlx::query("CREATE TABLE floor (x INTEGER)")
-        .execute(db.pool())
+        .execute(db.sqlite_pool().unwrap())
         .await
         .unwrap();
     let n = 20_000u32;
@@ -97,14 +97,14 @@ async fn bench_floor(r: &mut Report) {
     for i in 0..n {
         sqlx::query("INSERT INTO floor (x) VALUES (?)")
             .bind(i64::from(i))
-            .execute(db.pool())
+            .execute(db.sqlite_pool().unwrap())
             .await
             .unwrap();
     }
     let statement = (self_cpu() - cpu0).as_secs_f64() * 1e6 / f64::from(n);
     let cpu0 = self_cpu();
     for i in 0..n / 4 {
-        let mut tx = db.pool().begin().await.unwrap();
+        let mut tx = db.sqlite_pool().unwrap().begin().await.unwrap();
         sqlx::query("INSERT INTO floor (x) VALUES (?)")
             .bind(i64::from(i))
             .execute(&mut *tx)
@@ -488,7 +488,7 @@ async fn bench_history(r: &mut Report, runs: u64) {
            1700000000000 + i * 60000, 1700000000000 + i * 60000 + 300000 FROM n"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
-        .execute(db.pool())
+        .execute(db.sqlite_pool().unwrap())
         .await
         .unwrap();
     let sql = format!(
@@ -498,10 +498,13 @@ async fn bench_history(r: &mut Report, runs: u64) {
            'delete', i - 3, 'ok', 'rotation' FROM n"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
-        .execute(db.pool())
+        .execute(db.sqlite_pool().unwrap())
         .await
         .unwrap();
-    sqlx::query("ANALYZE").execute(db.pool()).await.unwrap();
+    sqlx::query("ANALYZE")
+        .execute(db.sqlite_pool().unwrap())
+        .await
+        .unwrap();
     println!(
         "  (generated {runs} runs and {runs} journal entries in {:.1} s)",
         t0.elapsed().as_secs_f64()
@@ -566,7 +569,7 @@ async fn bench_history(r: &mut Report, runs: u64) {
     );
     // What one scrape of /metrics costs the daemon: the database's part and the encoding.
     let settings = Settings::load(&cfg).unwrap();
-    let db = Database::open(&settings.database).await.unwrap();
+    let db = Database::open_at(&settings.database).await.unwrap();
     let mut scrapes = Vec::new();
     let mut size = 0;
     for _ in 0..20 {
@@ -616,7 +619,7 @@ async fn bench_lateness(r: &mut Report) {
         .await
         .unwrap();
     let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT started_at, scheduled_for FROM runs WHERE trigger = 'schedule' AND scheduled_for IS NOT NULL")
-        .fetch_all(db.pool())
+        .fetch_all(db.sqlite_pool().unwrap())
         .await
         .unwrap();
     let mut late: Vec<f64> = rows.iter().map(|(s, f)| (s - f) as f64).collect();
@@ -686,7 +689,7 @@ async fn bench_polling(r: &mut Report) {
             let done: (Option<i64>,) =
                 sqlx::query_as("SELECT snapshot_completed_at FROM runs WHERE id = ?")
                     .bind(run.id)
-                    .fetch_one(db.pool())
+                    .fetch_one(db.sqlite_pool().unwrap())
                     .await
                     .unwrap();
             let noticed = vps_snapshot_agent::db::from_ms(done.0.unwrap());

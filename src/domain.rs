@@ -95,30 +95,40 @@ macro_rules! api_id {
             }
         }
 
-        impl sqlx::Type<sqlx::Sqlite> for $name {
-            fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
-                <i64 as sqlx::Type<sqlx::Sqlite>>::type_info()
+        // Stored as the database's 64-bit integer, on either engine.
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $name
+        where
+            i64: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <i64 as sqlx::Type<DB>>::type_info()
             }
-            fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
-                <i64 as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <i64 as sqlx::Type<DB>>::compatible(ty)
             }
         }
 
-        impl sqlx::Encode<'_, sqlx::Sqlite> for $name {
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $name
+        where
+            i64: sqlx::Encode<'q, DB>,
+        {
             fn encode_by_ref(
                 &self,
-                buf: &mut <sqlx::Sqlite as sqlx::Database>::ArgumentBuffer,
+                buf: &mut <DB as sqlx::Database>::ArgumentBuffer,
             ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
                 let v = i64::try_from(self.0)?;
-                <i64 as sqlx::Encode<sqlx::Sqlite>>::encode(v, buf)
+                <i64 as sqlx::Encode<DB>>::encode(v, buf)
             }
         }
 
-        impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for $name {
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $name
+        where
+            i64: sqlx::Decode<'r, DB>,
+        {
             fn decode(
-                value: <sqlx::Sqlite as sqlx::Database>::ValueRef<'r>,
+                value: <DB as sqlx::Database>::ValueRef<'r>,
             ) -> Result<Self, sqlx::error::BoxDynError> {
-                let v = <i64 as sqlx::Decode<sqlx::Sqlite>>::decode(value)?;
+                let v = <i64 as sqlx::Decode<DB>>::decode(value)?;
                 Ok(Self(u64::try_from(v)?))
             }
         }
@@ -160,7 +170,7 @@ impl std::fmt::Display for RunId {
 /// What an alert is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum AlertKind {
     Failed,
     Recovered,

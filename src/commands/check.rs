@@ -58,10 +58,7 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let db = super::context::open_db(&settings).await?;
     db.close().await;
-    println!(
-        "\ndatabase: {} opens and is up to date",
-        settings.database.display()
-    );
+    println!("\ndatabase: {} opens and is up to date", settings.database);
     let token = settings.api.token()?;
     let client = Client::new(&settings.api, token, crate::clock::system())?;
     client

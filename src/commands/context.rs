@@ -21,10 +21,15 @@ pub struct UnusableDatabase {
 }
 
 pub async fn open_db(settings: &Settings) -> anyhow::Result<Database> {
-    Database::open(&settings.database).await.map_err(|error| {
-        let hint = owner_hint(&settings.database).unwrap_or_default();
-        UnusableDatabase { error, hint }.into()
-    })
+    Database::open_at(&settings.database)
+        .await
+        .map_err(|error| {
+            let hint = match &settings.database {
+                crate::db::Location::File(path) => owner_hint(path).unwrap_or_default(),
+                crate::db::Location::Postgres { .. } => String::new(),
+            };
+            UnusableDatabase { error, hint }.into()
+        })
 }
 
 /// When the database (or the nearest directory that exists on its path) belongs to

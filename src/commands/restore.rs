@@ -128,7 +128,7 @@ async fn dry_run(
 ) -> anyhow::Result<ExitCode> {
     if let Some(job) = safety_job {
         let db = if settings.database.exists() {
-            Some(Database::open(&settings.database).await?)
+            Some(Database::open_at(&settings.database).await?)
         } else {
             None
         };

@@ -273,7 +273,7 @@ async fn dry_run(
     let client = context::client(settings, clock)?;
     // Pins and the journal if the database exists; never create it for a dry run.
     let db = if settings.database.exists() {
-        Some(Database::open(&settings.database).await?)
+        Some(Database::open_at(&settings.database).await?)
     } else {
         None
     };

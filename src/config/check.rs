@@ -16,6 +16,8 @@ use super::secret::{Found, Lookup};
 use super::sections::{self, JobKeys};
 use super::source::Reader;
 use super::watch;
+use crate::db::Location;
+
 use super::{
     ApiSettings, DEFAULT_BASE_URL, DEFAULT_DATABASE, EmailSettings, Security, Settings, TOP_LEVEL,
 };
@@ -66,9 +68,9 @@ fn mailbox(r: &mut Reader<'_>, key: &str, v: Option<&Value>, text: &str) -> Opti
         .ok()
 }
 
-/// Where the history database is: a path, or a `sqlite:` URL of one. Anything else is
-/// refused by name rather than taken for a file name (`postgres://…` once was).
-fn database_path(text: &str) -> Result<PathBuf, String> {
+/// Where the history database is: a path, a `sqlite:` URL of one, or a `postgres://` URL.
+/// Anything else is refused by name rather than taken for a file name.
+fn database_location(r: &mut Reader<'_>, text: &str) -> Result<Location, String> {
     let (scheme, rest) = match text.split_once(':') {
         Some((s, rest))
             if !s.is_empty()
@@ -89,20 +91,42 @@ fn database_path(text: &str) -> Result<PathBuf, String> {
         }
         // sqlite:///abs/path, sqlite://relative/path, sqlite:relative/path
         "sqlite" => rest.strip_prefix("//").unwrap_or(rest),
-        "postgres" | "postgresql" => {
-            return Err("PostgreSQL is not supported by this version of the agent yet: give the path of a SQLite file \
-                 (several agents on one host can share it: see \"Several agents\" in the README)".into());
-        }
+        "postgres" | "postgresql" => return postgres_location(r, text),
         other => {
             return Err(format!(
-                "{text:?}: unknown database URL scheme {other:?}: give the path of a SQLite file"
+                "unknown database URL scheme {other:?}: give the path of a SQLite file or a postgres:// URL"
             ));
         }
     };
     if path.is_empty() {
         return Err("must not be empty".into());
     }
-    Ok(PathBuf::from(path))
+    Ok(Location::File(PathBuf::from(path)))
+}
+
+/// A PostgreSQL URL, its password taken out: from the URL itself, else `PGPASSWORD`, else
+/// the systemd credential `database-password`. Messages never repeat the URL, which may
+/// hold the password.
+fn postgres_location(r: &mut Reader<'_>, text: &str) -> Result<Location, String> {
+    let (url, in_url) = crate::db::split_password(text)?;
+    let password = match in_url {
+        Some(p) => Some(p),
+        None => match (Lookup {
+            key: "database password",
+            env: "PGPASSWORD",
+            inline: None,
+            credential: "database-password",
+            file: None,
+            file_key: "database",
+            file_value: None,
+        })
+        .find(r)
+        {
+            Found::Secret(s) => Some(s),
+            Found::Broken | Found::Nothing => None,
+        },
+    };
+    Ok(Location::Postgres { url, password })
 }
 
 /// The whole configuration; its problems are in `r`.
@@ -118,9 +142,9 @@ pub(super) fn settings(r: &mut Reader<'_>, path: &Path, tree: &Dict) -> Settings
     }
     let database: Option<Text> = r.read("database", tree.get("database"));
     let database = database.map_or(DEFAULT_DATABASE.to_string(), |t| t.0);
-    let database = database_path(&database).unwrap_or_else(|e| {
+    let database = database_location(r, &database).unwrap_or_else(|e| {
         r.error("database", tree.get("database"), e);
-        PathBuf::new()
+        Location::File(PathBuf::new())
     });
     let api_v = r.table(tree, "api");
     let raw = r.read("api", api_v);
@@ -141,9 +165,11 @@ pub(super) fn settings(r: &mut Reader<'_>, path: &Path, tree: &Dict) -> Settings
         config_path: path.to_path_buf(),
         // A relative path is relative to the config file, not to wherever the agent
         // was started from (`/` under systemd).
-        database: match path.parent() {
-            Some(dir) if database.is_relative() => dir.join(database),
-            _ => database,
+        database: match (path.parent(), database) {
+            (Some(dir), Location::File(file)) if file.is_relative() => {
+                Location::File(dir.join(file))
+            }
+            (_, database) => database,
         },
         api,
         email: email.flatten(),

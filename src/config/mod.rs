@@ -106,7 +106,7 @@ impl ConfigErrors {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub config_path: PathBuf,
-    pub database: PathBuf,
+    pub database: crate::db::Location,
     pub api: ApiSettings,
     pub email: Option<EmailSettings>,
     /// Alert channels besides email.

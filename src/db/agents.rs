@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
 
 use super::{Database, DbResult, NewAlert, alerts, from_ms, ms};
 
@@ -26,7 +25,7 @@ fn lease_ms() -> i64 {
 /// What an agent process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "kebab-case")]
-#[sqlx(rename_all = "kebab-case")]
+#[sqlx(type_name = "text", rename_all = "kebab-case")]
 pub enum AgentRole {
     Daemon,
     RunOnce,
@@ -110,12 +109,17 @@ impl Database {
             "SELECT DISTINCT claimed_by FROM {table} \
              WHERE sent_at IS NULL AND claimed_until > ? AND claimed_by IS NOT NULL"
         );
-        let holders: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        let holders: Vec<(String,)> = self
+            .q(&sql)
             .bind(ms(now))
-            .fetch_all(self.pool())
+            .fetch_all(self)
             .await
             .map_err(self.err(what))?;
-        let holders: Vec<String> = holders.into_iter().filter(|h| h != this_agent()).collect();
+        let holders: Vec<String> = holders
+            .into_iter()
+            .map(|(h,)| h)
+            .filter(|h| h != this_agent())
+            .collect();
         if holders.is_empty() {
             return Ok(());
         }
@@ -129,9 +133,9 @@ impl Database {
                 "UPDATE {table} SET claimed_until = NULL, claimed_by = NULL \
                  WHERE claimed_by = ? AND sent_at IS NULL"
             );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
+            self.q(&sql)
                 .bind(&h)
-                .execute(self.pool())
+                .execute(self)
                 .await
                 .map_err(self.err(what))?;
         }
@@ -141,7 +145,7 @@ impl Database {
     /// Records that agent `id` lives at `now` (inserting it the first time).
     pub async fn heartbeat(&self, id: &str, role: AgentRole, now: DateTime<Utc>) -> DbResult<()> {
         let host = id.split('/').next().unwrap_or_default();
-        sqlx::query(
+        self.q(
             "INSERT INTO agents (id, host, role, version, started_at, seen_at) VALUES (?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, stopped_at = NULL",
         )
@@ -151,7 +155,7 @@ impl Database {
         .bind(env!("CARGO_PKG_VERSION"))
         .bind(ms(now))
         .bind(ms(now))
-        .execute(self.pool())
+        .execute(self)
         .await
         .map_err(self.err("cannot record the agent's heartbeat"))?;
         Ok(())
@@ -159,10 +163,10 @@ impl Database {
 
     /// Records that agent `id` stopped cleanly (or was found dead): no alert for it.
     pub async fn agent_stopped(&self, id: &str, now: DateTime<Utc>) -> DbResult<()> {
-        sqlx::query("UPDATE agents SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL")
+        self.q("UPDATE agents SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL")
             .bind(ms(now))
             .bind(id)
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err("cannot record that the agent stopped"))?;
         Ok(())
@@ -170,47 +174,45 @@ impl Database {
 
     /// The agents seen in the last week, newest first.
     pub async fn agents(&self, now: DateTime<Utc>) -> DbResult<Vec<AgentRow>> {
-        let rows = sqlx::query(
-            "SELECT id, host, role, version, started_at, seen_at, stopped_at FROM agents \
-             WHERE seen_at >= ? ORDER BY seen_at DESC, id",
-        )
-        .bind(ms(now) - KEPT_MS)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.err("cannot read the agents"))?;
+        type Row = (String, String, AgentRole, String, i64, i64, Option<i64>);
+        let rows: Vec<Row> = self
+            .q(
+                "SELECT id, host, role, version, started_at, seen_at, stopped_at FROM agents \
+                WHERE seen_at >= ? ORDER BY seen_at DESC, id",
+            )
+            .bind(ms(now) - KEPT_MS)
+            .fetch_all(self)
+            .await
+            .map_err(self.err("cannot read the agents"))?;
         Ok(rows
             .into_iter()
-            .map(|r| {
-                let seen_at = from_ms(r.get("seen_at"));
-                let stopped_at = r.get::<Option<i64>, _>("stopped_at").map(from_ms);
-                AgentRow {
-                    id: r.get("id"),
-                    host: r.get("host"),
-                    role: r.get("role"),
-                    version: r.get("version"),
-                    started_at: from_ms(r.get("started_at")),
-                    seen_at,
-                    stopped_at,
-                    alive: stopped_at.is_none() && ms(seen_at) + lease_ms() > ms(now),
-                }
-            })
+            .map(
+                |(id, host, role, version, started_at, seen_at, stopped_at)| AgentRow {
+                    id,
+                    host,
+                    role,
+                    version,
+                    started_at: from_ms(started_at),
+                    seen_at: from_ms(seen_at),
+                    stopped_at: stopped_at.map(from_ms),
+                    alive: stopped_at.is_none() && seen_at + lease_ms() > ms(now),
+                },
+            )
             .collect())
     }
 
     /// Every recorded agent's heartbeat lease.
     pub async fn leases(&self) -> DbResult<Leases> {
-        let rows = sqlx::query("SELECT id, seen_at, stopped_at FROM agents")
-            .fetch_all(self.pool())
+        let rows: Vec<(String, i64, Option<i64>)> = self
+            .q("SELECT id, seen_at, stopped_at FROM agents")
+            .fetch_all(self)
             .await
             .map_err(self.err("cannot read the agents"))?;
         Ok(Leases(
             rows.into_iter()
-                .map(|r| {
-                    let stopped: Option<i64> = r.get("stopped_at");
-                    let lease = stopped
-                        .is_none()
-                        .then(|| from_ms(r.get::<i64, _>("seen_at") + lease_ms()));
-                    (r.get("id"), lease)
+                .map(|(id, seen_at, stopped)| {
+                    let lease = stopped.is_none().then(|| from_ms(seen_at + lease_ms()));
+                    (id, lease)
                 })
                 .collect(),
         ))
@@ -229,24 +231,22 @@ impl Database {
         let what = "cannot check the other agents' heartbeats";
         let cutoff = ms(now) - lease_ms();
         let mut tx = self.begin().await?;
-        let gone = sqlx::query(
-            "UPDATE agents SET gone_alerted_at = ?1 \
+        let gone: Vec<(String, String, i64)> = tx
+            .q("UPDATE agents SET gone_alerted_at = ?1 \
              WHERE role = 'daemon' AND stopped_at IS NULL AND gone_alerted_at IS NULL \
                AND seen_at < ?2 AND id <> ?3 \
                AND NOT EXISTS (SELECT 1 FROM agents b WHERE b.host = agents.host \
                    AND b.role = 'daemon' AND b.stopped_at IS NULL AND b.seen_at >= ?2) \
-             RETURNING id, host, seen_at",
-        )
-        .bind(ms(now))
-        .bind(cutoff)
-        .bind(me)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(self.err(what))?;
+             RETURNING id, host, seen_at")
+            .bind(ms(now))
+            .bind(cutoff)
+            .bind(me)
+            .fetch_all(&mut tx)
+            .await
+            .map_err(self.err(what))?;
         let mut hosts = Vec::new();
-        for r in gone {
-            let (id, host): (String, String) = (r.get("id"), r.get("host"));
-            let a = alert(&id, &host, from_ms(r.get("seen_at")), now);
+        for (id, host, seen_at) in gone {
+            let a = alert(&id, &host, from_ms(seen_at), now);
             alerts::insert(&mut tx, &a).await.map_err(self.err(what))?;
             hosts.push(host);
         }
@@ -264,18 +264,18 @@ impl Database {
         now: DateTime<Utc>,
     ) -> DbResult<()> {
         let what = "cannot tidy the agents";
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM agents WHERE host = ? AND stopped_at IS NULL")
-                .bind(host)
-                .fetch_all(self.pool())
-                .await
-                .map_err(self.err(what))?;
-        for id in ids.iter().filter(|id| dead(id)) {
+        let ids: Vec<(String,)> = self
+            .q("SELECT id FROM agents WHERE host = ? AND stopped_at IS NULL")
+            .bind(host)
+            .fetch_all(self)
+            .await
+            .map_err(self.err(what))?;
+        for (id,) in ids.iter().filter(|(id,)| dead(id)) {
             self.agent_stopped(id, now).await?;
         }
-        sqlx::query("DELETE FROM agents WHERE seen_at < ?")
+        self.q("DELETE FROM agents WHERE seen_at < ?")
             .bind(ms(now) - KEPT_MS)
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err(what))?;
         Ok(())

@@ -2,12 +2,11 @@
 //! (email, each `[[notify]]`) has its own delivery row per alert, which leaves the pending
 //! set only when that channel's server has accepted it.
 
+use super::sql::Q;
+use super::{Database, DbResult, Tx, from_ms, ms};
+use crate::domain::{AlertKind, RunId, ServerId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, Row as _, Sqlite, Transaction};
-
-use super::{Database, DbResult, from_ms, ms};
-use crate::domain::{AlertKind, RunId, ServerId};
 
 #[derive(Debug, Clone)]
 pub struct NewAlert {
@@ -86,25 +85,16 @@ pub struct OutboxCounts {
     pub channels: Vec<(String, i64, i64)>,
 }
 
-pub(super) async fn insert(
-    tx: &mut Transaction<'_, Sqlite>,
-    a: &NewAlert,
-) -> Result<i64, sqlx::Error> {
-    let q = sqlx::query(
+pub(super) async fn insert(tx: &mut Tx, a: &NewAlert) -> Result<i64, sqlx::Error> {
+    let q = tx.q(
         "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
     );
-    Ok(bind_alert(q, a)
-        .execute(&mut **tx)
-        .await?
-        .last_insert_rowid())
+    bind_alert(q, a).scalar(tx).await
 }
 
 /// Binds an alert's seven columns, in the order the inserts name them.
-fn bind_alert<'q>(
-    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
-    a: &'q NewAlert,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+fn bind_alert(q: Q, a: &NewAlert) -> Q {
     q.bind(&a.job)
         .bind(a.server_id)
         .bind(a.run_id)
@@ -136,17 +126,17 @@ impl Database {
         a: &NewAlert,
         since: DateTime<Utc>,
     ) -> DbResult<bool> {
-        let q = sqlx::query(
+        let q = self.q(
             "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at) \
              SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS \
                (SELECT 1 FROM alerts WHERE job = ?1 AND kind = ?4 AND created_at > ?8)",
         );
         let done = bind_alert(q, a)
             .bind(ms(since))
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err("cannot queue an alert"))?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     /// Makes `names` the channels new alerts are delivered to. A channel new to the
@@ -155,40 +145,45 @@ impl Database {
     pub async fn set_channels(&self, names: &[&str]) -> DbResult<()> {
         let what = "cannot record the alert channels";
         let mut tx = self.begin().await?;
-        let known: Vec<String> = sqlx::query_scalar("SELECT name FROM channels")
-            .fetch_all(&mut *tx)
+        let known: Vec<(String,)> = tx
+            .q("SELECT name FROM channels ORDER BY name")
+            .fetch_all(&mut tx)
             .await
             .map_err(self.err(what))?;
         let mut wanted = names.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
-        if known.iter().map(String::as_str).eq(wanted.iter().copied()) {
+        if known
+            .iter()
+            .map(|(n,)| n.as_str())
+            .eq(wanted.iter().copied())
+        {
             return Ok(());
         }
-        let orphans: Vec<i64> = sqlx::query_scalar(
+        let orphans: Vec<(i64,)> = tx.q(
             "SELECT id FROM alerts a WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alert_id = a.id)",
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut tx)
         .await
         .map_err(self.err(what))?;
-        sqlx::query("DELETE FROM channels")
-            .execute(&mut *tx)
+        tx.q("DELETE FROM channels")
+            .execute(&mut tx)
             .await
             .map_err(self.err(what))?;
         for name in &wanted {
-            sqlx::query("INSERT OR IGNORE INTO channels (name) VALUES (?)")
+            tx.q("INSERT INTO channels (name) VALUES (?) ON CONFLICT DO NOTHING")
                 .bind(name)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await
                 .map_err(self.err(what))?;
-            for id in &orphans {
-                sqlx::query(
-                    "INSERT OR IGNORE INTO deliveries (alert_id, channel, next_attempt_at) \
-                     SELECT id, ?, created_at FROM alerts WHERE id = ?",
+            for (id,) in &orphans {
+                tx.q(
+                    "INSERT INTO deliveries (alert_id, channel, next_attempt_at) \
+                     SELECT id, ?, created_at FROM alerts WHERE id = ? ON CONFLICT DO NOTHING",
                 )
                 .bind(name)
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await
                 .map_err(self.err(what))?;
             }
@@ -209,7 +204,7 @@ impl Database {
         let what = "cannot read the alert outbox";
         self.free_dead_claims("deliveries", now).await?;
         let mut tx = self.begin().await?;
-        sqlx::query(
+        tx.q(
             "UPDATE deliveries SET claimed_until = ?, claimed_by = ? WHERE channel = ? AND sent_at IS NULL \
                AND (claimed_until IS NULL OR claimed_until <= ?) AND (? OR next_attempt_at <= ?)",
         )
@@ -219,7 +214,7 @@ impl Database {
         .bind(ms(now))
         .bind(all)
         .bind(ms(now))
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .map_err(self.err(what))?;
         let sql = format!(
@@ -227,10 +222,11 @@ impl Database {
              FROM deliveries d JOIN alerts a ON a.id = d.alert_id \
              WHERE d.channel = ? AND d.sent_at IS NULL AND d.claimed_until = ? ORDER BY a.id"
         );
-        let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
+        let rows: Vec<Row> = tx
+            .q(&sql)
             .bind(channel)
             .bind(ms(until))
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut tx)
             .await
             .map_err(self.err(what))?;
         tx.commit().await.map_err(self.err(what))?;
@@ -243,15 +239,16 @@ impl Database {
         let sql = format!(
             "SELECT {ALERT_COLUMNS}, coalesce(max(d.attempts), 0) AS attempts, \
                coalesce(min(d.next_attempt_at), a.created_at) AS next_attempt_at, \
-               max(d.last_error) AS last_error, group_concat(d.channel) AS channels \
+               max(d.last_error) AS last_error, string_agg(d.channel, ',') AS channels \
              FROM alerts a LEFT JOIN deliveries d ON d.alert_id = a.id AND d.sent_at IS NULL \
                AND d.channel IN (SELECT name FROM channels) \
              WHERE d.alert_id IS NOT NULL \
                 OR NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.alert_id = a.id) \
              GROUP BY a.id ORDER BY a.id"
         );
-        let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
-            .fetch_all(self.pool())
+        let rows: Vec<Row> = self
+            .q(&sql)
+            .fetch_all(self)
             .await
             .map_err(self.err("cannot read the alert outbox"))?;
         Ok(rows.into_iter().map(PendingAlert::from).collect())
@@ -265,14 +262,14 @@ impl Database {
     ) -> DbResult<()> {
         let mut tx = self.begin().await?;
         for id in ids {
-            sqlx::query(
+            tx.q(
                 "UPDATE deliveries SET sent_at = ?, attempts = attempts + 1, last_error = NULL, claimed_until = NULL \
                  WHERE alert_id = ? AND channel = ?",
             )
             .bind(ms(at))
             .bind(id)
             .bind(channel)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .map_err(self.err("cannot mark an alert sent"))?;
         }
@@ -291,7 +288,7 @@ impl Database {
     ) -> DbResult<()> {
         let mut tx = self.begin().await?;
         for id in ids {
-            sqlx::query(
+            tx.q(
                 "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, claimed_until = NULL \
                  WHERE alert_id = ? AND channel = ?",
             )
@@ -299,7 +296,7 @@ impl Database {
             .bind(ms(retry_at))
             .bind(id)
             .bind(channel)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .map_err(self.err("cannot record a failed delivery"))?;
         }
@@ -312,17 +309,18 @@ impl Database {
     /// Alerts queued, and per configured channel delivered and owed.
     pub async fn outbox_counts(&self) -> DbResult<OutboxCounts> {
         let what = "cannot count the alert outbox";
-        let queued: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM alerts")
-            .fetch_one(self.pool())
+        let queued: i64 = self
+            .q("SELECT coalesce(max(id), 0) FROM alerts")
+            .scalar(self)
             .await
             .map_err(self.err(what))?;
-        let channels: Vec<(String, i64, i64)> = sqlx::query_as(
+        let channels: Vec<(String, i64, i64)> = self.q(
             "SELECT c.name, \
                (SELECT count(*) FROM deliveries d WHERE d.channel = c.name AND d.sent_at IS NOT NULL), \
                (SELECT count(*) FROM deliveries d WHERE d.channel = c.name AND d.sent_at IS NULL) \
              FROM channels c ORDER BY c.name",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self)
         .await
         .map_err(self.err(what))?;
         Ok(OutboxCounts { queued, channels })
@@ -338,14 +336,14 @@ impl Database {
         let sql = format!(
             "SELECT created_at FROM alerts WHERE job = ? AND kind IN ({placeholders}) ORDER BY id DESC LIMIT 1"
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(job);
+        let mut q = self.q(&sql).bind(job);
         for k in kinds {
             q = q.bind(k);
         }
-        let row = q
-            .fetch_optional(self.pool())
+        let at: Option<i64> = q
+            .scalar_optional(self)
             .await
             .map_err(self.err("cannot read the alert outbox"))?;
-        Ok(row.map(|r| from_ms(r.get(0))))
+        Ok(at.map(from_ms))
     }
 }

@@ -1,8 +1,6 @@
 //! Fire claims: each scheduled fire (job, scheduled time) is run once, by whichever agent
 //! on the database records its start first.
 
-use sqlx::Row;
-
 use super::runs::insert_run;
 use super::{Database, DbResult, NewRun, Owner, ms};
 use crate::domain::RunId;
@@ -30,29 +28,28 @@ impl Database {
         // The transaction holds the write lock from its start, so a second agent's claim
         // waits for the first's commit and then finds the row.
         let mut tx = self.begin().await?;
-        let claimed = sqlx::query(
+        let claimed = tx.q(
             "INSERT INTO fires (job, scheduled_for, run_id) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
         )
         .bind(run.job)
         .bind(at)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .map_err(self.err(what.clone()))?
-        .rows_affected()
             == 1;
         if !claimed {
-            let row = sqlx::query(
-                "SELECT f.run_id, r.owner FROM fires f LEFT JOIN runs r ON r.id = f.run_id \
+            let (run_id, owner): (RunId, Option<String>) = tx
+                .q(
+                    "SELECT f.run_id, r.owner FROM fires f LEFT JOIN runs r ON r.id = f.run_id \
                  WHERE f.job = ? AND f.scheduled_for = ?",
-            )
-            .bind(run.job)
-            .bind(at)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(self.err(what))?;
-            let owner: Option<String> = row.get(1);
+                )
+                .bind(run.job)
+                .bind(at)
+                .fetch_one(&mut tx)
+                .await
+                .map_err(self.err(what))?;
             return Ok(Err(FireTaken {
-                run_id: row.get(0),
+                run_id,
                 host: owner
                     .map(|o| Owner::from_recorded(o).host().to_string())
                     .unwrap_or_default(),
@@ -61,11 +58,11 @@ impl Database {
         let id = insert_run(&mut tx, &run, owner)
             .await
             .map_err(self.err(what.clone()))?;
-        sqlx::query("UPDATE fires SET run_id = ? WHERE job = ? AND scheduled_for = ?")
+        tx.q("UPDATE fires SET run_id = ? WHERE job = ? AND scheduled_for = ?")
             .bind(id)
             .bind(run.job)
             .bind(at)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .map_err(self.err(what.clone()))?;
         tx.commit().await.map_err(self.err(what))?;

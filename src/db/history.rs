@@ -4,12 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, Row};
-
-use super::runs::{RUN_COLUMNS, RunRow};
+use super::runs::{RunRow, run_columns};
 use super::{Database, DbResult, Run, RunStatus, from_ms, ms};
 use crate::domain::RunId;
+use chrono::{DateTime, Utc};
 
 /// What `status` and the metrics show of a job: its newest run, the end of its last
 /// success, and its last 30 finished runs' statuses, oldest first.
@@ -50,10 +48,12 @@ impl JobSummary {
 
 impl Database {
     pub async fn run(&self, run_id: RunId) -> DbResult<Option<Run>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?");
-        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+        let cols = run_columns(self.engine());
+        let sql = format!("SELECT {cols} FROM runs WHERE id = ?");
+        let row = self
+            .q(&sql)
             .bind(run_id)
-            .fetch_optional(self.pool())
+            .fetch_optional::<RunRow>(self)
             .await
             .map_err(self.err("cannot read a run"))?;
         Ok(row.map(Run::from))
@@ -61,28 +61,31 @@ impl Database {
 
     /// Newest first.
     pub async fn history(&self, job: Option<&str>, limit: u32) -> DbResult<Vec<Run>> {
+        let cols = run_columns(self.engine());
         let sql = match job {
             Some(_) => {
-                format!("SELECT {RUN_COLUMNS} FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?")
+                format!("SELECT {cols} FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?")
             }
-            None => format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?"),
+            None => format!("SELECT {cols} FROM runs ORDER BY id DESC LIMIT ?"),
         };
-        let mut q = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql));
+        let mut q = self.q(&sql);
         if let Some(j) = job {
             q = q.bind(j);
         }
         let rows = q
             .bind(i64::from(limit))
-            .fetch_all(self.pool())
+            .fetch_all::<RunRow>(self)
             .await
             .map_err(self.err("cannot read the history"))?;
         Ok(rows.into_iter().map(Run::from).collect())
     }
 
     pub async fn running(&self) -> DbResult<Vec<Run>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY id");
-        let rows = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
-            .fetch_all(self.pool())
+        let cols = run_columns(self.engine());
+        let sql = format!("SELECT {cols} FROM runs WHERE status = 'running' ORDER BY id");
+        let rows = self
+            .q(&sql)
+            .fetch_all::<RunRow>(self)
             .await
             .map_err(self.err("cannot read running runs"))?;
         Ok(rows.into_iter().map(Run::from).collect())
@@ -90,12 +93,11 @@ impl Database {
 
     /// Whether any snapshot run of `job` started at or after `t`.
     pub async fn has_run_since(&self, job: &str, t: DateTime<Utc>) -> DbResult<bool> {
-        let row = sqlx::query(
-            "SELECT 1 FROM runs WHERE job = ? AND kind = 'snapshot' AND started_at >= ? LIMIT 1",
-        )
-        .bind(job)
-        .bind(ms(t))
-        .fetch_optional(self.pool())
+        let row: Option<(RunId,)> = self
+            .q("SELECT id FROM runs WHERE job = ? AND kind = 'snapshot' AND started_at >= ? LIMIT 1")
+            .bind(job)
+            .bind(ms(t))
+            .fetch_optional(self)
         .await
         .map_err(self.err("cannot read the history"))?;
         Ok(row.is_some())
@@ -103,13 +105,15 @@ impl Database {
 
     /// The newest snapshot run of `job` (a restore is not the job's run).
     pub async fn last_run(&self, job: &str) -> DbResult<Option<Run>> {
+        let cols = run_columns(self.engine());
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE job = ? AND kind = 'snapshot' \
+            "SELECT {cols} FROM runs WHERE job = ? AND kind = 'snapshot' \
              ORDER BY id DESC LIMIT 1"
         );
-        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+        let row = self
+            .q(&sql)
             .bind(job)
-            .fetch_optional(self.pool())
+            .fetch_optional::<RunRow>(self)
             .await
             .map_err(self.err("cannot read the last run"))?;
         Ok(row.map(Run::from))
@@ -119,6 +123,7 @@ impl Database {
     /// its last success ended, in one statement over `job_state` (kept by triggers as runs
     /// start and succeed), so `status` reads one row per job however long the history is.
     pub async fn job_summaries(&self, jobs: &[&str]) -> DbResult<HashMap<String, JobSummary>> {
+        let cols = run_columns(self.engine());
         #[derive(sqlx::FromRow)]
         struct Summary {
             #[sqlx(flatten)]
@@ -129,13 +134,15 @@ impl Database {
         let names = serde_json::to_string(jobs).unwrap_or_else(|_| "[]".into());
         let sql = format!(
             "SELECT r.*, s.last_success_at, s.timeline FROM \
-               (SELECT {RUN_COLUMNS} FROM runs WHERE id IN \
-                  (SELECT last_run_id FROM job_state WHERE job IN (SELECT value FROM json_each(?)))) r \
-             JOIN job_state s ON s.last_run_id = r.id"
+               (SELECT {cols} FROM runs WHERE id IN \
+                  (SELECT last_run_id FROM job_state WHERE job IN ({}))) r \
+             JOIN job_state s ON s.last_run_id = r.id",
+            self.engine().json_texts()
         );
-        let rows = sqlx::query_as::<_, Summary>(AssertSqlSafe(sql))
+        let rows = self
+            .q(&sql)
             .bind(&names)
-            .fetch_all(self.pool())
+            .fetch_all::<Summary>(self)
             .await
             .map_err(self.err("cannot read the jobs' last runs"))?;
         let mut out: HashMap<String, JobSummary> = jobs
@@ -165,27 +172,31 @@ impl Database {
 
     /// The last finished snapshot run of `job` before run `before` (any status but running).
     pub async fn previous_finished(&self, job: &str, before: RunId) -> DbResult<Option<Run>> {
+        let cols = run_columns(self.engine());
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE job = ? AND id < ? AND kind = 'snapshot' \
+            "SELECT {cols} FROM runs WHERE job = ? AND id < ? AND kind = 'snapshot' \
              AND status IN ('succeeded', 'failed') ORDER BY id DESC LIMIT 1"
         );
-        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+        let row = self
+            .q(&sql)
             .bind(job)
             .bind(before)
-            .fetch_optional(self.pool())
+            .fetch_optional::<RunRow>(self)
             .await
             .map_err(self.err("cannot read the previous run"))?;
         Ok(row.map(Run::from))
     }
 
     pub async fn last_success(&self, job: &str) -> DbResult<Option<Run>> {
+        let cols = run_columns(self.engine());
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE job = ? AND status = 'succeeded' AND kind = 'snapshot' \
+            "SELECT {cols} FROM runs WHERE job = ? AND status = 'succeeded' AND kind = 'snapshot' \
              ORDER BY id DESC LIMIT 1"
         );
-        let row = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+        let row = self
+            .q(&sql)
             .bind(job)
-            .fetch_optional(self.pool())
+            .fetch_optional::<RunRow>(self)
             .await
             .map_err(self.err("cannot read the last success"))?;
         Ok(row.map(Run::from))
@@ -193,19 +204,20 @@ impl Database {
 
     /// How long the job's recent snapshots took from create to completed, newest first.
     pub async fn snapshot_durations(&self, job: &str, limit: u32) -> DbResult<Vec<Duration>> {
-        let rows = sqlx::query(
-            "SELECT snapshot_completed_at - snapshot_created_at AS d FROM runs \
+        let rows: Vec<(Option<i64>,)> = self
+            .q(
+                "SELECT snapshot_completed_at - snapshot_created_at AS d FROM runs \
              WHERE job = ? AND status = 'succeeded' AND snapshot_completed_at IS NOT NULL \
              AND snapshot_created_at IS NOT NULL ORDER BY id DESC LIMIT ?",
-        )
-        .bind(job)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.err("cannot read snapshot durations"))?;
+            )
+            .bind(job)
+            .bind(i64::from(limit))
+            .fetch_all(self)
+            .await
+            .map_err(self.err("cannot read snapshot durations"))?;
         Ok(rows
             .iter()
-            .filter_map(|r| r.get::<Option<i64>, _>("d"))
+            .filter_map(|(d,)| *d)
             .map(|d| Duration::from_millis(d.max(0) as u64))
             .collect())
     }

@@ -8,15 +8,15 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::runs::names;
-use super::{Database, DbError, DbResult, Owner, ms};
+use super::sql::On;
+use super::{Database, DbError, DbResult, Owner, Tx, ms};
 use crate::domain::{RunId, ServerId, SnapshotId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Action {
     /// The run took its server's lock.
     Lock,
@@ -48,7 +48,7 @@ pub enum Action {
 /// How an entry stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum State {
     /// Recorded; the request may be on its way. What a crash leaves behind.
     Pending,
@@ -66,7 +66,7 @@ names!(State { Pending = "pending", Ok = "ok", Error = "error", Unknown = "unkno
 pub const BEGUN: &str = "begun at";
 
 /// An entry's row id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, sqlx::Type)]
 #[sqlx(transparent)]
 pub struct EntryId(i64);
 
@@ -117,18 +117,18 @@ pub struct Intent<'a> {
 const ENTRY_COLUMNS: &str =
     "id, run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail, outcome";
 
-/// Inserts an entry on `conn`: in a transaction, or on its own (a single statement commits
-/// by itself, and saves the two hops to SQLite's thread a transaction adds).
+/// Inserts an entry `on` a transaction, or on its own (a single statement commits by
+/// itself, and saves the two hops to SQLite's thread a transaction adds).
 async fn insert(
-    conn: &mut SqliteConnection,
+    on: On<'_>,
     i: &Intent<'_>,
     state: State,
     at: DateTime<Utc>,
 ) -> Result<EntryId, sqlx::Error> {
     let resolved = (state != State::Pending).then_some(ms(at));
-    let id = sqlx::query(
+    on.q(
         "INSERT INTO journal (run_id, server_id, action, state, snapshot_id, snapshot_name, at, resolved_at, detail) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(i.run_id)
     .bind(i.server_id)
@@ -139,25 +139,24 @@ async fn insert(
     .bind(ms(at))
     .bind(resolved)
     .bind(i.detail)
-    .execute(conn)
-    .await?
-    .last_insert_rowid();
-    Ok(EntryId(id))
+    .scalar(on)
+    .await
 }
 
 /// Inserts a pending entry only while its run is still running under `owner`: an agent
 /// whose run another agent took over (its heartbeat lapsed, say, cut off from the
 /// database) records no intent, and so sends no request, for it again. `None` when not.
 async fn insert_fenced(
-    conn: &mut SqliteConnection,
+    on: On<'_>,
     i: &Intent<'_>,
     owner: &Owner,
     at: DateTime<Utc>,
 ) -> Result<Option<EntryId>, sqlx::Error> {
-    let done = sqlx::query(
+    on.q(
         "INSERT INTO journal (run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail) \
          SELECT ?, ?, ?, 'pending', ?, ?, ?, ? \
-         WHERE EXISTS (SELECT 1 FROM runs WHERE id = ? AND status = 'running' AND owner = ?)",
+         WHERE EXISTS (SELECT 1 FROM runs WHERE id = ? AND status = 'running' AND owner = ?) \
+         RETURNING id",
     )
     .bind(i.run_id)
     .bind(i.server_id)
@@ -168,23 +167,23 @@ async fn insert_fenced(
     .bind(i.detail)
     .bind(i.run_id)
     .bind(owner.as_str())
-    .execute(conn)
-    .await?;
-    Ok((done.rows_affected() == 1).then(|| EntryId(done.last_insert_rowid())))
+    .scalar_optional(on)
+    .await
 }
 
 /// A resolved entry about the run itself (its end), inside the caller's transaction.
 pub(super) async fn insert_resolved(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx,
     run_id: RunId,
     action: Action,
     state: State,
     detail: Option<&str>,
     at: DateTime<Utc>,
 ) -> Result<EntryId, sqlx::Error> {
-    let server: (ServerId,) = sqlx::query_as("SELECT server_id FROM runs WHERE id = ?")
+    let server: (ServerId,) = tx
+        .q("SELECT server_id FROM runs WHERE id = ?")
         .bind(run_id)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
     let intent = Intent {
         run_id,
@@ -194,7 +193,7 @@ pub(super) async fn insert_resolved(
         snapshot_name: None,
         detail,
     };
-    insert(tx, &intent, state, at).await
+    insert(On::Tx(tx), &intent, state, at).await
 }
 
 impl Database {
@@ -211,27 +210,22 @@ impl Database {
             i.action, i.run_id
         );
         if i.action != Action::Create {
-            let mut conn = self
-                .pool()
-                .acquire()
-                .await
-                .map_err(self.err(what.clone()))?;
-            return insert_fenced(&mut conn, &i, owner, at)
+            return insert_fenced(self.into(), &i, owner, at)
                 .await
                 .map_err(self.err(what.clone()))?
                 .ok_or_else(|| self.taken_over(&what, i.run_id));
         }
         let mut tx = self.begin().await?;
-        let id = insert_fenced(&mut tx, &i, owner, at)
+        let id = insert_fenced(On::Tx(&mut tx), &i, owner, at)
             .await
             .map_err(self.err(what.clone()))?
             .ok_or_else(|| self.taken_over(&what, i.run_id))?;
         {
             // The run's summary names its snapshot from the moment it is asked for.
-            sqlx::query("UPDATE runs SET snapshot_name = ?, step = 'create' WHERE id = ?")
+            tx.q("UPDATE runs SET snapshot_name = ?, step = 'create' WHERE id = ?")
                 .bind(i.snapshot_name)
                 .bind(i.run_id)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await
                 .map_err(self.err(what.clone()))?;
         }
@@ -262,7 +256,7 @@ impl Database {
         let mut ids = Vec::with_capacity(intents.len());
         for i in intents {
             ids.push(
-                insert_fenced(&mut tx, i, owner, at)
+                insert_fenced(On::Tx(&mut tx), i, owner, at)
                     .await
                     .map_err(self.err(what))?
                     .ok_or_else(|| self.taken_over(what, i.run_id))?,
@@ -275,10 +269,10 @@ impl Database {
     /// Notes on an entry still pending that its effect has begun (an `after` hook started:
     /// if the process dies now, the next start knows it may have run).
     pub async fn begun(&self, entry: EntryId, at: DateTime<Utc>) -> DbResult<()> {
-        sqlx::query("UPDATE journal SET outcome = ? WHERE id = ? AND state = 'pending'")
+        self.q("UPDATE journal SET outcome = ? WHERE id = ? AND state = 'pending'")
             .bind(format!("{BEGUN} {}", ms(at)))
             .bind(entry)
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err("cannot record that a hook started"))?;
         Ok(())
@@ -298,41 +292,40 @@ impl Database {
         let what = format!("cannot record an outcome ({state}) in the journal");
         if made.is_none() {
             // One statement, committed on its own: nothing else changes with it.
-            sqlx::query("UPDATE journal SET state = ?, outcome = ?, resolved_at = ? WHERE id = ?")
+            self.q("UPDATE journal SET state = ?, outcome = ?, resolved_at = ? WHERE id = ?")
                 .bind(state)
                 .bind(outcome)
                 .bind(ms(at))
                 .bind(entry)
-                .execute(self.pool())
+                .execute(self)
                 .await
                 .map_err(self.err(what))?;
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        let row: (RunId, Action, i64) = sqlx::query_as(
-            "UPDATE journal SET state = ?, snapshot_id = COALESCE(?, snapshot_id), \
+        let row: (RunId, Action, i64) = tx
+            .q(
+                "UPDATE journal SET state = ?, snapshot_id = COALESCE(?, snapshot_id), \
              outcome = ?, resolved_at = ? WHERE id = ? RETURNING run_id, action, at",
-        )
-        .bind(state)
-        .bind(made.map(|(id, _)| id))
-        .bind(outcome)
-        .bind(ms(at))
-        .bind(entry)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(self.err(what.clone()))?;
-        if let (Action::Create, Some((id, status))) = (row.1, made) {
-            sqlx::query(
-                "UPDATE runs SET snapshot_id = ?, snapshot_status = ?, \
-                 snapshot_created_at = COALESCE(snapshot_created_at, ?) WHERE id = ?",
             )
-            .bind(id)
-            .bind(status)
-            .bind(row.2)
-            .bind(row.0)
-            .execute(&mut *tx)
+            .bind(state)
+            .bind(made.map(|(id, _)| id))
+            .bind(outcome)
+            .bind(ms(at))
+            .bind(entry)
+            .fetch_one(&mut tx)
             .await
             .map_err(self.err(what.clone()))?;
+        if let (Action::Create, Some((id, status))) = (row.1, made) {
+            tx.q("UPDATE runs SET snapshot_id = ?, snapshot_status = ?, \
+                 snapshot_created_at = COALESCE(snapshot_created_at, ?) WHERE id = ?")
+                .bind(id)
+                .bind(status)
+                .bind(row.2)
+                .bind(row.0)
+                .execute(&mut tx)
+                .await
+                .map_err(self.err(what.clone()))?;
         }
         tx.commit().await.map_err(self.err(what))
     }
@@ -340,12 +333,7 @@ impl Database {
     /// Records something seen (a listing, a poll, an adoption), resolved at once.
     pub async fn observe(&self, i: Intent<'_>, state: State, at: DateTime<Utc>) -> DbResult<()> {
         let what = format!("cannot record a {} of run {}", i.action, i.run_id);
-        let mut conn = self
-            .pool()
-            .acquire()
-            .await
-            .map_err(self.err(what.clone()))?;
-        insert(&mut conn, &i, state, at)
+        insert(self.into(), &i, state, at)
             .await
             .map(drop)
             .map_err(self.err(what))
@@ -354,9 +342,9 @@ impl Database {
     /// A run's entries, oldest first.
     pub async fn entries(&self, run_id: RunId) -> DbResult<Vec<Entry>> {
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM journal WHERE run_id = ? ORDER BY id");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        self.q(&sql)
             .bind(run_id)
-            .fetch_all(self.pool())
+            .fetch_all(self)
             .await
             .map_err(self.err(format!("cannot read the journal of run {run_id}")))
     }
@@ -367,9 +355,9 @@ impl Database {
             "SELECT {ENTRY_COLUMNS} FROM journal WHERE server_id = ? \
              AND state IN ('pending', 'unknown') ORDER BY id"
         );
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        self.q(&sql)
             .bind(server_id)
-            .fetch_all(self.pool())
+            .fetch_all(self)
             .await
             .map_err(self.err("cannot read the journal"))
     }
@@ -383,18 +371,21 @@ impl Database {
         ids: &[SnapshotId],
         names: &[&str],
     ) -> DbResult<HashSet<SnapshotId>> {
-        let rows: Vec<(Option<SnapshotId>, Option<String>)> = sqlx::query_as(
+        let sql = format!(
             "SELECT snapshot_id, snapshot_name FROM journal \
              WHERE action IN ('create', 'adopt') AND state != 'error' AND server_id = ? \
-             AND (snapshot_id IN (SELECT value FROM json_each(?)) \
-                  OR snapshot_name IN (SELECT value FROM json_each(?)))",
-        )
-        .bind(server_id)
-        .bind(serde_json::to_string(ids).unwrap_or_default())
-        .bind(serde_json::to_string(names).unwrap_or_default())
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.err("cannot read the journal"))?;
+             AND (snapshot_id IN ({}) OR snapshot_name IN ({}))",
+            self.engine().json_integers(),
+            self.engine().json_texts()
+        );
+        let rows: Vec<(Option<SnapshotId>, Option<String>)> = self
+            .q(&sql)
+            .bind(server_id)
+            .bind(serde_json::to_string(ids).unwrap_or_default())
+            .bind(serde_json::to_string(names).unwrap_or_default())
+            .fetch_all(self)
+            .await
+            .map_err(self.err("cannot read the journal"))?;
         let known_names: HashSet<String> = rows.iter().filter_map(|r| r.1.clone()).collect();
         let mut known: HashSet<SnapshotId> = rows.iter().filter_map(|r| r.0).collect();
         known.extend(
@@ -415,7 +406,7 @@ impl Database {
         server_id: ServerId,
         limit: u32,
     ) -> DbResult<Vec<(SnapshotId, String)>> {
-        sqlx::query_as(
+        self.q(
             "SELECT j.snapshot_id, COALESCE(j.snapshot_name, r.snapshot_name, '') FROM runs r \
              JOIN journal j ON j.run_id = r.id AND j.action IN ('create', 'adopt') AND j.state = 'ok' \
              WHERE r.job = ? AND r.server_id = ? AND r.kind = 'snapshot' AND r.status = 'succeeded' \
@@ -427,18 +418,18 @@ impl Database {
         .bind(job)
         .bind(server_id)
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(self)
         .await
         .map_err(self.err("cannot read the journal"))
     }
 
     /// How many deletes run `run_id` has asked for that may have been carried out.
     pub async fn deletes_spent(&self, run_id: RunId) -> DbResult<u32> {
-        let (n,): (i64,) = sqlx::query_as(
+        let (n,): (i64,) = self.q(
             "SELECT count(*) FROM journal WHERE run_id = ? AND action = 'delete' AND state != 'error'",
         )
         .bind(run_id)
-        .fetch_one(self.pool())
+        .fetch_one(self)
         .await
         .map_err(self.err("cannot read the journal"))?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))

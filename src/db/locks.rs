@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use super::{Database, DbResult, from_ms, ms};
 use crate::domain::{RunId, ServerId};
@@ -112,47 +111,45 @@ impl Database {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> DbResult<Result<(), String>> {
-        let existing =
-            sqlx::query("SELECT holder, run_id, expires_at FROM locks WHERE server_id = ?")
-                .bind(server_id)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(self.err("cannot read a lock"))?;
-        if let Some(row) = existing {
-            let holder: String = row.get("holder");
-            let expires = Some(from_ms(row.get("expires_at")));
+        let existing: Option<(String, Option<RunId>, i64)> = self
+            .q("SELECT holder, run_id, expires_at FROM locks WHERE server_id = ?")
+            .bind(server_id)
+            .fetch_optional(self)
+            .await
+            .map_err(self.err("cannot read a lock"))?;
+        if let Some((holder, run, expires)) = existing {
+            let expires = Some(from_ms(expires));
             let lease = match Owner::liveness(&holder) {
                 Some(_) => None,
                 None => self.leases().await?.of(&holder, expires),
             };
             if Owner::may_be_alive(&holder, lease, now) {
-                let run: Option<RunId> = row.get("run_id");
                 return Ok(Err(match run {
                     Some(r) => format!("run {r} of process {holder}"),
                     None => format!("process {holder}"),
                 }));
             }
             tracing::info!(%server_id, %holder, "taking over a lock left by a process that is gone");
-            sqlx::query("DELETE FROM locks WHERE server_id = ? AND holder = ?")
+            self.q("DELETE FROM locks WHERE server_id = ? AND holder = ?")
                 .bind(server_id)
                 .bind(&holder)
-                .execute(self.pool())
+                .execute(self)
                 .await
                 .map_err(self.err("cannot clear a stale lock"))?;
         }
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-        let took = sqlx::query(
-            "INSERT OR IGNORE INTO locks (server_id, holder, run_id, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        let took = self.q(
+            "INSERT INTO locks (server_id, holder, run_id, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(server_id)
         .bind(owner.as_str())
         .bind(run_id)
         .bind(ms(now))
         .bind(ms(now) + lease_ms)
-        .execute(self.pool())
+        .execute(self)
         .await
         .map_err(self.err("cannot take a lock"))?
-        .rows_affected()
             == 1;
         Ok(if took {
             Ok(())
@@ -169,21 +166,21 @@ impl Database {
         lease: Duration,
     ) -> DbResult<()> {
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-        sqlx::query("UPDATE locks SET expires_at = ? WHERE server_id = ? AND holder = ?")
+        self.q("UPDATE locks SET expires_at = ? WHERE server_id = ? AND holder = ?")
             .bind(ms(now) + lease_ms)
             .bind(server_id)
             .bind(owner.as_str())
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err("cannot renew a lock"))?;
         Ok(())
     }
 
     pub async fn release_lock(&self, server_id: ServerId, owner: &Owner) -> DbResult<()> {
-        sqlx::query("DELETE FROM locks WHERE server_id = ? AND holder = ?")
+        self.q("DELETE FROM locks WHERE server_id = ? AND holder = ?")
             .bind(server_id)
             .bind(owner.as_str())
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err("cannot release a lock"))?;
         Ok(())

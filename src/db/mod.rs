@@ -10,7 +10,9 @@ mod journal;
 mod locks;
 mod pings;
 mod pins;
+mod postgres;
 mod runs;
+mod sql;
 
 pub use agents::{AGENT_BEAT, AGENT_LEASE, AgentRole, AgentRow, Leases};
 pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
@@ -19,16 +21,21 @@ pub use history::JobSummary;
 pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
 pub use locks::Owner;
 pub use pings::{NewPing, PendingPing, PingKind};
+pub use postgres::{Location, split_password};
 pub use runs::{Finish, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};
+pub use sql::Engine;
+pub(crate) use sql::Tx;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::Connection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Sqlite, Transaction};
+
+use sql::{On, Pool, Q};
 
 /// A database problem, always naming the file. A leaf: `detail` is the underlying
 /// error with its causes, so the message is whole wherever it is printed.
@@ -70,11 +77,19 @@ pub struct OpenOptions {
     pub label: Option<String>,
 }
 
-/// The history database. Cheap to clone (a pool).
+/// The history database: a SQLite file, or a PostgreSQL database several agents share.
+/// Cheap to clone (a pool).
 #[derive(Debug, Clone)]
 pub struct Database {
-    pool: SqlitePool,
+    pool: Pool,
+    /// The file, or the URL without its password: what messages name.
     path: PathBuf,
+}
+
+impl<'a> From<&'a Database> for On<'a> {
+    fn from(db: &'a Database) -> Self {
+        On::Pool(&db.pool)
+    }
 }
 
 impl Database {
@@ -152,21 +167,35 @@ impl Database {
             .connect_with(opts)
             .await
             .map_err(|e| err("cannot open", e.into()))?;
-        let migrated = sqlx::migrate!("./migrations").run(&pool).await;
+        let migrated = sqlx::migrate!("./migrations/sqlite").run(&pool).await;
         drop(lock);
         migrated.map_err(|e| err("cannot migrate (is it an agent database?)", e.into()))?;
         Ok(Self {
-            pool,
+            pool: Pool::Sqlite(pool),
             path: path.to_path_buf(),
         })
     }
 
+    /// The file, or the PostgreSQL URL without its password.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    pub fn engine(&self) -> Engine {
+        self.pool.engine()
+    }
+
+    /// The SQLite pool, for tools and tests that read the file directly.
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.pool {
+            Pool::Sqlite(p) => Some(p),
+            Pool::Postgres(_) => None,
+        }
+    }
+
+    /// A statement on this database (`?` placeholders).
+    pub(crate) fn q(&self, sql: &str) -> Q {
+        Q::new(self.engine(), sql)
     }
 
     fn err(&self, what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> DbError + '_ {
@@ -175,17 +204,28 @@ impl Database {
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
     }
 
-    /// A write transaction, holding the write lock from its start: a deferred one that
-    /// reads first fails at its first write if another connection wrote meanwhile
-    /// (SQLITE_BUSY_SNAPSHOT, which the busy timeout cannot wait out), while this one
-    /// waits its turn. Several agents, and an agent's own heartbeat, write concurrently.
-    pub(crate) async fn begin(&self) -> DbResult<Transaction<'static, Sqlite>> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(self.err("cannot begin a transaction"))
+    /// A write transaction, holding the database's write lock from its start, so that
+    /// the transactions of all agents on the database run one after another.
+    ///
+    /// On SQLite, `BEGIN IMMEDIATE`: a deferred transaction that reads first fails at its
+    /// first write if another connection wrote meanwhile (SQLITE_BUSY_SNAPSHOT, which the
+    /// busy timeout cannot wait out), while this one waits its turn. On PostgreSQL, a
+    /// transaction-scoped advisory lock does the same: every read-check-write the agent
+    /// does (a fire claim, a lock takeover, a resumption) sees the last writer's commit,
+    /// as on SQLite, and the server frees the lock when the transaction or its
+    /// connection ends.
+    pub(crate) async fn begin(&self) -> DbResult<Tx> {
+        let err = self.err("cannot begin a transaction");
+        let tx = match &self.pool {
+            Pool::Sqlite(p) => p.begin_with("BEGIN IMMEDIATE").await.map(Tx::Sqlite),
+            Pool::Postgres(p) => postgres::begin(p).await.map(Tx::Postgres),
+        };
+        tx.map_err(err)
     }
 }

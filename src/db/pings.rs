@@ -1,15 +1,13 @@
 //! The ping outbox: dead-man pings (the Healthchecks protocol) queued as rows, sent by
 //! the same delivery pass as alerts, dropped rather than sent once they have expired.
 
-use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, Sqlite, Transaction};
-
-use super::{Database, DbResult, from_ms, ms};
+use super::{Database, DbResult, Tx, from_ms, ms};
 use crate::domain::RunId;
+use chrono::{DateTime, Utc};
 
 /// Which ping: Healthchecks' `/start`, the bare URL, `/fail`, or the daemon's heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum PingKind {
     Start,
@@ -62,11 +60,8 @@ struct Row {
     attempts: i64,
 }
 
-pub(super) async fn insert(
-    tx: &mut Transaction<'_, Sqlite>,
-    p: &NewPing,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+pub(super) async fn insert(tx: &mut Tx, p: &NewPing) -> Result<(), sqlx::Error> {
+    tx.q(
         "INSERT INTO pings (job, run_id, kind, body, created_at, expires_at, next_attempt_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
@@ -77,7 +72,7 @@ pub(super) async fn insert(
     .bind(ms(p.created_at))
     .bind(ms(p.expires_at))
     .bind(ms(p.created_at))
-    .execute(&mut **tx)
+    .execute(tx)
     .await?;
     Ok(())
 }
@@ -135,26 +130,23 @@ impl Database {
                 let sql = format!(
                     "UPDATE pings SET claimed_until = ?, claimed_by = ? WHERE {open} AND {due}"
                 );
-                sqlx::query(AssertSqlSafe(sql))
+                tx.q(&sql)
                     .bind(ms(until))
                     .bind(super::agents::this_agent())
                     .bind(ms(now))
                     .bind(ms(now))
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await
                     .map_err(self.err(what))?;
                 let sql = format!("{select} WHERE {open} AND claimed_until = ?");
-                sqlx::query_as(AssertSqlSafe(sql))
-                    .bind(ms(until))
-                    .fetch_all(&mut *tx)
-                    .await
+                tx.q(&sql).bind(ms(until)).fetch_all(&mut tx).await
             }
             None => {
                 let sql = format!("{select} WHERE {open} AND {due}");
-                sqlx::query_as(AssertSqlSafe(sql))
+                tx.q(&sql)
                     .bind(ms(now))
                     .bind(ms(now))
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&mut tx)
                     .await
             }
         }
@@ -196,11 +188,11 @@ impl Database {
                 "UPDATE pings SET dropped_at = ?, last_error = ?, claimed_until = NULL WHERE id = ?"
             }
         };
-        sqlx::query(sql)
+        self.q(sql)
             .bind(ms(retry_at.unwrap_or(at)))
             .bind(error)
             .bind(id)
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err("cannot record a ping"))?;
         Ok(())
@@ -209,13 +201,12 @@ impl Database {
     /// Forgets pings sent or dropped before `before` (a heartbeat a minute is half a
     /// million rows a year otherwise).
     pub async fn prune_pings(&self, before: DateTime<Utc>) -> DbResult<u64> {
-        Ok(sqlx::query(
+        self.q(
             "DELETE FROM pings WHERE created_at < ? AND (sent_at IS NOT NULL OR dropped_at IS NOT NULL)",
         )
         .bind(ms(before))
-        .execute(self.pool())
+        .execute(self)
         .await
-        .map_err(self.err("cannot prune old pings"))?
-        .rows_affected())
+        .map_err(self.err("cannot prune old pings"))
     }
 }

@@ -20,7 +20,7 @@ impl Database {
         at: DateTime<Utc>,
         until: Option<DateTime<Utc>>,
     ) -> DbResult<bool> {
-        let n = sqlx::query(
+        let n = self.q(
             "INSERT INTO pins (snapshot_id, pinned_at, until) VALUES (?, ?, ?) \
              ON CONFLICT (snapshot_id) DO UPDATE SET pinned_at = excluded.pinned_at, until = excluded.until \
              WHERE pins.until IS NOT NULL \
@@ -29,42 +29,41 @@ impl Database {
         .bind(snapshot_id)
         .bind(ms(at))
         .bind(until.map(ms))
-            .execute(self.pool())
+            .execute(self)
             .await
-            .map_err(self.err("cannot pin"))?
-            .rows_affected();
+            .map_err(self.err("cannot pin"))?;
         Ok(n == 1)
     }
 
     pub async fn unpin(&self, snapshot_id: SnapshotId) -> DbResult<bool> {
-        let n = sqlx::query("DELETE FROM pins WHERE snapshot_id = ?")
+        let n = self
+            .q("DELETE FROM pins WHERE snapshot_id = ?")
             .bind(snapshot_id)
-            .execute(self.pool())
+            .execute(self)
             .await
-            .map_err(self.err("cannot unpin"))?
-            .rows_affected();
+            .map_err(self.err("cannot unpin"))?;
         Ok(n == 1)
     }
 
     /// The snapshots pinned at `now`.
     pub async fn pins(&self, now: DateTime<Utc>) -> DbResult<HashSet<SnapshotId>> {
-        let rows: Vec<(SnapshotId,)> =
-            sqlx::query_as("SELECT snapshot_id FROM pins WHERE until IS NULL OR until > ?")
-                .bind(ms(now))
-                .fetch_all(self.pool())
-                .await
-                .map_err(self.err("cannot read pins"))?;
+        let rows: Vec<(SnapshotId,)> = self
+            .q("SELECT snapshot_id FROM pins WHERE until IS NULL OR until > ?")
+            .bind(ms(now))
+            .fetch_all(self)
+            .await
+            .map_err(self.err("cannot read pins"))?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// When `snapshot_id`'s pin ends, if it is pinned for a while only.
     pub async fn pin_ends(&self, snapshot_id: SnapshotId) -> DbResult<Option<DateTime<Utc>>> {
-        let row: Option<(Option<i64>,)> =
-            sqlx::query_as("SELECT until FROM pins WHERE snapshot_id = ?")
-                .bind(snapshot_id)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(self.err("cannot read pins"))?;
+        let row: Option<(Option<i64>,)> = self
+            .q("SELECT until FROM pins WHERE snapshot_id = ?")
+            .bind(snapshot_id)
+            .fetch_optional(self)
+            .await
+            .map_err(self.err("cannot read pins"))?;
         Ok(row.and_then(|(u,)| u).map(super::from_ms))
     }
 }

@@ -1,13 +1,13 @@
 //! Runs: one row per job run (snapshot or restore), from start to finish. The row is the
 //! run's summary; what it did is in its journal ([`super::journal`]).
 
+use super::journal::{self, Action, State};
+use super::{
+    Database, DbError, DbResult, Engine, NewAlert, NewPing, Owner, Tx, alerts, from_ms, ms, pings,
+};
+use crate::domain::{RunId, ServerId, SnapshotId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::SqliteConnection;
-
-use super::journal::{self, Action, State};
-use super::{Database, DbError, DbResult, NewAlert, NewPing, Owner, alerts, from_ms, ms, pings};
-use crate::domain::{RunId, ServerId, SnapshotId};
 
 /// Gives an enum stored as text its name, for messages and tables.
 macro_rules! names {
@@ -28,7 +28,7 @@ pub(crate) use names;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum RunKind {
     Snapshot,
     Restore,
@@ -36,7 +36,7 @@ pub enum RunKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum RunTrigger {
     Schedule,
     Manual,
@@ -45,7 +45,7 @@ pub enum RunTrigger {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum RunStatus {
     Running,
     Succeeded,
@@ -58,7 +58,7 @@ pub enum RunStatus {
 /// The last step a run reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Step {
     Start,
     Lock,
@@ -242,23 +242,45 @@ pub struct Finish<'a> {
     pub ping: Option<NewPing>,
 }
 
-pub(super) const RUN_COLUMNS: &str = "id, job, server_id, kind, trigger, status, started_at, finished_at, step, owner, \
-    scheduled_for, snapshot_name, snapshot_id, snapshot_status, snapshot_created_at, error, \
-    safety_snapshot_id, note, \
-    (SELECT group_concat(snapshot_id) FROM journal j \
-       WHERE j.run_id = runs.id AND j.action = 'delete' AND j.state = 'ok') AS deleted, \
-    (SELECT json_group_array(json_object('phase', action, 'command', detail, 'state', state, \
-       'result', outcome) ORDER BY id) FROM journal j \
-       WHERE j.run_id = runs.id AND j.action IN ('before', 'after', 'on_failure')) AS hooks";
+macro_rules! plain_run_columns {
+    () => {
+        "id, job, server_id, kind, trigger, status, started_at, finished_at, step, owner, \
+         scheduled_for, snapshot_name, snapshot_id, snapshot_status, snapshot_created_at, error, \
+         safety_snapshot_id, note, "
+    };
+}
+
+/// A run row's columns, with the snapshots it deleted (comma-separated) and the hooks it
+/// ran (a JSON array), which the engines aggregate differently.
+pub(super) fn run_columns(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Sqlite => concat!(
+            plain_run_columns!(),
+            "(SELECT string_agg(snapshot_id, ',') FROM journal j \
+               WHERE j.run_id = runs.id AND j.action = 'delete' AND j.state = 'ok') AS deleted, \
+             (SELECT json_group_array(json_object('phase', action, 'command', detail, 'state', state, \
+               'result', outcome) ORDER BY id) FROM journal j \
+               WHERE j.run_id = runs.id AND j.action IN ('before', 'after', 'on_failure')) AS hooks"
+        ),
+        Engine::Postgres => concat!(
+            plain_run_columns!(),
+            "(SELECT string_agg(CAST(snapshot_id AS TEXT), ',') FROM journal j \
+               WHERE j.run_id = runs.id AND j.action = 'delete' AND j.state = 'ok') AS deleted, \
+             (SELECT CAST(json_agg(json_build_object('phase', action, 'command', detail, 'state', state, \
+               'result', outcome) ORDER BY id) AS TEXT) FROM journal j \
+               WHERE j.run_id = runs.id AND j.action IN ('before', 'after', 'on_failure')) AS hooks"
+        ),
+    }
+}
 
 pub(super) async fn insert_run(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     run: &NewRun<'_>,
     owner: &Owner,
 ) -> Result<RunId, sqlx::Error> {
-    let id = sqlx::query(
+    tx.q(
         "INSERT INTO runs (job, server_id, kind, trigger, status, scheduled_for, started_at, owner) \
-         VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+         VALUES (?, ?, ?, ?, 'running', ?, ?, ?) RETURNING id",
     )
     .bind(run.job)
     .bind(run.server_id)
@@ -267,29 +289,26 @@ pub(super) async fn insert_run(
     .bind(run.scheduled_for.map(ms))
     .bind(ms(run.started_at))
     .bind(owner.as_str())
-    .execute(conn)
-    .await?
-    .last_insert_rowid();
-    Ok(RunId::new(id))
+    .scalar(tx)
+    .await
 }
 
 impl Database {
     pub async fn start_run(&self, run: NewRun<'_>, owner: &Owner) -> DbResult<RunId> {
-        let mut conn = self
-            .pool()
-            .acquire()
+        let what = format!("cannot record the start of a run of {}", run.job);
+        let mut tx = self.begin().await?;
+        let id = insert_run(&mut tx, &run, owner)
             .await
-            .map_err(self.err(format!("cannot record the start of a run of {}", run.job)))?;
-        insert_run(&mut conn, &run, owner)
-            .await
-            .map_err(self.err(format!("cannot record the start of a run of {}", run.job)))
+            .map_err(self.err(what.clone()))?;
+        tx.commit().await.map_err(self.err(what))?;
+        Ok(id)
     }
 
     pub async fn set_step(&self, run_id: RunId, step: Step) -> DbResult<()> {
-        sqlx::query("UPDATE runs SET step = ? WHERE id = ?")
+        self.q("UPDATE runs SET step = ? WHERE id = ?")
             .bind(step)
             .bind(run_id)
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err(format!("cannot record step {step} of run {run_id}")))?;
         Ok(())
@@ -303,14 +322,14 @@ impl Database {
         name: &str,
         status: &str,
     ) -> DbResult<()> {
-        sqlx::query(
+        self.q(
             "UPDATE runs SET snapshot_id = ?, snapshot_name = ?, snapshot_status = ? WHERE id = ?",
         )
         .bind(id)
         .bind(name)
         .bind(status)
         .bind(run_id)
-        .execute(self.pool())
+        .execute(self)
         .await
         .map_err(self.err(format!("cannot record the snapshot of run {run_id}")))?;
         Ok(())
@@ -323,11 +342,11 @@ impl Database {
         status: &str,
         completed_at: Option<DateTime<Utc>>,
     ) -> DbResult<()> {
-        sqlx::query("UPDATE runs SET snapshot_status = ?, snapshot_completed_at = ? WHERE id = ?")
+        self.q("UPDATE runs SET snapshot_status = ?, snapshot_completed_at = ? WHERE id = ?")
             .bind(status)
             .bind(completed_at.map(ms))
             .bind(run_id)
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err(format!("cannot record the snapshot of run {run_id}")))?;
         Ok(())
@@ -336,16 +355,14 @@ impl Database {
     /// Takes over a run left `running` by `from` (a process that is gone), in one
     /// conditional write: of several processes trying at once, exactly one gets it.
     pub async fn claim_run(&self, run_id: RunId, from: &str, to: &Owner) -> DbResult<Option<Run>> {
-        let took = sqlx::query(
-            "UPDATE runs SET owner = ? WHERE id = ? AND status = 'running' AND owner = ?",
-        )
-        .bind(to.as_str())
-        .bind(run_id)
-        .bind(from)
-        .execute(self.pool())
-        .await
-        .map_err(self.err(format!("cannot claim run {run_id}")))?
-        .rows_affected();
+        let took = self
+            .q("UPDATE runs SET owner = ? WHERE id = ? AND status = 'running' AND owner = ?")
+            .bind(to.as_str())
+            .bind(run_id)
+            .bind(from)
+            .execute(self)
+            .await
+            .map_err(self.err(format!("cannot claim run {run_id}")))?;
         if took == 0 {
             return Ok(None);
         }
@@ -363,11 +380,11 @@ impl Database {
         safety: Option<SnapshotId>,
         note: &str,
     ) -> DbResult<()> {
-        sqlx::query("UPDATE runs SET safety_snapshot_id = ?, note = ? WHERE id = ?")
+        self.q("UPDATE runs SET safety_snapshot_id = ?, note = ? WHERE id = ?")
             .bind(safety)
             .bind(note)
             .bind(run_id)
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err(format!("cannot record run {run_id}'s safety snapshot")))?;
         Ok(())
@@ -375,11 +392,11 @@ impl Database {
 
     /// Notes on a run still `running` under `owner` why it stops here unfinished.
     pub async fn note_unfinished(&self, run_id: RunId, owner: &Owner, note: &str) -> DbResult<()> {
-        sqlx::query("UPDATE runs SET error = ? WHERE id = ? AND status = 'running' AND owner = ?")
+        self.q("UPDATE runs SET error = ? WHERE id = ? AND status = 'running' AND owner = ?")
             .bind(note)
             .bind(run_id)
             .bind(owner.as_str())
-            .execute(self.pool())
+            .execute(self)
             .await
             .map_err(self.err(format!("cannot note why run {run_id} stops")))?;
         Ok(())
@@ -392,20 +409,20 @@ impl Database {
             end.step
         };
         let mut tx = self.begin().await?;
-        let n = sqlx::query(
-            "UPDATE runs SET status = ?, error = ?, finished_at = ?, step = COALESCE(?, step) \
+        let n = tx
+            .q(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ?, step = COALESCE(?, step) \
              WHERE id = ? AND status = 'running' AND owner = ?",
-        )
-        .bind(end.status)
-        .bind(end.error)
-        .bind(ms(end.at))
-        .bind(step)
-        .bind(run_id)
-        .bind(owner.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(self.err(format!("cannot record the end of run {run_id}")))?
-        .rows_affected();
+            )
+            .bind(end.status)
+            .bind(end.error)
+            .bind(ms(end.at))
+            .bind(step)
+            .bind(run_id)
+            .bind(owner.as_str())
+            .execute(&mut tx)
+            .await
+            .map_err(self.err(format!("cannot record the end of run {run_id}")))?;
         if n == 0 {
             return Err(DbError {
                 path: self.path().to_path_buf(),

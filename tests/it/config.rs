@@ -232,7 +232,7 @@ fn a_relative_database_path_is_relative_to_the_config_file() {
         &BASE.replace("/tmp/agent-test.db", "state/history.db"),
     );
     let s = Settings::load(&path).unwrap();
-    assert_eq!(s.database, dir.path().join("state/history.db"));
+    assert_eq!(s.database.shown(), dir.path().join("state/history.db"));
 }
 
 #[test]

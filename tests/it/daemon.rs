@@ -157,7 +157,7 @@ impl Start {
             jobs.push_str("[defaults]\ncatch_up = \"off\"\n");
         }
         std::fs::write(&config, config_text(&jobs, self.max_concurrent)).unwrap();
-        let db = Database::open(&dir.path().join("h.db")).await.unwrap();
+        let db = crate::store::open(&dir.path().join("h.db")).await;
         if self.paused {
             tokio::time::pause();
         }
@@ -225,7 +225,8 @@ fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
 }
 
 #[tokio::test]
-async fn a_stop_asks_runs_still_going_to_stop_a_fifth_before_the_grace_ends_and_waits_for_them() {
+pub(crate) async fn a_stop_asks_runs_still_going_to_stop_a_fifth_before_the_grace_ends_and_waits_for_them()
+ {
     let h = Start::at(
         utc(2026, 11, 28, 0, 0),
         "[[jobs]]\nname = \"slow\"\nserver_id = 1\nschedule = \"0 * * * * *\"\n",
@@ -260,7 +261,7 @@ async fn a_stop_asks_runs_still_going_to_stop_a_fifth_before_the_grace_ends_and_
 const BERLIN_NIGHTLY: &str = "[[jobs]]\nname = \"web\"\nserver_id = 1\nschedule = \"0 30 2 * * *\"\ntimezone = \"Europe/Berlin\"\n";
 
 #[tokio::test]
-async fn jobs_fire_at_their_instants_across_a_dst_change() {
+pub(crate) async fn jobs_fire_at_their_instants_across_a_dst_change() {
     let h = Start::at(utc(2027, 3, 26, 12, 0), BERLIN_NIGHTLY)
         .takes(Duration::from_secs(60))
         .paused()
@@ -290,7 +291,7 @@ async fn jobs_fire_at_their_instants_across_a_dst_change() {
 }
 
 #[tokio::test]
-async fn a_fall_back_night_fires_once() {
+pub(crate) async fn a_fall_back_night_fires_once() {
     let h = Start::at(utc(2027, 10, 30, 12, 0), BERLIN_NIGHTLY)
         .takes(Duration::from_secs(60))
         .paused()
@@ -303,7 +304,7 @@ async fn a_fall_back_night_fires_once() {
 }
 
 #[tokio::test]
-async fn a_job_still_running_is_not_started_twice() {
+pub(crate) async fn a_job_still_running_is_not_started_twice() {
     let jobs = "[[jobs]]\nname = \"busy\"\nserver_id = 1\nschedule = \"0 * * * * *\"\n";
     let h = Start::at(utc(2026, 11, 28, 0, 0), jobs)
         .takes(Duration::from_secs(150))
@@ -319,7 +320,7 @@ async fn a_job_still_running_is_not_started_twice() {
 }
 
 #[tokio::test]
-async fn max_concurrent_jobs_holds_across_jobs() {
+pub(crate) async fn max_concurrent_jobs_holds_across_jobs() {
     let jobs: String = (1..=4)
         .map(|i| {
             format!("[[jobs]]\nname = \"j{i}\"\nserver_id = {i}\nschedule = \"0 0 * * * *\"\n")
@@ -338,7 +339,7 @@ async fn max_concurrent_jobs_holds_across_jobs() {
 }
 
 #[tokio::test]
-async fn a_missed_fire_is_caught_up_exactly_once() {
+pub(crate) async fn a_missed_fire_is_caught_up_exactly_once() {
     // Catch-up happens at start, so this test runs on real time (and a real database).
     let jobs =
         "[[jobs]]\nname = \"web\"\nserver_id = 1\nschedule = \"0 30 2 * * *\"\ncatch_up = \"2h\"\n";
@@ -349,7 +350,7 @@ async fn a_missed_fire_is_caught_up_exactly_once() {
     assert!(log.is_empty(), "{log:?}");
 
     // It ran the day before; the agent was down at 02:30 and starts at 03:10.
-    let db = Database::open(&dir.path().join("h.db")).await.unwrap();
+    let db = crate::store::open(&dir.path().join("h.db")).await;
     let run = NewRun {
         job: "web",
         server_id: ServerId::new(1),
@@ -386,7 +387,7 @@ async fn a_missed_fire_is_caught_up_exactly_once() {
 /// A database in a new temp dir holding one earlier run of `job` started at `at`.
 async fn with_earlier_run(job: &str, at: DateTime<Utc>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(&dir.path().join("h.db")).await.unwrap();
+    let db = crate::store::open(&dir.path().join("h.db")).await;
     let run = NewRun {
         job,
         server_id: ServerId::new(1),
@@ -401,7 +402,7 @@ async fn with_earlier_run(job: &str, at: DateTime<Utc>) -> tempfile::TempDir {
 }
 
 #[tokio::test]
-async fn a_window_job_is_not_caught_up_once_its_window_opened() {
+pub(crate) async fn a_window_job_is_not_caught_up_once_its_window_opened() {
     let jobs = "[[jobs]]\nname = \"db\"\nserver_id = 1\nmaintenance_window = \"0 0 4 * * *\"\nlead = \"1h\"\n";
     // Fire was 03:00, window opens 04:00. At 03:40: catch up. At 04:10: too late.
     let dir = with_earlier_run("db", utc(2026, 11, 27, 3, 0)).await;
@@ -425,7 +426,8 @@ async fn a_window_job_is_not_caught_up_once_its_window_opened() {
 }
 
 #[tokio::test]
-async fn sighup_with_a_broken_config_keeps_the_old_schedule_and_a_good_one_replaces_it() {
+pub(crate) async fn sighup_with_a_broken_config_keeps_the_old_schedule_and_a_good_one_replaces_it()
+{
     let jobs = "[[jobs]]\nname = \"a\"\nserver_id = 1\nschedule = \"0 0 * * * *\"\n";
     let h = Start::at(utc(2026, 11, 28, 0, 30), jobs)
         .takes(Duration::from_secs(1))
@@ -480,7 +482,7 @@ impl Timer for NeverTimer {
 /// messages in order, each check to its end before the next.
 async fn check_at(dir: &std::path::Path, at: DateTime<Utc>, checks: usize) {
     let settings = Settings::load(&dir.join("config.toml")).unwrap();
-    let db = Database::open(&dir.join("h.db")).await.unwrap();
+    let db = crate::store::open(&dir.join("h.db")).await;
     let clock: SharedClock = Arc::new(VirtualClock::new(at));
     let outbox =
         vps_snapshot_agent::alert::Outbox::from_settings(&settings, db.clone(), clock.clone())
@@ -521,7 +523,7 @@ async fn check_at(dir: &std::path::Path, at: DateTime<Utc>, checks: usize) {
 }
 
 #[tokio::test]
-async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
+pub(crate) async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("config.toml"),
@@ -533,7 +535,7 @@ async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
     )
     .unwrap();
     // The last success ended at midnight.
-    let db = Database::open(&dir.path().join("h.db")).await.unwrap();
+    let db = crate::store::open(&dir.path().join("h.db")).await;
     let midnight = utc(2026, 11, 28, 0, 0);
     let run = NewRun {
         job: "quiet",
@@ -556,7 +558,7 @@ async fn a_job_without_a_success_for_stale_after_raises_one_stale_alert() {
     db.finish_run(id, &owner, end).await.unwrap();
     db.close().await;
     let stale_alerts = async || -> Vec<_> {
-        let db = Database::open(&dir.path().join("h.db")).await.unwrap();
+        let db = crate::store::open(&dir.path().join("h.db")).await;
         let all = db.pending_alerts().await.unwrap();
         db.close().await;
         all.into_iter()

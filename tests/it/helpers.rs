@@ -121,9 +121,7 @@ fn gethostname_for_tests() -> String {
 
 impl World {
     pub async fn db(&self, dir: &tempfile::TempDir) -> Database {
-        Database::open(&dir.path().join("history.db"))
-            .await
-            .unwrap()
+        crate::store::open(&dir.path().join("history.db")).await
     }
 
     pub fn runner(&self, db: Database) -> Runner {

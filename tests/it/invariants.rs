@@ -43,7 +43,7 @@ pub async fn violations(sim: &Simulator, db: &Database, expect: &Expect) -> Vec<
     let journal: Vec<Row> = sqlx::query_as(
         "SELECT id, run_id, action, state, snapshot_id, detail FROM journal ORDER BY id",
     )
-    .fetch_all(db.pool())
+    .fetch_all(db.sqlite_pool().unwrap())
     .await
     .unwrap();
     deletions(&events, &runs, &journal, db, expect, &mut bad).await;
@@ -321,7 +321,7 @@ async fn failures_alerted(
 ) {
     let alerts: Vec<(Option<String>, i64)> =
         sqlx::query_as("SELECT job, created_at FROM alerts WHERE kind IN ('failed', 'no_room')")
-            .fetch_all(db.pool())
+            .fetch_all(db.sqlite_pool().unwrap())
             .await
             .unwrap();
     let window = expect.repeat_after.as_millis() as i64;
@@ -345,14 +345,14 @@ async fn no_token_in_rows(db: &Database, token: &str, bad: &mut Vec<String>) {
         "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
          WHERE m.type = 'table' AND p.type = 'TEXT'",
     )
-    .fetch_all(db.pool())
+    .fetch_all(db.sqlite_pool().unwrap())
     .await
     .unwrap();
     for (table, column) in columns {
         let sql = format!("SELECT count(*) FROM \"{table}\" WHERE instr(\"{column}\", ?) > 0");
         let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(token)
-            .fetch_one(db.pool())
+            .fetch_one(db.sqlite_pool().unwrap())
             .await
             .unwrap();
         if n > 0 {

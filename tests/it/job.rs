@@ -10,12 +10,22 @@ use vps_snapshot_agent::sim::{Fault, FaultKind, Mode, Op, SimOptions};
 use crate::helpers::*;
 use vps_snapshot_agent::domain::AlertKind;
 
+/// Every journal entry of every run, oldest first.
+async fn journal(db: &Database) -> Vec<vps_snapshot_agent::db::Entry> {
+    let mut all = Vec::new();
+    for run in db.history(None, 1000).await.unwrap() {
+        all.extend(db.entries(run.id).await.unwrap());
+    }
+    all.sort_by_key(|e| e.id);
+    all
+}
+
 async fn setup(opts: SimOptions) -> (World, tempfile::TempDir) {
     (world(opts).await, tempfile::tempdir().unwrap())
 }
 
 #[tokio::test]
-async fn a_run_creates_waits_and_records_every_action() {
+pub(crate) async fn a_run_creates_waits_and_records_every_action() {
     let (w, dir) = setup(SimOptions {
         delay: vps_snapshot_agent::sim::Delay::Fixed(Duration::from_secs(300)),
         ..SimOptions::default()
@@ -55,12 +65,14 @@ async fn a_run_creates_waits_and_records_every_action() {
     assert_eq!(json["trigger"], "manual");
     assert_eq!(json["snapshot"]["status"], "completed");
     assert!(json["started_at"].as_str().unwrap().ends_with('Z'));
-    let actions: Vec<(Action, State)> =
-        sqlx::query_as("SELECT action, state FROM journal WHERE run_id = ? ORDER BY id")
-            .bind(o.run_id)
-            .fetch_all(runner.db.pool())
-            .await
-            .unwrap();
+    let actions: Vec<(Action, State)> = runner
+        .db
+        .entries(o.run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.state))
+        .collect();
     assert_eq!(actions[0], (Action::Lock, State::Ok));
     assert_eq!(actions[1], (Action::List, State::Ok));
     assert_eq!(actions[2], (Action::Create, State::Ok));
@@ -68,7 +80,7 @@ async fn a_run_creates_waits_and_records_every_action() {
 }
 
 #[tokio::test]
-async fn rotation_keeps_the_policy_and_never_touches_unmanaged_or_pinned() {
+pub(crate) async fn rotation_keeps_the_policy_and_never_touches_unmanaged_or_pinned() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     let manual = w.put(1, None, 5000, Completed);
@@ -95,7 +107,7 @@ async fn rotation_keeps_the_policy_and_never_touches_unmanaged_or_pinned() {
 }
 
 #[tokio::test]
-async fn nothing_is_deleted_after_a_failed_or_timed_out_snapshot() {
+pub(crate) async fn nothing_is_deleted_after_a_failed_or_timed_out_snapshot() {
     for (mode, says) in [
         (Mode::Fail, "ended failed"),
         (Mode::Stuck, "not completed after 30m"),
@@ -126,7 +138,7 @@ async fn nothing_is_deleted_after_a_failed_or_timed_out_snapshot() {
 }
 
 #[tokio::test]
-async fn a_failed_snapshot_is_cleaned_up_by_the_next_successful_run() {
+pub(crate) async fn a_failed_snapshot_is_cleaned_up_by_the_next_successful_run() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     let failed = w.put(1, Some("web"), 100, Failed("failed".into()));
@@ -138,7 +150,7 @@ async fn a_failed_snapshot_is_cleaned_up_by_the_next_successful_run() {
 }
 
 #[tokio::test]
-async fn at_the_limit_room_is_made_and_the_newest_good_one_kept() {
+pub(crate) async fn at_the_limit_room_is_made_and_the_newest_good_one_kept() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     let ids: Vec<SnapshotId> = [500, 400, 300, 200, 100]
@@ -158,7 +170,7 @@ async fn at_the_limit_room_is_made_and_the_newest_good_one_kept() {
 }
 
 #[tokio::test]
-async fn a_server_full_of_unmanaged_snapshots_fails_naming_them() {
+pub(crate) async fn a_server_full_of_unmanaged_snapshots_fails_naming_them() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     let ids: Vec<SnapshotId> = (1..=5)
@@ -185,7 +197,7 @@ async fn a_server_full_of_unmanaged_snapshots_fails_naming_them() {
 }
 
 #[tokio::test]
-async fn a_dropped_create_response_yields_exactly_one_snapshot() {
+pub(crate) async fn a_dropped_create_response_yields_exactly_one_snapshot() {
     for kind in [
         FaultKind::DropAfter,
         FaultKind::Status {
@@ -203,19 +215,19 @@ async fn a_dropped_create_response_yields_exactly_one_snapshot() {
             .unwrap();
         assert_eq!(o.status, RunStatus::Succeeded, "{kind:?}: {:?}", o.error);
         assert_eq!(w.sim.snapshots(ServerId::new(1)).len(), 1, "{kind:?}");
-        let adopted: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM journal WHERE action = 'adopt'")
-                .fetch_one(runner.db.pool())
-                .await
-                .unwrap();
+        let adopted = journal(&runner.db)
+            .await
+            .iter()
+            .filter(|e| e.action == Action::Adopt)
+            .count();
         // A 503 happens before the work: nothing to adopt, the create is sent again.
-        let expect = i64::from(matches!(kind, FaultKind::DropAfter));
+        let expect = usize::from(matches!(kind, FaultKind::DropAfter));
         assert_eq!(adopted, expect, "{kind:?}");
     }
 }
 
 #[tokio::test]
-async fn transient_errors_are_retried_and_a_400_is_not() {
+pub(crate) async fn transient_errors_are_retried_and_a_400_is_not() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     w.sim.inject(Fault::status(Op::List, 503, 2));
@@ -259,7 +271,7 @@ async fn transient_errors_are_retried_and_a_400_is_not() {
 }
 
 #[tokio::test]
-async fn pagination_is_honoured_when_the_limit_is_near() {
+pub(crate) async fn pagination_is_honoured_when_the_limit_is_near() {
     let (w, dir) = setup(SimOptions {
         page_size: 2,
         ..SimOptions::default()
@@ -285,7 +297,7 @@ async fn pagination_is_honoured_when_the_limit_is_near() {
 }
 
 #[tokio::test]
-async fn deletions_are_capped_and_one_failed_delete_does_not_stop_the_rest() {
+pub(crate) async fn deletions_are_capped_and_one_failed_delete_does_not_stop_the_rest() {
     // A delete the API refused (503: not handled) spends nothing of the budget; one whose
     // answer was lost (500 after every retry: it may have happened) spends one.
     for (code, spent) in [(503, 0), (500, 1)] {
@@ -310,19 +322,24 @@ async fn deletions_are_capped_and_one_failed_delete_does_not_stop_the_rest() {
             o.error.unwrap().contains("rotation"),
             "{code}: the failed delete is recorded"
         );
-        let states: Vec<String> =
-            sqlx::query_scalar("SELECT state FROM journal WHERE action = 'delete' ORDER BY id")
-                .fetch_all(runner.db.pool())
-                .await
-                .unwrap();
-        let first = if spent == 1 { "unknown" } else { "error" };
+        let states: Vec<State> = journal(&runner.db)
+            .await
+            .iter()
+            .filter(|e| e.action == Action::Delete)
+            .map(|e| e.state)
+            .collect();
+        let first = if spent == 1 {
+            State::Unknown
+        } else {
+            State::Error
+        };
         assert_eq!(states[0], first, "{code}: {states:?}");
         assert_eq!(w.sim.snapshots(ServerId::new(1)).len(), 3 + spent, "{code}");
     }
 }
 
 #[tokio::test]
-async fn a_snapshot_deleted_by_someone_else_mid_run_fails_the_run() {
+pub(crate) async fn a_snapshot_deleted_by_someone_else_mid_run_fails_the_run() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     w.sim.set_mode(ServerId::new(1), Mode::Stuck);
@@ -345,7 +362,7 @@ async fn a_snapshot_deleted_by_someone_else_mid_run_fails_the_run() {
 }
 
 #[tokio::test]
-async fn a_managed_snapshot_that_vanished_between_runs_raises_drift() {
+pub(crate) async fn a_managed_snapshot_that_vanished_between_runs_raises_drift() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     let o = runner
@@ -375,7 +392,7 @@ async fn a_managed_snapshot_that_vanished_between_runs_raises_drift() {
 }
 
 #[tokio::test]
-async fn two_runs_on_one_server_never_overlap() {
+pub(crate) async fn two_runs_on_one_server_never_overlap() {
     let (w, dir) = setup(SimOptions {
         delay: vps_snapshot_agent::sim::Delay::Fixed(Duration::from_secs(120)),
         ..SimOptions::default()
@@ -398,21 +415,22 @@ async fn two_runs_on_one_server_never_overlap() {
     let span = |run: RunId| {
         let db = a.db.clone();
         async move {
-            let (lo, hi): (i64, i64) = sqlx::query_as(
-                "SELECT min(id), max(id) FROM journal WHERE run_id = ? AND action != 'finish'",
-            )
-            .bind(run)
-            .fetch_one(db.pool())
-            .await
-            .unwrap();
-            (lo, hi)
+            let ids: Vec<_> = db
+                .entries(run)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action != Action::Finish)
+                .map(|e| e.id)
+                .collect();
+            (ids[0], ids[ids.len() - 1])
         }
     };
     let (a_lo, a_hi) = span(ra.run_id).await;
     let (b_lo, b_hi) = span(rb.run_id).await;
     assert!(
         a_hi < b_lo || b_hi < a_lo,
-        "interleaved: {a_lo}..{a_hi} vs {b_lo}..{b_hi}"
+        "interleaved: {a_lo:?}..{a_hi:?} vs {b_lo:?}..{b_hi:?}"
     );
 }
 
@@ -458,7 +476,7 @@ async fn crashed_run(w: &World, runner: &vps_snapshot_agent::run::Runner) -> Run
 }
 
 #[tokio::test]
-async fn a_run_that_died_before_creating_is_marked_interrupted() {
+pub(crate) async fn a_run_that_died_before_creating_is_marked_interrupted() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     let id = crashed_run(&w, &runner).await;
@@ -475,7 +493,7 @@ async fn a_run_that_died_before_creating_is_marked_interrupted() {
 }
 
 #[tokio::test]
-async fn a_run_that_died_after_sending_create_adopts_the_snapshot() {
+pub(crate) async fn a_run_that_died_after_sending_create_adopts_the_snapshot() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     let id = crashed_run(&w, &runner).await;
@@ -499,7 +517,7 @@ async fn a_run_that_died_after_sending_create_adopts_the_snapshot() {
 }
 
 #[tokio::test]
-async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
+pub(crate) async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     let old = w.put(1, Some("web"), 600, Completed);
@@ -533,7 +551,7 @@ async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
 }
 
 #[tokio::test]
-async fn a_run_aborted_at_any_point_resumes_without_a_duplicate() {
+pub(crate) async fn a_run_aborted_at_any_point_resumes_without_a_duplicate() {
     // Abort a real run after a growing number of scheduler yields, i.e. at each step it
     // records, then resume it as the next process would.
     for cut in 0..40u32 {
@@ -577,7 +595,7 @@ async fn a_run_aborted_at_any_point_resumes_without_a_duplicate() {
 }
 
 #[tokio::test]
-async fn a_steady_state_run_costs_two_requests_plus_polls_plus_deletions() {
+pub(crate) async fn a_steady_state_run_costs_two_requests_plus_polls_plus_deletions() {
     let (w, dir) = setup(SimOptions {
         delay: vps_snapshot_agent::sim::Delay::Fixed(Duration::from_secs(100)),
         ..SimOptions::default()
@@ -602,7 +620,7 @@ async fn a_steady_state_run_costs_two_requests_plus_polls_plus_deletions() {
 /// A database as an earlier version left it: the migrations older than `before` only.
 async fn database_before(path: &std::path::Path, before: &str) -> sqlx::SqlitePool {
     let old = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir("migrations").unwrap() {
+    for entry in std::fs::read_dir("migrations/sqlite").unwrap() {
         let entry = entry.unwrap();
         if entry.file_name().to_string_lossy().as_ref() < before {
             std::fs::copy(entry.path(), old.path().join(entry.file_name())).unwrap();
@@ -622,7 +640,7 @@ async fn database_before(path: &std::path::Path, before: &str) -> sqlx::SqlitePo
 }
 
 #[tokio::test]
-async fn an_earlier_versions_database_keeps_knowing_its_snapshots() {
+pub(crate) async fn an_earlier_versions_database_keeps_knowing_its_snapshots() {
     let (w, dir) = setup(SimOptions::default()).await;
     let path = dir.path().join("history.db");
     let at = |mins| w.clock.now() - chrono::Duration::minutes(mins);
@@ -709,7 +727,7 @@ async fn an_earlier_versions_database_keeps_knowing_its_snapshots() {
 }
 
 #[tokio::test]
-async fn restores_recorded_as_succeeded_become_started_and_nothing_else_changes() {
+pub(crate) async fn restores_recorded_as_succeeded_become_started_and_nothing_else_changes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("history.db");
     let pool = database_before(&path, "20261130").await;
@@ -737,7 +755,7 @@ async fn restores_recorded_as_succeeded_become_started_and_nothing_else_changes(
         "a restore is only ever started"
     );
     let journal: i64 = sqlx::query_scalar("SELECT count(*) FROM journal")
-        .fetch_one(db.pool())
+        .fetch_one(db.sqlite_pool().unwrap())
         .await
         .unwrap();
     assert_eq!(
@@ -745,7 +763,7 @@ async fn restores_recorded_as_succeeded_become_started_and_nothing_else_changes(
         "rebuilding runs must not cascade into the journal"
     );
     let dangling: Vec<(String,)> = sqlx::query_as("PRAGMA foreign_key_check")
-        .fetch_all(db.pool())
+        .fetch_all(db.sqlite_pool().unwrap())
         .await
         .unwrap();
     assert!(dangling.is_empty(), "{dangling:?}");
@@ -758,13 +776,13 @@ async fn restores_recorded_as_succeeded_become_started_and_nothing_else_changes(
         "INSERT INTO runs (job, server_id, kind, trigger, status, started_at, owner) \
          VALUES ('web', 1, 'snapshot', 'manual', 'started', 4, 'x')",
     )
-    .execute(db.pool())
+    .execute(db.sqlite_pool().unwrap())
     .await;
     assert!(bad.is_err(), "only a restore can be 'started'");
 }
 
 #[tokio::test]
-async fn job_summaries_agree_with_the_one_job_queries() {
+pub(crate) async fn job_summaries_agree_with_the_one_job_queries() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     let (web, db_job) = (job("web", 1, 2), job("db", 2, 2));

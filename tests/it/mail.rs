@@ -8,7 +8,7 @@ use vps_snapshot_agent::sim::{Mode, SimOptions};
 use crate::helpers::*;
 
 #[tokio::test]
-async fn a_failure_sends_one_mail_naming_job_server_and_error() {
+pub(crate) async fn a_failure_sends_one_mail_naming_job_server_and_error() {
     let (inbox, port) = Inbox::start(0);
     let w = world(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +75,7 @@ async fn a_failure_sends_one_mail_naming_job_server_and_error() {
 }
 
 #[tokio::test]
-async fn jobs_failing_together_send_one_digest() {
+pub(crate) async fn jobs_failing_together_send_one_digest() {
     let (inbox, port) = Inbox::start(0);
     let w = world(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +106,7 @@ async fn jobs_failing_together_send_one_digest() {
 }
 
 #[tokio::test]
-async fn an_alert_survives_an_smtp_outage_and_a_restart() {
+pub(crate) async fn an_alert_survives_an_smtp_outage_and_a_restart() {
     let w = world(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let port = closed_port();
@@ -143,7 +143,7 @@ async fn an_alert_survives_an_smtp_outage_and_a_restart() {
 }
 
 #[tokio::test]
-async fn alerts_older_than_a_day_go_out_marked_late() {
+pub(crate) async fn alerts_older_than_a_day_go_out_marked_late() {
     let (inbox, port) = Inbox::start(0);
     let w = world(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();

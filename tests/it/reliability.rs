@@ -188,7 +188,7 @@ async fn actions(db: &Database, action: Action) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM journal WHERE action = ? AND state = ?")
         .bind(action)
         .bind(State::Ok)
-        .fetch_one(db.pool())
+        .fetch_one(db.sqlite_pool().unwrap())
         .await
         .unwrap()
 }
@@ -440,7 +440,7 @@ async fn database_failures_name_the_file_and_lose_nothing() {
         .await
         .unwrap();
     let other = Database::open(&path).await.unwrap();
-    let mut tx = other.pool().begin().await.unwrap();
+    let mut tx = other.sqlite_pool().unwrap().begin().await.unwrap();
     sqlx::query("INSERT INTO pins (snapshot_id, pinned_at) VALUES (2, 0)")
         .execute(&mut *tx)
         .await
@@ -607,7 +607,7 @@ async fn a_full_database_fails_the_run_clearly_and_keeps_earlier_records() {
     // Migrate, then note how many pages that takes.
     let db = Database::open(&path).await.unwrap();
     let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
-        .fetch_one(db.pool())
+        .fetch_one(db.sqlite_pool().unwrap())
         .await
         .unwrap();
     db.close().await;

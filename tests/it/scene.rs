@@ -203,7 +203,7 @@ impl Scene {
     pub async fn alert_kinds(&self) -> Vec<AlertKind> {
         let db = self.db().await;
         let kinds = sqlx::query_scalar("SELECT kind FROM alerts ORDER BY id")
-            .fetch_all(db.pool())
+            .fetch_all(db.sqlite_pool().unwrap())
             .await
             .unwrap();
         db.close().await;

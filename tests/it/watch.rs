@@ -258,7 +258,7 @@ async fn outbox_at(dir: &Path, ping: &str) -> (Outbox, Database, Arc<VirtualCloc
         &job(ping, "0 30 2 * * *"),
     );
     let settings = Settings::load(&cfg).unwrap();
-    let db = Database::open(&settings.database).await.unwrap();
+    let db = Database::open_at(&settings.database).await.unwrap();
     let clock = Arc::new(VirtualClock::new(
         Utc.with_ymd_and_hms(2026, 11, 28, 2, 30, 0).unwrap(),
     ));
@@ -682,14 +682,14 @@ async fn two_processes_on_one_database_never_send_an_alert_or_a_ping_twice() {
     ));
     let mut boxes = Vec::new();
     for _ in 0..2 {
-        let db = Database::open(&settings.database).await.unwrap();
+        let db = Database::open_at(&settings.database).await.unwrap();
         let o = Outbox::from_settings(&settings, db, clock.clone())
             .unwrap()
             .unwrap();
         o.register().await.unwrap();
         boxes.push(o);
     }
-    let db = Database::open(&settings.database).await.unwrap();
+    let db = Database::open_at(&settings.database).await.unwrap();
     for i in 0..40 {
         db.queue_alert(&alert(i, clock.now())).await.unwrap();
         db.queue_ping(&ping(PingKind::Start, &clock)).await.unwrap();
@@ -706,7 +706,7 @@ async fn two_processes_on_one_database_never_send_an_alert_or_a_ping_twice() {
     assert_eq!(r.got("/p/start").len(), 40, "each ping once");
     // The claim itself, step by step: what one process holds, the other cannot take
     // until it is recorded or the claim runs out.
-    let other = Database::open(&settings.database).await.unwrap();
+    let other = Database::open_at(&settings.database).await.unwrap();
     for i in 0..40 {
         db.queue_alert(&alert(i, clock.now())).await.unwrap();
         db.queue_ping(&ping(PingKind::Start, &clock)).await.unwrap();

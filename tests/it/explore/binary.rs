@@ -317,7 +317,7 @@ impl Site {
         let again: Vec<(i64,)> = sqlx::query_as(
             "SELECT run_id FROM journal WHERE action = 'after' AND outcome LIKE '%again%'",
         )
-        .fetch_all(db.pool())
+        .fetch_all(db.sqlite_pool().unwrap())
         .await
         .unwrap();
         db.close().await;

@@ -110,7 +110,7 @@ impl Stats {
 async fn journal_notes(db: &Database, stats: &mut Stats) {
     let rows: Vec<(String, String, Option<String>)> =
         sqlx::query_as("SELECT action, state, outcome FROM journal WHERE action IN ('create', 'delete', 'restore', 'adopt', 'vanished')")
-            .fetch_all(db.pool())
+            .fetch_all(db.sqlite_pool().unwrap())
             .await
             .unwrap_or_default();
     for (action, state, detail) in rows {
@@ -273,7 +273,7 @@ async fn quiet(site: &mut impl Installation, stats: &mut Stats) -> Vec<String> {
     let db = Database::open(site.db_path()).await.unwrap();
     // Deletes journaled from here on are under the quiet phase's config.
     let (first_quiet,): (i64,) = sqlx::query_as("SELECT COALESCE(max(id), 0) + 1 FROM journal")
-        .fetch_one(db.pool())
+        .fetch_one(db.sqlite_pool().unwrap())
         .await
         .unwrap();
     let cap = site.model().max_deletions as usize;

@@ -156,7 +156,7 @@ impl World {
             let Ok(settings) = Settings::load(&cfg) else {
                 return;
             };
-            let Some(db) = super::process::open(&dbs, &settings.database).await else {
+            let Some(db) = super::process::open(&dbs, settings.database.shown()).await else {
                 return;
             };
             let jobs = match job {
@@ -203,7 +203,7 @@ impl World {
             let Ok(settings) = Settings::load(&cfg) else {
                 return;
             };
-            let Some(db) = super::process::open(&dbs, &settings.database).await else {
+            let Some(db) = super::process::open(&dbs, settings.database.shown()).await else {
                 return;
             };
             let build = {
@@ -461,7 +461,7 @@ impl World {
             let Ok(settings) = Settings::load(&cfg) else {
                 return;
             };
-            let Some(db) = super::process::open(&dbs, &settings.database).await else {
+            let Some(db) = super::process::open(&dbs, settings.database.shown()).await else {
                 return;
             };
             // As `agent restore` does: the server's job takes a safety snapshot first.

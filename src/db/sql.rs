@@ -1,0 +1,284 @@
+//! One way to run a statement on either store: SQLite (the embedded default) or
+//! PostgreSQL (several agents on different hosts). A statement is written once, with `?`
+//! placeholders and SQL both engines understand; on PostgreSQL the placeholders become
+//! `$1`, `$2`, … Values are encoded for the store at `bind`, rows decoded by `FromRow`.
+
+use sqlx::postgres::{PgArguments, PgPool, PgRow};
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::{Arguments, AssertSqlSafe, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
+
+/// Which engine a database is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Pool {
+    pub(super) fn engine(&self) -> Engine {
+        match self {
+            Pool::Sqlite(_) => Engine::Sqlite,
+            Pool::Postgres(_) => Engine::Postgres,
+        }
+    }
+}
+
+/// A write transaction on either store (see `Database::begin`).
+pub(crate) enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl Tx {
+    pub(crate) fn q(&self, sql: &str) -> Q {
+        Q::new(
+            match self {
+                Tx::Sqlite(_) => Engine::Sqlite,
+                Tx::Postgres(_) => Engine::Postgres,
+            },
+            sql,
+        )
+    }
+
+    pub(crate) async fn commit(self) -> sqlx::Result<()> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::Postgres(t) => t.commit().await,
+        }
+    }
+}
+
+/// Where a statement runs: the pool, or an open transaction.
+pub(crate) enum On<'a> {
+    Pool(&'a Pool),
+    Tx(&'a mut Tx),
+}
+
+impl<'a> From<&'a mut Tx> for On<'a> {
+    fn from(tx: &'a mut Tx) -> Self {
+        On::Tx(tx)
+    }
+}
+
+impl<'a> From<&'a Pool> for On<'a> {
+    fn from(pool: &'a Pool) -> Self {
+        On::Pool(pool)
+    }
+}
+
+impl On<'_> {
+    /// A statement for this pool or transaction.
+    pub(crate) fn q(&self, sql: &str) -> Q {
+        Q::new(
+            match self {
+                On::Pool(p) => p.engine(),
+                On::Tx(Tx::Sqlite(_)) => Engine::Sqlite,
+                On::Tx(Tx::Postgres(_)) => Engine::Postgres,
+            },
+            sql,
+        )
+    }
+}
+
+enum Args {
+    Sqlite(SqliteArguments),
+    Postgres(PgArguments),
+}
+
+/// A statement with its values, ready for one engine.
+pub(crate) struct Q {
+    sql: String,
+    args: Args,
+    /// A value that could not be encoded: reported when the statement runs.
+    bad: Option<sqlx::error::BoxDynError>,
+}
+
+/// What a row decodes into on both engines.
+pub(crate) trait Row:
+    for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{
+}
+impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{}
+
+/// Runs `$body` with `$e` the executor and `$a` the arguments of the matching engine.
+macro_rules! on_engine {
+    ($args:expr, $on:expr, |$e:ident, $a:ident| $body:expr) => {
+        match ($args, $on) {
+            (Args::Sqlite($a), On::Pool(Pool::Sqlite($e))) => $body,
+            (Args::Sqlite($a), On::Tx(Tx::Sqlite(t))) => {
+                let $e = &mut **t;
+                $body
+            }
+            (Args::Postgres($a), On::Pool(Pool::Postgres($e))) => $body,
+            (Args::Postgres($a), On::Tx(Tx::Postgres(t))) => {
+                let $e = &mut **t;
+                $body
+            }
+            _ => Err(sqlx::Error::Protocol(
+                "a statement prepared for one engine was run on the other".into(),
+            )),
+        }
+    };
+}
+
+impl Q {
+    pub(super) fn new(engine: Engine, sql: &str) -> Self {
+        match engine {
+            Engine::Sqlite => Self {
+                sql: sql.to_string(),
+                args: Args::Sqlite(SqliteArguments::default()),
+                bad: None,
+            },
+            Engine::Postgres => Self {
+                sql: numbered(sql),
+                args: Args::Postgres(PgArguments::default()),
+                bad: None,
+            },
+        }
+    }
+
+    pub(crate) fn bind<'t, T>(mut self, value: T) -> Self
+    where
+        T: Encode<'t, Sqlite> + Type<Sqlite> + Encode<'t, Postgres> + Type<Postgres>,
+    {
+        let added = match &mut self.args {
+            Args::Sqlite(a) => a.add(value),
+            Args::Postgres(a) => a.add(value),
+        };
+        if let Err(e) = added {
+            self.bad.get_or_insert(e);
+        }
+        self
+    }
+
+    fn parts(self) -> sqlx::Result<(AssertSqlSafe<String>, Args)> {
+        match self.bad {
+            Some(e) => Err(sqlx::Error::Encode(e)),
+            None => Ok((AssertSqlSafe(self.sql), self.args)),
+        }
+    }
+
+    /// Runs the statement; the number of rows it changed.
+    pub(crate) async fn execute<'a>(self, on: impl Into<On<'a>>) -> sqlx::Result<u64> {
+        let (sql, args) = self.parts()?;
+        on_engine!(args, on.into(), |e, a| sqlx::query_with(sql, a)
+            .execute(e)
+            .await
+            .map(|r| r.rows_affected()))
+    }
+
+    pub(crate) async fn fetch_all<'a, T: Row>(self, on: impl Into<On<'a>>) -> sqlx::Result<Vec<T>> {
+        let (sql, args) = self.parts()?;
+        on_engine!(args, on.into(), |e, a| sqlx::query_as_with(sql, a)
+            .fetch_all(e)
+            .await)
+    }
+
+    pub(crate) async fn fetch_optional<'a, T: Row>(
+        self,
+        on: impl Into<On<'a>>,
+    ) -> sqlx::Result<Option<T>> {
+        let (sql, args) = self.parts()?;
+        on_engine!(args, on.into(), |e, a| sqlx::query_as_with(sql, a)
+            .fetch_optional(e)
+            .await)
+    }
+
+    pub(crate) async fn fetch_one<'a, T: Row>(self, on: impl Into<On<'a>>) -> sqlx::Result<T> {
+        let (sql, args) = self.parts()?;
+        on_engine!(args, on.into(), |e, a| sqlx::query_as_with(sql, a)
+            .fetch_one(e)
+            .await)
+    }
+
+    /// The first column of the one row.
+    pub(crate) async fn scalar<'a, T>(self, on: impl Into<On<'a>>) -> sqlx::Result<T>
+    where
+        (T,): Row,
+    {
+        self.fetch_one::<(T,)>(on).await.map(|(v,)| v)
+    }
+
+    /// The first column of the row, if there is one.
+    pub(crate) async fn scalar_optional<'a, T>(
+        self,
+        on: impl Into<On<'a>>,
+    ) -> sqlx::Result<Option<T>>
+    where
+        (T,): Row,
+    {
+        self.fetch_optional::<(T,)>(on)
+            .await
+            .map(|r| r.map(|(v,)| v))
+    }
+}
+
+/// `?` placeholders as PostgreSQL's `$1`, `$2`, …, leaving quoted text alone.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let (mut n, mut quote) = (0, None);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quote) {
+            ('\'' | '"', None) => quote = Some(c),
+            (c, Some(q)) if c == q => quote = None,
+            // `?NNN` is numbered already.
+            ('?', None) if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('$');
+                continue;
+            }
+            ('?', None) => {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// SQL that differs between the engines.
+impl Engine {
+    /// A subquery of the values of the JSON array of strings bound at its `?`.
+    pub(crate) fn json_texts(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "SELECT value FROM json_each(?)",
+            Engine::Postgres => "SELECT json_array_elements_text(CAST(? AS json))",
+        }
+    }
+
+    /// A subquery of the values of the JSON array of integers bound at its `?`.
+    pub(crate) fn json_integers(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "SELECT value FROM json_each(?)",
+            Engine::Postgres => "SELECT CAST(json_array_elements_text(CAST(? AS json)) AS BIGINT)",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn placeholders_are_numbered_outside_quotes() {
+        assert_eq!(
+            numbered("SELECT '?' FROM t WHERE a = ? AND b = \"x?\" AND c IN (?, ?)"),
+            "SELECT '?' FROM t WHERE a = $1 AND b = \"x?\" AND c IN ($2, $3)"
+        );
+        assert_eq!(
+            numbered("a = ?1 OR b = ?2 OR c = ?1"),
+            "a = $1 OR b = $2 OR c = $1"
+        );
+    }
+}

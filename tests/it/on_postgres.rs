@@ -1,0 +1,51 @@
+//! The job-run, daemon and alert tests, each body run again on PostgreSQL (see
+//! [`crate::store`]); skipped, saying so, without `AGENT_TEST_POSTGRES_URL`.
+
+mod job {
+    crate::store::on_postgres!(
+        job::a_run_creates_waits_and_records_every_action,
+        job::rotation_keeps_the_policy_and_never_touches_unmanaged_or_pinned,
+        job::nothing_is_deleted_after_a_failed_or_timed_out_snapshot,
+        job::a_failed_snapshot_is_cleaned_up_by_the_next_successful_run,
+        job::at_the_limit_room_is_made_and_the_newest_good_one_kept,
+        job::a_server_full_of_unmanaged_snapshots_fails_naming_them,
+        job::a_dropped_create_response_yields_exactly_one_snapshot,
+        job::transient_errors_are_retried_and_a_400_is_not,
+        job::pagination_is_honoured_when_the_limit_is_near,
+        job::deletions_are_capped_and_one_failed_delete_does_not_stop_the_rest,
+        job::a_snapshot_deleted_by_someone_else_mid_run_fails_the_run,
+        job::a_managed_snapshot_that_vanished_between_runs_raises_drift,
+        job::two_runs_on_one_server_never_overlap,
+        job::a_run_that_died_before_creating_is_marked_interrupted,
+        job::a_run_that_died_after_sending_create_adopts_the_snapshot,
+        job::a_run_that_died_mid_poll_is_finished_and_rotated,
+        job::a_run_aborted_at_any_point_resumes_without_a_duplicate,
+        job::a_steady_state_run_costs_two_requests_plus_polls_plus_deletions,
+        job::an_earlier_versions_database_keeps_knowing_its_snapshots,
+        job::restores_recorded_as_succeeded_become_started_and_nothing_else_changes,
+        job::job_summaries_agree_with_the_one_job_queries,
+    );
+}
+
+mod daemon {
+    crate::store::on_postgres!(
+        daemon::a_stop_asks_runs_still_going_to_stop_a_fifth_before_the_grace_ends_and_waits_for_them,
+        daemon::jobs_fire_at_their_instants_across_a_dst_change,
+        daemon::a_fall_back_night_fires_once,
+        daemon::a_job_still_running_is_not_started_twice,
+        daemon::max_concurrent_jobs_holds_across_jobs,
+        daemon::a_missed_fire_is_caught_up_exactly_once,
+        daemon::a_window_job_is_not_caught_up_once_its_window_opened,
+        daemon::sighup_with_a_broken_config_keeps_the_old_schedule_and_a_good_one_replaces_it,
+        daemon::a_job_without_a_success_for_stale_after_raises_one_stale_alert,
+    );
+}
+
+mod mail {
+    crate::store::on_postgres!(
+        mail::a_failure_sends_one_mail_naming_job_server_and_error,
+        mail::jobs_failing_together_send_one_digest,
+        mail::an_alert_survives_an_smtp_outage_and_a_restart,
+        mail::alerts_older_than_a_day_go_out_marked_late,
+    );
+}

@@ -1,0 +1,106 @@
+//! The two stores the job-run, daemon and alert tests run on: a SQLite file (always) and
+//! a PostgreSQL schema (when `AGENT_TEST_POSTGRES_URL` names a database; `scripts/test-postgres`
+//! starts one). A test body opens its database with [`open`]; `on_postgres` runs the
+//! same bodies with this thread switched to PostgreSQL.
+
+use std::cell::RefCell;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Once;
+
+use vps_snapshot_agent::db::{Database, Location};
+
+pub const POSTGRES_URL: &str = "AGENT_TEST_POSTGRES_URL";
+
+thread_local! {
+    /// `Some(url)` while this thread's test runs on PostgreSQL; the schemas it made.
+    static POSTGRES: RefCell<Option<(String, Vec<String>)>> = const { RefCell::new(None) };
+}
+
+/// The database at `path`: the SQLite file, or, on PostgreSQL, a schema of its own
+/// named after the path (the same path opens the same schema again).
+pub async fn open(path: &Path) -> Database {
+    Database::open_at(&location(path).await).await.unwrap()
+}
+
+/// Where [`open`] puts the database at `path`, made ready (its schema exists).
+pub async fn location(path: &Path) -> Location {
+    let Some(url) = POSTGRES.with(|p| p.borrow().as_ref().map(|(u, _)| u.clone())) else {
+        return Location::File(path.to_path_buf());
+    };
+    let mut h = DefaultHasher::new();
+    path.hash(&mut h);
+    let schema = format!("t_{:016x}", h.finish());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    POSTGRES.with(|p| {
+        if let Some((_, made)) = p.borrow_mut().as_mut()
+            && !made.contains(&schema)
+        {
+            made.push(schema.clone());
+        }
+    });
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let (url, password) = vps_snapshot_agent::db::split_password(&url).unwrap();
+    Location::Postgres { url, password }
+}
+
+/// Runs `test` (a `#[tokio::test]` body) on PostgreSQL, then drops the schemas it made.
+/// Without `AGENT_TEST_POSTGRES_URL`, says once that the PostgreSQL tests were skipped.
+pub fn run_on_postgres(test: fn()) {
+    let Ok(url) = std::env::var(POSTGRES_URL) else {
+        static SAID: Once = Once::new();
+        SAID.call_once(|| {
+            // Straight to the terminal: the test harness captures `eprintln!`.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nPostgreSQL tests skipped: {POSTGRES_URL} is not set. To run them: \
+                 eval \"$(scripts/test-postgres)\" && cargo test --locked\n"
+            );
+        });
+        return;
+    };
+    POSTGRES.with(|p| *p.borrow_mut() = Some((url.clone(), Vec::new())));
+    let outcome = std::panic::catch_unwind(test);
+    let made = POSTGRES.with(|p| p.borrow_mut().take().map(|(_, m)| m).unwrap_or_default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin = sqlx::PgPool::connect(&url).await.unwrap();
+        for schema in made {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
+            .execute(&admin)
+            .await
+            .unwrap();
+        }
+        admin.close().await;
+    });
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Tests of other modules, run again on PostgreSQL: `module::test, …`.
+macro_rules! on_postgres {
+    ($($module:ident :: $test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                $crate::store::run_on_postgres(crate::$module::$test);
+            }
+        )*
+    };
+}
+pub(crate) use on_postgres;
