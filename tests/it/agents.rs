@@ -6,17 +6,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use vps_snapshot_agent::clock::Clock;
 use vps_snapshot_agent::db::{
     AGENT_LEASE, Action, AgentRole, Database, Intent, NewRun, OpenOptions, Owner, RunKind,
-    RunStatus, RunTrigger,
+    RunStatus, RunTrigger, Step,
 };
 use vps_snapshot_agent::domain::AlertKind;
 use vps_snapshot_agent::sim::{Event, Mode, SimOptions};
 
 use crate::cli::{agent, config, sim, text};
-use crate::helpers::{Inbox, ServerId, TOKEN, job, world};
+use crate::helpers::{Inbox, RunId, ServerId, TOKEN, job, world};
 use crate::newcomer::{signal, spawn};
 
 /// An owner on another host (its `/proc` is out of sight), for agent `tag`.
@@ -327,10 +326,24 @@ async fn one_snapshot_per_run(
     (runs, created)
 }
 
+/// The owners of the runs of each scheduled fire (job, scheduled time in ms).
+async fn runs_by_fire(db: &Database) -> BTreeMap<(String, i64), Vec<String>> {
+    let mut by_fire: BTreeMap<(String, i64), Vec<String>> = BTreeMap::new();
+    for r in db.history(None, u32::MAX).await.unwrap() {
+        if let (RunTrigger::Schedule, Some(at)) = (r.trigger, r.scheduled_for) {
+            by_fire
+                .entry((r.job.clone(), at.timestamp_millis()))
+                .or_default()
+                .push(r.owner.clone());
+        }
+    }
+    by_fire
+}
+
 /// 20 jobs firing every 3 s and two daemons; `AGENT_SOAK_JOBS`, `AGENT_SOAK_DAEMONS` and
 /// `AGENT_SOAK_EVERY` (seconds) make it larger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_daemons_on_one_sqlite_file_run_each_fire_once() {
+pub(crate) async fn two_daemons_on_one_database_run_each_fire_once() {
     let (jobs, agents) = (
         env_or("AGENT_SOAK_JOBS", 20),
         env_or("AGENT_SOAK_DAEMONS", 2),
@@ -350,18 +363,17 @@ async fn two_daemons_on_one_sqlite_file_run_each_fire_once() {
             2,
         ),
     );
+    let db = crate::store::configure(&cfg, &dir.path().join("history.db")).await;
     let mut daemons: Vec<_> = (0..agents)
         .map(|i| spawn(&cfg, &["run"], &dir.path().join(format!("log-{i}"))))
         .collect();
-    let db = Database::open(&dir.path().join("history.db"))
-        .await
-        .unwrap();
     // Four fires per job, on average, finished (at most two minutes).
     for _ in 0..1200 {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status <> 'running'")
-            .fetch_one(db.sqlite_pool().unwrap())
-            .await
-            .unwrap();
+        let runs = db.history(None, u32::MAX).await.unwrap();
+        let n = runs
+            .iter()
+            .filter(|r| r.status != RunStatus::Running)
+            .count();
         if n as u64 >= 4 * jobs {
             break;
         }
@@ -384,31 +396,19 @@ async fn two_daemons_on_one_sqlite_file_run_each_fire_once() {
         .collect();
     assert!(!log.contains(TOKEN));
 
-    let rows = sqlx::query(
-        "SELECT job, scheduled_for, count(*) AS n, min(owner) AS a, max(owner) AS b FROM runs \
-         WHERE trigger = 'schedule' GROUP BY job, scheduled_for",
-    )
-    .fetch_all(db.sqlite_pool().unwrap())
-    .await
-    .unwrap();
-    let fires = rows.len();
-    let twice: Vec<String> = rows
+    let by_fire = runs_by_fire(&db).await;
+    let fires = by_fire.len();
+    let twice: Vec<String> = by_fire
         .iter()
-        .filter(|r| r.get::<i64, _>("n") > 1)
-        .map(|r| {
-            format!(
-                "{} at {}",
-                r.get::<String, _>("job"),
-                r.get::<i64, _>("scheduled_for")
-            )
-        })
+        .filter(|(_, owners)| owners.len() > 1)
+        .map(|((job, at), _)| format!("{job} at {at}"))
         .collect();
     assert!(twice.is_empty(), "fires run twice: {twice:?}");
     assert!(fires as u64 >= 4 * jobs, "{fires} fires");
-    let owners: std::collections::HashSet<String> = rows
-        .iter()
-        .flat_map(|r| [r.get::<String, _>("a"), r.get::<String, _>("b")])
-        .map(|o| Owner::from_recorded(o).agent_id().to_string())
+    let owners: std::collections::HashSet<String> = by_fire
+        .values()
+        .flatten()
+        .map(|o| Owner::from_recorded(o.clone()).agent_id().to_string())
         .collect();
     assert_eq!(
         owners.len() as u64,
@@ -431,15 +431,19 @@ async fn two_daemons_on_one_sqlite_file_run_each_fire_once() {
     );
     // Never two runs on a server at once: each run's journal, from taking the lock to
     // its last action, does not interleave with another's on the same server.
-    let spans: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT server_id, min(id), max(id) FROM journal WHERE action <> 'finish' GROUP BY run_id",
-    )
-    .fetch_all(db.sqlite_pool().unwrap())
-    .await
-    .unwrap();
-    let mut by_server: BTreeMap<i64, Vec<(i64, i64)>> = BTreeMap::new();
-    for (server, lo, hi) in spans {
-        by_server.entry(server).or_default().push((lo, hi));
+    let mut by_server: BTreeMap<ServerId, Vec<_>> = BTreeMap::new();
+    for r in &runs {
+        let ids: Vec<_> = db
+            .entries(r.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action != Action::Finish)
+            .map(|e| e.id)
+            .collect();
+        if let (Some(lo), Some(hi)) = (ids.first(), ids.last()) {
+            by_server.entry(r.server_id).or_default().push((*lo, *hi));
+        }
     }
     for (server, mut spans) in by_server {
         spans.sort_unstable();
@@ -453,10 +457,7 @@ async fn two_daemons_on_one_sqlite_file_run_each_fire_once() {
         .filter(|r| r.server_id == failing && r.status == RunStatus::Failed)
         .collect();
     assert!(failed.len() >= 4);
-    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE kind = 'failed'")
-        .fetch_one(db.sqlite_pool().unwrap())
-        .await
-        .unwrap();
+    let queued = db.outbox_counts().await.unwrap().queued;
     let mails = inbox
         .messages()
         .iter()
@@ -592,15 +593,17 @@ async fn a_fire_waits_out_a_database_it_cannot_write_and_then_runs_once() {
 }
 
 /// A run waiting for its snapshot, if there is one, and the agent that owns it.
-async fn a_polling_run(db: &Database) -> Option<(i64, String)> {
-    sqlx::query_as("SELECT id, owner FROM runs WHERE status = 'running' AND step = 'poll' LIMIT 1")
-        .fetch_optional(db.sqlite_pool().unwrap())
+async fn a_polling_run(db: &Database) -> Option<(RunId, String)> {
+    db.running()
         .await
         .unwrap()
+        .into_iter()
+        .find(|r| r.step == Step::Poll)
+        .map(|r| (r.id, r.owner))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot() {
+pub(crate) async fn a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot() {
     let s = sim().await;
     for i in 1..=4 {
         s.sim.set_delay(
@@ -615,11 +618,9 @@ async fn a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot
         &s.base_url(),
         &many_jobs(4, smtp, "*/20 * * * * *", 4),
     );
+    let db = crate::store::configure(&cfg, &dir.path().join("history.db")).await;
     let mut a = spawn(&cfg, &["run"], &dir.path().join("log-a"));
     let mut b = spawn(&cfg, &["run"], &dir.path().join("log-b"));
-    let db = Database::open(&dir.path().join("history.db"))
-        .await
-        .unwrap();
     // Whichever daemon claimed a fire first is killed while it waits for the snapshot.
     let mut polling = None;
     for _ in 0..1800 {
@@ -639,11 +640,7 @@ async fn a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot
     a.wait().unwrap();
     let mut finished = None;
     for _ in 0..1800 {
-        let row = db
-            .run(vps_snapshot_agent::domain::RunId::new(victim))
-            .await
-            .unwrap()
-            .unwrap();
+        let row = db.run(victim).await.unwrap().unwrap();
         if row.status != RunStatus::Running {
             finished = Some(row);
             break;
@@ -666,14 +663,9 @@ async fn a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot
     );
 
     one_snapshot_per_run(&s, &db).await;
-    let twice: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM runs WHERE trigger = 'schedule' \
-         GROUP BY job, scheduled_for HAVING count(*) > 1)",
-    )
-    .fetch_one(db.sqlite_pool().unwrap())
-    .await
-    .unwrap();
-    assert_eq!(twice, 0);
+    let by_fire = runs_by_fire(&db).await;
+    let twice: Vec<_> = by_fire.iter().filter(|(_, o)| o.len() > 1).collect();
+    assert!(twice.is_empty(), "fires run twice: {twice:?}");
     db.close().await;
 }
 

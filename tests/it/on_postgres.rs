@@ -49,3 +49,10 @@ mod mail {
         mail::alerts_older_than_a_day_go_out_marked_late,
     );
 }
+
+mod agents {
+    crate::store::on_postgres!(
+        agents::two_daemons_on_one_database_run_each_fire_once,
+        agents::a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot,
+    );
+}

@@ -26,9 +26,18 @@ pub async fn open(path: &Path) -> Database {
 
 /// Where [`open`] puts the database at `path`, made ready (its schema exists).
 pub async fn location(path: &Path) -> Location {
-    let Some(url) = POSTGRES.with(|p| p.borrow().as_ref().map(|(u, _)| u.clone())) else {
-        return Location::File(path.to_path_buf());
-    };
+    match postgres_url(path).await {
+        Some(url) => {
+            let (url, password) = vps_snapshot_agent::db::split_password(&url).unwrap();
+            Location::Postgres { url, password }
+        }
+        None => Location::File(path.to_path_buf()),
+    }
+}
+
+/// On PostgreSQL, the URL (with its password) of the schema for `path`, made if new.
+async fn postgres_url(path: &Path) -> Option<String> {
+    let url = POSTGRES.with(|p| p.borrow().as_ref().map(|(u, _)| u.clone()))?;
     let mut h = DefaultHasher::new();
     path.hash(&mut h);
     let schema = format!("t_{:016x}", h.finish());
@@ -48,9 +57,24 @@ pub async fn location(path: &Path) -> Location {
         }
     });
     let sep = if url.contains('?') { '&' } else { '?' };
-    let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
-    let (url, password) = vps_snapshot_agent::db::split_password(&url).unwrap();
-    Location::Postgres { url, password }
+    Some(format!("{url}{sep}options=-c%20search_path%3D{schema}"))
+}
+
+/// Points the config file `cfg` at the store for `path` (its `database` line becomes the
+/// PostgreSQL URL on PostgreSQL) and opens it.
+pub async fn configure(cfg: &Path, path: &Path) -> Database {
+    if let Some(url) = postgres_url(path).await {
+        let text = std::fs::read_to_string(cfg).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| match l.starts_with("database = ") {
+                true => format!("database = \"{url}\"\n"),
+                false => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(cfg, text).unwrap();
+    }
+    open(path).await
 }
 
 /// Runs `test` (a `#[tokio::test]` body) on PostgreSQL, then drops the schemas it made.
