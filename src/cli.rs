@@ -57,6 +57,8 @@ pub enum Command {
     Demo(DemoArgs),
     Check(CheckArgs),
     Simulate(SimulateArgs),
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         shell: clap_complete::Shell,
@@ -126,6 +128,23 @@ pub struct SnapshotsArgs {
     /// Print JSON: per server, its jobs and each snapshot with owner, pin and verdict
     #[arg(long)]
     pub json: bool,
+}
+
+/// The history database itself
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Copy the SQLite history (runs, journal, pins, alert and ping outbox) into an empty
+    /// PostgreSQL database, in one transaction, for several agents to share. Stop the
+    /// agents first; the password comes from the URL, PGPASSWORD or the
+    /// database-password credential.
+    #[command(
+        after_help = "Example:\n  PGPASSWORD=… agent db copy --to postgres://agent@db.internal/snapshots?sslmode=verify-full"
+    )]
+    Copy {
+        /// The PostgreSQL database: postgres://USER@HOST[:PORT]/DB[?sslmode=…]
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Debug, Args)]

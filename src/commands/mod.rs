@@ -2,6 +2,7 @@
 
 mod check;
 mod context;
+mod db;
 mod demo;
 mod history;
 mod manpage;
@@ -44,6 +45,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args).await,
         Command::Check(args) => check::run(&config, args).await,
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Db(command) => db::run(&config, command).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "agent", &mut std::io::stdout());

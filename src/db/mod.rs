@@ -4,6 +4,7 @@
 
 mod agents;
 mod alerts;
+mod copy;
 mod fires;
 mod history;
 mod journal;
@@ -16,6 +17,7 @@ mod sql;
 
 pub use agents::{AGENT_BEAT, AGENT_LEASE, AgentRole, AgentRow, Leases};
 pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
+pub use copy::Copied;
 pub use fires::FireTaken;
 pub use history::JobSummary;
 pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};

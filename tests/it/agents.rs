@@ -35,17 +35,17 @@ fn fire(job: &str, server: u64, at: DateTime<Utc>) -> NewRun<'_> {
 }
 
 #[tokio::test]
-async fn a_fire_is_claimed_once_however_many_agents_fire_it() {
+pub(crate) async fn a_fire_is_claimed_once_however_many_agents_fire_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("history.db");
-    let db = Database::open(&path).await.unwrap();
+    let db = crate::store::open(&path).await;
     let at = crate::helpers::clock().now();
     // Eight agents (their own pools on the file) fire the same 10 fires at once.
     let mut tasks = Vec::new();
     for a in 0..8 {
         let path = path.clone();
         tasks.push(tokio::spawn(async move {
-            let db = Database::open(&path).await.unwrap();
+            let db = crate::store::open(&path).await;
             let owner = remote(&a.to_string());
             let mut won = Vec::new();
             for j in 0..10 {
@@ -63,10 +63,7 @@ async fn a_fire_is_claimed_once_however_many_agents_fire_it() {
         won.extend(t.await.unwrap());
     }
     assert_eq!(won.len(), 10, "each fire run by exactly one agent");
-    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
-        .fetch_one(db.sqlite_pool().unwrap())
-        .await
-        .unwrap();
+    let runs = db.history(None, 100).await.unwrap().len();
     assert_eq!(runs, 10, "a losing claim leaves no run behind");
     // The loser is told who has it; a catch-up of the same fire is the same fire.
     let mut again = fire("job-3", 3, at);
@@ -89,7 +86,7 @@ async fn a_fire_is_claimed_once_however_many_agents_fire_it() {
 }
 
 #[tokio::test]
-async fn another_hosts_run_and_lock_are_left_alone_while_its_agent_heartbeats() {
+pub(crate) async fn another_hosts_run_and_lock_are_left_alone_while_its_agent_heartbeats() {
     let w = world(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let db = w.db(&dir).await;
@@ -177,7 +174,7 @@ async fn another_hosts_run_and_lock_are_left_alone_while_its_agent_heartbeats() 
 }
 
 #[tokio::test]
-async fn an_agent_whose_run_was_taken_over_records_no_intent_and_sends_nothing() {
+pub(crate) async fn an_agent_whose_run_was_taken_over_records_no_intent_and_sends_nothing() {
     let w = world(SimOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let db = w.db(&dir).await;
@@ -221,11 +218,9 @@ async fn an_agent_whose_run_was_taken_over_records_no_intent_and_sends_nothing()
 }
 
 #[tokio::test]
-async fn a_daemon_that_stops_heartbeating_is_alerted_once() {
+pub(crate) async fn a_daemon_that_stops_heartbeating_is_alerted_once() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(&dir.path().join("history.db"))
-        .await
-        .unwrap();
+    let db = crate::store::open(&dir.path().join("history.db")).await;
     let t0 = crate::helpers::clock().now();
     let (a, b, c) = ("hosta/1/1", "hostb/2/2", "hostc/3/3");
     for id in [a, b, c] {
@@ -537,12 +532,12 @@ async fn database_urls_select_sqlite_and_refuse_what_is_not_built() {
 }
 
 #[tokio::test]
-async fn a_stale_job_is_alerted_once_however_many_agents_check() {
+pub(crate) async fn a_stale_job_is_alerted_once_however_many_agents_check() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("history.db");
     let (a, b) = (
-        Database::open(&path).await.unwrap(),
-        Database::open(&path).await.unwrap(),
+        crate::store::open(&path).await,
+        crate::store::open(&path).await,
     );
     let now = crate::helpers::clock().now();
     let since = now - chrono::Duration::days(2);
@@ -670,13 +665,11 @@ pub(crate) async fn a_killed_daemons_run_is_finished_by_the_other_without_a_seco
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_metrics_and_the_page_show_a_gone_agent() {
+pub(crate) async fn status_metrics_and_the_page_show_a_gone_agent() {
     let s = sim().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &s.base_url(), crate::cli::JOB);
-    let db = Database::open(&dir.path().join("history.db"))
-        .await
-        .unwrap();
+    let db = crate::store::configure(&cfg, &dir.path().join("history.db")).await;
     let now = Utc::now();
     let gone_since = now - chrono::Duration::minutes(5);
     db.heartbeat("otherhost/12/34", AgentRole::Daemon, gone_since)

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod daemon;
 mod data_safety;
+mod db_copy;
 mod explore;
 mod glance;
 mod helpers;

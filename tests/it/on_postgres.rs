@@ -52,7 +52,17 @@ mod mail {
 
 mod agents {
     crate::store::on_postgres!(
+        agents::a_fire_is_claimed_once_however_many_agents_fire_it,
+        agents::another_hosts_run_and_lock_are_left_alone_while_its_agent_heartbeats,
+        agents::an_agent_whose_run_was_taken_over_records_no_intent_and_sends_nothing,
+        agents::a_daemon_that_stops_heartbeating_is_alerted_once,
+        agents::a_stale_job_is_alerted_once_however_many_agents_check,
+        agents::status_metrics_and_the_page_show_a_gone_agent,
         agents::two_daemons_on_one_database_run_each_fire_once,
         agents::a_killed_daemons_run_is_finished_by_the_other_without_a_second_snapshot,
     );
+}
+
+mod db_copy {
+    crate::store::on_postgres!(db_copy::a_sqlite_history_is_copied_into_postgres_whole);
 }

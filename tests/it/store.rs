@@ -36,7 +36,7 @@ pub async fn location(path: &Path) -> Location {
 }
 
 /// On PostgreSQL, the URL (with its password) of the schema for `path`, made if new.
-async fn postgres_url(path: &Path) -> Option<String> {
+pub async fn postgres_url(path: &Path) -> Option<String> {
     let url = POSTGRES.with(|p| p.borrow().as_ref().map(|(u, _)| u.clone()))?;
     let mut h = DefaultHasher::new();
     path.hash(&mut h);
