@@ -3,6 +3,8 @@
 //! time no longer match); a holder on another host when its agent's heartbeat lapses (or,
 //! for an agent too old to heartbeat, the lock's own lease).
 
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -86,6 +88,31 @@ impl Owner {
         }
     }
 
+    /// Marks `run` as going on in this process under this owner until the guard drops.
+    pub fn in_flight(&self, run: RunId) -> InFlight {
+        let key = (self.0.clone(), run);
+        lock_in_flight().insert(key.clone());
+        InFlight(key)
+    }
+
+    /// Whether `owner`'s run `run` may still be going at `now`. A run of this process is
+    /// while it is in flight here: one whose task ended without recording its end (the
+    /// database was lost meanwhile) is left over, its lock free and the run for resuming,
+    /// although the process lives on. Any other is as [`Owner::may_be_alive`] says.
+    pub fn run_may_be_alive(
+        owner: &str,
+        run: Option<RunId>,
+        lease_until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        match run {
+            Some(run) if super::agents::agent_id(owner) == super::agents::this_agent() => {
+                lock_in_flight().contains(&(owner.to_string(), run))
+            }
+            _ => Self::may_be_alive(owner, lease_until, now),
+        }
+    }
+
     /// Whether a process recorded as `owner` may still be running at `now`: as this host
     /// sees it, or while its lease (if it holds one) runs.
     pub fn may_be_alive(
@@ -97,6 +124,23 @@ impl Owner {
             Some(alive) => alive,
             None => lease_until.is_some_and(|t| t > now),
         }
+    }
+}
+
+/// The runs going on in this process, by owner: what `/proc` is to the host.
+static IN_FLIGHT: LazyLock<Mutex<HashSet<(String, RunId)>>> = LazyLock::new(Mutex::default);
+
+fn lock_in_flight() -> MutexGuard<'static, HashSet<(String, RunId)>> {
+    IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A run going on in this process ([`Owner::in_flight`]); dropping it ends that.
+#[derive(Debug)]
+pub struct InFlight((String, RunId));
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock_in_flight().remove(&self.0);
     }
 }
 
@@ -123,7 +167,7 @@ impl Database {
                 Some(_) => None,
                 None => self.leases().await?.of(&holder, expires),
             };
-            if Owner::may_be_alive(&holder, lease, now) {
+            if Owner::run_may_be_alive(&holder, run, lease, now) {
                 return Ok(Err(match run {
                     Some(r) => format!("run {r} of process {holder}"),
                     None => format!("process {holder}"),

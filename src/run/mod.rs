@@ -361,6 +361,7 @@ impl Runner {
         self.start_ping(job, run_id, scheduled_for).await;
         let mut st = RunState::new(run_id, job, started_at, scheduled_for);
         st.trigger = trigger;
+        let _flight = self.owner.in_flight(run_id);
         let result = match self.lock(job.server_id, Some(run_id)).await {
             Ok(guard) => {
                 let mut r = self.execute(&mut st).await;

@@ -59,6 +59,7 @@ impl Runner {
                 snapshot.status.as_str(),
             )
             .await?;
+        let _flight = self.owner.in_flight(run_id);
         let result = match self.lock(server_id, Some(run_id)).await {
             Err(f) => Err(f),
             Ok(guard) => {

@@ -19,6 +19,10 @@ impl Runner {
     /// Finishes every run a dead process left running; the outcomes of those resumed.
     pub async fn resume_interrupted(&self, jobs: &[JobSettings]) -> Result<Vec<Outcome>, DbError> {
         let mut out = Vec::new();
+        // A process stopping leaves its runs that wait for a snapshot to the next start.
+        if self.stop.is_cancelled() {
+            return Ok(out);
+        }
         let running = self.db.running().await?;
         if running.is_empty() {
             return Ok(out);
@@ -26,12 +30,11 @@ impl Runner {
         let leases = self.db.leases().await?;
         for seen in running {
             let lease = leases.of(&seen.owner, None);
-            if seen.owner == self.owner.as_str()
-                || Owner::may_be_alive(&seen.owner, lease, self.now())
-            {
+            if Owner::run_may_be_alive(&seen.owner, Some(seen.id), lease, self.now()) {
                 continue;
             }
             let span = tracing::info_span!("run", job = %seen.job, server = seen.server_id.get(), run = seen.id.get());
+            let _flight = self.owner.in_flight(seen.id);
             let outcome = async {
                 let Ok(guard) = self.lock(seen.server_id, Some(seen.id)).await else {
                     return Ok(None);

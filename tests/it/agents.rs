@@ -305,7 +305,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 /// Every run recorded, and the snapshots the simulator made, one for each run that asked
 /// for one (no duplicate, none for a killed run finished by another).
-async fn one_snapshot_per_run(
+pub(crate) async fn one_snapshot_per_run(
     s: &vps_snapshot_agent::sim::SimServer,
     db: &Database,
 ) -> (Vec<vps_snapshot_agent::db::Run>, usize) {
@@ -322,7 +322,7 @@ async fn one_snapshot_per_run(
 }
 
 /// The owners of the runs of each scheduled fire (job, scheduled time in ms).
-async fn runs_by_fire(db: &Database) -> BTreeMap<(String, i64), Vec<String>> {
+pub(crate) async fn runs_by_fire(db: &Database) -> BTreeMap<(String, i64), Vec<String>> {
     let mut by_fire: BTreeMap<(String, i64), Vec<String>> = BTreeMap::new();
     for r in db.history(None, u32::MAX).await.unwrap() {
         if let (RunTrigger::Schedule, Some(at)) = (r.trigger, r.scheduled_for) {

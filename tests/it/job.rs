@@ -826,3 +826,53 @@ pub(crate) async fn job_summaries_agree_with_the_one_job_queries() {
     assert_eq!(summaries["db"].timeline, [Failed]);
     assert!(summaries["never-ran"].timeline.is_empty());
 }
+
+/// A run of this very process whose task ended without recording its end (the database
+/// was lost meanwhile) holds nothing up: its lock is free and the next check settles it,
+/// although the process lives on. While in flight, neither happens.
+#[tokio::test]
+pub(crate) async fn a_run_this_process_left_over_is_settled_and_its_lock_freed() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let db = w.db(&dir).await;
+    let runner = w.runner(db.clone());
+    let j = job("web", 1, 3);
+    let now = w.clock.now();
+    let new = vps_snapshot_agent::db::NewRun {
+        job: "web",
+        server_id: j.server_id,
+        kind: vps_snapshot_agent::db::RunKind::Snapshot,
+        trigger: RunTrigger::Manual,
+        scheduled_for: None,
+        started_at: now,
+    };
+    let left = db.start_run(new, &runner.owner).await.unwrap();
+    let lease = Duration::from_secs(120);
+    let locked = db.try_lock(j.server_id, &runner.owner, Some(left), now, lease);
+    assert_eq!(locked.await.unwrap(), Ok(()));
+    let other = vps_snapshot_agent::db::Owner::current();
+    {
+        let _going = runner.owner.in_flight(left);
+        let busy = db
+            .try_lock(j.server_id, &other, None, now, lease)
+            .await
+            .unwrap();
+        assert!(busy.is_err(), "a run in flight keeps its lock");
+        let resumed = runner.resume_interrupted(std::slice::from_ref(&j)).await;
+        assert!(resumed.unwrap().is_empty());
+        assert_eq!(
+            db.run(left).await.unwrap().unwrap().status,
+            RunStatus::Running
+        );
+    }
+    let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+    runner
+        .resume_interrupted(std::slice::from_ref(&j))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.run(left).await.unwrap().unwrap().status,
+        RunStatus::Interrupted,
+        "it never asked for a snapshot"
+    );
+}

@@ -16,6 +16,7 @@ mod job;
 mod mail;
 mod newcomer;
 mod on_postgres;
+mod pg_faults;
 mod receiver;
 mod reliability;
 mod restore;

@@ -20,6 +20,7 @@ mod job {
         job::a_run_that_died_after_sending_create_adopts_the_snapshot,
         job::a_run_that_died_mid_poll_is_finished_and_rotated,
         job::a_run_aborted_at_any_point_resumes_without_a_duplicate,
+        job::a_run_this_process_left_over_is_settled_and_its_lock_freed,
         job::a_steady_state_run_costs_two_requests_plus_polls_plus_deletions,
         job::an_earlier_versions_database_keeps_knowing_its_snapshots,
         job::restores_recorded_as_succeeded_become_started_and_nothing_else_changes,
@@ -65,4 +66,12 @@ mod agents {
 
 mod db_copy {
     crate::store::on_postgres!(db_copy::a_sqlite_history_is_copied_into_postgres_whole);
+}
+
+mod pg_faults {
+    crate::store::on_postgres!(
+        pg_faults::a_fire_waits_out_an_unreachable_database_and_runs_once,
+        pg_faults::a_run_that_loses_its_database_is_settled_when_it_returns,
+        pg_faults::an_agent_cut_off_from_the_others_is_replaced_and_sends_nothing_more,
+    );
 }

@@ -1,0 +1,317 @@
+//! PostgreSQL out of reach: when a job fires, in the middle of a run, and for one agent
+//! while the others still reach it. Between an agent and the server sits a TCP proxy on
+//! loopback that the test cuts (every connection closed, new ones refused) and heals.
+//! PostgreSQL only: run from `on_postgres`.
+
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use vps_snapshot_agent::clock::Clock;
+use vps_snapshot_agent::db::{Database, Location, RunStatus, RunTrigger, Step};
+use vps_snapshot_agent::sim::{Delay, SimOptions};
+
+use crate::cli::{config, sim};
+use crate::helpers::{Inbox, RunId, ServerId, job, world};
+use crate::newcomer::{signal, spawn};
+
+/// A TCP proxy to `upstream` that can be cut and healed.
+struct Proxy {
+    port: u16,
+    cut: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, _) = watch::channel(false);
+        let watch = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue;
+                }
+                let mut cut = watch.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+
+    /// `url` (the test's PostgreSQL) reached through this proxy.
+    fn url(&self, url: &str) -> String {
+        let mut u = url::Url::parse(url).unwrap();
+        u.set_port(Some(self.port)).unwrap();
+        u.to_string()
+    }
+}
+
+/// The schema for `path`, its URL, and a proxy in front of its server.
+async fn behind_proxy(path: &std::path::Path) -> (Proxy, String) {
+    let url = crate::store::postgres_url(path).await.unwrap();
+    let u = url::Url::parse(&url).unwrap();
+    let upstream = format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5432));
+    let proxy = Proxy::start(upstream).await;
+    let through = proxy.url(&url);
+    (proxy, through)
+}
+
+async fn open_url(url: &str) -> Database {
+    let (url, password) = vps_snapshot_agent::db::split_password(url).unwrap();
+    Database::open_at(&Location::Postgres { url, password })
+        .await
+        .unwrap()
+}
+
+fn in_runtime(test: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test);
+}
+
+/// The database is out of reach when the job fires: the claim is tried again until it
+/// is back, and the fire runs then, once.
+pub(crate) fn a_fire_waits_out_an_unreachable_database_and_runs_once() {
+    in_runtime(async {
+        let w = world(SimOptions::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pg");
+        let direct = crate::store::open(&path).await;
+        let (proxy, url) = behind_proxy(&path).await;
+        let runner = w.runner(open_url(&url).await);
+        proxy.set_cut(true);
+        let (j, at) = (job("web", 5, 2), w.clock.now());
+        let fired =
+            tokio::spawn(async move { runner.run_fire(&j, RunTrigger::Schedule, at).await });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!fired.is_finished(), "the fire waits for the database");
+        assert!(direct.history(None, 10).await.unwrap().is_empty());
+        proxy.set_cut(false);
+        let o = fired
+            .await
+            .unwrap()
+            .expect("the claim is tried again, not given up")
+            .expect("the fire was not taken");
+        assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+        assert_eq!(direct.history(None, 10).await.unwrap().len(), 1);
+        assert_eq!(w.created(), 1);
+    });
+}
+
+/// The run of `pid` waiting for its snapshot, if there is one.
+async fn polling_run_of(db: &Database, pid: u32) -> Option<RunId> {
+    db.running()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.step == Step::Poll && r.owner.contains(&format!("/{pid}/")))
+        .map(|r| r.id)
+}
+
+/// The database is lost while a daemon waits for its snapshot, and comes back: the run
+/// is settled, with no second snapshot, and the next fires run.
+pub(crate) fn a_run_that_loses_its_database_is_settled_when_it_returns() {
+    in_runtime(async {
+        let s = sim().await;
+        s.sim
+            .set_delay(ServerId::new(1), Delay::Fixed(Duration::from_secs(3)));
+        let (_inbox, smtp) = Inbox::start(0);
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = format!(
+            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp}\nsecurity = \"none\"\n\
+             from = \"agent@example.com\"\nto = [\"ops@example.com\"]\n\
+             [[jobs]]\nname = \"web\"\nserver_id = 1\nschedule = \"*/10 * * * * *\"\nkeep_last = 3\n"
+        );
+        let cfg = config(dir.path(), &s.base_url(), &jobs);
+        let path = dir.path().join("pg");
+        let direct = crate::store::configure(&cfg, &path).await;
+        let (proxy, url) = behind_proxy(&path).await;
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let line = text.lines().find(|l| l.starts_with("database = ")).unwrap();
+        std::fs::write(&cfg, text.replace(line, &format!("database = \"{url}\""))).unwrap();
+        let mut daemon = spawn(&cfg, &["run"], &dir.path().join("log"));
+        let mut victim = None;
+        for _ in 0..600 {
+            victim = polling_run_of(&direct, daemon.id()).await;
+            if victim.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let victim = victim.expect("the daemon polls a snapshot within 30 s");
+        proxy.set_cut(true);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        proxy.set_cut(false);
+        let mut settled = None;
+        for _ in 0..1200 {
+            let run = direct.run(victim).await.unwrap().unwrap();
+            let later = direct
+                .history(Some("web"), 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .any(|r| r.id > victim && r.status == RunStatus::Succeeded);
+            if run.status != RunStatus::Running && later {
+                settled = Some(run);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        signal(&daemon, libc::SIGTERM);
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert!(daemon.wait().unwrap().success(), "{log}");
+        let run = settled.unwrap_or_else(|| panic!("run {victim} was not settled:\n{log}"));
+        eprintln!("run {victim}: {:?} {:?}", run.status, run.error);
+        crate::agents::one_snapshot_per_run(&s, &direct).await;
+        direct.close().await;
+    });
+}
+
+/// `agent` with `args`, as if on another host: in a UTS namespace of its own named
+/// `host` (`unshare -u`, which needs root). `None` where that is not allowed.
+fn spawn_on_host(
+    host: &str,
+    cfg: &std::path::Path,
+    args: &[&str],
+    log: &std::path::Path,
+) -> Option<std::process::Child> {
+    let allowed = std::process::Command::new("unshare")
+        .args(["-u", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !allowed {
+        return None;
+    }
+    let child = std::process::Command::new("unshare")
+        .args([
+            "-u",
+            "sh",
+            "-c",
+            &format!("hostname {host} && exec \"$0\" \"$@\""),
+        ])
+        .arg(crate::cli::BIN)
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env("AGENT_API__TOKEN", crate::helpers::TOKEN)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Some(child)
+}
+
+/// One agent, on another host, loses the database while the other keeps it: once its
+/// heartbeat lapses the other finishes its run (no second snapshot) and runs the fires,
+/// each once, and mails AGENT GONE once; the cut-off agent records, and so sends,
+/// nothing more for the run it lost, and rejoins when the database is back.
+pub(crate) fn an_agent_cut_off_from_the_others_is_replaced_and_sends_nothing_more() {
+    in_runtime(async {
+        let s = sim().await;
+        for i in 1..=2 {
+            s.sim
+                .set_delay(ServerId::new(i), Delay::Fixed(Duration::from_secs(6)));
+        }
+        let (inbox, smtp) = Inbox::start(0);
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = format!(
+            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp}\nsecurity = \"none\"\n\
+             from = \"agent@example.com\"\nto = [\"ops@example.com\"]\n\
+             [[jobs]]\nname = \"web\"\nserver_id = 1\nschedule = \"*/15 * * * * *\"\nkeep_last = 4\n\
+             [[jobs]]\nname = \"db\"\nserver_id = 2\nschedule = \"*/15 * * * * *\"\nkeep_last = 4\n"
+        );
+        let cfg = config(dir.path(), &s.base_url(), &jobs);
+        let path = dir.path().join("pg");
+        let direct = crate::store::configure(&cfg, &path).await;
+        // The cut-off agent reaches the database through the proxy.
+        let (proxy, url) = behind_proxy(&path).await;
+        let cfg_a = dir.path().join("a.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let line = text.lines().find(|l| l.starts_with("database = ")).unwrap();
+        std::fs::write(&cfg_a, text.replace(line, &format!("database = \"{url}\""))).unwrap();
+        let Some(mut a) =
+            spawn_on_host("cut-off-host", &cfg_a, &["run"], &dir.path().join("log-a"))
+        else {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: `unshare -u` (another host name for one agent) needs root"
+            );
+            return;
+        };
+        let mut b = spawn(&cfg, &["run"], &dir.path().join("log-b"));
+        // Cut while the agent on the other host waits for a snapshot.
+        let mut victim = None;
+        for _ in 0..1200 {
+            victim = direct
+                .running()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|r| r.step == Step::Poll && r.host == "cut-off-host");
+            if victim.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let victim = victim.expect("the agent on cut-off-host polls a snapshot within 60 s");
+        proxy.set_cut(true);
+        let cut_at = chrono::Utc::now();
+        let mut finished = None;
+        for _ in 0..3000 {
+            let run = direct.run(victim.id).await.unwrap().unwrap();
+            if run.status != RunStatus::Running {
+                finished = Some(run);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let run = finished.expect("the other agent finished the run within 150 s");
+        eprintln!(
+            "cut off: run {} finished by {} {} ms after the cut",
+            run.id,
+            run.host,
+            (run.finished_at.unwrap() - cut_at).num_milliseconds()
+        );
+        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+        assert_ne!(run.host, "cut-off-host");
+        // Back: it rejoins and takes its share again.
+        proxy.set_cut(false);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        for d in [&a, &b] {
+            signal(d, libc::SIGTERM);
+        }
+        let log_a = std::fs::read_to_string(dir.path().join("log-a")).unwrap();
+        assert!(a.wait().unwrap().success(), "{log_a}");
+        assert!(b.wait().unwrap().success());
+        crate::agents::one_snapshot_per_run(&s, &direct).await;
+        let by_fire = crate::agents::runs_by_fire(&direct).await;
+        let twice: Vec<_> = by_fire.iter().filter(|(_, o)| o.len() > 1).collect();
+        assert!(twice.is_empty(), "fires run twice: {twice:?}");
+        let gone = inbox
+            .messages()
+            .iter()
+            .filter(|m| m.contains("AGENT GONE") && m.contains("cut-off-host"))
+            .count();
+        assert_eq!(gone, 1, "{:?}", inbox.messages());
+        direct.close().await;
+    });
+}
