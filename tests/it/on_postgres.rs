@@ -73,5 +73,10 @@ mod pg_faults {
         pg_faults::a_fire_waits_out_an_unreachable_database_and_runs_once,
         pg_faults::a_run_that_loses_its_database_is_settled_when_it_returns,
         pg_faults::an_agent_cut_off_from_the_others_is_replaced_and_sends_nothing_more,
+        pg_faults::sslmode_is_honoured,
     );
+}
+
+mod reliability {
+    crate::store::on_postgres!(reliability::many_openers_of_a_new_database_at_once_all_succeed);
 }

@@ -315,3 +315,32 @@ pub(crate) fn an_agent_cut_off_from_the_others_is_replaced_and_sends_nothing_mor
         direct.close().await;
     });
 }
+
+/// `sslmode` is honoured, over rustls: `require` encrypts (the test server has Debian's
+/// self-signed certificate), `verify-full` refuses a certificate it cannot trust, saying
+/// so, and `disable` talks plain.
+pub(crate) fn sslmode_is_honoured() {
+    in_runtime(async {
+        let dir = tempfile::tempdir().unwrap();
+        let url = crate::store::postgres_url(&dir.path().join("pg"))
+            .await
+            .unwrap();
+        for (mode, works) in [("disable", true), ("require", true), ("verify-full", false)] {
+            let (url, password) =
+                vps_snapshot_agent::db::split_password(&format!("{url}&sslmode={mode}")).unwrap();
+            let opened = Database::open_at(&Location::Postgres { url, password }).await;
+            match (opened, works) {
+                (Ok(db), true) => db.close().await,
+                (Err(e), false) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("cannot connect") && e.contains("certificate"),
+                        "{e}"
+                    );
+                }
+                (Ok(_), false) => panic!("sslmode={mode} accepted an untrusted certificate"),
+                (Err(e), true) => panic!("sslmode={mode}: {e}"),
+            }
+        }
+    });
+}

@@ -585,14 +585,15 @@ proptest! {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_openers_of_a_new_database_at_once_all_succeed() {
-    // Separate pools, as separate processes would have; the file and its schema are raced.
+pub(crate) async fn many_openers_of_a_new_database_at_once_all_succeed() {
+    // Separate pools, as separate processes would have; the file (or the empty schema)
+    // and its migrations are raced.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("new.db");
+    let location = crate::store::location(&dir.path().join("new.db")).await;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..8 {
-        let path = path.clone();
-        set.spawn(async move { Database::open(&path).await.map(|_| ()) });
+        let location = location.clone();
+        set.spawn(async move { Database::open_at(&location).await.map(|_| ()) });
     }
     while let Some(r) = set.join_next().await {
         r.unwrap().unwrap();
