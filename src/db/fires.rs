@@ -2,6 +2,7 @@
 //! on the database records its start first.
 
 use super::runs::insert_run;
+use super::sql::On;
 use super::{Database, DbResult, NewRun, Owner, ms};
 use crate::domain::RunId;
 
@@ -55,7 +56,7 @@ impl Database {
                     .unwrap_or_default(),
             }));
         }
-        let id = insert_run(&mut tx, &run, owner)
+        let id = insert_run(On::Tx(&mut tx), &run, owner)
             .await
             .map_err(self.err(what.clone()))?;
         tx.q("UPDATE fires SET run_id = ? WHERE job = ? AND scheduled_for = ?")

@@ -2,8 +2,9 @@
 //! run's summary; what it did is in its journal ([`super::journal`]).
 
 use super::journal::{self, Action, State};
+use super::sql::On;
 use super::{
-    Database, DbError, DbResult, Engine, NewAlert, NewPing, Owner, Tx, alerts, from_ms, ms, pings,
+    Database, DbError, DbResult, Engine, NewAlert, NewPing, Owner, alerts, from_ms, ms, pings,
 };
 use crate::domain::{RunId, ServerId, SnapshotId};
 use chrono::{DateTime, Utc};
@@ -274,11 +275,11 @@ pub(super) fn run_columns(engine: Engine) -> &'static str {
 }
 
 pub(super) async fn insert_run(
-    tx: &mut Tx,
+    on: On<'_>,
     run: &NewRun<'_>,
     owner: &Owner,
 ) -> Result<RunId, sqlx::Error> {
-    tx.q(
+    on.q(
         "INSERT INTO runs (job, server_id, kind, trigger, status, scheduled_for, started_at, owner) \
          VALUES (?, ?, ?, ?, 'running', ?, ?, ?) RETURNING id",
     )
@@ -289,19 +290,16 @@ pub(super) async fn insert_run(
     .bind(run.scheduled_for.map(ms))
     .bind(ms(run.started_at))
     .bind(owner.as_str())
-    .scalar(tx)
+    .scalar(on)
     .await
 }
 
 impl Database {
     pub async fn start_run(&self, run: NewRun<'_>, owner: &Owner) -> DbResult<RunId> {
-        let what = format!("cannot record the start of a run of {}", run.job);
-        let mut tx = self.begin().await?;
-        let id = insert_run(&mut tx, &run, owner)
+        // One statement, committed on its own.
+        insert_run(self.into(), &run, owner)
             .await
-            .map_err(self.err(what.clone()))?;
-        tx.commit().await.map_err(self.err(what))?;
-        Ok(id)
+            .map_err(self.err(format!("cannot record the start of a run of {}", run.job)))
     }
 
     pub async fn set_step(&self, run_id: RunId, step: Step) -> DbResult<()> {
