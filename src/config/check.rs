@@ -10,14 +10,14 @@ use lettre::message::Mailbox;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use crate::db::Location;
+
 use super::de::Text;
 use super::jobs;
 use super::secret::{Found, Lookup};
 use super::sections::{self, JobKeys};
 use super::source::Reader;
 use super::watch;
-use crate::db::Location;
-
 use super::{
     ApiSettings, DEFAULT_BASE_URL, DEFAULT_DATABASE, EmailSettings, Security, Settings, TOP_LEVEL,
 };

@@ -362,8 +362,9 @@ pub(crate) async fn two_daemons_on_one_database_run_each_fire_once() {
     let mut daemons: Vec<_> = (0..agents)
         .map(|i| spawn(&cfg, &["run"], &dir.path().join(format!("log-{i}"))))
         .collect();
-    // Four fires per job, on average, finished (at most two minutes).
-    for _ in 0..1200 {
+    // Four fires per job, on average, finished (at most two minutes, and a second per job).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120 + jobs);
+    while std::time::Instant::now() < deadline {
         let runs = db.history(None, u32::MAX).await.unwrap();
         let n = runs
             .iter()
@@ -372,7 +373,7 @@ pub(crate) async fn two_daemons_on_one_database_run_each_fire_once() {
         if n as u64 >= 4 * jobs {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let status = agent(&cfg, &["status"]).await;
     let shown = text(&status);
