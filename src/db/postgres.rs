@@ -5,8 +5,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Transaction};
 
 use super::sql::Pool;
 use super::{Database, DbError, DbResult};
@@ -81,12 +81,23 @@ impl Database {
         if let Some(p) = password {
             opts = opts.password(p.expose_secret());
         }
-        let pool = PgPoolOptions::new()
+        let pool = match PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
-            .map_err(|e| err("cannot connect", e))?;
+        {
+            Ok(pool) => pool,
+            // The pool only says that it waited; one connection of its own says why.
+            Err(sqlx::Error::PoolTimedOut) => {
+                let why = match PgConnection::connect_with(&opts).await {
+                    Ok(_) => sqlx::Error::PoolTimedOut,
+                    Err(e) => e,
+                };
+                return Err(err("cannot connect", why));
+            }
+            Err(e) => return Err(err("cannot connect", e)),
+        };
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await
