@@ -474,7 +474,7 @@ pub(crate) async fn two_daemons_on_one_database_run_each_fire_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_urls_select_sqlite_and_refuse_what_is_not_built() {
+async fn database_urls_select_the_store_and_never_show_a_password() {
     let s = sim().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &s.base_url(), crate::cli::JOB);
@@ -507,9 +507,11 @@ async fn database_urls_select_sqlite_and_refuse_what_is_not_built() {
         .unwrap();
         let o = agent(&cfg, &["check"]).await;
         let t = text(&o);
-        assert_ne!(o.status.code(), Some(0), "{url}: {t}");
+        assert_eq!(o.status.code(), Some(78), "{url}: {t}");
         assert!(
-            t.contains("agent@127.0.0.1:1/snapshots") && t.contains("cannot connect"),
+            t.contains("agent@127.0.0.1:1/snapshots")
+                && t.contains("cannot connect")
+                && t.contains("refused"),
             "{url}: {t}"
         );
         assert!(!t.contains("hunter2"), "the password leaked: {t}");

@@ -70,6 +70,13 @@ async fn behind_proxy(path: &std::path::Path) -> (Proxy, String) {
     (proxy, through)
 }
 
+/// Writes the config `from` to `to` with its `database` set to `url`.
+fn with_database(from: &std::path::Path, to: &std::path::Path, url: &str) {
+    let text = std::fs::read_to_string(from).unwrap();
+    let line = text.lines().find(|l| l.starts_with("database = ")).unwrap();
+    std::fs::write(to, text.replace(line, &format!("database = \"{url}\""))).unwrap();
+}
+
 async fn open_url(url: &str) -> Database {
     let (url, password) = vps_snapshot_agent::db::split_password(url).unwrap();
     Database::open_at(&Location::Postgres { url, password })
@@ -143,9 +150,7 @@ pub(crate) fn a_run_that_loses_its_database_is_settled_when_it_returns() {
         let path = dir.path().join("pg");
         let direct = crate::store::configure(&cfg, &path).await;
         let (proxy, url) = behind_proxy(&path).await;
-        let text = std::fs::read_to_string(&cfg).unwrap();
-        let line = text.lines().find(|l| l.starts_with("database = ")).unwrap();
-        std::fs::write(&cfg, text.replace(line, &format!("database = \"{url}\""))).unwrap();
+        with_database(&cfg, &cfg, &url);
         let mut daemon = spawn(&cfg, &["run"], &dir.path().join("log"));
         let mut victim = None;
         for _ in 0..600 {
@@ -244,9 +249,7 @@ pub(crate) fn an_agent_cut_off_from_the_others_is_replaced_and_sends_nothing_mor
         // The cut-off agent reaches the database through the proxy.
         let (proxy, url) = behind_proxy(&path).await;
         let cfg_a = dir.path().join("a.toml");
-        let text = std::fs::read_to_string(&cfg).unwrap();
-        let line = text.lines().find(|l| l.starts_with("database = ")).unwrap();
-        std::fs::write(&cfg_a, text.replace(line, &format!("database = \"{url}\""))).unwrap();
+        with_database(&cfg, &cfg_a, &url);
         let Some(mut a) =
             spawn_on_host("cut-off-host", &cfg_a, &["run"], &dir.path().join("log-a"))
         else {
