@@ -362,3 +362,89 @@ pub(crate) fn sslmode_is_honoured() {
         }
     });
 }
+
+/// An agent on another host is SIGKILLed while it waits for a snapshot: `/proc` cannot
+/// see it, so the other agent finishes its run once its heartbeat is a lease old, with
+/// no second snapshot, and mails AGENT GONE once.
+pub(crate) fn a_killed_agent_on_another_host_is_finished_by_the_other_after_its_lease() {
+    in_runtime(async {
+        let s = sim().await;
+        s.sim
+            .set_delay(ServerId::new(1), Delay::Fixed(Duration::from_secs(6)));
+        let (inbox, smtp) = Inbox::start(0);
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = format!(
+            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp}\nsecurity = \"none\"\n\
+             from = \"agent@example.com\"\nto = [\"ops@example.com\"]\n\
+             [[jobs]]\nname = \"web\"\nserver_id = 1\nschedule = \"*/15 * * * * *\"\nkeep_last = 4\n"
+        );
+        let cfg = config(dir.path(), &s.base_url(), &jobs);
+        let direct = crate::store::configure(&cfg, &dir.path().join("pg")).await;
+        let Some(mut a) = spawn_on_host("killed-host", &cfg, &["run"], &dir.path().join("log-a"))
+        else {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: `unshare -u` (another host name for one agent) needs root"
+            );
+            return;
+        };
+        let mut victim = None;
+        for _ in 0..1200 {
+            victim = direct
+                .running()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|r| r.step == Step::Poll && r.host == "killed-host");
+            if victim.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let victim = victim.expect("the agent on killed-host polls a snapshot within 60 s");
+        // The other agent starts only now, so that the first fire was the victim's.
+        let mut b = spawn(&cfg, &["run"], &dir.path().join("log-b"));
+        signal(&a, libc::SIGKILL);
+        let killed_at = chrono::Utc::now();
+        a.wait().unwrap();
+        let mut finished = None;
+        for _ in 0..3000 {
+            let run = direct.run(victim.id).await.unwrap().unwrap();
+            if run.status != RunStatus::Running {
+                finished = Some(run);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let run = finished.expect("the other agent finished the run within 150 s");
+        let after = (run.finished_at.unwrap() - killed_at).num_milliseconds();
+        eprintln!(
+            "killed on another host: run {} finished by {} {after} ms later",
+            run.id, run.host
+        );
+        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+        assert_ne!(run.host, "killed-host");
+        assert!(
+            after >= vps_snapshot_agent::db::AGENT_LEASE.as_millis() as i64 - 10_000,
+            "not before the lease: {after} ms"
+        );
+        // Its alert goes out once, then the other agent stops.
+        for _ in 0..600 {
+            if inbox.messages().iter().any(|m| m.contains("AGENT GONE")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        signal(&b, libc::SIGTERM);
+        assert!(b.wait().unwrap().success());
+        crate::agents::one_snapshot_per_run(&s, &direct).await;
+        let gone = inbox
+            .messages()
+            .iter()
+            .filter(|m| m.contains("AGENT GONE") && m.contains("killed-host"))
+            .count();
+        assert_eq!(gone, 1, "{:?}", inbox.messages());
+        direct.close().await;
+    });
+}
