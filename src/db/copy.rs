@@ -39,6 +39,12 @@ struct Column {
     integer: bool,
 }
 
+/// A table's columns, and the key columns it is paged by.
+struct Table {
+    columns: Vec<Column>,
+    key: Vec<String>,
+}
+
 /// One column's value, as both engines store it.
 enum Value {
     Int(Option<i64>),
@@ -117,7 +123,7 @@ impl Database {
 }
 
 /// `table`'s columns, with whether each holds integers, and its key columns to page by.
-async fn columns(from: &SqlitePool, table: &str) -> sqlx::Result<(Vec<Column>, Vec<String>)> {
+async fn columns(from: &SqlitePool, table: &str) -> sqlx::Result<Table> {
     let rows = sqlx::query(AssertSqlSafe(format!("PRAGMA table_info({table})")))
         .fetch_all(from)
         .await?;
@@ -136,14 +142,17 @@ async fn columns(from: &SqlitePool, table: &str) -> sqlx::Result<(Vec<Column>, V
         });
     }
     key.sort();
-    Ok((columns, key.into_iter().map(|(_, k)| k).collect()))
+    Ok(Table {
+        columns,
+        key: key.into_iter().map(|(_, k)| k).collect(),
+    })
 }
 
 /// The rows of `table` after the first `skip`, in key order.
 async fn page(
     from: &SqlitePool,
     table: &str,
-    (columns, key): &(Vec<Column>, Vec<String>),
+    Table { columns, key }: &Table,
     skip: i64,
 ) -> sqlx::Result<Vec<Vec<Value>>> {
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
@@ -175,7 +184,7 @@ async fn page(
 async fn insert(
     tx: &mut super::Tx,
     table: &str,
-    (columns, _): &(Vec<Column>, Vec<String>),
+    Table { columns, .. }: &Table,
     rows: Vec<Vec<Value>>,
 ) -> sqlx::Result<u64> {
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();

@@ -159,10 +159,14 @@ impl Database {
             // A failed COMMIT (a full disk) makes SQLite roll back by itself, so the ROLLBACK
             // sqlx sends when the transaction is dropped fails and sqlx still counts the
             // connection as inside one; every later `BEGIN IMMEDIATE` on it would be refused.
-            // The ping waits for that ROLLBACK; such a connection is closed, not reused.
+            // A connection released still counting one may only have its ROLLBACK queued:
+            // the ping waits for it (only then, not on every release); one still counting a
+            // transaction after it is closed, not reused.
             .after_release(|conn, _| {
                 Box::pin(async move {
-                    conn.ping().await?;
+                    if conn.is_in_transaction() {
+                        conn.ping().await?;
+                    }
                     Ok(!conn.is_in_transaction())
                 })
             })

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use vps_snapshot_agent::clock::Clock;
-use vps_snapshot_agent::db::{Database, Location, RunStatus, RunTrigger, Step};
+use vps_snapshot_agent::db::{Database, Location, Run, RunStatus, RunTrigger, Step};
 use vps_snapshot_agent::sim::{Delay, SimOptions};
 
 use crate::cli::{config, sim};
@@ -122,14 +122,42 @@ pub(crate) fn a_fire_waits_out_an_unreachable_database_and_runs_once() {
     });
 }
 
-/// The run of `pid` waiting for its snapshot, if there is one.
-async fn polling_run_of(db: &Database, pid: u32) -> Option<RunId> {
-    db.running()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|r| r.step == Step::Poll && r.owner.contains(&format!("/{pid}/")))
-        .map(|r| r.id)
+/// The first run waiting for its snapshot that `which` picks, within 60 s.
+async fn polling(db: &Database, which: impl Fn(&Run) -> bool) -> Option<Run> {
+    for _ in 0..1200 {
+        let found = db
+            .running()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.step == Step::Poll && which(r));
+        if found.is_some() {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Run `id` once it has ended, within 150 s.
+async fn ended(db: &Database, id: RunId) -> Option<Run> {
+    for _ in 0..3000 {
+        let run = db.run(id).await.unwrap().unwrap();
+        if run.status != RunStatus::Running {
+            return Some(run);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Says, past the test harness's capture, that a cross-host test could not run.
+fn skipped_without_unshare() {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: `unshare -u` (another host name for one agent) needs root"
+    );
 }
 
 /// The database is lost while a daemon waits for its snapshot, and comes back: the run
@@ -152,15 +180,11 @@ pub(crate) fn a_run_that_loses_its_database_is_settled_when_it_returns() {
         let (proxy, url) = behind_proxy(&path).await;
         with_database(&cfg, &cfg, &url);
         let mut daemon = spawn(&cfg, &["run"], &dir.path().join("log"));
-        let mut victim = None;
-        for _ in 0..600 {
-            victim = polling_run_of(&direct, daemon.id()).await;
-            if victim.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let victim = victim.expect("the daemon polls a snapshot within 30 s");
+        let pid = format!("/{}/", daemon.id());
+        let victim = polling(&direct, |r| r.owner.contains(&pid))
+            .await
+            .expect("the daemon polls a snapshot within 60 s")
+            .id;
         proxy.set_cut(true);
         tokio::time::sleep(Duration::from_secs(8)).await;
         proxy.set_cut(false);
@@ -254,41 +278,19 @@ pub(crate) fn an_agent_cut_off_from_the_others_is_replaced_and_sends_nothing_mor
         let Some(mut a) =
             spawn_on_host("cut-off-host", &cfg_a, &["run"], &dir.path().join("log-a"))
         else {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: `unshare -u` (another host name for one agent) needs root"
-            );
+            skipped_without_unshare();
             return;
         };
         let mut b = spawn(&cfg, &["run"], &dir.path().join("log-b"));
         // Cut while the agent on the other host waits for a snapshot.
-        let mut victim = None;
-        for _ in 0..1200 {
-            victim = direct
-                .running()
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|r| r.step == Step::Poll && r.host == "cut-off-host");
-            if victim.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let victim = victim.expect("the agent on cut-off-host polls a snapshot within 60 s");
+        let victim = polling(&direct, |r| r.host == "cut-off-host")
+            .await
+            .expect("the agent on cut-off-host polls a snapshot within 60 s");
         proxy.set_cut(true);
         let cut_at = chrono::Utc::now();
-        let mut finished = None;
-        for _ in 0..3000 {
-            let run = direct.run(victim.id).await.unwrap().unwrap();
-            if run.status != RunStatus::Running {
-                finished = Some(run);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let run = finished.expect("the other agent finished the run within 150 s");
+        let run = ended(&direct, victim.id)
+            .await
+            .expect("the other agent finished the run within 150 s");
         eprintln!(
             "cut off: run {} finished by {} {} ms after the cut",
             run.id,
@@ -382,42 +384,20 @@ pub(crate) fn a_killed_agent_on_another_host_is_finished_by_the_other_after_its_
         let direct = crate::store::configure(&cfg, &dir.path().join("pg")).await;
         let Some(mut a) = spawn_on_host("killed-host", &cfg, &["run"], &dir.path().join("log-a"))
         else {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: `unshare -u` (another host name for one agent) needs root"
-            );
+            skipped_without_unshare();
             return;
         };
-        let mut victim = None;
-        for _ in 0..1200 {
-            victim = direct
-                .running()
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|r| r.step == Step::Poll && r.host == "killed-host");
-            if victim.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let victim = victim.expect("the agent on killed-host polls a snapshot within 60 s");
+        let victim = polling(&direct, |r| r.host == "killed-host")
+            .await
+            .expect("the agent on killed-host polls a snapshot within 60 s");
         // The other agent starts only now, so that the first fire was the victim's.
         let mut b = spawn(&cfg, &["run"], &dir.path().join("log-b"));
         signal(&a, libc::SIGKILL);
         let killed_at = chrono::Utc::now();
         a.wait().unwrap();
-        let mut finished = None;
-        for _ in 0..3000 {
-            let run = direct.run(victim.id).await.unwrap().unwrap();
-            if run.status != RunStatus::Running {
-                finished = Some(run);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let run = finished.expect("the other agent finished the run within 150 s");
+        let run = ended(&direct, victim.id)
+            .await
+            .expect("the other agent finished the run within 150 s");
         let after = (run.finished_at.unwrap() - killed_at).num_milliseconds();
         eprintln!(
             "killed on another host: run {} finished by {} {after} ms later",
