@@ -91,6 +91,18 @@ impl Fault {
     }
 }
 
+/// What a real API's listing does now and then, applied to every listing until cleared
+/// ([`super::Simulator::glitch`]).
+#[derive(Debug, Clone)]
+pub enum Glitch {
+    /// Snapshot `id` is listed twice, its copy right after it (what a paging glitch does
+    /// when an item moves across a page boundary between two page requests).
+    Duplicate(crate::domain::SnapshotId),
+    /// An extra item at the end of every listing, as raw JSON: another server's snapshot
+    /// in a server's listing, or an item that cannot be read.
+    Extra(serde_json::Value),
+}
+
 /// A kill point armed by [`super::Simulator::arm_trip`].
 #[derive(Debug)]
 pub(super) struct Trip {
@@ -117,6 +129,7 @@ pub struct TripWire {
 pub(super) struct Armed {
     pub faults: Vec<Fault>,
     pub trip: Option<Trip>,
+    pub glitches: Vec<Glitch>,
 }
 
 impl Armed {

@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::world::Refusal;
-use super::{FaultKind, Op, SimServer, Simulator, lock};
-use crate::api::SnapshotStatus;
+use super::{FaultKind, Glitch, Op, SimServer, Simulator, lock};
+use crate::api::{Snapshot, SnapshotStatus};
 use crate::domain::{LIMIT, ServerId, SnapshotId};
 
 #[derive(Debug)]
@@ -289,7 +289,8 @@ impl Simulator {
             .unwrap_or(1)
             .max(1);
         let now = self.now();
-        let all = self.world().listing(server, now);
+        let listed = self.world().listing(server, now);
+        let all = self.glitched(listed);
         let size = self.inner.opts.page_size.max(1);
         let start = (page - 1) * size;
         let results: Vec<_> = all.iter().skip(start).take(size).collect();
@@ -307,6 +308,27 @@ impl Simulator {
         let body =
             json!({"count": all.len(), "next": next, "previous": previous, "results": results});
         reply(StatusCode::OK, body)
+    }
+
+    /// A listing's items as JSON, with the armed glitches applied.
+    fn glitched(&self, listed: Vec<Snapshot>) -> Vec<serde_json::Value> {
+        let glitches = lock(&self.inner.armed).glitches.clone();
+        let mut all = Vec::with_capacity(listed.len() + glitches.len());
+        for s in listed {
+            let v = serde_json::to_value(&s).unwrap_or_default();
+            let twice = glitches
+                .iter()
+                .any(|g| matches!(g, Glitch::Duplicate(id) if *id == s.id));
+            if twice {
+                all.push(v.clone());
+            }
+            all.push(v);
+        }
+        all.extend(glitches.into_iter().filter_map(|g| match g {
+            Glitch::Extra(v) => Some(v),
+            Glitch::Duplicate(_) => None,
+        }));
+        all
     }
 
     /// Creates a snapshot now, or `land_after` later (the answer is then dropped).

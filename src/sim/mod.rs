@@ -10,7 +10,7 @@ mod faults;
 mod http;
 mod world;
 
-pub use faults::{Fault, FaultKind, Op, TripWire};
+pub use faults::{Fault, FaultKind, Glitch, Op, TripWire};
 pub use world::{Event, Mode};
 
 use std::collections::{BTreeSet, HashMap};
@@ -166,6 +166,21 @@ impl Simulator {
 
     pub fn clear_faults(&self) {
         lock(&self.inner.armed).faults.clear();
+    }
+
+    /// Applies `glitch` to every listing from now on.
+    pub fn glitch(&self, glitch: Glitch) {
+        lock(&self.inner.armed).glitches.push(glitch);
+    }
+
+    pub fn clear_glitches(&self) {
+        lock(&self.inner.armed).glitches.clear();
+    }
+
+    /// The next snapshot made gets id `id` (the ones after it count on, wrapping at
+    /// 2^64): ids near and above 2^63, as an API typed with integers may hand out.
+    pub fn set_next_id(&self, id: u64) {
+        self.world().set_next_id(id);
     }
 
     /// Arms a kill point on the request after the next `skip`: it is carried out or not

@@ -122,8 +122,12 @@ impl World {
     }
 
     fn new_id(&mut self) -> SnapshotId {
-        self.next_id += 1;
+        self.next_id = self.next_id.wrapping_add(1);
         SnapshotId::new(self.next_id)
+    }
+
+    pub fn set_next_id(&mut self, id: u64) {
+        self.next_id = id.wrapping_sub(1);
     }
 
     /// Carries out late creates whose time has come (while the limit allows).

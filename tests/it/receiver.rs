@@ -31,12 +31,17 @@ pub enum Reply {
     Slow(Duration),
     /// 200 after this long, received (a slow server the sender waits for).
     Late(Duration),
+    /// This status, with a body that repeats the request's method and path (as many
+    /// servers' error pages do): "Cannot POST /hooks/…".
+    Echo(u16),
 }
 
 pub struct Receiver {
     pub addr: SocketAddr,
     got: Arc<Mutex<Vec<Got>>>,
     plan: Arc<Mutex<VecDeque<Reply>>>,
+    /// While set, every request is answered 503 (and not received).
+    down: Arc<std::sync::atomic::AtomicBool>,
     _stop: DropGuard,
 }
 
@@ -46,8 +51,9 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let got: Arc<Mutex<Vec<Got>>> = Arc::default();
         let plan: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
+        let down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let stop = CancellationToken::new();
-        let (g, p, s) = (got.clone(), plan.clone(), stop.clone());
+        let (g, p, s, d) = (got.clone(), plan.clone(), stop.clone(), down.clone());
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -55,10 +61,10 @@ impl Receiver {
                     a = listener.accept() => a,
                 };
                 let Ok((stream, _)) = accepted else { continue };
-                let (g, p) = (g.clone(), p.clone());
+                let (g, p, d) = (g.clone(), p.clone(), d.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (g, p) = (g.clone(), p.clone());
+                        let (g, p, d) = (g.clone(), p.clone(), d.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -66,9 +72,22 @@ impl Receiver {
                                 .await
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
-                            let reply = p.lock().unwrap().pop_front();
+                            let reply = if d.load(std::sync::atomic::Ordering::SeqCst) {
+                                Some(Reply::Status(503))
+                            } else {
+                                p.lock().unwrap().pop_front()
+                            };
+                            let mut text = Bytes::from_static(b"ok");
                             let (code, counts) = match reply {
                                 Some(Reply::Status(c)) => (c, false),
+                                Some(Reply::Echo(c)) => {
+                                    text = Bytes::from(format!(
+                                        "Cannot {} {}",
+                                        parts.method,
+                                        parts.uri.path()
+                                    ));
+                                    (c, false)
+                                }
                                 // Answered after the sender gave up: not delivered.
                                 Some(Reply::Slow(d)) => {
                                     tokio::time::sleep(d).await;
@@ -94,7 +113,7 @@ impl Receiver {
                                     body: String::from_utf8_lossy(&body).into_owned(),
                                 });
                             }
-                            let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+                            let mut r = Response::new(Full::new(text));
                             *r.status_mut() = StatusCode::from_u16(code).unwrap();
                             Ok::<_, std::convert::Infallible>(r)
                         }
@@ -109,8 +128,14 @@ impl Receiver {
             addr,
             got,
             plan,
+            down,
             _stop: stop.drop_guard(),
         }
+    }
+
+    /// Takes the receiver down (every request answered 503, not received) or back up.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn url(&self, path: &str) -> String {
