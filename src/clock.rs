@@ -16,6 +16,12 @@ pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
     fn sleep(&self, duration: Duration) -> Sleep;
+    /// The monotonic time beside the wall time, when the clock has one: what a step of the
+    /// wall clock (NTP, an operator's `date -s`, a suspend) is measured against
+    /// ([`StepWatch`]). A virtual clock, which moves only when slept on, has none.
+    fn monotonic(&self) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -31,6 +37,9 @@ impl Clock for SystemClock {
     fn sleep(&self, duration: Duration) -> Sleep {
         Box::pin(tokio::time::sleep(duration))
     }
+    fn monotonic(&self) -> Option<tokio::time::Instant> {
+        Some(tokio::time::Instant::now())
+    }
 }
 
 pub fn system() -> SharedClock {
@@ -38,11 +47,13 @@ pub fn system() -> SharedClock {
 }
 
 /// Wall time read off tokio's clock: under `tokio::time::pause()` it advances with the
-/// paused clock, so scheduler tests cover days in milliseconds, in order.
-#[derive(Debug, Clone, Copy)]
+/// paused clock, so scheduler tests cover days of schedule in milliseconds, in order.
+/// [`TokioClock::step`] moves the wall time alone, as NTP or a suspend does.
+#[derive(Debug, Clone)]
 pub struct TokioClock {
     base: DateTime<Utc>,
     origin: tokio::time::Instant,
+    stepped: Arc<Mutex<chrono::Duration>>,
 }
 
 impl TokioClock {
@@ -50,17 +61,60 @@ impl TokioClock {
         Self {
             base,
             origin: tokio::time::Instant::now(),
+            stepped: Arc::new(Mutex::new(chrono::Duration::zero())),
         }
+    }
+
+    /// Steps the wall clock by `by` (back when negative); monotonic time is untouched.
+    pub fn step(&self, by: chrono::Duration) {
+        *self.stepped.lock().unwrap_or_else(|e| e.into_inner()) += by;
     }
 }
 
 impl Clock for TokioClock {
     fn now(&self) -> DateTime<Utc> {
+        let stepped = *self.stepped.lock().unwrap_or_else(|e| e.into_inner());
         self.base
             + chrono::Duration::from_std(self.origin.elapsed()).unwrap_or(chrono::Duration::MAX)
+            + stepped
     }
     fn sleep(&self, duration: Duration) -> Sleep {
         Box::pin(tokio::time::sleep(duration))
+    }
+    fn monotonic(&self) -> Option<tokio::time::Instant> {
+        Some(tokio::time::Instant::now())
+    }
+}
+
+/// A wall-clock step smaller than this is jitter (a busy machine, a slow tick), not a step.
+pub const STEP_THRESHOLD: chrono::Duration = chrono::Duration::seconds(2);
+
+/// Notices when the wall clock moves apart from monotonic time: a step by NTP or by
+/// hand, either way, or a suspend (monotonic time stops, wall time does not). Looked at
+/// every second or so by the daemon, whose schedule follows the wall clock.
+#[derive(Debug, Clone, Copy)]
+pub struct StepWatch {
+    wall: DateTime<Utc>,
+    mono: tokio::time::Instant,
+}
+
+impl StepWatch {
+    /// A watch on `clock`, or `None` for a clock without monotonic time.
+    pub fn new(clock: &dyn Clock) -> Option<Self> {
+        Some(Self {
+            wall: clock.now(),
+            mono: clock.monotonic()?,
+        })
+    }
+
+    /// How far the wall clock stepped since the last look (forward when positive), when
+    /// it did by [`STEP_THRESHOLD`] or more.
+    pub fn look(&mut self, clock: &dyn Clock) -> Option<chrono::Duration> {
+        let (wall, mono) = (clock.now(), clock.monotonic()?);
+        let elapsed = chrono::Duration::from_std(mono - self.mono).unwrap_or_default();
+        let step = wall - (self.wall + elapsed);
+        *self = Self { wall, mono };
+        (step.abs() >= STEP_THRESHOLD).then_some(step)
     }
 }
 
@@ -144,6 +198,22 @@ impl fmt::Display for Secs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_of_the_wall_clock_is_noticed_either_way_and_jitter_is_not() {
+        let clock = TokioClock::starting_at(DateTime::from_timestamp(1_800_000_000, 0).unwrap());
+        let mut watch = StepWatch::new(&clock).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(watch.look(&clock), None, "time passing is not a step");
+        clock.step(chrono::Duration::hours(-1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(watch.look(&clock), Some(chrono::Duration::hours(-1)));
+        clock.step(chrono::Duration::milliseconds(900));
+        assert_eq!(watch.look(&clock), None, "under a second or two: jitter");
+        clock.step(chrono::Duration::minutes(30));
+        assert_eq!(watch.look(&clock), Some(chrono::Duration::minutes(30)));
+        assert!(StepWatch::new(&VirtualClock::new(clock.now())).is_none());
+    }
 
     #[test]
     fn durations_are_rounded_for_people() {

@@ -59,7 +59,9 @@ impl Serialize for SnapshotStatus {
     }
 }
 
-/// Ids the API hands out (unsigned), stored in SQLite as integers.
+/// Ids the API hands out (unsigned 64-bit), stored as the database's signed 64-bit
+/// integer with the same bits: an id above 2^63 - 1 is stored negative and read back
+/// exactly, on either engine.
 macro_rules! api_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -73,6 +75,14 @@ macro_rules! api_id {
             }
             pub const fn get(self) -> u64 {
                 self.0
+            }
+            /// As stored: the same 64 bits, signed.
+            pub const fn stored(self) -> i64 {
+                self.0 as i64
+            }
+            /// From what [`Self::stored`] gave.
+            pub const fn from_stored(v: i64) -> Self {
+                Self(v as u64)
             }
         }
 
@@ -116,8 +126,7 @@ macro_rules! api_id {
                 &self,
                 buf: &mut <DB as sqlx::Database>::ArgumentBuffer,
             ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                let v = i64::try_from(self.0)?;
-                <i64 as sqlx::Encode<DB>>::encode(v, buf)
+                <i64 as sqlx::Encode<DB>>::encode(self.stored(), buf)
             }
         }
 
@@ -129,7 +138,7 @@ macro_rules! api_id {
                 value: <DB as sqlx::Database>::ValueRef<'r>,
             ) -> Result<Self, sqlx::error::BoxDynError> {
                 let v = <i64 as sqlx::Decode<DB>>::decode(value)?;
-                Ok(Self(u64::try_from(v)?))
+                Ok(Self::from_stored(v))
             }
         }
     };

@@ -189,22 +189,19 @@ impl Finished {
     }
 }
 
-/// What to take away from the agent's environment and output: the secrets it knows.
-pub trait Secrets: Send + Sync {
-    fn contains_secret(&self, text: &[u8]) -> bool;
-    fn scrub(&self, text: &str) -> String;
-}
-
 /// The agent's environment less what a hook must not see: the agent's own settings
-/// (`AGENT_*`, the token and SMTP password among them), the systemd credentials
-/// directory, and anything whose value holds a secret.
-fn inherited(secrets: &dyn Secrets) -> Vec<(OsString, OsString)> {
+/// (`AGENT_*`), its database password (`PGPASSWORD`, which the agent reads for itself),
+/// the systemd credentials directory, and anything whose value holds a secret the agent
+/// knows ([`crate::secrets`]: the token, the SMTP and database passwords, its receivers'
+/// URLs).
+fn inherited() -> Vec<(OsString, OsString)> {
     std::env::vars_os()
         .filter(|(k, v)| {
             let name = k.to_string_lossy();
             !name.starts_with("AGENT_")
+                && name != "PGPASSWORD"
                 && name != "CREDENTIALS_DIRECTORY"
-                && !secrets.contains_secret(v.as_encoded_bytes())
+                && !crate::secrets::contains(v.as_encoded_bytes())
         })
         .collect()
 }
@@ -226,9 +223,16 @@ impl Tail {
         }
     }
 
+    /// The last [`OUTPUT_TAIL`] bytes, scrubbed before they are cut: a secret wholly in
+    /// what is kept is replaced whole, and one cut at the start of what is kept (the
+    /// stream was cut there) counts from [`crate::secrets::FRAGMENT`] characters on.
     fn text(&self) -> String {
-        let start = self.bytes.len().saturating_sub(OUTPUT_TAIL);
-        String::from_utf8_lossy(&self.bytes[start..]).into_owned()
+        let kept = crate::secrets::scrub_cut(&String::from_utf8_lossy(&self.bytes));
+        let mut start = kept.len().saturating_sub(OUTPUT_TAIL);
+        while !kept.is_char_boundary(start) {
+            start += 1;
+        }
+        kept[start..].to_string()
     }
 }
 
@@ -265,12 +269,7 @@ fn kill_group(pgid: u32) {
 }
 
 /// Runs `command` with `env` added to the inherited environment, for at most `timeout`.
-pub async fn run(
-    command: &Command,
-    env: &[(&str, String)],
-    timeout: Duration,
-    secrets: &dyn Secrets,
-) -> Finished {
+pub async fn run(command: &Command, env: &[(&str, String)], timeout: Duration) -> Finished {
     let started = Instant::now();
     let could_not = |e: String| Finished {
         status: Status::CouldNotStart(e),
@@ -287,7 +286,7 @@ pub async fn run(
     }
     cmd.args(args)
         .env_clear()
-        .envs(inherited(secrets))
+        .envs(inherited())
         .envs(env.iter().map(|(k, v)| (*k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -323,7 +322,7 @@ pub async fn run(
     .await;
     readers.abort_all();
     let (output, printed) = match tail.lock() {
-        Ok(t) => (secrets.scrub(&t.text()), t.total),
+        Ok(t) => (t.text(), t.total),
         Err(_) => (String::new(), 0),
     };
     Finished {

@@ -19,7 +19,9 @@
 //! - [`ownership`]: which snapshots are the agent's (name, and a mark or the journal)
 //! - [`schedule`]: cron and maintenance-window fire times, DST-correct
 //! - [`cron`]: cron expressions, parsed and evaluated in a time zone
+//! - [`secrets`]: what is never shown (token, passwords, receivers' URL paths), and the scrub
 //! - [`clock`]: time as a dependency (real, or virtual for tests), and durations for people
+//! - [`errors`]: an error chain as one line, each cause once
 //! - [`logging`]: tracing-subscriber set-up (text or JSON, filters, `-v`/`-q`)
 
 pub mod alert;
@@ -32,6 +34,7 @@ pub mod cron;
 pub mod daemon;
 pub mod db;
 pub mod domain;
+pub mod errors;
 pub mod hooks;
 pub mod listener;
 pub mod logging;
@@ -45,5 +48,6 @@ pub mod progress;
 pub mod retention;
 pub mod run;
 pub mod schedule;
+pub mod secrets;
 pub mod sim;
 pub mod verdicts;

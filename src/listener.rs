@@ -141,6 +141,34 @@ impl Source {
     }
 }
 
+/// At most this many connections are served at once (fewer under a low descriptor
+/// limit: a quarter of it), so that a flood of idle connections can slow the page but
+/// never take the descriptors the database, the API and the hooks need.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection may stay open, idle or not (a scrape takes milliseconds;
+/// Prometheus opens a new connection when one was closed).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// The longest pause after a failed accept (out of descriptors, say): the loop backs off
+/// instead of spinning.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How many connections to serve at once under the process's descriptor limit.
+fn connection_cap() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    (soft / 4).clamp(4, MAX_CONNECTIONS)
+}
+
 /// Binds `addr` and serves `source` until `stop`; the address bound is returned (port 0
 /// picks one).
 pub async fn serve(
@@ -152,26 +180,55 @@ pub async fn serve(
         .await
         .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(connection_cap()));
     tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(10);
         loop {
+            // A connection is accepted only when it can be served: the rest wait in the
+            // kernel's backlog rather than holding descriptors here.
+            let permit = tokio::select! {
+                () = stop.cancelled() => return,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
             let accepted = tokio::select! {
                 () = stop.cancelled() => return,
                 a = listener.accept() => a,
             };
-            let Ok((stream, _)) = accepted else { continue };
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(10);
+                    stream
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "metrics listener: cannot accept a connection ({e}); trying again in {}",
+                        crate::clock::Secs(backoff)
+                    );
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            };
             let (source, stop) = (source.clone(), stop.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 let svc = service_fn(move |req| {
                     let source = source.clone();
                     async move { Ok::<_, std::convert::Infallible>(source.answer(req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), svc);
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    _ = conn => {}
+                    _ = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {}
                 }
             });
         }

@@ -37,7 +37,7 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8, live: bool) {
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,vps_snapshot_agent={level}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::secrets::Scrubbing(std::io::stderr()))
         .with_target(false);
     // Whole seconds: nobody reads an operations log to the nanosecond.
     let builder = builder.with_timer(Seconds);

@@ -5,6 +5,7 @@
 //! first).
 
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::alert::text;
 use crate::clock::SharedClock;
@@ -15,6 +16,7 @@ pub struct Presence {
     db: Database,
     clock: SharedClock,
     id: String,
+    stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -33,18 +35,31 @@ impl Presence {
     /// Starts heartbeating as `owner`'s agent, in the background (the first beat at once).
     pub fn start(db: Database, clock: SharedClock, owner: &Owner, role: AgentRole) -> Self {
         let id = owner.agent_id().to_string();
-        let task = tokio::spawn(beat(db.clone(), clock.clone(), id.clone(), role));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(beat(
+            db.clone(),
+            clock.clone(),
+            id.clone(),
+            role,
+            stop.clone(),
+        ));
         Self {
             db,
             clock,
             id,
+            stop,
             task,
         }
     }
 
-    /// Stops heartbeating and records a clean stop (no alert about it).
-    pub async fn leave(self) {
-        self.task.abort();
+    /// Stops heartbeating, waiting for a heartbeat on its way to land, then records a
+    /// clean stop (no alert about it). Aborting the task would not do: a heartbeat
+    /// already handed to the database could land after the stop.
+    pub async fn leave(mut self) {
+        self.stop.cancel();
+        // Bounded: a database that hangs must not hold the process (the heartbeat never
+        // clears a recorded stop anyway).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.task).await;
         if let Err(e) = self.db.agent_stopped(&self.id, self.clock.now()).await {
             tracing::warn!("{e}");
         }
@@ -57,7 +72,13 @@ impl Drop for Presence {
     }
 }
 
-async fn beat(db: Database, clock: SharedClock, id: String, role: AgentRole) {
+async fn beat(
+    db: Database,
+    clock: SharedClock,
+    id: String,
+    role: AgentRole,
+    stop: CancellationToken,
+) {
     let host = id.split('/').next().unwrap_or_default().to_string();
     let dead_here = |other: &str| other != id && Owner::liveness(other) == Some(false);
     if let Err(e) = db.tidy_agents(&host, dead_here, clock.now()).await {
@@ -67,7 +88,10 @@ async fn beat(db: Database, clock: SharedClock, id: String, role: AgentRole) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         let now = clock.now();
         match db.heartbeat(&id, role, now).await {
             Ok(()) if failing => {

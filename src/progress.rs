@@ -124,11 +124,15 @@ where
                 }
                 if level <= Level::WARN {
                     let job = job.unwrap_or_default();
-                    let _ = self.multi.println(format!("{level} {job}: {text}"));
+                    let _ = self
+                        .multi
+                        .println(crate::secrets::scrub(&format!("{level} {job}: {text}")));
                 }
             }
             None if level <= Level::INFO => {
-                let _ = self.multi.println(format!("{level} {text}"));
+                let _ = self
+                    .multi
+                    .println(crate::secrets::scrub(&format!("{level} {text}")));
             }
             None => {}
         }

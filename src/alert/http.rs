@@ -133,7 +133,7 @@ pub async fn post_alerts(
         "{} channel {} ({})",
         n.kind.as_str(),
         n.name,
-        host_of(&n.url)
+        crate::secrets::host_of(&n.url)
     );
     send(req, &what).await
 }
@@ -163,31 +163,26 @@ pub async fn ping(
         .timeout(timeout)
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(cut(body, 10_000));
-    send(req, &format!("ping to {}", host_of(url))).await
-}
-
-/// Only the host: a ping or webhook URL's path is its secret.
-fn host_of(url: &Url) -> String {
-    match url.port() {
-        Some(p) => format!("{}:{p}", url.host_str().unwrap_or("?")),
-        None => url.host_str().unwrap_or("?").to_string(),
-    }
+    send(req, &format!("ping to {}", crate::secrets::host_of(url))).await
 }
 
 async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<(), String> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| format!("{what}: {:#}", anyhow::Error::new(e.without_url())))?;
+    let resp = req.send().await.map_err(|e| {
+        let e = format!("{what}: {:#}", anyhow::Error::new(e.without_url()));
+        crate::secrets::scrub(&e).into_owned()
+    })?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
     }
+    // A receiver may echo the request (its secret path) in its answer: scrubbed whole
+    // before it is cut, and again at the cut.
     let body = resp.text().await.unwrap_or_default();
+    let body = crate::secrets::scrub(&body);
     let excerpt: String = body.chars().take(200).collect();
     Err(format!(
         "{what}: HTTP {}: {}",
         status.as_u16(),
-        excerpt.trim()
+        crate::secrets::scrub_cut(excerpt.trim())
     ))
 }

@@ -176,14 +176,14 @@ impl Outbox {
     /// One attempt on every channel whose alerts are due (the daemon's rhythm), and the
     /// pings. Never hangs longer than the channels' timeouts.
     pub async fn deliver_due(&self) -> Delivery {
-        self.deliver_pings().await;
+        self.deliver_pings(false).await;
         self.deliver(false, &[]).await.delivery()
     }
 
     /// One attempt to deliver every queued alert now, backoff or not: an operator
     /// running a command by hand may just have fixed the mail server.
     pub async fn deliver_all(&self) -> Delivery {
-        self.deliver_pings().await;
+        self.deliver_pings(true).await;
         self.deliver(true, &[]).await.delivery()
     }
 
@@ -236,7 +236,9 @@ impl Outbox {
             Channel::Http(n) => {
                 http::post_alerts(&self.http, n, &due, &subject, &body, &self.host).await
             }
-        };
+        }
+        // What a server answered is kept and shown: never with a secret in it.
+        .map_err(|e| crate::secrets::scrub(&e).into_owned());
         let metrics = crate::metrics::global();
         match sent {
             Ok(()) => {
@@ -276,27 +278,40 @@ impl Outbox {
         compose(due, now, &who, &self.host)
     }
 
-    /// Sends the pings that are due, each on its own; drops those that expired.
-    pub async fn deliver_pings(&self) {
+    /// Sends the pings that are due, each check's in the order queued (a check's next
+    /// ping goes only once the one before it was sent or dropped); drops those that
+    /// expired. A round takes each check's oldest ping; a check whose ping failed waits
+    /// for its backoff (`all`: not in the first round), the others go on.
+    pub async fn deliver_pings(&self, all: bool) {
         let now = self.clock.now();
-        let due = match self.db.claim_pings(now, claim_until(now)).await {
-            Ok(d) => d,
-            Err(e) => {
-                return tracing::error!("{e}");
+        for round in 0..PING_ROUNDS {
+            let now = self.clock.now();
+            let heads = self
+                .db
+                .claim_ping_heads(now, claim_until(now), all && round == 0)
+                .await;
+            let due = match heads {
+                Ok(d) => d,
+                Err(e) => {
+                    return tracing::error!("{e}");
+                }
+            };
+            if due.is_empty() {
+                break;
             }
-        };
-        // A few at a time: a thousand jobs may ping in the same second.
-        let mut sends = tokio::task::JoinSet::new();
-        for p in due {
-            if sends.len() >= PINGS_AT_ONCE {
-                reap(sends.join_next().await);
+            // A few at a time: a thousand jobs may ping in the same second.
+            let mut sends = tokio::task::JoinSet::new();
+            for p in due {
+                if sends.len() >= PINGS_AT_ONCE {
+                    reap(sends.join_next().await);
+                }
+                let target = self.ping_url(&p);
+                let (http, db, clock) = (self.http.clone(), self.db.clone(), self.clock.clone());
+                sends.spawn(async move { send_ping(&http, &db, &clock, p, target).await });
             }
-            let target = self.ping_url(&p);
-            let (http, db, clock) = (self.http.clone(), self.db.clone(), self.clock.clone());
-            sends.spawn(async move { send_ping(&http, &db, &clock, p, target).await });
-        }
-        while let Some(done) = sends.join_next().await {
-            reap(Some(done));
+            while let Some(done) = sends.join_next().await {
+                reap(Some(done));
+            }
         }
         if let Err(e) = self.db.prune_pings(now - PING_KEEP).await {
             tracing::warn!("{e}");
@@ -344,8 +359,10 @@ impl Outbox {
     }
 }
 
-/// Pings in flight at once.
+/// Pings in flight at once (each to a different check).
 const PINGS_AT_ONCE: usize = 16;
+/// Rounds of one delivery: how many pings one check can send in a row (a run queues two).
+const PING_ROUNDS: usize = 64;
 
 fn reap(done: Option<Result<(), tokio::task::JoinError>>) {
     if let Some(Err(e)) = done {

@@ -10,7 +10,7 @@ use url::Url;
 
 use super::error::{self, excerpt};
 use super::retry::{self, RetryPolicy};
-use super::{ApiError, RestoreResponse, Snapshot, SnapshotPage};
+use super::{ApiError, Listing, RestoreResponse, Snapshot, SnapshotPage, listing};
 use crate::clock::SharedClock;
 use crate::config::ApiSettings;
 use crate::domain::{ServerId, SnapshotId};
@@ -24,7 +24,8 @@ const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VE
 
 /// The API client. One `reqwest::Client` (connection pool, timeouts) for every request.
 /// The token never leaves it: it signs requests, keys the agent's [`Marker`], and is
-/// scrubbed from every answer before anything reads it (an API may echo it back).
+/// scrubbed from every answer before anything reads it (an API may echo it back); it is
+/// registered with [`crate::secrets`] too, for everything else the agent shows.
 pub struct Client {
     http: reqwest::Client,
     base: Url,
@@ -59,18 +60,6 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A hook sees neither the token in its environment nor in what its output records.
-impl crate::hooks::Secrets for Client {
-    fn contains_secret(&self, text: &[u8]) -> bool {
-        self.secrets.iter().any(|s| find(text, s).is_some())
-    }
-
-    fn scrub(&self, text: &str) -> String {
-        let scrubbed = Client::scrub(self, bytes::Bytes::copy_from_slice(text.as_bytes()));
-        String::from_utf8_lossy(&scrubbed).into_owned()
-    }
-}
-
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
@@ -91,6 +80,7 @@ impl Client {
                 anyhow::anyhow!("the API token contains characters not allowed in an HTTP header")
             })?;
         auth.set_sensitive(true);
+        crate::secrets::register(token.expose_secret());
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(settings.request_timeout)
@@ -116,7 +106,8 @@ impl Client {
         &self.marker
     }
 
-    /// `bytes` with every form of the token replaced by `[redacted]`.
+    /// `bytes` with every form of the token replaced by `[redacted]` (the token only:
+    /// an answer is data the agent acts on).
     fn scrub(&self, bytes: bytes::Bytes) -> bytes::Bytes {
         if !self.secrets.iter().any(|s| find(&bytes, s).is_some()) {
             return bytes;
@@ -146,9 +137,10 @@ impl Client {
         })
     }
 
-    /// All snapshots, or one server's, following `next` links to the end.
+    /// All snapshots, or one server's, following `next` links to the end, read as a
+    /// [`Listing`] (duplicates, strangers and unreadable items set apart as anomalies).
     #[tracing::instrument(level = "debug", skip(self))]
-    pub async fn list(&self, server_id: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
+    pub async fn list(&self, server_id: Option<ServerId>) -> Result<Listing, ApiError> {
         let mut url = self.url("snapshots/")?;
         if let Some(id) = server_id {
             url.query_pairs_mut()
@@ -158,14 +150,17 @@ impl Client {
             Some(id) => format!("listing snapshots of server {id}"),
             None => "listing snapshots".to_string(),
         };
-        let mut out = Vec::new();
+        let mut reader = listing::Reader::new(server_id, self.clock.now());
         let mut seen = std::collections::HashSet::new();
         for _ in 0..MAX_PAGES {
             let page: SnapshotPage = self.json(&Request::get(url.clone(), &what)).await?;
-            out.extend(page.results);
+            for item in page.results {
+                reader.item(item);
+            }
             let Some(next) = page.next.filter(|n| !n.is_empty()) else {
+                let out = reader.finish();
                 if let Some(id) = server_id {
-                    super::listed(id, &out, self.clock.now());
+                    super::listed(id, &out.snapshots, self.clock.now());
                 }
                 return Ok(out);
             };

@@ -4,12 +4,14 @@
 
 mod client;
 mod error;
+mod listing;
 mod retry;
 
 pub use crate::domain::SnapshotStatus;
 use crate::domain::{ServerId, SnapshotId};
 pub use client::Client;
 pub use error::ApiError;
+pub use listing::Listing;
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
@@ -37,12 +39,13 @@ pub struct Snapshot {
     pub description: Option<String>,
 }
 
-/// One page of `GET /snapshots/`.
+/// One page of `GET /snapshots/`. Its items are read one by one ([`Listing`]): one that
+/// cannot be read is an anomaly of the listing, not a listing that cannot be read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotPage {
     #[serde(default)]
     pub count: Option<u64>,
-    pub results: Vec<Snapshot>,
+    pub results: Vec<serde_json::Value>,
     #[serde(default)]
     pub next: Option<String>,
     #[serde(default)]
@@ -59,10 +62,10 @@ pub struct RestoreResponse {
 }
 
 /// A server's snapshots and when they were listed.
-pub type Listing = (DateTime<Utc>, Vec<Snapshot>);
+pub type Listed = (DateTime<Utc>, Vec<Snapshot>);
 
 /// Each server's snapshots as this process last listed them (for the status page).
-static LISTED: LazyLock<Mutex<HashMap<ServerId, Listing>>> = LazyLock::new(Default::default);
+static LISTED: LazyLock<Mutex<HashMap<ServerId, Listed>>> = LazyLock::new(Default::default);
 
 fn listed(server: ServerId, listing: &[Snapshot], at: DateTime<Utc>) {
     let on = listing
@@ -77,6 +80,6 @@ fn listed(server: ServerId, listing: &[Snapshot], at: DateTime<Utc>) {
 }
 
 /// The last listing of each server this process has listed.
-pub fn last_listings() -> HashMap<ServerId, Listing> {
+pub fn last_listings() -> HashMap<ServerId, Listed> {
     LISTED.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }

@@ -100,7 +100,7 @@ async fn check_channels(settings: &Settings, send_test: bool) -> anyhow::Result<
     }
     let http = crate::alert::http::client()?;
     for n in &settings.notify {
-        let host = n.url.host_str().unwrap_or("?");
+        let host = crate::secrets::host_of(&n.url);
         if !send_test {
             println!(
                 "notify {}: {} to {host} (--send-test-alert tries it)",
@@ -148,7 +148,7 @@ fn print_watchers(settings: &Settings) {
     if let Some(h) = &settings.heartbeat {
         println!(
             "heartbeat: a ping to {} every {}",
-            h.url.host_str().unwrap_or("?"),
+            crate::secrets::host_of(&h.url),
             humantime::format_duration(h.every)
         );
     }
@@ -157,7 +157,7 @@ fn print_watchers(settings: &Settings) {
             println!(
                 "job {}: pings {} at each run's start and end",
                 j.name,
-                u.host_str().unwrap_or("?")
+                crate::secrets::host_of(u)
             );
         }
     }

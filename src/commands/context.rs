@@ -21,15 +21,18 @@ pub struct UnusableDatabase {
 }
 
 pub async fn open_db(settings: &Settings) -> anyhow::Result<Database> {
-    Database::open_at(&settings.database)
-        .await
-        .map_err(|error| {
-            let hint = match &settings.database {
-                crate::db::Location::File(path) => owner_hint(path).unwrap_or_default(),
-                crate::db::Location::Postgres { .. } => String::new(),
-            };
-            UnusableDatabase { error, hint }.into()
-        })
+    open_at(&settings.database).await
+}
+
+/// The database at `location`, or an [`UnusableDatabase`] (exit 78) saying why not.
+pub async fn open_at(location: &crate::db::Location) -> anyhow::Result<Database> {
+    Database::open_at(location).await.map_err(|error| {
+        let hint = match location {
+            crate::db::Location::File(path) => owner_hint(path).unwrap_or_default(),
+            crate::db::Location::Postgres { .. } => String::new(),
+        };
+        UnusableDatabase { error, hint }.into()
+    })
 }
 
 /// When the database (or the nearest directory that exists on its path) belongs to

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::cli::DbCommand;
-use crate::db::{Database, Location};
+use crate::db::Location;
 
 pub async fn run(config: &std::path::Path, command: DbCommand) -> anyhow::Result<ExitCode> {
     let DbCommand::Copy { to } = command;
@@ -42,7 +42,8 @@ pub async fn run(config: &std::path::Path, command: DbCommand) -> anyhow::Result
             alive.join(", ")
         );
     }
-    let to = Database::open_at(&Location::Postgres { url, password })
+    // A target that cannot be reached or logged into is a setup problem: exit 78.
+    let to = super::context::open_at(&Location::Postgres { url, password })
         .await
         .context("the copy's target")?;
     let copied = from.copy_to(&to).await?;

@@ -179,7 +179,7 @@ async fn show_servers(
     now: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<()> {
     for job in &settings.jobs {
-        let listing = client.list(Some(job.server_id)).await?;
+        let listing = client.list(Some(job.server_id)).await?.snapshots;
         let owners = crate::run::owners(Some(db), client.marker(), job.server_id, &listing).await?;
         println!("\nserver {} now:", job.server_id);
         output::snapshots(&output::snapshot_rows(

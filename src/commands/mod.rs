@@ -67,9 +67,9 @@ pub fn load_settings(path: &std::path::Path) -> Result<Settings, ConfigErrors> {
     Ok(settings)
 }
 
-/// Prints `agent: <error>: <cause>: ...` once and picks the exit code.
+/// Prints `agent: <error>: <cause>: ...` (each cause once) and picks the exit code.
 pub fn report(e: &anyhow::Error) -> ExitCode {
-    eprintln!("agent: {e:#}");
+    eprintln!("agent: {}", crate::errors::line(e));
     let config = e.chain().any(|c| {
         c.downcast_ref::<ConfigErrors>().is_some()
             || c.downcast_ref::<context::UnusableDatabase>().is_some()

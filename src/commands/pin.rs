@@ -14,7 +14,7 @@ pub async fn run(config: &Path, args: PinArgs, pin: bool) -> anyhow::Result<Exit
     if pin {
         // Pinning a typo would protect nothing: make sure the snapshot exists.
         let client = context::client(&settings, crate::clock::system())?;
-        let Some(snap) = client.list(None).await?.into_iter().find(|s| s.id == id) else {
+        let Some(snap) = client.list(None).await?.get(id).cloned() else {
             bail!("no snapshot {id} exists (checked with the API)");
         };
         if db.pin(id, Utc::now()).await? {

@@ -6,7 +6,7 @@ use anyhow::bail;
 use chrono::Utc;
 
 use super::{UsageError, context, output};
-use crate::api::Snapshot;
+use crate::api::{Snapshot, SnapshotStatus};
 use crate::cli::RestoreArgs;
 use crate::config::{JobSettings, Settings};
 use crate::db::{Database, RunStatus};
@@ -18,9 +18,20 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let clock = crate::clock::system();
     let client = context::client(&settings, clock.clone())?;
     let id = args.snapshot_id;
-    let Some(snap) = client.list(None).await?.into_iter().find(|s| s.id == id) else {
-        bail!("no snapshot {id} exists (checked with the API)");
+    let Some(snap) = client.list(None).await?.get(id).cloned() else {
+        bail!("no snapshot {id} exists (checked with the API); nothing was changed");
     };
+    // The API restores only a completed snapshot: refused here, before a safety snapshot
+    // (and the room it may need) is taken for nothing.
+    if snap.status != SnapshotStatus::Completed {
+        bail!(
+            "snapshot {id} ({}, server {}) is {}, not completed: only a completed snapshot can \
+             be restored; nothing was changed",
+            snap.name,
+            snap.server.id,
+            snap.status
+        );
+    }
     let job = run::job_for(&settings.jobs, &snap);
     let safety = !args.no_safety_snapshot;
     announce(&snap);
@@ -65,6 +76,7 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(o) = &outbox {
         o.deliver_all().await;
     }
+    let note = db.run(outcome.run_id).await?.and_then(|r| r.note);
     db.close().await;
     match outcome.status {
         RunStatus::Started => {
@@ -75,11 +87,16 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
             println!("{}", run::undo_note(&snap, outcome.safety));
             Ok(ExitCode::SUCCESS)
         }
-        _ => bail!(
-            "restore failed (run {}): {}",
-            outcome.run_id,
-            outcome.error.unwrap_or_default()
-        ),
+        _ => {
+            if let Some(note) = note {
+                println!("{note}");
+            }
+            bail!(
+                "restore failed (run {}): {}",
+                outcome.run_id,
+                outcome.error.unwrap_or_default()
+            )
+        }
     }
 }
 
@@ -144,18 +161,15 @@ async fn dry_run(
                 now + chrono::Duration::from_std(job.restore_safety_keep).unwrap_or_default()
             )
         );
-        match &plan.make_room {
-            Ok(v) if v.is_empty() => {}
-            Ok(v) => println!("  would first delete to make room: {}", output::ids(v)),
-            Err(no) => {
-                println!(
-                    "would FAIL: server {} is at the limit and nothing may be deleted; blocking: {}",
-                    snap.server.id,
-                    no.list()
-                );
-                println!("\ndry run: nothing was created, deleted, restored or recorded");
-                return Ok(ExitCode::FAILURE);
-            }
+        if let Some(why) = plan.no_room() {
+            println!("would FAIL: server {}: {why}", snap.server.id);
+            println!("\ndry run: nothing was created, deleted, restored or recorded");
+            return Ok(ExitCode::FAILURE);
+        }
+        if let Ok(v) = &plan.make_room
+            && !v.is_empty()
+        {
+            println!("  would first delete to make room: {}", output::ids(v));
         }
         println!("  and wait until it has completed");
     }

@@ -58,7 +58,8 @@ pub enum Verdict {
 
 /// What `run-once` and `demo` share: deliver old alerts, resume interrupted runs, run the
 /// jobs, print the summary, try once to deliver new alerts. A job whose interrupted run
-/// was just finished successfully counts that run as this one: one snapshot, not two.
+/// was just finished successfully, and began within [`run::STAND_IN`], counts that run as
+/// this one: one snapshot, not two. An older one is not a fresh rollback point.
 pub async fn run_jobs(
     settings: &Settings,
     runner: &Runner,
@@ -72,12 +73,27 @@ pub async fn run_jobs(
     let mut outcomes = Vec::new();
     for o in runner.resume_interrupted(&settings.jobs).await? {
         tracing::info!(run = o.run_id.get(), job = %o.job, status = %o.status, "finished an interrupted run");
-        if o.status == RunStatus::Succeeded && jobs.iter().any(|j| j.name == o.job) {
+        if !jobs.iter().any(|j| j.name == o.job) {
+            continue;
+        }
+        let now = runner.clock.now();
+        if o.stands_in(now) {
             println!(
-                "{}: finished its interrupted run {}; that snapshot counts as this run's",
-                o.job, o.run_id
+                "{}: finished its interrupted run {} (begun {} ago); that snapshot counts as this run's",
+                o.job,
+                o.run_id,
+                crate::alert::text::fmt_age(now - o.started_at)
             );
             outcomes.push(o);
+        } else {
+            println!(
+                "{}: finished its interrupted run {} ({}, begun at {}) as a run of its own; \
+                 taking a fresh snapshot now",
+                o.job,
+                o.run_id,
+                o.status,
+                output::time(o.started_at)
+            );
         }
     }
     let todo: Vec<JobSettings> = jobs
@@ -150,6 +166,9 @@ async fn open_outbox(
         return Ok((None, Vec::new()));
     };
     o.register().await?;
+    // What was queued before goes first, backoff or not: pings in their order, then
+    // alerts.
+    o.deliver_pings(true).await;
     let failed = o.deliver(true, &[]).await.failed;
     Ok((outbox, failed.into_iter().map(|(c, _)| c).collect()))
 }
@@ -170,7 +189,7 @@ impl Pinger {
             loop {
                 tokio::select! {
                     () = s.cancelled() => return,
-                    () = kick.notified() => o.deliver_pings().await,
+                    () = kick.notified() => o.deliver_pings(false).await,
                 }
             }
         });
@@ -181,7 +200,7 @@ impl Pinger {
     async fn finish(self) {
         self.stop.cancel();
         let _ = self.task.await;
-        self.outbox.deliver_pings().await;
+        self.outbox.deliver_pings(false).await;
     }
 }
 
@@ -284,21 +303,24 @@ async fn dry_run(
             "job {} (server {}): {} snapshots now",
             job.name,
             job.server_id,
-            plan.listing.len()
+            plan.listing.held()
         );
-        match &plan.make_room {
-            Ok(v) if v.is_empty() => {}
-            Ok(v) => println!("  would delete to make room: {}", output::ids(v)),
-            Err(no) => {
-                println!(
-                    "  would FAIL: the server is at the limit and nothing may be deleted; blocking: {}",
-                    no.list()
-                );
+        if !plan.listing.consistent() {
+            println!(
+                "  the API's listing is inconsistent ({}): nothing would be deleted",
+                plan.listing.odd()
+            );
+        }
+        match (&plan.make_room, plan.no_room()) {
+            (_, Some(why)) => println!("  would FAIL: {why}"),
+            (Ok(v), None) if !v.is_empty() => {
+                println!("  would delete to make room: {}", output::ids(v));
             }
+            _ => {}
         }
         print_hooks(job);
         println!("  would create: {}", plan.name);
-        for s in &plan.listing {
+        for s in &plan.listing.snapshots {
             if plan.rotate.contains(&s.id) {
                 let why = plan
                     .verdicts

@@ -47,14 +47,15 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
             .filter(|j| j.server_id == *server && args.job.as_ref().is_none_or(|n| *n == j.name))
             .collect();
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-        let owners = run::owners(db.as_ref(), client.marker(), *server, &listing).await?;
-        let rows = output::snapshot_rows(&listing, &owners, &jobs, &pins);
+        let owners = run::owners(db.as_ref(), client.marker(), *server, &listing.snapshots).await?;
+        let rows = output::snapshot_rows(&listing.snapshots, &owners, &jobs, &pins);
         if args.json {
             json.push(serde_json::json!({
                 "server_id": server,
                 "limit": crate::domain::LIMIT,
                 "jobs": names,
                 "snapshots": rows,
+                "anomalies": listing.anomalies,
             }));
             continue;
         }
@@ -63,8 +64,8 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
         }
         println!(
             "server {server}: {} snapshot{} (limit 5); jobs: {}",
-            listing.len(),
-            if listing.len() == 1 { "" } else { "s" },
+            listing.held(),
+            if listing.held() == 1 { "" } else { "s" },
             if names.is_empty() {
                 "none".into()
             } else {
@@ -72,6 +73,12 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
             }
         );
         output::snapshots(&rows);
+        if !listing.consistent() {
+            println!(
+                "the API's listing was inconsistent: {}; a run deletes nothing on such a listing",
+                listing.odd()
+            );
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json)?);

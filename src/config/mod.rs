@@ -276,12 +276,41 @@ impl Settings {
         let mut reader = source::Reader::new(&figment, origin);
         let settings = check::settings(&mut reader, path, &tree);
         if reader.errors.is_empty() {
-            Ok(Settings {
+            let settings = Settings {
                 warnings: reader.warnings,
                 ..settings
-            })
+            };
+            settings.register_secrets();
+            Ok(settings)
         } else {
             Err(ConfigErrors(reader.errors))
+        }
+    }
+
+    /// Tells [`crate::secrets`] what of this configuration must never be shown: the
+    /// token, the SMTP and database passwords, and the path and query of every URL the
+    /// agent posts to.
+    pub fn register_secrets(&self) {
+        use secrecy::ExposeSecret as _;
+        let passwords = [
+            self.api.token.as_ref(),
+            self.email.as_ref().and_then(|e| e.password.as_ref()),
+            match &self.database {
+                crate::db::Location::Postgres { password, .. } => password.as_ref(),
+                crate::db::Location::File(_) => None,
+            },
+        ];
+        for p in passwords.into_iter().flatten() {
+            crate::secrets::register(p.expose_secret());
+        }
+        let urls = self
+            .notify
+            .iter()
+            .map(|n| &n.url)
+            .chain(self.heartbeat.iter().map(|h| &h.url))
+            .chain(self.jobs.iter().filter_map(|j| j.ping_url.as_ref()));
+        for url in urls {
+            crate::secrets::register_url(url);
         }
     }
 

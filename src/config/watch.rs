@@ -90,7 +90,8 @@ pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A URL the agent posts to: http or https, with a host.
 pub fn outside_url(raw: &str) -> Result<Url, String> {
-    let url = Url::parse(raw.trim()).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    // Never the value itself in a message: a URL's path is often its secret.
+    let url = Url::parse(raw.trim()).map_err(|e| format!("is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
             "unsupported scheme {:?}; use https:// (or http://)",

@@ -33,11 +33,14 @@ use crate::schedule;
 
 /// What runs a job when it fires (the real [`Runner`], or a recorder in scheduler tests).
 pub trait Executor: Send + Sync + 'static {
+    /// Runs `job` for its fire at `scheduled_for`; `again` when the wall clock went back
+    /// past that fire (see [`crate::db::Database::claim_fire_again`]).
     fn run(
         &self,
         job: JobSettings,
         trigger: RunTrigger,
         scheduled_for: DateTime<Utc>,
+        again: bool,
     ) -> BoxFuture<'static, ()>;
     /// Finishes runs a dead process left `running` (see [`Runner::resume_interrupted`]).
     fn resume(&self, jobs: Vec<JobSettings>) -> BoxFuture<'static, ()>;
@@ -52,10 +55,16 @@ impl Executor for Runner {
         job: JobSettings,
         trigger: RunTrigger,
         scheduled_for: DateTime<Utc>,
+        again: bool,
     ) -> BoxFuture<'static, ()> {
         let runner = self.clone();
         Box::pin(async move {
-            if let Err(e) = runner.run_fire(&job, trigger, scheduled_for).await {
+            let ran = if again {
+                runner.run_fire_again(&job, trigger, scheduled_for).await
+            } else {
+                runner.run_fire(&job, trigger, scheduled_for).await
+            };
+            if let Err(e) = ran {
                 tracing::error!(job = %job.name, "{e:#}");
             }
         })
@@ -112,6 +121,9 @@ pub struct Daemon {
     pub check_every: Duration,
     /// How often jobs without a recent success are looked for (stale limits are hours).
     pub stale_every: Duration,
+    /// How often the wall clock is compared with monotonic time (a step or a suspend is
+    /// noticed within this; [`STEP_EVERY`]).
+    pub step_every: Duration,
     pub reload: Reload,
 }
 
@@ -153,6 +165,7 @@ impl Daemon {
             grace: GRACE,
             check_every: Duration::from_secs(30),
             stale_every: Duration::from_secs(300),
+            step_every: STEP_EVERY,
             reload: Box::new(move || {
                 let settings = Settings::load(&path)?;
                 settings.require_jobs()?;
@@ -167,6 +180,9 @@ impl Daemon {
 
 /// How long SIGTERM waits for running snapshots (systemd's default stop timeout is 90 s).
 pub const GRACE: Duration = Duration::from_secs(75);
+
+/// How often the daemon looks for a step of the wall clock.
+pub const STEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The loop's state.
 struct Loop {
@@ -187,6 +203,8 @@ struct Loop {
     /// Something was queued while a delivery was going.
     again: Arc<std::sync::atomic::AtomicBool>,
     last_stale_check: Option<tokio::time::Instant>,
+    /// The wall clock went back to before this: fires up to it come round again.
+    back_to: Option<DateTime<Utc>>,
 }
 
 /// Gives the whole heap pages freed after reading the configuration and dropping the
@@ -262,13 +280,14 @@ impl Daemon {
             tracing::warn!(job = %job.name, %at, "skipped: the previous run of this job is still going");
             return;
         }
+        let again = lp.back_to.is_some_and(|t| at <= t);
         let exec = self.services.executor.clone();
         let permits = lp.permits.clone();
         let done = lp.done_tx.clone();
         lp.tracker.spawn(async move {
             let name = job.name.clone();
             if let Ok(_permit) = permits.acquire_owned().await {
-                exec.run(job, trigger, at).await;
+                exec.run(job, trigger, at, again).await;
             }
             let _ = done.send(name);
         });
@@ -307,6 +326,36 @@ impl Daemon {
             self.start_run(lp, job, RunTrigger::Schedule, at);
         }
         self.arm_soonest(lp).await;
+        notify::send(&[notify::State::Status(&self.status_line(lp))]);
+    }
+
+    /// The wall clock stepped (`step`: forward when positive; a suspend counts as forward).
+    /// The schedule follows the wall clock, as cron and systemd timers do: the timer is
+    /// re-armed from the new time. Forward, the fires skipped over follow the catch-up
+    /// rules (the latest one, within `catch_up`); back, the fires come round again, and
+    /// each is run again only where its job has run past it since
+    /// ([`crate::db::Database::claim_fire_again`]): nothing fires twice at one moment.
+    async fn on_clock_step(&self, lp: &mut Loop, step: chrono::Duration) {
+        let now = self.now();
+        let by = crate::alert::text::fmt_age(step.abs());
+        if step < chrono::Duration::zero() {
+            let was = now - step;
+            lp.back_to = Some(lp.back_to.map_or(was, |t| t.max(was)));
+            tracing::warn!(
+                "the wall clock went back by {by}; the schedule follows it from {}",
+                now.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+        } else {
+            tracing::warn!(
+                "the wall clock went forward by {by} (a step or a suspend); fires missed meanwhile follow the catch-up rules"
+            );
+        }
+        lp.generation += 1;
+        self.timer.disarm_all().await;
+        if step > chrono::Duration::zero() {
+            self.catch_up(lp).await;
+        }
+        self.arm_all(lp).await;
         notify::send(&[notify::State::Status(&self.status_line(lp))]);
     }
 
@@ -401,6 +450,7 @@ impl Daemon {
             again: Arc::default(),
             channels: None,
             last_stale_check: None,
+            back_to: None,
         };
         let presence = Presence::of_daemon(self.db.clone(), self.clock.clone());
         self.register_channels(&mut lp);
@@ -419,6 +469,8 @@ impl Daemon {
             tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
         // The first tick is at once: resumption, delivery and a stale check at start.
         let mut checks = tokio::time::interval(self.check_every);
+        let mut steps = crate::clock::StepWatch::new(&*self.clock);
+        let mut step_tick = tokio::time::interval(self.step_every);
         loop {
             outside.health.beat();
             let kick = self.services.kick.clone();
@@ -448,6 +500,11 @@ impl Daemon {
                     notify::send(&[notify::State::Watchdog]);
                 }
                 _ = checks.tick() => self.on_check(&mut lp).await,
+                _ = step_tick.tick(), if steps.is_some() => {
+                    if let Some(step) = steps.as_mut().and_then(|w| w.look(&*self.clock)) {
+                        self.on_clock_step(&mut lp, step).await;
+                    }
+                }
             }
         }
         self.drain(lp, &mut control).await;

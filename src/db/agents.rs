@@ -142,12 +142,13 @@ impl Database {
         Ok(())
     }
 
-    /// Records that agent `id` lives at `now` (inserting it the first time).
+    /// Records that agent `id` lives at `now` (inserting it the first time). A recorded
+    /// stop stands: a heartbeat that lands after it (it was on its way) changes nothing.
     pub async fn heartbeat(&self, id: &str, role: AgentRole, now: DateTime<Utc>) -> DbResult<()> {
         let host = id.split('/').next().unwrap_or_default();
         self.q(
             "INSERT INTO agents (id, host, role, version, started_at, seen_at) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, stopped_at = NULL",
+             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at WHERE agents.stopped_at IS NULL",
         )
         .bind(id)
         .bind(host)

@@ -191,9 +191,12 @@ impl Database {
         tx.commit().await.map_err(self.err(what))
     }
 
-    /// Claims, until `until`, the alerts `channel` still owes whose next attempt is due
-    /// at `now` (every one it owes with `all`) and no other process is sending; returns
-    /// them, oldest first. The claim ends when the delivery is marked sent or failed.
+    /// Claims, until `until`, every alert `channel` still owes, when its oldest one is
+    /// due at `now` (or with `all`) and no other process is sending any of them; returns
+    /// them, oldest first. A channel's alerts go in the order queued: a newer one never
+    /// overtakes an older one still waiting out its backoff, and when the channel comes
+    /// back what it owes goes out together. The claim ends when the delivery is marked
+    /// sent or failed.
     pub async fn claim_alerts(
         &self,
         channel: &str,
@@ -206,13 +209,18 @@ impl Database {
         let mut tx = self.begin().await?;
         tx.q(
             "UPDATE deliveries SET claimed_until = ?, claimed_by = ? WHERE channel = ? AND sent_at IS NULL \
-               AND (claimed_until IS NULL OR claimed_until <= ?) AND (? OR next_attempt_at <= ?)",
+               AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.channel = ? AND o.sent_at IS NULL \
+                   AND o.claimed_until > ?) \
+               AND (? OR (SELECT h.next_attempt_at FROM deliveries h WHERE h.channel = ? \
+                   AND h.sent_at IS NULL ORDER BY h.alert_id LIMIT 1) <= ?)",
         )
         .bind(ms(until))
         .bind(super::agents::this_agent())
         .bind(channel)
+        .bind(channel)
         .bind(ms(now))
         .bind(all)
+        .bind(channel)
         .bind(ms(now))
         .execute(&mut tx)
         .await

@@ -24,6 +24,29 @@ impl Database {
         run: NewRun<'_>,
         owner: &Owner,
     ) -> DbResult<Result<RunId, FireTaken>> {
+        self.claim(run, owner, false).await
+    }
+
+    /// [`Database::claim_fire`] for a fire the wall clock came back to (it went back past
+    /// it: NTP, a hand-set clock): a fire already run is run again when its run has ended
+    /// and a run of the job for a later fire was started since — the clock had moved on
+    /// past it, and this is a new moment. One that is still running, or the latest fire
+    /// the job ran (a step back of less than a period), is not run again; of several
+    /// agents taking it at once, one does.
+    pub async fn claim_fire_again(
+        &self,
+        run: NewRun<'_>,
+        owner: &Owner,
+    ) -> DbResult<Result<RunId, FireTaken>> {
+        self.claim(run, owner, true).await
+    }
+
+    async fn claim(
+        &self,
+        run: NewRun<'_>,
+        owner: &Owner,
+        again: bool,
+    ) -> DbResult<Result<RunId, FireTaken>> {
         let what = format!("cannot claim the fire of {}", run.job);
         let at = run.scheduled_for.map_or(ms(run.started_at), ms);
         // The transaction holds the write lock from its start, so a second agent's claim
@@ -38,6 +61,19 @@ impl Database {
         .await
         .map_err(self.err(what.clone()))?
             == 1;
+        let claimed = claimed
+            || again
+                && tx
+                    .q("UPDATE fires SET run_id = 0 WHERE job = ? AND scheduled_for = ? \
+                        AND EXISTS (SELECT 1 FROM runs r WHERE r.id = fires.run_id AND r.status <> 'running') \
+                        AND EXISTS (SELECT 1 FROM runs l WHERE l.job = fires.job AND l.id > fires.run_id \
+                            AND l.scheduled_for > fires.scheduled_for)")
+                    .bind(run.job)
+                    .bind(at)
+                    .execute(&mut tx)
+                    .await
+                    .map_err(self.err(what.clone()))?
+                    == 1;
         if !claimed {
             let (run_id, owner): (RunId, Option<String>) = tx
                 .q(

@@ -381,7 +381,10 @@ impl Database {
         let rows: Vec<(Option<SnapshotId>, Option<String>)> = self
             .q(&sql)
             .bind(server_id)
-            .bind(serde_json::to_string(ids).unwrap_or_default())
+            .bind(
+                serde_json::to_string(&ids.iter().map(|i| i.stored()).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
             .bind(serde_json::to_string(names).unwrap_or_default())
             .fetch_all(self)
             .await

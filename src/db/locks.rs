@@ -16,15 +16,41 @@ use crate::domain::{RunId, ServerId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner(String);
 
-fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// Process `pid`'s start time (field 22 of `/proc/PID/stat`): `Ok(None)` when there is no
+/// such process, `Err` when `/proc` could not be read (out of descriptors, say), which
+/// proves nothing.
+fn process_start(pid: u32) -> std::io::Result<Option<u64>> {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
     // Field 22 (starttime) counts from the fields after the command name's ')'.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
+        .map(Some)
+        .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/stat has no start time")))
+}
+
+/// This process's start time, read once.
+fn own_start() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        process_start(std::process::id())
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    })
+}
+
+/// Logs, once per process, that liveness could not be read (and is taken as alive).
+fn unreadable(pid: u32, e: &std::io::Error) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "cannot read /proc/{pid}/stat ({e}); a process whose liveness cannot be read counts as alive"
+        );
+    }
 }
 
 fn hostname() -> String {
@@ -47,10 +73,14 @@ impl Owner {
     /// Process `pid` on this host: it is alive while that process is. (The fault explorer
     /// gives each agent it simulates in one test process a helper process of its own.)
     pub fn of_process(pid: u32) -> Self {
+        let start = if pid == std::process::id() {
+            own_start()
+        } else {
+            process_start(pid).ok().flatten().unwrap_or(0)
+        };
         Self(format!(
-            "{}/{pid}/{}/{:08x}",
+            "{}/{pid}/{start}/{:08x}",
             hostname(),
-            process_start(pid).unwrap_or(0),
             fastrand::u32(..)
         ))
     }
@@ -73,6 +103,9 @@ impl Owner {
     /// `Some(alive)` when this host can tell, `None` when it cannot: an owner on another
     /// host, or a process hidden from us (systemd's `ProtectProc=invisible` hides other
     /// users' processes, so a missing `/proc/PID` proves nothing unless pid 1 is visible).
+    /// Only a definite answer is "gone" — no such process, or one of another start time;
+    /// `/proc` that cannot be read (out of descriptors) counts as alive, and this process
+    /// never judges itself gone.
     pub fn liveness(owner: &str) -> Option<bool> {
         let mut parts = owner.split('/');
         let (host, pid, start) = (parts.next()?, parts.next()?, parts.next()?);
@@ -81,10 +114,23 @@ impl Owner {
         }
         let pid: u32 = pid.parse().ok()?;
         let start: u64 = start.parse().ok()?;
+        if pid == std::process::id() && start == own_start() {
+            return Some(true);
+        }
         match process_start(pid) {
-            Some(s) => Some(s == start),
-            None if std::path::Path::new("/proc/1/stat").exists() => Some(false),
-            None => None,
+            Ok(Some(s)) => Some(s == start),
+            Ok(None) => match std::fs::metadata("/proc/1/stat") {
+                Ok(_) => Some(false),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    unreadable(1, &e);
+                    Some(true)
+                }
+            },
+            Err(e) => {
+                unreadable(pid, &e);
+                Some(true)
+            }
         }
     }
 

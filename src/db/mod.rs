@@ -54,7 +54,7 @@ impl DbError {
         Self {
             path: path.to_path_buf(),
             what: what.into(),
-            detail: format!("{:#}", cause.into()),
+            detail: crate::errors::line(&cause.into()),
         }
     }
 }

@@ -96,19 +96,38 @@ impl Database {
         .await
     }
 
-    /// Claims, until `until`, the pings due at `now` that no other process is sending,
-    /// and returns them; the claim ends when the ping is recorded sent, failed or dropped.
+    /// Claims, until `until`, each check's oldest unsent ping (a job's, or the
+    /// heartbeat's) when it is due at `now` (or has expired, to be dropped) and no other
+    /// process is sending it; returns them. A check's later pings wait for it: pings reach
+    /// a check one at a time, in the order queued, so that a `/fail` held up by an outage
+    /// is never overtaken by the `/start` after it. The claim ends when the ping is
+    /// recorded sent, failed or dropped.
     pub async fn claim_pings(
         &self,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> DbResult<Vec<PendingPing>> {
-        self.pings_where(
-            "next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until <= ?)",
-            now,
-            Some(until),
-        )
-        .await
+        self.claim_ping_heads(now, until, false).await
+    }
+
+    /// [`Database::claim_pings`]; with `all`, each check's oldest ping whether its backoff
+    /// has run out or not (an operator running a command by hand may just have fixed the
+    /// receiver).
+    pub async fn claim_ping_heads(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        all: bool,
+    ) -> DbResult<Vec<PendingPing>> {
+        let due = if all {
+            "id IN (SELECT min(id) FROM pings WHERE sent_at IS NULL AND dropped_at IS NULL GROUP BY job) \
+             AND (claimed_until IS NULL OR claimed_until <= ?)"
+        } else {
+            "id IN (SELECT min(id) FROM pings WHERE sent_at IS NULL AND dropped_at IS NULL GROUP BY job) \
+             AND (next_attempt_at <= ? OR expires_at <= ?) \
+             AND (claimed_until IS NULL OR claimed_until <= ?)"
+        };
+        self.pings_where(due, now, Some(until)).await
     }
 
     async fn pings_where(
@@ -130,24 +149,22 @@ impl Database {
                 let sql = format!(
                     "UPDATE pings SET claimed_until = ?, claimed_by = ? WHERE {open} AND {due}"
                 );
-                tx.q(&sql)
-                    .bind(ms(until))
-                    .bind(super::agents::this_agent())
-                    .bind(ms(now))
-                    .bind(ms(now))
-                    .execute(&mut tx)
-                    .await
-                    .map_err(self.err(what))?;
+                let mut claim = tx.q(&sql).bind(ms(until)).bind(super::agents::this_agent());
+                // Every placeholder of `due` is `now`.
+                for _ in 0..due.matches('?').count() {
+                    claim = claim.bind(ms(now));
+                }
+                claim.execute(&mut tx).await.map_err(self.err(what))?;
                 let sql = format!("{select} WHERE {open} AND claimed_until = ?");
                 tx.q(&sql).bind(ms(until)).fetch_all(&mut tx).await
             }
             None => {
                 let sql = format!("{select} WHERE {open} AND {due}");
-                tx.q(&sql)
-                    .bind(ms(now))
-                    .bind(ms(now))
-                    .fetch_all(&mut tx)
-                    .await
+                let mut read = tx.q(&sql);
+                for _ in 0..due.matches('?').count() {
+                    read = read.bind(ms(now));
+                }
+                read.fetch_all(&mut tx).await
             }
         }
         .map_err(self.err(what))?;

@@ -204,7 +204,12 @@ impl From<RunRow> for Run {
             }),
             deleted_snapshot_ids: r
                 .deleted
-                .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
+                .map(|s| {
+                    s.split(',')
+                        .filter_map(|v| v.trim().parse().ok())
+                        .map(SnapshotId::from_stored)
+                        .collect()
+                })
                 .unwrap_or_default(),
             error: r.error,
             safety_snapshot_id: r.safety_snapshot_id,

@@ -63,14 +63,14 @@ impl Runner {
                 st.snapshot = Some(snap);
                 Ok(())
             }
-            Err(e @ ApiError::BadRequest { .. }) if st.listing.len() >= LIMIT as usize => {
+            Err(e @ ApiError::BadRequest { .. }) if st.listing.held() >= LIMIT as usize => {
                 self.db
                     .resolve(entry, State::Error, None, Some(&e.to_string()), self.now())
                     .await?;
                 let held = format!(
                     "server {} holds {} snapshots (limit {LIMIT})",
                     job.server_id,
-                    st.listing.len()
+                    st.listing.held()
                 );
                 Err(fail_as(
                     Step::Create,
@@ -95,7 +95,7 @@ impl Runner {
             } else {
                 naming::new_name(&st.job.name, self.now())
             };
-            if !st.listing.iter().any(|s| s.name == n) {
+            if !st.listing.snapshots.iter().any(|s| s.name == n) {
                 return n;
             }
         }
@@ -153,7 +153,7 @@ impl Runner {
             }
             match self.relist(st).await? {
                 Ok(()) => {
-                    if let Some(found) = st.listing.iter().find(|s| s.name == name) {
+                    if let Some(found) = st.listing.snapshots.iter().find(|s| s.name == name) {
                         return Ok(Some(found.clone()));
                     }
                     absent += 1;

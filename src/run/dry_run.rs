@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use super::{candidates, owners};
-use crate::api::{Client, Snapshot, SnapshotStatus};
+use crate::api::{Client, Listing, SnapshotStatus};
 use crate::config::JobSettings;
 use crate::db::Database;
 use crate::domain::SnapshotId;
@@ -16,7 +16,9 @@ use crate::retention::{self, Candidate, LIMIT};
 /// A plan for `--dry-run`: what a run would do now, changing nothing.
 #[derive(Debug, Clone)]
 pub struct DryRun {
-    pub listing: Vec<Snapshot>,
+    /// The server's snapshots; a listing with anomalies would make the run delete
+    /// nothing (and fail if the server is at the limit).
+    pub listing: Listing,
     /// Whose each snapshot of the listing is.
     pub owners: Vec<Ownership>,
     pub verdicts: Vec<retention::Verdict>,
@@ -34,20 +36,19 @@ pub async fn dry_run(
     job: &JobSettings,
     now: DateTime<Utc>,
 ) -> anyhow::Result<DryRun> {
-    let listing: Vec<Snapshot> = client
-        .list(Some(job.server_id))
-        .await?
-        .into_iter()
-        .filter(|s| s.server.id == job.server_id)
-        .collect();
+    let listing = client.list(Some(job.server_id)).await?;
     let pins = match db {
         Some(db) => db.pins(now).await?,
         None => HashSet::new(),
     };
-    let owners = owners(db, client.marker(), job.server_id, &listing).await?;
-    let cands = candidates(&listing, &owners, job, &pins);
+    let owners = owners(db, client.marker(), job.server_id, &listing.snapshots).await?;
+    let cands = candidates(&listing.snapshots, &owners, job, &pins);
     let verdicts = retention::plan(&cands, &job.retention, job.timezone);
-    let make_room = if listing.len() >= LIMIT as usize {
+    let make_room = if listing.held() >= LIMIT as usize && !listing.consistent() {
+        Err(retention::NoRoom {
+            blocking: Vec::new(),
+        })
+    } else if listing.held() >= LIMIT as usize {
         retention::make_room(
             &cands,
             &job.retention,
@@ -63,7 +64,11 @@ pub async fn dry_run(
         .into_iter()
         .filter(|c| !make_room.as_ref().is_ok_and(|v| v.contains(&c.id)))
         .collect();
-    let phantom = SnapshotId::new(after.iter().map(|c| c.id.get()).max().unwrap_or(0) + 1);
+    // An id no listed snapshot has, for the one the run would make.
+    let phantom = (0..=u64::MAX)
+        .map(SnapshotId::new)
+        .find(|id| after.iter().all(|c| c.id != *id))
+        .unwrap_or(SnapshotId::new(0));
     after.push(Candidate {
         id: phantom,
         created_at: now,
@@ -74,7 +79,11 @@ pub async fn dry_run(
     let budget = job
         .max_deletions_per_run
         .saturating_sub(make_room.as_ref().map_or(0, |v| v.len() as u32));
-    let rotate = retention::victims(&after, &job.retention, job.timezone, budget);
+    let rotate = if listing.consistent() {
+        retention::victims(&after, &job.retention, job.timezone, budget)
+    } else {
+        Vec::new()
+    };
     Ok(DryRun {
         listing,
         owners,
@@ -83,4 +92,23 @@ pub async fn dry_run(
         name,
         rotate,
     })
+}
+
+impl DryRun {
+    /// Why the run would fail before creating anything: the server is at the limit and
+    /// nothing may be deleted (by the policy, or because the listing is inconsistent).
+    pub fn no_room(&self) -> Option<String> {
+        match &self.make_room {
+            Ok(_) => None,
+            Err(_) if !self.listing.consistent() => Some(format!(
+                "the server is at the limit by a listing the agent cannot trust ({}); \
+                 nothing is deleted on such a listing",
+                self.listing.odd()
+            )),
+            Err(no) => Some(format!(
+                "the server is at the limit and nothing may be deleted; blocking: {}",
+                no.list()
+            )),
+        }
+    }
 }

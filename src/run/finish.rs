@@ -13,7 +13,8 @@ impl Runner {
         result: Result<(), Failure>,
     ) -> Result<Outcome, DbError> {
         if let Err(f) = &result {
-            self.on_failure(&mut st, &format!("{:#}", f.error)).await?;
+            self.on_failure(&mut st, &crate::errors::line(&f.error))
+                .await?;
         }
         let now = self.now();
         let job = st.job;
@@ -29,7 +30,7 @@ impl Runner {
                 (RunStatus::Succeeded, warn, recovered)
             }
             Err(f) => {
-                let error = format!("{:#}", f.error);
+                let error = crate::errors::line(&f.error);
                 let failed = self.failure_alert(&st, f, &error, now).await?;
                 (RunStatus::Failed, Some(error), failed)
             }
@@ -60,6 +61,7 @@ impl Runner {
             error,
             cause: result.as_ref().err().map(|f| f.cause),
             polls: st.polls,
+            started_at: st.started_at,
             elapsed: (now - st.started_at).to_std().unwrap_or_default(),
             safety: None,
         })
@@ -120,6 +122,7 @@ impl Runner {
             error: Some(note),
             cause: None,
             polls: st.polls,
+            started_at: st.started_at,
             elapsed: (now - st.started_at).to_std().unwrap_or_default(),
             safety: None,
         })
@@ -188,7 +191,7 @@ impl Runner {
             started_at: st.started_at,
             finished_at: now,
             last_good: last_good.as_ref(),
-            listing: &st.listing,
+            listing: &st.listing.snapshots,
             hooks: &st.hooks_ran,
         })))
     }
@@ -200,6 +203,7 @@ impl Runner {
         metrics.run_finished(job, (now - st.started_at).to_std().unwrap_or_default());
         let on_server = st
             .listing
+            .snapshots
             .iter()
             .filter(|s| s.server.id == st.job.server_id);
         let known = std::collections::HashSet::new();

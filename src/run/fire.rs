@@ -16,15 +16,36 @@ pub const CLAIM_PATIENCE: Duration = Duration::from_secs(600);
 impl Runner {
     /// Runs `job`'s fire at `at` (scheduled, or caught up), unless a run of that fire was
     /// started already, by this agent or another on the database: `None` then.
-    #[tracing::instrument(name = "run", skip_all, fields(job = %job.name, server = job.server_id.get(), run = tracing::field::Empty))]
     pub async fn run_fire(
         &self,
         job: &JobSettings,
         trigger: RunTrigger,
         at: DateTime<Utc>,
     ) -> Result<Option<Outcome>, DbError> {
+        self.fire(job, trigger, at, false).await
+    }
+
+    /// [`Runner::run_fire`] for a fire the wall clock came back to after it went back
+    /// ([`crate::db::Database::claim_fire_again`]).
+    pub async fn run_fire_again(
+        &self,
+        job: &JobSettings,
+        trigger: RunTrigger,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Outcome>, DbError> {
+        self.fire(job, trigger, at, true).await
+    }
+
+    #[tracing::instrument(name = "run", skip_all, fields(job = %job.name, server = job.server_id.get(), run = tracing::field::Empty))]
+    async fn fire(
+        &self,
+        job: &JobSettings,
+        trigger: RunTrigger,
+        at: DateTime<Utc>,
+        again: bool,
+    ) -> Result<Option<Outcome>, DbError> {
         let new = new_run(job, trigger, self.now(), Some(at));
-        match self.claim_patiently(job, new).await? {
+        match self.claim_patiently(job, new, again).await? {
             Ok((run_id, started_at)) => self
                 .run_started(job, run_id, trigger, started_at, Some(at))
                 .await
@@ -45,12 +66,18 @@ impl Runner {
         &self,
         job: &JobSettings,
         mut new: NewRun<'_>,
+        again: bool,
     ) -> Result<Result<(RunId, DateTime<Utc>), FireTaken>, DbError> {
         let from = tokio::time::Instant::now();
         let mut pause = Duration::from_secs(1);
         loop {
             new.started_at = self.now();
-            let e = match self.db.claim_fire(new.clone(), &self.owner).await {
+            let claim = if again {
+                self.db.claim_fire_again(new.clone(), &self.owner).await
+            } else {
+                self.db.claim_fire(new.clone(), &self.owner).await
+            };
+            let e = match claim {
                 Ok(claim) => return Ok(claim.map(|id| (id, new.started_at))),
                 Err(e) => e,
             };

@@ -75,7 +75,7 @@ impl Runner {
         {
             tracing::warn!("{e:#}; running the after hook anyway");
         }
-        let finished = hooks::run(command, &facts.env(phase), timeout, &*self.client).await;
+        let finished = hooks::run(command, &facts.env(phase), timeout).await;
         let state = if finished.ok() {
             State::Ok
         } else {

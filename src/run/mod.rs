@@ -37,7 +37,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::{AlertPolicy, Cause};
-use crate::api::{ApiError, Client, Snapshot};
+use crate::api::{ApiError, Client, Listing, Snapshot};
 use crate::clock::SharedClock;
 use crate::config::JobSettings;
 use crate::db::{
@@ -76,6 +76,23 @@ pub struct Runner {
     pub kick: Arc<tokio::sync::Notify>,
 }
 
+/// How recently an interrupted run must have begun for its snapshot to stand in for a
+/// manual run's (`run-once` after a kill): about the time one snapshot takes to make. An
+/// older one is finished as its own run and a fresh snapshot is taken.
+pub const STAND_IN: Duration = Duration::from_secs(10 * 60);
+
+impl Outcome {
+    /// Whether this finished interrupted run may count as a manual run of its job at
+    /// `now`: it succeeded and began within [`STAND_IN`] (not in the future: a clock that
+    /// went back proves nothing).
+    pub fn stands_in(&self, now: DateTime<Utc>) -> bool {
+        let age = now - self.started_at;
+        self.status == RunStatus::Succeeded
+            && age >= chrono::Duration::zero()
+            && age.to_std().is_ok_and(|a| a <= STAND_IN)
+    }
+}
+
 /// How a run ended, for summaries.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -89,6 +106,8 @@ pub struct Outcome {
     /// What kind of failure, when the run failed.
     pub cause: Option<Cause>,
     pub polls: u32,
+    /// When the run began (for an interrupted run: when the process that died began it).
+    pub started_at: DateTime<Utc>,
     pub elapsed: Duration,
     /// A restore: the safety snapshot taken first.
     pub safety: Option<SnapshotId>,
@@ -157,8 +176,9 @@ struct RunState<'a> {
     snapshot: Option<Snapshot>,
     /// When the snapshot was asked for (our clock), for `snapshot_timeout`.
     requested_at: Option<DateTime<Utc>>,
-    /// The server's snapshots as last listed.
-    listing: Vec<Snapshot>,
+    /// The server's snapshots as last listed (nothing is deleted on a listing with
+    /// anomalies).
+    listing: Listing,
     deleted: Vec<SnapshotId>,
     /// Deletes asked for that may have been carried out: what counts against
     /// `max_deletions_per_run` (a delete whose answer was lost counts).
@@ -194,7 +214,7 @@ impl<'a> RunState<'a> {
             step: Step::Lock,
             snapshot: None,
             requested_at: None,
-            listing: Vec::new(),
+            listing: Listing::default(),
             deleted: Vec::new(),
             deletes_spent: 0,
             delete_errors: Vec::new(),
@@ -386,7 +406,7 @@ impl Runner {
         st.step = Step::List;
         self.list(st).await?;
         self.reconcile(st).await?;
-        if st.listing.len() >= crate::retention::LIMIT as usize {
+        if st.listing.held() >= crate::retention::LIMIT as usize {
             self.make_room(st).await?;
         }
         self.before(st).await?;
@@ -410,13 +430,7 @@ impl Runner {
     async fn relist(&self, st: &mut RunState<'_>) -> Result<Result<(), ApiError>, DbError> {
         match self.client.list(Some(st.job.server_id)).await {
             Ok(list) => {
-                let detail = format!("{} snapshots", list.len());
-                self.observe(st, Action::List, None, State::Ok, Some(&detail))
-                    .await?;
-                st.listing = list
-                    .into_iter()
-                    .filter(|s| s.server.id == st.job.server_id)
-                    .collect();
+                self.listed(st, list).await?;
                 Ok(Ok(()))
             }
             Err(e) => {
@@ -427,6 +441,24 @@ impl Runner {
         }
     }
 
+    /// Takes `list` as the listing in hand, recording it; what was odd about it is
+    /// recorded too and reported with the run (once).
+    async fn listed(&self, st: &mut RunState<'_>, list: Listing) -> Result<(), DbError> {
+        let detail = if list.consistent() {
+            format!("{} snapshots", list.held())
+        } else {
+            let odd = format!("the API's listing was inconsistent: {}", list.odd());
+            if !st.warnings.contains(&odd) {
+                st.warnings.push(odd.clone());
+            }
+            format!("{} snapshots; {odd}", list.held())
+        };
+        self.observe(st, Action::List, None, State::Ok, Some(&detail))
+            .await?;
+        st.listing = list;
+        Ok(())
+    }
+
     async fn list(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
         self.relist(st).await?.map_err(|e| fail(st.step, e))
     }
@@ -434,13 +466,14 @@ impl Runner {
     /// The planner's view of the listing in hand, for this run's job.
     async fn candidates(&self, st: &RunState<'_>) -> Result<Vec<Candidate>, DbError> {
         let pins = self.db.pins(self.now()).await?;
+        let snapshots = &st.listing.snapshots;
         let owners = owners(
             Some(&self.db),
             self.client.marker(),
             st.job.server_id,
-            &st.listing,
+            snapshots,
         )
         .await?;
-        Ok(candidates(&st.listing, &owners, st.job, &pins))
+        Ok(candidates(snapshots, &owners, st.job, &pins))
     }
 }

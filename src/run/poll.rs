@@ -120,11 +120,8 @@ impl Runner {
                 return Ok(false);
             }
         };
-        st.listing = list
-            .into_iter()
-            .filter(|s| s.server.id == st.job.server_id)
-            .collect();
-        let Some(found) = st.listing.iter().find(|s| s.id == snap.id).cloned() else {
+        self.listed(st, list).await?;
+        let Some(found) = st.listing.get(snap.id).cloned() else {
             self.observe(
                 st,
                 Action::Poll,

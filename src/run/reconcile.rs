@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use super::{Failure, RunState, Runner};
 use crate::alert::text;
-use crate::api::Snapshot;
+use crate::api::Listing;
 use crate::db::{Action, DbError, State};
 use crate::domain::{RunId, ServerId, SnapshotId};
 
@@ -27,16 +27,19 @@ impl Runner {
     pub(super) async fn settle_open(
         &self,
         server_id: ServerId,
-        listing: &[Snapshot],
+        listing: &Listing,
         only: Option<RunId>,
     ) -> Result<(), DbError> {
+        let listing_has = |id| listing.get(id).is_some();
         for e in self.db.unresolved(server_id).await? {
             if only.is_some_and(|run| run != e.run_id) {
                 continue;
             }
             match (e.action, e.snapshot(), e.snapshot_name.as_deref()) {
+                // An item that could not be read may be the one: absence proves nothing.
+                (Action::Delete, Some(_), _) if listing.unreadable > 0 => {}
                 (Action::Delete, Some(id), _) => {
-                    let (state, detail) = if listing.iter().any(|s| s.id == id) {
+                    let (state, detail) = if listing_has(id) {
                         (State::Error, "not carried out: still listed afterwards")
                     } else {
                         (State::Ok, "carried out; its answer was lost")
@@ -51,7 +54,7 @@ impl Runner {
                         .await?;
                 }
                 (Action::Create, _, Some(name)) => {
-                    if let Some(s) = listing.iter().find(|s| s.name == name) {
+                    if let Some(s) = listing.snapshots.iter().find(|s| s.name == name) {
                         tracing::info!(run = e.run_id.get(), snapshot = s.id.get(), %name, "a snapshot whose create answer was lost has appeared; it is the agent's");
                         self.db
                             .resolve(
@@ -74,11 +77,15 @@ impl Runner {
     /// agent never tried to delete them: someone else did. Alert once per snapshot.
     async fn check_drift(&self, st: &RunState<'_>) -> Result<(), Failure> {
         let job = st.job;
+        // An item that could not be read may be one of them: nothing is judged gone.
+        if st.listing.unreadable > 0 {
+            return Ok(());
+        }
         let made = self
             .db
             .made_by(&job.name, job.server_id, DRIFT_WINDOW)
             .await?;
-        let present: HashSet<SnapshotId> = st.listing.iter().map(|s| s.id).collect();
+        let present: HashSet<SnapshotId> = st.listing.snapshots.iter().map(|s| s.id).collect();
         let gone: Vec<(SnapshotId, String)> = made
             .into_iter()
             .filter(|(id, _)| !present.contains(id))

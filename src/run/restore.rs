@@ -9,7 +9,7 @@ use anyhow::anyhow;
 
 use super::{Failure, Outcome, RunState, Runner, fail};
 use crate::alert::text;
-use crate::api::{ApiError, Snapshot};
+use crate::api::{ApiError, Snapshot, SnapshotStatus};
 use crate::config::JobSettings;
 use crate::db::{
     Action, DbError, Finish, Intent, NewAlert, NewRun, RunKind, RunStatus, RunTrigger, State, Step,
@@ -78,6 +78,7 @@ impl Runner {
         req: &RestoreRequest<'_>,
         started_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<SnapshotId>, Failure> {
+        self.check_target(run_id, req).await?;
         let safety = match (req.safety, req.job) {
             (false, _) => None,
             (true, Some(job)) => Some(self.safety_snapshot(run_id, job, started_at).await?),
@@ -104,6 +105,55 @@ impl Runner {
         }
     }
 
+    /// Before anything changes: a fresh listing of the server confirms that the snapshot
+    /// to restore is there, on that server, and `completed` (the API refuses anything
+    /// else, and by then a safety snapshot would have been taken for nothing).
+    async fn check_target(&self, run_id: RunId, req: &RestoreRequest<'_>) -> Result<(), Failure> {
+        let target = req.snapshot;
+        let server = target.server.id;
+        let listing = match self.client.list(Some(server)).await {
+            Ok(l) => l,
+            Err(e) => {
+                let e = anyhow!(e).context("checking the snapshot to restore");
+                return Err(fail(Step::Start, e));
+            }
+        };
+        let refuse = |why: String| {
+            Err(fail(
+                Step::Start,
+                anyhow!("{why}; nothing was changed on the server"),
+            ))
+        };
+        let Some(now) = listing.get(target.id) else {
+            return refuse(format!(
+                "snapshot {} is not (or no longer) listed on server {server}",
+                target.id
+            ));
+        };
+        if now.status != SnapshotStatus::Completed {
+            return refuse(format!(
+                "snapshot {} ({}) is {}, not completed: only a completed snapshot can be restored",
+                target.id, target.name, now.status
+            ));
+        }
+        let detail = format!("snapshot {} is completed on server {server}", target.id);
+        self.db
+            .observe(
+                Intent {
+                    run_id,
+                    server_id: server,
+                    action: Action::List,
+                    snapshot_id: Some(target.id),
+                    snapshot_name: Some(&target.name),
+                    detail: Some(&detail),
+                },
+                State::Ok,
+                self.now(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The safety snapshot: listed, room made by the job's policy, created, pinned at
     /// once, and waited for until completed. Any failure stops the restore.
     async fn safety_snapshot(
@@ -121,7 +171,7 @@ impl Runner {
         st.step = Step::List;
         self.list(&mut st).await?;
         self.reconcile(&mut st).await?;
-        if st.listing.len() >= LIMIT as usize {
+        if st.listing.held() >= LIMIT as usize {
             self.make_room(&mut st).await?;
         }
         self.create(&mut st).await?;
@@ -158,6 +208,11 @@ impl Runner {
     ) -> Result<Outcome, DbError> {
         let now = self.now();
         let server_id = req.snapshot.server.id;
+        let safety_id = self
+            .db
+            .run(run_id)
+            .await?
+            .and_then(|r| r.safety_snapshot_id);
         let (status, error, note, safety) = match &result {
             Ok(safety) => (
                 RunStatus::Started,
@@ -166,21 +221,14 @@ impl Runner {
                 *safety,
             ),
             Err(f) => {
-                let error = format!("{:#}; the restore was not done", f.error);
-                let sent = f.step == Some(Step::Restore);
-                let note = if sent {
-                    "the restore request failed; the server was not changed by this run".into()
-                } else {
-                    "the restore was not sent: nothing on the server was overwritten".into()
-                };
+                let error = format!(
+                    "{}; the restore was not done",
+                    crate::errors::line(&f.error)
+                );
+                let note = self.not_restored(f, safety_id).await?;
                 (RunStatus::Failed, Some(error), note, None)
             }
         };
-        let safety_id = self
-            .db
-            .run(run_id)
-            .await?
-            .and_then(|r| r.safety_snapshot_id);
         self.db
             .set_restore_safety(run_id, safety.or(safety_id), &note)
             .await?;
@@ -210,8 +258,51 @@ impl Runner {
             error,
             cause: result.as_ref().err().map(|f| f.cause),
             polls: 0,
+            started_at,
             elapsed: (now - started_at).to_std().unwrap_or_default(),
             safety,
+        })
+    }
+
+    /// What a failed restore's record says happened. A restore the API refused outright
+    /// overwrote nothing: its safety snapshot is no way back from anything, so its pin is
+    /// released (the job's retention takes it in time). One whose answer was lost may
+    /// have started: the pin stays.
+    async fn not_restored(
+        &self,
+        f: &Failure,
+        safety: Option<SnapshotId>,
+    ) -> Result<String, DbError> {
+        if f.step != Some(Step::Restore) {
+            return Ok("the restore was not sent: nothing on the server was overwritten".into());
+        }
+        let unknown = f
+            .error
+            .chain()
+            .filter_map(|e| e.downcast_ref::<ApiError>())
+            .any(|e| matches!(e, ApiError::OutcomeUnknown { .. }));
+        if unknown {
+            return Ok(match safety {
+                Some(id) => format!(
+                    "the restore request's answer was lost: it may have started (check the \
+                     server in the VPS.org panel); safety snapshot {id} stays pinned, and \
+                     `agent restore {id}` undoes it"
+                ),
+                None => "the restore request's answer was lost: it may have started (check \
+                         the server in the VPS.org panel)"
+                    .into(),
+            });
+        }
+        Ok(match safety {
+            Some(id) => {
+                self.db.unpin(id).await?;
+                format!(
+                    "the API refused the restore: the server was not changed; safety snapshot \
+                     {id} was taken first and is now unpinned (its job's retention rotates it \
+                     out)"
+                )
+            }
+            None => "the API refused the restore: the server was not changed".into(),
         })
     }
 

@@ -133,7 +133,7 @@ impl Runner {
                 .await?;
                 return Ok(None);
             }
-            (State::Ok, Some(id)) => st.listing.iter().find(|s| s.id == id).cloned(),
+            (State::Ok, Some(id)) => st.listing.get(id).cloned(),
             _ => {
                 let name = create.snapshot_name.clone().unwrap_or_default();
                 match self.find_by_name(&mut st, &name).await {

@@ -22,11 +22,7 @@ impl Runner {
         id: SnapshotId,
         why: &str,
     ) -> Result<Result<(), ApiError>, DbError> {
-        let name = st
-            .listing
-            .iter()
-            .find(|s| s.id == id)
-            .map(|s| s.name.clone());
+        let name = st.listing.get(id).map(|s| s.name.clone());
         let intent = Intent {
             snapshot_name: name.as_deref(),
             detail: Some(why),
@@ -46,7 +42,7 @@ impl Runner {
         match state {
             State::Ok => {
                 st.deleted.push(id);
-                st.listing.retain(|s| s.id != id);
+                st.listing.snapshots.retain(|s| s.id != id);
                 tracing::info!(snapshot = id.get(), "deleted ({why})");
             }
             State::Error => st.deletes_spent -= 1,
@@ -65,6 +61,16 @@ impl Runner {
     pub(super) async fn make_room(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
         st.step = Step::MakeRoom;
         let job = st.job;
+        if !st.listing.consistent() {
+            let e = anyhow!(
+                "server {} is at the limit of {LIMIT} snapshots by a listing the agent cannot \
+                 trust ({}); nothing is deleted on such a listing. Look at the server in the \
+                 VPS.org panel, or free a slot by hand",
+                job.server_id,
+                st.listing.odd()
+            );
+            return Err(fail_as(Step::MakeRoom, Cause::NoRoom, e));
+        }
         let cands = self.candidates(st).await?;
         let victims = retention::make_room(
             &cands,
@@ -113,6 +119,12 @@ impl Runner {
             (left, victim)
         };
         while self.budget(st) > 0 {
+            // A listing with anomalies is never a reason to delete (said in the run's
+            // warnings when it was listed).
+            if !st.listing.consistent() {
+                tracing::warn!("rotation skipped: the listing was inconsistent");
+                break;
+            }
             // Nothing left to delete by the listing in hand: done, no request spent.
             let (mut cands, mut victim) = next(&self.candidates(st).await?, &tried);
             if victim.is_none() {
@@ -123,6 +135,10 @@ impl Runner {
             if !fresh {
                 if let Err(e) = self.relist(st).await? {
                     st.delete_errors.push(format!("rotation stopped: {e}"));
+                    break;
+                }
+                if !st.listing.consistent() {
+                    tracing::warn!("rotation stopped: the listing was inconsistent");
                     break;
                 }
                 (cands, victim) = next(&self.candidates(st).await?, &tried);

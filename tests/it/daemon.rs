@@ -37,6 +37,7 @@ impl Executor for Recorder {
         job: JobSettings,
         trigger: RunTrigger,
         at: DateTime<Utc>,
+        _again: bool,
     ) -> BoxFuture<'static, ()> {
         let me = self.clone();
         Box::pin(async move {
@@ -187,6 +188,7 @@ impl Start {
             grace: Duration::from_secs(600),
             check_every: Duration::from_secs(86_400 * 365),
             stale_every: Duration::from_secs(86_400 * 365),
+            step_every: Duration::from_secs(3600),
             reload: Box::new(move || {
                 Ok(Services {
                     settings: Settings::load(&reload_path)?,
@@ -511,6 +513,7 @@ async fn check_at(dir: &std::path::Path, at: DateTime<Utc>, checks: usize) {
         grace: Duration::from_secs(5),
         check_every: Duration::from_secs(86_400 * 365),
         stale_every: Duration::from_secs(86_400 * 365),
+        step_every: Duration::from_secs(3600),
         reload: Box::new(|| anyhow::bail!("not reloaded here")),
     };
     let task = tokio::spawn(daemon.run(rx));

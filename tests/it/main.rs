@@ -7,6 +7,7 @@ mod config;
 mod daemon;
 mod data_safety;
 mod db_copy;
+mod edges;
 mod explore;
 mod glance;
 mod helpers;

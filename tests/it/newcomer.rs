@@ -221,8 +221,8 @@ async fn ctrl_c_in_run_once_stops_at_a_safe_point_and_the_next_run_once_finishes
     let second = agent(&cfg, &["run-once"]).await;
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
     assert!(
-        text(&second)
-            .contains("web: finished its interrupted run 1; that snapshot counts as this run's"),
+        text(&second).contains("web: finished its interrupted run 1 (begun")
+            && text(&second).contains("that snapshot counts as this run's"),
         "{}",
         text(&second)
     );

@@ -580,7 +580,8 @@ proptest! {
             "id": 1, "server": {"id": 2, "name": null}, "name": "n", "status": status,
             "size_mb": size, "created_at": "2026-11-28T00:00:00Z", "description": desc}]});
         let page: SnapshotPage = serde_json::from_value(body).unwrap();
-        prop_assert_eq!(page.results[0].status.as_str(), status.as_str());
+        let snap: vps_snapshot_agent::api::Snapshot = serde_json::from_value(page.results[0].clone()).unwrap();
+        prop_assert_eq!(snap.status.as_str(), status.as_str());
     }
 }
 

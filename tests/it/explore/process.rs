@@ -189,10 +189,11 @@ impl Executor for Counting {
         job: JobSettings,
         trigger: RunTrigger,
         at: DateTime<Utc>,
+        again: bool,
     ) -> BoxFuture<'static, ()> {
         let active = self.active.clone();
         active.fetch_add(1, Ordering::SeqCst);
-        let run = Executor::run(&self.runner, job, trigger, at);
+        let run = Executor::run(&self.runner, job, trigger, at, again);
         Box::pin(async move {
             run.await;
             active.fetch_sub(1, Ordering::SeqCst);

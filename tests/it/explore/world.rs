@@ -240,6 +240,7 @@ impl World {
                 grace: Duration::from_secs(2),
                 check_every: Duration::from_secs(3600),
                 stale_every: Duration::from_secs(3600),
+                step_every: vps_snapshot_agent::daemon::STEP_EVERY,
                 reload: Box::new(move || build(Settings::load(&cfg)?)),
             };
             let _ = daemon.run(rx).await;

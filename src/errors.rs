@@ -1,0 +1,47 @@
+//! An error as one line for people: each cause once, secrets scrubbed.
+
+/// `causes` (an error and its sources, outermost first) joined with `": "`. A cause whose
+/// words are already in the line is left out: many errors repeat their source in their
+/// own message, and `{:#}` would print it twice.
+pub fn chain<'a>(
+    causes: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut out = String::new();
+    for cause in causes {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || out.contains(text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(text);
+    }
+    crate::secrets::scrub(&out).into_owned()
+}
+
+/// [`chain`] of an `anyhow::Error`.
+pub fn line(e: &anyhow::Error) -> String {
+    chain(e.chain())
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("encoding a value: {0}")]
+    struct Repeats(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("out of range integral type conversion attempted")]
+    struct Inner;
+
+    #[test]
+    fn a_cause_its_error_already_says_is_printed_once() {
+        let e = anyhow::Error::new(Repeats(Inner)).context("pinning snapshot 9");
+        assert_eq!(
+            super::line(&e),
+            "pinning snapshot 9: encoding a value: out of range integral type conversion attempted"
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! What the agent must never show: the API token, the database and SMTP passwords, and the
+//! path and query of every URL it posts to (a Healthchecks check, a webhook, a Slack or
+//! ntfy channel is addressed by a secret path). They are registered in one process-wide
+//! set when the configuration is read (and when an API client is made), and every text
+//! that comes from outside — a receiver's answer, a hook's output, an error — is scrubbed
+//! with it before anything keeps or shows it; every log line is scrubbed again on its way
+//! out. A hook's environment loses every variable that holds one. (The API's own answers
+//! are scrubbed of the token alone, by the client: they are data the agent acts on, and a
+//! password that happened to equal a job's name must not hide its snapshots' names.)
+
+use std::borrow::Cow;
+use std::sync::{LazyLock, RwLock};
+
+use url::Url;
+
+/// What a secret is replaced with.
+pub const REDACTED: &str = "[redacted]";
+
+/// A fragment this long of a secret, at the edge of a text cut short, counts as the
+/// secret: a 48-character token cut after its first 8 characters still leaks 40.
+pub const FRAGMENT: usize = 8;
+
+/// Secrets shorter than this are not registered (they would scrub ordinary words).
+const SHORTEST: usize = 4;
+
+/// The forms of every secret registered so far, longest first (so that a secret that
+/// contains another is replaced whole).
+static SECRETS: LazyLock<RwLock<Vec<Vec<u8>>>> = LazyLock::new(RwLock::default);
+
+fn read() -> std::sync::RwLockReadGuard<'static, Vec<Vec<u8>>> {
+    SECRETS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn add(form: String) {
+    if form.len() < SHORTEST || form == REDACTED {
+        return;
+    }
+    let mut all = SECRETS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let form = form.into_bytes();
+    if !all.contains(&form) {
+        all.push(form);
+        all.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    }
+}
+
+/// Registers `secret` in the forms an answer may carry it: as is, JSON-escaped, with
+/// escaped slashes, percent-encoded and percent-decoded.
+pub fn register(secret: &str) {
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return;
+    }
+    add(secret.to_string());
+    if let Ok(json) = serde_json::to_string(secret) {
+        add(json.trim_matches('"').to_string());
+    }
+    add(secret.replace('/', "\\/"));
+    add(
+        percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+            .to_string(),
+    );
+    if let Ok(decoded) = percent_encoding::percent_decode_str(secret).decode_utf8() {
+        add(decoded.into_owned());
+    }
+}
+
+/// Whether a URL's path segment or query value looks like a key (a UUID, a Slack or
+/// Discord token, a Healthchecks ping key), not a word (a check's slug, `services`): it
+/// is registered alone too, since a receiver may echo it without the rest of the path.
+fn key_like(part: &str) -> bool {
+    part.len() >= 24 || (part.len() >= 16 && part.chars().any(|c| c.is_ascii_digit()))
+}
+
+/// Registers what of `url` is secret: its path and query whole, each path segment and
+/// query value that looks like a key, and its password if it has one.
+pub fn register_url(url: &Url) {
+    let path = url.path();
+    if path.len() > 1 {
+        register(path);
+        register(path.trim_end_matches('/'));
+        for segment in path.split('/').filter(|s| key_like(s)) {
+            register(segment);
+        }
+    }
+    if let Some(query) = url.query().filter(|q| !q.is_empty()) {
+        register(query);
+        for (_, value) in url.query_pairs().filter(|(_, v)| key_like(v)) {
+            register(&value);
+        }
+    }
+    if let Some(password) = url.password() {
+        register(password);
+    }
+}
+
+/// Whether `text` holds a registered secret of [`FRAGMENT`] characters or more (what a
+/// hook's environment is filtered by: a short one would match ordinary values like
+/// `PATH`).
+pub fn contains(text: &[u8]) -> bool {
+    read()
+        .iter()
+        .filter(|s| s.len() >= FRAGMENT)
+        .any(|s| find(text, s).is_some())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `bytes` with every registered secret replaced by [`REDACTED`].
+pub fn scrub_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let secrets = read();
+    if !secrets.iter().any(|s| find(bytes, s).is_some()) {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = bytes.to_vec();
+    for secret in secrets.iter() {
+        let mut from = 0;
+        while let Some(i) = find(&out[from..], secret) {
+            let at = from + i;
+            out.splice(at..at + secret.len(), REDACTED.bytes());
+            from = at + REDACTED.len();
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `text` with every registered secret replaced by [`REDACTED`].
+pub fn scrub(text: &str) -> Cow<'_, str> {
+    match scrub_bytes(text.as_bytes()) {
+        Cow::Borrowed(_) => Cow::Borrowed(text),
+        Cow::Owned(b) => Cow::Owned(String::from_utf8_lossy(&b).into_owned()),
+    }
+}
+
+/// [`scrub`] for a text that may have been cut out of a longer one: a secret cut at
+/// either edge (a suffix of [`FRAGMENT`] characters or more at its start, a prefix at its
+/// end) is replaced too.
+pub fn scrub_cut(text: &str) -> String {
+    let mut out = scrub(text).into_owned();
+    let secrets = read();
+    for secret in secrets.iter().filter(|s| s.len() > FRAGMENT) {
+        let longest = (secret.len() - 1).min(out.len());
+        if let Some(k) = (FRAGMENT..=longest)
+            .rev()
+            .find(|&k| out.as_bytes().starts_with(&secret[secret.len() - k..]))
+        {
+            out.replace_range(..boundary_after(&out, k), REDACTED);
+        }
+        let longest = (secret.len() - 1).min(out.len());
+        if let Some(k) = (FRAGMENT..=longest)
+            .rev()
+            .find(|&k| out.as_bytes().ends_with(&secret[..k]))
+        {
+            let from = boundary_before(&out, out.len() - k);
+            out.replace_range(from.., REDACTED);
+        }
+    }
+    out
+}
+
+/// The first character boundary of `s` at or after `i`.
+fn boundary_after(s: &str, mut i: usize) -> usize {
+    while i < s.len() && !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The last character boundary of `s` at or before `i`.
+fn boundary_before(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// What names the receiver at `url` in messages: its host and port, never its path or
+/// query (the secret part).
+pub fn host_of(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("?");
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
+/// `url` as the agent shows it: scheme, host and port, and `/…` for a path or query.
+pub fn shown_url(url: &Url) -> String {
+    let path = if url.path().len() > 1 || url.query().is_some() {
+        "/…"
+    } else {
+        ""
+    };
+    format!("{}://{}{path}", url.scheme(), host_of(url))
+}
+
+/// A log writer that scrubs what it is handed (tracing writes one event per call).
+pub struct Scrubbing<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for Scrubbing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(&scrub_bytes(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_by_its_host_and_its_path_and_query_are_secrets() {
+        let url =
+            Url::parse("https://hc.example.com:8443/ping/0f3c9d2e-77aa-4bb1?k=v1v2v3v4v5").unwrap();
+        assert_eq!(shown_url(&url), "https://hc.example.com:8443/…");
+        register_url(&url);
+        let s = scrub("Cannot POST /ping/0f3c9d2e-77aa-4bb1?k=v1v2v3v4v5");
+        assert_eq!(s, "Cannot POST [redacted]?[redacted]");
+        let s = scrub("no check 0f3c9d2e-77aa-4bb1 here");
+        assert_eq!(s, "no check [redacted] here", "a key-like segment alone");
+        // A check's slug is a word, not a key: a job of that name stays readable.
+        register_url(
+            &Url::parse("https://hc.example.com/KEY0KEY1KEY2KEY3/web-01-nightly").unwrap(),
+        );
+        assert_eq!(
+            scrub("job web-01-nightly failed"),
+            "job web-01-nightly failed"
+        );
+    }
+
+    #[test]
+    fn a_secret_cut_at_either_edge_is_scrubbed_from_eight_characters_on() {
+        let token = "edge-token-3b9e51c07d2a4f6e8a1b5c9d0e2f4a6b8c0d2e4f";
+        register(token);
+        let head = format!("{}\nrest of the output", &token[8..]);
+        let s = scrub_cut(&head);
+        assert!(s.starts_with(REDACTED), "{s}");
+        assert!(!s.contains(&token[20..30]), "{s}");
+        let tail = format!("output ends with {}", &token[..12]);
+        assert_eq!(scrub_cut(&tail), format!("output ends with {REDACTED}"));
+        // Shorter than a fragment: ordinary text, kept.
+        let short = format!("{} and more", &token[token.len() - 5..]);
+        assert_eq!(scrub_cut(&short), short);
+    }
+
+    #[test]
+    fn every_form_of_a_secret_is_replaced_and_other_text_kept() {
+        register("pass/word+1");
+        let s = scrub(r#"{"a":"pass\/word+1","b":"pass%2Fword%2B1"} pass/word+1"#);
+        assert_eq!(s, r#"{"a":"[redacted]","b":"[redacted]"} [redacted]"#);
+        assert!(matches!(scrub("nothing here"), Cow::Borrowed(_)));
+    }
+}
