@@ -20,6 +20,7 @@
 //! - [`schedule`]: cron and maintenance-window fire times, DST-correct
 //! - [`cron`]: cron expressions, parsed and evaluated in a time zone
 //! - [`secrets`]: what is never shown (token, passwords, receivers' URL paths), and the scrub
+//! - [`timing`]: leases, beats, checks, patience and backoffs, as one policy
 //! - [`clock`]: time as a dependency (real, or virtual for tests), and durations for people
 //! - [`errors`]: an error chain as one line, each cause once
 //! - [`logging`]: tracing-subscriber set-up (text or JSON, filters, `-v`/`-q`)
@@ -50,4 +51,5 @@ pub mod run;
 pub mod schedule;
 pub mod secrets;
 pub mod sim;
+pub mod timing;
 pub mod verdicts;

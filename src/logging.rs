@@ -45,7 +45,10 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8, live: bool) {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text if journald => builder.without_time().with_ansi(false).try_init(),
         LogFormat::Text => builder
-            .with_ansi(colour(std::io::stderr().is_terminal()))
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
             .try_init(),
     };
 }
@@ -59,9 +62,10 @@ impl FormatTime for Seconds {
     }
 }
 
-/// Colour only on a terminal, and never when `NO_COLOR` is set (no-color.org).
-pub fn colour(terminal: bool) -> bool {
-    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+/// Colour only on a terminal, and never when `NO_COLOR` (its value: `no_color`) is set
+/// and not empty (no-color.org).
+pub fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]
@@ -70,15 +74,16 @@ mod tests {
 
     #[test]
     fn colour_only_on_a_terminal_and_never_with_no_color() {
-        assert!(!colour(false));
-        // The only test in this binary that touches NO_COLOR.
-        unsafe { std::env::set_var("NO_COLOR", "1") };
-        let with = colour(true);
-        unsafe { std::env::set_var("NO_COLOR", "") };
-        let empty = colour(true);
-        unsafe { std::env::remove_var("NO_COLOR") };
-        assert!(!with, "NO_COLOR=1 turns colour off");
-        assert!(empty, "an empty NO_COLOR does not (no-color.org)");
-        assert!(colour(true));
+        use std::ffi::OsStr;
+        assert!(!colour(false, None));
+        assert!(
+            !colour(true, Some(OsStr::new("1"))),
+            "NO_COLOR=1 turns colour off"
+        );
+        assert!(
+            colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR does not (no-color.org)"
+        );
+        assert!(colour(true, None));
     }
 }

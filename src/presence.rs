@@ -1,4 +1,4 @@
-//! An agent's presence on its database: a row heartbeated every [`AGENT_BEAT`] while the
+//! An agent's presence on its database: a row heartbeated every `agent_beat` while the
 //! process lives, which is how agents on other hosts know its runs and locks are still
 //! held (`/proc` cannot tell across hosts). A daemon also looks, at each beat, for daemons
 //! whose heartbeat lapsed and queues the alert about them (once, whichever daemon sees it
@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alert::text;
 use crate::clock::SharedClock;
-use crate::db::{AGENT_BEAT, AgentRole, Database, Owner};
+use crate::db::{AgentRole, Database, Owner};
 
 /// The heartbeat of this process, until [`Presence::leave`].
 pub struct Presence {
@@ -84,7 +84,7 @@ async fn beat(
     if let Err(e) = db.tidy_agents(&host, dead_here, clock.now()).await {
         tracing::warn!("{e}");
     }
-    let mut tick = tokio::time::interval(AGENT_BEAT);
+    let mut tick = tokio::time::interval(db.timing().agent_beat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {

@@ -17,14 +17,6 @@ use crate::db::{Database, DbResult, PendingAlert, PendingPing, PingKind};
 
 /// An alert older than this goes out marked as late.
 const LATE_AFTER: chrono::Duration = chrono::Duration::hours(24);
-const BACKOFF_BASE: Duration = Duration::from_secs(30);
-const BACKOFF_CAP: Duration = Duration::from_secs(30 * 60);
-/// A ping is retried sooner: it is worth nothing once it expires.
-const PING_BACKOFF_BASE: Duration = Duration::from_secs(5);
-const PING_BACKOFF_CAP: Duration = Duration::from_secs(120);
-/// How long a delivery or a ping is held by the process sending it (a process that dies
-/// mid-send leaves it to the others after this).
-const CLAIM: Duration = Duration::from_secs(300);
 /// Pings sent or dropped are forgotten after this.
 const PING_KEEP: chrono::Duration = chrono::Duration::days(7);
 
@@ -89,15 +81,19 @@ pub struct Outbox {
     registered: tokio::sync::OnceCell<()>,
 }
 
-fn backoff(attempts: i64, base: Duration, cap: Duration) -> Duration {
-    let exp = u32::try_from(attempts.clamp(0, 10)).unwrap_or(10);
-    base.saturating_mul(2u32.pow(exp)).min(cap)
+/// The wait after `attempts` failed attempts under `backoff`.
+fn backoff(attempts: i64, backoff: crate::timing::Backoff) -> Duration {
+    backoff.after(u32::try_from(attempts.max(0)).unwrap_or(u32::MAX))
 }
 
-/// The end of a claim taken at `now`, a few random milliseconds apart from any other
-/// process's (the claim's value is what a process finds its rows by).
-fn claim_until(now: DateTime<Utc>) -> DateTime<Utc> {
-    later(now, CLAIM + Duration::from_millis(fastrand::u64(0..60_000)))
+/// The end of a claim taken at `now` for `hold`, a few random milliseconds apart from any
+/// other process's (the claim's value is what a process finds its rows by).
+fn claim_until(now: DateTime<Utc>, hold: Duration) -> DateTime<Utc> {
+    let spread = (hold.as_millis() / 5).clamp(1, 60_000);
+    later(
+        now,
+        hold + Duration::from_millis(fastrand::u64(0..u64::try_from(spread).unwrap_or(1))),
+    )
 }
 
 fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -220,7 +216,12 @@ impl Outbox {
     ) -> Result<usize, String> {
         let due = self
             .db
-            .claim_alerts(c.name(), now, all, claim_until(now))
+            .claim_alerts(
+                c.name(),
+                now,
+                all,
+                claim_until(now, self.db.timing().outbox_claim),
+            )
             .await
             .map_err(|e| {
                 tracing::error!("{e}");
@@ -256,7 +257,7 @@ impl Outbox {
             Err(e) => {
                 metrics.delivery(c.name(), "failed");
                 let attempts = due.iter().map(|a| a.attempts).max().unwrap_or(0);
-                let retry = later(now, backoff(attempts, BACKOFF_BASE, BACKOFF_CAP));
+                let retry = later(now, backoff(attempts, self.db.timing().alert_backoff));
                 tracing::warn!(
                     channel = c.name(),
                     count = ids.len(),
@@ -288,7 +289,11 @@ impl Outbox {
             let now = self.clock.now();
             let heads = self
                 .db
-                .claim_ping_heads(now, claim_until(now), all && round == 0)
+                .claim_ping_heads(
+                    now,
+                    claim_until(now, self.db.timing().outbox_claim),
+                    all && round == 0,
+                )
                 .await;
             let due = match heads {
                 Ok(d) => d,
@@ -409,10 +414,7 @@ async fn send_ping(
         }
         Err(e) => {
             metrics.ping(kind, "failed");
-            let retry = later(
-                clock.now(),
-                backoff(p.attempts, PING_BACKOFF_BASE, PING_BACKOFF_CAP),
-            );
+            let retry = later(clock.now(), backoff(p.attempts, db.timing().ping_backoff));
             tracing::warn!(
                 job = p.job.as_deref().unwrap_or("-"),
                 kind,

@@ -24,15 +24,18 @@ pub async fn open_db(settings: &Settings) -> anyhow::Result<Database> {
     open_at(&settings.database).await
 }
 
-/// The database at `location`, or an [`UnusableDatabase`] (exit 78) saying why not.
+/// The database at `location`, or an [`UnusableDatabase`] (exit 78) saying why not; its
+/// agents on the timing of `AGENT_TIMING`, when a test sets it.
 pub async fn open_at(location: &crate::db::Location) -> anyhow::Result<Database> {
-    Database::open_at(location).await.map_err(|error| {
+    let timing = crate::timing::Timing::from_env().map_err(UsageError)?;
+    let db = Database::open_at(location).await.map_err(|error| {
         let hint = match location {
             crate::db::Location::File(path) => owner_hint(path).unwrap_or_default(),
             crate::db::Location::Postgres { .. } => String::new(),
         };
-        UnusableDatabase { error, hint }.into()
-    })
+        UnusableDatabase { error, hint }
+    })?;
+    Ok(db.with_timing(timing))
 }
 
 /// When the database (or the nearest directory that exists on its path) belongs to

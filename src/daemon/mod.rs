@@ -115,15 +115,6 @@ pub struct Daemon {
     pub db: Database,
     pub clock: SharedClock,
     pub timer: Arc<dyn Timer>,
-    /// How long SIGTERM waits for running jobs before leaving them for resumption.
-    pub grace: Duration,
-    /// How often alert delivery and resumption run.
-    pub check_every: Duration,
-    /// How often jobs without a recent success are looked for (stale limits are hours).
-    pub stale_every: Duration,
-    /// How often the wall clock is compared with monotonic time (a step or a suspend is
-    /// noticed within this; [`STEP_EVERY`]).
-    pub step_every: Duration,
     pub reload: Reload,
 }
 
@@ -162,10 +153,6 @@ impl Daemon {
             db,
             clock,
             timer,
-            grace: GRACE,
-            check_every: Duration::from_secs(30),
-            stale_every: Duration::from_secs(300),
-            step_every: STEP_EVERY,
             reload: Box::new(move || {
                 let settings = Settings::load(&path)?;
                 settings.require_jobs()?;
@@ -177,12 +164,6 @@ impl Daemon {
         })
     }
 }
-
-/// How long SIGTERM waits for running snapshots (systemd's default stop timeout is 90 s).
-pub const GRACE: Duration = Duration::from_secs(75);
-
-/// How often the daemon looks for a step of the wall clock.
-pub const STEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The loop's state.
 struct Loop {
@@ -395,7 +376,7 @@ impl Daemon {
         // Stale limits are hours or days: a look every few minutes is plenty.
         let stale_due = lp
             .last_stale_check
-            .is_none_or(|t| t.elapsed() >= self.stale_every);
+            .is_none_or(|t| t.elapsed() >= self.db.timing().stale_every);
         if stale_due {
             lp.last_stale_check = Some(tokio::time::Instant::now());
             self.stale_check(lp).await;
@@ -468,9 +449,9 @@ impl Daemon {
         let mut watchdog =
             tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
         // The first tick is at once: resumption, delivery and a stale check at start.
-        let mut checks = tokio::time::interval(self.check_every);
+        let mut checks = tokio::time::interval(self.db.timing().check_every);
         let mut steps = crate::clock::StepWatch::new(&*self.clock);
-        let mut step_tick = tokio::time::interval(self.step_every);
+        let mut step_tick = tokio::time::interval(self.db.timing().step_every);
         loop {
             outside.health.beat();
             let kick = self.services.kick.clone();
@@ -512,7 +493,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGTERM: no new runs; running ones get four fifths of `grace` to finish, then are
+    /// SIGTERM: no new runs; running ones get four fifths of the `grace` (of the database's
+    /// [`crate::timing::Timing`]) to finish, then are
     /// told to stop where they are (running the `after` hooks they owe) and get the last
     /// fifth for it; what is still running is left recorded as running, for the next
     /// start to resume. A second stop tells them to stop at once.
@@ -522,14 +504,15 @@ impl Daemon {
         lp.tracker.close();
         let left = lp.running.len();
         if left > 0 {
-            let grace = crate::clock::Secs(self.grace);
+            let grace = crate::clock::Secs(self.db.timing().grace);
             tracing::info!(
                 "stopping: waiting up to {grace} for {left} running job(s); a second signal stops at once"
             );
         }
-        let reserve = self.grace / 5;
+        let grace = self.db.timing().grace;
+        let reserve = grace / 5;
         let finished = tokio::select! {
-            r = tokio::time::timeout(self.grace - reserve, lp.tracker.wait()) => r.is_ok(),
+            r = tokio::time::timeout(grace - reserve, lp.tracker.wait()) => r.is_ok(),
             () = second_stop(control) => false,
         };
         if !finished {

@@ -50,7 +50,7 @@ impl Daemon {
     /// Starts the metrics listener if `[metrics] listen` is set, and writes the textfile.
     pub(super) async fn watch_from_outside(&self) -> anyhow::Result<Outside> {
         // Healthy while the loop turns: it does at least every `check_every`.
-        let health = Health::new(self.check_every * 3);
+        let health = Health::new(self.db.timing().check_every * 3);
         health.beat();
         let stop = CancellationToken::new();
         let settings = &self.services.settings;

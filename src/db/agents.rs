@@ -3,23 +3,20 @@
 //! once its heartbeat lapses), what `status` lists, and the alert when a daemon stops.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Database, DbResult, NewAlert, alerts, from_ms, ms};
 
-/// How often an agent writes its heartbeat.
-pub const AGENT_BEAT: Duration = Duration::from_secs(10);
-/// How long after its last heartbeat an agent on another host counts as dead.
-pub const AGENT_LEASE: Duration = Duration::from_secs(60);
-
 /// How long an agent not seen is kept (and listed by `status`).
 const KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 
-fn lease_ms() -> i64 {
-    AGENT_LEASE.as_millis() as i64
+impl Database {
+    /// How long after its last heartbeat an agent on another host counts as gone.
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.timing.agent_lease.as_millis()).unwrap_or(i64::MAX / 2)
+    }
 }
 
 /// What an agent process is.
@@ -51,7 +48,7 @@ pub struct AgentRow {
     pub started_at: DateTime<Utc>,
     pub seen_at: DateTime<Utc>,
     pub stopped_at: Option<DateTime<Utc>>,
-    /// Heartbeating within [`AGENT_LEASE`] and not stopped.
+    /// Heartbeating within the agent lease and not stopped.
     pub alive: bool,
 }
 
@@ -68,7 +65,7 @@ impl AgentRow {
     }
 }
 
-/// Each agent's heartbeat lease (its last heartbeat plus [`AGENT_LEASE`]; `None` once it
+/// Each agent's heartbeat lease (its last heartbeat plus the agent lease; `None` once it
 /// stopped), by id: what [`crate::db::Owner::may_be_alive`] weighs for another host.
 #[derive(Debug, Clone, Default)]
 pub struct Leases(HashMap<String, Option<DateTime<Utc>>>);
@@ -196,7 +193,7 @@ impl Database {
                     started_at: from_ms(started_at),
                     seen_at: from_ms(seen_at),
                     stopped_at: stopped_at.map(from_ms),
-                    alive: stopped_at.is_none() && seen_at + lease_ms() > ms(now),
+                    alive: stopped_at.is_none() && seen_at + self.lease_ms() > ms(now),
                 },
             )
             .collect())
@@ -212,7 +209,9 @@ impl Database {
         Ok(Leases(
             rows.into_iter()
                 .map(|(id, seen_at, stopped)| {
-                    let lease = stopped.is_none().then(|| from_ms(seen_at + lease_ms()));
+                    let lease = stopped
+                        .is_none()
+                        .then(|| from_ms(seen_at + self.lease_ms()));
                     (id, lease)
                 })
                 .collect(),
@@ -230,7 +229,7 @@ impl Database {
         alert: impl Fn(&str, &str, DateTime<Utc>, DateTime<Utc>) -> NewAlert,
     ) -> DbResult<Vec<String>> {
         let what = "cannot check the other agents' heartbeats";
-        let cutoff = ms(now) - lease_ms();
+        let cutoff = ms(now) - self.lease_ms();
         let mut tx = self.begin().await?;
         let gone: Vec<(String, String, i64)> = tx
             .q("UPDATE agents SET gone_alerted_at = ?1 \

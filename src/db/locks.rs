@@ -208,6 +208,13 @@ impl Database {
             .await
             .map_err(self.err("cannot read a lock"))?;
         if let Some((holder, run, expires)) = existing {
+            // Left by this very run (its release was lost with the database, and it is
+            // being resumed here): it is ours already. Judged by liveness, it would look
+            // held by a run in flight — the resumption itself — and wait on itself.
+            if holder == owner.as_str() && run.is_some() && run == run_id {
+                self.renew_lock(server_id, owner, now, lease).await?;
+                return Ok(Ok(()));
+            }
             let expires = Some(from_ms(expires));
             let lease = match Owner::liveness(&holder) {
                 Some(_) => None,

@@ -15,7 +15,7 @@ mod postgres;
 mod runs;
 mod sql;
 
-pub use agents::{AGENT_BEAT, AGENT_LEASE, AgentRole, AgentRow, Leases};
+pub use agents::{AgentRole, AgentRow, Leases};
 pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
 pub use copy::Copied;
 pub use fires::FireTaken;
@@ -38,6 +38,8 @@ use sqlx::sqlite::{
 };
 
 use sql::{On, Pool, Q};
+
+use crate::timing::Timing;
 
 /// A database problem, always naming the file. A leaf: `detail` is the underlying
 /// error with its causes, so the message is whole wherever it is printed.
@@ -86,6 +88,8 @@ pub struct Database {
     pool: Pool,
     /// The file, or the URL without its password: what messages name.
     path: PathBuf,
+    /// The leases and intervals of the agents on this database ([`Timing`]).
+    timing: Timing,
 }
 
 impl<'a> From<&'a Database> for On<'a> {
@@ -179,7 +183,19 @@ impl Database {
         Ok(Self {
             pool: Pool::Sqlite(pool),
             path: path.to_path_buf(),
+            timing: Timing::default(),
         })
+    }
+
+    /// The same database, its agents on `timing` (shorter leases, in tests).
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// The leases and intervals the agents on this database keep to.
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 
     /// The file, or the PostgreSQL URL without its password.

@@ -105,6 +105,7 @@ impl Database {
         Ok(Self {
             pool: Pool::Postgres(pool),
             path: shown,
+            timing: crate::timing::Timing::default(),
         })
     }
 }

@@ -1,17 +1,12 @@
 //! A scheduled fire (or a catch-up): claimed before it runs, so that of several agents on
 //! the database exactly one runs it; a claim the database cannot take now is tried again.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 
 use super::{Outcome, Runner, new_run};
 use crate::config::JobSettings;
 use crate::db::{DbError, FireTaken, NewRun, RunTrigger};
 use crate::domain::RunId;
-
-/// How long a fire keeps trying to claim itself while the database cannot be written.
-pub const CLAIM_PATIENCE: Duration = Duration::from_secs(600);
 
 impl Runner {
     /// Runs `job`'s fire at `at` (scheduled, or caught up), unless a run of that fire was
@@ -58,7 +53,8 @@ impl Runner {
     }
 
     /// Claims a fire, trying again while the database cannot be written (locked, full,
-    /// unreachable) for up to `claim_patience`, and for a maintenance-window job only
+    /// unreachable) for up to `claim_patience` ([`crate::timing::Timing`]), and for a
+    /// maintenance-window job only
     /// until its window opens. A fire is never run unclaimed: a late snapshot (or, past
     /// that, a missed one the stale check reports) rather than a duplicate. The run and
     /// when it started (the attempt that took the claim).
@@ -69,7 +65,8 @@ impl Runner {
         again: bool,
     ) -> Result<Result<(RunId, DateTime<Utc>), FireTaken>, DbError> {
         let from = tokio::time::Instant::now();
-        let mut pause = Duration::from_secs(1);
+        let retry = self.db.timing().claim_retry;
+        let mut tries = 0;
         loop {
             new.started_at = self.now();
             let claim = if again {
@@ -84,7 +81,9 @@ impl Runner {
             let now = self.now();
             let window_open = crate::schedule::window_for_run(job, new.scheduled_for, now)
                 .is_some_and(|opens| now >= opens);
-            if from.elapsed() + pause > self.claim_patience
+            let pause = retry.after(tries);
+            tries += 1;
+            if from.elapsed() + pause > self.db.timing().claim_patience
                 || window_open
                 || self.stop.is_cancelled()
             {
@@ -92,7 +91,6 @@ impl Runner {
             }
             tracing::warn!("{e}; trying again in {}", humantime::format_duration(pause));
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(30));
         }
     }
 }

@@ -9,9 +9,6 @@ use super::{Failure, Runner, fail};
 use crate::db::{Database, Owner, Step};
 use crate::domain::{RunId, ServerId};
 
-/// How long a lock is good for without renewal (only matters across hosts).
-const LOCK_LEASE: Duration = Duration::from_secs(120);
-
 /// Holds a server lock; renews it in the background until released.
 pub(super) struct LockGuard {
     db: Database,
@@ -42,14 +39,23 @@ impl Runner {
         server_id: ServerId,
         run_id: Option<RunId>,
     ) -> Result<LockGuard, Failure> {
+        // Measured in monotonic time, not on the injected clock: a virtual clock that
+        // jumps on every sleep would give up before the holder had time to finish.
         let waited_from = tokio::time::Instant::now();
+        let timing = self.db.timing();
         let mut told = false;
         // Look again soon (a short hold hands over quickly), then less often.
         let mut pause = Duration::from_millis(10);
         loop {
             match self
                 .db
-                .try_lock(server_id, &self.owner, run_id, self.now(), LOCK_LEASE)
+                .try_lock(
+                    server_id,
+                    &self.owner,
+                    run_id,
+                    self.now(),
+                    timing.lock_lease,
+                )
                 .await?
             {
                 Ok(()) => break,
@@ -69,18 +75,18 @@ impl Runner {
                         told = true;
                     }
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
+                    pause = (pause * 2).min(timing.lock_poll);
                 }
             }
         }
         let (db, owner, clock) = (self.db.clone(), self.owner.clone(), self.clock.clone());
         let renew = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(LOCK_LEASE / 3);
+            let mut tick = tokio::time::interval(timing.lock_lease / 3);
             tick.tick().await;
             loop {
                 tick.tick().await;
                 if let Err(e) = db
-                    .renew_lock(server_id, &owner, clock.now(), LOCK_LEASE)
+                    .renew_lock(server_id, &owner, clock.now(), timing.lock_lease)
                     .await
                 {
                     tracing::warn!("{e}");

@@ -23,7 +23,6 @@ mod resume;
 mod rotate;
 
 pub use dry_run::{DryRun, dry_run};
-pub use fire::CLAIM_PATIENCE;
 pub use many::run_many;
 pub use pings::PING_EXPIRES;
 pub use poll::learned_first_wait;
@@ -61,9 +60,6 @@ pub struct Runner {
     pub max_retries: u32,
     /// How long to wait for a server locked by another run before failing.
     pub lock_wait: Duration,
-    /// How long a fire keeps trying to claim itself while the database cannot be written
-    /// ([`CLAIM_PATIENCE`]).
-    pub claim_patience: Duration,
     /// After a create whose outcome is unknown, how long apart the listings that look for
     /// it are (the API's request timeout: a slow create can land after we gave up on it).
     pub settle: Duration,
@@ -326,7 +322,6 @@ impl Runner {
             max_retries: settings.api.max_retries,
             // Long enough for another run on the server to finish its snapshot.
             lock_wait: longest + Duration::from_secs(300),
-            claim_patience: CLAIM_PATIENCE,
             settle: settings.api.request_timeout,
             stop: CancellationToken::new(),
             kick: Arc::default(),

@@ -8,15 +8,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use vps_snapshot_agent::clock::Clock;
 use vps_snapshot_agent::db::{
-    AGENT_LEASE, Action, AgentRole, Database, Intent, NewRun, OpenOptions, Owner, RunKind,
-    RunStatus, RunTrigger, Step,
+    Action, AgentRole, Database, Intent, NewRun, OpenOptions, Owner, RunKind, RunStatus,
+    RunTrigger, Step,
 };
 use vps_snapshot_agent::domain::AlertKind;
 use vps_snapshot_agent::sim::{Event, Mode, SimOptions};
 
 use crate::cli::{agent, config, sim, text};
 use crate::helpers::{Inbox, RunId, ServerId, TOKEN, job, world};
-use crate::newcomer::{signal, spawn};
+use crate::newcomer::{FAST, signal, spawn, spawn_with};
 
 /// An owner on another host (its `/proc` is out of sight), for agent `tag`.
 fn remote(tag: &str) -> Owner {
@@ -158,7 +158,8 @@ pub(crate) async fn another_hosts_run_and_lock_are_left_alone_while_its_agent_he
     assert!(busy.error.unwrap().contains("busy"), "the lock holds");
 
     // Then it stops heartbeating: once the lease lapses, one agent takes the run over.
-    w.clock.advance(AGENT_LEASE);
+    w.clock
+        .advance(vps_snapshot_agent::timing::Timing::default().agent_lease);
     let jobs = [j.clone(), j6.clone()];
     let resumed = runner.resume_interrupted(&jobs).await.unwrap();
     let other = w.runner(db.clone());
@@ -614,11 +615,11 @@ pub(crate) async fn a_killed_daemons_run_is_finished_by_the_other_without_a_seco
     let cfg = config(
         dir.path(),
         &s.base_url(),
-        &many_jobs(4, smtp, "*/20 * * * * *", 4),
+        &many_jobs(4, smtp, "*/10 * * * * *", 4),
     );
     let db = crate::store::configure(&cfg, &dir.path().join("history.db")).await;
-    let mut a = spawn(&cfg, &["run"], &dir.path().join("log-a"));
-    let mut b = spawn(&cfg, &["run"], &dir.path().join("log-b"));
+    let mut a = spawn_with(&cfg, &["run"], &dir.path().join("log-a"), &[FAST]);
+    let mut b = spawn_with(&cfg, &["run"], &dir.path().join("log-b"), &[FAST]);
     // Whichever daemon claimed a fire first is killed while it waits for the snapshot.
     let mut polling = None;
     for _ in 0..1800 {
@@ -787,7 +788,9 @@ async fn an_outbox_claim_of_a_process_that_is_gone_is_taken_back_at_once() {
     );
     assert_eq!(db.claim_pings(now, until).await.unwrap().len(), 1);
     // Held by the other host's agent once its heartbeat lapsed: taken too.
-    let later = now + AGENT_LEASE + chrono::Duration::seconds(1).to_std().unwrap();
+    let later = now
+        + vps_snapshot_agent::timing::Timing::default().agent_lease
+        + chrono::Duration::seconds(1).to_std().unwrap();
     held_by("otherhost/1/1".into()).await;
     let until = later + chrono::Duration::minutes(6);
     assert_eq!(

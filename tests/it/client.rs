@@ -344,7 +344,10 @@ async fn malformed_bodies_are_retried_then_decode_errors() {
     ));
     let l = w.client().list(None).await.unwrap();
     assert_eq!((l.snapshots.len(), l.unreadable), (0, 1));
-    assert!(l.odd().contains("item \"seven\" could not be read"), "{l:?}");
+    assert!(
+        l.odd().contains("item \"seven\" could not be read"),
+        "{l:?}"
+    );
 }
 
 #[tokio::test]

@@ -265,28 +265,65 @@ fn email_addresses_are_validated() {
 }
 
 #[test]
-fn environment_overrides_nested_keys_and_is_named_in_errors() {
-    let _g = env_lock();
-    unsafe { std::env::set_var("AGENT_API__MAX_RETRIES", "9") };
-    unsafe { std::env::set_var("AGENT_DEFAULTS__POLL_INTERVAL", "7s") };
-    let s = load(BASE);
-    unsafe { std::env::set_var("AGENT_DEFAULTS__SNAPSHOT_TIMEOUT", "whenever") };
-    let e = load(BASE);
-    for k in [
-        "AGENT_API__MAX_RETRIES",
-        "AGENT_DEFAULTS__POLL_INTERVAL",
-        "AGENT_DEFAULTS__SNAPSHOT_TIMEOUT",
-    ] {
-        unsafe { std::env::remove_var(k) };
+fn environment_overrides_nested_keys() {
+    if !with_env(&[
+        ("AGENT_API__MAX_RETRIES", "9"),
+        ("AGENT_DEFAULTS__POLL_INTERVAL", "7s"),
+    ]) {
+        return;
     }
-    let s = s.unwrap();
+    let s = load(BASE).unwrap();
     assert_eq!(s.api.max_retries, 9);
     assert_eq!(s.jobs[0].poll_interval, Duration::from_secs(7));
-    let e = e.unwrap_err().to_string();
+}
+
+#[test]
+fn a_bad_value_from_the_environment_is_named_by_its_variable() {
+    if !with_env(&[("AGENT_DEFAULTS__SNAPSHOT_TIMEOUT", "whenever")]) {
+        return;
+    }
+    let e = load(BASE).unwrap_err().to_string();
     assert!(
         e.contains("defaults.snapshot_timeout") && e.contains("environment"),
         "{e}"
     );
+}
+
+/// The config without an inline token, and with a token file; the file.
+fn token_configs(dir: &tempfile::TempDir) -> (String, String) {
+    let file = write(dir, "token", "file-token-77\n");
+    let no_inline = BASE.replace("token = \"inline-token-1234\"\n", "");
+    let with_file = no_inline.replace(
+        "[api]\n",
+        &format!("[api]\ntoken_file = \"{}\"\n", file.display()),
+    );
+    (no_inline, with_file)
+}
+
+#[test]
+fn the_token_from_the_environment_comes_before_the_file() {
+    if !with_env(&[("AGENT_API__TOKEN", "env-token-88")]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, with_file) = token_configs(&dir);
+    let s = load(&with_file).unwrap();
+    assert_eq!(s.api.token().unwrap().expose_secret(), "env-token-88");
+}
+
+#[test]
+fn the_token_from_a_systemd_credential_comes_before_the_file() {
+    let creds = tempfile::tempdir().unwrap();
+    write(&creds, "api-token", "cred-token-99");
+    if !with_env(&[("CREDENTIALS_DIRECTORY", creds.path().to_str().unwrap())]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (no_inline, with_file) = token_configs(&dir);
+    for text in [no_inline, with_file] {
+        let s = load(&text).unwrap();
+        assert_eq!(s.api.token().unwrap().expose_secret(), "cred-token-99");
+    }
 }
 
 #[test]
@@ -310,24 +347,7 @@ fn token_comes_from_each_source_in_order() {
         s.warnings
     );
 
-    unsafe { std::env::set_var("AGENT_API__TOKEN", "env-token-88") };
-    let s = load(&with_file);
-    unsafe { std::env::remove_var("AGENT_API__TOKEN") };
-    assert_eq!(
-        s.unwrap().api.token().unwrap().expose_secret(),
-        "env-token-88"
-    );
-
-    let creds = tempfile::tempdir().unwrap();
-    write(&creds, "api-token", "cred-token-99");
-    unsafe { std::env::set_var("CREDENTIALS_DIRECTORY", creds.path()) };
-    let s = load(&no_inline);
-    unsafe { std::env::remove_var("CREDENTIALS_DIRECTORY") };
-    assert_eq!(
-        s.unwrap().api.token().unwrap().expose_secret(),
-        "cred-token-99"
-    );
-
+    // The environment and a systemd credential: the two tests above.
     let none = load(&no_inline).unwrap();
     let e = none.api.token().unwrap_err().to_string();
     assert!(e.contains("api.token") && e.contains("no API token"), "{e}");
@@ -361,15 +381,12 @@ fn a_missing_or_broken_file_is_named() {
 }
 
 #[test]
-fn the_example_config_validates_unchanged_and_its_email_section_once_uncommented() {
-    let _g = env_lock();
-    let dir = tempfile::tempdir().unwrap();
+fn the_example_config_validates_unchanged_with_a_token_from_the_environment() {
+    if !with_env(&[("AGENT_API__TOKEN", "env-token")]) {
+        return;
+    }
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
-    // As shipped, with only a token in the environment: valid, and no email.
-    unsafe { std::env::set_var("AGENT_API__TOKEN", "env-token") };
-    let s = Settings::load(std::path::Path::new(example));
-    unsafe { std::env::remove_var("AGENT_API__TOKEN") };
-    let s = s.unwrap_or_else(|e| panic!("{e}"));
+    let s = Settings::load(std::path::Path::new(example)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.jobs.len(), 2);
     assert!(matches!(s.jobs[1].trigger, Trigger::Window { .. }));
     assert_eq!(s.jobs[1].retention.weekly, 2);
@@ -378,8 +395,13 @@ fn the_example_config_validates_unchanged_and_its_email_section_once_uncommented
         "site-specific sections ship commented out"
     );
     assert_eq!(s.api.token().unwrap().expose_secret(), "env-token");
+}
 
-    // The commented settings (`#` and no space) are real keys once uncommented.
+#[test]
+fn the_example_configs_commented_settings_are_real_keys_once_uncommented() {
+    let _g = env_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
     let text = std::fs::read_to_string(example).unwrap();
     let token = write(&dir, "token", "example-token");
     let pass = write(&dir, "smtp-password", "example-password");
@@ -408,18 +430,22 @@ fn the_example_config_validates_unchanged_and_its_email_section_once_uncommented
 }
 
 #[test]
-fn one_bad_value_gives_one_error() {
-    let _g = env_lock();
-    unsafe { std::env::set_var("AGENT_DEFAULTS__KEEP_LAST", "abc") };
+fn one_bad_value_from_the_environment_gives_one_error() {
+    if !with_env(&[("AGENT_DEFAULTS__KEEP_LAST", "abc")]) {
+        return;
+    }
     let errs = load(BASE).map(|_| ()).unwrap_err();
-    unsafe { std::env::remove_var("AGENT_DEFAULTS__KEEP_LAST") };
     assert_eq!(errs.0.len(), 1, "{errs}");
     assert_eq!(errs.0[0].key, "defaults.keep_last");
     assert!(
         errs.0[0].origin.contains("AGENT_DEFAULTS__KEEP_LAST"),
         "{errs}"
     );
+}
 
+#[test]
+fn one_bad_value_gives_one_error() {
+    let _g = env_lock();
     // An unreadable password file is the one problem, not also "no password".
     let errs = errors(&format!(
         "{BASE}[email]\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\nto = \"o@b.c\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n"

@@ -12,6 +12,7 @@ use vps_snapshot_agent::daemon::{
 };
 use vps_snapshot_agent::db::{Database, Finish, NewRun, Owner, RunKind, RunStatus, RunTrigger};
 use vps_snapshot_agent::domain::{AlertKind, ServerId};
+use vps_snapshot_agent::timing::Timing;
 
 /// One run started: job, trigger, the fire it belongs to, when it started.
 type Entry = (String, RunTrigger, DateTime<Utc>, DateTime<Utc>);
@@ -182,13 +183,15 @@ impl Start {
                 outbox: None,
                 kick: Default::default(),
             },
-            db,
+            db: db.with_timing(Timing {
+                grace: Duration::from_secs(600),
+                check_every: Duration::from_secs(86_400 * 365),
+                stale_every: Duration::from_secs(86_400 * 365),
+                step_every: Duration::from_secs(3600),
+                ..Timing::default()
+            }),
             clock: clock.clone(),
             timer: Arc::new(ClockTimer::new(clock)),
-            grace: Duration::from_secs(600),
-            check_every: Duration::from_secs(86_400 * 365),
-            stale_every: Duration::from_secs(86_400 * 365),
-            step_every: Duration::from_secs(3600),
             reload: Box::new(move || {
                 Ok(Services {
                     settings: Settings::load(&reload_path)?,
@@ -507,13 +510,15 @@ async fn check_at(dir: &std::path::Path, at: DateTime<Utc>, checks: usize) {
             outbox,
             kick: Default::default(),
         },
-        db: db.clone(),
+        db: db.clone().with_timing(Timing {
+            grace: Duration::from_secs(5),
+            check_every: Duration::from_secs(86_400 * 365),
+            stale_every: Duration::from_secs(86_400 * 365),
+            step_every: Duration::from_secs(3600),
+            ..Timing::default()
+        }),
         clock,
         timer: Arc::new(NeverTimer),
-        grace: Duration::from_secs(5),
-        check_every: Duration::from_secs(86_400 * 365),
-        stale_every: Duration::from_secs(86_400 * 365),
-        step_every: Duration::from_secs(3600),
         reload: Box::new(|| anyhow::bail!("not reloaded here")),
     };
     let task = tokio::spawn(daemon.run(rx));

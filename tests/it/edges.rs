@@ -682,7 +682,7 @@ async fn postgres_schema(name: &str) -> Option<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hole_9_the_database_password_never_reaches_a_hook() {
     let Some((url, password)) = postgres_schema("t_edges_hole_9").await else {
-        eprintln!("skipped: no AGENT_TEST_POSTGRES_URL (scripts/test-postgres starts one)");
+        crate::needs::missing(crate::needs::Need::Postgres);
         return;
     };
     let s = sim().await;
@@ -851,11 +851,7 @@ fn faketime() -> Option<PathBuf> {
     .map(PathBuf::from)
     .find(|p| p.exists());
     if found.is_none() {
-        assert!(
-            std::env::var("AGENT_TEST_FAKETIME").as_deref() != Ok("required"),
-            "AGENT_TEST_FAKETIME=required but libfaketime is not installed (apt-get install faketime)"
-        );
-        eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
+        crate::needs::missing(crate::needs::Need::Faketime);
     }
     found
 }
@@ -961,7 +957,7 @@ async fn hole_13_db_copy_to_a_postgres_it_cannot_use_exits_78_and_shows_no_passw
         let wrong = bare.replacen("://agent_test@", "://agent_test:Pw-9f8e7d6c5b@", 1);
         targets.push(("a wrong password", wrong));
     } else {
-        eprintln!("the wrong-password case is skipped: no AGENT_TEST_POSTGRES_URL");
+        crate::needs::missing(crate::needs::Need::Postgres);
     }
     for (what, to) in targets {
         let o = crate::cli::agent(&cfg, &["db", "copy", "--to", &to]).await;

@@ -136,7 +136,6 @@ impl World {
             }),
             max_retries: 3,
             lock_wait: Duration::from_secs(60),
-            claim_patience: vps_snapshot_agent::run::CLAIM_PATIENCE,
             settle: Duration::from_secs(5),
             stop: Default::default(),
             kick: Default::default(),
@@ -293,4 +292,37 @@ impl World {
         )
         .unwrap()
     }
+}
+
+/// Set in a child process of this test binary started by [`with_env`].
+const CHILD_ENV: &str = "AGENT_TEST_CHILD_ENV";
+
+/// Tests never set the process's environment: the other tests' threads read it, and the
+/// agents they spawn inherit it (and `set_var` in a threaded program is undefined
+/// behaviour). A test whose subject is the environment calls this first. In the test
+/// process it runs the same test again in a child process of this binary with `env`
+/// added, checks that it passed, and returns `false` (the test is done); in that child it
+/// returns `true`, and the test goes on with the environment in place.
+pub fn with_env(env: &[(&str, &str)]) -> bool {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap().to_string();
+    let o = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", &test, "--test-threads=1", "--nocapture"])
+        .env(CHILD_ENV, "1")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && out.contains("1 passed"),
+        "{test}, run with {env:?}:\n{out}"
+    );
+    false
 }

@@ -41,7 +41,7 @@ pub async fn violations(sim: &Simulator, db: &Database, expect: &Expect) -> Vec<
     let events = sim.events();
     let runs = db.history(None, u32::MAX).await.unwrap();
     let journal: Vec<Row> = sqlx::query_as(
-        "SELECT id, run_id, action, state, snapshot_id, detail FROM journal ORDER BY id",
+        "SELECT id, run_id, action, state, snapshot_id, detail, at FROM journal ORDER BY id",
     )
     .fetch_all(db.sqlite_pool().unwrap())
     .await
@@ -66,6 +66,8 @@ struct Row {
     state: State,
     snapshot_id: Option<SnapshotId>,
     detail: Option<String>,
+    /// When it was recorded (Unix ms).
+    at: i64,
 }
 
 /// The API's deletes on the agent's behalf: only its own (made through the API, or carrying
@@ -80,10 +82,6 @@ async fn deletions(
     expect: &Expect,
     bad: &mut Vec<String>,
 ) {
-    let pins = db
-        .pins(chrono::Utc::now() + chrono::Duration::days(3650))
-        .await
-        .unwrap();
     let marker = Marker::new(expect.token.as_bytes());
     let created: HashSet<SnapshotId> = events
         .iter()
@@ -111,9 +109,6 @@ async fn deletions(
         if !ours {
             bad.push(format!("deleted snapshot {id} ({name}), not the agent's"));
         }
-        if pins.contains(id) {
-            bad.push(format!("deleted pinned snapshot {id}"));
-        }
         if *status == SnapshotStatus::InProgress {
             bad.push(format!("deleted snapshot {id} while in progress"));
         }
@@ -137,11 +132,19 @@ async fn deletions(
             None => bad.push(format!(
                 "deleted snapshot {id} with no intent in the journal"
             )),
-            Some(r) => per_run.entry(r.run_id).or_default().push(format!(
-                "{id} ({} {})",
-                r.state,
-                r.detail.as_deref().unwrap_or_default()
-            )),
+            Some(r) => {
+                // Pinned as of the delete's intent: a pin that had run out by then (a
+                // restore's safety pin) did not protect it, one still running did.
+                let then = vps_snapshot_agent::db::from_ms(r.at);
+                if db.pins(then).await.unwrap().contains(id) {
+                    bad.push(format!("deleted snapshot {id}, pinned at that moment"));
+                }
+                per_run.entry(r.run_id).or_default().push(format!(
+                    "{id} ({} {})",
+                    r.state,
+                    r.detail.as_deref().unwrap_or_default()
+                ));
+            }
         }
     }
     for (run, deleted) in per_run {

@@ -827,6 +827,42 @@ pub(crate) async fn job_summaries_agree_with_the_one_job_queries() {
     assert!(summaries["never-ran"].timeline.is_empty());
 }
 
+/// The run's database went away mid-run: its task ended without recording its end or
+/// releasing its lock. When the database is back this process resumes it, under that
+/// very lock, rather than wait for itself.
+#[tokio::test]
+pub(crate) async fn a_run_this_process_left_over_is_resumed_under_the_lock_it_left() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let db = w.db(&dir).await;
+    let runner = w.runner(db.clone());
+    let j = job("web", 1, 3);
+    let now = w.clock.now();
+    let new = vps_snapshot_agent::db::NewRun {
+        job: "web",
+        server_id: j.server_id,
+        kind: vps_snapshot_agent::db::RunKind::Snapshot,
+        trigger: RunTrigger::Manual,
+        scheduled_for: None,
+        started_at: now,
+    };
+    let left = db.start_run(new, &runner.owner).await.unwrap();
+    let lease = Duration::from_secs(120);
+    let locked = db.try_lock(j.server_id, &runner.owner, Some(left), now, lease);
+    assert_eq!(locked.await.unwrap(), Ok(()));
+    runner
+        .resume_interrupted(std::slice::from_ref(&j))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.run(left).await.unwrap().unwrap().status,
+        RunStatus::Interrupted,
+        "resumed (it never asked for a snapshot), not left waiting on its own lock"
+    );
+    let other = vps_snapshot_agent::db::Owner::current();
+    let free = db.try_lock(j.server_id, &other, None, now, lease).await;
+    assert_eq!(free.unwrap(), Ok(()), "and the lock is free");
+}
+
 /// A run of this very process whose task ended without recording its end (the database
 /// was lost meanwhile) holds nothing up: its lock is free and the next check settles it,
 /// although the process lives on. While in flight, neither happens.

@@ -15,6 +15,7 @@ mod hooks;
 mod invariants;
 mod job;
 mod mail;
+mod needs;
 mod newcomer;
 mod on_postgres;
 mod pg_faults;

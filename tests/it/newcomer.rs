@@ -13,11 +13,29 @@ use crate::helpers::{ServerId, TOKEN};
 
 /// `agent ARGS` started in the background, stderr to `log`, token in the environment.
 pub fn spawn(cfg: &Path, args: &[&str], log: &Path) -> std::process::Child {
+    spawn_with(cfg, args, log, &[])
+}
+
+/// The timing under which the failover tests run the binary: leases, heartbeats and
+/// checks in seconds rather than minutes ([`vps_snapshot_agent::timing`]).
+pub const FAST: (&str, &str) = (
+    "AGENT_TIMING",
+    "agent_beat=500ms,agent_lease=4s,check_every=1s,lock_lease=8s",
+);
+
+/// [`spawn`] with `env` added.
+pub fn spawn_with(
+    cfg: &Path,
+    args: &[&str],
+    log: &Path,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     Command::new(BIN)
         .arg("--config")
         .arg(cfg)
         .args(args)
         .env("AGENT_API__TOKEN", TOKEN)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
         .stderr(std::fs::File::create(log).unwrap())

@@ -1,5 +1,8 @@
-//! The job-run, daemon and alert tests, each body run again on PostgreSQL (see
-//! [`crate::store`]); skipped, saying so, without `AGENT_TEST_POSTGRES_URL`.
+//! The job-run, daemon and alert tests whose subject touches the store, each body run
+//! again on PostgreSQL (see [`crate::store`]); skipped and counted without
+//! `AGENT_TEST_POSTGRES_URL` ([`crate::needs`]). Left out: tests of SQLite files of earlier
+//! versions (PostgreSQL has no earlier version), and the scheduler's tests under a paused
+//! clock, whose recorder touches no database.
 
 mod job {
     crate::store::on_postgres!(
@@ -21,23 +24,16 @@ mod job {
         job::a_run_that_died_mid_poll_is_finished_and_rotated,
         job::a_run_aborted_at_any_point_resumes_without_a_duplicate,
         job::a_run_this_process_left_over_is_settled_and_its_lock_freed,
+        job::a_run_this_process_left_over_is_resumed_under_the_lock_it_left,
         job::a_steady_state_run_costs_two_requests_plus_polls_plus_deletions,
-        job::an_earlier_versions_database_keeps_knowing_its_snapshots,
-        job::restores_recorded_as_succeeded_become_started_and_nothing_else_changes,
         job::job_summaries_agree_with_the_one_job_queries,
     );
 }
 
 mod daemon {
     crate::store::on_postgres!(
-        daemon::a_stop_asks_runs_still_going_to_stop_a_fifth_before_the_grace_ends_and_waits_for_them,
-        daemon::jobs_fire_at_their_instants_across_a_dst_change,
-        daemon::a_fall_back_night_fires_once,
-        daemon::a_job_still_running_is_not_started_twice,
-        daemon::max_concurrent_jobs_holds_across_jobs,
         daemon::a_missed_fire_is_caught_up_exactly_once,
         daemon::a_window_job_is_not_caught_up_once_its_window_opened,
-        daemon::sighup_with_a_broken_config_keeps_the_old_schedule_and_a_good_one_replaces_it,
         daemon::a_job_without_a_success_for_stale_after_raises_one_stale_alert,
     );
 }

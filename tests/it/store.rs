@@ -5,9 +5,7 @@
 
 use std::cell::RefCell;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
 use std::path::Path;
-use std::sync::Once;
 
 use vps_snapshot_agent::db::{Database, Location};
 
@@ -78,18 +76,10 @@ pub async fn configure(cfg: &Path, path: &Path) -> Database {
 }
 
 /// Runs `test` (a `#[tokio::test]` body) on PostgreSQL, then drops the schemas it made.
-/// Without `AGENT_TEST_POSTGRES_URL`, says once that the PostgreSQL tests were skipped.
+/// Without `AGENT_TEST_POSTGRES_URL`, skips it, counted ([`crate::needs`]).
 pub fn run_on_postgres(test: fn()) {
     let Ok(url) = std::env::var(POSTGRES_URL) else {
-        static SAID: Once = Once::new();
-        SAID.call_once(|| {
-            // Straight to the terminal: the test harness captures `eprintln!`.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\nPostgreSQL tests skipped: {POSTGRES_URL} is not set. To run them: \
-                 eval \"$(scripts/test-postgres)\" && cargo test --locked\n"
-            );
-        });
+        crate::needs::missing(crate::needs::Need::Postgres);
         return;
     };
     POSTGRES.with(|p| *p.borrow_mut() = Some((url.clone(), Vec::new())));

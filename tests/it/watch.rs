@@ -316,7 +316,7 @@ async fn a_ping_is_retried_until_it_expires_then_dropped_never_sent_late() {
         hc.got("/p")
     );
     let due = db
-        .due_pings(Utc::now() + chrono::Duration::days(1))
+        .due_pings(vps_snapshot_agent::clock::Clock::now(&*clock) + chrono::Duration::days(1))
         .await
         .unwrap();
     assert!(
@@ -749,9 +749,21 @@ async fn two_processes_on_one_database_never_send_an_alert_or_a_ping_twice() {
         1,
         "taken back when the claim ran out"
     );
-    // Let the outboxes have them all again, and race them.
+    // Let the outboxes have them all again, and race them: each alert goes once more,
+    // and the pings, expired by now, are dropped rather than sent late.
     db.mark_alerts_failed("webhook", &ids, "test", now)
         .await
         .unwrap();
     clock.advance(Duration::from_secs(3600));
+    for _ in 0..3 {
+        tokio::join!(boxes[0].deliver_all(), boxes[1].deliver_all());
+    }
+    let mut jobs: Vec<String> = webhook_alerts(&r).into_iter().map(|(_, j)| j).collect();
+    jobs.sort();
+    let mut twice: Vec<String> = (0..40)
+        .flat_map(|i| [format!("job-{i}"), format!("job-{i}")])
+        .collect();
+    twice.sort();
+    assert_eq!(jobs, twice, "each alert once in each round");
+    assert_eq!(r.got("/p/start").len(), 40, "no ping sent late");
 }

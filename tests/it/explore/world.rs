@@ -19,6 +19,7 @@ use vps_snapshot_agent::run::Runner;
 use vps_snapshot_agent::sim::{
     Delay, Fault, FaultKind, Mode, Op, SimOptions, SimServer, Simulator, TripWire,
 };
+use vps_snapshot_agent::timing::Timing;
 
 use super::history::{EditPick, Event, FaultPick, History, Kill, Model, OpPick, Pace, SERVERS};
 use super::process::{Counting, DaemonProc, ManualTimer, Proc};
@@ -52,11 +53,14 @@ fn runner(
     clock: SharedClock,
     owner: Owner,
 ) -> Runner {
-    let mut r = Runner::from_settings(settings, db, client, clock);
-    r.owner = owner;
     // A history's real-time budget is two minutes: a fire that cannot claim itself
     // (a killed process's transaction still draining) gives up within seconds.
-    r.claim_patience = Duration::from_secs(2);
+    let timing = Timing {
+        claim_patience: Duration::from_secs(2),
+        ..db.timing()
+    };
+    let mut r = Runner::from_settings(settings, db.with_timing(timing), client, clock);
+    r.owner = owner;
     r
 }
 
@@ -232,15 +236,17 @@ impl World {
                 }
             };
             let Ok(first) = build(settings) else { return };
-            let daemon = Daemon {
-                services: first,
-                db,
-                clock,
-                timer: t,
+            let timing = Timing {
                 grace: Duration::from_secs(2),
                 check_every: Duration::from_secs(3600),
                 stale_every: Duration::from_secs(3600),
-                step_every: vps_snapshot_agent::daemon::STEP_EVERY,
+                ..db.timing()
+            };
+            let daemon = Daemon {
+                services: first,
+                db: db.with_timing(timing),
+                clock,
+                timer: t,
                 reload: Box::new(move || build(Settings::load(&cfg)?)),
             };
             let _ = daemon.run(rx).await;
