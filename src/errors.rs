@@ -18,12 +18,25 @@ pub fn chain<'a>(
         }
         out.push_str(text);
     }
-    crate::secrets::scrub(&out).into_owned()
+    // An error that repeats its source inside its own words ("error with configuration:
+    // error with configuration: …") is said once too.
+    let mut parts: Vec<&str> = Vec::new();
+    for part in out.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    crate::secrets::scrub(&parts.join(": ")).into_owned()
 }
 
 /// [`chain`] of an `anyhow::Error`.
 pub fn line(e: &anyhow::Error) -> String {
     chain(e.chain())
+}
+
+/// [`chain`] of any error and its sources.
+pub fn of(e: &(dyn std::error::Error + 'static)) -> String {
+    chain(std::iter::successors(Some(e), |e| e.source()))
 }
 
 #[cfg(test)]
@@ -35,6 +48,19 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("out of range integral type conversion attempted")]
     struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error with configuration: error with configuration: unknown value \"bogus\"")]
+    struct Stutters;
+
+    #[test]
+    fn words_an_error_repeats_in_itself_are_said_once() {
+        let e = anyhow::Error::new(Stutters).context("database postgres://h/d");
+        assert_eq!(
+            super::line(&e),
+            "database postgres://h/d: error with configuration: unknown value \"bogus\""
+        );
+    }
 
     #[test]
     fn a_cause_its_error_already_says_is_printed_once() {

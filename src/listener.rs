@@ -120,8 +120,9 @@ impl Source {
                 match crate::page::render(&self.db, &settings, &self.marker, now).await {
                     Ok(html) => text(StatusCode::OK, "text/html; charset=utf-8", html),
                     Err(e) => {
-                        tracing::warn!("status page: {e:#}");
-                        text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{e:#}\n"))
+                        let e = crate::errors::line(&e);
+                        tracing::warn!("status page: {e}");
+                        text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{e}\n"))
                     }
                 }
             }

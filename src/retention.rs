@@ -222,13 +222,19 @@ pub struct NoRoom {
 }
 
 impl NoRoom {
-    /// The blockers as messages name them: `801 (pinned), 802 (not managed by this job)`.
+    /// The blockers as messages name them: `801 (pinned), 802 (not managed by this job)`;
+    /// the first ten, and how many more (a server can hold thousands).
     pub fn list(&self) -> String {
-        let each: Vec<String> = self
+        const SHOWN: usize = 10;
+        let mut each: Vec<String> = self
             .blocking
             .iter()
+            .take(SHOWN)
             .map(|(id, why)| format!("{id} ({why})"))
             .collect();
+        if self.blocking.len() > SHOWN {
+            each.push(format!("and {} more", self.blocking.len() - SHOWN));
+        }
         each.join(", ")
     }
 }

@@ -68,6 +68,16 @@ pub fn register(secret: &str) {
     }
 }
 
+/// Registers the forms an SMTP login takes on the wire (`AUTH PLAIN` sends base64 of
+/// `\0user\0password`, `AUTH LOGIN` base64 of the password alone), which a server may
+/// echo in its answer.
+pub fn register_smtp_login(user: &str, password: &str) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    register(&b64.encode(format!("\0{user}\0{password}")));
+    register(&b64.encode(password));
+}
+
 /// Whether a URL's path segment or query value looks like a key (a UUID, a Slack or
 /// Discord token, a Healthchecks ping key), not a word (a check's slug, `services`): it
 /// is registered alone too, since a receiver may echo it without the rest of the path.

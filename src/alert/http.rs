@@ -168,7 +168,7 @@ pub async fn ping(
 
 async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<(), String> {
     let resp = req.send().await.map_err(|e| {
-        let e = format!("{what}: {:#}", anyhow::Error::new(e.without_url()));
+        let e = format!("{what}: {}", crate::errors::of(&e.without_url()));
         crate::secrets::scrub(&e).into_owned()
     })?;
     let status = resp.status();

@@ -58,11 +58,10 @@ impl Smtp {
         let msg = self
             .message(subject, body)
             .map_err(|e| format!("cannot build the alert mail: {e}"))?;
-        self.transport
-            .send(msg)
-            .await
-            .map(drop)
-            .map_err(|e| format!("SMTP {}: {:#}", self.server, anyhow::Error::new(e)))
+        self.transport.send(msg).await.map(drop).map_err(|e| {
+            let e = crate::errors::line(&anyhow::Error::new(e));
+            format!("SMTP {}: {e}", self.server)
+        })
     }
 
     fn message(&self, subject: &str, body: String) -> anyhow::Result<Message> {

@@ -320,7 +320,7 @@ impl Client {
             Err(e) => {
                 // A request that never connected was never sent.
                 let never_sent = e.is_connect();
-                let kind = format!("{} ({:#})", transport_kind(&e), anyhow::Error::new(e));
+                let kind = format!("{} ({})", transport_kind(&e), crate::errors::of(&e));
                 let err = ApiError::Transport {
                     what,
                     kind: kind.clone(),
@@ -467,8 +467,8 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<bytes::Bytes, String
             Ok(None) => return Ok(buf.freeze()),
             Err(e) => {
                 return Err(format!(
-                    "reading the response failed: {:#}",
-                    anyhow::Error::new(e)
+                    "reading the response failed: {}",
+                    crate::errors::of(&e)
                 ));
             }
         }

@@ -23,6 +23,11 @@ pub struct Listing {
     pub anomalies: Vec<String>,
     /// Items that could not be read: snapshots the server holds, counted toward its limit.
     pub unreadable: usize,
+    /// The names of those items, where they had one.
+    pub unreadable_names: Vec<String>,
+    /// Snapshots an anomaly was about (listed twice, or sharing a name with another):
+    /// what the listing says of them is not to be trusted.
+    pub doubted: HashSet<SnapshotId>,
 }
 
 impl Listing {
@@ -54,6 +59,11 @@ impl Listing {
     pub fn get(&self, id: SnapshotId) -> Option<&Snapshot> {
         self.snapshots.iter().find(|s| s.id == id)
     }
+
+    /// Whether an anomaly of this listing was about snapshot `id`.
+    pub fn doubts(&self, id: SnapshotId) -> bool {
+        self.doubted.contains(&id)
+    }
 }
 
 /// Reads the items of a listing's pages into a [`Listing`]: of server `server` (when the
@@ -63,6 +73,8 @@ pub struct Reader {
     server: Option<ServerId>,
     now: DateTime<Utc>,
     seen: HashSet<SnapshotId>,
+    /// Each name listed so far, and the snapshot that bore it first.
+    names: std::collections::HashMap<String, SnapshotId>,
     out: Listing,
 }
 
@@ -72,6 +84,7 @@ impl Reader {
             server,
             now,
             seen: HashSet::new(),
+            names: std::collections::HashMap::new(),
             out: Listing::default(),
         }
     }
@@ -85,11 +98,24 @@ impl Reader {
 
     /// One item of a page.
     pub fn item(&mut self, item: serde_json::Value) {
-        let id = item.get("id").map(ToString::to_string);
+        // An id as the API wrote it: a number beyond 64 bits reads as a float here, so it
+        // is named as such rather than by a rounded value.
+        let id = match item.get("id") {
+            Some(serde_json::Value::Number(n)) if n.as_u64().is_none() => {
+                Some("with an id that is not a 64-bit whole number".to_string())
+            }
+            Some(v) => Some(v.to_string()),
+            None => None,
+        };
+        let name = item
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(str::to_string);
         let snap: Snapshot = match serde_json::from_value(item) {
             Ok(s) => s,
             Err(e) => {
                 self.out.unreadable += 1;
+                self.out.unreadable_names.extend(name);
                 let which = id.map_or_else(|| "an item".to_string(), |id| format!("item {id}"));
                 return self.odd(format!("{which} could not be read ({e})"));
             }
@@ -103,7 +129,17 @@ impl Reader {
             ));
         }
         if !self.seen.insert(snap.id) {
+            self.out.doubted.insert(snap.id);
             return self.odd(format!("snapshot {} was listed twice", snap.id));
+        }
+        if let Some(first) = self.names.insert(snap.name.clone(), snap.id) {
+            // The agent names each snapshot once: two of one name are a copy, and which
+            // one is the agent's cannot be told from the listing.
+            self.out.doubted.extend([first, snap.id]);
+            self.odd(format!(
+                "snapshots {first} and {} are both named {}",
+                snap.id, snap.name
+            ));
         }
         if snap.created_at > self.now + FUTURE_SLACK {
             self.odd(format!(
@@ -148,6 +184,8 @@ mod tests {
         let ids: Vec<u64> = l.snapshots.iter().map(|s| s.id.get()).collect();
         assert_eq!(ids, [1, 2, 5]);
         assert_eq!(l.unreadable, 1);
+        assert_eq!(l.unreadable_names, ["s4"]);
+        assert!(l.doubts(SnapshotId::new(1)) && !l.doubts(SnapshotId::new(2)));
         assert_eq!(l.held(), 4);
         assert!(!l.consistent());
         let odd = l.odd();
@@ -159,6 +197,32 @@ mod tests {
         ] {
             assert!(odd.contains(part), "{odd}");
         }
+    }
+
+    #[test]
+    fn two_snapshots_of_one_name_are_both_doubted_and_an_id_beyond_64_bits_is_named_so() {
+        let now = "2026-12-01T00:00:00Z".parse().unwrap();
+        let mut r = Reader::new(None, now);
+        let mut copy = item(2, 7, "2026-11-30T00:00:00Z");
+        copy["name"] = json!("s1");
+        r.item(item(1, 7, "2026-11-30T00:00:00Z"));
+        r.item(copy);
+        let mut huge = item(3, 7, "2026-11-30T00:00:00Z");
+        huge["id"] = serde_json::from_str("18446744073709551616").unwrap();
+        r.item(huge);
+        let l = r.finish();
+        assert!(l.doubts(SnapshotId::new(1)) && l.doubts(SnapshotId::new(2)));
+        assert!(
+            l.odd().contains("snapshots 1 and 2 are both named s1"),
+            "{}",
+            l.odd()
+        );
+        assert!(
+            l.odd()
+                .contains("item with an id that is not a 64-bit whole number"),
+            "{}",
+            l.odd()
+        );
     }
 
     #[test]

@@ -94,7 +94,7 @@ async fn check_channels(settings: &Settings, send_test: bool) -> anyhow::Result<
                         to.join(", ")
                     );
                 }
-                Err(e) => failed.push(format!("email: {e:#}")),
+                Err(e) => failed.push(format!("email: {}", crate::errors::line(&e))),
             }
         }
     }

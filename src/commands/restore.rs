@@ -18,9 +18,17 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let clock = crate::clock::system();
     let client = context::client(&settings, clock.clone())?;
     let id = args.snapshot_id;
-    let Some(snap) = client.list(None).await?.get(id).cloned() else {
+    let listing = client.list(None).await?;
+    let Some(snap) = listing.get(id).cloned() else {
         bail!("no snapshot {id} exists (checked with the API); nothing was changed");
     };
+    if listing.doubts(id) {
+        bail!(
+            "the API lists snapshot {id} inconsistently ({}): not restoring from it; nothing \
+             was changed",
+            listing.odd()
+        );
+    }
     // The API restores only a completed snapshot: refused here, before a safety snapshot
     // (and the room it may need) is taken for nothing.
     if snap.status != SnapshotStatus::Completed {

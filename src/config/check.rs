@@ -24,7 +24,15 @@ use super::{
 
 /// `http://` is only for loopback (the simulator); anything else must be `https://`.
 pub fn validate_base_url(raw: &str) -> Result<Url, String> {
-    let mut url = Url::parse(raw.trim()).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    // Messages show the URL without a user name or password, and never a URL that does
+    // not parse (its text may hold one).
+    let mut url = Url::parse(raw.trim()).map_err(|e| format!("is not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not carry a user name or password (the API token goes in api.token_file)".into(),
+        );
+    }
+    let raw = url.as_str().to_string();
     let loopback = match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),

@@ -102,6 +102,24 @@ impl ConfigErrors {
     }
 }
 
+/// A parser's message without the lines of the file it quotes (`24 | url = "…`, and
+/// the `^` under it): a broken line may hold a secret (a webhook's path, a password).
+/// The line and column are still named.
+fn without_source(message: &str) -> String {
+    let quoted = |l: &str| {
+        let t = l.trim_start();
+        let after_number = t
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start();
+        after_number.starts_with('|') || (!t.is_empty() && t.chars().all(|c| c == '^' || c == '~'))
+    };
+    message
+        .lines()
+        .filter(|l| !quoted(l) && !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -268,7 +286,7 @@ impl Settings {
                     .map(|e| ConfigError {
                         origin: origin.clone(),
                         key: e.path.join("."),
-                        message: e.kind.to_string(),
+                        message: without_source(&e.kind.to_string()),
                     })
                     .collect(),
             )
@@ -302,6 +320,11 @@ impl Settings {
         ];
         for p in passwords.into_iter().flatten() {
             crate::secrets::register(p.expose_secret());
+        }
+        if let Some(e) = &self.email
+            && let (Some(user), Some(pass)) = (&e.username, &e.password)
+        {
+            crate::secrets::register_smtp_login(user, pass.expose_secret());
         }
         let urls = self
             .notify

@@ -65,7 +65,7 @@ impl Executor for Runner {
                 runner.run_fire(&job, trigger, scheduled_for).await
             };
             if let Err(e) = ran {
-                tracing::error!(job = %job.name, "{e:#}");
+                tracing::error!(job = %job.name, "{}", crate::errors::of(&e));
             }
         })
     }
@@ -83,7 +83,7 @@ impl Executor for Runner {
                         tracing::info!(run = o.run_id.get(), job = %o.job, status = %o.status, "finished an interrupted run");
                     }
                 }
-                Err(e) => tracing::error!("{e:#}"),
+                Err(e) => tracing::error!("{}", crate::errors::of(&e)),
             }
         })
     }
@@ -243,7 +243,7 @@ impl Daemon {
             generation: lp.generation,
         };
         if let Err(e) = self.timer.arm(fire, lp.fires_tx.clone()).await {
-            tracing::error!("cannot arm the next run: {e:#}");
+            tracing::error!("cannot arm the next run: {}", crate::errors::line(&e));
         }
     }
 
@@ -363,7 +363,10 @@ impl Daemon {
                     self.status_line(lp)
                 );
             }
-            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
+            Err(e) => tracing::error!(
+                "reload failed, keeping the running configuration: {}",
+                crate::errors::line(&e)
+            ),
         }
         let status = self.status_line(lp);
         notify::send(&[notify::State::Ready, notify::State::Status(&status)]);

@@ -394,6 +394,6 @@ pub async fn update_textfile(db: &Database, settings: &Settings, now: DateTime<U
         Err(e) => Err(e.into()),
     };
     if let Err(e) = written {
-        tracing::warn!("{e:#}");
+        tracing::warn!("{}", crate::errors::line(&e));
     }
 }

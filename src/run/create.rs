@@ -15,6 +15,24 @@ use crate::retention::LIMIT;
 impl Runner {
     pub(super) async fn create(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
         let job = st.job;
+        // An item the agent cannot read that bears this job's name may be a snapshot it
+        // made (a create whose answer it could not read either): one more would only pile
+        // up beside it, each as unreadable.
+        if let Some(name) = st
+            .listing
+            .unreadable_names
+            .iter()
+            .find(|n| naming::parse(n).is_some_and(|p| p.job == job.name))
+        {
+            let e = anyhow!(
+                "the API lists a snapshot named {name} that the agent cannot read ({}); it \
+                 may be this job's own, so no other is made until it can be read: look at \
+                 server {} in the VPS.org panel",
+                st.listing.odd(),
+                job.server_id
+            );
+            return Err(fail(Step::Create, e));
+        }
         let name = self.fresh_name(st);
         st.step = Step::Create;
         let description =

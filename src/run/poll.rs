@@ -148,6 +148,11 @@ impl Runner {
         )
         .await?;
         tracing::debug!(snapshot = snap.id.get(), status = %found.status, poll = st.polls, "polled");
+        // Listed twice (with two statuses, say): what the listing says of it is not
+        // believed either way; the next listing decides.
+        if st.listing.doubts(snap.id) {
+            return Ok(false);
+        }
         *last = found.status.clone();
         match &found.status {
             SnapshotStatus::Completed => {

@@ -124,6 +124,13 @@ impl Runner {
                 anyhow!("{why}; nothing was changed on the server"),
             ))
         };
+        if listing.doubts(target.id) {
+            return refuse(format!(
+                "the API lists snapshot {} inconsistently ({}): not restoring from it",
+                target.id,
+                listing.odd()
+            ));
+        }
         let Some(now) = listing.get(target.id) else {
             return refuse(format!(
                 "snapshot {} is not (or no longer) listed on server {server}",

@@ -141,6 +141,19 @@ impl Runner {
                     tracing::warn!("rotation stopped: the listing was inconsistent");
                     break;
                 }
+                // The snapshot just made must still be there and completed: one that went
+                // back to in progress (or away) leaves the policy nothing sure to keep.
+                let made = new_id.and_then(|id| st.listing.get(id));
+                if new_id.is_some() && made.is_none_or(|s| s.status != SnapshotStatus::Completed) {
+                    let now = made.map_or("gone", |s| s.status.as_str());
+                    let odd = format!(
+                        "rotation stopped: the snapshot just made, completed before, is {now} in a \
+                         fresh listing"
+                    );
+                    tracing::warn!("API anomaly: {odd}");
+                    st.warnings.push(odd);
+                    break;
+                }
                 (cands, victim) = next(&self.candidates(st).await?, &tried);
             }
             let Some(victim) = victim else {

@@ -1005,3 +1005,170 @@ async fn hole_14_snapshot_ids_above_two_to_the_63_are_handled_like_any_other() {
     assert!(text(&o).contains("too large"), "{}", text(&o));
     s.check().await;
 }
+
+/// An SMTP server that offers `AUTH PLAIN` and refuses every login, repeating what it
+/// was sent (as some do in their 535 answer); its port.
+async fn echoing_smtp() -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 echo.test ESMTP\r\n").await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = if line.starts_with("EHLO") {
+                        "250-echo.test\r\n250 AUTH PLAIN LOGIN\r\n".to_string()
+                    } else if line.starts_with("AUTH") {
+                        format!("535 5.7.8 Authentication failed for {line}\r\n")
+                    } else if line.starts_with("QUIT") {
+                        "221 bye\r\n".to_string()
+                    } else {
+                        "502 no\r\n".to_string()
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_7_an_smtp_login_shows_in_no_log_and_no_error_in_any_form() {
+    use base64::Engine as _;
+    let s = sim().await;
+    let port = echoing_smtp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = "SMTPpw-Secret-5566";
+    let pass_file = dir.path().join("smtp-password");
+    std::fs::write(&pass_file, password).unwrap();
+    let cfg = config_in(
+        dir.path(),
+        &s.base_url(),
+        "",
+        "",
+        &format!(
+            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\nsecurity = \"none\"\n\
+             username = \"agentuser\"\npassword_file = \"{}\"\n\
+             from = \"agent@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"5s\"\n",
+            pass_file.display()
+        ),
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let forms = [
+        password.to_string(),
+        b64.encode(format!("\0agentuser\0{password}")),
+        b64.encode(password),
+    ];
+    let mut check = command(&cfg, &["check", "--send-test-alert"]);
+    check.env("RUST_LOG", "trace");
+    let check = check.output().await.unwrap();
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    s.sim.set_mode(SERVER, vps_snapshot_agent::sim::Mode::Fail);
+    let mut run = command(&cfg, &["--log-format", "json", "run-once"]);
+    run.env("RUST_LOG", "trace");
+    let run = run.output().await.unwrap();
+    let status = crate::cli::agent(&cfg, &["status", "--json"]).await;
+    assert!(text(&status).contains("535"), "{}", text(&status));
+    for (what, t) in [
+        ("check --send-test-alert", text(&check)),
+        ("run-once", text(&run)),
+        ("status --json", text(&status)),
+        ("the database", all_files(dir.path())),
+    ] {
+        for f in &forms {
+            assert!(
+                !t.contains(f.as_str()),
+                "{what} shows the SMTP login as {f}:\n{t}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_7_a_broken_config_line_is_never_quoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "WHSECRETpath9f8e7d6c";
+    let broken = [
+        format!("[[notify]]\nkind = \"webhook\"\nurl = \"https://hooks.example.com/{secret}\n"),
+        format!("[email]\nsmtp_host = \"h\"\npassword = \"{secret}\n"),
+        format!("[api]\nbase_url = \"https://u:{secret}@api.example.com/api/v1\"\n"),
+    ];
+    for text_ in broken {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!("database = \"x.db\"\n{text_}[[jobs]]\nname = \"a\"\nserver_id = 1\nschedule = \"0 0 1 * * *\"\n"),
+        )
+        .unwrap();
+        let o = command(&cfg, &["check", "--offline"])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(o.status.code(), Some(78), "{}", text(&o));
+        assert!(
+            !text(&o).contains(secret),
+            "the broken line is quoted:\n{}",
+            text(&o)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_1_a_copy_of_the_agents_snapshot_under_its_name_is_never_deleted() {
+    let s = scene(Duration::ZERO, 3, closed_port(), "keep_last = 1\n").await;
+    // A copy of the oldest one, name and description (its mark) alike.
+    let mut snaps = s.sim.sim.snapshots(SERVER);
+    snaps.sort_by_key(|x| x.created_at);
+    let original = &snaps[0];
+    let copy = s.sim.sim.put_described(
+        SERVER,
+        &original.name,
+        original.description.as_deref(),
+        SnapshotStatus::Completed,
+        original.created_at,
+    );
+    let o = s.agent(&["run-once"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        !deleted_by_agent(&s.sim.sim).contains(&copy),
+        "the copy was deleted as the agent's:\n{}",
+        text(&o)
+    );
+    assert!(deleted_by_agent(&s.sim.sim).is_empty(), "{}", text(&o));
+    assert!(
+        history(&s).await[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("are both named"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_14_an_unreadable_snapshot_of_the_job_is_not_joined_by_more() {
+    // The API lists a snapshot of this job's name whose id is beyond 64 bits (as a
+    // create answered that way leaves it): one more would be as unreadable, and pile up.
+    let s = scene(Duration::ZERO, 0, closed_port(), "keep_last = 2\n").await;
+    let name = vps_snapshot_agent::naming::new_name("web", chrono::Utc::now());
+    s.sim.sim.glitch(Glitch::Extra(json!({
+        "id": serde_json::Number::from_f64(1.9e19).unwrap(),
+        "server": {"id": SERVER, "name": "s"}, "name": name, "status": "completed",
+        "created_at": "2026-12-01T00:00:00Z"})));
+    for _ in 0..3 {
+        let o = s.agent(&["run-once"]).await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("cannot read"), "{}", text(&o));
+    }
+    assert!(
+        created(&s.sim.sim).is_empty(),
+        "snapshots piled up: {:?}",
+        created(&s.sim.sim)
+    );
+}
