@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::sync::{LazyLock, RwLock};
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use url::Url;
 
 /// What a secret is replaced with.
@@ -23,28 +24,51 @@ pub const FRAGMENT: usize = 8;
 /// Secrets shorter than this are not registered (they would scrub ordinary words).
 const SHORTEST: usize = 4;
 
-/// The forms of every secret registered so far, longest first (so that a secret that
-/// contains another is replaced whole).
-static SECRETS: LazyLock<RwLock<Vec<Vec<u8>>>> = LazyLock::new(RwLock::default);
+/// Every form of every secret registered so far, and automata that find them all in one
+/// pass over a text (leftmost, longest first: a secret that contains another is replaced
+/// whole).
+#[derive(Default)]
+struct Registry {
+    forms: Vec<Vec<u8>>,
+    all: Option<AhoCorasick>,
+    /// Those of [`FRAGMENT`] characters or more.
+    long: Option<AhoCorasick>,
+}
 
-fn read() -> std::sync::RwLockReadGuard<'static, Vec<Vec<u8>>> {
+static SECRETS: LazyLock<RwLock<Registry>> = LazyLock::new(RwLock::default);
+
+fn read() -> std::sync::RwLockReadGuard<'static, Registry> {
     SECRETS
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn automaton<'a>(forms: impl IntoIterator<Item = &'a Vec<u8>>) -> Option<AhoCorasick> {
+    let forms: Vec<&Vec<u8>> = forms.into_iter().collect();
+    if forms.is_empty() {
+        return None;
+    }
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(forms)
+        .ok()
 }
 
 fn add(form: String) {
     if form.len() < SHORTEST || form == REDACTED {
         return;
     }
-    let mut all = SECRETS
+    let mut r = SECRETS
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let form = form.into_bytes();
-    if !all.contains(&form) {
-        all.push(form);
-        all.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    if r.forms.contains(&form) {
+        return;
     }
+    r.forms.push(form);
+    r.forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    r.all = automaton(&r.forms);
+    r.long = automaton(r.forms.iter().filter(|f| f.len() >= FRAGMENT));
 }
 
 /// Registers `secret` in the forms an answer may carry it: as is, JSON-escaped, with
@@ -111,34 +135,20 @@ pub fn register_url(url: &Url) {
 /// hook's environment is filtered by: a short one would match ordinary values like
 /// `PATH`).
 pub fn contains(text: &[u8]) -> bool {
-    read()
-        .iter()
-        .filter(|s| s.len() >= FRAGMENT)
-        .any(|s| find(text, s).is_some())
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
+    read().long.as_ref().is_some_and(|ac| ac.is_match(text))
 }
 
 /// `bytes` with every registered secret replaced by [`REDACTED`].
 pub fn scrub_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
-    let secrets = read();
-    if !secrets.iter().any(|s| find(bytes, s).is_some()) {
+    let r = read();
+    let Some(ac) = r.all.as_ref().filter(|ac| ac.is_match(bytes)) else {
         return Cow::Borrowed(bytes);
-    }
-    let mut out = bytes.to_vec();
-    for secret in secrets.iter() {
-        let mut from = 0;
-        while let Some(i) = find(&out[from..], secret) {
-            let at = from + i;
-            out.splice(at..at + secret.len(), REDACTED.bytes());
-            from = at + REDACTED.len();
-        }
-    }
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    ac.replace_all_with_bytes(bytes, &mut out, |_, _, dst| {
+        dst.extend_from_slice(REDACTED.as_bytes());
+        true
+    });
     Cow::Owned(out)
 }
 
@@ -155,8 +165,8 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
 /// end) is replaced too.
 pub fn scrub_cut(text: &str) -> String {
     let mut out = scrub(text).into_owned();
-    let secrets = read();
-    for secret in secrets.iter().filter(|s| s.len() > FRAGMENT) {
+    let r = read();
+    for secret in r.forms.iter().filter(|s| s.len() > FRAGMENT) {
         let longest = (secret.len() - 1).min(out.len());
         if let Some(k) = (FRAGMENT..=longest)
             .rev()

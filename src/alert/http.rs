@@ -19,6 +19,16 @@ const SLACK_MAX: usize = 35_000;
 /// The client every HTTP channel and ping shares: rustls, no redirects (a ping or an
 /// alert goes where it was configured to go), a short connect timeout.
 pub fn client() -> anyhow::Result<reqwest::Client> {
+    // Built once per process (it parses the system's root certificates).
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c.clone());
+    }
+    let c = build()?;
+    Ok(CLIENT.get_or_init(|| c).clone())
+}
+
+fn build() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .user_agent(concat!("vps-snapshot-agent/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())

@@ -57,7 +57,29 @@ fn secret_forms(token: &str) -> Vec<Vec<u8>> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
+}
+
+/// One HTTP client per request timeout, for the whole process: each client reads and
+/// parses the system's root certificates when built, which a daemon reloading its
+/// configuration (or a test making hundreds of clients) would otherwise do every time.
+fn http_client(request_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    static CLIENTS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<Duration, reqwest::Client>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = clients.get(&request_timeout) {
+        return Ok(c.clone());
+    }
+    let client = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .timeout(request_timeout)
+        .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    clients.insert(request_timeout, client.clone());
+    Ok(client)
 }
 
 impl std::fmt::Debug for Client {
@@ -81,13 +103,7 @@ impl Client {
             })?;
         auth.set_sensitive(true);
         crate::secrets::register(token.expose_secret());
-        let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .timeout(settings.request_timeout)
-            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        let http = http_client(settings.request_timeout)
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
         Ok(Arc::new(Self {
             http,

@@ -251,6 +251,13 @@ impl Simulator {
             .map(|s| s.ready_at)
     }
 
+    /// Whether everything in flight has landed: no create due to land late, no snapshot
+    /// still on its way to completing.
+    pub fn settled(&self) -> bool {
+        let now = self.now();
+        self.world().settled(now)
+    }
+
     pub fn events(&self) -> Vec<Event> {
         self.world().events.clone()
     }

@@ -251,6 +251,16 @@ impl World {
             .collect()
     }
 
+    /// Nothing left to happen by itself: no create waiting to land, no snapshot in
+    /// progress that will complete (a stuck one never does).
+    pub fn settled(&self, now: DateTime<Utc>) -> bool {
+        self.late.is_empty()
+            && self
+                .snaps
+                .values()
+                .all(|s| s.fate == Mode::Stuck || s.ready_at <= now)
+    }
+
     pub fn get(&self, id: SnapshotId) -> Option<&Snap> {
         self.snaps.get(&id)
     }

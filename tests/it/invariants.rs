@@ -380,7 +380,7 @@ pub fn files_with_token(dir: &std::path::Path, token: &str) -> Vec<String> {
             continue;
         }
         let bytes = std::fs::read(&path).unwrap_or_default();
-        if bytes.windows(token.len()).any(|w| w == token.as_bytes()) {
+        if memchr::memmem::find(&bytes, token.as_bytes()).is_some() {
             found.push(path.display().to_string());
         }
     }

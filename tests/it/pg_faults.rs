@@ -257,15 +257,15 @@ pub(crate) fn an_agent_cut_off_from_the_others_is_replaced_and_sends_nothing_mor
         let s = sim().await;
         for i in 1..=2 {
             s.sim
-                .set_delay(ServerId::new(i), Delay::Fixed(Duration::from_secs(6)));
+                .set_delay(ServerId::new(i), Delay::Fixed(Duration::from_secs(3)));
         }
         let (inbox, smtp) = Inbox::start(0);
         let dir = tempfile::tempdir().unwrap();
         let jobs = format!(
             "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp}\nsecurity = \"none\"\n\
              from = \"agent@example.com\"\nto = [\"ops@example.com\"]\n\
-             [[jobs]]\nname = \"web\"\nserver_id = 1\nschedule = \"*/10 * * * * *\"\nkeep_last = 4\n\
-             [[jobs]]\nname = \"db\"\nserver_id = 2\nschedule = \"*/10 * * * * *\"\nkeep_last = 4\n"
+             [[jobs]]\nname = \"web\"\nserver_id = 1\nschedule = \"*/4 * * * * *\"\nkeep_last = 4\n\
+             [[jobs]]\nname = \"db\"\nserver_id = 2\nschedule = \"*/4 * * * * *\"\nkeep_last = 4\n"
         );
         let cfg = config(dir.path(), &s.base_url(), &jobs);
         let path = dir.path().join("pg");
@@ -300,7 +300,7 @@ pub(crate) fn an_agent_cut_off_from_the_others_is_replaced_and_sends_nothing_mor
         assert_ne!(run.host, "cut-off-host");
         // Back: it rejoins and takes its share again.
         proxy.set_cut(false);
-        tokio::time::sleep(Duration::from_secs(12)).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
         for d in [&a, &b] {
             signal(d, libc::SIGTERM);
         }

@@ -694,7 +694,7 @@ async fn two_processes_on_one_database_never_send_an_alert_or_a_ping_twice() {
         db.queue_alert(&alert(i, clock.now())).await.unwrap();
         db.queue_ping(&ping(PingKind::Start, &clock)).await.unwrap();
     }
-    r.plan(&[Reply::Late(Duration::from_millis(300)); 50]);
+    r.plan(&[Reply::Late(Duration::from_millis(40)); 50]);
     for _ in 0..3 {
         tokio::join!(boxes[0].deliver_all(), boxes[1].deliver_all());
     }
