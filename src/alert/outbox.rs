@@ -409,6 +409,7 @@ async fn send_ping(
     };
     let recorded = match http::ping(http, &url, &p.body, timeout).await {
         Ok(()) => {
+            tracing::debug!(job = p.job.as_deref().unwrap_or("-"), kind, "ping sent");
             metrics.ping(kind, "sent");
             db.ping_attempted(p.id, clock.now(), None, None).await
         }

@@ -50,6 +50,8 @@ pub async fn violations(sim: &Simulator, db: &Database, expect: &Expect) -> Vec<
     creations(&events, &runs, &mut bad);
     endings(&runs, &journal, &mut bad);
     thaws(&runs, &journal, &mut bad);
+    no_delete_on_an_odd_listing(&journal, &mut bad);
+    refused_restores_touched_nothing(&runs, &journal, &mut bad);
     drift_alerts(&events, &runs, &journal, &mut bad);
     if expect.alerts {
         failures_alerted(&runs, db, expect, &mut bad).await;
@@ -179,6 +181,58 @@ async fn deletions(
             bad.push(format!(
                 "run {} ({:?}) deleted after its snapshot did not complete: {:?}",
                 r.run_id, run.status, r.detail
+            ));
+        }
+    }
+}
+
+/// No delete was decided on a listing with anomalies: the listing a run had in hand
+/// when it asked for each delete (the last one it recorded before) was consistent.
+fn no_delete_on_an_odd_listing(journal: &[Row], bad: &mut Vec<String>) {
+    for d in journal.iter().filter(|r| r.action == Action::Delete) {
+        let listed = journal
+            .iter()
+            .filter(|r| r.run_id == d.run_id && r.action == Action::List && r.id < d.id)
+            .next_back();
+        if let Some(l) = listed
+            && l.detail
+                .as_deref()
+                .is_some_and(|t| t.contains("inconsistent"))
+        {
+            bad.push(format!(
+                "run {} deleted {:?} on a listing it knew was inconsistent: {:?}",
+                d.run_id, d.snapshot_id, l.detail
+            ));
+        }
+    }
+}
+
+/// A restore refused for its target ("nothing was changed") asked for nothing: no
+/// create, delete or restore of its run is in the journal.
+fn refused_restores_touched_nothing(
+    runs: &[vps_snapshot_agent::db::Run],
+    journal: &[Row],
+    bad: &mut Vec<String>,
+) {
+    let refused = runs.iter().filter(|r| {
+        r.kind == vps_snapshot_agent::db::RunKind::Restore
+            && r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("nothing was changed"))
+    });
+    for r in refused {
+        let touched: Vec<String> = journal
+            .iter()
+            .filter(|j| {
+                j.run_id == r.id
+                    && matches!(j.action, Action::Create | Action::Delete | Action::Restore)
+            })
+            .map(|j| format!("{} {:?}", j.action, j.snapshot_id))
+            .collect();
+        if !touched.is_empty() {
+            bad.push(format!(
+                "restore run {} was refused for its target yet asked for {touched:?}",
+                r.id
             ));
         }
     }

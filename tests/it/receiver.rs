@@ -42,6 +42,8 @@ pub struct Receiver {
     plan: Arc<Mutex<VecDeque<Reply>>>,
     /// While set, every request is answered 503 (and not received).
     down: Arc<std::sync::atomic::AtomicBool>,
+    /// While set, every request is answered 404 repeating its path (and not received).
+    echo: Arc<std::sync::atomic::AtomicBool>,
     _stop: DropGuard,
 }
 
@@ -52,8 +54,15 @@ impl Receiver {
         let got: Arc<Mutex<Vec<Got>>> = Arc::default();
         let plan: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
         let down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let echo: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let stop = CancellationToken::new();
-        let (g, p, s, d) = (got.clone(), plan.clone(), stop.clone(), down.clone());
+        let (g, p, s, d, e) = (
+            got.clone(),
+            plan.clone(),
+            stop.clone(),
+            down.clone(),
+            echo.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -61,10 +70,10 @@ impl Receiver {
                     a = listener.accept() => a,
                 };
                 let Ok((stream, _)) = accepted else { continue };
-                let (g, p, d) = (g.clone(), p.clone(), d.clone());
+                let (g, p, d, e) = (g.clone(), p.clone(), d.clone(), e.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (g, p, d) = (g.clone(), p.clone(), d.clone());
+                        let (g, p, d, e) = (g.clone(), p.clone(), d.clone(), e.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -74,6 +83,8 @@ impl Receiver {
                                 .unwrap_or_default();
                             let reply = if d.load(std::sync::atomic::Ordering::SeqCst) {
                                 Some(Reply::Status(503))
+                            } else if e.load(std::sync::atomic::Ordering::SeqCst) {
+                                Some(Reply::Echo(404))
                             } else {
                                 p.lock().unwrap().pop_front()
                             };
@@ -129,8 +140,19 @@ impl Receiver {
             got,
             plan,
             down,
+            echo,
             _stop: stop.drop_guard(),
         }
+    }
+
+    /// Answers every request 404 with its path in the body (not received), or stops.
+    pub fn set_echo(&self, echo: bool) {
+        self.echo.store(echo, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every request answered 200 at once, in the order received.
+    pub fn all(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
     }
 
     /// Takes the receiver down (every request answered 503, not received) or back up.

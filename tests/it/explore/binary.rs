@@ -278,7 +278,7 @@ impl Site {
     }
 
     pub fn write_config(&self) {
-        let mut text = self.model.render(
+        let mut text = self.model.render_without_receivers(
             &self.db_path,
             &self.server.base_url(),
             self.smtp_port,

@@ -50,13 +50,15 @@ impl Model {
         }) && !self.jobs.is_empty()
     }
 
-    /// The TOML file for this model, with timings for `pace`.
+    /// The TOML file for this model, with timings for `pace`; with `receivers` (a base
+    /// URL), a webhook channel and a dead-man ping URL per job there, each path secret.
     pub fn render(
         &self,
         db: &std::path::Path,
         base_url: &str,
         smtp_port: u16,
         pace: Pace,
+        receivers: Option<&str>,
     ) -> String {
         let (poll, timeout) = match pace {
             Pace::Virtual => ("2m", "30m"),
@@ -69,6 +71,11 @@ impl Model {
             db.display(),
             self.max_deletions
         );
+        if let Some(r) = receivers {
+            t.push_str(&format!(
+                "[[notify]]\nkind = \"webhook\"\nurl = \"{r}{HOOK_PATH}\"\ntimeout = \"2s\"\n"
+            ));
+        }
         for j in &self.jobs {
             let when = match (pace, j.window) {
                 (Pace::Virtual, true) => format!(
@@ -86,8 +93,38 @@ impl Model {
                 "[[jobs]]\nname = \"{}\"\nserver_id = {}\n{when}\nkeep_last = {}\n",
                 j.name, j.server, j.keep_last
             ));
+            if let Some(r) = receivers {
+                t.push_str(&format!("ping_url = \"{r}{}\"\n", ping_path(&j.name)));
+            }
         }
         t
+    }
+}
+
+/// The webhook channel's path: the secret part of its URL.
+pub const HOOK_PATH: &str = "/hooks/T0EXPLORE/B0EXPLORE/whk7Qm2Zp9Lx4Vb8N3cR";
+
+/// A job's check, as Healthchecks addresses it: by a key in the path.
+pub fn ping_path(job: &str) -> String {
+    format!("/ping/5f0e8a1c-3b2d-4e6f-9a7b-{:012x}", fxhash(job))
+}
+
+fn fxhash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) & 0xffff_ffff_ffff
+}
+
+impl Model {
+    /// [`Model::render`] with no receivers (the binary histories).
+    pub fn render_without_receivers(
+        &self,
+        db: &std::path::Path,
+        base_url: &str,
+        smtp_port: u16,
+        pace: Pace,
+    ) -> String {
+        self.render(db, base_url, smtp_port, pace, None)
     }
 }
 
@@ -140,6 +177,32 @@ pub enum EditPick {
     KeepLast,
 }
 
+/// What a real API's listing does now and then ("Safety, third pass").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlitchPick {
+    /// The n-th snapshot listed twice (a paging glitch).
+    Duplicate(u32),
+    /// A snapshot of a server no job has, in every server's listing.
+    Stranger,
+    /// An item whose `created_at` cannot be read.
+    Unreadable,
+    /// The n-th snapshot copied, name and description (its mark) alike.
+    Copy(u32),
+    /// New snapshots get ids near and above 2^63.
+    BigIds,
+}
+
+/// What a restore is asked for, besides a completed snapshot ([`Event::Restore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OddTarget {
+    /// A snapshot made by hand that is still in progress.
+    InProgress,
+    /// One that failed.
+    Failed,
+    /// An id no snapshot has.
+    Missing,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// The daemon's next scheduled fire comes (time moves to it).
@@ -184,6 +247,17 @@ pub enum Event {
     Edit(EditPick, u32),
     SmtpDown,
     SmtpUp,
+    /// The API's listings glitch from now until the faults are cleared.
+    Glitch(GlitchPick),
+    /// A restore of a target that cannot be restored, on server (index) `n`.
+    RestoreOdd(OddTarget, u32),
+    /// The daemon is killed and the box stays down this many hours.
+    Downtime(u32),
+    /// The webhook channel and the ping receiver go down, or come back.
+    ReceiversDown,
+    ReceiversUp,
+    /// They answer 404 repeating the request's path (the secret part of the URL).
+    ReceiversEcho,
 }
 
 impl fmt::Display for Event {
@@ -301,9 +375,43 @@ fn event(rng: &mut Rng) -> Event {
     }
 }
 
+/// One event of what the outside world does at the agent's edges, from a stream of its
+/// own (see [`History::generate`]).
+fn edge(rng: &mut Rng) -> Event {
+    match rng.u32(..100) {
+        0..=13 => Event::Glitch(GlitchPick::Duplicate(rng.u32(..))),
+        14..=21 => Event::Glitch(GlitchPick::Stranger),
+        22..=29 => Event::Glitch(GlitchPick::Unreadable),
+        30..=37 => Event::Glitch(GlitchPick::Copy(rng.u32(..))),
+        38..=43 => Event::Glitch(GlitchPick::BigIds),
+        44..=63 => Event::RestoreOdd(
+            [OddTarget::InProgress, OddTarget::Failed, OddTarget::Missing][rng.usize(..3)],
+            rng.u32(..),
+        ),
+        64..=71 => Event::Downtime([3, 30, 50][rng.usize(..3)]),
+        72..=81 => Event::ReceiversDown,
+        82..=91 => Event::ReceiversUp,
+        _ => Event::ReceiversEcho,
+    }
+}
+
 impl History {
-    /// The history of `seed`.
+    /// The history of `seed`: [`History::base`]'s events, and between them a few from
+    /// the edges of the outside world (odd listings, restores that cannot happen, long
+    /// downtime, receivers down or echoing), drawn from a stream of their own.
     pub fn generate(seed: u64) -> Self {
+        let mut h = Self::base(seed);
+        let mut rng = Rng::with_seed(seed ^ 0x5851_f42d_4c95_7f2d);
+        for _ in 0..rng.usize(1..=4) {
+            let at = rng.usize(1..=h.events.len());
+            h.events.insert(at, edge(&mut rng));
+        }
+        h
+    }
+
+    /// The history `seed` drew before edge events existed: what the regression seeds
+    /// replay.
+    pub fn base(seed: u64) -> Self {
         let mut rng = Rng::with_seed(seed);
         let servers = rng.usize(1..=4);
         let mut jobs: Vec<JobModel> = Vec::new();

@@ -21,7 +21,9 @@ use vps_snapshot_agent::sim::{
 };
 use vps_snapshot_agent::timing::Timing;
 
-use super::history::{EditPick, Event, FaultPick, History, Kill, Model, OpPick, Pace, SERVERS};
+use super::history::{
+    EditPick, Event, FaultPick, GlitchPick, History, Kill, Model, OddTarget, OpPick, Pace, SERVERS,
+};
 use super::process::{Counting, DaemonProc, ManualTimer, Proc};
 use crate::helpers::{Inbox, TOKEN};
 
@@ -34,6 +36,8 @@ pub struct World {
     pub server: SimServer,
     pub inbox: Inbox,
     smtp_port: u16,
+    /// The webhook channel and every job's ping receiver.
+    pub receivers: crate::receiver::Receiver,
     pub client: Arc<Client>,
     pub model: Model,
     daemon: Option<DaemonProc>,
@@ -43,6 +47,8 @@ pub struct World {
     started: u64,
     /// What happened, for the report (shared: a hung history is reported from outside).
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Invariants broken during the history (checked with the quiet phase's).
+    pub broken: Vec<String>,
 }
 
 /// Builds a runner for `settings` owned by `owner`, as a process would at start.
@@ -95,7 +101,9 @@ impl World {
             Arc::new(clock.clone()),
         )
         .unwrap();
+        let receivers = crate::receiver::Receiver::start().await;
         let world = World {
+            receivers,
             seed: history.seed,
             dir,
             cfg,
@@ -110,6 +118,7 @@ impl World {
             peer: None,
             started: 0,
             log: Arc::default(),
+            broken: Vec::new(),
         };
         world.write_config();
         world
@@ -125,6 +134,7 @@ impl World {
             &self.server.base_url(),
             self.smtp_port,
             Pace::Virtual,
+            Some(&self.receivers.url("")),
         );
         std::fs::write(&self.cfg, text).unwrap();
     }
@@ -359,7 +369,31 @@ impl World {
                 self.sim()
                     .inject(Fault::new(op(o), fault_kind(fault, Pace::Virtual), times));
             }
-            Event::ClearFaults => self.sim().clear_faults(),
+            Event::ClearFaults => {
+                self.sim().clear_faults();
+                self.sim().clear_glitches();
+            }
+            Event::Glitch(g) => self.glitch(g),
+            Event::RestoreOdd(target, n) => self.restore_odd(target, n).await,
+            Event::Downtime(hours) => {
+                if let Some(d) = self.daemon.take() {
+                    d.proc.kill().await;
+                }
+                if let Some(p) = self.peer.take() {
+                    p.proc.kill().await;
+                }
+                self.clock
+                    .advance(Duration::from_secs(u64::from(hours) * 3600));
+            }
+            Event::ReceiversDown => self.receivers.set_down(true),
+            Event::ReceiversUp => {
+                self.receivers.set_down(false);
+                self.receivers.set_echo(false);
+            }
+            Event::ReceiversEcho => {
+                self.receivers.set_down(false);
+                self.receivers.set_echo(true);
+            }
             Event::Mode { server, mode } => {
                 let m = [Mode::Normal, Mode::Fail, Mode::Stuck][usize::from(mode % 3)];
                 self.sim().set_mode(server, m);
@@ -452,10 +486,103 @@ impl World {
         );
     }
 
+    /// A listing glitch (until the faults are cleared).
+    fn glitch(&mut self, g: GlitchPick) {
+        use vps_snapshot_agent::sim::Glitch;
+        let sim = self.sim().clone();
+        match g {
+            GlitchPick::Duplicate(n) => {
+                if let Some(s) = self.pick(n, |_| true) {
+                    sim.glitch(Glitch::Duplicate(s.id));
+                }
+            }
+            GlitchPick::Stranger => sim.glitch(Glitch::Extra(serde_json::json!({
+                "id": 4_000_000_001_u64, "server": {"id": 99, "name": "elsewhere"},
+                "name": "agent-job-0-20261127T000000Z-000000", "status": "completed",
+                "created_at": "2026-11-27T00:00:00Z", "description": null}))),
+            GlitchPick::Unreadable => {
+                let server = self.model.jobs[0].server;
+                sim.glitch(Glitch::Extra(serde_json::json!({
+                    "id": 4_000_000_002_u64, "server": {"id": server, "name": "s"},
+                    "name": "by-hand-unreadable", "status": "completed",
+                    "created_at": "the day before yesterday", "description": null})));
+            }
+            GlitchPick::Copy(n) => {
+                if let Some(s) = self.pick(n, |_| true) {
+                    let mut copy = serde_json::to_value(&s).unwrap();
+                    copy["id"] = serde_json::json!(4_000_000_003_u64 + u64::from(n % 1000));
+                    sim.glitch(Glitch::Extra(copy));
+                }
+            }
+            GlitchPick::BigIds => sim.set_next_id((1 << 63) - 2),
+        }
+    }
+
+    /// A restore of a target that cannot be restored: it must be refused before anything
+    /// changes (the invariants check that such a run touched nothing).
+    async fn restore_odd(&mut self, target: OddTarget, n: u32) {
+        let job = &self.model.jobs[n as usize % self.model.jobs.len()];
+        let server = job.server;
+        let now = self.clock.now();
+        let snap = match target {
+            OddTarget::InProgress | OddTarget::Failed => {
+                if self.sim().snapshots(server).len() >= 5 {
+                    return;
+                }
+                let status = if target == OddTarget::InProgress {
+                    SnapshotStatus::InProgress
+                } else {
+                    SnapshotStatus::Failed("failed".into())
+                };
+                let id = self.sim().put(server, "by-hand-odd", status, now);
+                match self
+                    .sim()
+                    .snapshots(server)
+                    .into_iter()
+                    .find(|s| s.id == id)
+                {
+                    Some(s) => s,
+                    None => return,
+                }
+            }
+            OddTarget::Missing => Snapshot {
+                // An id no snapshot has (nor will: the simulator counts from 800).
+                id: SnapshotId::new(3_999_999_999),
+                server: vps_snapshot_agent::api::ServerRef {
+                    id: server,
+                    name: None,
+                },
+                name: "gone".into(),
+                status: SnapshotStatus::Completed,
+                size_mb: None,
+                created_at: now,
+                description: None,
+            },
+        };
+        // Nothing else runs meanwhile (fires come only when the history sends them): every
+        // effect on the API in this window is the restore's, and there must be none.
+        let before = self.sim().events().len();
+        let (id, status) = (snap.id, snap.status.clone());
+        self.restore_snapshot(snap).await;
+        let effects: Vec<String> = self.sim().events()[before..]
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
+        if !effects.is_empty() {
+            self.broken.push(format!(
+                "a restore of snapshot {id} ({status}, or missing) changed the server: {effects:?}"
+            ));
+        }
+    }
+
     async fn restore(&mut self, n: u32) {
         let Some(snap) = self.pick(n, |s| s.status == SnapshotStatus::Completed) else {
             return;
         };
+        self.restore_snapshot(snap).await;
+    }
+
+    async fn restore_snapshot(&mut self, snap: Snapshot) {
         let proc = self.new_proc("restore");
         let (cfg, client, clock, owner, dbs) = (
             self.cfg.clone(),
