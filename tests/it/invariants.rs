@@ -192,8 +192,7 @@ fn no_delete_on_an_odd_listing(journal: &[Row], bad: &mut Vec<String>) {
     for d in journal.iter().filter(|r| r.action == Action::Delete) {
         let listed = journal
             .iter()
-            .filter(|r| r.run_id == d.run_id && r.action == Action::List && r.id < d.id)
-            .next_back();
+            .rfind(|r| r.run_id == d.run_id && r.action == Action::List && r.id < d.id);
         if let Some(l) = listed
             && l.detail
                 .as_deref()
