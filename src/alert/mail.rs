@@ -16,6 +16,8 @@ pub struct Smtp {
     to: Vec<Mailbox>,
     host: String,
     server: String,
+    /// The longest one send may take, all of it.
+    limit: std::time::Duration,
 }
 
 /// Builds the SMTP transport from `[email]`.
@@ -45,6 +47,11 @@ impl Smtp {
             to: e.to.clone(),
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             server: format!("{}:{}", e.smtp_host, e.smtp_port),
+            // lettre bounds the TCP connect and each read, but not the wait for the
+            // server's greeting: one that accepts the connection and never greets (a
+            // tarpit, or one with every worker busy) would hold the send, and with it
+            // every later delivery, for ever.
+            limit: e.timeout * 2,
         })
     }
 
@@ -53,15 +60,27 @@ impl Smtp {
         &self.host
     }
 
-    /// Sends one mail.
+    /// Sends one mail, in at most twice `email.timeout` in all.
     pub async fn send(&self, subject: &str, body: String) -> Result<(), String> {
         let msg = self
             .message(subject, body)
             .map_err(|e| format!("cannot build the alert mail: {e}"))?;
-        self.transport.send(msg).await.map(drop).map_err(|e| {
-            let e = crate::errors::line(&anyhow::Error::new(e));
-            format!("SMTP {}: {e}", self.server)
-        })
+        match tokio::time::timeout(self.limit, self.transport.send(msg)).await {
+            Ok(sent) => sent.map(drop).map_err(|e| {
+                let e = crate::errors::line(&anyhow::Error::new(e));
+                format!("SMTP {}: {e}", self.server)
+            }),
+            Err(_) => Err(self.stalled().to_string()),
+        }
+    }
+
+    fn stalled(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "SMTP {}: no answer within {} (the server took the connection but did not greet, \
+             or stalled)",
+            self.server,
+            crate::clock::Secs(self.limit)
+        )
     }
 
     fn message(&self, subject: &str, body: String) -> anyhow::Result<Message> {
@@ -83,10 +102,9 @@ impl Smtp {
 
     /// Connects and greets (EHLO, STARTTLS, AUTH) without sending.
     pub async fn test_connection(&self) -> anyhow::Result<()> {
-        let ok = self
-            .transport
-            .test_connection()
+        let ok = tokio::time::timeout(self.limit, self.transport.test_connection())
             .await
+            .map_err(|_| self.stalled())?
             .with_context(|| format!("SMTP server {}", self.server))?;
         anyhow::ensure!(
             ok,
@@ -104,10 +122,9 @@ impl Smtp {
                 self.host
             ),
         )?;
-        let resp = self
-            .transport
-            .send(msg)
+        let resp = tokio::time::timeout(self.limit, self.transport.send(msg))
             .await
+            .map_err(|_| self.stalled())?
             .with_context(|| format!("sending a test email through {}", self.server))?;
         Ok(format!(
             "{} {}",

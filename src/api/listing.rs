@@ -132,9 +132,12 @@ impl Reader {
             self.out.doubted.insert(snap.id);
             return self.odd(format!("snapshot {} was listed twice", snap.id));
         }
-        if let Some(first) = self.names.insert(snap.name.clone(), snap.id) {
-            // The agent names each snapshot once: two of one name are a copy, and which
-            // one is the agent's cannot be told from the listing.
+        // The agent names each snapshot once: two of one of its names are a copy, and which
+        // one is the agent's cannot be told from the listing. (People may give several
+        // snapshots one name of their own.)
+        if crate::naming::parse(&snap.name).is_some()
+            && let Some(first) = self.names.insert(snap.name.clone(), snap.id)
+        {
             self.out.doubted.extend([first, snap.id]);
             self.odd(format!(
                 "snapshots {first} and {} are both named {}",
@@ -203,17 +206,29 @@ mod tests {
     fn two_snapshots_of_one_name_are_both_doubted_and_an_id_beyond_64_bits_is_named_so() {
         let now = "2026-12-01T00:00:00Z".parse().unwrap();
         let mut r = Reader::new(None, now);
+        let name = "agent-web-20261130T000000Z-a1b2c3";
+        let mut original = item(1, 7, "2026-11-30T00:00:00Z");
+        original["name"] = json!(name);
         let mut copy = item(2, 7, "2026-11-30T00:00:00Z");
-        copy["name"] = json!("s1");
-        r.item(item(1, 7, "2026-11-30T00:00:00Z"));
+        copy["name"] = json!(name);
+        r.item(original);
         r.item(copy);
+        // Two of one name of a person's own: nothing odd.
+        let mut hand = item(4, 7, "2026-11-30T00:00:00Z");
+        hand["name"] = json!("before-upgrade");
+        let mut hand2 = item(5, 7, "2026-11-30T00:00:00Z");
+        hand2["name"] = json!("before-upgrade");
+        r.item(hand);
+        r.item(hand2);
         let mut huge = item(3, 7, "2026-11-30T00:00:00Z");
         huge["id"] = serde_json::from_str("18446744073709551616").unwrap();
         r.item(huge);
         let l = r.finish();
         assert!(l.doubts(SnapshotId::new(1)) && l.doubts(SnapshotId::new(2)));
+        assert!(!l.doubts(SnapshotId::new(4)) && !l.doubts(SnapshotId::new(5)));
         assert!(
-            l.odd().contains("snapshots 1 and 2 are both named s1"),
+            l.odd()
+                .contains(&format!("snapshots 1 and 2 are both named {name}")),
             "{}",
             l.odd()
         );

@@ -178,7 +178,8 @@ impl Simulator {
     }
 
     /// The next snapshot made gets id `id` (the ones after it count on, wrapping at
-    /// 2^64): ids near and above 2^63, as an API typed with integers may hand out.
+    /// 2^64), unless ids are past it already: ids near and above 2^63, as an API typed
+    /// with integers may hand out.
     pub fn set_next_id(&self, id: u64) {
         self.world().set_next_id(id);
     }

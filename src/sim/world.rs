@@ -126,8 +126,9 @@ impl World {
         SnapshotId::new(self.next_id)
     }
 
+    /// Ids never go back (an API hands each out once): a lower `id` changes nothing.
     pub fn set_next_id(&mut self, id: u64) {
-        self.next_id = id.wrapping_sub(1);
+        self.next_id = self.next_id.max(id.wrapping_sub(1));
     }
 
     /// Carries out late creates whose time has come (while the limit allows).

@@ -1175,3 +1175,44 @@ async fn hole_14_an_unreadable_snapshot_of_the_job_is_not_joined_by_more() {
         created(&s.sim.sim)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_11_an_smtp_server_that_never_greets_holds_nothing_up() {
+    // It takes the connection and says nothing (a tarpit, or every worker busy): lettre
+    // waits for a greeting with no timeout of its own.
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tarpit.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = tarpit.accept().await {
+            held.push(c);
+        }
+    });
+    let s = sim().await;
+    s.sim.set_mode(SERVER, vps_snapshot_agent::sim::Mode::Fail);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_in(
+        dir.path(),
+        &s.base_url(),
+        "",
+        "",
+        &format!(
+            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\nsecurity = \"none\"\n\
+             from = \"agent@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"1s\"\n"
+        ),
+    );
+    let run = tokio::time::timeout(
+        Duration::from_secs(60),
+        command(&cfg, &["run-once"]).output(),
+    )
+    .await
+    .expect("run-once never ended: the mail server's silence held it")
+    .unwrap();
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run));
+    let status = crate::cli::agent(&cfg, &["status", "--json"]).await;
+    assert!(
+        text(&status).contains("did not greet"),
+        "the alert waits, saying why: {}",
+        text(&status)
+    );
+}

@@ -238,7 +238,9 @@ impl Inbox {
         let mut server = mailin_embedded::Server::new(inbox.clone());
         server
             .with_name("inbox.test")
-            .with_num_threads(2)
+            // As many sessions at once as a real server: two daemons' pooled idle
+            // connections must not leave a run-once waiting for a greeting.
+            .with_num_threads(8)
             .with_tcp_listener(listener);
         std::thread::spawn(move || {
             let _ = server.serve();

@@ -164,11 +164,16 @@ pub async fn run(history: &History, smtp: &(Inbox, u16), stats: &mut Stats) -> V
     match played {
         Ok(bad) => bad,
         Err(_) => {
+            // Where everything was when the time ran out, before anything is killed.
+            let record = w.overrun_record().await;
             // Its processes' runtimes must be shut down, not dropped here.
             w.kill_all().await;
-            let done = log.lock().unwrap().len();
+            let lines = log.lock().unwrap().clone();
+            let waits: Vec<&String> = lines.iter().filter(|l| l.contains("!!")).collect();
             vec![format!(
-                "the history did not end within {HISTORY_LIMIT:?}: stuck after {done} events"
+                "{OVERRUN}: stuck after {} log lines; the waits that ran out: {waits:?}; where \
+                 things were:\n{record}",
+                lines.len()
             )]
         }
     }
@@ -428,10 +433,18 @@ async fn shrink(history: &History, smtp: &(Inbox, u16)) -> Vec<usize> {
     keep
 }
 
+/// What a history that outlived [`HISTORY_LIMIT`] reports (it is not shrunk: each try
+/// would take as long again).
+const OVERRUN: &str = "the history did not end in time";
+
 /// The report of a failing seed: what broke, the history, how to replay it, and the
 /// shortened history that still fails.
 async fn report(history: &History, bad: &[String], smtp: &(Inbox, u16)) -> String {
-    let keep = shrink(history, smtp).await;
+    let keep = if bad.iter().any(|b| b.starts_with(OVERRUN)) {
+        (0..history.events.len()).collect()
+    } else {
+        shrink(history, smtp).await
+    };
     let short = history.only(&keep);
     let list: Vec<String> = keep.iter().map(usize::to_string).collect();
     format!(
@@ -455,6 +468,9 @@ fn env_u64(name: &str) -> Option<u64> {
 /// Runs shard `shard` of the in-process histories; panics with a report on the first
 /// failure.
 async fn shard(shard: u64) {
+    if std::env::var_os("EXPLORE_LOG").is_some() {
+        vps_snapshot_agent::logging::init(vps_snapshot_agent::cli::LogFormat::Text, 1, 0, false);
+    }
     let total = env_u64("EXPLORE_HISTORIES").unwrap_or(DEFAULT_HISTORIES);
     let smtp = Inbox::start(0);
     let mut stats = Stats::default();
@@ -462,6 +478,14 @@ async fn shard(shard: u64) {
     let mut seed = shard;
     while seed < total {
         let history = History::generate(seed);
+        if std::env::var_os("EXPLORE_TRACE").is_some() {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "explore: seed {seed} at {:?}",
+                std::time::SystemTime::now()
+            );
+        }
         let mut s = Stats::default();
         let bad = run(&history, &smtp, &mut s).await;
         if !bad.is_empty() {
@@ -592,9 +616,12 @@ async fn replay() {
         None => REGRESSION_SEEDS.to_vec(),
     };
     for seed in seeds {
-        // Regression seeds replay exactly the history they failed with.
+        // Regression seeds replay exactly the history they failed with (before edge
+        // events and peers existed).
         let mut history = if REGRESSION_SEEDS.contains(&seed) {
-            History::base(seed)
+            let mut h = History::base(seed);
+            h.model.peer = false;
+            h
         } else {
             History::generate(seed)
         };

@@ -222,8 +222,8 @@ pub struct DaemonProc {
 
 impl DaemonProc {
     /// Waits until the daemon has dealt with its last fire and no run of it is in flight
-    /// (bounded: a run waiting out another's lock may take seconds).
-    pub async fn quiet(&self, arms_before: usize) {
+    /// (bounded: a run waiting out another's lock may take seconds); whether it did.
+    pub async fn quiet(&self, arms_before: usize) -> bool {
         let mut still = 0;
         for _ in 0..20_000 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -232,11 +232,12 @@ impl DaemonProc {
             if armed && self.active.load(Ordering::SeqCst) == 0 {
                 still += 1;
                 if still >= 5 {
-                    return;
+                    return true;
                 }
             } else {
                 still = 0;
             }
         }
+        false
     }
 }

@@ -268,7 +268,9 @@ impl World {
             active,
             task,
         };
-        d.quiet(0).await;
+        if !d.quiet(0).await {
+            self.note(format!("the {role} did not settle after its start"));
+        }
         d
     }
 }
@@ -346,7 +348,8 @@ impl World {
                 let run = self.start_run_once(None);
                 self.finish(vec![run], kill, stats).await;
                 if let (Some(d), Some(arms)) = (&self.daemon, arms) {
-                    d.quiet(arms).await;
+                    let settled = d.quiet(arms).await;
+                    self.note_unquiet(settled, "the daemon, after a fire beside a run-once,");
                 }
             }
             Event::StartDaemon => self.start_daemon().await,
@@ -614,6 +617,25 @@ impl World {
         proc.kill().await;
     }
 
+    /// Notes in the log that a daemon did not settle after a fire (for an overrun's record).
+    fn note_unquiet(&self, settled: bool, what: &str) {
+        if !settled {
+            self.note(format!(
+                "{what} did not settle: no re-arm, or a run still in flight"
+            ));
+        }
+    }
+
+    /// A wait of the harness that ran out: in the log (an overrun's record), and at once
+    /// on the terminal with `EXPLORE_TRACE`.
+    fn note(&self, what: String) {
+        if std::env::var_os("EXPLORE_TRACE").is_some() {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "explore: seed {}: !! {what}", self.seed);
+        }
+        self.log.lock().unwrap().push(format!("   !! {what}"));
+    }
+
     async fn edit(&mut self, pick: EditPick, n: u32) {
         let Some(m) = edited(&self.model, pick, n) else {
             return;
@@ -623,7 +645,8 @@ impl World {
         for d in self.daemon.iter().chain(&self.peer) {
             let arms = d.timer.arms.load(Ordering::SeqCst);
             let _ = d.control.send(Control::Reload);
-            d.quiet(arms).await;
+            let settled = d.quiet(arms).await;
+            self.note_unquiet(settled, "a daemon, after a reload,");
         }
     }
 
@@ -666,7 +689,8 @@ impl World {
         }
         self.fire_daemon(arms, kill, wire, stats).await;
         if let (Some(p), Some(arms)) = (&self.peer, peer_arms) {
-            p.quiet(arms).await;
+            let settled = p.quiet(arms).await;
+            self.note_unquiet(settled, "the peer daemon, after a fire,");
         }
         self.sim().disarm_trip();
     }
@@ -680,7 +704,10 @@ impl World {
     ) {
         let Some(d) = &self.daemon else { return };
         match wire {
-            None => d.quiet(arms).await,
+            None => {
+                let settled = d.quiet(arms).await;
+                self.note_unquiet(settled, "the daemon, after a fire,");
+            }
             Some(TripWire { tripped, release }) => {
                 tokio::select! {
                     op = tripped => {
@@ -693,7 +720,7 @@ impl World {
                         self.log.lock().unwrap().push("   -> the daemon was killed".into());
                         let _ = release.send(());
                     }
-                    () = d.quiet(arms) => {}
+                    settled = d.quiet(arms) => self.note_unquiet(settled, "the daemon, after a fire,"),
                 }
             }
         }
@@ -724,7 +751,15 @@ impl World {
             self.sim().disarm_trip();
         }
         for (p, t) in runs {
-            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+            if tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .is_err()
+            {
+                self.note(format!(
+                    "the run-once {} did not end within 30 s",
+                    p.owner.as_str()
+                ));
+            }
             p.kill().await;
         }
     }
@@ -737,6 +772,81 @@ impl World {
             let _ = tokio::time::timeout(Duration::from_secs(10), d.task).await;
             d.proc.kill().await;
         }
+    }
+
+    /// Where things are now, for a history that outlived its time: the database's
+    /// running runs, locks, open journal entries and agents, and which processes live.
+    pub async fn overrun_record(&self) -> String {
+        let mut out = Vec::new();
+        for (what, d) in [("daemon", &self.daemon), ("peer", &self.peer)] {
+            if let Some(d) = d {
+                out.push(format!(
+                    "  {what} {}: timer armed {} times, {} run(s) in flight, task finished: {}",
+                    d.proc.owner.as_str(),
+                    d.timer.arms.load(Ordering::SeqCst),
+                    d.active.load(Ordering::SeqCst),
+                    d.task.is_finished()
+                ));
+            }
+        }
+        let db = match tokio::time::timeout(Duration::from_secs(5), Database::open(&self.db_path))
+            .await
+        {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return format!("{}\n  the database: {e}", out.join("\n")),
+            Err(_) => return format!("{}\n  the database did not open in 5 s", out.join("\n")),
+        };
+        let pool = db.sqlite_pool().unwrap();
+        let rows = |sql: &'static str| async move {
+            sqlx::query(sql)
+                .fetch_all(pool)
+                .await
+                .map(|rows| {
+                    use sqlx::Row as _;
+                    rows.iter()
+                        .map(|r| {
+                            (0..r.len())
+                                .map(|i| {
+                                    r.try_get::<Option<String>, _>(i)
+                                        .ok()
+                                        .flatten()
+                                        .or_else(|| {
+                                            r.try_get::<Option<i64>, _>(i)
+                                                .ok()
+                                                .flatten()
+                                                .map(|v| v.to_string())
+                                        })
+                                        .unwrap_or_else(|| "-".into())
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" | ")
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_else(|e| vec![e.to_string()])
+        };
+        for (what, sql) in [
+            (
+                "running runs",
+                "SELECT id, job, step, owner FROM runs WHERE status = 'running'",
+            ),
+            (
+                "locks",
+                "SELECT server_id, holder, run_id, expires_at FROM locks",
+            ),
+            (
+                "open journal entries",
+                "SELECT id, run_id, action, state, snapshot_id FROM journal WHERE state IN ('pending', 'unknown')",
+            ),
+            ("agents", "SELECT id, role, seen_at, stopped_at FROM agents"),
+        ] {
+            out.push(format!("  {what}:"));
+            for r in rows(sql).await {
+                out.push(format!("    {r}"));
+            }
+        }
+        db.close().await;
+        out.join("\n")
     }
 
     /// Kills whatever still runs.
