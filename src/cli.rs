@@ -46,6 +46,7 @@ pub enum Command {
     /// The daemon: schedule every job and run until SIGTERM/SIGINT; SIGHUP reloads the config
     Run,
     RunOnce(RunOnceArgs),
+    Prune(PruneArgs),
     History(HistoryArgs),
     Status(StatusArgs),
     Snapshots(SnapshotsArgs),
@@ -86,18 +87,60 @@ pub struct RunOnceArgs {
     pub dry_run: bool,
 }
 
+/// Apply the retention policy now, without taking a snapshot (after lowering `keep_*`):
+/// delete what the policy drops, under the same rules as rotation (never the newest
+/// completed managed snapshot, a pinned or an unmanaged one; at most
+/// max_deletions_per_run; a fresh listing before each delete). Each job's prune is
+/// recorded as a run of kind `prune`; a failed one is alerted. Exit 1 if any failed.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  agent prune --dry-run             # what every enabled job's policy would delete now\n  agent prune --job web --job db    # delete it, for two jobs"
+)]
+pub struct PruneArgs {
+    /// A job to prune (repeat for several; default: every enabled job)
+    #[arg(long = "job", value_name = "NAME")]
+    pub jobs: Vec<String>,
+    /// Show what would be deleted, and why; delete and record nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// Past runs, newest first.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  agent history --since 2d --status failed     # what failed in the last two days\n  agent history --since 2026-12-01 --until 2026-12-02T06:00:00Z --job web"
+)]
 pub struct HistoryArgs {
     /// Only this job's runs
     #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
+    /// Only runs started since then: a time ago ("2d", "12h") or a time ("2026-12-01",
+    /// "2026-12-01T08:00:00Z", in UTC)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only runs started before then (as for --since)
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Only runs that ended so
+    #[arg(long, value_enum)]
+    pub status: Option<StatusFilter>,
     /// How many runs
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
     /// Print JSON (an array, newest first)
     #[arg(long)]
     pub json: bool,
+}
+
+/// A run's status, as `history --status` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFilter {
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+    /// A restore the API accepted.
+    Started,
 }
 
 /// Per job: last run, last success, next scheduled time; and alerts not yet delivered.

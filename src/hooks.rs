@@ -148,7 +148,7 @@ impl fmt::Display for Status {
             Status::TimedOut(t) => write!(
                 f,
                 "timed out after {}; its process group was killed",
-                humantime::format_duration(*t)
+                crate::alert::text::span(*t)
             ),
             Status::CouldNotStart(e) => write!(f, "could not start: {e}"),
         }
@@ -351,8 +351,29 @@ pub async fn check(command: &Command) -> Result<(), String> {
             let why = String::from_utf8_lossy(&out.stderr);
             return Err(format!("sh cannot parse it: {}", why.trim()));
         }
+        // Its first word, when it is a plain command name (not a builtin, a variable or a
+        // path), is looked for as an argv program is.
+        if let Some(first) = s.split_whitespace().next().filter(|w| plain_command(w)) {
+            find_program(first)?;
+        }
     }
     Ok(())
+}
+
+/// A word the shell looks up on `PATH`: letters, digits, `-`, `_`, `.`, and not one of
+/// its keywords or builtins.
+fn plain_command(word: &str) -> bool {
+    const SHELL: &[&str] = &[
+        "!", ".", ":", "[", "alias", "break", "case", "cd", "command", "continue", "eval", "exec",
+        "exit", "export", "false", "for", "getopts", "hash", "if", "local", "printf", "pwd",
+        "read", "readonly", "return", "set", "shift", "source", "test", "times", "trap", "true",
+        "type", "ulimit", "umask", "unalias", "unset", "until", "wait", "while", "echo", "{", "(",
+    ];
+    !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !SHELL.contains(&word)
 }
 
 fn find_program(program: &str) -> Result<std::path::PathBuf, String> {

@@ -70,26 +70,42 @@ impl Ownership {
         matches!(self, Self::Agent { job: j, .. } if j == job)
     }
 
-    /// For `agent snapshots`: `yes (web, marked)`, `no (no marker, not in the journal)`.
-    pub fn describe(&self) -> String {
+    /// The job whose snapshot it is, if it is the agent's.
+    pub fn job(&self) -> Option<&str> {
+        match self {
+            Self::Agent { job, .. } => Some(job),
+            Self::Foreign(_) => None,
+        }
+    }
+
+    /// Why it is (or is not) the agent's: `marked`, `no marker, not in the journal; …`.
+    pub fn reason(&self) -> String {
         match self {
             Self::Agent {
-                job,
-                proof: Proof::Mark,
-            } => format!("yes ({job}, marked)"),
+                proof: Proof::Mark, ..
+            } => "marked".into(),
             Self::Agent {
-                job,
                 proof: Proof::Journal,
-            } => format!("yes ({job}, in the journal)"),
-            Self::Foreign(NotOurs::Name) => "no".to_string(),
+                ..
+            } => "in the journal".into(),
+            Self::Foreign(NotOurs::Name) => "not named as the agent names its snapshots".into(),
             Self::Foreign(NotOurs::Unproven {
                 job,
                 bad_mark: false,
-            }) => format!("no (no marker, not in the journal; named like {job}'s)"),
+            }) => format!("no marker, not in the journal; named like {job}'s"),
             Self::Foreign(NotOurs::Unproven {
                 job,
                 bad_mark: true,
-            }) => format!("no (marker does not verify, not in the journal; named like {job}'s)"),
+            }) => format!("marker does not verify, not in the journal; named like {job}'s"),
+        }
+    }
+
+    /// For `agent snapshots`: `yes (web, marked)`, `no (no marker, not in the journal)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Agent { job, .. } => format!("yes ({job}, {})", self.reason()),
+            Self::Foreign(NotOurs::Name) => "no".to_string(),
+            Self::Foreign(_) => format!("no ({})", self.reason()),
         }
     }
 }

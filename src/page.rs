@@ -90,7 +90,7 @@ async fn agents(db: &Database, now: DateTime<Utc>) -> anyhow::Result<Vec<AgentVi
         .agents(now)
         .await?
         .into_iter()
-        .filter(crate::db::AgentRow::listed)
+        .filter(|a| a.listed_at(now))
         .map(|a| {
             let this = if a.id == me.agent_id() {
                 ", serving this page"
@@ -156,20 +156,29 @@ async fn jobs(
             name: job.name.clone(),
             server_id: job.server_id,
             marks: s.marks().into_iter().map(mark).collect(),
-            stale: s.stale(stale_after, now),
+            stale: job.enabled && s.stale(stale_after, now),
             last_success: s.last_success_at.map_or("never".into(), |t| {
                 format!(
                     "{} ({} ago; stale after {})",
                     crate::alert::text::fmt_time(t),
                     crate::alert::text::fmt_age(now - t),
-                    humantime::format_duration(stale_after)
+                    crate::alert::text::span(stale_after)
                 )
             }),
-            next_local: next.map_or("never".into(), |t| {
-                t.with_timezone(&job.timezone)
-                    .format("%Y-%m-%d %H:%M %Z")
-                    .to_string()
-            }),
+            next_local: next.map_or_else(
+                || {
+                    if job.enabled {
+                        "never".into()
+                    } else {
+                        "disabled".into()
+                    }
+                },
+                |t| {
+                    t.with_timezone(&job.timezone)
+                        .format("%Y-%m-%d %H:%M %Z")
+                        .to_string()
+                },
+            ),
             next_utc: next
                 .filter(|_| job.timezone != chrono_tz::UTC)
                 .map_or(String::new(), |t| {
@@ -215,7 +224,7 @@ async fn servers(
                 name: r.name,
                 status: r.status,
                 created: crate::alert::text::fmt_time(r.created_at),
-                managed: r.managed,
+                managed: r.managed_text,
                 pinned: r.pinned,
                 verdict: r.verdict,
             })

@@ -66,7 +66,7 @@ impl RetentionPolicy {
             }
         }
         if let Some(w) = self.within {
-            parts.push(format!("keep_within = {}", humantime::format_duration(w)));
+            parts.push(format!("keep_within = {}", crate::alert::text::span(w)));
         }
         parts.join(", ")
     }
@@ -124,8 +124,13 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
     pool.sort_by(|a, b| newest_first(a, b));
 
     let mut kept: std::collections::HashMap<SnapshotId, String> = std::collections::HashMap::new();
-    let mut left = [policy.hourly, policy.daily, policy.weekly, policy.monthly];
+    // Why each one not kept is not: every rule that passed it over.
+    let mut passed: std::collections::HashMap<SnapshotId, Vec<String>> =
+        std::collections::HashMap::new();
+    let counts = [policy.hourly, policy.daily, policy.weekly, policy.monthly];
+    let mut left = counts;
     let names = ["hourly", "daily", "weekly", "monthly"];
+    let units = ["hours", "days", "weeks", "months"];
     let mut last_bucket: [Option<String>; 4] = Default::default();
     for (i, s) in pool.iter().enumerate() {
         let mut reasons = Vec::new();
@@ -145,7 +150,29 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
         }
         if !reasons.is_empty() {
             kept.insert(s.id, format!("keep: {}", reasons.join(", ")));
+            continue;
         }
+        let mut why = Vec::new();
+        if policy.last > 0 {
+            why.push(format!(
+                "beyond the newest {0} (keep_last = {0})",
+                policy.last
+            ));
+        }
+        for k in (0..4).filter(|k| counts[*k] > 0) {
+            // Passed over either as a later one in a period already kept, or because the
+            // rule had kept all the periods it may.
+            let b = bucket(k, s.created_at, tz);
+            why.push(if last_bucket[k].as_deref() == Some(b.as_str()) {
+                format!("not the newest of {b} (keep_{} = {})", names[k], counts[k])
+            } else {
+                format!(
+                    "older than the {0} {1} keep_{2} = {0} keeps",
+                    counts[k], units[k], names[k]
+                )
+            });
+        }
+        passed.insert(s.id, why);
     }
     if let (Some(within), Some(newest)) = (policy.within, pool.first()) {
         let cutoff =
@@ -157,8 +184,23 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
             if s.created_at > cutoff && !kept.contains_key(&s.id) {
                 kept.insert(
                     s.id,
-                    format!("keep: within {}", humantime::format_duration(within)),
+                    format!("keep: within {}", crate::alert::text::span(within)),
                 );
+            }
+        }
+        for s in &pool {
+            if let Some(why) = passed.get_mut(&s.id) {
+                why.push(if s.created_at > cutoff {
+                    format!(
+                        "keep_within = {} found no room among 5",
+                        crate::alert::text::span(within)
+                    )
+                } else {
+                    format!(
+                        "older than keep_within = {} of the newest",
+                        crate::alert::text::span(within)
+                    )
+                });
             }
         }
     }
@@ -182,7 +224,7 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
                     SnapshotStatus::Unknown(st) => (true, format!("keep: unknown status {st:?}")),
                     SnapshotStatus::Completed => match kept.get(&s.id) {
                         Some(r) => (true, r.clone()),
-                        None => (false, "delete next".to_string()),
+                        None => (false, deletion(passed.get(&s.id))),
                     },
                 }
             };
@@ -193,6 +235,15 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
             }
         })
         .collect()
+}
+
+/// The verdict on a snapshot no rule keeps: `delete next: beyond the newest 2 (keep_last
+/// = 2)`, each rule that passed it over.
+fn deletion(why: Option<&Vec<String>>) -> String {
+    match why {
+        Some(why) if !why.is_empty() => format!("delete next: {}", why.join("; ")),
+        _ => "delete next".into(),
+    }
 }
 
 /// Snapshots to delete after a successful run, in the order to delete them (failed ones
@@ -344,7 +395,35 @@ mod tests {
         let v = plan(&snaps, &policy, Tz::UTC);
         assert_eq!(v[4].reason, "keep: last #1");
         assert_eq!(v[3].reason, "keep: last #2");
-        assert!(v[..3].iter().all(|v| !v.keep && v.reason == "delete next"));
+        assert!(
+            v[..3]
+                .iter()
+                .all(|v| !v.keep && v.reason == "delete next: beyond the newest 2 (keep_last = 2)")
+        );
+    }
+
+    #[test]
+    fn a_deletion_says_which_rule_passed_it_over() {
+        let mut early = snap(1, 23, SnapshotStatus::Completed);
+        early.created_at -= chrono::Duration::hours(1);
+        let snaps = vec![
+            early,
+            snap(2, 23, SnapshotStatus::Completed),
+            snap(3, 24, SnapshotStatus::Completed),
+        ];
+        let policy = RetentionPolicy {
+            last: 1,
+            daily: 2,
+            ..Default::default()
+        };
+        let v = plan(&snaps, &policy, Tz::UTC);
+        assert_eq!(v[2].reason, "keep: last #1, daily 2026-11-24");
+        assert_eq!(v[1].reason, "keep: daily 2026-11-23");
+        assert_eq!(
+            v[0].reason,
+            "delete next: beyond the newest 1 (keep_last = 1); not the newest of 2026-11-23 \
+             (keep_daily = 2)"
+        );
     }
 
     #[test]
@@ -362,7 +441,10 @@ mod tests {
         let v = plan(&snaps, &policy, Tz::UTC);
         assert_eq!(v[2].reason, "keep: weekly 2026-W48");
         assert_eq!(v[1].reason, "keep: weekly 2026-W47");
-        assert_eq!(v[0].reason, "delete next");
+        assert_eq!(
+            v[0].reason,
+            "delete next: not the newest of 2026-W47 (keep_weekly = 2)"
+        );
     }
 
     #[test]

@@ -105,7 +105,11 @@ pub type Timing = (Option<DateTime<Utc>>, Duration);
 pub struct Timings(HashMap<String, Timing>);
 
 impl Timings {
+    /// A disabled job fires never.
     pub fn of(&mut self, job: &JobSettings, now: DateTime<Utc>) -> Timing {
+        if !job.enabled {
+            return (None, stale_after(job, now));
+        }
         let key = match &job.trigger {
             Trigger::Schedule(c) => format!("s {c} {} {:?}", job.timezone, job.stale_after),
             Trigger::Window { window, lead } => {
@@ -149,6 +153,7 @@ mod tests {
             restore_safety_keep: Duration::from_secs(7 * 86_400),
             hooks: crate::hooks::Hooks::default(),
             ping_url: None,
+            enabled: true,
         }
     }
 

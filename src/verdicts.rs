@@ -20,8 +20,13 @@ pub struct SnapshotRow {
     pub name: String,
     pub status: String,
     pub created_at: DateTime<Utc>,
-    /// Whose it is and why: `yes (web, marked)`, `no (made by hand)`, …
-    pub managed: String,
+    /// Whether it is the agent's (a job's, `owner_job`), and why (`reason`).
+    pub managed: bool,
+    pub owner_job: Option<String>,
+    pub reason: String,
+    /// The same in words: `yes (web, marked)`, `no`, …
+    #[serde(skip)]
+    pub managed_text: String,
     pub pinned: bool,
     /// The policy's verdict: `keep: last #1`, `delete next`, `keep: not managed`, …
     pub verdict: String,
@@ -61,7 +66,10 @@ pub fn snapshot_rows(
                 name: s.name.clone(),
                 status: s.status.to_string(),
                 created_at: s.created_at,
-                managed: owner.describe(),
+                managed: owner.job().is_some(),
+                owner_job: owner.job().map(str::to_string),
+                reason: owner.reason(),
+                managed_text: owner.describe(),
                 pinned,
                 verdict,
             }

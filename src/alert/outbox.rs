@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::http;
 use super::mail::Smtp;
+use super::{http, text};
 use crate::clock::SharedClock;
 use crate::config::{EmailSettings, HeartbeatSettings, NotifySettings, Settings};
 use crate::db::{Database, DbResult, PendingAlert, PendingPing, PingKind};
@@ -261,7 +261,8 @@ impl Outbox {
                 tracing::warn!(
                     channel = c.name(),
                     count = ids.len(),
-                    "alert delivery failed, retrying at {retry}: {e}"
+                    "alert delivery failed, retrying at {}: {e}",
+                    text::fmt_time(retry)
                 );
                 if let Err(db) = self.db.mark_alerts_failed(c.name(), &ids, &e, retry).await {
                     tracing::error!("{db}");
@@ -389,10 +390,7 @@ async fn send_ping(
     let kind = p.kind.as_str();
     let Some((url, timeout)) = target.filter(|_| now < p.expires_at) else {
         let why = if now >= p.expires_at {
-            format!(
-                "expired unsent ({} old)",
-                super::text::fmt_age(now - p.created_at)
-            )
+            format!("expired unsent ({} old)", text::fmt_age(now - p.created_at))
         } else {
             "no ping URL configured for it any more".to_string()
         };
@@ -419,7 +417,8 @@ async fn send_ping(
             tracing::warn!(
                 job = p.job.as_deref().unwrap_or("-"),
                 kind,
-                "ping failed, retrying at {retry}: {e}"
+                "ping failed, retrying at {}: {e}",
+                text::fmt_time(retry)
             );
             db.ping_attempted(p.id, clock.now(), Some(&e), Some(retry))
                 .await

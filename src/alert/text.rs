@@ -21,7 +21,42 @@ pub fn fmt_time(t: DateTime<Utc>) -> String {
 pub fn fmt_age(d: chrono::Duration) -> String {
     let secs = d.num_seconds().max(0) as u64;
     let rounded = if secs >= 3600 { secs / 60 * 60 } else { secs };
-    humantime::format_duration(Duration::from_secs(rounded)).to_string()
+    span(Duration::from_secs(rounded))
+}
+
+/// A span of time as people write it: `7 days`, `1 day 2h`, `1m 30s`; whole seconds
+/// (whole milliseconds under one).
+pub fn span(d: Duration) -> String {
+    let d = if d >= Duration::from_secs(1) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        Duration::from_millis(d.subsec_millis().into())
+    };
+    humantime::format_duration(d)
+        .to_string()
+        .split(' ')
+        .map(|part| {
+            let digits = part
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(part.len());
+            let (n, unit) = part.split_at(digits);
+            if unit.len() > 2 {
+                format!("{n} {unit}")
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `1 snapshot`, `2 snapshots`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// What went wrong, as far as the advice to the operator goes.
@@ -298,6 +333,34 @@ pub fn restore_failed(
          Check the server in the panel; `agent snapshots --server {server_id}` shows its snapshots.\n",
         from.id,
         from.name,
+        fmt_time(at)
+    );
+    alert(AlertKind::Failed, job, server_id, Some(run_id), body, at)
+}
+
+/// An `agent prune` that failed: what it deleted before, and why it stopped.
+pub fn prune_failed(
+    job: &str,
+    server_id: ServerId,
+    run_id: RunId,
+    deleted: &[SnapshotId],
+    error: &str,
+    at: DateTime<Utc>,
+) -> NewAlert {
+    let deleted = if deleted.is_empty() {
+        "nothing".to_string()
+    } else {
+        deleted
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let body = format!(
+        "Pruning job {job}'s snapshots on server {server_id} did not finish.\n\n\
+         Error:   {error}\nDeleted: {deleted}\nRun:     {run_id} (agent history --job {job})\n\
+         At:      {}\n\n`agent snapshots --job {job}` shows what the server holds and what \
+         the policy would delete; `agent prune --job {job}` tries again.\n",
         fmt_time(at)
     );
     alert(AlertKind::Failed, job, server_id, Some(run_id), body, at)

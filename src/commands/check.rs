@@ -12,14 +12,12 @@ use crate::hooks::{self, BeforeFailure, ThawAfter};
 use crate::schedule;
 
 pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let settings = super::load_settings(config)?;
+    // Not `load_settings`, which logs the warnings: they are printed below, once.
+    let settings = Settings::load(config)?;
     settings.require_jobs()?;
-    println!(
-        "{}: valid, {} job{}",
-        config.display(),
-        settings.jobs.len(),
-        if settings.jobs.len() == 1 { "" } else { "s" }
-    );
+    for f in &settings.included {
+        println!("{}: jobs included from {}", config.display(), f.display());
+    }
     for w in &settings.warnings {
         println!("warning: {w}");
     }
@@ -30,15 +28,20 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             Trigger::Schedule(c) => format!("schedule \"{c}\""),
             Trigger::Window { window, lead } => format!(
                 "{} before maintenance window \"{window}\"",
-                humantime::format_duration(*lead)
+                crate::alert::text::span(*lead)
             ),
         };
         println!(
-            "\njob {} (server {}): {what} in {}; {}",
+            "\njob {} (server {}): {what} in {}; {}{}",
             job.name,
             job.server_id,
             job.timezone,
-            job.retention.describe()
+            job.retention.describe(),
+            if job.enabled {
+                ""
+            } else {
+                "; DISABLED (enabled = false): it never fires"
+            }
         );
         for t in schedule::upcoming(job, now, 3) {
             println!(
@@ -50,9 +53,22 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         check_hooks(config, i, job, &mut problems).await;
     }
+    // One verdict on the configuration, after everything about it was looked at.
     if !problems.is_empty() {
         return Err(ConfigErrors(problems).into());
     }
+    let disabled = settings.jobs.iter().filter(|j| !j.enabled).count();
+    println!(
+        "\n{}: valid, {} job{}{}",
+        config.display(),
+        settings.jobs.len(),
+        if settings.jobs.len() == 1 { "" } else { "s" },
+        if disabled > 0 {
+            format!(" ({disabled} disabled)")
+        } else {
+            String::new()
+        }
+    );
     if args.offline {
         return Ok(ExitCode::SUCCESS);
     }
@@ -139,7 +155,9 @@ async fn check_channels(settings: &Settings, send_test: bool) -> anyhow::Result<
 fn print_watchers(settings: &Settings) {
     if let Some(m) = &settings.metrics {
         if let Some(a) = m.listen {
-            println!("metrics: http://{a}/metrics and /healthz while `agent run` runs");
+            println!(
+                "listener: http://{a}/ (status page), /metrics and /healthz while `agent run` runs"
+            );
         }
         if let Some(p) = &m.textfile {
             println!("metrics: written to {} after each run", p.display());
@@ -149,7 +167,7 @@ fn print_watchers(settings: &Settings) {
         println!(
             "heartbeat: a ping to {} every {}",
             crate::secrets::host_of(&h.url),
-            humantime::format_duration(h.every)
+            crate::alert::text::span(h.every)
         );
     }
     for j in &settings.jobs {
@@ -180,7 +198,7 @@ async fn check_hooks(config: &Path, i: usize, job: &JobSettings, problems: &mut 
     };
     println!(
         "  hooks: thaw_after = {thaw}, before_failure = {skip}, hook_timeout = {}",
-        humantime::format_duration(h.timeout)
+        crate::alert::text::span(h.timeout)
     );
     let phases = [
         ("before", &h.before),

@@ -39,20 +39,56 @@ pub async fn open_at(location: &crate::db::Location) -> anyhow::Result<Database>
 }
 
 /// When the database (or the nearest directory that exists on its path) belongs to
-/// another user: whose it is, and how to run as them.
+/// another user: whose it is, and the ways out (run as that user, hand the file or
+/// directory to the user who runs agent, or another path).
 fn owner_hint(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let meta = path.ancestors().find_map(|p| std::fs::metadata(p).ok())?;
+    let (found, meta) = path
+        .ancestors()
+        .find_map(|p| std::fs::metadata(p).ok().map(|m| (p, m)))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() == me {
         return None;
     }
-    let name = user_name(meta.uid()).unwrap_or_else(|| format!("uid {}", meta.uid()));
+    let owner = user_name(meta.uid()).unwrap_or_else(|| format!("uid {}", meta.uid()));
+    let run_as =
+        (meta.uid() != 0).then(|| format!("run agent as {owner} (`sudo -u {owner} agent …`)"));
+    let elsewhere = "set `database` to a path you can write".to_string();
+    let ways: Vec<String> = if found == path {
+        let give = format!(
+            "give it to the user that runs agent (`sudo chown {SERVICE_USER}: {}` for the service)",
+            path.display()
+        );
+        run_as.into_iter().chain([give, elsewhere]).collect()
+    } else {
+        let dir = path.parent().unwrap_or(found);
+        let make = if dir == found {
+            format!(
+                "let the user that runs agent write {} (`sudo chown {SERVICE_USER}: {}` for the \
+                 service)",
+                dir.display(),
+                dir.display()
+            )
+        } else {
+            format!(
+                "create {} for the user that runs agent (`sudo install -d -o {SERVICE_USER} {}` \
+                 for the service; the unit's StateDirectory= does this itself)",
+                dir.display(),
+                dir.display()
+            )
+        };
+        run_as.into_iter().chain([make, elsewhere]).collect()
+    };
     Some(format!(
-        " (it belongs to {name}; run agent as that user, e.g. `sudo -u {name} agent …`)"
+        " ({} belongs to {owner}: {})",
+        found.display(),
+        ways.join("; or ")
     ))
 }
+
+/// The user the packaged systemd unit runs as.
+const SERVICE_USER: &str = "vps-snapshot-agent";
 
 /// The name /etc/passwd gives `uid`.
 fn user_name(uid: u32) -> Option<String> {
@@ -75,6 +111,30 @@ pub fn select_jobs(settings: &Settings, names: &[String]) -> anyhow::Result<Vec<
     if names.is_empty() {
         return Ok(settings.jobs.clone());
     }
+    named_jobs(settings, names)
+}
+
+/// What `run-once` and `prune` act on: the named jobs (a disabled one too: it was asked
+/// for), or every enabled job, saying which disabled ones are left out.
+pub fn jobs_to_run(settings: &Settings, names: &[String]) -> anyhow::Result<Vec<JobSettings>> {
+    if !names.is_empty() {
+        return named_jobs(settings, names);
+    }
+    for j in settings.jobs.iter().filter(|j| !j.enabled) {
+        println!(
+            "{}: disabled (enabled = false): not run; name it with --job to run it",
+            j.name
+        );
+    }
+    Ok(settings
+        .jobs
+        .iter()
+        .filter(|j| j.enabled)
+        .cloned()
+        .collect())
+}
+
+fn named_jobs(settings: &Settings, names: &[String]) -> anyhow::Result<Vec<JobSettings>> {
     names
         .iter()
         .map(|n| {

@@ -85,10 +85,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "\n=== metrics (what GET /metrics serves with [metrics] listen; buckets left out) ==="
     );
     let metrics = crate::metrics::render(&db, &settings, clock.now()).await?;
-    for line in metrics
+    let mut lines: Vec<&str> = metrics
         .lines()
         .filter(|l| !l.starts_with('#') && !l.contains("_bucket{"))
-    {
+        .collect();
+    lines.sort_unstable();
+    for line in lines {
         println!("{line}");
     }
     let requests = server.sim.requests().total;

@@ -52,7 +52,7 @@ When set and not empty, logs are never coloured.
 .SH FILES
 .TP
 \fI/etc/vps\-snapshot\-agent/config.toml\fR
-The configuration (commented example: \fI/usr/share/doc/vps\-snapshot\-agent/config.example.toml\fR).
+The configuration (commented example: \fI/usr/share/doc/vps\-snapshot\-agent/examples/config.example.toml\fR).
 .TP
 \fI/etc/vps\-snapshot\-agent/token\fR
 The API token, loaded by the unit as the credential \fBapi\-token\fR.
@@ -61,8 +61,8 @@ The API token, loaded by the unit as the credential \fBapi\-token\fR.
 The run history and journal (SQLite), and the alert outbox.
 .SH EXAMPLES
 .TP
-\fBagent check \-\-send\-test\-email\fR
-Validate the configuration, the token and the mail server.
+\fBagent check \-\-send\-test\-alert\fR
+Validate the configuration, the token and every alert channel.
 .TP
 \fBagent run\-once \-\-job web\-01\-nightly\fR
 Take one job's snapshot now and rotate.
@@ -75,6 +75,15 @@ A server's snapshots, whose each is, and what the policy keeps.
 .TP
 \fBagent restore 802\fR
 Restore the server of snapshot 802 (asks you to type its id).
+.TP
+\fBagent prune \-\-dry\-run\fR
+After lowering a job's keep_* counts: what its policy would delete now, and why, without a new snapshot (drop \-\-dry\-run to delete).
+.TP
+\fBagent history \-\-since 2d \-\-status failed\fR
+The runs that failed in the last two days, newest first.
+.TP
+\fBenabled = false\fR, \fBinclude = ["jobs.d/*.toml"]\fR
+In the configuration: switch a job off without deleting it; read more [[jobs]] from a conf.d\-style directory.
 "#;
 
 /// agent(1) to `w`.

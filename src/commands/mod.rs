@@ -8,6 +8,7 @@ mod history;
 mod manpage;
 pub(crate) mod output;
 mod pin;
+mod prune;
 mod restore;
 mod run;
 mod run_once;
@@ -37,6 +38,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => run::run(&config).await,
         Command::Status(args) => status::run(&config, args).await,
         Command::RunOnce(args) => run_once::run(&config, args).await,
+        Command::Prune(args) => prune::run(&config, args).await,
         Command::History(args) => history::run(&config, args).await,
         Command::Snapshots(args) => snapshots::run(&config, args).await,
         Command::Pin(args) => pin::run(&config, args, true).await,

@@ -209,7 +209,7 @@ pub fn snapshots(rows: &[SnapshotRow]) {
                 r.name.clone(),
                 r.status.clone(),
                 time(r.created_at),
-                r.managed.clone(),
+                r.managed_text.clone(),
                 if r.pinned { "yes" } else { "no" }.to_string(),
                 r.verdict.clone(),
             ]

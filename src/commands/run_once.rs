@@ -25,7 +25,7 @@ pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let jobs = context::select_jobs(&settings, &args.jobs)?;
+    let jobs = context::jobs_to_run(&settings, &args.jobs)?;
     let clock = crate::clock::system();
     if args.dry_run {
         return dry_run(&settings, &jobs, clock).await;
@@ -34,7 +34,7 @@ pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
     let client = context::client(&settings, clock.clone())?;
     let runner = Runner::from_settings(&settings, db.clone(), client, clock.clone());
     let interrupts = Interrupts::watch(&runner.db, &runner.owner, runner.stop.clone())?;
-    let verdict = run_jobs(&settings, &runner, &jobs).await?;
+    let verdict = run_jobs(&settings, &runner, &jobs, true).await?;
     db.close().await;
     if let Some(code) = interrupts.exit_code() {
         return Ok(ExitCode::from(code));
@@ -59,12 +59,20 @@ pub enum Verdict {
 /// What `run-once` and `demo` share: deliver old alerts, resume interrupted runs, run the
 /// jobs, print the summary, try once to deliver new alerts. A job whose interrupted run
 /// was just finished successfully, and began within [`run::STAND_IN`], counts that run as
-/// this one: one snapshot, not two. An older one is not a fresh rollback point.
+/// this one: one snapshot, not two. An older one is not a fresh rollback point. `shown`:
+/// what happens and the summary are printed (`run-once`), or only logged (a harness
+/// running it in-process).
 pub async fn run_jobs(
     settings: &Settings,
     runner: &Runner,
     jobs: &[JobSettings],
+    shown: bool,
 ) -> anyhow::Result<Verdict> {
+    let say = |line: String| {
+        if shown {
+            println!("{line}");
+        }
+    };
     let presence = Presence::of_runner(runner);
     let (outbox, unreachable) = open_outbox(settings, runner).await?;
     let pinger = outbox
@@ -78,22 +86,22 @@ pub async fn run_jobs(
         }
         let now = runner.clock.now();
         if o.stands_in(now) {
-            println!(
+            say(format!(
                 "{}: finished its interrupted run {} (begun {} ago); that snapshot counts as this run's",
                 o.job,
                 o.run_id,
                 crate::alert::text::fmt_age(now - o.started_at)
-            );
+            ));
             outcomes.push(o);
         } else {
-            println!(
+            say(format!(
                 "{}: finished its interrupted run {} ({}, begun at {}) as a run of its own; \
                  taking a fresh snapshot now",
                 o.job,
                 o.run_id,
                 o.status,
                 output::time(o.started_at)
-            );
+            ));
         }
     }
     let todo: Vec<JobSettings> = jobs
@@ -126,10 +134,12 @@ pub async fn run_jobs(
         .filter(|j| !outcomes.iter().any(|o| o.job == j.name))
         .map(|j| j.name.as_str())
         .collect();
-    output::summary(&outcomes);
+    if shown {
+        output::summary(&outcomes);
+    }
     if !skipped.is_empty() && runner.stop.is_cancelled() {
         failed = true;
-        println!("not started (stopped): {}", skipped.join(", "));
+        say(format!("not started (stopped): {}", skipped.join(", ")));
     }
     if let Some(p) = pinger {
         p.finish().await;
@@ -155,7 +165,7 @@ pub async fn run_jobs(
 /// queued before (backoff or not); the channels that failed it are not tried again at
 /// the end (their new alerts stay queued for the daemon rather than costing a second
 /// timeout).
-async fn open_outbox(
+pub(super) async fn open_outbox(
     settings: &Settings,
     runner: &Runner,
 ) -> anyhow::Result<(Option<Arc<mail::Outbox>>, Vec<String>)> {
@@ -300,10 +310,10 @@ async fn dry_run(
     for job in jobs {
         let plan = run::dry_run(&client, db.as_ref(), job, now).await?;
         println!(
-            "job {} (server {}): {} snapshots now",
+            "job {} (server {}): {} now",
             job.name,
             job.server_id,
-            plan.listing.held()
+            crate::alert::text::count(plan.listing.held(), "snapshot")
         );
         if !plan.listing.consistent() {
             println!(

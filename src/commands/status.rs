@@ -17,6 +17,8 @@ use crate::schedule::{self, Timing};
 struct JobStatus {
     name: String,
     server_id: crate::domain::ServerId,
+    /// `enabled = false`: it never fires (`next_run_at` is null) and is never stale.
+    enabled: bool,
     next_run_at: Option<DateTime<Utc>>,
     /// The same time in the job's zone (RFC 3339 with its offset).
     next_run_at_local: Option<String>,
@@ -75,14 +77,14 @@ async fn job_status(
             warnings.push(format!(
                 "lead {} is shorter than this job's snapshots take (95th percentile {} over {} runs): \
                  snapshots may not be ready when the window opens",
-                humantime::format_duration(*lead),
-                humantime::format_duration(Duration::from_secs(p.as_secs())),
+                crate::alert::text::span(*lead),
+                crate::alert::text::span(Duration::from_secs(p.as_secs())),
                 durations.len()
             ));
         }
     }
     let timeline = summary.marks();
-    let stale = summary.stale(stale_after, now);
+    let stale = job.enabled && summary.stale(stale_after, now);
     let JobSummary {
         last_run,
         last_success_at,
@@ -91,6 +93,7 @@ async fn job_status(
     Ok(JobStatus {
         name: job.name.clone(),
         server_id: job.server_id,
+        enabled: job.enabled,
         next_run_at,
         next_run_at_local: next_run_at.map(|t| t.with_timezone(&job.timezone).to_rfc3339()),
         timezone: job.timezone.to_string(),
@@ -125,7 +128,7 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
         jobs.push(job_status(&db, job, summary, timing, &leases, now).await?);
     }
     let mut agents = db.agents(now).await?;
-    agents.retain(AgentRow::listed);
+    agents.retain(|a| a.listed_at(now));
     let status = Status {
         jobs,
         pending_alerts: db.pending_alerts().await?,
@@ -155,7 +158,7 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
         .zip(selected)
         .map(|(j, settings)| {
             let tz = settings.timezone;
-            let stale_after = humantime::format_duration(Duration::from_secs(j.stale_after_secs));
+            let stale_after = crate::alert::text::span(Duration::from_secs(j.stale_after_secs));
             vec![
                 j.name.clone(),
                 j.server_id.to_string(),
@@ -176,14 +179,23 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
                         output::time(t)
                     )
                 }),
-                j.next_run_at.map_or("never".into(), |t| {
-                    let local = t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
-                    if tz == chrono_tz::UTC {
-                        local
-                    } else {
-                        format!("{local} ({} UTC)", t.format("%H:%M"))
-                    }
-                }),
+                j.next_run_at.map_or_else(
+                    || {
+                        if j.enabled {
+                            "never".into()
+                        } else {
+                            "disabled".into()
+                        }
+                    },
+                    |t| {
+                        let local = t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
+                        if tz == chrono_tz::UTC {
+                            local
+                        } else {
+                            format!("{local} ({} UTC)", t.format("%H:%M"))
+                        }
+                    },
+                ),
                 j.last_run.as_ref().map_or("-".into(), |r| {
                     let gone = if j.last_run_orphaned {
                         ", its process is gone: the next start finishes it"

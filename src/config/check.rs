@@ -16,7 +16,7 @@ use super::de::Text;
 use super::jobs;
 use super::secret::{Found, Lookup};
 use super::sections::{self, JobKeys};
-use super::source::Reader;
+use super::source::{Reader, unknown_key};
 use super::watch;
 use super::{
     ApiSettings, DEFAULT_BASE_URL, DEFAULT_DATABASE, EmailSettings, Security, Settings, TOP_LEVEL,
@@ -26,7 +26,7 @@ use super::{
 pub fn validate_base_url(raw: &str) -> Result<Url, String> {
     // Messages show the URL without a user name or password, and never a URL that does
     // not parse (its text may hold one).
-    let mut url = Url::parse(raw.trim()).map_err(|e| format!("is not a URL: {e}"))?;
+    let mut url = watch::parse_url(raw)?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(
             "must not carry a user name or password (the API token goes in api.token_file)".into(),
@@ -141,11 +141,7 @@ fn postgres_location(r: &mut Reader<'_>, text: &str) -> Result<Location, String>
 pub(super) fn settings(r: &mut Reader<'_>, path: &Path, tree: &Dict) -> Settings {
     for (k, v) in tree {
         if !TOP_LEVEL.contains(&k.as_str()) {
-            r.error(
-                k.clone(),
-                Some(v),
-                format!("unknown key (expected one of: {})", TOP_LEVEL.join(", ")),
-            );
+            r.error(k.clone(), Some(v), unknown_key(k, &TOP_LEVEL, ""));
         }
     }
     let database: Option<Text> = r.read("database", tree.get("database"));
@@ -186,6 +182,7 @@ pub(super) fn settings(r: &mut Reader<'_>, path: &Path, tree: &Dict) -> Settings
         heartbeat,
         jobs,
         warnings: Vec::new(),
+        included: Vec::new(),
     }
 }
 

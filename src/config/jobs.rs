@@ -11,7 +11,7 @@ use figment::value::{Dict, Value};
 use super::check::at;
 use super::de::{Bounded, Text};
 use super::sections::{JOB_OWN_KEYS, JobKeys, JobOwn};
-use super::source::{Reader, noun_of};
+use super::source::{Reader, keys_of, noun_of, unknown_key};
 use super::{JobSettings, Trigger};
 use crate::cron::CronSpec;
 use crate::domain::ServerId;
@@ -168,10 +168,11 @@ pub(super) fn jobs(
         };
         // The entry's own keys, and those it shares with [defaults] (whose reading
         // reports a key that is neither).
-        let (own, shared): (Dict, Dict) = dict
+        let (own, mut shared): (Dict, Dict) = dict
             .clone()
             .into_iter()
             .partition(|(k, _)| JOB_OWN_KEYS.contains(&k.as_str()));
+        unknown_keys(r, &key, item, &mut shared);
         let own: JobOwn = r.read(&key, Some(&Value::Dict(item.tag(), own)));
         let keys: JobKeys = r.read(&key, Some(&Value::Dict(item.tag(), shared)));
         let fields = fields(r, &key, &keys, Some(item), defaults);
@@ -181,6 +182,33 @@ pub(super) fn jobs(
     }
     shared_servers(r, &jobs, items.first());
     jobs
+}
+
+/// Reports (and takes out of `shared`) the keys no job has, naming the job, the key it
+/// likely meant and every key a job may have.
+fn unknown_keys(r: &mut Reader<'_>, key: &str, item: &Value, shared: &mut Dict) {
+    let known = keys_of::<JobKeys>();
+    let unknown: Vec<String> = shared
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let all: Vec<&str> = JOB_OWN_KEYS.iter().chain(known).copied().collect();
+    let whose = match at(Some(item), "name").and_then(Value::as_str) {
+        Some(name) => format!(" in job {name:?}"),
+        None => String::new(),
+    };
+    for k in unknown {
+        let v = shared.remove(&k);
+        r.error(
+            format!("{key}.{k}"),
+            v.as_ref(),
+            unknown_key(&k, &all, &whose),
+        );
+    }
 }
 
 /// One job; `None` when it has a problem (recorded).
@@ -243,6 +271,7 @@ fn job(
         restore_safety_keep: fields.restore_safety_keep,
         hooks: fields.hooks,
         ping_url,
+        enabled: own.enabled.unwrap_or(true),
     })
 }
 

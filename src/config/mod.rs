@@ -7,6 +7,7 @@
 
 mod check;
 mod de;
+mod include;
 mod jobs;
 mod secret;
 mod sections;
@@ -42,7 +43,8 @@ pub const DEFAULT_DATABASE: &str = "/var/lib/vps-snapshot-agent/history.db";
 /// How long a failing job's alert is not repeated (on every channel).
 pub const DEFAULT_REPEAT_AFTER: Duration = Duration::from_secs(6 * 3600);
 pub const DEFAULT_BASE_URL: &str = "https://admin.vps.org/api/v1";
-const TOP_LEVEL: [&str; 8] = [
+const TOP_LEVEL: [&str; 9] = [
+    "include",
     "database",
     "api",
     "defaults",
@@ -134,6 +136,8 @@ pub struct Settings {
     pub jobs: Vec<JobSettings>,
     /// Problems that do not stop the agent (a token file readable by others).
     pub warnings: Vec<String>,
+    /// The files `include` added jobs from, in the order read.
+    pub included: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +230,9 @@ pub struct JobSettings {
     pub hooks: Hooks,
     /// A Healthchecks-style check pinged at each run's start and end.
     pub ping_url: Option<Url>,
+    /// `enabled = false`: the job never fires (nor catches up, nor goes stale); `run-once`
+    /// runs it only when named; its snapshots stay its own.
+    pub enabled: bool,
 }
 
 impl Trigger {
@@ -279,7 +286,9 @@ impl Settings {
                 TOP_LEVEL.contains(&top) && k != "api.token" && k != "email.password"
             })
             .split("__");
-        let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
+        let included = include::files(path)?;
+        let figment =
+            include::add(Figment::new().merge(Toml::file_exact(path)), &included)?.merge(env);
         let tree: Dict = figment.extract().map_err(|e| {
             ConfigErrors(
                 e.into_iter()
@@ -296,6 +305,7 @@ impl Settings {
         if reader.errors.is_empty() {
             let settings = Settings {
                 warnings: reader.warnings,
+                included,
                 ..settings
             };
             settings.register_secrets();
@@ -352,6 +362,20 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// The keys read only when the agent starts that `new` changes: a reload cannot
+    /// apply them, and says so.
+    pub fn start_only_changes(&self, new: &Settings) -> Vec<&'static str> {
+        let listen = |s: &Settings| s.metrics.as_ref().and_then(|m| m.listen);
+        let mut keys = Vec::new();
+        if self.database.to_string() != new.database.to_string() {
+            keys.push("database");
+        }
+        if listen(self) != listen(new) {
+            keys.push("metrics.listen");
+        }
+        keys
     }
 
     /// What `new` changes in the jobs, in words: "added a; removed b; changed c (schedule)".

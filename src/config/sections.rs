@@ -70,8 +70,9 @@ impl JobKeys {
 }
 
 /// The keys only a `[[jobs]]` entry has.
-pub const JOB_OWN_KEYS: [&str; 6] = [
+pub const JOB_OWN_KEYS: [&str; 7] = [
     "name",
+    "enabled",
     "ping_url",
     "server_id",
     "schedule",
@@ -88,6 +89,7 @@ pub struct JobOwn {
     #[serde(default, deserialize_with = "de::duration")]
     pub lead: Option<Duration>,
     pub ping_url: Option<Text>,
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

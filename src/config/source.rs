@@ -53,10 +53,37 @@ fn message(kind: &Kind) -> String {
         }
         Kind::InvalidValue(actual, expected) => format!("{actual} is not {expected}"),
         Kind::UnknownVariant(v, expected) => format!("{v:?} is not one of {}", expected.join(", ")),
-        Kind::UnknownField(_, expected) => {
-            format!("unknown key (expected one of: {})", expected.join(", "))
-        }
+        Kind::UnknownField(field, expected) => unknown_key(field, expected, ""),
         other => other.to_string(),
+    }
+}
+
+/// "unknown key", the known key `field` is likely a slip for, and every known key.
+pub fn unknown_key(field: &str, expected: &[&str], whose: &str) -> String {
+    let closest = expected
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(field, k), *k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(1))
+        .min();
+    let hint = closest.map_or(String::new(), |(_, k)| format!("; did you mean {k:?}?"));
+    format!(
+        "unknown key{whose}{hint} (expected one of: {})",
+        expected.join(", ")
+    )
+}
+
+/// The keys a `deny_unknown_fields` table `T` knows, as serde lists them when it meets
+/// one it does not.
+pub fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    let mut probe = Dict::new();
+    probe.insert("\u{0}".into(), Value::from(""));
+    let probe = Value::from(probe);
+    match T::deserialize(&probe) {
+        Err(e) => match e.kind {
+            Kind::UnknownField(_, expected) => expected,
+            _ => &[],
+        },
+        Ok(_) => &[],
     }
 }
 

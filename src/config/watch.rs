@@ -88,10 +88,24 @@ pub struct NotifySettings {
 /// How long a webhook, a Slack or ntfy post, or a ping may take.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `raw` as a URL; what is wrong with it, in words, never quoting it (a URL's path or
+/// user part is often its secret).
+pub(super) fn parse_url(raw: &str) -> Result<Url, String> {
+    Url::parse(raw.trim()).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => {
+            "is not a URL: it has no scheme; write it with https:// in front".into()
+        }
+        e => format!("is not a URL: {e}"),
+    })
+}
+
 /// A URL the agent posts to: http or https, with a host.
 pub fn outside_url(raw: &str) -> Result<Url, String> {
-    // Never the value itself in a message: a URL's path is often its secret.
-    let url = Url::parse(raw.trim()).map_err(|e| format!("is not a URL: {e}"))?;
+    let url = parse_url(raw)?;
+    if !raw.contains("://") {
+        // `host:port/path` parses with the host as its scheme.
+        return Err("is not a URL: it has no scheme; write it with https:// in front".into());
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
             "unsupported scheme {:?}; use https:// (or http://)",

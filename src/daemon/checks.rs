@@ -13,7 +13,9 @@ impl Daemon {
     pub(super) async fn catch_up(&self, lp: &mut Loop) {
         let now = self.now();
         for job in self.services.settings.jobs.clone() {
-            let Some(limit) = job.catch_up else { continue };
+            let Some(limit) = job.catch_up.filter(|_| job.enabled) else {
+                continue;
+            };
             let Some(prev) = schedule::previous_fire(&job, now) else {
                 continue;
             };
@@ -44,7 +46,7 @@ impl Daemon {
             return;
         }
         let now = self.now();
-        for job in &self.services.settings.jobs {
+        for job in self.services.settings.jobs.iter().filter(|j| j.enabled) {
             let last = match self.db.last_success(&job.name).await {
                 Ok(r) => r.and_then(|r| r.finished_at),
                 Err(e) => {

@@ -250,8 +250,11 @@ impl Daemon {
     async fn arm_all(&self, lp: &mut Loop) {
         let now = self.now();
         lp.next.clear();
+        // A disabled job (`enabled = false`) is never armed.
         for job in self.services.settings.jobs.clone() {
-            self.plan_next(lp, &job, now);
+            if job.enabled {
+                self.plan_next(lp, &job, now);
+            }
         }
         self.arm_soonest(lp).await;
     }
@@ -347,6 +350,18 @@ impl Daemon {
         match (self.reload)() {
             Ok(services) => {
                 let changes = self.services.settings.job_changes(&services.settings);
+                let start_only = self
+                    .services
+                    .settings
+                    .start_only_changes(&services.settings);
+                if !start_only.is_empty() {
+                    tracing::warn!(
+                        "configuration reload: {} changed in the file but is read only at \
+                         start: restart the agent (systemctl restart vps-snapshot-agent) to apply it; \
+                         until then the old value stays in use",
+                        start_only.join(" and ")
+                    );
+                }
                 self.services = services;
                 lp.generation += 1;
                 self.timer.disarm_all().await;

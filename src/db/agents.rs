@@ -11,6 +11,8 @@ use super::{Database, DbResult, NewAlert, alerts, from_ms, ms};
 
 /// How long an agent not seen is kept (and listed by `status`).
 const KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How long `status` and the page show a daemon that stopped cleanly.
+const STOPPED_SHOWN: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 impl Database {
     /// How long after its last heartbeat an agent on another host counts as gone.
@@ -58,10 +60,15 @@ impl AgentRow {
         !self.alive && self.stopped_at.is_none()
     }
 
-    /// Worth listing to an operator: a daemon (alive, gone or stopped), or another agent
-    /// while it runs.
-    pub fn listed(&self) -> bool {
-        self.role == AgentRole::Daemon || self.alive
+    /// Worth listing to an operator at `now`: a daemon alive or gone (it never said it
+    /// stopped), one that stopped cleanly for a day after (a restart, a move to another
+    /// box), and any other agent while it runs.
+    pub fn listed_at(&self, now: DateTime<Utc>) -> bool {
+        match self.stopped_at {
+            _ if self.alive => true,
+            Some(t) => self.role == AgentRole::Daemon && now - t < STOPPED_SHOWN,
+            None => self.role == AgentRole::Daemon,
+        }
     }
 }
 

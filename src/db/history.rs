@@ -46,6 +46,17 @@ impl JobSummary {
     }
 }
 
+/// Which runs `agent history` shows: of one job, started in a span of time, of one
+/// status; at most `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery<'a> {
+    pub job: Option<&'a str>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub status: Option<RunStatus>,
+    pub limit: u32,
+}
+
 impl Database {
     pub async fn run(&self, run_id: RunId) -> DbResult<Option<Run>> {
         let cols = run_columns(self.engine());
@@ -61,19 +72,51 @@ impl Database {
 
     /// Newest first.
     pub async fn history(&self, job: Option<&str>, limit: u32) -> DbResult<Vec<Run>> {
+        self.history_where(&HistoryQuery {
+            job,
+            limit,
+            ..HistoryQuery::default()
+        })
+        .await
+    }
+
+    /// The runs `query` selects, newest first.
+    pub async fn history_where(&self, query: &HistoryQuery<'_>) -> DbResult<Vec<Run>> {
         let cols = run_columns(self.engine());
-        let sql = match job {
-            Some(_) => {
-                format!("SELECT {cols} FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?")
-            }
-            None => format!("SELECT {cols} FROM runs ORDER BY id DESC LIMIT ?"),
+        let mut conditions = Vec::new();
+        if query.job.is_some() {
+            conditions.push("job = ?");
+        }
+        if query.since.is_some() {
+            conditions.push("started_at >= ?");
+        }
+        if query.until.is_some() {
+            conditions.push("started_at <= ?");
+        }
+        if query.status.is_some() {
+            conditions.push("status = ?");
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
         };
+        let sql = format!("SELECT {cols} FROM runs {filter} ORDER BY id DESC LIMIT ?");
         let mut q = self.q(&sql);
-        if let Some(j) = job {
+        if let Some(j) = query.job {
             q = q.bind(j);
         }
+        if let Some(t) = query.since {
+            q = q.bind(ms(t));
+        }
+        if let Some(t) = query.until {
+            q = q.bind(ms(t));
+        }
+        if let Some(s) = query.status {
+            q = q.bind(s);
+        }
         let rows = q
-            .bind(i64::from(limit))
+            .bind(i64::from(query.limit))
             .fetch_all::<RunRow>(self)
             .await
             .map_err(self.err("cannot read the history"))?;

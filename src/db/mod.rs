@@ -19,7 +19,7 @@ pub use agents::{AgentRole, AgentRow, Leases};
 pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
 pub use copy::Copied;
 pub use fires::FireTaken;
-pub use history::JobSummary;
+pub use history::{HistoryQuery, JobSummary};
 pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
 pub use locks::Owner;
 pub use pings::{NewPing, PendingPing, PingKind};

@@ -33,6 +33,8 @@ pub(crate) use names;
 pub enum RunKind {
     Snapshot,
     Restore,
+    /// `agent prune`: the retention policy applied without a snapshot.
+    Prune,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
@@ -76,7 +78,7 @@ pub enum Step {
     Done,
 }
 
-names!(RunKind { Snapshot = "snapshot", Restore = "restore" });
+names!(RunKind { Snapshot = "snapshot", Restore = "restore", Prune = "prune" });
 names!(RunTrigger { Schedule = "schedule", Manual = "manual", CatchUp = "catch_up" });
 names!(RunStatus { Running = "running", Succeeded = "succeeded", Failed = "failed", Interrupted = "interrupted", Started = "started" });
 names!(Step { Start = "start", Lock = "lock", List = "list", MakeRoom = "make_room", Create = "create", Poll = "poll", Rotate = "rotate", Restore = "restore", Before = "before", After = "after", Done = "done" });
@@ -167,10 +169,18 @@ struct StoredHook {
     result: Option<String>,
 }
 
+/// The hooks of a run in the order they ran: `before`, `after` (journaled first, as what
+/// the run owes, but run once the snapshot is started), `on_failure`; each phase's in id
+/// order.
 fn hooks_of(json: Option<&str>) -> Vec<HookEntry> {
-    let stored: Vec<StoredHook> = json
+    let mut stored: Vec<StoredHook> = json
         .and_then(|j| serde_json::from_str(j).ok())
         .unwrap_or_default();
+    stored.sort_by_key(|h| match h.phase.as_str() {
+        "before" => 0,
+        "after" => 1,
+        _ => 2,
+    });
     stored
         .into_iter()
         .map(|h| HookEntry {

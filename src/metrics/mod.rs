@@ -251,6 +251,12 @@ async fn jobs(
         "vps_snapshot_job_stale_after",
         "How long the job may go without a success before it is stale",
     );
+    let enabled = Family::<Labels1, Gauge>::default();
+    r.register(
+        "vps_snapshot_job_enabled",
+        "1 for a job that fires, 0 for one switched off with enabled = false",
+        enabled.clone(),
+    );
     let status = Family::<Labels2, Gauge>::default();
     r.register(
         "vps_snapshot_job_last_status",
@@ -260,6 +266,7 @@ async fn jobs(
     let mut timings = crate::schedule::Timings::default();
     for job in &settings.jobs {
         let key = l([("job_name", job.name.as_str())]);
+        enabled.get_or_create(&key).set(i64::from(job.enabled));
         let summary = summaries.get(&job.name);
         let last = summary.and_then(|s| s.last_run.as_ref());
         let last_success = summary.and_then(|s| s.last_success_at);

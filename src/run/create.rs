@@ -73,7 +73,7 @@ impl Runner {
                             "{detail}; no snapshot named {name} appeared within {}. Not asking \
                              again: a create can land late, and a run must never make two. If it \
                              appears, the next run counts it as the agent's",
-                            humantime::format_duration(self.settle_period())
+                            crate::alert::text::span(self.settle_period())
                         ),
                     ));
                 };
@@ -86,9 +86,9 @@ impl Runner {
                     .resolve(entry, State::Error, None, Some(&e.to_string()), self.now())
                     .await?;
                 let held = format!(
-                    "server {} holds {} snapshots (limit {LIMIT})",
+                    "server {} holds {} (limit {LIMIT})",
                     job.server_id,
-                    st.listing.held()
+                    crate::alert::text::count(st.listing.held(), "snapshot")
                 );
                 Err(fail_as(
                     Step::Create,

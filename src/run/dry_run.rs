@@ -26,6 +26,8 @@ pub struct DryRun {
     pub name: String,
     /// What rotation would delete once the new snapshot completes.
     pub rotate: Vec<SnapshotId>,
+    /// What `agent prune` would delete now, without a new snapshot.
+    pub prune: Vec<SnapshotId>,
 }
 
 /// What a run of `job` would do now; `db` (when there is one) supplies pins and the
@@ -60,6 +62,16 @@ pub async fn dry_run(
         Ok(Vec::new())
     };
     let name = naming::new_name(&job.name, now);
+    let prune = if listing.consistent() {
+        retention::victims(
+            &cands,
+            &job.retention,
+            job.timezone,
+            job.max_deletions_per_run,
+        )
+    } else {
+        Vec::new()
+    };
     let mut after: Vec<Candidate> = cands
         .into_iter()
         .filter(|c| !make_room.as_ref().is_ok_and(|v| v.contains(&c.id)))
@@ -91,6 +103,7 @@ pub async fn dry_run(
         make_room,
         name,
         rotate,
+        prune,
     })
 }
 

@@ -6,7 +6,8 @@
 //!
 //! A file per step: `lock`, `reconcile` (open effects, drift), `create`, `poll`,
 //! `rotate` (and make-room), `finish`, `resume` (a claimed, interrupted run),
-//! `restore`; `dry_run` and `many` (several jobs at once) use them.
+//! `restore`, `prune` (rotation alone); `dry_run` and `many` (several jobs at once) use
+//! them.
 
 mod create;
 mod dry_run;
@@ -17,6 +18,7 @@ mod lock;
 mod many;
 mod pings;
 mod poll;
+mod prune;
 mod reconcile;
 mod restore;
 mod resume;
@@ -440,13 +442,16 @@ impl Runner {
     /// recorded too and reported with the run (once).
     async fn listed(&self, st: &mut RunState<'_>, list: Listing) -> Result<(), DbError> {
         let detail = if list.consistent() {
-            format!("{} snapshots", list.held())
+            crate::alert::text::count(list.held(), "snapshot")
         } else {
             let odd = format!("the API's listing was inconsistent: {}", list.odd());
             if !st.warnings.contains(&odd) {
                 st.warnings.push(odd.clone());
             }
-            format!("{} snapshots; {odd}", list.held())
+            format!(
+                "{}; {odd}",
+                crate::alert::text::count(list.held(), "snapshot")
+            )
         };
         self.observe(st, Action::List, None, State::Ok, Some(&detail))
             .await?;

@@ -381,7 +381,7 @@ pub fn job_for<'a>(jobs: &'a [JobSettings], snap: &Snapshot) -> Option<&'a JobSe
 /// What the operator reads in history: what was done, and how to undo it.
 pub fn undo_note(snapshot: &Snapshot, safety: Option<SnapshotId>) -> String {
     let done = format!(
-        "restored server {} from snapshot {} ({})",
+        "restore of server {} from snapshot {} ({}) started",
         snapshot.server.id, snapshot.id, snapshot.name
     );
     match safety {

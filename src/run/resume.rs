@@ -61,9 +61,16 @@ impl Runner {
             tracing::debug!("another process took this run first");
             return Ok(None);
         };
-        if run.kind == RunKind::Restore {
-            self.interrupt_restore(&run).await?;
-            return Ok(None);
+        match run.kind {
+            RunKind::Restore => {
+                self.interrupt_restore(&run).await?;
+                return Ok(None);
+            }
+            RunKind::Prune => {
+                self.interrupt_prune(&run).await?;
+                return Ok(None);
+            }
+            RunKind::Snapshot => {}
         }
         let job = jobs
             .iter()

@@ -177,7 +177,7 @@ impl Runner {
                 .find(|v| v.id == victim)
                 .map_or_else(
                     || "rotation".to_string(),
-                    |v| format!("rotation: {}", v.reason),
+                    |v| format!("rotation: {}", v.reason.trim_start_matches("delete next: ")),
                 );
             if let Err(e) = self.delete(st, victim, &reason).await? {
                 tracing::warn!(snapshot = victim.get(), "delete failed: {e}");

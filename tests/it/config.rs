@@ -422,6 +422,12 @@ fn the_example_configs_commented_settings_are_real_keys_once_uncommented() {
             &pass.display().to_string(),
         );
     let path = write(&dir, "config.toml", &text);
+    let missing = Settings::load(&path).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        missing.contains("include: \"jobs.d/*.toml\": no directory"),
+        "{missing}"
+    );
+    std::fs::create_dir(dir.path().join("jobs.d")).unwrap();
     let s = Settings::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let email = s.email.unwrap();
     assert_eq!(email.smtp_port, 587);

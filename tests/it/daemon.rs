@@ -389,6 +389,32 @@ pub(crate) async fn a_missed_fire_is_caught_up_exactly_once() {
     assert!(h.stop().await.0.is_empty());
 }
 
+#[tokio::test]
+pub(crate) async fn a_disabled_job_never_fires_nor_catches_up() {
+    let jobs = "[[jobs]]\nname = \"on\"\nserver_id = 1\nschedule = \"0 0 * * * *\"\n\
+                [[jobs]]\nname = \"off\"\nserver_id = 2\nschedule = \"0 0 * * * *\"\nenabled = false\n";
+    let h = Start::at(utc(2026, 11, 28, 0, 30), jobs)
+        .paused()
+        .spawn()
+        .await;
+    tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+    let (log, _, _) = h.stop().await;
+    let names: Vec<&str> = log.iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(names, ["on", "on", "on"], "{log:?}");
+    // sqlx does not run on paused time.
+    tokio::time::resume();
+
+    // Nor is a missed fire of it caught up at start.
+    let jobs = "[[jobs]]\nname = \"off\"\nserver_id = 1\nschedule = \"0 30 2 * * *\"\n\
+                catch_up = \"2h\"\nenabled = false\n";
+    let dir = with_earlier_run("off", utc(2026, 11, 27, 2, 30)).await;
+    let h = Start::at(utc(2026, 11, 28, 3, 10), jobs)
+        .in_dir(dir)
+        .spawn()
+        .await;
+    assert!(h.stop().await.0.is_empty());
+}
+
 /// A database in a new temp dir holding one earlier run of `job` started at `at`.
 async fn with_earlier_run(job: &str, at: DateTime<Utc>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -127,7 +127,7 @@ async fn status_draws_the_last_30_runs_as_a_timeline() {
     let shown = format!("{} ({} UTC)", local.format("%Z"), next.format("%H:%M"));
     assert!(out.contains(&shown), "{shown} in {out}");
     assert!(
-        out.contains("STALE under 2days"),
+        out.contains("STALE under 2 days"),
         "the last success is weeks old: {out}"
     );
 

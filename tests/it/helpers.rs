@@ -99,6 +99,7 @@ pub fn job(name: &str, server_id: u64, keep_last: u32) -> JobSettings {
         restore_safety_keep: Duration::from_secs(7 * 86_400),
         hooks: vps_snapshot_agent::hooks::Hooks::default(),
         ping_url: None,
+        enabled: true,
     }
 }
 

@@ -160,5 +160,5 @@ pub(crate) async fn alerts_older_than_a_day_go_out_marked_late() {
         m.contains("Subject: [late] [agent] FAILED db (server 3)"),
         "{m}"
     );
-    assert!(m.contains("Late: queued 2days ago"), "{m}");
+    assert!(m.contains("Late: queued 2 days ago"), "{m}");
 }

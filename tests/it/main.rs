@@ -25,4 +25,5 @@ mod restore;
 mod retention_props;
 mod scene;
 mod store;
+mod upkeep;
 mod watch;

@@ -535,7 +535,7 @@ async fn check_sends_a_test_alert_on_every_channel_and_names_bad_keys() {
     let bad = config(
         dir.path(),
         &s.base_url(),
-        "[[notify]]\nkind = \"pager\"\nurl = \"https://x.example\"\n[[notify]]\nkind = \"slack\"\nurl = \"ftp://x\"\n[metrics]\nlisten = \"everywhere\"\n[heartbeat]\nurl = \"https://hc.example/x\"\nevery = \"1s\"\n[[jobs]]\nname = \"web\"\nserver_id = 5\nschedule = \"0 30 2 * * *\"\nkeep_last = 2\nping_url = \"not a url\"\n",
+        "[[notify]]\nkind = \"pager\"\nurl = \"https://x.example\"\n[[notify]]\nkind = \"slack\"\nurl = \"ftp://x\"\n[[notify]]\nkind = \"webhook\"\nurl = \"hooks.example.com/agent\"\n[[notify]]\nkind = \"webhook\"\nurl = \"hooks.example.com:8080/agent\"\n[metrics]\nlisten = \"everywhere\"\n[heartbeat]\nurl = \"https://hc.example/x\"\nevery = \"1s\"\n[[jobs]]\nname = \"web\"\nserver_id = 5\nschedule = \"0 30 2 * * *\"\nkeep_last = 2\nping_url = \"not a url\"\n",
     );
     let out = agent(&bad, &["check", "--offline"]).await;
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
@@ -548,6 +548,14 @@ async fn check_sends_a_test_alert_on_every_channel_and_names_bad_keys() {
         "jobs[0].ping_url",
     ] {
         assert!(t.contains(key), "{key} in {t}");
+    }
+    for i in [2, 3] {
+        assert!(
+            t.contains(&format!(
+                "notify[{i}].url: is not a URL: it has no scheme; write it with https:// in front"
+            )),
+            "{t}"
+        );
     }
 }
 

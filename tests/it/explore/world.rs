@@ -183,7 +183,7 @@ impl World {
                     .collect(),
             };
             let r = runner(&settings, db.clone(), client, clock, owner);
-            let _ = vps_snapshot_agent::commands::run_jobs(&settings, &r, &jobs).await;
+            let _ = vps_snapshot_agent::commands::run_jobs(&settings, &r, &jobs, false).await;
             db.close().await;
         });
         (proc, task)
