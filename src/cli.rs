@@ -64,6 +64,13 @@ pub enum Command {
     Completions {
         shell: clap_complete::Shell,
     },
+    /// Print the bcrypt hash of a password read from standard input (not echoed on a
+    /// terminal), for `[metrics] basic_auth_users`
+    HashPassword {
+        /// bcrypt's work factor: each verification takes 2^COST rounds
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=16))]
+        cost: u32,
+    },
     /// Print the man page agent(1) (roff); with --dir, write it and one page per
     /// subcommand (agent-run(1), …) into DIR
     Manpage {

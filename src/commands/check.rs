@@ -53,6 +53,17 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         check_hooks(config, i, job, &mut problems).await;
     }
+    // The listener's certificate, key and client CA: readable by this user, the
+    // certificate matching the key.
+    if let Some(m) = settings.metrics.as_ref().filter(|m| m.listen.is_some())
+        && let Err(e) = crate::listener::Access::load(m)
+    {
+        problems.push(ConfigError {
+            origin: config.display().to_string(),
+            key: e.key.to_string(),
+            message: e.message,
+        });
+    }
     // One verdict on the configuration, after everything about it was looked at.
     if !problems.is_empty() {
         return Err(ConfigErrors(problems).into());
@@ -155,8 +166,25 @@ async fn check_channels(settings: &Settings, send_test: bool) -> anyhow::Result<
 fn print_watchers(settings: &Settings) {
     if let Some(m) = &settings.metrics {
         if let Some(a) = m.listen {
+            let scheme = if m.tls.is_some() { "https" } else { "http" };
+            let mut guards = Vec::new();
+            if let Some(t) = &m.tls {
+                guards.push(if t.client_ca.is_some() {
+                    "TLS, client certificates required"
+                } else {
+                    "TLS"
+                });
+            }
+            if !m.basic_auth_users.is_empty() {
+                guards.push("basic auth");
+            }
             println!(
-                "listener: http://{a}/ (status page), /metrics and /healthz while `agent run` runs"
+                "listener: {scheme}://{a}/ (status page), /metrics and /healthz while `agent run` runs{}",
+                if guards.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", guards.join(", "))
+                }
             );
         }
         if let Some(p) = &m.textfile {

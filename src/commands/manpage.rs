@@ -42,7 +42,7 @@ Overrides a configuration key, e.g. \fBAGENT_DEFAULTS__TIMEZONE=Europe/Berlin\fR
 The API token and the SMTP password (taken before the file and the credentials).
 .TP
 \fBCREDENTIALS_DIRECTORY\fR
-Set by systemd: the credentials \fBapi\-token\fR and \fBsmtp\-password\fR are read from it.
+Set by systemd: the credentials \fBapi\-token\fR, \fBsmtp\-password\fR, \fBdatabase\-password\fR and \fBmetrics\-tls\-key\fR are read from it.
 .TP
 \fBRUST_LOG\fR
 Log filters, e.g. \fBvps_snapshot_agent=debug\fR.

@@ -4,6 +4,7 @@ mod check;
 mod context;
 mod db;
 mod demo;
+mod hash_password;
 mod history;
 mod manpage;
 pub(crate) mod output;
@@ -53,6 +54,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut cmd, "agent", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::HashPassword { cost } => hash_password::run(cost),
         Command::Manpage { dir } => {
             manpage::run(dir.as_deref())?;
             Ok(ExitCode::SUCCESS)
@@ -75,6 +77,7 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     let config = e.chain().any(|c| {
         c.downcast_ref::<ConfigErrors>().is_some()
             || c.downcast_ref::<context::UnusableDatabase>().is_some()
+            || c.downcast_ref::<crate::listener::AccessError>().is_some()
             || matches!(
                 c.downcast_ref::<crate::api::ApiError>(),
                 Some(crate::api::ApiError::Unauthorized)

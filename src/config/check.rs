@@ -162,7 +162,7 @@ pub(super) fn settings(r: &mut Reader<'_>, path: &Path, tree: &Dict) -> Settings
         email(r, raw, v)
     });
     let notify = watch::notify(r, tree);
-    let metrics = watch::metrics(r, tree);
+    let metrics = watch::metrics(r, tree, path.parent().unwrap_or(Path::new(".")));
     let heartbeat = watch::heartbeat(r, tree);
     let jobs = jobs::jobs(r, tree.get("jobs"), &defaults);
     Settings {

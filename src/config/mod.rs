@@ -17,7 +17,8 @@ mod watch;
 pub use check::validate_base_url;
 pub use jobs::validate_job_name;
 pub use watch::{
-    DEFAULT_HTTP_TIMEOUT, HeartbeatSettings, MetricsSettings, NotifyKind, NotifySettings,
+    DEFAULT_HTTP_TIMEOUT, HeartbeatSettings, MetricsSettings, NotifyKind, NotifySettings, TlsFiles,
+    is_bcrypt_hash,
 };
 
 use std::fmt;

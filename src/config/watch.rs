@@ -2,8 +2,9 @@
 //! (a dead-man ping for the daemon itself), `[[notify]]` (alert channels besides email)
 //! and a job's `ping_url`, read and checked in one place.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::value::{Dict, Value};
@@ -19,6 +20,12 @@ use super::source::{Reader, noun_of};
 struct RawMetrics {
     listen: Option<Text>,
     textfile: Option<Text>,
+    tls_cert: Option<Text>,
+    tls_key: Option<Text>,
+    client_ca: Option<Text>,
+    tls_min_version: Option<Text>,
+    basic_auth_users: Option<BTreeMap<String, Text>>,
+    healthz_open_on_loopback: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +52,45 @@ struct RawNotify {
 pub struct MetricsSettings {
     pub listen: Option<SocketAddr>,
     pub textfile: Option<PathBuf>,
+    /// The listener speaks TLS with these files (re-read on SIGHUP).
+    pub tls: Option<TlsFiles>,
+    /// User name → bcrypt hash: every path asks for one of them (HTTP basic auth).
+    pub basic_auth_users: BTreeMap<String, String>,
+    /// `/healthz` answers a client on this host without credentials.
+    pub healthz_open_on_loopback: bool,
+}
+
+/// The listener's certificate and key, and the CA its clients' certificates must come
+/// from (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where the key came from, to name it in an error: `metrics.tls_key` or the
+    /// systemd credential.
+    pub key_origin: &'static str,
+    pub client_ca: Option<PathBuf>,
+    /// TLS 1.3 only, or 1.2 and 1.3.
+    pub tls13_only: bool,
+}
+
+/// The systemd credential the listener's key is read from when it is set
+/// (`LoadCredential=metrics-tls-key:/etc/…`).
+pub const TLS_KEY_CREDENTIAL: &str = "metrics-tls-key";
+
+/// A bcrypt hash as htpasswd, Python's bcrypt and `agent hash-password` write it:
+/// `$2y$10$` then 53 characters of bcrypt's base64.
+pub fn is_bcrypt_hash(h: &str) -> bool {
+    let b = h.as_bytes();
+    h.len() == 60
+        && (h.starts_with("$2a$") || h.starts_with("$2b$") || h.starts_with("$2y$"))
+        && b[4].is_ascii_digit()
+        && b[5].is_ascii_digit()
+        && (4..=31).contains(&((b[4] - b'0') * 10 + (b[5] - b'0')))
+        && b[6] == b'$'
+        && b[7..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
 }
 
 /// `[heartbeat]`: the daemon pings `url` every `every` (the Healthchecks protocol).
@@ -128,11 +174,11 @@ fn url(r: &mut Reader<'_>, key: &str, v: Option<&Value>, raw: Option<Text>) -> O
         .ok()
 }
 
-pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict) -> Option<MetricsSettings> {
+pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<MetricsSettings> {
     let v = r.table(tree, "metrics")?;
     let raw: RawMetrics = r.read("metrics", Some(v));
     let set = raw.listen.is_some() || raw.textfile.is_some();
-    let listen = raw.listen.and_then(|t| {
+    let listen = raw.listen.as_ref().and_then(|t| {
         t.0.trim()
             .parse::<SocketAddr>()
             .map_err(|e| {
@@ -144,7 +190,7 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict) -> Option<MetricsSettings
             })
             .ok()
     });
-    let textfile = raw.textfile.map(|t| PathBuf::from(t.0));
+    let textfile = raw.textfile.as_ref().map(|t| PathBuf::from(&t.0));
     if textfile.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
         r.error(
             "metrics.textfile",
@@ -155,7 +201,109 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict) -> Option<MetricsSettings
     if !set {
         r.error("metrics", Some(v), "set listen, textfile or both");
     }
-    Some(MetricsSettings { listen, textfile })
+    let tls = tls_files(r, &raw, v, dir);
+    let mut basic_auth_users = BTreeMap::new();
+    for (user, hash) in raw.basic_auth_users.clone().unwrap_or_default() {
+        let key = format!("metrics.basic_auth_users.{user}");
+        let value = at(at(Some(v), "basic_auth_users"), &user);
+        if user.is_empty() || user.contains(':') {
+            r.error(&key, value, "a user name is not empty and has no ':'");
+        } else if !is_bcrypt_hash(hash.0.trim()) {
+            // Never quoted: what is here may be the password itself.
+            r.error(
+                &key,
+                value,
+                "is not a bcrypt hash (\"$2y$10$…\", 60 characters): write the hash, never \
+                 the password; `agent hash-password` makes one",
+            );
+        } else {
+            basic_auth_users.insert(user, hash.0.trim().to_string());
+        }
+    }
+    if (tls.is_some() || !basic_auth_users.is_empty()) && listen.is_none() {
+        r.error(
+            "metrics",
+            Some(v),
+            "tls_cert and basic_auth_users guard the listener: set listen too",
+        );
+    }
+    if let Some(a) = listen.filter(|a| !a.ip().is_loopback()) {
+        let mut missing = Vec::new();
+        if tls.is_none() {
+            missing.push("TLS (metrics.tls_cert and tls_key): everything it serves, credentials included, crosses the network in clear");
+        }
+        if basic_auth_users.is_empty() && tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+            missing.push("authentication (metrics.basic_auth_users or metrics.client_ca): anyone who can reach the port reads server ids, job and snapshot names, errors and queued alerts");
+        }
+        for m in missing {
+            r.warnings.push(format!(
+                "metrics.listen: {a} is reachable from other hosts without {m}"
+            ));
+        }
+    }
+    Some(MetricsSettings {
+        listen,
+        textfile,
+        tls,
+        basic_auth_users,
+        healthz_open_on_loopback: raw.healthz_open_on_loopback.unwrap_or(false),
+    })
+}
+
+/// `tls_cert`, `tls_key` (or the systemd credential), `client_ca` and `tls_min_version`,
+/// relative paths taken from the config file's directory.
+fn tls_files(r: &mut Reader<'_>, raw: &RawMetrics, v: &Value, dir: &Path) -> Option<TlsFiles> {
+    let path = |t: &Option<Text>| t.as_ref().map(|t| dir.join(t.0.trim()));
+    let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|d| Path::new(&d).join(TLS_KEY_CREDENTIAL))
+        .filter(|p| p.exists());
+    let tls13_only = match raw.tls_min_version.as_ref().map(|t| t.0.trim()) {
+        None | Some("1.2" | "TLS12") => false,
+        Some("1.3" | "TLS13") => true,
+        Some(_) => {
+            r.error(
+                "metrics.tls_min_version",
+                at(Some(v), "tls_min_version"),
+                "expected \"1.2\" or \"1.3\"",
+            );
+            false
+        }
+    };
+    let Some(cert) = path(&raw.tls_cert) else {
+        for (key, set) in [
+            ("tls_key", raw.tls_key.is_some()),
+            ("client_ca", raw.client_ca.is_some()),
+            ("tls_min_version", raw.tls_min_version.is_some()),
+        ] {
+            if set {
+                r.error(
+                    format!("metrics.{key}"),
+                    at(Some(v), key),
+                    "needs metrics.tls_cert (the listener's certificate)",
+                );
+            }
+        }
+        return None;
+    };
+    let (key, key_origin) = match (credential, path(&raw.tls_key)) {
+        (Some(c), _) => (c, "systemd credential metrics-tls-key"),
+        (None, Some(k)) => (k, "metrics.tls_key"),
+        (None, None) => {
+            r.error(
+                "metrics.tls_key",
+                Some(v),
+                "is required with tls_cert (or the systemd credential metrics-tls-key)",
+            );
+            return None;
+        }
+    };
+    Some(TlsFiles {
+        cert,
+        key,
+        key_origin,
+        client_ca: path(&raw.client_ca),
+        tls13_only,
+    })
 }
 
 pub(super) fn heartbeat(r: &mut Reader<'_>, tree: &Dict) -> Option<HeartbeatSettings> {

@@ -9,13 +9,15 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Daemon, Loop};
 use crate::config::Settings;
-use crate::listener::{self, Health};
+use crate::listener::{self, Access, Health};
 use crate::metrics;
 
 /// The daemon's side of the metrics: the settings the listener answers from, its
 /// health, and the listener's lifetime.
 pub(super) struct Outside {
     settings: Option<watch::Sender<Arc<Settings>>>,
+    /// The listener's TLS and credentials, rebuilt from the files on SIGHUP.
+    access: Option<watch::Sender<Arc<Access>>>,
     pub health: Health,
     _stop: DropGuard,
 }
@@ -54,8 +56,13 @@ impl Daemon {
         health.beat();
         let stop = CancellationToken::new();
         let settings = &self.services.settings;
-        let mut sender = None;
-        if let Some(addr) = settings.metrics.as_ref().and_then(|m| m.listen) {
+        let (mut sender, mut access_sender) = (None, None);
+        if let Some(m) = &settings.metrics
+            && let Some(addr) = m.listen
+        {
+            let access = Access::load(m)?;
+            let scheme = access.scheme();
+            let (access_tx, access_rx) = watch::channel(Arc::new(access));
             let (tx, rx) = watch::channel(Arc::new(settings.clone()));
             let token = settings.api.token()?;
             let source = listener::Source {
@@ -66,13 +73,23 @@ impl Daemon {
                 marker: Arc::new(crate::mark::Marker::new(
                     secrecy::ExposeSecret::expose_secret(token).as_bytes(),
                 )),
+                access: access_rx,
             };
             let bound = listener::serve(addr, source, stop.clone()).await?;
-            tracing::info!("metrics on http://{bound}/metrics, status page on http://{bound}/");
+            tracing::info!(
+                "metrics on {scheme}://{bound}/metrics, status page on {scheme}://{bound}/{}",
+                if m.basic_auth_users.is_empty() {
+                    ""
+                } else {
+                    " (basic auth)"
+                }
+            );
             sender = Some(tx);
+            access_sender = Some(access_tx);
         }
         let outside = Outside {
             settings: sender,
+            access: access_sender,
             health,
             _stop: stop.drop_guard(),
         };
@@ -84,6 +101,18 @@ impl Daemon {
     pub(super) fn settings_changed(&self, outside: &Outside) {
         if let Some(tx) = &outside.settings {
             tx.send_replace(Arc::new(self.services.settings.clone()));
+        }
+        // Renewed certificates and changed users apply to the next connection; files
+        // that cannot be used leave the listener as it was, and say why.
+        if let (Some(tx), Some(m)) = (&outside.access, &self.services.settings.metrics) {
+            match Access::load(m) {
+                Ok(a) => {
+                    tx.send_replace(Arc::new(a));
+                }
+                Err(e) => tracing::error!(
+                    "configuration reload: the metrics listener keeps its TLS and users: {e}"
+                ),
+            }
         }
         self.write_textfile();
     }

@@ -10,6 +10,7 @@ mod db_copy;
 mod edges;
 mod explore;
 mod glance;
+mod guarded;
 mod helpers;
 mod hooks;
 mod invariants;

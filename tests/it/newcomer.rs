@@ -49,7 +49,7 @@ pub fn signal(child: &std::process::Child, sig: i32) {
 }
 
 /// Waits (bounded, failing loudly) until `log` contains `want`.
-async fn wait_for_log(log: &Path, want: &str) {
+pub async fn wait_for_log(log: &Path, want: &str) {
     for _ in 0..400 {
         if std::fs::read_to_string(log).is_ok_and(|t| t.contains(want)) {
             return;

@@ -1,9 +1,14 @@
 //! The HTTP listener at `[metrics] listen`: `GET /metrics` (the Prometheus text format), `GET /healthz`
 //! (200 while the daemon's loop is turning, 503 when it has stopped) and the status page
 //! (`/`, [`crate::page`]). Read-only: any other method is refused, any other path is 404;
-//! every answer carries a strict Content-Security-Policy.
+//! every answer carries a strict Content-Security-Policy. Behind TLS and basic auth when
+//! `[metrics]` asks for them ([`access`]).
 
-use std::net::SocketAddr;
+mod access;
+
+pub use access::{Access, AccessError};
+
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,10 +17,11 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +70,8 @@ pub struct Source {
     pub health: Health,
     /// Tells the agent's snapshots from others on the status page.
     pub marker: Arc<Marker>,
+    /// TLS and credentials, replaced on SIGHUP; a connection keeps the one it began with.
+    pub access: watch::Receiver<Arc<Access>>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -88,7 +96,22 @@ fn text(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) ->
 const PLAIN: &str = "text/plain; charset=utf-8";
 
 impl Source {
-    async fn answer(&self, req: Request<Incoming>) -> Resp {
+    async fn answer(&self, req: Request<Incoming>, access: &Arc<Access>, peer: IpAddr) -> Resp {
+        if !access
+            .allows(req.uri().path(), peer, req.headers().get(AUTHORIZATION))
+            .await
+        {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                PLAIN,
+                "unauthorized: give a user and password from [metrics] basic_auth_users\n",
+            );
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"vps-snapshot-agent\", charset=\"UTF-8\""),
+            );
+            return r;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut r = text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -198,10 +221,10 @@ pub async fn serve(
                 () = stop.cancelled() => return,
                 a = listener.accept() => a,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => {
+            let (stream, peer) = match accepted {
+                Ok(a) => {
                     backoff = Duration::from_millis(10);
-                    stream
+                    a
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -219,20 +242,49 @@ pub async fn serve(
             let (source, stop) = (source.clone(), stop.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let svc = service_fn(move |req| {
-                    let source = source.clone();
-                    async move { Ok::<_, std::convert::Infallible>(source.answer(req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), svc);
+                let access = source.access.borrow().clone();
+                let served = async {
+                    match access.tls() {
+                        // A client that does not finish its handshake in time, or speaks
+                        // plain HTTP to the TLS port, is dropped.
+                        Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => serve_one(stream, source, access, peer.ip()).await,
+                            Ok(Err(e)) => tracing::debug!(
+                                "metrics listener: TLS handshake with {peer} failed: {e}"
+                            ),
+                            Err(_) => tracing::debug!(
+                                "metrics listener: no TLS handshake from {peer} in time"
+                            ),
+                        },
+                        None => serve_one(stream, source, access, peer.ip()).await,
+                    }
+                };
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    _ = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {}
+                    _ = tokio::time::timeout(CONNECTION_LIFETIME, served) => {}
                 }
             });
         }
     });
     Ok(bound)
+}
+
+/// Serves the requests of one connection (plain or TLS) until the client closes it.
+async fn serve_one<S>(stream: S, source: Source, access: Arc<Access>, peer: IpAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let (source, access) = (source.clone(), access.clone());
+        async move { Ok::<_, std::convert::Infallible>(source.answer(req, &access, peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!("metrics listener: connection from {peer}: {e}");
+    }
 }
