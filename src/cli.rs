@@ -132,7 +132,7 @@ pub struct HistoryArgs {
     #[arg(long, value_enum)]
     pub status: Option<StatusFilter>,
     /// How many runs
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,
     /// Print JSON (an array, newest first)
     #[arg(long)]

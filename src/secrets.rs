@@ -128,6 +128,18 @@ pub fn register_url(url: &Url) {
     }
     if let Some(password) = url.password() {
         register(password);
+        // reqwest sends a URL's login as `Authorization: Basic base64(user:password)`,
+        // which a receiver may echo back; the password as written may be percent-encoded.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let (user, password) = (decode(url.username()), decode(password));
+        register(&password);
+        register(&b64.encode(format!("{user}:{password}")));
     }
 }
 

@@ -43,7 +43,12 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
                 "; DISABLED (enabled = false): it never fires"
             }
         );
-        for t in schedule::upcoming(job, now, 3) {
+        let upcoming = if job.enabled {
+            schedule::upcoming(job, now, 3)
+        } else {
+            Vec::new()
+        };
+        for t in upcoming {
             println!(
                 "  next: {}  ({})",
                 t.with_timezone(&job.timezone)

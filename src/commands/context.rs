@@ -135,8 +135,12 @@ pub fn jobs_to_run(settings: &Settings, names: &[String]) -> anyhow::Result<Vec<
 }
 
 fn named_jobs(settings: &Settings, names: &[String]) -> anyhow::Result<Vec<JobSettings>> {
+    // `--job web --job web` is one job run once: twice would take two snapshots, or
+    // prune past the deletion cap.
+    let mut seen = std::collections::HashSet::new();
     names
         .iter()
+        .filter(|n| seen.insert(n.as_str()))
         .map(|n| {
             settings.job(n).cloned().ok_or_else(|| {
                 let known: Vec<_> = settings.jobs.iter().map(|j| j.name.as_str()).collect();

@@ -50,6 +50,16 @@ pub async fn run(config: &Path, args: HistoryArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|t| when("--until", t, now))
         .transpose()?;
+    if let (Some(s), Some(u)) = (since, until)
+        && s > u
+    {
+        return Err(UsageError(format!(
+            "--since ({}) is after --until ({}): no run can match; --since is the older end",
+            s.format("%Y-%m-%dT%H:%M:%SZ"),
+            u.format("%Y-%m-%dT%H:%M:%SZ")
+        ))
+        .into());
+    }
     let settings = context::config_settings(config)?;
     let db = context::open_db(&settings).await?;
     let runs = db

@@ -23,10 +23,24 @@ pub async fn run(config: &Path, args: PruneArgs) -> anyhow::Result<ExitCode> {
     let db = context::open_db(&settings).await?;
     let client = context::client(&settings, clock.clone())?;
     let runner = Runner::from_settings(&settings, db.clone(), client, clock);
+    let interrupts = super::run_once::Interrupts::watch(&db, &runner.owner, runner.stop.clone())?;
     let presence = Presence::of_runner(&runner);
     let (outbox, unreachable) = super::run_once::open_outbox(&settings, &runner).await?;
+    // A run (a prune too) left by a process that died is finished first, as by run-once.
+    for o in runner.resume_interrupted(&settings.jobs).await? {
+        println!(
+            "{}: finished its interrupted run {} ({})",
+            o.job, o.run_id, o.status
+        );
+    }
     let (mut failed, mut rejected) = (false, false);
     for job in &jobs {
+        // Ctrl-C: the prune under way finishes (a delete in flight is never left
+        // unrecorded); the next jobs are not pruned.
+        if runner.stop.is_cancelled() {
+            println!("{}: not pruned (stopped)", job.name);
+            continue;
+        }
         match runner.prune_job(job).await {
             Ok(o) => {
                 failed |= o.status != RunStatus::Succeeded;
@@ -63,6 +77,9 @@ pub async fn run(config: &Path, args: PruneArgs) -> anyhow::Result<ExitCode> {
     crate::metrics::update_textfile(&runner.db, &settings, runner.clock.now()).await;
     presence.leave().await;
     db.close().await;
+    if let Some(code) = interrupts.exit_code() {
+        return Ok(ExitCode::from(code));
+    }
     Ok(if rejected {
         ExitCode::from(super::EXIT_CONFIG)
     } else if failed {

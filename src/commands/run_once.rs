@@ -217,12 +217,16 @@ impl Pinger {
 /// SIGINT and SIGTERM for `run-once`: the first stops starting work and lets running
 /// runs stop at a safe point, telling the operator what is in flight; the second exits
 /// at once. Either way the journal keeps what was sent, and the next start finishes it.
-struct Interrupts {
+pub(super) struct Interrupts {
     first: Arc<OnceLock<u8>>,
 }
 
 impl Interrupts {
-    fn watch(db: &Database, owner: &Owner, stop: CancellationToken) -> anyhow::Result<Self> {
+    pub(super) fn watch(
+        db: &Database,
+        owner: &Owner,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
         let first = Arc::new(OnceLock::new());
@@ -259,7 +263,7 @@ impl Interrupts {
     }
 
     /// 130 (SIGINT) or 143 (SIGTERM) once a signal came.
-    fn exit_code(&self) -> Option<u8> {
+    pub(super) fn exit_code(&self) -> Option<u8> {
         self.first.get().copied()
     }
 }

@@ -302,8 +302,8 @@ fn print_alerts(settings: &crate::config::Settings, status: &Status) {
 }
 
 /// `status --check`, as monitoring plugins answer: 0 OK, 1 WARNING, 2 CRITICAL, and one
-/// line that says why. Critical: a job whose last run failed or was interrupted, or that
-/// is stale. Warning: an alert that could not be delivered, a run whose process is gone, a
+/// line that says why. Critical: an enabled job whose last run failed or was interrupted,
+/// or that is stale. Warning: an alert that could not be delivered, a run whose process is gone, a
 /// daemon on the database that stopped heartbeating without stopping.
 fn verdict(status: &Status, now: DateTime<Utc>) -> (u8, String) {
     let names = |f: &dyn Fn(&JobStatus) -> bool| -> Vec<&str> {
@@ -314,10 +314,12 @@ fn verdict(status: &Status, now: DateTime<Utc>) -> (u8, String) {
             .map(|j| j.name.as_str())
             .collect()
     };
+    // A job switched off is not watched: its last failure is no longer news.
     let failed = names(&|j| {
-        j.last_run
-            .as_ref()
-            .is_some_and(|r| matches!(r.status, RunStatus::Failed | RunStatus::Interrupted))
+        j.enabled
+            && j.last_run
+                .as_ref()
+                .is_some_and(|r| matches!(r.status, RunStatus::Failed | RunStatus::Interrupted))
     });
     let stale = names(&|j| j.stale);
     let orphaned = names(&|j| j.last_run_orphaned);
@@ -362,6 +364,7 @@ fn verdict(status: &Status, now: DateTime<Utc>) -> (u8, String) {
             let oldest = status
                 .jobs
                 .iter()
+                .filter(|j| j.enabled)
                 .filter_map(|j| j.last_success_at)
                 .min()
                 .map_or("no success yet".into(), |t| {
@@ -370,7 +373,13 @@ fn verdict(status: &Status, now: DateTime<Utc>) -> (u8, String) {
                         crate::alert::text::fmt_age(now - t)
                     )
                 });
-            format!("OK: {} job(s); {oldest}", status.jobs.len())
+            let disabled = status.jobs.iter().filter(|j| !j.enabled).count();
+            let disabled = if disabled > 0 {
+                format!(" ({disabled} disabled)")
+            } else {
+                String::new()
+            };
+            format!("OK: {} job(s){disabled}; {oldest}", status.jobs.len())
         }
         1 => format!("WARNING: {}", problems.join("; ")),
         _ => format!("CRITICAL: {}", problems.join("; ")),

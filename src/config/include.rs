@@ -37,11 +37,16 @@ pub(super) fn files(path: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
             ));
         }
     };
-    let base = path.parent().unwrap_or(Path::new("."));
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // The main file, matched by its own directory's glob, is not included again.
+    let main = std::fs::canonicalize(path).ok();
     let mut out = Vec::new();
     for pattern in &patterns {
         for f in expand(base, pattern).map_err(error)? {
-            if !out.contains(&f) {
+            if !out.contains(&f) && std::fs::canonicalize(&f).ok() != main {
                 out.push(f);
             }
         }
@@ -65,10 +70,7 @@ fn expand(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
         ));
     }
     if !name.contains(['*', '?']) {
-        if !full.is_file() {
-            return Err(format!("{}: no such file", full.display()));
-        }
-        return Ok(vec![full]);
+        return regular(&full).map(|()| vec![full]);
     }
     // A missing directory is more likely a typo than an empty conf.d: say so rather
     // than run with fewer jobs than the operator wrote.
@@ -82,14 +84,36 @@ fn expand(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     let mut found: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.is_file())
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| matches(&name, &n.to_string_lossy()))
         })
+        // A directory named like a job file is passed over; anything else that matches
+        // and cannot be read as a file (a dangling symlink, a pipe) is an error, not
+        // fewer jobs in silence.
+        .filter(|p| !p.is_dir())
         .collect();
     found.sort();
+    for f in &found {
+        regular(f)?;
+    }
     Ok(found)
+}
+
+/// Whether `f` is a regular file (through symlinks), in words when it is not.
+fn regular(f: &Path) -> Result<(), String> {
+    match std::fs::metadata(f) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!("{}: not a regular file", f.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(f).is_ok() {
+                Err(format!("{}: a symlink to nothing", f.display()))
+            } else {
+                Err(format!("{}: no such file", f.display()))
+            }
+        }
+        Err(e) => Err(format!("{}: {e}", f.display())),
+    }
 }
 
 /// Whether `name` matches `pattern` (`*`: any run of characters, `?`: one character), as
@@ -133,6 +157,20 @@ pub(super) fn add(mut figment: Figment, files: &[PathBuf]) -> Result<Figment, Co
                 message: super::without_source(&e.kind.to_string()),
             })),
             Ok(tree) => {
+                let tables = |items: &[Value]| items.iter().all(|v| v.as_dict().is_some());
+                match tree.get("jobs") {
+                    None => {}
+                    Some(Value::Array(_, items)) if tables(items) => {}
+                    Some(v) => errors.push(ConfigError {
+                        origin: origin.clone(),
+                        key: "jobs".into(),
+                        message: format!(
+                            "expected [[jobs]] tables, found {}; write each job under \
+                             [[jobs]] (double brackets)",
+                            super::source::noun_of(v)
+                        ),
+                    }),
+                }
                 for key in tree.keys().filter(|k| *k != "jobs") {
                     errors.push(ConfigError {
                         origin: origin.clone(),

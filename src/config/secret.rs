@@ -31,8 +31,19 @@ pub enum Found {
 
 /// Reads a secret from a file: trimmed, not empty.
 fn read_file(path: &Path) -> Result<SecretString, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        if path.to_string_lossy().contains('/') {
+            format!("cannot read {}: {e}", path.display())
+        } else {
+            // A bare word is more likely the secret pasted where its file's path goes:
+            // never repeat it.
+            format!(
+                "cannot read the file it names ({e}); it takes the path of a file holding \
+                 the secret, like /etc/vps-snapshot-agent/token (the value is not shown: \
+                 it has no '/' and may be the secret itself)"
+            )
+        }
+    })?;
     let text = text.trim();
     if text.is_empty() {
         return Err(format!("{} is empty", path.display()));

@@ -190,8 +190,9 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<Met
             })
             .ok()
     });
-    let textfile = raw.textfile.as_ref().map(|t| PathBuf::from(&t.0));
-    if textfile.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+    // Relative to the config file, like the database (not to wherever the agent started).
+    let textfile = raw.textfile.as_ref().map(|t| dir.join(&t.0));
+    if raw.textfile.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
         r.error(
             "metrics.textfile",
             at(Some(v), "textfile"),

@@ -334,7 +334,8 @@ impl Database {
         Ok(OutboxCounts { queued, channels })
     }
 
-    /// When `job` last had an alert of one of `kinds` queued.
+    /// When `job` last had an alert of one of `kinds` queued for a snapshot run (a failed
+    /// `agent prune` alerts on its own and never silences a failed snapshot).
     pub async fn last_alert_at(
         &self,
         job: &str,
@@ -342,7 +343,9 @@ impl Database {
     ) -> DbResult<Option<DateTime<Utc>>> {
         let placeholders = vec!["?"; kinds.len()].join(", ");
         let sql = format!(
-            "SELECT created_at FROM alerts WHERE job = ? AND kind IN ({placeholders}) ORDER BY id DESC LIMIT 1"
+            "SELECT created_at FROM alerts WHERE job = ? AND kind IN ({placeholders}) \
+             AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = alerts.run_id AND r.kind = 'prune') \
+             ORDER BY id DESC LIMIT 1"
         );
         let mut q = self.q(&sql).bind(job);
         for k in kinds {

@@ -389,12 +389,23 @@ impl Database {
             .fetch_all(self)
             .await
             .map_err(self.err("cannot read the journal"))?;
-        let known_names: HashSet<String> = rows.iter().filter_map(|r| r.1.clone()).collect();
+        // A name proves nothing once the journal knows the id its create got: a snapshot
+        // made by hand under a name the agent once used (under another id) is not the
+        // agent's. Only a create whose answer was lost (no id recorded) is matched by
+        // name, and only when one snapshot in the listing bears it.
+        let lost_names: HashSet<String> = rows
+            .iter()
+            .filter(|r| r.0.is_none())
+            .filter_map(|r| r.1.clone())
+            .collect();
         let mut known: HashSet<SnapshotId> = rows.iter().filter_map(|r| r.0).collect();
+        known.retain(|id| ids.contains(id));
         known.extend(
             ids.iter()
                 .zip(names)
-                .filter(|(_, n)| known_names.contains(**n))
+                .filter(|(_, n)| {
+                    lost_names.contains(**n) && names.iter().filter(|m| *m == *n).count() == 1
+                })
                 .map(|(id, _)| *id),
         );
         Ok(known)

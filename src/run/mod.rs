@@ -182,6 +182,8 @@ struct RunState<'a> {
     /// `max_deletions_per_run` (a delete whose answer was lost counts).
     deletes_spent: u32,
     delete_errors: Vec<String>,
+    /// The API rejected the token during rotation: nothing more is tried.
+    token_rejected: bool,
     polls: u32,
     window_alerted: bool,
     /// The safety snapshot of a restore: named `…-prerestore` (and no hooks).
@@ -216,6 +218,7 @@ impl<'a> RunState<'a> {
             deleted: Vec::new(),
             deletes_spent: 0,
             delete_errors: Vec::new(),
+            token_rejected: false,
             polls: 0,
             window_alerted: false,
             pre_restore: false,

@@ -63,6 +63,9 @@ impl Runner {
         self.rotate(st).await?;
         if st.delete_errors.is_empty() {
             Ok(())
+        } else if st.token_rejected {
+            let e = anyhow!(st.delete_errors.join("; "));
+            Err(fail_as(Step::Rotate, Cause::Unauthorized, e))
         } else {
             Err(fail(Step::Rotate, anyhow!(st.delete_errors.join("; "))))
         }

@@ -134,6 +134,7 @@ impl Runner {
             // list again so that each victim is re-checked against a fresh listing.
             if !fresh {
                 if let Err(e) = self.relist(st).await? {
+                    st.token_rejected = matches!(e, ApiError::Unauthorized);
                     st.delete_errors.push(format!("rotation stopped: {e}"));
                     break;
                 }
@@ -182,6 +183,11 @@ impl Runner {
             if let Err(e) = self.delete(st, victim, &reason).await? {
                 tracing::warn!(snapshot = victim.get(), "delete failed: {e}");
                 st.delete_errors.push(e.to_string());
+                if matches!(e, ApiError::Unauthorized) {
+                    // Every other delete would be refused the same way.
+                    st.token_rejected = true;
+                    break;
+                }
             }
             fresh = false;
         }

@@ -19,6 +19,7 @@ mod mail;
 mod needs;
 mod newcomer;
 mod on_postgres;
+mod outsider;
 mod pg_faults;
 mod receiver;
 mod reliability;

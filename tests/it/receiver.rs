@@ -92,8 +92,15 @@ impl Receiver {
                             let (code, counts) = match reply {
                                 Some(Reply::Status(c)) => (c, false),
                                 Some(Reply::Echo(c)) => {
+                                    // And its login, as a debugging endpoint might.
+                                    let login = parts
+                                        .headers
+                                        .get("authorization")
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(|v| format!(" (authorization: {v})"))
+                                        .unwrap_or_default();
                                     text = Bytes::from(format!(
-                                        "Cannot {} {}",
+                                        "Cannot {} {}{login}",
                                         parts.method,
                                         parts.uri.path()
                                     ));
