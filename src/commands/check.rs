@@ -60,14 +60,19 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     // The listener's certificate, key and client CA: readable by this user, the
     // certificate matching the key.
-    if let Some(m) = settings.metrics.as_ref().filter(|m| m.listen.is_some())
-        && let Err(e) = crate::listener::Access::load(m)
-    {
-        problems.push(ConfigError {
-            origin: config.display().to_string(),
-            key: e.key.to_string(),
-            message: e.message,
-        });
+    if let Some(m) = settings.metrics.as_ref().filter(|m| m.listen.is_some()) {
+        match crate::listener::Access::load(m) {
+            Ok(a) => {
+                for n in &a.notes {
+                    println!("warning: {n}");
+                }
+            }
+            Err(e) => problems.push(ConfigError {
+                origin: config.display().to_string(),
+                key: e.key.to_string(),
+                message: e.message,
+            }),
+        }
     }
     // One verdict on the configuration, after everything about it was looked at.
     if !problems.is_empty() {

@@ -20,7 +20,14 @@ pub fn run(cost: u32) -> anyhow::Result<ExitCode> {
     if password.is_empty() {
         anyhow::bail!("no password on standard input");
     }
-    let hash = bcrypt::hash(password.as_bytes(), cost).context("bcrypt")?;
+    if password.len() > 72 {
+        anyhow::bail!(
+            "the password is {} bytes long; bcrypt reads only the first 72, so the rest would \
+             not count: use one of 72 bytes or fewer",
+            password.len()
+        );
+    }
+    let hash = bcrypt::non_truncating_hash(password.as_bytes(), cost).context("bcrypt")?;
     println!("{hash}");
     Ok(ExitCode::SUCCESS)
 }

@@ -78,6 +78,14 @@ pub struct TlsFiles {
 /// (`LoadCredential=metrics-tls-key:/etc/…`).
 pub const TLS_KEY_CREDENTIAL: &str = "metrics-tls-key";
 
+/// The cost a bcrypt-shaped hash names (`$2y$10$…` → 10).
+fn bcrypt_cost(h: &str) -> Option<u32> {
+    if !(h.starts_with("$2a$") || h.starts_with("$2b$") || h.starts_with("$2y$")) {
+        return None;
+    }
+    h.get(4..6)?.parse().ok()
+}
+
 /// A bcrypt hash as htpasswd, Python's bcrypt and `agent hash-password` write it:
 /// `$2y$10$` then 53 characters of bcrypt's base64.
 pub fn is_bcrypt_hash(h: &str) -> bool {
@@ -208,7 +216,27 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<Met
         let key = format!("metrics.basic_auth_users.{user}");
         let value = at(at(Some(v), "basic_auth_users"), &user);
         if user.is_empty() || user.contains(':') {
-            r.error(&key, value, "a user name is not empty and has no ':'");
+            // Not named: `user:password` pasted as the key would show the password.
+            r.error(
+                "metrics.basic_auth_users",
+                value,
+                "a user name is empty or has ':' in it (not shown: it may hold a password); \
+                 write `name = \"bcrypt hash\"`",
+            );
+        } else if let Some(cost) = bcrypt_cost(hash.0.trim()).filter(|c| !(4..=16).contains(c)) {
+            r.error(
+                &key,
+                value,
+                format!(
+                    "a bcrypt cost of {cost} is outside 4 to 16 (each login would take {}); \
+                     10 to 12 is usual",
+                    if cost < 4 {
+                        "less than bcrypt allows"
+                    } else {
+                        "minutes to days"
+                    }
+                ),
+            );
         } else if !is_bcrypt_hash(hash.0.trim()) {
             // Never quoted: what is here may be the password itself.
             r.error(
@@ -221,6 +249,22 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<Met
             basic_auth_users.insert(user, hash.0.trim().to_string());
         }
     }
+    let costs: std::collections::BTreeSet<u32> = basic_auth_users
+        .values()
+        .filter_map(|h| bcrypt_cost(h))
+        .collect();
+    if costs.len() > 1 {
+        r.warnings.push(format!(
+            "metrics.basic_auth_users: the hashes have different costs ({}): a user with a \
+             cheaper hash can be told from an unknown one by how fast a wrong password is \
+             refused; give every user the same cost",
+            costs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if (tls.is_some() || !basic_auth_users.is_empty()) && listen.is_none() {
         r.error(
             "metrics",
@@ -228,7 +272,7 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<Met
             "tls_cert and basic_auth_users guard the listener: set listen too",
         );
     }
-    if let Some(a) = listen.filter(|a| !a.ip().is_loopback()) {
+    if let Some(a) = listen.filter(|a| !a.ip().to_canonical().is_loopback()) {
         let mut missing = Vec::new();
         if tls.is_none() {
             missing.push("TLS (metrics.tls_cert and tls_key): everything it serves, credentials included, crosses the network in clear");
@@ -287,7 +331,15 @@ fn tls_files(r: &mut Reader<'_>, raw: &RawMetrics, v: &Value, dir: &Path) -> Opt
         return None;
     };
     let (key, key_origin) = match (credential, path(&raw.tls_key)) {
-        (Some(c), _) => (c, "systemd credential metrics-tls-key"),
+        (Some(c), file) => {
+            if let Some(file) = file {
+                r.warnings.push(format!(
+                    "metrics.tls_key: the systemd credential metrics-tls-key is used, not {}",
+                    file.display()
+                ));
+            }
+            (c, "systemd credential metrics-tls-key")
+        }
         (None, Some(k)) => (k, "metrics.tls_key"),
         (None, None) => {
             r.error(

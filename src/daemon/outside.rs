@@ -61,6 +61,9 @@ impl Daemon {
             && let Some(addr) = m.listen
         {
             let access = Access::load(m)?;
+            for n in &access.notes {
+                tracing::warn!("{n}");
+            }
             let scheme = access.scheme();
             let (access_tx, access_rx) = watch::channel(Arc::new(access));
             let (tx, rx) = watch::channel(Arc::new(settings.clone()));
@@ -105,14 +108,16 @@ impl Daemon {
         // Renewed certificates and changed users apply to the next connection; files
         // that cannot be used leave the listener as it was, and say why.
         if let (Some(tx), Some(m)) = (&outside.access, &self.services.settings.metrics) {
-            match Access::load(m) {
-                Ok(a) => {
-                    tx.send_replace(Arc::new(a));
-                }
-                Err(e) => tracing::error!(
-                    "configuration reload: the metrics listener keeps its TLS and users: {e}"
-                ),
+            let (access, error) = Access::reload(m, &tx.borrow());
+            if let Some(e) = error {
+                tracing::error!(
+                    "configuration reload: the metrics listener keeps its certificate and key: {e}"
+                );
             }
+            for n in &access.notes {
+                tracing::warn!("{n}");
+            }
+            tx.send_replace(Arc::new(access));
         }
         self.write_textfile();
     }

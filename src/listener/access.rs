@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 use base64::Engine as _;
 use hyper::header::HeaderValue;
@@ -20,14 +23,31 @@ use crate::config::{MetricsSettings, TlsFiles};
 pub struct Access {
     tls: Option<TlsAcceptor>,
     users: BTreeMap<String, String>,
-    /// Checked when the user is unknown, so that an unknown user and a wrong password
-    /// cost the same bcrypt work and cannot be told apart by timing.
+    /// Checked when the user is unknown: the costliest user's own hash, so that an
+    /// unknown user and a wrong password cost the same bcrypt work and cannot be told
+    /// apart by timing (the config warns when the users' costs differ).
     decoy: String,
     healthz_open_on_loopback: bool,
     /// Fingerprints of credentials already verified: a scrape every 15 s would otherwise
     /// pay a bcrypt verification (tens of milliseconds of CPU) each time.
     granted: Mutex<HashSet<[u8; 32]>>,
+    /// One bcrypt verification at a time: a flood of wrong passwords queues here instead
+    /// of taking every core (a scraper whose password was verified skips the queue).
+    verifying: tokio::sync::Semaphore,
+    failures: Mutex<Failures>,
+    /// What an operator should know about the files (an expired certificate).
+    pub notes: Vec<String>,
 }
+
+/// Failed logins since the last warning about them.
+#[derive(Default)]
+struct Failures {
+    count: u64,
+    warned: Option<Instant>,
+}
+
+/// Failed logins are logged at most this often (with their count), not once each.
+const FAILURES_EVERY: Duration = Duration::from_secs(60);
 
 /// A file the listener cannot use, and the key that names it.
 #[derive(Debug)]
@@ -50,28 +70,49 @@ const GRANTED_MAX: usize = 256;
 impl Access {
     /// Reads the certificate, key and client CA `[metrics]` names; the errors name the key.
     pub fn load(m: &MetricsSettings) -> Result<Self, AccessError> {
-        let tls = m.tls.as_ref().map(acceptor).transpose()?;
-        let cost = m
+        let (tls, notes) = match &m.tls {
+            Some(f) => {
+                let (a, notes) = acceptor(f)?;
+                (Some(a), notes)
+            }
+            None => (None, Vec::new()),
+        };
+        Ok(Self::with(m, tls, notes))
+    }
+
+    /// After a SIGHUP: the files as they are now, or, when they cannot be used, the TLS
+    /// of `old` with the new users (removing a user never waits for a good certificate).
+    pub fn reload(m: &MetricsSettings, old: &Access) -> (Self, Option<AccessError>) {
+        match Self::load(m) {
+            Ok(a) => (a, None),
+            Err(e) => {
+                let tls = if m.tls.is_some() {
+                    old.tls.clone()
+                } else {
+                    None
+                };
+                (Self::with(m, tls, Vec::new()), Some(e))
+            }
+        }
+    }
+
+    fn with(m: &MetricsSettings, tls: Option<TlsAcceptor>, notes: Vec<String>) -> Self {
+        let decoy = m
             .basic_auth_users
             .values()
-            .filter_map(|h| h.get(4..6)?.parse::<u32>().ok())
-            .max();
-        let decoy = match cost {
-            Some(cost) => bcrypt::hash_with_salt(b"decoy", cost, fastrand_salt())
-                .map(|h| h.format_for_version(bcrypt::Version::TwoY))
-                .map_err(|e| AccessError {
-                    key: "metrics.basic_auth_users",
-                    message: e.to_string(),
-                })?,
-            None => String::new(),
-        };
-        Ok(Self {
+            .max_by_key(|h| h.get(4..6).and_then(|c| c.parse::<u32>().ok()))
+            .cloned()
+            .unwrap_or_default();
+        Self {
             tls,
             users: m.basic_auth_users.clone(),
             decoy,
             healthz_open_on_loopback: m.healthz_open_on_loopback,
             granted: Mutex::default(),
-        })
+            verifying: tokio::sync::Semaphore::new(1),
+            failures: Mutex::default(),
+            notes,
+        }
     }
 
     /// `https` or `http`, for the addresses the agent prints.
@@ -106,43 +147,50 @@ impl Access {
         if known.is_some() && self.remembered(&print) {
             return true;
         }
+        let Ok(_turn) = self.verifying.acquire().await else {
+            return false;
+        };
+        // Non-truncating: bcrypt reads 72 bytes, so a longer password is refused rather
+        // than matched on its first 72.
         let verified = tokio::task::spawn_blocking(move || {
-            bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
+            bcrypt::non_truncating_verify(password.as_bytes(), &hash).unwrap_or(false)
         })
         .await
         .unwrap_or(false);
         let allowed = verified && known.is_some();
-        if allowed && let Ok(mut g) = self.granted.lock() {
-            if g.len() >= GRANTED_MAX {
-                g.clear();
+        if allowed {
+            if let Ok(mut g) = self.granted.lock() {
+                if g.len() >= GRANTED_MAX {
+                    g.clear();
+                }
+                g.insert(print);
             }
-            g.insert(print);
+        } else {
+            self.failed(peer);
         }
         allowed
+    }
+
+    /// Counts a failed login; says so at most every [`FAILURES_EVERY`] (the user name
+    /// is not logged: it may be a password typed in the wrong field).
+    fn failed(&self, peer: IpAddr) {
+        let Ok(mut f) = self.failures.lock() else {
+            return;
+        };
+        f.count += 1;
+        if f.warned.is_none_or(|t| t.elapsed() >= FAILURES_EVERY) {
+            tracing::warn!(
+                "metrics listener: {} failed login(s) since the last report, the latest from {peer}",
+                f.count
+            );
+            f.count = 0;
+            f.warned = Some(Instant::now());
+        }
     }
 
     fn remembered(&self, print: &[u8; 32]) -> bool {
         self.granted.lock().is_ok_and(|g| g.contains(print))
     }
-}
-
-impl Default for Access {
-    /// No TLS, no credentials: the listener as it is on loopback by default.
-    fn default() -> Self {
-        Self {
-            tls: None,
-            users: BTreeMap::new(),
-            decoy: String::new(),
-            healthz_open_on_loopback: false,
-            granted: Mutex::default(),
-        }
-    }
-}
-
-/// A salt for the decoy hash: never compared with anything a user sent as a hash, so
-/// it need not be secret, only of the right shape.
-fn fastrand_salt() -> [u8; 16] {
-    std::array::from_fn(|_| fastrand::u8(..))
 }
 
 /// `Basic base64(user:password)`, decoded.
@@ -190,20 +238,41 @@ fn certificates(
     Ok(certs)
 }
 
+/// What is wrong with a PEM file, in words: never its content (the errors' own text
+/// carries the offending bytes, a private key's among them).
 fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
     match e {
-        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
-        e => format!("not a PEM file ({e:?})"),
+        E::Io(io) => io.to_string(),
+        E::MissingSectionEnd { .. } => {
+            "a PEM section has no -----END line (were its line breaks lost?)".into()
+        }
+        E::IllegalSectionStart { .. } => "a -----BEGIN line is malformed".into(),
+        E::Base64Decode(_) => "a PEM section holds something that is not base64".into(),
+        E::NoItemsFound => "no PEM section in it".into(),
+        _ => "not a PEM file the agent can read".into(),
     }
 }
 
 /// A TLS acceptor from the files: the certificate must match the key, the client CA
 /// (when set) must hold at least one certificate.
-fn acceptor(f: &TlsFiles) -> Result<TlsAcceptor, AccessError> {
+fn acceptor(f: &TlsFiles) -> Result<(TlsAcceptor, Vec<String>), AccessError> {
     let chain = certificates("metrics.tls_cert", &f.cert)?;
+    let notes = validity(&f.cert, &chain[0], Utc::now());
     let key = PrivateKeyDer::from_pem_file(&f.key).map_err(|e| AccessError {
         key: f.key_origin,
         message: match e {
+            rustls::pki_types::pem::Error::NoItemsFound
+                if std::fs::read(&f.key)
+                    .is_ok_and(|b| memchr::memmem::find(&b, b"ENCRYPTED").is_some()) =>
+            {
+                format!(
+                    "the key in {} is encrypted (a passphrase): give it unencrypted, readable \
+                     by the agent alone (`openssl pkey -in ENCRYPTED -out KEY`), or as the \
+                     systemd credential metrics-tls-key",
+                    f.key.display()
+                )
+            }
             rustls::pki_types::pem::Error::NoItemsFound => format!(
                 "no PEM private key (-----BEGIN PRIVATE KEY-----) in {}",
                 f.key.display()
@@ -261,7 +330,93 @@ fn acceptor(f: &TlsFiles) -> Result<TlsAcceptor, AccessError> {
             },
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), notes))
+}
+
+/// A warning when the certificate is not valid at `now` (it is served all the same: a
+/// listener that refused to start would stop the snapshots with it).
+fn validity(path: &Path, cert: &CertificateDer<'_>, now: DateTime<Utc>) -> Vec<String> {
+    let Some((not_before, not_after)) = validity_of(cert) else {
+        return Vec::new();
+    };
+    let at = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+    if now > not_after {
+        vec![format!(
+            "metrics.tls_cert: the certificate in {} expired on {}: scrapers refuse it; renew \
+             it and reload",
+            path.display(),
+            at(not_after)
+        )]
+    } else if now < not_before {
+        vec![format!(
+            "metrics.tls_cert: the certificate in {} is valid only from {}: scrapers refuse it \
+             until then",
+            path.display(),
+            at(not_before)
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+/// notBefore and notAfter from a certificate's DER (RFC 5280: Certificate, then
+/// TBSCertificate: [0] version, serial, signature, issuer, validity).
+fn validity_of(der: &[u8]) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let ((_, cert), _) = der_item(der, Some(0x30))?;
+    let ((_, tbs), _) = der_item(cert, Some(0x30))?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xA0) {
+        rest = der_item(rest, None)?.1;
+    }
+    for _ in 0..3 {
+        rest = der_item(rest, None)?.1;
+    }
+    let ((_, validity), _) = der_item(rest, Some(0x30))?;
+    let ((t1, not_before), rest) = der_item(validity, None)?;
+    let ((t2, not_after), _) = der_item(rest, None)?;
+    Some((der_time(t1, not_before)?, der_time(t2, not_after)?))
+}
+
+/// A DER item's tag and content.
+type Der<'a> = (u8, &'a [u8]);
+
+/// One DER item of `tag` (any when `None`), and what follows it.
+fn der_item(b: &[u8], tag: Option<u8>) -> Option<(Der<'_>, &[u8])> {
+    let (&t, b) = b.split_first()?;
+    if tag.is_some_and(|want| want != t) {
+        return None;
+    }
+    let (&first, mut b) = b.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let len = b[..n]
+            .iter()
+            .fold(0usize, |acc, x| (acc << 8) | usize::from(*x));
+        b = &b[n..];
+        len
+    };
+    (b.len() >= len).then(|| ((t, &b[..len]), &b[len..]))
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
+fn der_time(tag: u8, b: &[u8]) -> Option<DateTime<Utc>> {
+    let s = std::str::from_utf8(b).ok()?.strip_suffix('Z')?;
+    let full = match tag {
+        0x17 => {
+            let yy: u32 = s.get(..2)?.parse().ok()?;
+            format!("{}{s}", if yy >= 50 { "19" } else { "20" })
+        }
+        0x18 => s.to_string(),
+        _ => return None,
+    };
+    NaiveDateTime::parse_from_str(&full, "%Y%m%d%H%M%S")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 #[cfg(test)]
@@ -294,7 +449,10 @@ mod tests {
             healthz_open_on_loopback: true,
         };
         let a = Arc::new(Access::load(&m).unwrap());
-        assert!(a.decoy.starts_with("$2y$04$"), "{}", a.decoy);
+        assert_eq!(
+            a.decoy, m.basic_auth_users["prom"],
+            "the costliest user's own hash"
+        );
         let b64 = |s: &str| {
             header(&format!(
                 "Basic {}",
@@ -318,6 +476,11 @@ mod tests {
                 .await
         );
         assert!(!a.allows("/metrics", remote, None).await);
+        let long = format!("prom:{}", "s".repeat(80));
+        assert!(
+            !a.allows("/metrics", remote, Some(&b64(&long))).await,
+            "past 72 bytes"
+        );
         assert!(a.allows("/healthz", local, None).await);
         assert!(
             a.allows("/healthz", "::ffff:127.0.0.1".parse().unwrap(), None)

@@ -110,6 +110,9 @@ impl Source {
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"vps-snapshot-agent\", charset=\"UTF-8\""),
             );
+            // A guesser opens a new connection (and a new handshake) for each try.
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -168,9 +171,13 @@ impl Source {
 /// At most this many connections are served at once (fewer under a low descriptor
 /// limit: a quarter of it), so that a flood of idle connections can slow the page but
 /// never take the descriptors the database, the API and the hooks need.
-const MAX_CONNECTIONS: usize = 64;
-/// How long a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTIONS: usize = 256;
+/// At most this many of them from one address: one host holding idle connections
+/// cannot shut Prometheus (or a health check from elsewhere) out.
+const PER_PEER: usize = 16;
+/// How long a client may take to finish its TLS handshake, then to send a request's
+/// headers (a scraper takes milliseconds).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one connection may stay open, idle or not (a scrape takes milliseconds;
 /// Prometheus opens a new connection when one was closed).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
@@ -205,6 +212,7 @@ pub async fn serve(
         .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
     let permits = Arc::new(tokio::sync::Semaphore::new(connection_cap()));
+    let peers = Peers::default();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(10);
         loop {
@@ -239,9 +247,14 @@ pub async fn serve(
                     continue;
                 }
             };
+            let Some(held) = peers.enter(peer.ip()) else {
+                tracing::debug!("metrics listener: {peer} holds {PER_PEER} connections already");
+                continue;
+            };
             let (source, stop) = (source.clone(), stop.clone());
             tokio::spawn(async move {
                 let _permit = permit;
+                let _held = held;
                 let access = source.access.borrow().clone();
                 let served = async {
                     match access.tls() {
@@ -269,6 +282,52 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+/// How many connections each address holds.
+#[derive(Clone, Default)]
+struct Peers(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
+
+/// One connection counted against its address until dropped.
+struct Held {
+    peers: Peers,
+    ip: IpAddr,
+}
+
+impl Peers {
+    /// A place for one more connection from `ip`, unless it holds [`PER_PEER`] already.
+    fn enter(&self, ip: IpAddr) -> Option<Held> {
+        let ip = ip.to_canonical();
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(ip).or_default();
+        if *n >= PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Held {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut m = self
+            .peers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Serves the requests of one connection (plain or TLS) until the client closes it.

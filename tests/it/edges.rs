@@ -845,7 +845,7 @@ async fn hole_11_on_one_channel_an_alert_never_overtakes_an_older_one() {
 }
 
 /// libfaketime, which lets a test step the `agent` binary's wall clock alone.
-fn faketime() -> Option<PathBuf> {
+pub fn faketime() -> Option<PathBuf> {
     let found = [
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",

@@ -185,6 +185,20 @@ async fn wait_until_up(http: &reqwest::Client, url: &str) {
     panic!("the listener never answered at {url}");
 }
 
+/// Waits (bounded) until `want` appears `n` times in `log`.
+async fn wait_for_count(log: &Path, want: &str, n: usize) {
+    for _ in 0..400 {
+        if std::fs::read_to_string(log).is_ok_and(|t| t.matches(want).count() >= n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{want:?} never appeared {n} times:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 fn peer_certificate(r: &reqwest::Response) -> Vec<u8> {
     r.extensions()
         .get::<reqwest::tls::TlsInfo>()
@@ -297,7 +311,34 @@ async fn basic_auth_over_tls_guards_every_path_and_a_renewed_certificate_is_serv
             .contains("vps_snapshot_job_enabled")
     );
 
-    // Plain HTTP to the TLS port gets no answer.
+    // One address holding idle connections does not shut another out.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            idle.push(c);
+        }
+    }
+    let elsewhere = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pki.read("ca.pem")).unwrap()])
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    let r = elsewhere
+        .get(format!("{base}/healthz"))
+        .basic_auth("prometheus", Some("scrape-pass"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "served while 127.0.0.1 holds {} idle connections",
+        idle.len()
+    );
+    drop(idle);
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
     let plain = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .timeout(Duration::from_secs(10))
@@ -336,14 +377,42 @@ async fn basic_auth_over_tls_guards_every_path_and_a_renewed_certificate_is_serv
         "the renewed certificate is served after SIGHUP"
     );
 
-    // A broken renewal keeps the certificate in use and says why.
+    // A broken renewal keeps the certificate in use and says why; the users change all
+    // the same (one removed is refused at once).
     std::fs::write(pki.path("server.pem"), "not a certificate\n").unwrap();
-    signal(&child, libc::SIGHUP);
-    wait_for_log(
-        &log,
-        "the metrics listener keeps its TLS and users: metrics.tls_cert: no PEM certificate",
-    )
-    .await;
+    let other = hash_of("other-pass").await;
+    let cfg_text = std::fs::read_to_string(&cfg).unwrap();
+    let with_grafana = cfg_text.replace(
+        &format!("prometheus = \"{hash}\""),
+        &format!("prometheus = \"{hash}\", grafana = \"{other}\""),
+    );
+    let kept =
+        "the metrics listener keeps its certificate and key: metrics.tls_cert: no PEM certificate";
+    for (n, (text_, want)) in [(&with_grafana, 200), (&cfg_text, 401)]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&cfg, text_).unwrap();
+        signal(&child, libc::SIGHUP);
+        wait_for_count(&log, kept, n + 1).await;
+        let mut got = 0;
+        for _ in 0..100 {
+            got = pki
+                .client(false)
+                .get(format!("{base}/metrics"))
+                .basic_auth("grafana", Some("other-pass"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            if got == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(got, want, "grafana after reload {}", n + 1);
+    }
     let still = pki
         .client(false)
         .get(format!("{base}/healthz"))
@@ -548,4 +617,139 @@ fn the_documented_web_config_uses_the_same_hashes_as_prometheus() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(vps_snapshot_agent::config::is_bcrypt_hash(&hash));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_attack_on_the_listener_found_is_mended() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = Pki::new(d);
+    let base = "http://127.0.0.1:9/api/v1";
+    let job = crate::cli::JOB;
+    let check = async |metrics: &str| {
+        let cfg = config(d, base, &format!("[metrics]\n{metrics}{job}"));
+        let o = agent(&cfg, &["check", "--offline"]).await;
+        (o.status.code(), text(&o))
+    };
+
+    // A key whose line breaks were lost: the error names the problem, never the key.
+    let key = std::fs::read_to_string(pki.path("server.key")).unwrap();
+    std::fs::write(pki.path("flat.key"), key.replace('\n', " ")).unwrap();
+    let (code, t) =
+        check("listen = \"127.0.0.1:19464\"\ntls_cert = \"server.pem\"\ntls_key = \"flat.key\"\n")
+            .await;
+    assert_eq!(code, Some(78), "{t}");
+    assert!(t.contains("metrics.tls_key: cannot read"), "{t}");
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    for chunk in body.as_bytes().chunks(12) {
+        let chunk = std::str::from_utf8(chunk).unwrap();
+        assert!(!t.contains(chunk), "the key's content ({chunk}) in: {t}");
+    }
+    // Nor as the list of its bytes an error's debug form would print.
+    assert!(t.matches(", ").count() < 10, "bytes of the file in: {t}");
+
+    // An encrypted key is said to be one.
+    openssl(
+        d,
+        &[
+            "pkey",
+            "-in",
+            "server.key",
+            "-aes256",
+            "-passout",
+            "pass:pw",
+            "-out",
+            "enc.key",
+        ],
+    );
+    let (code, t) =
+        check("listen = \"127.0.0.1:19464\"\ntls_cert = \"server.pem\"\ntls_key = \"enc.key\"\n")
+            .await;
+    assert_eq!(code, Some(78), "{t}");
+    assert!(t.contains("is encrypted"), "{t}");
+
+    // `user:password` pasted as a user name is not echoed.
+    let hash = bcrypt::hash("x", 4).unwrap();
+    let (code, t) = check(&format!(
+        "listen = \"127.0.0.1:19464\"\nbasic_auth_users = {{ \"prom:Sup3rSecretPW\" = \"{hash}\" }}\n"
+    ))
+    .await;
+    assert_eq!(code, Some(78), "{t}");
+    assert!(!t.contains("Sup3rSecretPW"), "{t}");
+
+    // Costs outside 4..=16 are refused by name; different costs are warned about.
+    let cost = |c: &str| format!("$2y${c}${}", &hash[7..]);
+    for (c, want) in [("03", "a bcrypt cost of 3"), ("20", "a bcrypt cost of 20")] {
+        let (code, t) = check(&format!(
+            "listen = \"127.0.0.1:19464\"\nbasic_auth_users = {{ prom = \"{}\" }}\n",
+            cost(c)
+        ))
+        .await;
+        assert_eq!(code, Some(78), "{t}");
+        assert!(t.contains(want), "{t}");
+    }
+    let (code, t) = check(&format!(
+        "listen = \"127.0.0.1:19464\"\nbasic_auth_users = {{ prom = \"{}\", cheap = \"{hash}\" }}\n",
+        cost("10")
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("the hashes have different costs (4, 10)"), "{t}");
+
+    // An IPv4-mapped loopback address is loopback.
+    let (code, t) = check("listen = \"[::ffff:127.0.0.1]:19464\"\n").await;
+    assert_eq!(code, Some(0), "{t}");
+    assert!(!t.contains("reachable from other hosts"), "{t}");
+
+    // A password past bcrypt's 72 bytes is refused rather than cut.
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt as _;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{}\n", "A".repeat(80)).as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("bcrypt reads only the first 72"),
+        "{}",
+        text(&out)
+    );
+
+    // An expired certificate is served, and said to be expired.
+    if let Some(lib) = crate::edges::faketime() {
+        let cfg = config(
+            d,
+            base,
+            &format!(
+                "[metrics]\nlisten = \"127.0.0.1:19464\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n{job}"
+            ),
+        );
+        let o = tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["check", "--offline"])
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME", "+30d")
+            .env("AGENT_API__TOKEN", crate::helpers::TOKEN)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(
+            text(&o).contains("warning: metrics.tls_cert: the certificate in")
+                && text(&o).contains("expired on"),
+            "{}",
+            text(&o)
+        );
+    }
 }
