@@ -62,6 +62,18 @@ impl Serialize for SnapshotStatus {
 /// Ids the API hands out (unsigned 64-bit), stored as the database's signed 64-bit
 /// integer with the same bits: an id above 2^63 - 1 is stored negative and read back
 /// exactly, on either engine.
+/// Why a text is not an id, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdError(&'static str);
+
+impl std::fmt::Display for IdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for IdError {}
+
 macro_rules! api_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -99,9 +111,18 @@ macro_rules! api_id {
         }
 
         impl std::str::FromStr for $name {
-            type Err = std::num::ParseIntError;
+            type Err = IdError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                s.trim().parse().map(Self)
+                s.trim().parse().map(Self).map_err(|e: std::num::ParseIntError| {
+                    IdError(match e.kind() {
+                        std::num::IntErrorKind::PosOverflow => {
+                            "too large: ids go up to 18446744073709551615 (2^64 - 1)"
+                        }
+                        std::num::IntErrorKind::Empty => "empty: give an id, like 802",
+                        _ => "not an id: ids are whole numbers written in decimal, like 802 \
+                              (as `agent snapshots` lists them)",
+                    })
+                })
             }
         }
 

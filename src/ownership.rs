@@ -29,6 +29,10 @@ pub enum NotOurs {
     Name,
     /// Named like one of `job`'s, but neither marked nor known to the journal.
     Unproven { job: String, bad_mark: bool },
+    /// A copy: the journal records the agent making a snapshot of this name under
+    /// another id. The mark binds server and name, not the id, so a copy's (name and
+    /// description alike) verifies; the journal knows better.
+    Copy { job: String, of: SnapshotId },
 }
 
 /// Whose a snapshot is, and why.
@@ -65,6 +69,17 @@ impl Ownership {
         }
     }
 
+    /// `self`, unless the journal made a snapshot of this name under the id `original`
+    /// (another than `snap`'s): then a copy, not the agent's.
+    pub fn unless_copy(self, snap: &Snapshot, original: Option<SnapshotId>) -> Self {
+        match (self, original) {
+            (Self::Agent { job, .. }, Some(of)) if of != snap.id => {
+                Self::Foreign(NotOurs::Copy { job, of })
+            }
+            (o, _) => o,
+        }
+    }
+
     /// Whether it is `job`'s to rotate.
     pub fn is_of(&self, job: &str) -> bool {
         matches!(self, Self::Agent { job: j, .. } if j == job)
@@ -97,6 +112,9 @@ impl Ownership {
                 job,
                 bad_mark: true,
             }) => format!("marker does not verify, not in the journal; named like {job}'s"),
+            Self::Foreign(NotOurs::Copy { job, of }) => format!(
+                "a copy: the journal has {job}'s snapshot of this name as {of}, not this one"
+            ),
         }
     }
 

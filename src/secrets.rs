@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::sync::{LazyLock, RwLock};
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::AhoCorasick;
 use url::Url;
 
 /// What a secret is replaced with.
@@ -25,12 +25,11 @@ pub const FRAGMENT: usize = 8;
 const SHORTEST: usize = 4;
 
 /// Every form of every secret registered so far, and automata that find them all in one
-/// pass over a text (leftmost, longest first: a secret that contains another is replaced
-/// whole).
+/// pass over a text.
 #[derive(Default)]
 struct Registry {
     forms: Vec<Vec<u8>>,
-    all: Option<AhoCorasick>,
+    all: Scrubber,
     /// Those of [`FRAGMENT`] characters or more.
     long: Option<AhoCorasick>,
 }
@@ -48,47 +47,159 @@ fn automaton<'a>(forms: impl IntoIterator<Item = &'a Vec<u8>>) -> Option<AhoCora
     if forms.is_empty() {
         return None;
     }
+    // Case aside: an echo may upper-case a secret, or percent-encode it in lower case.
     AhoCorasick::builder()
-        .match_kind(MatchKind::LeftmostLongest)
+        .ascii_case_insensitive(true)
         .build(forms)
         .ok()
 }
 
-fn add(form: String) {
-    if form.len() < SHORTEST || form == REDACTED {
-        return;
+/// Finds a set of secrets' forms in a text and replaces each stretch they cover (forms
+/// overlapping or touching count as one) with [`REDACTED`].
+#[derive(Default)]
+pub struct Scrubber(Option<AhoCorasick>);
+
+impl Scrubber {
+    pub fn new(forms: &[Vec<u8>]) -> Self {
+        Self(automaton(forms))
     }
+
+    pub fn is_match(&self, bytes: &[u8]) -> bool {
+        self.0.as_ref().is_some_and(|ac| ac.is_match(bytes))
+    }
+
+    pub fn scrub<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+        let Some(ac) = self.0.as_ref().filter(|ac| ac.is_match(bytes)) else {
+            return Cow::Borrowed(bytes);
+        };
+        let mut covered: Vec<(usize, usize)> = Vec::new();
+        for m in ac.find_overlapping_iter(bytes) {
+            match covered.last_mut() {
+                Some(last) if m.start() <= last.1 => last.1 = last.1.max(m.end()),
+                _ => covered.push((m.start(), m.end())),
+            }
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut at = 0;
+        for (start, end) in covered {
+            out.extend_from_slice(&bytes[at..start]);
+            out.extend_from_slice(REDACTED.as_bytes());
+            at = end;
+        }
+        out.extend_from_slice(&bytes[at..]);
+        Cow::Owned(out)
+    }
+}
+
+fn add_all(forms: Vec<String>) {
     let mut r = SECRETS
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let form = form.into_bytes();
-    if r.forms.contains(&form) {
+    let before = r.forms.len();
+    for form in forms {
+        if form.len() < SHORTEST || form == REDACTED {
+            continue;
+        }
+        let form = form.into_bytes();
+        if !r.forms.contains(&form) {
+            r.forms.push(form);
+        }
+    }
+    if r.forms.len() == before {
         return;
     }
-    r.forms.push(form);
-    r.forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
-    r.all = automaton(&r.forms);
+    r.all = Scrubber::new(&r.forms);
     r.long = automaton(r.forms.iter().filter(|f| f.len() >= FRAGMENT));
 }
 
-/// Registers `secret` in the forms an answer may carry it: as is, JSON-escaped, with
-/// escaped slashes, percent-encoded and percent-decoded.
-pub fn register(secret: &str) {
+/// The forms an answer or an output may carry `secret` in: as is, JSON-escaped (in part
+/// or wholly, `\u002d`), with escaped slashes, percent-encoded and -decoded, as HTML
+/// entities, in base64 (at each of the three alignments it may fall on inside a longer
+/// encoded text), and, with `stretches`, every stretch of [`FRAGMENT`] characters of it
+/// (a token split across two lines, or cut, still shows no 8 characters of itself; not
+/// for a URL's path, whose words, like a check's slug, are a job's name too).
+pub fn forms_of(secret: &str, stretches: bool) -> Vec<String> {
+    use base64::Engine as _;
     let secret = secret.trim();
     if secret.is_empty() {
-        return;
+        return Vec::new();
     }
-    add(secret.to_string());
+    let mut forms = vec![secret.to_string()];
     if let Ok(json) = serde_json::to_string(secret) {
-        add(json.trim_matches('"').to_string());
+        forms.push(json.trim_matches('"').to_string());
     }
-    add(secret.replace('/', "\\/"));
-    add(
+    forms.push(secret.replace('/', "\\/"));
+    forms.push(
         percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
             .to_string(),
     );
     if let Ok(decoded) = percent_encoding::percent_decode_str(secret).decode_utf8() {
-        add(decoded.into_owned());
+        forms.push(decoded.into_owned());
+    }
+    if secret.is_ascii() {
+        forms.push(
+            secret
+                .chars()
+                .map(|c| format!("\\u{:04x}", c as u32))
+                .collect(),
+        );
+        let entity = |hex: bool| -> String {
+            secret
+                .chars()
+                .map(|c| match (c.is_ascii_alphanumeric(), hex) {
+                    (true, _) => c.to_string(),
+                    (false, false) => format!("&#{};", c as u32),
+                    (false, true) => format!("&#x{:x};", c as u32),
+                })
+                .collect()
+        };
+        forms.push(entity(false));
+        forms.push(entity(true));
+    }
+    for engine in [
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ] {
+        for k in 0..3usize {
+            let mut bytes = vec![0u8; k];
+            bytes.extend_from_slice(secret.as_bytes());
+            let enc = engine.encode(&bytes);
+            // The characters the padding bytes touch, and the last (partial) group,
+            // depend on what surrounds the secret: the middle does not.
+            let skip = (k * 4).div_ceil(3);
+            if enc.len() > skip + 3 {
+                forms.push(enc[skip..enc.len() - 3].to_string());
+            }
+        }
+    }
+    let chars: Vec<char> = secret.chars().collect();
+    if stretches && chars.len() > FRAGMENT {
+        for w in chars.windows(FRAGMENT) {
+            forms.push(w.iter().collect());
+        }
+    }
+    forms.retain(|f| f.len() >= SHORTEST);
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// Registers a token or a password in every form of [`forms_of`].
+pub fn register(secret: &str) {
+    add_all(forms_of(secret, true));
+}
+
+/// Registers part of a URL (its path, a query value) in the forms of [`forms_of`] but
+/// the stretches.
+fn register_part(part: &str) {
+    add_all(forms_of(part, false));
+}
+
+/// Registers every segment of `url`'s path: an ntfy topic is its own secret (whoever
+/// knows it reads the channel), however plain a word it is.
+pub fn register_topic(url: &Url) {
+    for segment in url.path().split('/').filter(|s| s.len() >= SHORTEST) {
+        register_part(segment);
     }
 }
 
@@ -114,16 +225,17 @@ fn key_like(part: &str) -> bool {
 pub fn register_url(url: &Url) {
     let path = url.path();
     if path.len() > 1 {
-        register(path);
-        register(path.trim_end_matches('/'));
+        register_part(path);
+        register_part(path.trim_end_matches('/'));
         for segment in path.split('/').filter(|s| key_like(s)) {
-            register(segment);
+            register_part(segment);
         }
     }
     if let Some(query) = url.query().filter(|q| !q.is_empty()) {
-        register(query);
-        for (_, value) in url.query_pairs().filter(|(_, v)| key_like(v)) {
-            register(&value);
+        register_part(query);
+        // A query value is a key more often than not (`sig=`, `key=`, `token=`).
+        for (_, value) in url.query_pairs().filter(|(_, v)| v.len() >= 6) {
+            register_part(&value);
         }
     }
     if let Some(password) = url.password() {
@@ -152,16 +264,10 @@ pub fn contains(text: &[u8]) -> bool {
 
 /// `bytes` with every registered secret replaced by [`REDACTED`].
 pub fn scrub_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
-    let r = read();
-    let Some(ac) = r.all.as_ref().filter(|ac| ac.is_match(bytes)) else {
-        return Cow::Borrowed(bytes);
-    };
-    let mut out = Vec::with_capacity(bytes.len());
-    ac.replace_all_with_bytes(bytes, &mut out, |_, _, dst| {
-        dst.extend_from_slice(REDACTED.as_bytes());
-        true
-    });
-    Cow::Owned(out)
+    match read().all.scrub(bytes) {
+        Cow::Borrowed(_) => Cow::Borrowed(bytes),
+        Cow::Owned(o) => Cow::Owned(o),
+    }
 }
 
 /// `text` with every registered secret replaced by [`REDACTED`].

@@ -31,33 +31,11 @@ pub struct Client {
     base: Url,
     auth: HeaderValue,
     /// The token as an answer could carry it (raw, JSON-escaped), to scrub.
-    secrets: Vec<Vec<u8>>,
+    secrets: crate::secrets::Scrubber,
     marker: Marker,
     retry: RetryPolicy,
     clock: SharedClock,
     requests: AtomicU64,
-}
-
-const REDACTED: &[u8] = b"[redacted]";
-
-/// The forms in which `token` may appear in an answer's bytes.
-fn secret_forms(token: &str) -> Vec<Vec<u8>> {
-    let mut forms = vec![token.to_string()];
-    if let Ok(json) = serde_json::to_string(token) {
-        forms.push(json.trim_matches('"').to_string());
-    }
-    forms.push(token.replace('/', "\\/"));
-    forms.sort();
-    forms.dedup();
-    forms
-        .into_iter()
-        .filter(|f| !f.is_empty())
-        .map(String::into_bytes)
-        .collect()
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
 }
 
 /// One HTTP client per request timeout, for the whole process: each client reads and
@@ -109,7 +87,12 @@ impl Client {
             http,
             base: settings.base_url.clone(),
             auth,
-            secrets: secret_forms(token.expose_secret()),
+            secrets: crate::secrets::Scrubber::new(
+                &crate::secrets::forms_of(token.expose_secret(), true)
+                    .into_iter()
+                    .map(String::into_bytes)
+                    .collect::<Vec<_>>(),
+            ),
             marker: Marker::new(token.expose_secret().as_bytes()),
             retry: RetryPolicy::new(settings.max_retries),
             clock,
@@ -125,16 +108,10 @@ impl Client {
     /// `bytes` with every form of the token replaced by `[redacted]` (the token only:
     /// an answer is data the agent acts on).
     fn scrub(&self, bytes: bytes::Bytes) -> bytes::Bytes {
-        if !self.secrets.iter().any(|s| find(&bytes, s).is_some()) {
-            return bytes;
+        match self.secrets.scrub(&bytes) {
+            std::borrow::Cow::Borrowed(_) => bytes,
+            std::borrow::Cow::Owned(out) => bytes::Bytes::from(out),
         }
-        let mut out = bytes.to_vec();
-        for secret in &self.secrets {
-            while let Some(i) = find(&out, secret) {
-                out.splice(i..i + secret.len(), REDACTED.iter().copied());
-            }
-        }
-        bytes::Bytes::from(out)
     }
 
     /// Requests sent so far (each retry counts).

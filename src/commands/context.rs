@@ -24,6 +24,29 @@ pub async fn open_db(settings: &Settings) -> anyhow::Result<Database> {
     open_at(&settings.database).await
 }
 
+/// For commands that only read the history (`status`, `history`, `unpin`): a SQLite
+/// file that does not exist is not created where `database` may point by mistake; they
+/// read an empty history instead (a throwaway database, dropped with the guard), and
+/// say so, naming the file.
+pub async fn open_to_read(
+    settings: &Settings,
+) -> anyhow::Result<(Database, Option<tempfile::TempDir>)> {
+    match &settings.database {
+        crate::db::Location::File(path) if !path.exists() && creatable(path) => {
+            eprintln!(
+                "agent: no history yet: {} does not exist (the first run creates it; if runs \
+                 were made, is `database` in {} right?)",
+                path.display(),
+                settings.config_path.display()
+            );
+            let dir = tempfile::tempdir()?;
+            let db = open_at(&crate::db::Location::File(dir.path().join("empty.db"))).await?;
+            Ok((db, Some(dir)))
+        }
+        _ => Ok((open_db(settings).await?, None)),
+    }
+}
+
 /// The database at `location`, or an [`UnusableDatabase`] (exit 78) saying why not; its
 /// agents on the timing of `AGENT_TIMING`, when a test sets it.
 pub async fn open_at(location: &crate::db::Location) -> anyhow::Result<Database> {
@@ -36,6 +59,25 @@ pub async fn open_at(location: &crate::db::Location) -> anyhow::Result<Database>
         UnusableDatabase { error, hint }
     })?;
     Ok(db.with_timing(timing))
+}
+
+/// Whether this user could create `path` (its nearest existing ancestor is a directory it
+/// may write); one it could not is opened, to fail as unusable with the reason.
+fn creatable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Some(dir) = path.ancestors().skip(1).find(|p| p.exists()) else {
+        return false;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) reads the NUL-terminated path it is given.
+    dir.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0
 }
 
 /// When the database (or the nearest directory that exists on its path) belongs to

@@ -61,7 +61,7 @@ pub async fn run(config: &Path, args: HistoryArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let settings = context::config_settings(config)?;
-    let db = context::open_db(&settings).await?;
+    let (db, _empty) = context::open_to_read(&settings).await?;
     let runs = db
         .history_where(&HistoryQuery {
             job: args.job.as_deref(),

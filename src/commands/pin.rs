@@ -9,7 +9,12 @@ use crate::cli::PinArgs;
 
 pub async fn run(config: &Path, args: PinArgs, pin: bool) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
-    let db = context::open_db(&settings).await?;
+    // Unpinning needs no database where none is: nothing there was pinned.
+    let (db, _empty) = if pin {
+        (context::open_db(&settings).await?, None)
+    } else {
+        context::open_to_read(&settings).await?
+    };
     let id = args.snapshot_id;
     if pin {
         // Pinning a typo would protect nothing: make sure the snapshot exists.

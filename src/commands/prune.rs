@@ -100,7 +100,7 @@ async fn dry_run(settings: &Settings, jobs: &[JobSettings]) -> anyhow::Result<Ex
     };
     let now = chrono::Utc::now();
     for job in jobs {
-        let plan = run::dry_run(&client, db.as_ref(), job, now).await?;
+        let plan = run::dry_run(&client, db.as_ref(), job, now, None).await?;
         println!(
             "job {} (server {}): {} now",
             job.name,

@@ -158,7 +158,7 @@ async fn dry_run(
             None
         };
         let now = Utc::now();
-        let plan = run::dry_run(client, db.as_ref(), job, now).await?;
+        let plan = run::dry_run(client, db.as_ref(), job, now, Some(snap.id)).await?;
         if let Some(db) = db {
             db.close().await;
         }

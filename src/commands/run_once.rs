@@ -312,7 +312,7 @@ async fn dry_run(
     };
     let now = Utc::now();
     for job in jobs {
-        let plan = run::dry_run(&client, db.as_ref(), job, now).await?;
+        let plan = run::dry_run(&client, db.as_ref(), job, now, None).await?;
         println!(
             "job {} (server {}): {} now",
             job.name,

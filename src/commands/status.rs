@@ -114,7 +114,7 @@ async fn job_status(
 pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let json = args.json;
     let settings = context::config_settings(config)?;
-    let db = context::open_db(&settings).await?;
+    let (db, _empty) = context::open_to_read(&settings).await?;
     let now = Utc::now();
     let selected = context::select_jobs(&settings, &args.jobs)?;
     let names: Vec<&str> = selected.iter().map(|j| j.name.as_str()).collect();

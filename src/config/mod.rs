@@ -346,6 +346,9 @@ impl Settings {
         for url in urls {
             crate::secrets::register_url(url);
         }
+        for n in self.notify.iter().filter(|n| n.kind == NotifyKind::Ntfy) {
+            crate::secrets::register_topic(&n.url);
+        }
     }
 
     pub fn job(&self, name: &str) -> Option<&JobSettings> {

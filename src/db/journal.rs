@@ -4,7 +4,7 @@
 //! `unknown`, so that later runs resolve it from what the API shows instead of mistaking
 //! the agent's own doing for someone else's, or doing it again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -371,6 +371,17 @@ impl Database {
         ids: &[SnapshotId],
         names: &[&str],
     ) -> DbResult<HashSet<SnapshotId>> {
+        Ok(self.journal_of(server_id, ids, names).await?.0)
+    }
+
+    /// [`Self::known_snapshots`], and for each name the journal recorded with an id, that
+    /// id (a snapshot of that name under another id is a copy).
+    pub async fn journal_of(
+        &self,
+        server_id: ServerId,
+        ids: &[SnapshotId],
+        names: &[&str],
+    ) -> DbResult<(HashSet<SnapshotId>, HashMap<String, SnapshotId>)> {
         let sql = format!(
             "SELECT snapshot_id, snapshot_name FROM journal \
              WHERE action IN ('create', 'adopt') AND state != 'error' AND server_id = ? \
@@ -398,6 +409,10 @@ impl Database {
             .filter(|r| r.0.is_none())
             .filter_map(|r| r.1.clone())
             .collect();
+        let made: HashMap<String, SnapshotId> = rows
+            .iter()
+            .filter_map(|r| Some((r.1.clone()?, r.0?)))
+            .collect();
         let mut known: HashSet<SnapshotId> = rows.iter().filter_map(|r| r.0).collect();
         known.retain(|id| ids.contains(id));
         known.extend(
@@ -408,7 +423,7 @@ impl Database {
                 })
                 .map(|(id, _)| *id),
         );
-        Ok(known)
+        Ok((known, made))
     }
 
     /// Snapshots `job` made on `server_id` and saw completed that the agent never tried

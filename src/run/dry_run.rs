@@ -31,18 +31,21 @@ pub struct DryRun {
 }
 
 /// What a run of `job` would do now; `db` (when there is one) supplies pins and the
-/// journal's knowledge of the agent's snapshots.
+/// journal's knowledge of the agent's snapshots. `spare`: a snapshot never to delete,
+/// as if pinned (the one a restore goes back to).
 pub async fn dry_run(
     client: &Client,
     db: Option<&Database>,
     job: &JobSettings,
     now: DateTime<Utc>,
+    spare: Option<SnapshotId>,
 ) -> anyhow::Result<DryRun> {
     let listing = client.list(Some(job.server_id)).await?;
-    let pins = match db {
+    let mut pins = match db {
         Some(db) => db.pins(now).await?,
         None => HashSet::new(),
     };
+    pins.extend(spare);
     let owners = owners(db, client.marker(), job.server_id, &listing.snapshots).await?;
     let cands = candidates(&listing.snapshots, &owners, job, &pins);
     let verdicts = retention::plan(&cands, &job.retention, job.timezone);

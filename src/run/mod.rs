@@ -188,6 +188,9 @@ struct RunState<'a> {
     window_alerted: bool,
     /// The safety snapshot of a restore: named `…-prerestore` (and no hooks).
     pre_restore: bool,
+    /// A snapshot never deleted in this run, as if pinned: the one a restore is about to
+    /// go back to (making room for the safety snapshot must not take it).
+    spare: Option<SnapshotId>,
     trigger: RunTrigger,
     /// The `after` hooks recorded and not yet run: the run owes them.
     owed: Vec<(EntryId, Command)>,
@@ -222,6 +225,7 @@ impl<'a> RunState<'a> {
             polls: 0,
             window_alerted: false,
             pre_restore: false,
+            spare: None,
             trigger: RunTrigger::Manual,
             owed: Vec::new(),
             hooks_ran: Vec::new(),
@@ -290,17 +294,17 @@ pub async fn owners(
     server_id: ServerId,
     listing: &[Snapshot],
 ) -> Result<Vec<Ownership>, DbError> {
-    let known = match db {
+    let (known, made) = match db {
         Some(db) => {
             let ids: Vec<SnapshotId> = listing.iter().map(|s| s.id).collect();
             let names: Vec<&str> = listing.iter().map(|s| s.name.as_str()).collect();
-            db.known_snapshots(server_id, &ids, &names).await?
+            db.journal_of(server_id, &ids, &names).await?
         }
-        None => HashSet::new(),
+        None => Default::default(),
     };
     Ok(listing
         .iter()
-        .map(|s| Ownership::of(s, marker, &known))
+        .map(|s| Ownership::of(s, marker, &known).unless_copy(s, made.get(&s.name).copied()))
         .collect())
 }
 
@@ -468,7 +472,8 @@ impl Runner {
 
     /// The planner's view of the listing in hand, for this run's job.
     async fn candidates(&self, st: &RunState<'_>) -> Result<Vec<Candidate>, DbError> {
-        let pins = self.db.pins(self.now()).await?;
+        let mut pins = self.db.pins(self.now()).await?;
+        pins.extend(st.spare);
         let snapshots = &st.listing.snapshots;
         let owners = owners(
             Some(&self.db),

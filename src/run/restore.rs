@@ -81,7 +81,10 @@ impl Runner {
         self.check_target(run_id, req).await?;
         let safety = match (req.safety, req.job) {
             (false, _) => None,
-            (true, Some(job)) => Some(self.safety_snapshot(run_id, job, started_at).await?),
+            (true, Some(job)) => Some(
+                self.safety_snapshot(run_id, job, started_at, req.snapshot.id)
+                    .await?,
+            ),
             (true, None) => {
                 return Err(fail(
                     Step::Start,
@@ -168,9 +171,11 @@ impl Runner {
         run_id: RunId,
         job: &JobSettings,
         started_at: chrono::DateTime<chrono::Utc>,
+        target: SnapshotId,
     ) -> Result<SnapshotId, Failure> {
         let mut st = RunState::new(run_id, job, started_at, None);
         st.pre_restore = true;
+        st.spare = Some(target);
         // A maintenance window has nothing to do with a restore's safety snapshot.
         st.window_alerted = true;
         self.observe(&st, Action::Lock, None, State::Ok, None)

@@ -445,3 +445,188 @@ async fn a_token_refused_on_delete_stops_the_prune_and_exits_78() {
     );
     assert_eq!(on(&s, 5).len(), 4);
 }
+
+/// A snapshot `job` made `hours` ago on `server`, named and marked as the agent makes them.
+fn marked(
+    s: &vps_snapshot_agent::sim::SimServer,
+    server: u64,
+    job: &str,
+    hours: i64,
+) -> SnapshotId {
+    let at = Utc::now() - chrono::Duration::hours(hours);
+    let name = vps_snapshot_agent::naming::new_name(job, at);
+    let desc = crate::helpers::marker().description(
+        job,
+        ServerId::new(server),
+        crate::helpers::RunId::new(0),
+        &name,
+    );
+    s.sim.put_described(
+        ServerId::new(server),
+        &name,
+        Some(&desc),
+        SnapshotStatus::Completed,
+        at,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_never_deletes_the_snapshot_it_goes_back_to_to_make_room() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), &job("web", 5, "keep_last = 4\n"));
+    let oldest = marked(&s, 5, "web", 96);
+    for h in [72, 48, 24] {
+        marked(&s, 5, "web", h);
+    }
+    s.sim.put(
+        ServerId::new(5),
+        "by-hand",
+        SnapshotStatus::Completed,
+        Utc::now() - chrono::Duration::hours(100),
+    );
+    let dry = agent(&cfg, &["restore", &oldest.to_string(), "--dry-run"]).await;
+    assert!(
+        !text(&dry).contains(&format!("make room: {oldest}")),
+        "{}",
+        text(&dry)
+    );
+    let o = agent(&cfg, &["restore", &oldest.to_string(), "--yes"]).await;
+    assert!(
+        on(&s, 5).iter().any(|x| x.id == oldest),
+        "the restore deleted its own target: {}",
+        text(&o)
+    );
+    let runs = history(&cfg).await;
+    assert!(
+        runs.iter().all(|r| !r["deleted_snapshot_ids"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(oldest.get()))),
+        "{runs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marked_copy_of_a_snapshot_the_agent_deleted_is_not_the_agents() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), &job("web", 5, "keep_last = 1\n"));
+    assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
+    let first = on(&s, 5).remove(0);
+    assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
+    assert!(on(&s, 5).iter().all(|x| x.id != first.id), "rotated out");
+    // Someone makes a snapshot by hand with the deleted one's name and description.
+    let copy = s.sim.put_described(
+        ServerId::new(5),
+        &first.name,
+        first.description.as_deref(),
+        SnapshotStatus::Completed,
+        Utc::now() - chrono::Duration::hours(1),
+    );
+    let o = agent(&cfg, &["snapshots", "--json"]).await;
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = listed[0]["snapshots"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["id"] == copy.get()))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(row["managed"], false, "{row}");
+    assert!(
+        row["reason"].as_str().unwrap().starts_with("a copy"),
+        "{row}"
+    );
+    for args in [&["prune"][..], &["run-once"][..]] {
+        let o = agent(&cfg, args).await;
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        assert!(
+            on(&s, 5).iter().any(|x| x.id == copy),
+            "{args:?} deleted the copy"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_in_any_encoding_an_api_answer_may_carry_is_never_shown() {
+    use base64::Engine as _;
+    use vps_snapshot_agent::sim::{Fault, FaultKind, Op};
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), &job("web", 5, ""));
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (head, tail) = TOKEN.split_at(TOKEN.len() / 2);
+    let escaped: String = TOKEN
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    let lower_pct: String = TOKEN
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect();
+    let forms = [
+        b64.encode(TOKEN),
+        b64.encode(format!("Bearer {TOKEN}")),
+        format!("{head}\n{tail}"),
+        escaped,
+        lower_pct,
+        TOKEN.to_uppercase(),
+    ];
+    for form in &forms {
+        s.sim.clear_faults();
+        s.sim.inject(Fault::new(
+            Op::Create,
+            FaultKind::Status {
+                code: 400,
+                retry_after: None,
+                body: format!("{{\"detail\": \"bad token {form}\"}}"),
+            },
+            1,
+        ));
+        let o = agent(&cfg, &["run-once"]).await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let h = agent(&cfg, &["history", "--json", "--limit", "1"]).await;
+        for (what, t) in [("run-once", text(&o)), ("history", text(&h))] {
+            for piece in [head, tail] {
+                assert!(
+                    !t.to_lowercase().contains(&piece.to_lowercase()),
+                    "{what} shows {form:?} in part: {t}"
+                );
+            }
+            assert!(!t.contains(form.as_str()), "{what} shows {form:?}: {t}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_commands_never_create_a_database_where_none_is() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), &job("web", 5, ""));
+    let text_ = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("history.db", "nodir/sub/history.db");
+    std::fs::write(&cfg, text_).unwrap();
+    for args in [
+        &["history"][..],
+        &["status"][..],
+        &["status", "--json"][..],
+        &["unpin", "5"][..],
+    ] {
+        let o = agent(&cfg, args).await;
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("no history yet") && text(&o).contains("nodir/sub/history.db"),
+            "{args:?}: {}",
+            text(&o)
+        );
+        assert!(
+            !dir.path().join("nodir").exists(),
+            "{args:?} made the directory"
+        );
+    }
+}
