@@ -3,9 +3,11 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::cli::LogFormat;
 
@@ -16,10 +18,7 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8, live: bool) {
     let terminal =
         std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
     if live && format == LogFormat::Text && verbose == 0 && quiet == 0 && terminal && !journald {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::util::SubscriberInitExt as _;
-        let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("warn,vps_snapshot_agent=debug"));
+        let filter = filter("debug");
         let _ = tracing_subscriber::registry()
             .with(filter)
             .with(crate::progress::ProgressLayer::new())
@@ -33,24 +32,45 @@ pub fn init(format: LogFormat, verbose: u8, quiet: u8, live: bool) {
         (_, 1) => "warn",
         _ => "error",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,vps_snapshot_agent={level}")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(|| crate::secrets::Scrubbing(std::io::stderr()))
-        .with_target(false);
-    // Whole seconds: nobody reads an operations log to the nanosecond.
-    let builder = builder.with_timer(Seconds);
+        .with_target(false)
+        // Whole seconds: nobody reads an operations log to the nanosecond.
+        .with_timer(Seconds);
+    let registry = tracing_subscriber::registry().with(filter(level));
     let _ = match format {
-        LogFormat::Json => builder.json().with_current_span(true).try_init(),
-        LogFormat::Text if journald => builder.without_time().with_ansi(false).try_init(),
-        LogFormat::Text => builder
-            .with_ansi(colour(
+        LogFormat::Json => registry
+            .with(layer.json().with_current_span(true))
+            .try_init(),
+        LogFormat::Text if journald => registry
+            .with(layer.without_time().with_ansi(false))
+            .try_init(),
+        LogFormat::Text => registry
+            .with(layer.with_ansi(colour(
                 std::io::stderr().is_terminal(),
                 std::env::var_os("NO_COLOR").as_deref(),
-            ))
+            )))
             .try_init(),
     };
+}
+
+/// `RUST_LOG`'s `target=level` directives (`vps_snapshot_agent=debug`, `warn,sqlx=info`),
+/// else warnings from the libraries and `level` from the agent. Targets, not EnvFilter:
+/// the same directives an operator writes, without a regex engine in the binary (span
+/// and field filters are not read).
+fn filter(level: &str) -> Targets {
+    let default = || {
+        format!("warn,vps_snapshot_agent={level}")
+            .parse::<Targets>()
+            .unwrap_or_default()
+    };
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => v.parse().unwrap_or_else(|e| {
+            eprintln!("agent: RUST_LOG={v:?} is not a list of target=level directives ({e}); using the default");
+            default()
+        }),
+        _ => default(),
+    }
 }
 
 /// Log timestamps in UTC, to the second.

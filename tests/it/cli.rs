@@ -507,3 +507,39 @@ async fn status_for_one_job_reads_its_last_run_and_last_success() {
     assert_eq!(unknown.status.code(), Some(2));
     assert!(text(&unknown).contains("no job named \"nope\""));
 }
+
+/// RUST_LOG is read as `target=level` directives: they choose what is logged, and a list
+/// that cannot be read is named on stderr and the default used, the command unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_directives_filter_and_a_broken_list_is_named() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), JOB);
+    let with = |filter: &'static str| {
+        let cfg = cfg.clone();
+        async move {
+            let out = tokio::process::Command::new(BIN)
+                .arg("--config")
+                .arg(&cfg)
+                .arg("run-once")
+                .env("AGENT_API__TOKEN", TOKEN)
+                .env("RUST_LOG", filter)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        }
+    };
+    let debug = with("warn,vps_snapshot_agent=debug").await;
+    assert!(debug.contains("DEBUG"), "{debug}");
+    let quiet = with("vps_snapshot_agent=error").await;
+    assert!(!quiet.contains("DEBUG") && !quiet.contains("INFO"), "{quiet}");
+    let broken = with("vps_snapshot_agent=loud").await;
+    assert!(
+        broken.contains("RUST_LOG=\"vps_snapshot_agent=loud\" is not a list of target=level"),
+        "{broken}"
+    );
+    assert!(broken.contains("INFO") && !broken.contains("DEBUG"), "{broken}");
+}
