@@ -127,9 +127,13 @@ impl Simulator {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let sim = self.clone();
-        tokio::spawn(async move { sim.respond(parts, body).await })
-            .await
-            .unwrap_or(Err(Dropped))
+        let in_flight = InFlight::new(self.clone());
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            sim.respond(parts, body).await
+        })
+        .await
+        .unwrap_or(Err(Dropped))
     }
 
     async fn respond(&self, req: Parts, body: Bytes) -> Result<Resp, Dropped> {
@@ -424,5 +428,26 @@ impl Simulator {
                 "server": {"id": snap.server_id, "name": format!("server-{}", snap.server_id), "status": "restoring"}
             }),
         )
+    }
+}
+
+/// Counts a request as in flight until it is carried out or answered (or dropped).
+struct InFlight(Simulator);
+
+impl InFlight {
+    fn new(sim: Simulator) -> Self {
+        sim.inner
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(sim)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .inner
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -82,6 +82,8 @@ struct Inner {
     /// Per-server completion delays overriding the default.
     delays: Mutex<HashMap<ServerId, Delay>>,
     requests: Mutex<Requests>,
+    /// Requests received and not yet carried out or answered (a slowed one sleeping).
+    in_flight: std::sync::atomic::AtomicUsize,
     rng: Mutex<fastrand::Rng>,
     base_url: Mutex<String>,
 }
@@ -127,6 +129,7 @@ impl Simulator {
                 armed: Mutex::default(),
                 delays: Mutex::default(),
                 requests: Mutex::default(),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
                 rng: Mutex::new(rng),
                 base_url: Mutex::new(String::new()),
             }),
@@ -252,11 +255,19 @@ impl Simulator {
             .map(|s| s.ready_at)
     }
 
-    /// Whether everything in flight has landed: no create due to land late, no snapshot
-    /// still on its way to completing.
+    /// Whether everything in flight has landed: no request still being handled (a slowed
+    /// one lands when its delay is over, whether or not its client still waits), no create
+    /// due to land late, no snapshot still on its way to completing.
     pub fn settled(&self) -> bool {
         let now = self.now();
-        self.world().settled(now)
+        self.requests_in_flight() == 0 && self.world().settled(now)
+    }
+
+    /// Requests received and not yet carried out or answered.
+    pub fn requests_in_flight(&self) -> usize {
+        self.inner
+            .in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn events(&self) -> Vec<Event> {

@@ -472,11 +472,13 @@ async fn shard(shard: u64) {
         vps_snapshot_agent::logging::init(vps_snapshot_agent::cli::LogFormat::Text, 1, 0, false);
     }
     let total = env_u64("EXPLORE_HISTORIES").unwrap_or(DEFAULT_HISTORIES);
+    // CI runs the seeds after the ones the suite ran (`EXPLORE_FIRST`), not them again.
+    let first = env_u64("EXPLORE_FIRST").unwrap_or(0);
     let smtp = Inbox::start(0);
     let mut stats = Stats::default();
     let mut ran = 0;
-    let mut seed = shard;
-    while seed < total {
+    let mut seed = first + shard;
+    while seed < first + total {
         let history = History::generate(seed);
         if std::env::var_os("EXPLORE_TRACE").is_some() {
             use std::io::Write as _;
@@ -536,10 +538,11 @@ async fn shrink_binary(h: &BinaryHistory, smtp: &(Inbox, u16)) -> BinaryHistory 
 
 async fn binary_shard(shard: u64) {
     let total = env_u64("EXPLORE_BINARY_HISTORIES").unwrap_or(DEFAULT_BINARY_HISTORIES);
+    let first = env_u64("EXPLORE_BINARY_FIRST").unwrap_or(0);
     let smtp = Inbox::start(0);
     let mut stats = Stats::default();
-    let mut i = shard;
-    while i < total {
+    let mut i = first + shard;
+    while i < first + total {
         let h = BinaryHistory::generate(BINARY_SEEDS + i);
         let bad = run_binary(&h, &smtp, &mut stats).await;
         if !bad.is_empty() {

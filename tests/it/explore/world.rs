@@ -562,8 +562,15 @@ impl World {
                 description: None,
             },
         };
-        // Nothing else runs meanwhile (fires come only when the history sends them): every
-        // effect on the API in this window is the restore's, and there must be none.
+        // Nothing else runs meanwhile (fires come only when the history sends them), once
+        // the requests still in flight have landed (a slowed create its run gave up on):
+        // every effect on the API in this window is the restore's, and there must be none.
+        for _ in 0..500 {
+            if self.sim().requests_in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let before = self.sim().events().len();
         let (id, status) = (snap.id, snap.status.clone());
         self.restore_snapshot(snap).await;
