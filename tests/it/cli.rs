@@ -535,11 +535,17 @@ async fn rust_log_directives_filter_and_a_broken_list_is_named() {
     let debug = with("warn,vps_snapshot_agent=debug").await;
     assert!(debug.contains("DEBUG"), "{debug}");
     let quiet = with("vps_snapshot_agent=error").await;
-    assert!(!quiet.contains("DEBUG") && !quiet.contains("INFO"), "{quiet}");
+    assert!(
+        !quiet.contains("DEBUG") && !quiet.contains("INFO"),
+        "{quiet}"
+    );
     let broken = with("vps_snapshot_agent=loud").await;
     assert!(
         broken.contains("RUST_LOG=\"vps_snapshot_agent=loud\" is not a list of target=level"),
         "{broken}"
     );
-    assert!(broken.contains("INFO") && !broken.contains("DEBUG"), "{broken}");
+    assert!(
+        broken.contains("INFO") && !broken.contains("DEBUG"),
+        "{broken}"
+    );
 }
