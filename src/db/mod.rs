@@ -181,7 +181,7 @@ impl Database {
         drop(lock);
         migrated.map_err(|e| err("cannot migrate (is it an agent database?)", e.into()))?;
         Ok(Self {
-            pool: Pool::Sqlite(pool),
+            pool: Pool::Sqlite(pool, sql::Writer::new()),
             path: path.to_path_buf(),
             timing: Timing::default(),
         })
@@ -210,7 +210,7 @@ impl Database {
     /// The SQLite pool, for tools and tests that read the file directly.
     pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
         match &self.pool {
-            Pool::Sqlite(p) => Some(p),
+            Pool::Sqlite(p, _) => Some(p),
             Pool::Postgres(_) => None,
         }
     }
@@ -227,7 +227,7 @@ impl Database {
 
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(p) => p.close().await,
+            Pool::Sqlite(p, _) => p.close().await,
             Pool::Postgres(p) => p.close().await,
         }
     }
@@ -245,7 +245,14 @@ impl Database {
     pub(crate) async fn begin(&self) -> DbResult<Tx> {
         let err = self.err("cannot begin a transaction");
         let tx = match &self.pool {
-            Pool::Sqlite(p) => p.begin_with("BEGIN IMMEDIATE").await.map(Tx::Sqlite),
+            Pool::Sqlite(p, writer) => {
+                // This process's turn first, then a connection: writers waiting their turn
+                // hold none of the pool's connections, which stay free for readers.
+                let turn = writer.turn(sql::WRITER_PATIENCE).await;
+                p.begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map(|t| Tx::Sqlite(t, turn))
+            }
             Pool::Postgres(p) => postgres::begin(p).await.map(Tx::Postgres),
         };
         tx.map_err(err)

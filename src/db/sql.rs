@@ -6,6 +6,7 @@
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{Arguments, AssertSqlSafe, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Which engine a database is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,14 +17,49 @@ pub enum Engine {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Pool {
-    Sqlite(SqlitePool),
+    Sqlite(SqlitePool, Writer),
     Postgres(PgPool),
+}
+
+/// The one writer of a SQLite database in this process. SQLite lets one connection write
+/// at a time; without a turn taken here, the pool's other connections that want to write
+/// wait in SQLite's busy handler, which sleeps and polls (1 ms, 2 ms, 5 ms, … up to the
+/// busy timeout). With it, this process's writers queue here and each starts the moment
+/// the last one is done; the busy handler is left to arbitrate between processes only.
+#[derive(Debug, Clone)]
+pub(crate) struct Writer(std::sync::Arc<Semaphore>);
+
+impl Writer {
+    pub(crate) fn new() -> Self {
+        Self(std::sync::Arc::new(Semaphore::new(1)))
+    }
+
+    /// This process's turn to write. `None` when it did not come within `patience` (a
+    /// writer that waits on itself, or a stuck one): the statement then goes ahead and
+    /// SQLite's busy timeout decides, as it would without the turn.
+    pub(crate) async fn turn(&self, patience: std::time::Duration) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(patience, self.0.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+}
+
+/// How long a writer waits for its turn in the process before going ahead anyway: the
+/// busy timeout SQLite is opened with.
+pub(crate) const WRITER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a statement may write: anything but a plain `SELECT` (an `INSERT … RETURNING`
+/// read through `fetch_one` writes too).
+fn writes(sql: &str) -> bool {
+    let head = sql.trim_start().get(..6).unwrap_or("");
+    !head.eq_ignore_ascii_case("select")
 }
 
 impl Pool {
     pub(super) fn engine(&self) -> Engine {
         match self {
-            Pool::Sqlite(_) => Engine::Sqlite,
+            Pool::Sqlite(..) => Engine::Sqlite,
             Pool::Postgres(_) => Engine::Postgres,
         }
     }
@@ -31,7 +67,8 @@ impl Pool {
 
 /// A write transaction on either store (see `Database::begin`).
 pub(crate) enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
+    /// With this process's turn to write, held until the transaction ends.
+    Sqlite(Transaction<'static, Sqlite>, Option<OwnedSemaphorePermit>),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -39,7 +76,7 @@ impl Tx {
     pub(crate) fn q(&self, sql: &str) -> Q {
         Q::new(
             match self {
-                Tx::Sqlite(_) => Engine::Sqlite,
+                Tx::Sqlite(..) => Engine::Sqlite,
                 Tx::Postgres(_) => Engine::Postgres,
             },
             sql,
@@ -48,7 +85,7 @@ impl Tx {
 
     pub(crate) async fn commit(self) -> sqlx::Result<()> {
         match self {
-            Tx::Sqlite(t) => t.commit().await,
+            Tx::Sqlite(t, _turn) => t.commit().await,
             Tx::Postgres(t) => t.commit().await,
         }
     }
@@ -78,7 +115,7 @@ impl On<'_> {
         Q::new(
             match self {
                 On::Pool(p) => p.engine(),
-                On::Tx(Tx::Sqlite(_)) => Engine::Sqlite,
+                On::Tx(Tx::Sqlite(..)) => Engine::Sqlite,
                 On::Tx(Tx::Postgres(_)) => Engine::Postgres,
             },
             sql,
@@ -111,8 +148,8 @@ impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, 
 macro_rules! on_engine {
     ($args:expr, $on:expr, |$e:ident, $a:ident| $body:expr) => {
         match ($args, $on) {
-            (Args::Sqlite($a), On::Pool(Pool::Sqlite($e))) => $body,
-            (Args::Sqlite($a), On::Tx(Tx::Sqlite(t))) => {
+            (Args::Sqlite($a), On::Pool(Pool::Sqlite($e, _))) => $body,
+            (Args::Sqlite($a), On::Tx(Tx::Sqlite(t, _))) => {
                 let $e = &mut **t;
                 $body
             }
@@ -158,6 +195,17 @@ impl Q {
         self
     }
 
+    /// This process's turn to write, for a statement that writes outside a transaction
+    /// on SQLite (a transaction holds it already).
+    async fn turn(&self, on: &On<'_>) -> Option<OwnedSemaphorePermit> {
+        match on {
+            On::Pool(Pool::Sqlite(_, writer)) if writes(&self.sql) => {
+                writer.turn(WRITER_PATIENCE).await
+            }
+            _ => None,
+        }
+    }
+
     fn parts(self) -> sqlx::Result<(AssertSqlSafe<String>, Args)> {
         match self.bad {
             Some(e) => Err(sqlx::Error::Encode(e)),
@@ -167,16 +215,20 @@ impl Q {
 
     /// Runs the statement; the number of rows it changed.
     pub(crate) async fn execute<'a>(self, on: impl Into<On<'a>>) -> sqlx::Result<u64> {
+        let on = on.into();
+        let _turn = self.turn(&on).await;
         let (sql, args) = self.parts()?;
-        on_engine!(args, on.into(), |e, a| sqlx::query_with(sql, a)
+        on_engine!(args, on, |e, a| sqlx::query_with(sql, a)
             .execute(e)
             .await
             .map(|r| r.rows_affected()))
     }
 
     pub(crate) async fn fetch_all<'a, T: Row>(self, on: impl Into<On<'a>>) -> sqlx::Result<Vec<T>> {
+        let on = on.into();
+        let _turn = self.turn(&on).await;
         let (sql, args) = self.parts()?;
-        on_engine!(args, on.into(), |e, a| sqlx::query_as_with(sql, a)
+        on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
             .fetch_all(e)
             .await)
     }
@@ -185,15 +237,19 @@ impl Q {
         self,
         on: impl Into<On<'a>>,
     ) -> sqlx::Result<Option<T>> {
+        let on = on.into();
+        let _turn = self.turn(&on).await;
         let (sql, args) = self.parts()?;
-        on_engine!(args, on.into(), |e, a| sqlx::query_as_with(sql, a)
+        on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
             .fetch_optional(e)
             .await)
     }
 
     pub(crate) async fn fetch_one<'a, T: Row>(self, on: impl Into<On<'a>>) -> sqlx::Result<T> {
+        let on = on.into();
+        let _turn = self.turn(&on).await;
         let (sql, args) = self.parts()?;
-        on_engine!(args, on.into(), |e, a| sqlx::query_as_with(sql, a)
+        on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
             .fetch_one(e)
             .await)
     }
@@ -268,7 +324,17 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::numbered;
+    use super::{numbered, writes};
+
+    #[test]
+    fn only_a_plain_select_is_taken_for_a_read() {
+        assert!(!writes("  SELECT id FROM runs"));
+        assert!(!writes("select 1"));
+        assert!(writes("INSERT INTO runs (job) VALUES (?) RETURNING id"));
+        assert!(writes("UPDATE runs SET status = ?"));
+        assert!(writes("WITH x AS (SELECT 1) DELETE FROM pins"));
+        assert!(writes(""));
+    }
 
     #[test]
     fn placeholders_are_numbered_outside_quotes() {
