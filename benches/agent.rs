@@ -290,7 +290,59 @@ async fn bench_run_once(r: &mut Report, n: u64, prefix: &str) -> Option<f64> {
         "req",
         "<= 2 + polls + deletions = 4",
     );
+    // Where the CPU goes besides work: threads waiting on each other (futex) and SQLite's
+    // busy handler sleeping (clock_nanosleep), counted by strace over one more round.
+    match syscalls_of(&cfg).await {
+        Some((futex, sleeps)) => {
+            r.add(
+                "run_once_futex_per_job",
+                "run-once: futex calls per job (strace -f)",
+                futex as f64 / n as f64,
+                "calls",
+                "",
+            );
+            r.add(
+                "run_once_sleeps",
+                &format!("run-once, {n} jobs: clock_nanosleep calls (busy-handler sleeps)"),
+                sleeps as f64,
+                "calls",
+                "0",
+            );
+        }
+        None => println!("  (strace not found: futex and sleep counts not measured)"),
+    }
     Some(per_job_cpu)
+}
+
+/// futex and clock_nanosleep calls of one `run-once` under `strace -f -c`, or `None`
+/// without strace.
+async fn syscalls_of(cfg: &Path) -> Option<(u64, u64)> {
+    let out = tempfile::NamedTempFile::new().ok()?;
+    let st = tokio::process::Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=futex,clock_nanosleep", "-o"])
+        .arg(out.path())
+        .arg(BIN)
+        .arg("--config")
+        .arg(cfg)
+        .args(["-qq", "run-once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .ok()?;
+    if !st.success() {
+        return None;
+    }
+    let text = std::fs::read_to_string(out.path()).ok()?;
+    let calls = |name: &str| {
+        text.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.last() == Some(&name)).then(|| f.get(3)?.parse::<u64>().ok())?
+            })
+            .sum::<u64>()
+    };
+    Some((calls("futex"), calls("clock_nanosleep")))
 }
 
 /// The curl + jq script, server after server, against `agent simulate`.
