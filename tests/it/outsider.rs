@@ -252,21 +252,7 @@ async fn a_job_named_twice_runs_once_and_prunes_within_its_cap() {
     assert_eq!(history(&cfg).await.len(), 1);
 
     for h in [50, 40, 30] {
-        let at = Utc::now() - chrono::Duration::hours(h);
-        let name = vps_snapshot_agent::naming::new_name("web", at);
-        let desc = crate::helpers::marker().description(
-            "web",
-            ServerId::new(5),
-            crate::helpers::RunId::new(0),
-            &name,
-        );
-        s.sim.put_described(
-            ServerId::new(5),
-            &name,
-            Some(&desc),
-            SnapshotStatus::Completed,
-            at,
-        );
+        marked(&s, 5, "web", h);
     }
     let o = agent(&cfg, &["prune", "--job", "web", "--job", "web"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -285,21 +271,7 @@ async fn a_prune_killed_mid_delete_is_finished_by_the_next_prune() {
     let cfg = config(dir.path(), &s.base_url(), &job("web", 5, "keep_last = 1\n"));
     let mut ids: Vec<SnapshotId> = Vec::new();
     for h in [50, 40] {
-        let at = Utc::now() - chrono::Duration::hours(h);
-        let name = vps_snapshot_agent::naming::new_name("web", at);
-        let desc = crate::helpers::marker().description(
-            "web",
-            ServerId::new(5),
-            crate::helpers::RunId::new(0),
-            &name,
-        );
-        ids.push(s.sim.put_described(
-            ServerId::new(5),
-            &name,
-            Some(&desc),
-            SnapshotStatus::Completed,
-            at,
-        ));
+        ids.push(marked(&s, 5, "web", h));
     }
     // The first request is the listing, the second the delete: carried out, then the
     // process is killed before its answer.
@@ -418,21 +390,7 @@ async fn a_token_refused_on_delete_stops_the_prune_and_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &s.base_url(), &job("web", 5, "keep_last = 1\n"));
     for h in [50, 40, 30, 20] {
-        let at = Utc::now() - chrono::Duration::hours(h);
-        let name = vps_snapshot_agent::naming::new_name("web", at);
-        let desc = crate::helpers::marker().description(
-            "web",
-            ServerId::new(5),
-            crate::helpers::RunId::new(0),
-            &name,
-        );
-        s.sim.put_described(
-            ServerId::new(5),
-            &name,
-            Some(&desc),
-            SnapshotStatus::Completed,
-            at,
-        );
+        marked(&s, 5, "web", h);
     }
     s.sim.inject(Fault::status(Op::Delete, 401, 10));
     let o = agent(&cfg, &["prune"]).await;
