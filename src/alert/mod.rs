@@ -46,7 +46,7 @@ impl AlertPolicy {
 }
 
 /// Whether a new failure alert for `job` would repeat one sent less than `repeat_after` ago
-/// in the same failure streak.
+/// in the same failure streak (by the wall clock; one stamped later than `now` is not).
 pub async fn throttled(
     db: &Database,
     policy: &AlertPolicy,
@@ -62,6 +62,11 @@ pub async fn throttled(
         .await?
         .and_then(|r| r.finished_at)
         .is_some_and(|t| t > last);
-    let within = (now - last).to_std().unwrap_or_default() < policy.repeat_after;
+    // An alert "in the future" says the wall clock went back since: how long ago it was
+    // sent is unknown, and a failure is never kept quiet on a guess (a clock set back by a
+    // day would otherwise silence every failure for that day).
+    let within = (now - last)
+        .to_std()
+        .is_ok_and(|ago| ago < policy.repeat_after);
     Ok(within && !success_since)
 }

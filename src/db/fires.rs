@@ -29,8 +29,10 @@ impl Database {
 
     /// [`Database::claim_fire`] for a fire the wall clock came back to (it went back past
     /// it: NTP, a hand-set clock): a fire already run is run again when its run has ended
-    /// and a run of the job for a later fire was started since — the clock had moved on
-    /// past it, and this is a new moment. One that is still running, or the latest fire
+    /// and a run of the job for a later fire was started since, at a wall time the clock
+    /// has not reached again — the clock had moved on past it before it went back, and
+    /// this is a new moment. (A fire merely delivered late, or to a second daemon, after
+    /// the later one ran, finds that run in its past and is not run again.) One that is still running, or the latest fire
     /// the job ran (a step back of less than a period), is not run again; of several
     /// agents taking it at once, one does.
     pub async fn claim_fire_again(
@@ -67,9 +69,10 @@ impl Database {
                     .q("UPDATE fires SET run_id = 0 WHERE job = ? AND scheduled_for = ? \
                         AND EXISTS (SELECT 1 FROM runs r WHERE r.id = fires.run_id AND r.status <> 'running') \
                         AND EXISTS (SELECT 1 FROM runs l WHERE l.job = fires.job AND l.id > fires.run_id \
-                            AND l.scheduled_for > fires.scheduled_for)")
+                            AND l.scheduled_for > fires.scheduled_for AND l.started_at > ?)")
                     .bind(run.job)
                     .bind(at)
+                    .bind(ms(run.started_at))
                     .execute(&mut tx)
                     .await
                     .map_err(self.err(what.clone()))?

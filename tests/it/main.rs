@@ -3,6 +3,7 @@
 mod agents;
 mod cli;
 mod client;
+mod clock_steps;
 mod config;
 mod daemon;
 mod data_safety;
