@@ -22,6 +22,12 @@ pub trait Clock: Send + Sync + 'static {
     fn monotonic(&self) -> Option<tokio::time::Instant> {
         None
     }
+    /// Wall and monotonic time read together: a clock that other tasks move (a virtual
+    /// one) reads both at one instant, so that time passing between the two reads is
+    /// never taken for a step.
+    fn read(&self) -> (DateTime<Utc>, Option<tokio::time::Instant>) {
+        (self.now(), self.monotonic())
+    }
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -101,16 +107,15 @@ pub struct StepWatch {
 impl StepWatch {
     /// A watch on `clock`, or `None` for a clock without monotonic time.
     pub fn new(clock: &dyn Clock) -> Option<Self> {
-        Some(Self {
-            wall: clock.now(),
-            mono: clock.monotonic()?,
-        })
+        let (wall, mono) = clock.read();
+        Some(Self { wall, mono: mono? })
     }
 
     /// How far the wall clock stepped since the last look (forward when positive), when
     /// it did by [`STEP_THRESHOLD`] or more.
     pub fn look(&mut self, clock: &dyn Clock) -> Option<chrono::Duration> {
-        let (wall, mono) = (clock.now(), clock.monotonic()?);
+        let (wall, mono) = clock.read();
+        let mono = mono?;
         let elapsed = chrono::Duration::from_std(mono - self.mono).unwrap_or_default();
         let step = wall - (self.wall + elapsed);
         *self = Self { wall, mono };
@@ -121,24 +126,59 @@ impl StepWatch {
 /// A clock that only moves when someone sleeps on it: a sleep of `d` moves time to at
 /// least `now + d` and returns at once (after yielding, so other tasks run). Lets a test
 /// cover a 10-minute snapshot and a 30-minute timeout in milliseconds, deterministically.
+/// Its monotonic side moves with it, except when the wall clock is stepped
+/// ([`VirtualClock::step`]): what NTP, `date -s` or a suspend do to a real box.
 #[derive(Debug, Clone)]
 pub struct VirtualClock {
-    now: Arc<Mutex<DateTime<Utc>>>,
+    now: Arc<Mutex<Times>>,
+    origin: tokio::time::Instant,
     slept: Arc<Mutex<Vec<Duration>>>,
+}
+
+/// The wall time, and how far monotonic time moved since the clock was made.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    wall: DateTime<Utc>,
+    mono: Duration,
+}
+
+impl Times {
+    /// Moves both forward to `wall`, when it is ahead.
+    fn forward_to(&mut self, wall: DateTime<Utc>) {
+        if let Ok(ahead) = (wall - self.wall).to_std() {
+            self.wall = wall;
+            self.mono += ahead;
+        }
+    }
 }
 
 impl VirtualClock {
     pub fn new(start: DateTime<Utc>) -> Self {
         Self {
-            now: Arc::new(Mutex::new(start)),
+            now: Arc::new(Mutex::new(Times {
+                wall: start,
+                mono: Duration::ZERO,
+            })),
+            origin: tokio::time::Instant::now(),
             slept: Arc::default(),
         }
     }
 
+    fn times(&self) -> std::sync::MutexGuard<'_, Times> {
+        self.now.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Moves time forward by `d` without anyone sleeping.
     pub fn advance(&self, d: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
-        *now += chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        let mut t = self.times();
+        let to = t.wall + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        t.forward_to(to);
+    }
+
+    /// Steps the wall clock by `by` (back when negative), monotonic time untouched: a
+    /// step forward is also what a suspend looks like from inside.
+    pub fn step(&self, by: chrono::Duration) {
+        self.times().wall += by;
     }
 
     /// Every sleep requested so far, in order.
@@ -149,7 +189,14 @@ impl VirtualClock {
 
 impl Clock for VirtualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner())
+        self.times().wall
+    }
+    fn monotonic(&self) -> Option<tokio::time::Instant> {
+        Some(self.origin + self.times().mono)
+    }
+    fn read(&self) -> (DateTime<Utc>, Option<tokio::time::Instant>) {
+        let t = *self.times();
+        (t.wall, Some(self.origin + t.mono))
     }
     fn sleep(&self, duration: Duration) -> Sleep {
         self.slept
@@ -160,12 +207,9 @@ impl Clock for VirtualClock {
             self.now() + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
         let now = self.now.clone();
         Box::pin(async move {
-            {
-                let mut now = now.lock().unwrap_or_else(|e| e.into_inner());
-                if *now < target {
-                    *now = target;
-                }
-            }
+            now.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forward_to(target);
             tokio::task::yield_now().await;
         })
     }
@@ -208,7 +252,20 @@ mod tests {
         assert_eq!(watch.look(&clock), None, "under a second or two: jitter");
         clock.step(chrono::Duration::minutes(30));
         assert_eq!(watch.look(&clock), Some(chrono::Duration::minutes(30)));
-        assert!(StepWatch::new(&VirtualClock::new(clock.now())).is_none());
+    }
+
+    #[test]
+    fn a_virtual_clock_steps_its_wall_time_alone() {
+        let clock = VirtualClock::new(DateTime::from_timestamp(1_800_000_000, 0).unwrap());
+        let mut watch = StepWatch::new(&clock).unwrap();
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(watch.look(&clock), None, "time passing is not a step");
+        clock.step(chrono::Duration::minutes(-90));
+        assert_eq!(watch.look(&clock), Some(chrono::Duration::minutes(-90)));
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(watch.look(&clock), None);
+        clock.step(chrono::Duration::hours(5));
+        assert_eq!(watch.look(&clock), Some(chrono::Duration::hours(5)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! time no longer match); a holder on another host when its agent's heartbeat lapses (or,
 //! for an agent too old to heartbeat, the lock's own lease).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -20,6 +20,11 @@ pub struct Owner(String);
 /// such process, `Err` when `/proc` could not be read (out of descriptors, say), which
 /// proves nothing.
 fn process_start(pid: u32) -> std::io::Result<Option<u64>> {
+    if unreadable_now(pid) {
+        return Err(std::io::Error::other(
+            "made unreadable by the fault explorer",
+        ));
+    }
     let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -30,6 +35,37 @@ fn process_start(pid: u32) -> std::io::Result<Option<u64>> {
         .and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
         .map(Some)
         .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/stat has no start time")))
+}
+
+/// Reads of `/proc/PID/stat` still to fail, by pid: how the fault explorer makes
+/// liveness unreadable for the processes it simulates. Empty outside its tests.
+static UNREADABLE: LazyLock<Mutex<HashMap<u32, u32>>> = LazyLock::new(Mutex::default);
+
+/// Makes the next `reads` reads of process `pid`'s start time fail, as `/proc` does when
+/// the process is out of descriptors (for the fault explorer).
+#[doc(hidden)]
+pub fn fail_liveness_reads(pid: u32, reads: u32) {
+    let mut left = UNREADABLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if reads == 0 {
+        left.remove(&pid);
+    } else {
+        left.insert(pid, reads);
+    }
+}
+
+fn unreadable_now(pid: u32) -> bool {
+    let mut left = UNREADABLE.lock().unwrap_or_else(PoisonError::into_inner);
+    match left.get_mut(&pid) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            true
+        }
+        Some(_) => {
+            left.remove(&pid);
+            true
+        }
+        None => false,
+    }
 }
 
 /// This process's start time, read once.

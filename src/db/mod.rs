@@ -21,7 +21,7 @@ pub use copy::Copied;
 pub use fires::FireTaken;
 pub use history::{HistoryQuery, JobSummary};
 pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
-pub use locks::Owner;
+pub use locks::{Owner, fail_liveness_reads};
 pub use pings::{NewPing, PendingPing, PingKind};
 pub use postgres::{Location, split_password};
 pub use runs::{Finish, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};

@@ -23,6 +23,10 @@ pub struct Expect {
     /// From this journal entry on, the config allows a different cap: a run with deletes
     /// journaled after it (one resumed under the new config) may use that one.
     pub raised: Option<(i64, usize)>,
+    /// The last run recorded before each step back of the wall clock. After one, the fires
+    /// come round again, and one already run is run again only where a later fire of its
+    /// job ran in between (the daemon's documented rule).
+    pub clock_back: Vec<RunId>,
 }
 
 /// Checks every invariant; panics listing all that fail.
@@ -48,6 +52,7 @@ pub async fn violations(sim: &Simulator, db: &Database, expect: &Expect) -> Vec<
     .unwrap();
     deletions(&events, &runs, &journal, db, expect, &mut bad).await;
     creations(&events, &runs, &mut bad);
+    fires_once(&runs, &expect.clock_back, &mut bad);
     endings(&runs, &journal, &mut bad);
     thaws(&runs, &journal, &mut bad);
     no_delete_on_an_odd_listing(&journal, &mut bad);
@@ -282,21 +287,6 @@ fn creations(events: &[Event], runs: &[vps_snapshot_agent::db::Run], bad: &mut V
             bad.push(format!("snapshot {name} created but no run records it"));
         }
     }
-    // A scheduled fire (or its catch-up) is run once, however many agents fired it.
-    let mut fires: HashMap<(&str, i64), usize> = HashMap::new();
-    for r in runs {
-        if let (RunTrigger::Schedule | RunTrigger::CatchUp, Some(at)) = (r.trigger, r.scheduled_for)
-        {
-            *fires
-                .entry((r.job.as_str(), at.timestamp_millis()))
-                .or_default() += 1;
-        }
-    }
-    for ((job, at), n) in fires {
-        if n > 1 {
-            bad.push(format!("the fire of {job} at {at} ms was run {n} times"));
-        }
-    }
     // A snapshot run makes at most one; so does a restore (its safety snapshot).
     let snapshot_runs = runs.len();
     if created.len() > snapshot_runs {
@@ -304,6 +294,49 @@ fn creations(events: &[Event], runs: &[vps_snapshot_agent::db::Run], bad: &mut V
             "{} snapshots created by {snapshot_runs} runs",
             created.len()
         ));
+    }
+}
+
+/// A scheduled fire (or its catch-up) is run once, however many agents fired it; again
+/// only after the wall clock went back past it, where a later fire of its job ran between
+/// the two (`clock_back`: the last run before each step back).
+fn fires_once(runs: &[vps_snapshot_agent::db::Run], clock_back: &[RunId], bad: &mut Vec<String>) {
+    let fired = |r: &vps_snapshot_agent::db::Run| {
+        matches!(r.trigger, RunTrigger::Schedule | RunTrigger::CatchUp)
+            .then_some(r.scheduled_for)
+            .flatten()
+    };
+    let mut fires: HashMap<(&str, i64), Vec<&vps_snapshot_agent::db::Run>> = HashMap::new();
+    for r in runs {
+        if let Some(at) = fired(r) {
+            fires
+                .entry((r.job.as_str(), at.timestamp_millis()))
+                .or_default()
+                .push(r);
+        }
+    }
+    for ((job, at), mut again) in fires {
+        again.sort_by_key(|r| r.id);
+        for pair in again.windows(2) {
+            let (a, b) = (pair[0].id, pair[1].id);
+            let stepped_back = clock_back.iter().any(|m| a <= *m && *m < b);
+            let later_ran = runs.iter().any(|c| {
+                c.job == job
+                    && a < c.id
+                    && c.id < b
+                    && fired(c).is_some_and(|t| t.timestamp_millis() > at)
+            });
+            if !(stepped_back && later_ran) {
+                bad.push(format!(
+                    "the fire of {job} at {at} ms was run again (runs {a} and {b}){}",
+                    if stepped_back {
+                        " after the clock went back, though no later fire of the job ran between"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
     }
 }
 
@@ -415,6 +448,12 @@ async fn no_token_in_rows(db: &Database, token: &str, bad: &mut Vec<String>) {
             bad.push(format!("the token is in {table}.{column} ({n} rows)"));
         }
     }
+}
+
+/// Every 8-character piece of `secret`: what the agent must keep out of everything it
+/// writes, as much as the whole.
+pub fn pieces(secret: &str) -> impl Iterator<Item = &str> {
+    (0..=secret.len().saturating_sub(8)).filter_map(|i| secret.get(i..i + 8))
 }
 
 /// No file under `dir` (the database, its WAL, logs, configs) holds the token.

@@ -59,6 +59,7 @@ pub fn expect_for(config: &str) -> Expect {
         token: TOKEN.to_string(),
         max_deletions_per_run: cap,
         raised: None,
+        clock_back: Vec::new(),
     }
 }
 

@@ -49,6 +49,9 @@ pub enum Step {
     Edit(EditPick, u32),
     SmtpDown,
     SmtpUp,
+    /// This many idle connections opened to the daemon's metrics listener from another
+    /// address than the one that then asks for `/healthz`, held for a while.
+    Flood(u32),
 }
 
 /// A history for the binary: the installation of the in-process history of the same seed,
@@ -58,20 +61,42 @@ pub struct BinaryHistory {
     pub model: Model,
     pub steps: Vec<Step>,
     pub hooks: Option<Hooks>,
+    /// The daemon serves `[metrics]` (under a low descriptor limit) and gets floods.
+    pub listener: bool,
 }
 
 /// The `before` and `after` hooks every job of a binary history runs: they log their
 /// phase and run to `hooks.log`; `before` takes `sleep` (a window for kills) and, with
-/// `failing`, fails in every third run.
+/// `failing`, fails in every third run. With `echo`, both print the API token after that
+/// many characters on stdout, and a 10-character piece of it on stderr: a hook that
+/// prints its secrets, at any offset of what the agent keeps of its output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hooks {
     pub thaw_completed: bool,
     pub snapshot_anyway: bool,
     pub failing: bool,
     pub sleep_ms: u32,
+    pub echo: Option<u32>,
+}
+
+/// The token as the hook is given it (ROT13, so that no file of the site holds it): the
+/// hook turns it back.
+fn rot13(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            'a'..='z' => (((c as u8 - b'a') + 13) % 26 + b'a') as char,
+            'A'..='Z' => (((c as u8 - b'A') + 13) % 26 + b'A') as char,
+            _ => c,
+        })
+        .collect()
 }
 
 const HOOK: &str = r#"#!/bin/sh
+if [ -n "$4" ]; then
+  t=$(printf %s "$4" | tr 'A-Za-z' 'N-ZA-Mn-za-m')
+  printf '%s%s\n' "$(head -c "$5" /dev/zero | tr '\0' x)" "$t"
+  printf '%s\n' "$t" | cut -c 3-12 >&2
+fi
 echo "$VPS_SNAPSHOT_PHASE $VPS_SNAPSHOT_RUN_ID" >> "$1"
 [ "$VPS_SNAPSHOT_PHASE" = before ] || exit 0
 sleep "$2"
@@ -89,6 +114,7 @@ impl Hooks {
             snapshot_anyway: rng.bool(),
             failing: rng.bool(),
             sleep_ms: rng.u32(..300),
+            echo: rng.bool().then(|| rng.u32(..6_000)),
         })
     }
 
@@ -104,9 +130,13 @@ impl Hooks {
         let (s, l) = (script.display(), log.display());
         let sleep = format!("{}.{:03}", self.sleep_ms / 1000, self.sleep_ms % 1000);
         let failing = if self.failing { "failing" } else { "-" };
+        let echo = match self.echo {
+            Some(pad) => format!("\"{}\", \"{pad}\"", rot13(TOKEN)),
+            None => "\"\", \"0\"".to_string(),
+        };
         format!(
-            "before = [[\"{s}\", \"{l}\", \"{sleep}\", \"{failing}\"]]\n\
-             after = [[\"{s}\", \"{l}\"]]\n\
+            "before = [[\"{s}\", \"{l}\", \"{sleep}\", \"{failing}\", {echo}]]\n\
+             after = [[\"{s}\", \"{l}\", \"0\", \"-\", {echo}]]\n\
              thaw_after = \"{}\"\nbefore_failure = \"{}\"\n",
             if self.thaw_completed {
                 "completed"
@@ -186,11 +216,21 @@ impl BinaryHistory {
                 _ => Step::SmtpUp,
             });
         }
+        // Drawn apart from the steps, so that adding floods changed no seed's steps.
+        let mut rng = Rng::with_seed(seed ^ 0xf100_d000);
+        let listener = rng.u8(..3) == 0;
+        if listener {
+            for _ in 0..rng.usize(1..=2) {
+                let at = rng.usize(1..=steps.len());
+                steps.insert(at, Step::Flood(rng.u32(100..400)));
+            }
+        }
         BinaryHistory {
             seed,
             model,
             steps,
             hooks: Hooks::draw(seed),
+            listener,
         }
     }
 }
@@ -212,6 +252,9 @@ impl std::fmt::Display for BinaryHistory {
         if let Some(h) = &self.hooks {
             writeln!(f, "  hooks: {h:?}")?;
         }
+        if self.listener {
+            writeln!(f, "  metrics listener, {DESCRIPTORS} descriptors")?;
+        }
         for (i, s) in self.steps.iter().enumerate() {
             writeln!(f, "  {i:>2}. {s:?}")?;
         }
@@ -232,7 +275,15 @@ pub struct Site {
     daemon: Option<tokio::process::Child>,
     /// Commands run so far (each writes its output to a file of its own).
     commands: u32,
+    /// The daemon's metrics listener, when the history has one.
+    listen: Option<std::net::SocketAddr>,
+    /// Invariants broken during the history.
+    pub broken: Vec<String>,
 }
+
+/// A daemon with a listener runs with this few file descriptors: a flood must not take
+/// the ones it needs for its database, the API and its answers.
+const DESCRIPTORS: u64 = 128;
 
 fn signal(child: &tokio::process::Child, sig: i32) {
     if let Some(pid) = child.id() {
@@ -268,6 +319,12 @@ impl Site {
             hooks: h.hooks,
             daemon: None,
             commands: 0,
+            listen: h.listener.then(|| {
+                // A free port, asked of the system (the daemon binds it again at start).
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap()
+            }),
+            broken: Vec::new(),
         };
         site.write_config();
         site
@@ -288,6 +345,12 @@ impl Site {
             text = text.replace(
                 "[defaults]\n",
                 &format!("[defaults]\n{}", h.keys(self.dir.path())),
+            );
+        }
+        if let Some(addr) = self.listen {
+            text = text.replace(
+                "[email]\n",
+                &format!("[metrics]\nlisten = \"{addr}\"\n[email]\n"),
             );
         }
         std::fs::write(&self.cfg, text).unwrap();
@@ -343,8 +406,24 @@ impl Site {
         let out = std::fs::File::create(self.dir.path().join(format!("out-{}.log", self.commands)))
             .unwrap();
         let err = out.try_clone().unwrap();
-        tokio::process::Command::new(BIN)
-            .arg("--config")
+        let mut cmd = tokio::process::Command::new(BIN);
+        if args == ["run"] && self.listen.is_some() {
+            // SAFETY: only setrlimit, which is async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: DESCRIPTORS,
+                        rlim_max: DESCRIPTORS,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        cmd.arg("--config")
             .arg(&self.cfg)
             .args(args)
             .env("AGENT_API__TOKEN", TOKEN)
@@ -477,6 +556,49 @@ impl Site {
             }
             Step::SmtpDown => self.inbox.set_down(true),
             Step::SmtpUp => self.inbox.set_down(false),
+            Step::Flood(n) => self.flood(n).await,
+        }
+    }
+
+    /// `n` idle connections from 127.0.0.2 to the running daemon's listener, held for
+    /// two seconds; meanwhile `/healthz` from 127.0.0.1 must answer, and afterwards the
+    /// daemon must still be there.
+    async fn flood(&mut self, n: u32) {
+        let Some(addr) = self.listen else { return };
+        let Some(d) = self.daemon.as_mut() else {
+            return;
+        };
+        if d.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // The listener is up once it answers (a daemon just started may not be yet).
+        if !healthz(addr).await {
+            return;
+        }
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            if socket.bind("127.0.0.2:0".parse().unwrap()).is_err() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(500), socket.connect(addr)).await {
+                Ok(Ok(c)) => held.push(c),
+                _ => break,
+            }
+        }
+        let answered = healthz(addr).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(held);
+        let alive = d.try_wait().ok().flatten().is_none();
+        if !answered && alive {
+            self.broken.push(format!(
+                "with {n} idle connections from another address, /healthz did not answer"
+            ));
+        }
+        if !alive {
+            self.broken.push(format!(
+                "the daemon ended during a flood of {n} connections"
+            ));
         }
     }
 
@@ -485,4 +607,22 @@ impl Site {
             let _ = d.kill().await;
         }
     }
+}
+
+/// Whether `GET /healthz` at `addr` answers 200 within five seconds.
+async fn healthz(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer).await.ok()?;
+        Some(answer.starts_with(b"HTTP/1.1 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), ask).await,
+        Ok(Some(true))
+    )
 }

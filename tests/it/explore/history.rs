@@ -258,6 +258,14 @@ pub enum Event {
     ReceiversUp,
     /// They answer 404 repeating the request's path (the secret part of the URL).
     ReceiversEcho,
+    /// The wall clock steps by this many minutes (back when negative) with whatever runs
+    /// running: NTP, an operator's `date -s`.
+    ClockStep(i32),
+    /// The box sleeps this many hours: monotonic time stops, the wall clock jumps.
+    Suspend(u32),
+    /// The next this many reads of `/proc` fail for every process of the history, alive
+    /// or gone (out of descriptors): liveness cannot be told.
+    ProcUnreadable(u32),
 }
 
 impl fmt::Display for Event {
@@ -395,16 +403,36 @@ fn edge(rng: &mut Rng) -> Event {
     }
 }
 
+/// What the box itself does under the agent: its wall clock steps or it sleeps, `/proc`
+/// cannot be read for a while.
+fn host(rng: &mut Rng) -> Event {
+    match rng.u32(..100) {
+        0..=59 => {
+            let by = [3, 20, 50, 130, 600][rng.usize(..5)];
+            Event::ClockStep(if rng.u8(..3) == 0 { by } else { -by })
+        }
+        60..=74 => Event::Suspend([1, 9, 30][rng.usize(..3)]),
+        _ => Event::ProcUnreadable([1, 4, 40][rng.usize(..3)]),
+    }
+}
+
 impl History {
     /// The history of `seed`: [`History::base`]'s events, and between them a few from
     /// the edges of the outside world (odd listings, restores that cannot happen, long
-    /// downtime, receivers down or echoing), drawn from a stream of their own.
+    /// downtime, receivers down or echoing), drawn from a stream of their own, and from a
+    /// third a few of the host's own (clock steps, suspends, `/proc` unreadable).
     pub fn generate(seed: u64) -> Self {
         let mut h = Self::base(seed);
         let mut rng = Rng::with_seed(seed ^ 0x5851_f42d_4c95_7f2d);
         for _ in 0..rng.usize(1..=4) {
             let at = rng.usize(1..=h.events.len());
             h.events.insert(at, edge(&mut rng));
+        }
+        // From a third stream, so that every seed keeps the edge events it drew before.
+        let mut rng = Rng::with_seed(seed ^ 0x2545_f491_4f6c_dd1d);
+        for _ in 0..rng.usize(0..=2) {
+            let at = rng.usize(1..=h.events.len());
+            h.events.insert(at, host(&mut rng));
         }
         h
     }

@@ -195,10 +195,16 @@ trait Installation {
     async fn pass_time(&mut self);
     /// One `run-once` of every job, to its end.
     async fn run_once(&mut self);
-    /// The webhook channel and the ping receiver answer again.
-    fn receivers_up(&self) {}
-    /// What the receivers got, against what the database says was sent.
-    async fn receivers_check(&self, _db: &Database) -> Vec<String> {
+    /// The outside world behaves again: the webhook channel and the ping receiver
+    /// answer, `/proc` reads.
+    fn heal(&self) {}
+    /// What the installation saw go wrong on its own side: invariants broken during the
+    /// history, what the receivers got against what the database says was sent, takeovers.
+    async fn own_checks(&self, _db: &Database) -> Vec<String> {
+        Vec::new()
+    }
+    /// The last run recorded before each step back of the wall clock.
+    fn clock_back(&self) -> Vec<vps_snapshot_agent::domain::RunId> {
         Vec::new()
     }
 }
@@ -234,12 +240,17 @@ impl Installation for World {
     async fn run_once(&mut self) {
         self.run_once_to_the_end().await;
     }
-    fn receivers_up(&self) {
+    fn heal(&self) {
         self.receivers.set_down(false);
         self.receivers.set_echo(false);
+        self.proc_readable();
     }
-    async fn receivers_check(&self, db: &Database) -> Vec<String> {
+    fn clock_back(&self) -> Vec<vps_snapshot_agent::domain::RunId> {
+        self.clock_back.clone()
+    }
+    async fn own_checks(&self, db: &Database) -> Vec<String> {
         let mut bad = self.broken.clone();
+        bad.extend(self.takeovers(db).await);
         bad.extend(
             receivers::check(
                 &self.receivers,
@@ -303,7 +314,7 @@ async fn quiet(site: &mut impl Installation, stats: &mut Stats) -> Vec<String> {
     let sim = site.sim().clone();
     sim.clear_faults();
     sim.clear_glitches();
-    site.receivers_up();
+    site.heal();
     sim.disarm_trip();
     for s in history::SERVERS {
         sim.set_mode(s, vps_snapshot_agent::sim::Mode::Normal);
@@ -332,6 +343,7 @@ async fn quiet(site: &mut impl Installation, stats: &mut Stats) -> Vec<String> {
         token: TOKEN.to_string(),
         max_deletions_per_run: cap,
         raised: Some((first_quiet, 3)),
+        clock_back: site.clock_back(),
     };
     let mut bad = invariants::violations(&sim, &db, &expect).await;
     let pending = db.pending_alerts().await.unwrap();
@@ -342,13 +354,16 @@ async fn quiet(site: &mut impl Installation, stats: &mut Stats) -> Vec<String> {
         ));
     }
     bad.extend(over_policy(site.cfg(), &sim, &db).await);
-    for f in invariants::files_with_token(site.dir(), TOKEN) {
-        bad.push(format!("the token is in {f}"));
+    // Not even a piece: 8 characters of the token are as good as a leak (`secrets.rs`).
+    for piece in invariants::pieces(TOKEN) {
+        for f in invariants::files_with_token(site.dir(), piece) {
+            bad.push(format!("{piece:?}, a piece of the token, is in {f}"));
+        }
+        if site.inbox().messages().iter().any(|m| m.contains(piece)) {
+            bad.push(format!("{piece:?}, a piece of the token, is in a mail"));
+        }
     }
-    if site.inbox().messages().iter().any(|m| m.contains(TOKEN)) {
-        bad.push("the token is in a mail".into());
-    }
-    bad.extend(site.receivers_check(&db).await);
+    bad.extend(site.own_checks(&db).await);
     journal_notes(&db, stats).await;
     db.close().await;
     bad
@@ -395,6 +410,7 @@ pub async fn run_binary(h: &BinaryHistory, smtp: &(Inbox, u16), stats: &mut Stat
         }
         let mut bad = quiet(&mut site, stats).await;
         bad.extend(site.hook_violations().await);
+        bad.extend(site.broken.iter().cloned());
         bad
     })
     .await;
@@ -440,7 +456,11 @@ const OVERRUN: &str = "the history did not end in time";
 /// The report of a failing seed: what broke, the history, how to replay it, and the
 /// shortened history that still fails.
 async fn report(history: &History, bad: &[String], smtp: &(Inbox, u16)) -> String {
-    let keep = if bad.iter().any(|b| b.starts_with(OVERRUN)) {
+    // Not shrunk: an overrun (each try would take as long), or when asked not to
+    // (`EXPLORE_SHRINK=0`: trying a mutation over many seeds).
+    let keep = if bad.iter().any(|b| b.starts_with(OVERRUN))
+        || std::env::var_os("EXPLORE_SHRINK").is_some_and(|v| v == "0")
+    {
         (0..history.events.len()).collect()
     } else {
         shrink(history, smtp).await
@@ -520,6 +540,7 @@ async fn shrink_binary(h: &BinaryHistory, smtp: &(Inbox, u16)) -> BinaryHistory 
             model: h.model.clone(),
             seed: h.seed,
             hooks: h.hooks,
+            listener: h.listener,
         };
         if !run_binary(&trial, smtp, &mut Stats::default())
             .await
@@ -533,6 +554,7 @@ async fn shrink_binary(h: &BinaryHistory, smtp: &(Inbox, u16)) -> BinaryHistory 
         model: h.model.clone(),
         seed: h.seed,
         hooks: h.hooks,
+        listener: h.listener,
     }
 }
 

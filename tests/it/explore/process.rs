@@ -57,8 +57,19 @@ fn threads_named(label: &str) -> bool {
         })
 }
 
+/// When each simulated process was killed (Unix ms, real time), by owner: what a
+/// takeover of its runs is checked against.
+static KILLED: std::sync::LazyLock<Mutex<std::collections::HashMap<String, i64>>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+/// When the process of `owner` was killed (Unix ms), if it was.
+pub fn killed_at(owner: &str) -> Option<i64> {
+    KILLED.lock().unwrap().get(owner).copied()
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
+        self.mark_killed();
         let _ = self.token.kill();
         let _ = self.token.wait();
         if let Some(rt) = self.rt.take() {
@@ -93,6 +104,21 @@ impl Proc {
         }
     }
 
+    /// The pid that stands for it.
+    pub fn pid(&self) -> u32 {
+        self.token.id()
+    }
+
+    /// Notes the moment it dies, just before it does.
+    fn mark_killed(&self) {
+        let now = Utc::now().timestamp_millis();
+        KILLED
+            .lock()
+            .unwrap()
+            .entry(self.owner.as_str().to_string())
+            .or_insert(now);
+    }
+
     /// Where the process registers the databases it opens (see [`open`]).
     pub fn dbs(&self) -> Dbs {
         self.dbs.clone()
@@ -112,6 +138,7 @@ impl Proc {
     /// SIGKILL: every task dropped where it stands, the pid gone, and no statement of
     /// it committed afterwards.
     pub async fn kill(mut self) {
+        self.mark_killed();
         let _ = self.token.kill();
         let _ = self.token.wait();
         if let Some(rt) = self.rt.take() {

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, DurationRound, TimeZone, Timelike, Utc};
 use vps_snapshot_agent::alert::Outbox;
 use vps_snapshot_agent::api::{Client, Snapshot, SnapshotStatus};
 use vps_snapshot_agent::clock::{Clock, SharedClock, VirtualClock};
 use vps_snapshot_agent::config::Settings;
 use vps_snapshot_agent::daemon::{Control, Daemon, Services};
 use vps_snapshot_agent::db::{Database, Owner};
-use vps_snapshot_agent::domain::{ServerId, SnapshotId};
+use vps_snapshot_agent::domain::{RunId, ServerId, SnapshotId};
 use vps_snapshot_agent::run::Runner;
 use vps_snapshot_agent::sim::{
     Delay, Fault, FaultKind, Mode, Op, SimOptions, SimServer, Simulator, TripWire,
@@ -49,6 +49,10 @@ pub struct World {
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
     /// Invariants broken during the history (checked with the quiet phase's).
     pub broken: Vec<String>,
+    /// The last run recorded before each step back of the wall clock.
+    pub clock_back: Vec<RunId>,
+    /// The pid of every process started so far.
+    pids: Vec<u32>,
 }
 
 /// Builds a runner for `settings` owned by `owner`, as a process would at start.
@@ -119,7 +123,10 @@ impl World {
             started: 0,
             log: Arc::default(),
             broken: Vec::new(),
+            clock_back: Vec::new(),
+            pids: Vec::new(),
         };
+        world.watch_takeovers().await;
         world.write_config();
         world
     }
@@ -146,6 +153,7 @@ impl World {
     fn new_proc(&mut self, role: &str) -> Proc {
         self.started += 1;
         let p = Proc::start(self.seed.wrapping_mul(1_000_003).wrapping_add(self.started));
+        self.pids.push(p.pid());
         if std::env::var_os("EXPLORE_SEED").is_some() {
             eprintln!(
                 "explore:   process {} ({role}): {}",
@@ -248,6 +256,8 @@ impl World {
             let Ok(first) = build(settings) else { return };
             let timing = Timing {
                 grace: Duration::from_secs(2),
+                // A step of the wall clock is noticed between two events.
+                step_every: Duration::from_millis(20),
                 check_every: Duration::from_secs(3600),
                 stale_every: Duration::from_secs(3600),
                 ..db.timing()
@@ -397,6 +407,19 @@ impl World {
                 self.receivers.set_down(false);
                 self.receivers.set_echo(true);
             }
+            Event::ClockStep(minutes) => {
+                self.step_clock(chrono::Duration::minutes(i64::from(minutes)), stats)
+                    .await;
+            }
+            Event::ProcUnreadable(reads) => {
+                for pid in &self.pids {
+                    vps_snapshot_agent::db::fail_liveness_reads(*pid, reads);
+                }
+            }
+            Event::Suspend(hours) => {
+                self.step_clock(chrono::Duration::hours(i64::from(hours)), stats)
+                    .await;
+            }
             Event::Mode { server, mode } => {
                 let m = [Mode::Normal, Mode::Fail, Mode::Stuck][usize::from(mode % 3)];
                 self.sim().set_mode(server, m);
@@ -433,6 +456,120 @@ impl World {
             Event::SmtpDown => self.inbox.set_down(true),
             Event::SmtpUp => self.inbox.set_down(false),
         }
+    }
+
+    /// The wall clock steps by `by` (a suspend, seen from inside, is a step forward) with
+    /// the daemons running. Each must notice, re-arm from the new time and stay armed no
+    /// later than the configuration's next fire: a step never silences a schedule.
+    async fn step_clock(&mut self, by: chrono::Duration, stats: &mut super::Stats) {
+        if by < chrono::Duration::zero() {
+            let db = Database::open(&self.db_path).await.unwrap();
+            let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(max(id), 0) FROM runs")
+                .fetch_one(db.sqlite_pool().unwrap())
+                .await
+                .unwrap();
+            let (crossed,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM fires WHERE scheduled_for > ?")
+                    .bind((self.clock.now() + by).timestamp_millis())
+                    .fetch_one(db.sqlite_pool().unwrap())
+                    .await
+                    .unwrap();
+            db.close().await;
+            self.clock_back.push(RunId::new(last));
+            if crossed > 0 {
+                stats.note("the clock went back past fires already run");
+            }
+        }
+        let daemons: Vec<&DaemonProc> = self.daemon.iter().chain(&self.peer).collect();
+        let arms: Vec<usize> = daemons
+            .iter()
+            .map(|d| d.timer.arms.load(Ordering::SeqCst))
+            .collect();
+        self.clock.step(by);
+        let mut broken = Vec::new();
+        for (d, arms) in daemons.into_iter().zip(arms) {
+            // It looks at the clock every 20 ms; ten seconds is plenty on a loaded machine.
+            let mut noticed = false;
+            for _ in 0..10_000 {
+                noticed = d.timer.arms.load(Ordering::SeqCst) > arms;
+                if noticed || d.task.is_finished() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if d.task.is_finished() {
+                continue;
+            }
+            if noticed {
+                let settled = d.quiet(arms).await;
+                self.note_unquiet(settled, "a daemon, after a clock step,");
+            } else {
+                broken.push(format!(
+                    "the daemon did not re-arm within 10 s of a step of the wall clock by {} min",
+                    by.num_minutes()
+                ));
+            }
+            let now = self.clock.now();
+            let next = next_fire(&self.model, now);
+            match (d.timer.due(), next) {
+                (Some(due), Some(next)) if due > next => broken.push(format!(
+                    "after the wall clock stepped by {} min to {now}, the daemon was armed for \
+                     {due}, past the schedule's next fire at {next}",
+                    by.num_minutes()
+                )),
+                (None, Some(next)) => broken.push(format!(
+                    "after the wall clock stepped by {} min to {now}, the daemon was armed for \
+                     nothing; the schedule's next fire is at {next}",
+                    by.num_minutes()
+                )),
+                _ => {}
+            }
+        }
+        self.broken.extend(broken);
+    }
+
+    /// Every process's `/proc` reads again.
+    pub fn proc_readable(&self) {
+        for pid in &self.pids {
+            vps_snapshot_agent::db::fail_liveness_reads(*pid, 0);
+        }
+    }
+
+    /// Records every change of a run's owner (a takeover), with the real time it happened,
+    /// in a table of the harness's own.
+    async fn watch_takeovers(&self) {
+        let db = Database::open(&self.db_path).await.unwrap();
+        for sql in [
+            "CREATE TABLE explore_takeovers (run_id INTEGER, from_owner TEXT, to_owner TEXT, at_ms INTEGER)",
+            "CREATE TRIGGER explore_takeover AFTER UPDATE OF owner ON runs \
+             WHEN OLD.owner IS NOT NEW.owner BEGIN \
+             INSERT INTO explore_takeovers VALUES (OLD.id, OLD.owner, NEW.owner, \
+             CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)); END",
+        ] {
+            sqlx::query(sql)
+                .execute(db.sqlite_pool().unwrap())
+                .await
+                .unwrap();
+        }
+        db.close().await;
+    }
+
+    /// No run was taken from a process that was still alive: every takeover came after
+    /// the process it took from was killed.
+    pub async fn takeovers(&self, db: &Database) -> Vec<String> {
+        let rows: Vec<(i64, String, String, i64)> =
+            sqlx::query_as("SELECT run_id, from_owner, to_owner, at_ms FROM explore_takeovers")
+                .fetch_all(db.sqlite_pool().unwrap())
+                .await
+                .unwrap();
+        rows.into_iter()
+            .filter_map(|(run, from, to, at)| {
+                let alive = super::process::killed_at(&from).is_none_or(|k| at < k);
+                alive.then(|| {
+                    format!("run {run} was taken over by {to} from {from}, a process still alive")
+                })
+            })
+            .collect()
     }
 
     async fn running_runs(&self) -> usize {
@@ -890,4 +1027,29 @@ pub fn edited(model: &Model, pick: EditPick, n: u32) -> Option<Model> {
         .iter()
         .all(|j| m.jobs.iter().filter(|k| k.name == j.name).count() == 1);
     (m.valid() && unique).then_some(m)
+}
+
+/// The next fire after `now` of any job of `model`, worked out from the model alone (not
+/// by the agent's schedule code): a schedule fires at its minute of every hour, a window
+/// job 45 minutes before its window opens at its minute of every sixth hour (UTC).
+fn next_fire(model: &Model, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let hour = now.duration_trunc(chrono::Duration::hours(1)).ok()?;
+    model
+        .jobs
+        .iter()
+        .filter_map(|j| {
+            let minute = chrono::Duration::minutes(i64::from(j.minute));
+            (-6..=12)
+                .map(|h| hour + chrono::Duration::hours(h) + minute)
+                .filter(|open| !j.window || open.hour() % 6 == 0)
+                .map(|at| {
+                    if j.window {
+                        at - chrono::Duration::minutes(45)
+                    } else {
+                        at
+                    }
+                })
+                .find(|at| *at > now)
+        })
+        .min()
 }
