@@ -455,6 +455,9 @@ impl Daemon {
         self.register_channels(&mut lp);
         let outside = self.watch_from_outside().await?;
         let mut heartbeat = self.heartbeat_interval();
+        // Watched from before the first arming: a step between the two would otherwise
+        // leave the schedule armed from the time before it, unnoticed.
+        let mut steps = crate::clock::StepWatch::new(&*self.clock);
         self.catch_up(&mut lp).await;
         self.arm_all(&mut lp).await;
         self.services.settings.compact();
@@ -468,7 +471,6 @@ impl Daemon {
             tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
         // The first tick is at once: resumption, delivery and a stale check at start.
         let mut checks = tokio::time::interval(self.db.timing().check_every);
-        let mut steps = crate::clock::StepWatch::new(&*self.clock);
         let mut step_tick = tokio::time::interval(self.db.timing().step_every);
         loop {
             outside.health.beat();
