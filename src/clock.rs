@@ -126,8 +126,9 @@ impl StepWatch {
 /// A clock that only moves when someone sleeps on it: a sleep of `d` moves time to at
 /// least `now + d` and returns at once (after yielding, so other tasks run). Lets a test
 /// cover a 10-minute snapshot and a 30-minute timeout in milliseconds, deterministically.
-/// Its monotonic side moves with it, except when the wall clock is stepped
-/// ([`VirtualClock::step`]): what NTP, `date -s` or a suspend do to a real box.
+/// Its monotonic side moves with it, except when the wall clock is stepped or the box
+/// sleeps ([`VirtualClock::step`], [`VirtualClock::suspend`]); the world's own time, which
+/// others (the API) go by, is [`VirtualClock::unstepped`].
 #[derive(Debug, Clone)]
 pub struct VirtualClock {
     now: Arc<Mutex<Times>>,
@@ -135,19 +136,22 @@ pub struct VirtualClock {
     slept: Arc<Mutex<Vec<Duration>>>,
 }
 
-/// The wall time, and how far monotonic time moved since the clock was made.
+/// The box's wall time, how far its monotonic time moved since the clock was made, and
+/// the world's time (which a step of the box's clock leaves alone).
 #[derive(Debug, Clone, Copy)]
 struct Times {
     wall: DateTime<Utc>,
     mono: Duration,
+    world: DateTime<Utc>,
 }
 
 impl Times {
-    /// Moves both forward to `wall`, when it is ahead.
+    /// Moves all three forward to `wall`, when it is ahead.
     fn forward_to(&mut self, wall: DateTime<Utc>) {
         if let Ok(ahead) = (wall - self.wall).to_std() {
             self.wall = wall;
             self.mono += ahead;
+            self.world += chrono::Duration::from_std(ahead).unwrap_or(chrono::Duration::MAX);
         }
     }
 }
@@ -158,6 +162,7 @@ impl VirtualClock {
             now: Arc::new(Mutex::new(Times {
                 wall: start,
                 mono: Duration::ZERO,
+                world: start,
             })),
             origin: tokio::time::Instant::now(),
             slept: Arc::default(),
@@ -181,6 +186,45 @@ impl VirtualClock {
         self.times().wall += by;
     }
 
+    /// The box sleeps for `d`: the world's time and the box's wall clock move on, its
+    /// monotonic time does not.
+    pub fn suspend(&self, d: Duration) {
+        let d = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        let mut t = self.times();
+        t.wall += d;
+        t.world += d;
+    }
+
+    /// How far the box's wall clock is from the world's (ahead when positive).
+    pub fn off_by(&self) -> chrono::Duration {
+        let t = self.times();
+        t.wall - t.world
+    }
+
+    /// The world's time, as a party whose clock is not the box's sees it (the API's
+    /// servers): the box's steps leave it alone.
+    pub fn unstepped(&self) -> Unstepped {
+        Unstepped(self.clone())
+    }
+}
+
+/// [`VirtualClock::unstepped`].
+#[derive(Debug, Clone)]
+pub struct Unstepped(VirtualClock);
+
+impl Clock for Unstepped {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.times().world
+    }
+    fn sleep(&self, duration: Duration) -> Sleep {
+        self.0.sleep(duration)
+    }
+    fn monotonic(&self) -> Option<tokio::time::Instant> {
+        self.0.monotonic()
+    }
+}
+
+impl VirtualClock {
     /// Every sleep requested so far, in order.
     pub fn sleeps(&self) -> Vec<Duration> {
         self.slept.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -266,6 +310,13 @@ mod tests {
         assert_eq!(watch.look(&clock), None);
         clock.step(chrono::Duration::hours(5));
         assert_eq!(watch.look(&clock), Some(chrono::Duration::hours(5)));
+        let api = clock.unstepped();
+        let world = DateTime::from_timestamp(1_800_000_000 + 3600 + 60, 0).unwrap();
+        assert_eq!(api.now(), world, "the steps are the box's alone");
+        assert_eq!(clock.off_by(), chrono::Duration::minutes(210));
+        clock.suspend(Duration::from_secs(600));
+        assert_eq!(watch.look(&clock), Some(chrono::Duration::minutes(10)));
+        assert_eq!(api.now(), world + chrono::Duration::minutes(10));
     }
 
     #[test]

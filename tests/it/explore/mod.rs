@@ -196,7 +196,7 @@ trait Installation {
     /// One `run-once` of every job, to its end.
     async fn run_once(&mut self);
     /// The outside world behaves again: the webhook channel and the ping receiver
-    /// answer, `/proc` reads.
+    /// answer, `/proc` reads, the box's clock is right.
     fn heal(&self) {}
     /// What the installation saw go wrong on its own side: invariants broken during the
     /// history, what the receivers got against what the database says was sent, takeovers.
@@ -244,6 +244,8 @@ impl Installation for World {
         self.receivers.set_down(false);
         self.receivers.set_echo(false);
         self.proc_readable();
+        // NTP sets the box's clock right.
+        self.clock.step(-self.clock.off_by());
     }
     fn clock_back(&self) -> Vec<vps_snapshot_agent::domain::RunId> {
         self.clock_back.clone()

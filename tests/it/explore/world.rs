@@ -84,7 +84,8 @@ impl World {
                 seed: history.seed,
                 ..SimOptions::default()
             },
-            Arc::new(clock.clone()),
+            // The API's clock is not the box's: a step of the box's leaves it alone.
+            Arc::new(clock.unstepped()),
         )
         .await
         .unwrap();
@@ -408,7 +409,7 @@ impl World {
                 self.receivers.set_echo(true);
             }
             Event::ClockStep(minutes) => {
-                self.step_clock(chrono::Duration::minutes(i64::from(minutes)), stats)
+                self.step_clock(chrono::Duration::minutes(i64::from(minutes)), None, stats)
                     .await;
             }
             Event::ProcUnreadable(reads) => {
@@ -417,7 +418,8 @@ impl World {
                 }
             }
             Event::Suspend(hours) => {
-                self.step_clock(chrono::Duration::hours(i64::from(hours)), stats)
+                let d = Duration::from_secs(u64::from(hours) * 3600);
+                self.step_clock(chrono::Duration::hours(i64::from(hours)), Some(d), stats)
                     .await;
             }
             Event::Mode { server, mode } => {
@@ -461,7 +463,12 @@ impl World {
     /// The wall clock steps by `by` (a suspend, seen from inside, is a step forward) with
     /// the daemons running. Each must notice, re-arm from the new time and stay armed no
     /// later than the configuration's next fire: a step never silences a schedule.
-    async fn step_clock(&mut self, by: chrono::Duration, stats: &mut super::Stats) {
+    async fn step_clock(
+        &mut self,
+        by: chrono::Duration,
+        suspend: Option<Duration>,
+        stats: &mut super::Stats,
+    ) {
         if by < chrono::Duration::zero() {
             let db = Database::open(&self.db_path).await.unwrap();
             let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(max(id), 0) FROM runs")
@@ -485,7 +492,10 @@ impl World {
             .iter()
             .map(|d| d.timer.arms.load(Ordering::SeqCst))
             .collect();
-        self.clock.step(by);
+        match suspend {
+            Some(d) => self.clock.suspend(d),
+            None => self.clock.step(by),
+        }
         let mut broken = Vec::new();
         for (d, arms) in daemons.into_iter().zip(arms) {
             // It looks at the clock every 20 ms; ten seconds is plenty on a loaded machine.
@@ -599,7 +609,7 @@ impl World {
         if self.sim().snapshots(server).len() >= 5 {
             return;
         }
-        let at = self.clock.now() - chrono::Duration::hours(1);
+        let at = self.sim().now() - chrono::Duration::hours(1);
         let n = self.snapshots().len();
         let job = self
             .model
@@ -663,7 +673,8 @@ impl World {
     async fn restore_odd(&mut self, target: OddTarget, n: u32) {
         let job = &self.model.jobs[n as usize % self.model.jobs.len()];
         let server = job.server;
-        let now = self.clock.now();
+        // The API's time, which a step of the box's clock does not move.
+        let now = self.sim().now();
         let snap = match target {
             OddTarget::InProgress | OddTarget::Failed => {
                 if self.sim().snapshots(server).len() >= 5 {
