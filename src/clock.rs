@@ -180,8 +180,8 @@ impl VirtualClock {
         t.forward_to(to);
     }
 
-    /// Steps the wall clock by `by` (back when negative), monotonic time untouched: a
-    /// step forward is also what a suspend looks like from inside.
+    /// Steps the box's wall clock by `by` (back when negative), as NTP or `date -s` do:
+    /// monotonic time and the world's time untouched.
     pub fn step(&self, by: chrono::Duration) {
         self.times().wall += by;
     }
@@ -206,6 +206,11 @@ impl VirtualClock {
     pub fn unstepped(&self) -> Unstepped {
         Unstepped(self.clone())
     }
+
+    /// Every sleep requested so far, in order.
+    pub fn sleeps(&self) -> Vec<Duration> {
+        self.slept.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// [`VirtualClock::unstepped`].
@@ -221,13 +226,6 @@ impl Clock for Unstepped {
     }
     fn monotonic(&self) -> Option<tokio::time::Instant> {
         self.0.monotonic()
-    }
-}
-
-impl VirtualClock {
-    /// Every sleep requested so far, in order.
-    pub fn sleeps(&self) -> Vec<Duration> {
-        self.slept.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
