@@ -409,7 +409,7 @@ impl World {
                 self.receivers.set_echo(true);
             }
             Event::ClockStep(minutes) => {
-                self.step_clock(chrono::Duration::minutes(i64::from(minutes)), None, stats)
+                self.step_clock(chrono::Duration::minutes(i64::from(minutes)), false, stats)
                     .await;
             }
             Event::ProcUnreadable(reads) => {
@@ -418,8 +418,7 @@ impl World {
                 }
             }
             Event::Suspend(hours) => {
-                let d = Duration::from_secs(u64::from(hours) * 3600);
-                self.step_clock(chrono::Duration::hours(i64::from(hours)), Some(d), stats)
+                self.step_clock(chrono::Duration::hours(i64::from(hours)), true, stats)
                     .await;
             }
             Event::Mode { server, mode } => {
@@ -460,13 +459,13 @@ impl World {
         }
     }
 
-    /// The wall clock steps by `by` (a suspend, seen from inside, is a step forward) with
-    /// the daemons running. Each must notice, re-arm from the new time and stay armed no
+    /// The wall clock steps by `by`, or the box sleeps that long (`suspended`: the world
+    /// moves on too), with the daemons running. Each must notice, re-arm from the new time and stay armed no
     /// later than the configuration's next fire: a step never silences a schedule.
     async fn step_clock(
         &mut self,
         by: chrono::Duration,
-        suspend: Option<Duration>,
+        suspended: bool,
         stats: &mut super::Stats,
     ) {
         if by < chrono::Duration::zero() {
@@ -492,9 +491,9 @@ impl World {
             .iter()
             .map(|d| d.timer.arms.load(Ordering::SeqCst))
             .collect();
-        match suspend {
-            Some(d) => self.clock.suspend(d),
-            None => self.clock.step(by),
+        match (suspended, by.to_std()) {
+            (true, Ok(d)) => self.clock.suspend(d),
+            _ => self.clock.step(by),
         }
         let mut broken = Vec::new();
         for (d, arms) in daemons.into_iter().zip(arms) {
