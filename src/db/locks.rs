@@ -55,17 +55,14 @@ pub fn fail_liveness_reads(pid: u32, reads: u32) {
 
 fn unreadable_now(pid: u32) -> bool {
     let mut left = UNREADABLE.lock().unwrap_or_else(PoisonError::into_inner);
-    match left.get_mut(&pid) {
-        Some(n) if *n > 1 => {
-            *n -= 1;
-            true
-        }
-        Some(_) => {
-            left.remove(&pid);
-            true
-        }
-        None => false,
+    let Some(n) = left.get_mut(&pid) else {
+        return false;
+    };
+    *n -= 1;
+    if *n == 0 {
+        left.remove(&pid);
     }
+    true
 }
 
 /// This process's start time, read once.
