@@ -215,6 +215,14 @@ impl Database {
         }
     }
 
+    /// The PostgreSQL pool, for tools and tests that read the tables directly.
+    pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        match &self.pool {
+            Pool::Sqlite(..) => None,
+            Pool::Postgres(p) => Some(p),
+        }
+    }
+
     /// A statement on this database (`?` placeholders).
     pub(crate) fn q(&self, sql: &str) -> Q {
         Q::new(self.engine(), sql)

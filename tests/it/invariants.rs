@@ -6,11 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use vps_snapshot_agent::api::SnapshotStatus;
-use vps_snapshot_agent::db::{Action, Database, RunKind, RunStatus, RunTrigger, State};
+use vps_snapshot_agent::db::{Action, Database, Engine, RunKind, RunStatus, RunTrigger, State};
 use vps_snapshot_agent::domain::{RunId, SnapshotId};
 use vps_snapshot_agent::mark::Marker;
 use vps_snapshot_agent::naming;
 use vps_snapshot_agent::sim::{Event, Simulator};
+
+use crate::store::raw;
 
 pub struct Expect {
     /// Alerts are configured, so every failure must have one queued or delivered.
@@ -44,11 +46,13 @@ pub async fn violations(sim: &Simulator, db: &Database, expect: &Expect) -> Vec<
     let mut bad = Vec::new();
     let events = sim.events();
     let runs = db.history(None, u32::MAX).await.unwrap();
-    let journal: Vec<Row> = sqlx::query_as(
-        "SELECT id, run_id, action, state, snapshot_id, detail, at FROM journal ORDER BY id",
+    let journal: Vec<Row> = raw!(
+        db,
+        sqlx::query_as(
+            "SELECT id, run_id, action, state, snapshot_id, detail, at FROM journal ORDER BY id"
+        ),
+        fetch_all
     )
-    .fetch_all(db.sqlite_pool().unwrap())
-    .await
     .unwrap();
     deletions(&events, &runs, &journal, db, expect, &mut bad).await;
     creations(&events, &runs, &mut bad);
@@ -408,11 +412,12 @@ async fn failures_alerted(
     expect: &Expect,
     bad: &mut Vec<String>,
 ) {
-    let alerts: Vec<(Option<String>, i64)> =
-        sqlx::query_as("SELECT job, created_at FROM alerts WHERE kind IN ('failed', 'no_room')")
-            .fetch_all(db.sqlite_pool().unwrap())
-            .await
-            .unwrap();
+    let alerts: Vec<(Option<String>, i64)> = raw!(
+        db,
+        sqlx::query_as("SELECT job, created_at FROM alerts WHERE kind IN ('failed', 'no_room')"),
+        fetch_all
+    )
+    .unwrap();
     let window = expect.repeat_after.as_millis() as i64;
     for r in runs
         .iter()
@@ -430,24 +435,66 @@ async fn failures_alerted(
 
 /// No text column of any table holds the token.
 async fn no_token_in_rows(db: &Database, token: &str, bad: &mut Vec<String>) {
-    let columns: Vec<(String, String)> = sqlx::query_as(
-        "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
-         WHERE m.type = 'table' AND p.type = 'TEXT'",
-    )
-    .fetch_all(db.sqlite_pool().unwrap())
-    .await
+    let columns: Vec<(String, String)> = match db.engine() {
+        Engine::Sqlite => raw!(
+            db,
+            sqlx::query_as(
+                "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+                 WHERE m.type = 'table' AND p.type = 'TEXT'"
+            ),
+            fetch_all
+        ),
+        Engine::Postgres => raw!(
+            db,
+            sqlx::query_as(
+                "SELECT table_name::text, column_name::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND data_type = 'text'"
+            ),
+            fetch_all
+        ),
+    }
     .unwrap();
+    let find = match db.engine() {
+        Engine::Sqlite => "instr",
+        Engine::Postgres => "strpos",
+    };
     for (table, column) in columns {
-        let sql = format!("SELECT count(*) FROM \"{table}\" WHERE instr(\"{column}\", ?) > 0");
-        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(token)
-            .fetch_one(db.sqlite_pool().unwrap())
-            .await
-            .unwrap();
+        let sql = format!("SELECT count(*) FROM \"{table}\" WHERE {find}(\"{column}\", $1) > 0");
+        let (n,): (i64,) = raw!(
+            db,
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(token),
+            fetch_one
+        )
+        .unwrap();
         if n > 0 {
             bad.push(format!("the token is in {table}.{column} ({n} rows)"));
         }
     }
+}
+
+/// Every row of every table of `db`, as text: what a scan for secrets reads where the
+/// database is no file of its own (PostgreSQL).
+pub async fn all_rows(db: &Database) -> Vec<(String, String)> {
+    let Some(pool) = db.postgres_pool() else {
+        return Vec::new();
+    };
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut rows = Vec::new();
+    for (table,) in tables {
+        let sql = format!("SELECT t::text FROM \"{table}\" t");
+        let texts: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        rows.extend(texts.into_iter().map(|(t,)| (table.clone(), t)));
+    }
+    rows
 }
 
 /// Every 8-character piece of `secret`: what the agent must keep out of everything it

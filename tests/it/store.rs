@@ -118,3 +118,25 @@ macro_rules! on_postgres {
     };
 }
 pub(crate) use on_postgres;
+
+/// A statement of the harness's own on either engine: `raw!(db, sqlx::query_as("…").bind(x),
+/// fetch_all)` runs `sqlx::query_as("…").bind(x).fetch_all(pool)` on the database's pool,
+/// SQLite's or PostgreSQL's (placeholders `$1`, `$2`…, which both read); `execute` gives
+/// `Result<(), _>`.
+macro_rules! raw {
+    ($db:expr, $query:expr, execute) => {
+        match ($db.sqlite_pool(), $db.postgres_pool()) {
+            (Some(pool), _) => $query.execute(pool).await.map(|_| ()),
+            (_, Some(pool)) => $query.execute(pool).await.map(|_| ()),
+            (None, None) => unreachable!("a database is on one engine or the other"),
+        }
+    };
+    ($db:expr, $query:expr, $fetch:ident) => {
+        match ($db.sqlite_pool(), $db.postgres_pool()) {
+            (Some(pool), _) => $query.$fetch(pool).await,
+            (_, Some(pool)) => $query.$fetch(pool).await,
+            (None, None) => unreachable!("a database is on one engine or the other"),
+        }
+    };
+}
+pub(crate) use raw;

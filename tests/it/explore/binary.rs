@@ -15,6 +15,7 @@ use vps_snapshot_agent::sim::{Delay, Fault, Mode, SimOptions, SimServer, Simulat
 use super::history::{EditPick, FaultPick, History, Model, OpPick, Pace, SERVERS};
 use crate::helpers::{Inbox, TOKEN};
 use crate::scene::BIN;
+use crate::store::raw;
 
 /// One thing that happens to the installation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,8 +240,14 @@ impl std::fmt::Display for BinaryHistory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "binary seed {}: max_deletions_per_run {}",
-            self.seed, self.model.max_deletions
+            "binary seed {}: max_deletions_per_run {}{}",
+            self.seed,
+            self.model.max_deletions,
+            if self.model.postgres {
+                "; on PostgreSQL"
+            } else {
+                ""
+            }
         )?;
         for j in &self.model.jobs {
             writeln!(
@@ -267,7 +274,7 @@ pub struct Site {
     pub server: SimServer,
     pub dir: tempfile::TempDir,
     pub cfg: PathBuf,
-    pub db_path: PathBuf,
+    pub store: super::store::Store,
     pub inbox: Inbox,
     smtp_port: u16,
     pub model: Model,
@@ -308,14 +315,17 @@ impl Site {
         let dir = tempfile::tempdir().unwrap();
         let (inbox, smtp_port) = smtp;
         inbox.set_down(false);
+        let store = super::store::for_history(h.model.postgres, dir.path(), h.seed).await;
+        let mut model = h.model.clone();
+        model.postgres = store.on_postgres();
         let site = Site {
             cfg: dir.path().join("config.toml"),
-            db_path: dir.path().join("history.db"),
+            store,
             server,
             dir,
             inbox,
             smtp_port,
-            model: h.model.clone(),
+            model,
             hooks: h.hooks,
             daemon: None,
             commands: 0,
@@ -336,7 +346,7 @@ impl Site {
 
     pub fn write_config(&self) {
         let mut text = self.model.render_without_receivers(
-            &self.db_path,
+            self.store.configured(),
             &self.server.base_url(),
             self.smtp_port,
             Pace::Real,
@@ -374,14 +384,14 @@ impl Site {
                 _ => e.1 += 1,
             }
         }
-        let db = vps_snapshot_agent::db::Database::open(&self.db_path)
-            .await
-            .unwrap();
-        let again: Vec<(i64,)> = sqlx::query_as(
-            "SELECT run_id FROM journal WHERE action = 'after' AND outcome LIKE '%again%'",
+        let db = self.store.open().await;
+        let again: Vec<(i64,)> = raw!(
+            db,
+            sqlx::query_as(
+                "SELECT run_id FROM journal WHERE action = 'after' AND outcome LIKE '%again%'"
+            ),
+            fetch_all
         )
-        .fetch_all(db.sqlite_pool().unwrap())
-        .await
         .unwrap();
         db.close().await;
         let mut bad = Vec::new();

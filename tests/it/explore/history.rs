@@ -35,6 +35,8 @@ pub struct Model {
     /// A second daemon on the same database (started with the first, and fired with it;
     /// kills and stops go to the first).
     pub peer: bool,
+    /// On PostgreSQL (a schema of its own in `AGENT_TEST_POSTGRES_URL`), not a SQLite file.
+    pub postgres: bool,
 }
 
 impl Model {
@@ -54,7 +56,7 @@ impl Model {
     /// URL), a webhook channel and a dead-man ping URL per job there, each path secret.
     pub fn render(
         &self,
-        db: &std::path::Path,
+        db: &str,
         base_url: &str,
         smtp_port: u16,
         pace: Pace,
@@ -68,8 +70,7 @@ impl Model {
             "database = \"{}\"\n[api]\nbase_url = \"{base_url}\"\nrequest_timeout = \"200ms\"\nmax_retries = 2\n\
              [defaults]\npoll_interval = \"{poll}\"\nsnapshot_timeout = \"{timeout}\"\ncatch_up = \"2h\"\nmax_deletions_per_run = {}\n\
              [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp_port}\nsecurity = \"none\"\nfrom = \"agent@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"2s\"\n",
-            db.display(),
-            self.max_deletions
+            db, self.max_deletions
         );
         if let Some(r) = receivers {
             t.push_str(&format!(
@@ -119,7 +120,7 @@ impl Model {
     /// [`Model::render`] with no receivers (the binary histories).
     pub fn render_without_receivers(
         &self,
-        db: &std::path::Path,
+        db: &str,
         base_url: &str,
         smtp_port: u16,
         pace: Pace,
@@ -464,6 +465,14 @@ impl History {
             // EXPLORE_PEERS=0 turns them off.
             peer: std::env::var_os("EXPLORE_PEERS").is_none_or(|v| v != "0")
                 && Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15).u8(..4) == 0,
+            // One in five, from a stream of its own too. Without a PostgreSQL to run on
+            // it runs on SQLite, counted as skipped (`crate::needs`); EXPLORE_POSTGRES=0
+            // runs every history on SQLite, =1 every one on PostgreSQL.
+            postgres: match std::env::var("EXPLORE_POSTGRES").as_deref() {
+                Ok("0") => false,
+                Ok("1") => true,
+                _ => Rng::with_seed(seed ^ 0xbf58_476d_1ce4_e5b9).u8(..10) == 0,
+            },
         };
         // Spend what is left of each server's 4 slots at random.
         for _ in 0..4 {
@@ -498,11 +507,16 @@ impl fmt::Display for History {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "seed {}: max_deletions_per_run {}{}",
+            "seed {}: max_deletions_per_run {}{}{}",
             self.seed,
             self.model.max_deletions,
             if self.model.peer {
                 "; two daemons on the database"
+            } else {
+                ""
+            },
+            if self.model.postgres {
+                "; on PostgreSQL"
             } else {
                 ""
             }

@@ -4,7 +4,7 @@
 //! the events that still make it fail.
 //!
 //! Most histories run in this test process ([`world`]): the simulator on a virtual clock,
-//! SQLite files, a real SMTP server, and agent processes simulated by tokio runtimes of
+//! SQLite files (one history in ten: a PostgreSQL schema, [`store`]), a real SMTP server, and agent processes simulated by tokio runtimes of
 //! their own (a kill drops every task where it stands) running the real daemon loop and
 //! the real `run-once`. Kills are tied to logical points (the n-th API request from now,
 //! carried out or not), so a seed replays. A smaller share runs through the `agent`
@@ -19,6 +19,7 @@ mod binary;
 mod history;
 mod process;
 mod receivers;
+mod store;
 mod world;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ use world::World;
 
 use crate::helpers::{Inbox, TOKEN};
 use crate::invariants::{self, Expect};
+use crate::store::raw;
 
 /// Every seed that ever failed, kept as regression tests.
 const REGRESSION_SEEDS: &[u64] = &[37, 46, 315, 796, 882, 1081, 1480];
@@ -110,11 +112,15 @@ impl Stats {
 
 /// Counts what the journal shows a history did that only rare paths do.
 async fn journal_notes(db: &Database, stats: &mut Stats) {
-    let rows: Vec<(String, String, Option<String>)> =
-        sqlx::query_as("SELECT action, state, outcome FROM journal WHERE action IN ('create', 'delete', 'restore', 'adopt', 'vanished')")
-            .fetch_all(db.sqlite_pool().unwrap())
-            .await
-            .unwrap_or_default();
+    let rows: Vec<(String, String, Option<String>)> = raw!(
+        db,
+        sqlx::query_as(
+            "SELECT action, state, outcome FROM journal \
+             WHERE action IN ('create', 'delete', 'restore', 'adopt', 'vanished')"
+        ),
+        fetch_all
+    )
+    .unwrap_or_default();
     for (action, state, detail) in rows {
         let detail = detail.unwrap_or_default();
         if detail.contains("appeared later") {
@@ -152,6 +158,7 @@ const HISTORY_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Plays `history` in process, then the quiet phase; the invariants that broke.
 pub async fn run(history: &History, smtp: &(Inbox, u16), stats: &mut Stats) -> Vec<String> {
     let mut w = World::new(history, smtp.clone()).await;
+    let started = std::time::Instant::now();
     let log = w.log.clone();
     let played = tokio::time::timeout(HISTORY_LIMIT, async {
         w.play(history, stats).await;
@@ -161,7 +168,7 @@ pub async fn run(history: &History, smtp: &(Inbox, u16), stats: &mut Stats) -> V
         bad
     })
     .await;
-    match played {
+    let bad = match played {
         Ok(bad) => bad,
         Err(_) => {
             // Where everything was when the time ran out, before anything is killed.
@@ -176,7 +183,15 @@ pub async fn run(history: &History, smtp: &(Inbox, u16), stats: &mut Stats) -> V
                 lines.len()
             )]
         }
-    }
+    };
+    let engine = match w.store.on_postgres() {
+        true => "histories on PostgreSQL",
+        false => "histories on SQLite",
+    };
+    stats.note(engine);
+    stats.took(engine, started.elapsed());
+    w.store.remove().await;
+    bad
 }
 
 /// What the quiet phase and the final checks need of an installation, in process or
@@ -185,7 +200,7 @@ trait Installation {
     fn sim(&self) -> &Simulator;
     fn inbox(&self) -> &Inbox;
     fn cfg(&self) -> &Path;
-    fn db_path(&self) -> &Path;
+    fn store(&self) -> &store::Store;
     fn dir(&self) -> &Path;
     fn model(&mut self) -> &mut Model;
     fn write_config(&self);
@@ -219,8 +234,8 @@ impl Installation for World {
     fn cfg(&self) -> &Path {
         &self.cfg
     }
-    fn db_path(&self) -> &Path {
-        &self.db_path
+    fn store(&self) -> &store::Store {
+        &self.store
     }
     fn dir(&self) -> &Path {
         self.dir.path()
@@ -277,8 +292,8 @@ impl Installation for Site {
     fn cfg(&self) -> &Path {
         &self.cfg
     }
-    fn db_path(&self) -> &Path {
-        &self.db_path
+    fn store(&self) -> &store::Store {
+        &self.store
     }
     fn dir(&self) -> &Path {
         self.dir.path()
@@ -323,12 +338,14 @@ async fn quiet(site: &mut impl Installation, stats: &mut Stats) -> Vec<String> {
     }
     site.inbox().set_down(false);
     site.pass_time().await;
-    let db = Database::open(site.db_path()).await.unwrap();
+    let db = site.store().open().await;
     // Deletes journaled from here on are under the quiet phase's config.
-    let (first_quiet,): (i64,) = sqlx::query_as("SELECT COALESCE(max(id), 0) + 1 FROM journal")
-        .fetch_one(db.sqlite_pool().unwrap())
-        .await
-        .unwrap();
+    let (first_quiet,): (i64,) = raw!(
+        db,
+        sqlx::query_as("SELECT COALESCE(max(id), 0) + 1 FROM journal"),
+        fetch_one
+    )
+    .unwrap();
     let cap = site.model().max_deletions as usize;
     site.model().max_deletions = 3;
     site.write_config();
@@ -357,9 +374,16 @@ async fn quiet(site: &mut impl Installation, stats: &mut Stats) -> Vec<String> {
     }
     bad.extend(over_policy(site.cfg(), &sim, &db).await);
     // Not even a piece: 8 characters of the token are as good as a leak (`secrets.rs`).
+    // The files hold a SQLite database; a PostgreSQL one is read row by row.
+    let rows = invariants::all_rows(&db).await;
     for piece in invariants::pieces(TOKEN) {
         for f in invariants::files_with_token(site.dir(), piece) {
             bad.push(format!("{piece:?}, a piece of the token, is in {f}"));
+        }
+        if let Some((table, _)) = rows.iter().find(|(_, row)| row.contains(piece)) {
+            bad.push(format!(
+                "{piece:?}, a piece of the token, is in a row of {table}"
+            ));
         }
         if site.inbox().messages().iter().any(|m| m.contains(piece)) {
             bad.push(format!("{piece:?}, a piece of the token, is in a mail"));
@@ -417,6 +441,11 @@ pub async fn run_binary(h: &BinaryHistory, smtp: &(Inbox, u16), stats: &mut Stat
     })
     .await;
     site.kill_daemon().await;
+    stats.note(match site.store.on_postgres() {
+        true => "binary histories on PostgreSQL",
+        false => "binary histories on SQLite",
+    });
+    site.store.remove().await;
     played.unwrap_or_else(|_| {
         vec![format!(
             "the binary history did not end within {HISTORY_LIMIT:?}"

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use vps_snapshot_agent::config::JobSettings;
 use vps_snapshot_agent::daemon::{BoxFuture, Control, Executor, Fire, Timer};
-use vps_snapshot_agent::db::{Database, OpenOptions, Owner, RunTrigger};
+use vps_snapshot_agent::db::{Database, Location, Owner, RunTrigger};
 use vps_snapshot_agent::run::Runner;
 
 pub struct Proc {
@@ -34,12 +34,8 @@ pub struct Dbs {
 }
 
 /// Opens the database for a process, registered so that its kill can drain it.
-pub async fn open(dbs: &Dbs, path: &std::path::Path) -> Option<Database> {
-    let options = OpenOptions {
-        label: Some(dbs.label.clone()),
-        ..OpenOptions::default()
-    };
-    let db = Database::open_with(path, &options).await.ok()?;
+pub async fn open(dbs: &Dbs, location: &Location) -> Option<Database> {
+    let db = super::store::open_for(location, &dbs.label).await.ok()?;
     dbs.open.lock().unwrap().push(db.clone());
     Some(db)
 }

@@ -10,6 +10,7 @@ use vps_snapshot_agent::db::Database;
 use super::history::{HOOK_PATH, Model, ping_path};
 use crate::helpers::Inbox;
 use crate::receiver::Receiver;
+use crate::store::raw;
 
 pub async fn check(
     receivers: &Receiver,
@@ -81,12 +82,14 @@ async fn last_pings(receivers: &Receiver, model: &Model, db: &Database, bad: &mu
             .iter()
             .map(|g| g.path.trim_start_matches(&check).to_string())
             .collect();
-        let sent: Vec<String> = sqlx::query_scalar(
-            "SELECT kind FROM pings WHERE job = ? AND sent_at IS NOT NULL ORDER BY id",
+        let sent: Vec<String> = raw!(
+            db,
+            sqlx::query_scalar(
+                "SELECT kind FROM pings WHERE job = $1 AND sent_at IS NOT NULL ORDER BY id"
+            )
+            .bind(&job.name),
+            fetch_all
         )
-        .bind(&job.name)
-        .fetch_all(db.sqlite_pool().unwrap())
-        .await
         .unwrap();
         let sent: Vec<String> = sent
             .iter()

@@ -1,5 +1,6 @@
 //! One installation, in process: the simulator (on the history's virtual clock), an SMTP
-//! server, a config file and its SQLite database, and the agent processes the history
+//! server, a config file and its history database (a SQLite file, or a PostgreSQL schema:
+//! [`super::store`]), and the agent processes the history
 //! starts, kills and stops. [`World::play`] turns a [`History`]'s events into all that.
 
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use vps_snapshot_agent::api::{Client, Snapshot, SnapshotStatus};
 use vps_snapshot_agent::clock::{Clock, SharedClock, VirtualClock};
 use vps_snapshot_agent::config::Settings;
 use vps_snapshot_agent::daemon::{Control, Daemon, Services};
-use vps_snapshot_agent::db::{Database, Owner};
+use vps_snapshot_agent::db::{Database, Engine, Owner};
 use vps_snapshot_agent::domain::{RunId, ServerId, SnapshotId};
 use vps_snapshot_agent::run::Runner;
 use vps_snapshot_agent::sim::{
@@ -26,12 +27,13 @@ use super::history::{
 };
 use super::process::{Counting, DaemonProc, ManualTimer, Proc};
 use crate::helpers::{Inbox, TOKEN};
+use crate::store::raw;
 
 pub struct World {
     pub seed: u64,
     pub dir: tempfile::TempDir,
     pub cfg: PathBuf,
-    pub db_path: PathBuf,
+    pub store: super::store::Store,
     pub clock: VirtualClock,
     pub server: SimServer,
     pub inbox: Inbox,
@@ -91,7 +93,10 @@ impl World {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config.toml");
-        let db_path = dir.path().join("history.db");
+        let store =
+            super::store::for_history(history.model.postgres, dir.path(), history.seed).await;
+        let mut model = history.model.clone();
+        model.postgres = store.on_postgres();
         let (inbox, smtp_port) = smtp;
         inbox.set_down(false);
         let mut settings = vps_snapshot_agent::config::ApiSettings::new(
@@ -112,13 +117,13 @@ impl World {
             seed: history.seed,
             dir,
             cfg,
-            db_path,
+            store,
             clock,
             server,
             inbox,
             smtp_port,
             client,
-            model: history.model.clone(),
+            model,
             daemon: None,
             peer: None,
             started: 0,
@@ -138,7 +143,7 @@ impl World {
 
     pub fn write_config(&self) {
         let text = self.model.render(
-            &self.db_path,
+            self.store.configured(),
             &self.server.base_url(),
             self.smtp_port,
             Pace::Virtual,
@@ -179,7 +184,7 @@ impl World {
             let Ok(settings) = Settings::load(&cfg) else {
                 return;
             };
-            let Some(db) = super::process::open(&dbs, settings.database.shown()).await else {
+            let Some(db) = super::process::open(&dbs, &settings.database).await else {
                 return;
             };
             let jobs = match job {
@@ -226,7 +231,7 @@ impl World {
             let Ok(settings) = Settings::load(&cfg) else {
                 return;
             };
-            let Some(db) = super::process::open(&dbs, settings.database.shown()).await else {
+            let Some(db) = super::process::open(&dbs, &settings.database).await else {
                 return;
             };
             let build = {
@@ -434,13 +439,13 @@ impl World {
             Event::Restore(n) => self.restore(n).await,
             Event::Pin(n) => {
                 if let Some(s) = self.pick(n, |_| true) {
-                    let db = Database::open(&self.db_path).await.unwrap();
+                    let db = self.store.open().await;
                     db.pin(s.id, self.clock.now()).await.unwrap();
                     db.close().await;
                 }
             }
             Event::Unpin(n) => {
-                let db = Database::open(&self.db_path).await.unwrap();
+                let db = self.store.open().await;
                 let mut pins: Vec<SnapshotId> = db
                     .pins(chrono::Utc::now() + chrono::Duration::days(3650))
                     .await
@@ -469,17 +474,20 @@ impl World {
         stats: &mut super::Stats,
     ) {
         if by < chrono::Duration::zero() {
-            let db = Database::open(&self.db_path).await.unwrap();
-            let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(max(id), 0) FROM runs")
-                .fetch_one(db.sqlite_pool().unwrap())
-                .await
-                .unwrap();
-            let (crossed,): (i64,) =
-                sqlx::query_as("SELECT count(*) FROM fires WHERE scheduled_for > ?")
-                    .bind((self.clock.now() + by).timestamp_millis())
-                    .fetch_one(db.sqlite_pool().unwrap())
-                    .await
-                    .unwrap();
+            let db = self.store.open().await;
+            let (last,): (i64,) = raw!(
+                db,
+                sqlx::query_as("SELECT COALESCE(max(id), 0) FROM runs"),
+                fetch_one
+            )
+            .unwrap();
+            let (crossed,): (i64,) = raw!(
+                db,
+                sqlx::query_as("SELECT count(*) FROM fires WHERE scheduled_for > $1")
+                    .bind((self.clock.now() + by).timestamp_millis()),
+                fetch_one
+            )
+            .unwrap();
             db.close().await;
             self.clock_back.push(RunId::new(last));
             if crossed > 0 {
@@ -547,18 +555,27 @@ impl World {
     /// Records every change of a run's owner (a takeover), with the real time it happened,
     /// in a table of the harness's own.
     async fn watch_takeovers(&self) {
-        let db = Database::open(&self.db_path).await.unwrap();
-        for sql in [
-            "CREATE TABLE explore_takeovers (run_id INTEGER, from_owner TEXT, to_owner TEXT, at_ms INTEGER)",
-            "CREATE TRIGGER explore_takeover AFTER UPDATE OF owner ON runs \
-             WHEN OLD.owner IS NOT NEW.owner BEGIN \
-             INSERT INTO explore_takeovers VALUES (OLD.id, OLD.owner, NEW.owner, \
-             CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)); END",
-        ] {
-            sqlx::query(sql)
-                .execute(db.sqlite_pool().unwrap())
-                .await
-                .unwrap();
+        let db = self.store.open().await;
+        let table = "CREATE TABLE explore_takeovers \
+                     (run_id BIGINT, from_owner TEXT, to_owner TEXT, at_ms BIGINT)";
+        let trigger: &[&str] = match db.engine() {
+            Engine::Sqlite => &[
+                "CREATE TRIGGER explore_takeover AFTER UPDATE OF owner ON runs \
+                 WHEN OLD.owner IS NOT NEW.owner BEGIN \
+                 INSERT INTO explore_takeovers VALUES (OLD.id, OLD.owner, NEW.owner, \
+                 CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)); END",
+            ],
+            // The real time of the UPDATE itself (`now()` is the transaction's start).
+            Engine::Postgres => &[
+                "CREATE FUNCTION explore_takeover() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN INSERT INTO explore_takeovers VALUES (OLD.id, OLD.owner, NEW.owner, \
+                 (extract(epoch FROM clock_timestamp()) * 1000)::bigint); RETURN NEW; END $$",
+                "CREATE TRIGGER explore_takeover AFTER UPDATE OF owner ON runs FOR EACH ROW \
+                 WHEN (OLD.owner IS DISTINCT FROM NEW.owner) EXECUTE FUNCTION explore_takeover()",
+            ],
+        };
+        for sql in std::iter::once(&table).chain(trigger) {
+            raw!(db, sqlx::query(*sql), execute).unwrap();
         }
         db.close().await;
     }
@@ -566,11 +583,12 @@ impl World {
     /// No run was taken from a process that was still alive: every takeover came after
     /// the process it took from was killed.
     pub async fn takeovers(&self, db: &Database) -> Vec<String> {
-        let rows: Vec<(i64, String, String, i64)> =
-            sqlx::query_as("SELECT run_id, from_owner, to_owner, at_ms FROM explore_takeovers")
-                .fetch_all(db.sqlite_pool().unwrap())
-                .await
-                .unwrap();
+        let rows: Vec<(i64, String, String, i64)> = raw!(
+            db,
+            sqlx::query_as("SELECT run_id, from_owner, to_owner, at_ms FROM explore_takeovers"),
+            fetch_all
+        )
+        .unwrap();
         rows.into_iter()
             .filter_map(|(run, from, to, at)| {
                 let alive = super::process::killed_at(&from).is_none_or(|k| at < k);
@@ -582,7 +600,7 @@ impl World {
     }
 
     async fn running_runs(&self) -> usize {
-        let db = Database::open(&self.db_path).await.unwrap();
+        let db = self.store.open().await;
         let n = db.running().await.unwrap().len();
         db.close().await;
         n
@@ -752,7 +770,7 @@ impl World {
             let Ok(settings) = Settings::load(&cfg) else {
                 return;
             };
-            let Some(db) = super::process::open(&dbs, settings.database.shown()).await else {
+            let Some(db) = super::process::open(&dbs, &settings.database).await else {
                 return;
             };
             // As `agent restore` does: the server's job takes a safety snapshot first.
@@ -943,59 +961,39 @@ impl World {
                 ));
             }
         }
-        let db = match tokio::time::timeout(Duration::from_secs(5), Database::open(&self.db_path))
-            .await
-        {
+        let db = match tokio::time::timeout(Duration::from_secs(5), self.store.try_open()).await {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return format!("{}\n  the database: {e}", out.join("\n")),
             Err(_) => return format!("{}\n  the database did not open in 5 s", out.join("\n")),
         };
-        let pool = db.sqlite_pool().unwrap();
-        let rows = |sql: &'static str| async move {
-            sqlx::query(sql)
-                .fetch_all(pool)
-                .await
-                .map(|rows| {
-                    use sqlx::Row as _;
-                    rows.iter()
-                        .map(|r| {
-                            (0..r.len())
-                                .map(|i| {
-                                    r.try_get::<Option<String>, _>(i)
-                                        .ok()
-                                        .flatten()
-                                        .or_else(|| {
-                                            r.try_get::<Option<i64>, _>(i)
-                                                .ok()
-                                                .flatten()
-                                                .map(|v| v.to_string())
-                                        })
-                                        .unwrap_or_else(|| "-".into())
-                                })
-                                .collect::<Vec<_>>()
-                                .join(" | ")
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_else(|e| vec![e.to_string()])
-        };
+        // Each row as one text column, so that one query reads on either engine.
         for (what, sql) in [
             (
                 "running runs",
-                "SELECT id, job, step, owner FROM runs WHERE status = 'running'",
+                "SELECT CAST(id AS TEXT) || ' | ' || job || ' | ' || step || ' | ' || owner \
+                 FROM runs WHERE status = 'running'",
             ),
             (
                 "locks",
-                "SELECT server_id, holder, run_id, expires_at FROM locks",
+                "SELECT CAST(server_id AS TEXT) || ' | ' || holder || ' | ' || \
+                 COALESCE(CAST(run_id AS TEXT), '-') || ' | ' || CAST(expires_at AS TEXT) \
+                 FROM locks",
             ),
             (
                 "open journal entries",
-                "SELECT id, run_id, action, state, snapshot_id FROM journal WHERE state IN ('pending', 'unknown')",
+                "SELECT CAST(id AS TEXT) || ' | ' || CAST(run_id AS TEXT) || ' | ' || action \
+                 || ' | ' || state || ' | ' || COALESCE(CAST(snapshot_id AS TEXT), '-') \
+                 FROM journal WHERE state IN ('pending', 'unknown')",
             ),
-            ("agents", "SELECT id, role, seen_at, stopped_at FROM agents"),
+            (
+                "agents",
+                "SELECT id || ' | ' || role || ' | ' || CAST(seen_at AS TEXT) || ' | ' || \
+                 COALESCE(CAST(stopped_at AS TEXT), '-') FROM agents",
+            ),
         ] {
             out.push(format!("  {what}:"));
-            for r in rows(sql).await {
+            let rows: Result<Vec<String>, _> = raw!(db, sqlx::query_scalar(sql), fetch_all);
+            for r in rows.unwrap_or_else(|e| vec![e.to_string()]) {
                 out.push(format!("    {r}"));
             }
         }
