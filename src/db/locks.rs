@@ -3,7 +3,7 @@
 //! time no longer match); a holder on another host when its agent's heartbeat lapses (or,
 //! for an agent too old to heartbeat, the lock's own lease).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -38,29 +38,29 @@ fn process_start(pid: u32) -> std::io::Result<Option<u64>> {
 }
 
 /// Reads of `/proc/PID/stat` still to fail, by pid: how the fault explorer makes
-/// liveness unreadable for the processes it simulates. Empty outside its tests.
-static UNREADABLE: LazyLock<Mutex<HashMap<u32, u32>>> = LazyLock::new(Mutex::default);
+/// liveness unreadable for the processes it simulates. Empty outside its tests (a list:
+/// a handful of pids at most, and less code in the binary than a map).
+static UNREADABLE: Mutex<Vec<(u32, u32)>> = Mutex::new(Vec::new());
 
 /// Makes the next `reads` reads of process `pid`'s start time fail, as `/proc` does when
 /// the process is out of descriptors (for the fault explorer).
 #[doc(hidden)]
 pub fn fail_liveness_reads(pid: u32, reads: u32) {
     let mut left = UNREADABLE.lock().unwrap_or_else(PoisonError::into_inner);
-    if reads == 0 {
-        left.remove(&pid);
-    } else {
-        left.insert(pid, reads);
+    left.retain(|(p, _)| *p != pid);
+    if reads > 0 {
+        left.push((pid, reads));
     }
 }
 
 fn unreadable_now(pid: u32) -> bool {
     let mut left = UNREADABLE.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(n) = left.get_mut(&pid) else {
+    let Some(i) = left.iter().position(|(p, _)| *p == pid) else {
         return false;
     };
-    *n -= 1;
-    if *n == 0 {
-        left.remove(&pid);
+    left[i].1 -= 1;
+    if left[i].1 == 0 {
+        left.swap_remove(i);
     }
     true
 }
