@@ -111,7 +111,7 @@ impl Database {
         let what = "cannot look at the outbox's claims";
         let sql = format!(
             "SELECT DISTINCT claimed_by FROM {table} \
-             WHERE sent_at IS NULL AND claimed_until > ? AND claimed_by IS NOT NULL"
+             WHERE sent_at IS NULL AND claimed_until > $1 AND claimed_by IS NOT NULL"
         );
         let holders: Vec<(String,)> = self
             .q(&sql)
@@ -135,7 +135,7 @@ impl Database {
             tracing::info!(holder = %h, "taking back the outbox claims of a process that is gone");
             let sql = format!(
                 "UPDATE {table} SET claimed_until = NULL, claimed_by = NULL \
-                 WHERE claimed_by = ? AND sent_at IS NULL"
+                 WHERE claimed_by = $1 AND sent_at IS NULL"
             );
             self.q(&sql)
                 .bind(&h)
@@ -151,7 +151,7 @@ impl Database {
     pub async fn heartbeat(&self, id: &str, role: AgentRole, now: DateTime<Utc>) -> DbResult<()> {
         let host = id.split('/').next().unwrap_or_default();
         self.q(
-            "INSERT INTO agents (id, host, role, version, started_at, seen_at) VALUES (?, ?, ?, ?, ?, ?) \
+            "INSERT INTO agents (id, host, role, version, started_at, seen_at) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at WHERE agents.stopped_at IS NULL",
         )
         .bind(id)
@@ -168,7 +168,7 @@ impl Database {
 
     /// Records that agent `id` stopped cleanly (or was found dead): no alert for it.
     pub async fn agent_stopped(&self, id: &str, now: DateTime<Utc>) -> DbResult<()> {
-        self.q("UPDATE agents SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL")
+        self.q("UPDATE agents SET stopped_at = $1 WHERE id = $2 AND stopped_at IS NULL")
             .bind(ms(now))
             .bind(id)
             .execute(self)
@@ -183,7 +183,7 @@ impl Database {
         let rows: Vec<Row> = self
             .q(
                 "SELECT id, host, role, version, started_at, seen_at, stopped_at FROM agents \
-                WHERE seen_at >= ? ORDER BY seen_at DESC, id",
+                WHERE seen_at >= $1 ORDER BY seen_at DESC, id",
             )
             .bind(ms(now) - KEPT_MS)
             .fetch_all(self)
@@ -239,11 +239,11 @@ impl Database {
         let cutoff = ms(now) - self.lease_ms();
         let mut tx = self.begin().await?;
         let gone: Vec<(String, String, i64)> = tx
-            .q("UPDATE agents SET gone_alerted_at = ?1 \
+            .q("UPDATE agents SET gone_alerted_at = $1 \
              WHERE role = 'daemon' AND stopped_at IS NULL AND gone_alerted_at IS NULL \
-               AND seen_at < ?2 AND id <> ?3 \
+               AND seen_at < $2 AND id <> $3 \
                AND NOT EXISTS (SELECT 1 FROM agents b WHERE b.host = agents.host \
-                   AND b.role = 'daemon' AND b.stopped_at IS NULL AND b.seen_at >= ?2) \
+                   AND b.role = 'daemon' AND b.stopped_at IS NULL AND b.seen_at >= $2) \
              RETURNING id, host, seen_at")
             .bind(ms(now))
             .bind(cutoff)
@@ -272,7 +272,7 @@ impl Database {
     ) -> DbResult<()> {
         let what = "cannot tidy the agents";
         let ids: Vec<(String,)> = self
-            .q("SELECT id FROM agents WHERE host = ? AND stopped_at IS NULL")
+            .q("SELECT id FROM agents WHERE host = $1 AND stopped_at IS NULL")
             .bind(host)
             .fetch_all(self)
             .await
@@ -280,7 +280,7 @@ impl Database {
         for (id,) in ids.iter().filter(|(id,)| dead(id)) {
             self.agent_stopped(id, now).await?;
         }
-        self.q("DELETE FROM agents WHERE seen_at < ?")
+        self.q("DELETE FROM agents WHERE seen_at < $1")
             .bind(ms(now) - KEPT_MS)
             .execute(self)
             .await

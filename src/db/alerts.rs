@@ -88,7 +88,7 @@ pub struct OutboxCounts {
 pub(super) async fn insert(tx: &mut Tx, a: &NewAlert) -> Result<i64, sqlx::Error> {
     let q = tx.q(
         "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     );
     bind_alert(q, a).scalar(tx).await
 }
@@ -128,8 +128,8 @@ impl Database {
     ) -> DbResult<bool> {
         let q = self.q(
             "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS \
-               (SELECT 1 FROM alerts WHERE job = ?1 AND kind = ?4 AND created_at > ?8)",
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS \
+               (SELECT 1 FROM alerts WHERE job = $1 AND kind = $4 AND created_at > $8)",
         );
         let done = bind_alert(q, a)
             .bind(ms(since))
@@ -171,7 +171,7 @@ impl Database {
             .await
             .map_err(self.err(what))?;
         for name in &wanted {
-            tx.q("INSERT INTO channels (name) VALUES (?) ON CONFLICT DO NOTHING")
+            tx.q("INSERT INTO channels (name) VALUES ($1) ON CONFLICT DO NOTHING")
                 .bind(name)
                 .execute(&mut tx)
                 .await
@@ -179,7 +179,7 @@ impl Database {
             for (id,) in &orphans {
                 tx.q(
                     "INSERT INTO deliveries (alert_id, channel, next_attempt_at) \
-                     SELECT id, ?, created_at FROM alerts WHERE id = ? ON CONFLICT DO NOTHING",
+                     SELECT id, $1, created_at FROM alerts WHERE id = $2 ON CONFLICT DO NOTHING",
                 )
                 .bind(name)
                 .bind(id)
@@ -208,11 +208,11 @@ impl Database {
         self.free_dead_claims("deliveries", now).await?;
         let mut tx = self.begin().await?;
         tx.q(
-            "UPDATE deliveries SET claimed_until = ?, claimed_by = ? WHERE channel = ? AND sent_at IS NULL \
-               AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.channel = ? AND o.sent_at IS NULL \
-                   AND o.claimed_until > ?) \
-               AND (? OR (SELECT h.next_attempt_at FROM deliveries h WHERE h.channel = ? \
-                   AND h.sent_at IS NULL ORDER BY h.alert_id LIMIT 1) <= ?)",
+            "UPDATE deliveries SET claimed_until = $1, claimed_by = $2 WHERE channel = $3 AND sent_at IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.channel = $4 AND o.sent_at IS NULL \
+                   AND o.claimed_until > $5) \
+               AND ($6 OR (SELECT h.next_attempt_at FROM deliveries h WHERE h.channel = $7 \
+                   AND h.sent_at IS NULL ORDER BY h.alert_id LIMIT 1) <= $8)",
         )
         .bind(ms(until))
         .bind(super::agents::this_agent())
@@ -228,7 +228,7 @@ impl Database {
         let sql = format!(
             "SELECT {ALERT_COLUMNS}, d.attempts, d.next_attempt_at, d.last_error, d.channel AS channels \
              FROM deliveries d JOIN alerts a ON a.id = d.alert_id \
-             WHERE d.channel = ? AND d.sent_at IS NULL AND d.claimed_until = ? ORDER BY a.id"
+             WHERE d.channel = $1 AND d.sent_at IS NULL AND d.claimed_until = $2 ORDER BY a.id"
         );
         let rows: Vec<Row> = tx
             .q(&sql)
@@ -271,8 +271,8 @@ impl Database {
         let mut tx = self.begin().await?;
         for id in ids {
             tx.q(
-                "UPDATE deliveries SET sent_at = ?, attempts = attempts + 1, last_error = NULL, claimed_until = NULL \
-                 WHERE alert_id = ? AND channel = ?",
+                "UPDATE deliveries SET sent_at = $1, attempts = attempts + 1, last_error = NULL, claimed_until = NULL \
+                 WHERE alert_id = $2 AND channel = $3",
             )
             .bind(ms(at))
             .bind(id)
@@ -297,8 +297,8 @@ impl Database {
         let mut tx = self.begin().await?;
         for id in ids {
             tx.q(
-                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, claimed_until = NULL \
-                 WHERE alert_id = ? AND channel = ?",
+                "UPDATE deliveries SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2, claimed_until = NULL \
+                 WHERE alert_id = $3 AND channel = $4",
             )
             .bind(error)
             .bind(ms(retry_at))
@@ -341,9 +341,10 @@ impl Database {
         job: &str,
         kinds: &[AlertKind],
     ) -> DbResult<Option<DateTime<Utc>>> {
-        let placeholders = vec!["?"; kinds.len()].join(", ");
+        let placeholders: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 2)).collect();
+        let placeholders = placeholders.join(", ");
         let sql = format!(
-            "SELECT created_at FROM alerts WHERE job = ? AND kind IN ({placeholders}) \
+            "SELECT created_at FROM alerts WHERE job = $1 AND kind IN ({placeholders}) \
              AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = alerts.run_id AND r.kind = 'prune') \
              ORDER BY id DESC LIMIT 1"
         );

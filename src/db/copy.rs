@@ -157,7 +157,7 @@ async fn page(
 ) -> sqlx::Result<Vec<Vec<Value>>> {
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     let sql = format!(
-        "SELECT {} FROM {table} ORDER BY {} LIMIT ? OFFSET ?",
+        "SELECT {} FROM {table} ORDER BY {} LIMIT $1 OFFSET $2",
         names.join(", "),
         key.join(", ")
     );
@@ -188,11 +188,18 @@ async fn insert(
     rows: Vec<Vec<Value>>,
 ) -> sqlx::Result<u64> {
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    let one = format!("({})", vec!["?"; names.len()].join(", "));
+    let values: Vec<String> = (0..rows.len())
+        .map(|r| {
+            let row: Vec<String> = (1..=names.len())
+                .map(|c| format!("${}", r * names.len() + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect();
     let sql = format!(
         "INSERT INTO {table} ({}) VALUES {}",
         names.join(", "),
-        vec![one.as_str(); rows.len()].join(", ")
+        values.join(", ")
     );
     let mut q = tx.q(&sql);
     for v in rows.into_iter().flatten() {

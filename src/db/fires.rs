@@ -55,7 +55,7 @@ impl Database {
         // waits for the first's commit and then finds the row.
         let mut tx = self.begin().await?;
         let claimed = tx.q(
-            "INSERT INTO fires (job, scheduled_for, run_id) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
+            "INSERT INTO fires (job, scheduled_for, run_id) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
         )
         .bind(run.job)
         .bind(at)
@@ -66,10 +66,10 @@ impl Database {
         let claimed = claimed
             || again
                 && tx
-                    .q("UPDATE fires SET run_id = 0 WHERE job = ? AND scheduled_for = ? \
+                    .q("UPDATE fires SET run_id = 0 WHERE job = $1 AND scheduled_for = $2 \
                         AND EXISTS (SELECT 1 FROM runs r WHERE r.id = fires.run_id AND r.status <> 'running') \
                         AND EXISTS (SELECT 1 FROM runs l WHERE l.job = fires.job AND l.id > fires.run_id \
-                            AND l.scheduled_for > fires.scheduled_for AND l.started_at > ?)")
+                            AND l.scheduled_for > fires.scheduled_for AND l.started_at > $3)")
                     .bind(run.job)
                     .bind(at)
                     .bind(ms(run.started_at))
@@ -81,7 +81,7 @@ impl Database {
             let (run_id, owner): (RunId, Option<String>) = tx
                 .q(
                     "SELECT f.run_id, r.owner FROM fires f LEFT JOIN runs r ON r.id = f.run_id \
-                 WHERE f.job = ? AND f.scheduled_for = ?",
+                 WHERE f.job = $1 AND f.scheduled_for = $2",
                 )
                 .bind(run.job)
                 .bind(at)
@@ -98,7 +98,7 @@ impl Database {
         let id = insert_run(On::Tx(&mut tx), &run, owner)
             .await
             .map_err(self.err(what.clone()))?;
-        tx.q("UPDATE fires SET run_id = ? WHERE job = ? AND scheduled_for = ?")
+        tx.q("UPDATE fires SET run_id = $1 WHERE job = $2 AND scheduled_for = $3")
             .bind(id)
             .bind(run.job)
             .bind(at)

@@ -60,7 +60,7 @@ pub struct HistoryQuery<'a> {
 impl Database {
     pub async fn run(&self, run_id: RunId) -> DbResult<Option<Run>> {
         let cols = run_columns(self.engine());
-        let sql = format!("SELECT {cols} FROM runs WHERE id = ?");
+        let sql = format!("SELECT {cols} FROM runs WHERE id = $1");
         let row = self
             .q(&sql)
             .bind(run_id)
@@ -83,25 +83,26 @@ impl Database {
     /// The runs `query` selects, newest first.
     pub async fn history_where(&self, query: &HistoryQuery<'_>) -> DbResult<Vec<Run>> {
         let cols = run_columns(self.engine());
-        let mut conditions = Vec::new();
-        if query.job.is_some() {
-            conditions.push("job = ?");
-        }
-        if query.since.is_some() {
-            conditions.push("started_at >= ?");
-        }
-        if query.until.is_some() {
-            conditions.push("started_at <= ?");
-        }
-        if query.status.is_some() {
-            conditions.push("status = ?");
-        }
+        // The conditions asked for, their placeholders numbered in the order bound below.
+        let asked = [
+            ("job =", query.job.is_some()),
+            ("started_at >=", query.since.is_some()),
+            ("started_at <=", query.until.is_some()),
+            ("status =", query.status.is_some()),
+        ];
+        let conditions: Vec<String> = asked
+            .iter()
+            .filter(|(_, on)| *on)
+            .enumerate()
+            .map(|(i, (c, _))| format!("{c} ${}", i + 1))
+            .collect();
         let filter = if conditions.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", conditions.join(" AND "))
         };
-        let sql = format!("SELECT {cols} FROM runs {filter} ORDER BY id DESC LIMIT ?");
+        let limit = conditions.len() + 1;
+        let sql = format!("SELECT {cols} FROM runs {filter} ORDER BY id DESC LIMIT ${limit}");
         let mut q = self.q(&sql);
         if let Some(j) = query.job {
             q = q.bind(j);
@@ -137,7 +138,7 @@ impl Database {
     /// Whether any snapshot run of `job` started at or after `t`.
     pub async fn has_run_since(&self, job: &str, t: DateTime<Utc>) -> DbResult<bool> {
         let row: Option<(RunId,)> = self
-            .q("SELECT id FROM runs WHERE job = ? AND kind = 'snapshot' AND started_at >= ? LIMIT 1")
+            .q("SELECT id FROM runs WHERE job = $1 AND kind = 'snapshot' AND started_at >= $2 LIMIT 1")
             .bind(job)
             .bind(ms(t))
             .fetch_optional(self)
@@ -150,7 +151,7 @@ impl Database {
     pub async fn last_run(&self, job: &str) -> DbResult<Option<Run>> {
         let cols = run_columns(self.engine());
         let sql = format!(
-            "SELECT {cols} FROM runs WHERE job = ? AND kind = 'snapshot' \
+            "SELECT {cols} FROM runs WHERE job = $1 AND kind = 'snapshot' \
              ORDER BY id DESC LIMIT 1"
         );
         let row = self
@@ -180,7 +181,7 @@ impl Database {
                (SELECT {cols} FROM runs WHERE id IN \
                   (SELECT last_run_id FROM job_state WHERE job IN ({}))) r \
              JOIN job_state s ON s.last_run_id = r.id",
-            self.engine().json_texts()
+            self.engine().json_texts(1)
         );
         let rows = self
             .q(&sql)
@@ -217,7 +218,7 @@ impl Database {
     pub async fn previous_finished(&self, job: &str, before: RunId) -> DbResult<Option<Run>> {
         let cols = run_columns(self.engine());
         let sql = format!(
-            "SELECT {cols} FROM runs WHERE job = ? AND id < ? AND kind = 'snapshot' \
+            "SELECT {cols} FROM runs WHERE job = $1 AND id < $2 AND kind = 'snapshot' \
              AND status IN ('succeeded', 'failed') ORDER BY id DESC LIMIT 1"
         );
         let row = self
@@ -233,7 +234,7 @@ impl Database {
     pub async fn last_success(&self, job: &str) -> DbResult<Option<Run>> {
         let cols = run_columns(self.engine());
         let sql = format!(
-            "SELECT {cols} FROM runs WHERE job = ? AND status = 'succeeded' AND kind = 'snapshot' \
+            "SELECT {cols} FROM runs WHERE job = $1 AND status = 'succeeded' AND kind = 'snapshot' \
              ORDER BY id DESC LIMIT 1"
         );
         let row = self
@@ -250,8 +251,8 @@ impl Database {
         let rows: Vec<(Option<i64>,)> = self
             .q(
                 "SELECT snapshot_completed_at - snapshot_created_at AS d FROM runs \
-             WHERE job = ? AND status = 'succeeded' AND snapshot_completed_at IS NOT NULL \
-             AND snapshot_created_at IS NOT NULL ORDER BY id DESC LIMIT ?",
+             WHERE job = $1 AND status = 'succeeded' AND snapshot_completed_at IS NOT NULL \
+             AND snapshot_created_at IS NOT NULL ORDER BY id DESC LIMIT $2",
             )
             .bind(job)
             .bind(i64::from(limit))

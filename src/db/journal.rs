@@ -128,7 +128,7 @@ async fn insert(
     let resolved = (state != State::Pending).then_some(ms(at));
     on.q(
         "INSERT INTO journal (run_id, server_id, action, state, snapshot_id, snapshot_name, at, resolved_at, detail) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
     )
     .bind(i.run_id)
     .bind(i.server_id)
@@ -154,8 +154,8 @@ async fn insert_fenced(
 ) -> Result<Option<EntryId>, sqlx::Error> {
     on.q(
         "INSERT INTO journal (run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail) \
-         SELECT ?, ?, ?, 'pending', ?, ?, ?, ? \
-         WHERE EXISTS (SELECT 1 FROM runs WHERE id = ? AND status = 'running' AND owner = ?) \
+         SELECT $1, $2, $3, 'pending', $4, $5, $6, $7 \
+         WHERE EXISTS (SELECT 1 FROM runs WHERE id = $8 AND status = 'running' AND owner = $9) \
          RETURNING id",
     )
     .bind(i.run_id)
@@ -181,7 +181,7 @@ pub(super) async fn insert_resolved(
     at: DateTime<Utc>,
 ) -> Result<EntryId, sqlx::Error> {
     let server: (ServerId,) = tx
-        .q("SELECT server_id FROM runs WHERE id = ?")
+        .q("SELECT server_id FROM runs WHERE id = $1")
         .bind(run_id)
         .fetch_one(&mut *tx)
         .await?;
@@ -222,7 +222,7 @@ impl Database {
             .ok_or_else(|| self.taken_over(&what, i.run_id))?;
         {
             // The run's summary names its snapshot from the moment it is asked for.
-            tx.q("UPDATE runs SET snapshot_name = ?, step = 'create' WHERE id = ?")
+            tx.q("UPDATE runs SET snapshot_name = $1, step = 'create' WHERE id = $2")
                 .bind(i.snapshot_name)
                 .bind(i.run_id)
                 .execute(&mut tx)
@@ -269,7 +269,7 @@ impl Database {
     /// Notes on an entry still pending that its effect has begun (an `after` hook started:
     /// if the process dies now, the next start knows it may have run).
     pub async fn begun(&self, entry: EntryId, at: DateTime<Utc>) -> DbResult<()> {
-        self.q("UPDATE journal SET outcome = ? WHERE id = ? AND state = 'pending'")
+        self.q("UPDATE journal SET outcome = $1 WHERE id = $2 AND state = 'pending'")
             .bind(format!("{BEGUN} {}", ms(at)))
             .bind(entry)
             .execute(self)
@@ -292,7 +292,7 @@ impl Database {
         let what = format!("cannot record an outcome ({state}) in the journal");
         if made.is_none() {
             // One statement, committed on its own: nothing else changes with it.
-            self.q("UPDATE journal SET state = ?, outcome = ?, resolved_at = ? WHERE id = ?")
+            self.q("UPDATE journal SET state = $1, outcome = $2, resolved_at = $3 WHERE id = $4")
                 .bind(state)
                 .bind(outcome)
                 .bind(ms(at))
@@ -305,8 +305,8 @@ impl Database {
         let mut tx = self.begin().await?;
         let row: (RunId, Action, i64) = tx
             .q(
-                "UPDATE journal SET state = ?, snapshot_id = COALESCE(?, snapshot_id), \
-             outcome = ?, resolved_at = ? WHERE id = ? RETURNING run_id, action, at",
+                "UPDATE journal SET state = $1, snapshot_id = COALESCE($2, snapshot_id), \
+             outcome = $3, resolved_at = $4 WHERE id = $5 RETURNING run_id, action, at",
             )
             .bind(state)
             .bind(made.map(|(id, _)| id))
@@ -317,8 +317,8 @@ impl Database {
             .await
             .map_err(self.err(what.clone()))?;
         if let (Action::Create, Some((id, status))) = (row.1, made) {
-            tx.q("UPDATE runs SET snapshot_id = ?, snapshot_status = ?, \
-                 snapshot_created_at = COALESCE(snapshot_created_at, ?) WHERE id = ?")
+            tx.q("UPDATE runs SET snapshot_id = $1, snapshot_status = $2, \
+                 snapshot_created_at = COALESCE(snapshot_created_at, $3) WHERE id = $4")
                 .bind(id)
                 .bind(status)
                 .bind(row.2)
@@ -341,7 +341,7 @@ impl Database {
 
     /// A run's entries, oldest first.
     pub async fn entries(&self, run_id: RunId) -> DbResult<Vec<Entry>> {
-        let sql = format!("SELECT {ENTRY_COLUMNS} FROM journal WHERE run_id = ? ORDER BY id");
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM journal WHERE run_id = $1 ORDER BY id");
         self.q(&sql)
             .bind(run_id)
             .fetch_all(self)
@@ -352,7 +352,7 @@ impl Database {
     /// Effects on `server_id` whose outcome nobody knows yet, oldest first.
     pub async fn unresolved(&self, server_id: ServerId) -> DbResult<Vec<Entry>> {
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM journal WHERE server_id = ? \
+            "SELECT {ENTRY_COLUMNS} FROM journal WHERE server_id = $1 \
              AND state IN ('pending', 'unknown') ORDER BY id"
         );
         self.q(&sql)
@@ -384,10 +384,10 @@ impl Database {
     ) -> DbResult<(HashSet<SnapshotId>, HashMap<String, SnapshotId>)> {
         let sql = format!(
             "SELECT snapshot_id, snapshot_name FROM journal \
-             WHERE action IN ('create', 'adopt') AND state != 'error' AND server_id = ? \
+             WHERE action IN ('create', 'adopt') AND state != 'error' AND server_id = $1 \
              AND (snapshot_id IN ({}) OR snapshot_name IN ({}))",
-            self.engine().json_integers(),
-            self.engine().json_texts()
+            self.engine().json_integers(2),
+            self.engine().json_texts(3)
         );
         let rows: Vec<(Option<SnapshotId>, Option<String>)> = self
             .q(&sql)
@@ -438,11 +438,11 @@ impl Database {
         self.q(
             "SELECT j.snapshot_id, COALESCE(j.snapshot_name, r.snapshot_name, '') FROM runs r \
              JOIN journal j ON j.run_id = r.id AND j.action IN ('create', 'adopt') AND j.state = 'ok' \
-             WHERE r.job = ? AND r.server_id = ? AND r.kind = 'snapshot' AND r.status = 'succeeded' \
+             WHERE r.job = $1 AND r.server_id = $2 AND r.kind = 'snapshot' AND r.status = 'succeeded' \
              AND j.snapshot_id IS NOT NULL \
              AND NOT EXISTS (SELECT 1 FROM journal d WHERE d.snapshot_id = j.snapshot_id \
                              AND d.action IN ('vanished', 'delete')) \
-             ORDER BY r.id DESC LIMIT ?",
+             ORDER BY r.id DESC LIMIT $3",
         )
         .bind(job)
         .bind(server_id)
@@ -455,7 +455,7 @@ impl Database {
     /// How many deletes run `run_id` has asked for that may have been carried out.
     pub async fn deletes_spent(&self, run_id: RunId) -> DbResult<u32> {
         let (n,): (i64,) = self.q(
-            "SELECT count(*) FROM journal WHERE run_id = ? AND action = 'delete' AND state != 'error'",
+            "SELECT count(*) FROM journal WHERE run_id = $1 AND action = 'delete' AND state != 'error'",
         )
         .bind(run_id)
         .fetch_one(self)

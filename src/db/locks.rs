@@ -235,7 +235,7 @@ impl Database {
         lease: Duration,
     ) -> DbResult<Result<(), String>> {
         let existing: Option<(String, Option<RunId>, i64)> = self
-            .q("SELECT holder, run_id, expires_at FROM locks WHERE server_id = ?")
+            .q("SELECT holder, run_id, expires_at FROM locks WHERE server_id = $1")
             .bind(server_id)
             .fetch_optional(self)
             .await
@@ -260,7 +260,7 @@ impl Database {
                 }));
             }
             tracing::info!(%server_id, %holder, "taking over a lock left by a process that is gone");
-            self.q("DELETE FROM locks WHERE server_id = ? AND holder = ?")
+            self.q("DELETE FROM locks WHERE server_id = $1 AND holder = $2")
                 .bind(server_id)
                 .bind(&holder)
                 .execute(self)
@@ -269,7 +269,7 @@ impl Database {
         }
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         let took = self.q(
-            "INSERT INTO locks (server_id, holder, run_id, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO locks (server_id, holder, run_id, acquired_at, expires_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT DO NOTHING",
         )
         .bind(server_id)
@@ -296,7 +296,7 @@ impl Database {
         lease: Duration,
     ) -> DbResult<()> {
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-        self.q("UPDATE locks SET expires_at = ? WHERE server_id = ? AND holder = ?")
+        self.q("UPDATE locks SET expires_at = $1 WHERE server_id = $2 AND holder = $3")
             .bind(ms(now) + lease_ms)
             .bind(server_id)
             .bind(owner.as_str())
@@ -307,7 +307,7 @@ impl Database {
     }
 
     pub async fn release_lock(&self, server_id: ServerId, owner: &Owner) -> DbResult<()> {
-        self.q("DELETE FROM locks WHERE server_id = ? AND holder = ?")
+        self.q("DELETE FROM locks WHERE server_id = $1 AND holder = $2")
             .bind(server_id)
             .bind(owner.as_str())
             .execute(self)

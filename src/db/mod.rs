@@ -223,7 +223,7 @@ impl Database {
         }
     }
 
-    /// A statement on this database (`?` placeholders).
+    /// A statement on this database (placeholders `$1`, `$2`, …: see [`sql`]).
     pub(crate) fn q(&self, sql: &str) -> Q {
         Q::new(self.engine(), sql)
     }

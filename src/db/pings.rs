@@ -63,7 +63,7 @@ struct Row {
 pub(super) async fn insert(tx: &mut Tx, p: &NewPing) -> Result<(), sqlx::Error> {
     tx.q(
         "INSERT INTO pings (job, run_id, kind, body, created_at, expires_at, next_attempt_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&p.job)
     .bind(p.run_id)
@@ -89,7 +89,7 @@ impl Database {
     /// Pings neither sent nor dropped whose next attempt is due at `now`, oldest first.
     pub async fn due_pings(&self, now: DateTime<Utc>) -> DbResult<Vec<PendingPing>> {
         self.pings_where(
-            "next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until <= ?)",
+            "next_attempt_at <= {now} AND (claimed_until IS NULL OR claimed_until <= {now})",
             now,
             None,
         )
@@ -121,15 +121,17 @@ impl Database {
     ) -> DbResult<Vec<PendingPing>> {
         let due = if all {
             "id IN (SELECT min(id) FROM pings WHERE sent_at IS NULL AND dropped_at IS NULL GROUP BY job) \
-             AND (claimed_until IS NULL OR claimed_until <= ?)"
+             AND (claimed_until IS NULL OR claimed_until <= {now})"
         } else {
             "id IN (SELECT min(id) FROM pings WHERE sent_at IS NULL AND dropped_at IS NULL GROUP BY job) \
-             AND (next_attempt_at <= ? OR expires_at <= ?) \
-             AND (claimed_until IS NULL OR claimed_until <= ?)"
+             AND (next_attempt_at <= {now} OR expires_at <= {now}) \
+             AND (claimed_until IS NULL OR claimed_until <= {now})"
         };
         self.pings_where(due, now, Some(until)).await
     }
 
+    /// The pings `due` selects (a condition whose `{now}` stands for `now`), claimed
+    /// until `claim` if given.
     async fn pings_where(
         &self,
         due: &str,
@@ -147,24 +149,22 @@ impl Database {
             // Claimed, then read back by the claim's value (as alerts are).
             Some(until) => {
                 let sql = format!(
-                    "UPDATE pings SET claimed_until = ?, claimed_by = ? WHERE {open} AND {due}"
+                    "UPDATE pings SET claimed_until = $1, claimed_by = $2 WHERE {open} AND {}",
+                    due.replace("{now}", "$3")
                 );
-                let mut claim = tx.q(&sql).bind(ms(until)).bind(super::agents::this_agent());
-                // Every placeholder of `due` is `now`.
-                for _ in 0..due.matches('?').count() {
-                    claim = claim.bind(ms(now));
-                }
-                claim.execute(&mut tx).await.map_err(self.err(what))?;
-                let sql = format!("{select} WHERE {open} AND claimed_until = ?");
+                tx.q(&sql)
+                    .bind(ms(until))
+                    .bind(super::agents::this_agent())
+                    .bind(ms(now))
+                    .execute(&mut tx)
+                    .await
+                    .map_err(self.err(what))?;
+                let sql = format!("{select} WHERE {open} AND claimed_until = $1");
                 tx.q(&sql).bind(ms(until)).fetch_all(&mut tx).await
             }
             None => {
-                let sql = format!("{select} WHERE {open} AND {due}");
-                let mut read = tx.q(&sql);
-                for _ in 0..due.matches('?').count() {
-                    read = read.bind(ms(now));
-                }
-                read.fetch_all(&mut tx).await
+                let sql = format!("{select} WHERE {open} AND {}", due.replace("{now}", "$1"));
+                tx.q(&sql).bind(ms(now)).fetch_all(&mut tx).await
             }
         }
         .map_err(self.err(what))?;
@@ -196,13 +196,13 @@ impl Database {
     ) -> DbResult<()> {
         let sql = match (error, retry_at) {
             (None, _) => {
-                "UPDATE pings SET attempts = attempts + 1, sent_at = ?, last_error = ?, claimed_until = NULL WHERE id = ?"
+                "UPDATE pings SET attempts = attempts + 1, sent_at = $1, last_error = $2, claimed_until = NULL WHERE id = $3"
             }
             (Some(_), Some(_)) => {
-                "UPDATE pings SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, claimed_until = NULL WHERE id = ?"
+                "UPDATE pings SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, claimed_until = NULL WHERE id = $3"
             }
             (Some(_), None) => {
-                "UPDATE pings SET dropped_at = ?, last_error = ?, claimed_until = NULL WHERE id = ?"
+                "UPDATE pings SET dropped_at = $1, last_error = $2, claimed_until = NULL WHERE id = $3"
             }
         };
         self.q(sql)
@@ -219,7 +219,7 @@ impl Database {
     /// million rows a year otherwise).
     pub async fn prune_pings(&self, before: DateTime<Utc>) -> DbResult<u64> {
         self.q(
-            "DELETE FROM pings WHERE created_at < ? AND (sent_at IS NOT NULL OR dropped_at IS NOT NULL)",
+            "DELETE FROM pings WHERE created_at < $1 AND (sent_at IS NOT NULL OR dropped_at IS NOT NULL)",
         )
         .bind(ms(before))
         .execute(self)

@@ -21,7 +21,7 @@ impl Database {
         until: Option<DateTime<Utc>>,
     ) -> DbResult<bool> {
         let n = self.q(
-            "INSERT INTO pins (snapshot_id, pinned_at, until) VALUES (?, ?, ?) \
+            "INSERT INTO pins (snapshot_id, pinned_at, until) VALUES ($1, $2, $3) \
              ON CONFLICT (snapshot_id) DO UPDATE SET pinned_at = excluded.pinned_at, until = excluded.until \
              WHERE pins.until IS NOT NULL \
                AND (excluded.until IS NULL OR excluded.until > pins.until OR pins.until <= excluded.pinned_at)",
@@ -37,7 +37,7 @@ impl Database {
 
     pub async fn unpin(&self, snapshot_id: SnapshotId) -> DbResult<bool> {
         let n = self
-            .q("DELETE FROM pins WHERE snapshot_id = ?")
+            .q("DELETE FROM pins WHERE snapshot_id = $1")
             .bind(snapshot_id)
             .execute(self)
             .await
@@ -48,7 +48,7 @@ impl Database {
     /// The snapshots pinned at `now`.
     pub async fn pins(&self, now: DateTime<Utc>) -> DbResult<HashSet<SnapshotId>> {
         let rows: Vec<(SnapshotId,)> = self
-            .q("SELECT snapshot_id FROM pins WHERE until IS NULL OR until > ?")
+            .q("SELECT snapshot_id FROM pins WHERE until IS NULL OR until > $1")
             .bind(ms(now))
             .fetch_all(self)
             .await
@@ -59,7 +59,7 @@ impl Database {
     /// When `snapshot_id`'s pin ends, if it is pinned for a while only.
     pub async fn pin_ends(&self, snapshot_id: SnapshotId) -> DbResult<Option<DateTime<Utc>>> {
         let row: Option<(Option<i64>,)> = self
-            .q("SELECT until FROM pins WHERE snapshot_id = ?")
+            .q("SELECT until FROM pins WHERE snapshot_id = $1")
             .bind(snapshot_id)
             .fetch_optional(self)
             .await

@@ -296,7 +296,7 @@ pub(super) async fn insert_run(
 ) -> Result<RunId, sqlx::Error> {
     on.q(
         "INSERT INTO runs (job, server_id, kind, trigger, status, scheduled_for, started_at, owner) \
-         VALUES (?, ?, ?, ?, 'running', ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, 'running', $5, $6, $7) RETURNING id",
     )
     .bind(run.job)
     .bind(run.server_id)
@@ -318,7 +318,7 @@ impl Database {
     }
 
     pub async fn set_step(&self, run_id: RunId, step: Step) -> DbResult<()> {
-        self.q("UPDATE runs SET step = ? WHERE id = ?")
+        self.q("UPDATE runs SET step = $1 WHERE id = $2")
             .bind(step)
             .bind(run_id)
             .execute(self)
@@ -336,7 +336,7 @@ impl Database {
         status: &str,
     ) -> DbResult<()> {
         self.q(
-            "UPDATE runs SET snapshot_id = ?, snapshot_name = ?, snapshot_status = ? WHERE id = ?",
+            "UPDATE runs SET snapshot_id = $1, snapshot_name = $2, snapshot_status = $3 WHERE id = $4",
         )
         .bind(id)
         .bind(name)
@@ -355,7 +355,7 @@ impl Database {
         status: &str,
         completed_at: Option<DateTime<Utc>>,
     ) -> DbResult<()> {
-        self.q("UPDATE runs SET snapshot_status = ?, snapshot_completed_at = ? WHERE id = ?")
+        self.q("UPDATE runs SET snapshot_status = $1, snapshot_completed_at = $2 WHERE id = $3")
             .bind(status)
             .bind(completed_at.map(ms))
             .bind(run_id)
@@ -369,7 +369,7 @@ impl Database {
     /// conditional write: of several processes trying at once, exactly one gets it.
     pub async fn claim_run(&self, run_id: RunId, from: &str, to: &Owner) -> DbResult<Option<Run>> {
         let took = self
-            .q("UPDATE runs SET owner = ? WHERE id = ? AND status = 'running' AND owner = ?")
+            .q("UPDATE runs SET owner = $1 WHERE id = $2 AND status = 'running' AND owner = $3")
             .bind(to.as_str())
             .bind(run_id)
             .bind(from)
@@ -393,7 +393,7 @@ impl Database {
         safety: Option<SnapshotId>,
         note: &str,
     ) -> DbResult<()> {
-        self.q("UPDATE runs SET safety_snapshot_id = ?, note = ? WHERE id = ?")
+        self.q("UPDATE runs SET safety_snapshot_id = $1, note = $2 WHERE id = $3")
             .bind(safety)
             .bind(note)
             .bind(run_id)
@@ -405,7 +405,7 @@ impl Database {
 
     /// Notes on a run still `running` under `owner` why it stops here unfinished.
     pub async fn note_unfinished(&self, run_id: RunId, owner: &Owner, note: &str) -> DbResult<()> {
-        self.q("UPDATE runs SET error = ? WHERE id = ? AND status = 'running' AND owner = ?")
+        self.q("UPDATE runs SET error = $1 WHERE id = $2 AND status = 'running' AND owner = $3")
             .bind(note)
             .bind(run_id)
             .bind(owner.as_str())
@@ -424,8 +424,8 @@ impl Database {
         let mut tx = self.begin().await?;
         let n = tx
             .q(
-                "UPDATE runs SET status = ?, error = ?, finished_at = ?, step = COALESCE(?, step) \
-             WHERE id = ? AND status = 'running' AND owner = ?",
+                "UPDATE runs SET status = $1, error = $2, finished_at = $3, step = COALESCE($4, step) \
+             WHERE id = $5 AND status = 'running' AND owner = $6",
             )
             .bind(end.status)
             .bind(end.error)

@@ -1,7 +1,9 @@
 //! One way to run a statement on either store: SQLite (the embedded default) or
-//! PostgreSQL (several agents on different hosts). A statement is written once, with `?`
-//! placeholders and SQL both engines understand; on PostgreSQL the placeholders become
-//! `$1`, `$2`, … Values are encoded for the store at `bind`, rows decoded by `FromRow`.
+//! PostgreSQL (several agents on different hosts). A statement is written once, in SQL
+//! both engines understand, with numbered placeholders `$1`, `$2`, … (PostgreSQL's own;
+//! SQLite takes `$NNN` as a parameter named by its number, and sqlx binds it to the NNN-th
+//! value, so a number may repeat or come out of order on both: `tests/it/store.rs`).
+//! Values are encoded for the store at `bind`, rows decoded by `FromRow`.
 
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
@@ -167,17 +169,13 @@ macro_rules! on_engine {
 
 impl Q {
     pub(super) fn new(engine: Engine, sql: &str) -> Self {
-        match engine {
-            Engine::Sqlite => Self {
-                sql: sql.to_string(),
-                args: Args::Sqlite(SqliteArguments::default()),
-                bad: None,
+        Self {
+            sql: sql.to_string(),
+            args: match engine {
+                Engine::Sqlite => Args::Sqlite(SqliteArguments::default()),
+                Engine::Postgres => Args::Postgres(PgArguments::default()),
             },
-            Engine::Postgres => Self {
-                sql: numbered(sql),
-                args: Args::Postgres(PgArguments::default()),
-                bad: None,
-            },
+            bad: None,
         }
     }
 
@@ -276,75 +274,38 @@ impl Q {
     }
 }
 
-/// `?` placeholders as PostgreSQL's `$1`, `$2`, …, leaving quoted text alone.
-fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let (mut n, mut quote) = (0, None);
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quote) {
-            ('\'' | '"', None) => quote = Some(c),
-            (c, Some(q)) if c == q => quote = None,
-            // `?NNN` is numbered already.
-            ('?', None) if chars.peek().is_some_and(char::is_ascii_digit) => {
-                out.push('$');
-                continue;
-            }
-            ('?', None) => {
-                n += 1;
-                out.push('$');
-                out.push_str(&n.to_string());
-                continue;
-            }
-            _ => {}
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// SQL that differs between the engines.
 impl Engine {
-    /// A subquery of the values of the JSON array of strings bound at its `?`.
-    pub(crate) fn json_texts(self) -> &'static str {
+    /// A subquery of the values of the JSON array of strings bound at placeholder `$n`.
+    pub(crate) fn json_texts(self, n: usize) -> String {
         match self {
-            Engine::Sqlite => "SELECT value FROM json_each(?)",
-            Engine::Postgres => "SELECT json_array_elements_text(CAST(? AS json))",
+            Engine::Sqlite => format!("SELECT value FROM json_each(${n})"),
+            Engine::Postgres => format!("SELECT json_array_elements_text(CAST(${n} AS json))"),
         }
     }
 
-    /// A subquery of the values of the JSON array of integers bound at its `?`.
-    pub(crate) fn json_integers(self) -> &'static str {
+    /// A subquery of the values of the JSON array of integers bound at placeholder `$n`.
+    pub(crate) fn json_integers(self, n: usize) -> String {
         match self {
-            Engine::Sqlite => "SELECT value FROM json_each(?)",
-            Engine::Postgres => "SELECT CAST(json_array_elements_text(CAST(? AS json)) AS BIGINT)",
+            Engine::Sqlite => format!("SELECT value FROM json_each(${n})"),
+            Engine::Postgres => {
+                format!("SELECT CAST(json_array_elements_text(CAST(${n} AS json)) AS BIGINT)")
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{numbered, writes};
+    use super::writes;
 
     #[test]
     fn only_a_plain_select_is_taken_for_a_read() {
         assert!(!writes("  SELECT id FROM runs"));
         assert!(!writes("select 1"));
-        assert!(writes("INSERT INTO runs (job) VALUES (?) RETURNING id"));
-        assert!(writes("UPDATE runs SET status = ?"));
+        assert!(writes("INSERT INTO runs (job) VALUES ($1) RETURNING id"));
+        assert!(writes("UPDATE runs SET status = $1"));
         assert!(writes("WITH x AS (SELECT 1) DELETE FROM pins"));
         assert!(writes(""));
-    }
-
-    #[test]
-    fn placeholders_are_numbered_outside_quotes() {
-        assert_eq!(
-            numbered("SELECT '?' FROM t WHERE a = ? AND b = \"x?\" AND c IN (?, ?)"),
-            "SELECT '?' FROM t WHERE a = $1 AND b = \"x?\" AND c IN ($2, $3)"
-        );
-        assert_eq!(
-            numbered("a = ?1 OR b = ?2 OR c = ?1"),
-            "a = $1 OR b = $2 OR c = $1"
-        );
     }
 }

@@ -74,6 +74,10 @@ mod pg_faults {
     );
 }
 
+mod store {
+    crate::store::on_postgres!(store::numbered_placeholders_bind_by_number);
+}
+
 mod reliability {
     crate::store::on_postgres!(reliability::many_openers_of_a_new_database_at_once_all_succeed);
 }

@@ -140,3 +140,22 @@ macro_rules! raw {
     };
 }
 pub(crate) use raw;
+
+/// The store writes its placeholders as `$1`, `$2`, … on both engines: each binds the
+/// n-th value, whatever order they come in and however often one is used.
+#[tokio::test]
+pub(crate) async fn numbered_placeholders_bind_by_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir.path().join("placeholders.db")).await;
+    let row: (String, String, i64) = raw!(
+        db,
+        sqlx::query_as("SELECT CAST($2 AS TEXT) || '-' || CAST($1 AS TEXT), CAST($2 AS TEXT), CAST($3 AS BIGINT) + 1")
+            .bind("first")
+            .bind("second")
+            .bind(41_i64),
+        fetch_one
+    )
+    .unwrap();
+    assert_eq!(row, ("second-first".into(), "second".into(), 42));
+    db.close().await;
+}
