@@ -1,5 +1,5 @@
-//! vps-snapshot-agent: scheduled, rotation-safe snapshots of VPS.org servers, with a SQLite
-//! history and email alerts. `main.rs` only parses the command line and dispatches here.
+//! vps-snapshot-agent: scheduled, rotation-safe snapshots of VPS.org servers, with a history
+//! in SQLite (or PostgreSQL, for several agents) and alerts by mail, webhook and pings. `main.rs` only parses the command line and dispatches here.
 //!
 //! # Layout (one line per module, as the README's Development map)
 //! - [`cli`]: the command line, as clap types only
@@ -8,11 +8,18 @@
 //! - [`domain`]: what every layer shares: the limit of 5, ids, statuses, alert kinds
 //! - [`api`]: the VPS.org Snapshot API: types, client, error classes, the retry policy
 //! - [`sim`]: the API simulator (world, fault menu, HTTP front) for tests, demo, `simulate`
-//! - [`db`]: SQLite: runs, the run journal, pins, per-server locks, the alert outbox
+//! - [`db`]: the history store, SQLite or PostgreSQL: runs, the run journal, pins, locks,
+//!   the alert and ping outboxes, the agents' heartbeats
 //! - [`presence`]: this process's heartbeat on the database, seen by the other agents
 //! - [`run`]: one job run, a file per step, written as a journal ahead of its effects
 //! - [`daemon`]: `agent run`: the loop, next fires, periodic checks, signals, sd-notify
-//! - [`alert`]: what alerts say (`text`), when they are sent, delivery by mail
+//! - [`alert`]: what alerts say (`text`), when they are sent, delivery to every channel
+//! - [`hooks`]: the operator's `before`/`after`/`on_failure` commands, run as processes
+//! - [`metrics`]: Prometheus metrics, counted in process and read from the database
+//! - [`listener`]: the read-only HTTP listener: `/metrics`, `/healthz`, the status page
+//! - [`page`]: the status page (askama)
+//! - [`verdicts`]: each snapshot's owner, pin and verdict, as commands and the page show it
+//! - [`progress`]: `run-once`'s live lines on a terminal
 //! - [`retention`]: the pure retention planner (which snapshots to keep, which to delete)
 //! - [`naming`]: snapshot names that say which job made them and when
 //! - [`mark`]: the agent's mark on its snapshots (an HMAC keyed with the token)
