@@ -30,6 +30,7 @@
 //! - [`timing`]: leases, beats, checks, patience and backoffs, as one policy
 //! - [`clock`]: time as a dependency (real, or virtual for tests), and durations for people
 //! - [`errors`]: an error chain as one line, each cause once
+//! - [`identity`]: the host name and the HTTP `User-Agent`
 //! - [`logging`]: tracing-subscriber set-up (text or JSON, filters, `-v`/`-q`)
 
 pub mod alert;
@@ -44,6 +45,7 @@ pub mod db;
 pub mod domain;
 pub mod errors;
 pub mod hooks;
+pub mod identity;
 pub mod listener;
 pub mod logging;
 pub mod mark;

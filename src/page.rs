@@ -248,7 +248,7 @@ pub async fn render(
     marker: &Marker,
     now: DateTime<Utc>,
 ) -> anyhow::Result<String> {
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host = crate::identity::host_name();
     let alerts = db
         .pending_alerts()
         .await?

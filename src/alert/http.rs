@@ -30,7 +30,7 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
 
 fn build() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
-        .user_agent(concat!("vps-snapshot-agent/", env!("CARGO_PKG_VERSION")))
+        .user_agent(crate::identity::USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .build()?)

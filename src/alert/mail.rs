@@ -45,7 +45,7 @@ impl Smtp {
             transport: transport(e)?,
             from: e.from.clone(),
             to: e.to.clone(),
-            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            host: crate::identity::host_name(),
             server: format!("{}:{}", e.smtp_host, e.smtp_port),
             // lettre bounds the TCP connect and each read, but not the wait for the
             // server's greeting: one that accepts the connection and never greets (a

@@ -148,7 +148,7 @@ impl Outbox {
             db,
             clock,
             http: http::client()?,
-            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            host: crate::identity::host_name(),
             registered: tokio::sync::OnceCell::new(),
         })
     }

@@ -429,7 +429,7 @@ pub fn drift(
 
 /// What `agent check --send-test-alert` sends on a `[[notify]]` channel.
 pub fn test_alert() -> (String, String) {
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host = crate::identity::host_name();
     (
         "[agent] test alert".to_string(),
         format!(

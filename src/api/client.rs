@@ -20,7 +20,6 @@ use crate::mark::Marker;
 const MAX_BODY: usize = 4 * 1024 * 1024;
 /// A list never follows more pages than this.
 const MAX_PAGES: usize = 1000;
-const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
 /// The API client. One `reqwest::Client` (connection pool, timeouts) for every request.
 /// The token never leaves it: it signs requests, keys the agent's [`Marker`], and is
@@ -50,7 +49,7 @@ fn http_client(request_timeout: Duration) -> reqwest::Result<reqwest::Client> {
         return Ok(c.clone());
     }
     let client = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
+        .user_agent(crate::identity::USER_AGENT)
         .timeout(request_timeout)
         .connect_timeout(request_timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(60))

@@ -12,7 +12,7 @@ use crate::hooks::{self, BeforeFailure, ThawAfter};
 use crate::schedule;
 
 pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
-    // Not `load_settings`, which logs the warnings: they are printed below, once.
+    // Not `load_logged`: the warnings are printed below, once.
     let settings = Settings::load(config)?;
     settings.require_jobs()?;
     for f in &settings.included {
@@ -153,7 +153,7 @@ async fn check_channels(settings: &Settings, send_test: bool) -> anyhow::Result<
             &[],
             &subject,
             &text,
-            &gethostname::gethostname().to_string_lossy(),
+            &crate::identity::host_name(),
         )
         .await
         {

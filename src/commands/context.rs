@@ -198,5 +198,5 @@ fn named_jobs(settings: &Settings, names: &[String]) -> anyhow::Result<Vec<JobSe
 }
 
 pub fn config_settings(path: &Path) -> anyhow::Result<Settings> {
-    Ok(super::load_settings(path)?)
+    Ok(Settings::load_logged(path)?)
 }

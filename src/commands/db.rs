@@ -9,7 +9,7 @@ use crate::db::Location;
 
 pub async fn run(config: &std::path::Path, command: DbCommand) -> anyhow::Result<ExitCode> {
     let DbCommand::Copy { to } = command;
-    let settings = super::load_settings(config)?;
+    let settings = crate::config::Settings::load_logged(config)?;
     let Location::File(path) = &settings.database else {
         anyhow::bail!(
             "database {}: is not a SQLite file; `db copy` copies a SQLite history into PostgreSQL",

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 pub use run_once::run_jobs;
 
 use crate::cli::{Cli, Command};
-use crate::config::{ConfigErrors, Settings};
+use crate::config::ConfigErrors;
 
 /// sysexits' EX_CONFIG: systemd's `RestartPreventExitStatus=78` stops a restart loop.
 pub const EXIT_CONFIG: u8 = 78;
@@ -60,15 +60,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Loads the configuration and logs its warnings.
-pub fn load_settings(path: &std::path::Path) -> Result<Settings, ConfigErrors> {
-    let settings = Settings::load(path)?;
-    for w in &settings.warnings {
-        tracing::warn!("{w}");
-    }
-    Ok(settings)
 }
 
 /// Prints `agent: <error>: <cause>: ...` (each cause once) and picks the exit code.

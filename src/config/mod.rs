@@ -271,6 +271,16 @@ impl Settings {
         }
     }
 
+    /// [`Settings::load`], its warnings logged: what every command but `check` (which
+    /// prints them) and the daemon's reload read the configuration with.
+    pub fn load_logged(path: &Path) -> Result<Settings, ConfigErrors> {
+        let settings = Self::load(path)?;
+        for w in &settings.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(settings)
+    }
+
     /// Loads and validates the file at `path` merged with the `AGENT_` environment.
     pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
         let origin = path.display().to_string();

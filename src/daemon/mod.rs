@@ -154,11 +154,8 @@ impl Daemon {
             clock,
             timer,
             reload: Box::new(move || {
-                let settings = Settings::load(&path)?;
+                let settings = Settings::load_logged(&path)?;
                 settings.require_jobs()?;
-                for w in &settings.warnings {
-                    tracing::warn!("{w}");
-                }
                 services_for(settings, &reload_db, &reload_clock)
             }),
         })

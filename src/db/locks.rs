@@ -86,10 +86,9 @@ fn unreadable(pid: u32, e: &std::io::Error) {
     }
 }
 
+/// The host name as an owner identity holds it (its `/` would split the identity).
 fn hostname() -> String {
-    gethostname::gethostname()
-        .to_string_lossy()
-        .replace('/', "_")
+    crate::identity::host_name().replace('/', "_")
 }
 
 impl Owner {
