@@ -272,7 +272,7 @@ impl fmt::Display for Secs {
         } else {
             let secs = (self.0.as_millis() + 500) / 1000;
             let secs = u64::try_from(secs).unwrap_or(u64::MAX);
-            write!(f, "{}", crate::alert::text::span(Duration::from_secs(secs)))
+            write!(f, "{}", crate::human::span(Duration::from_secs(secs)))
         }
     }
 }

@@ -148,7 +148,7 @@ impl fmt::Display for Status {
             Status::TimedOut(t) => write!(
                 f,
                 "timed out after {}; its process group was killed",
-                crate::alert::text::span(*t)
+                crate::human::span(*t)
             ),
             Status::CouldNotStart(e) => write!(f, "could not start: {e}"),
         }

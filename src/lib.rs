@@ -31,6 +31,7 @@
 //! - [`clock`]: time as a dependency (real, or virtual for tests), and durations for people
 //! - [`errors`]: an error chain as one line, each cause once
 //! - [`identity`]: the host name and the HTTP `User-Agent`
+//! - [`human`]: times, spans and counts as people read them
 //! - [`logging`]: tracing-subscriber set-up (text or JSON, filters, `-v`/`-q`)
 
 pub mod alert;
@@ -45,6 +46,7 @@ pub mod db;
 pub mod domain;
 pub mod errors;
 pub mod hooks;
+pub mod human;
 pub mod identity;
 pub mod listener;
 pub mod logging;

@@ -99,13 +99,10 @@ async fn agents(db: &Database, now: DateTime<Utc>) -> anyhow::Result<Vec<AgentVi
             };
             let (state, since) = match (a.alive, a.stopped_at) {
                 (true, _) => ("alive", String::new()),
-                (false, Some(t)) => ("stopped", format!(" {}", crate::alert::text::fmt_time(t))),
+                (false, Some(t)) => ("stopped", format!(" {}", crate::human::fmt_time(t))),
                 (false, None) => (
                     "gone",
-                    format!(
-                        ", last heartbeat {}",
-                        crate::alert::text::fmt_time(a.seen_at)
-                    ),
+                    format!(", last heartbeat {}", crate::human::fmt_time(a.seen_at)),
                 ),
             };
             AgentView {
@@ -160,9 +157,9 @@ async fn jobs(
             last_success: s.last_success_at.map_or("never".into(), |t| {
                 format!(
                     "{} ({} ago; stale after {})",
-                    crate::alert::text::fmt_time(t),
-                    crate::alert::text::fmt_age(now - t),
-                    crate::alert::text::span(stale_after)
+                    crate::human::fmt_time(t),
+                    crate::human::fmt_age(now - t),
+                    crate::human::span(stale_after)
                 )
             }),
             next_local: next.map_or_else(
@@ -223,7 +220,7 @@ async fn servers(
                 delete_next: r.verdict.starts_with("delete"),
                 name: r.name,
                 status: r.status,
-                created: crate::alert::text::fmt_time(r.created_at),
+                created: crate::human::fmt_time(r.created_at),
                 managed: r.managed_text,
                 pinned: r.pinned,
                 verdict: r.verdict,
@@ -233,7 +230,7 @@ async fn servers(
             id,
             count: listing.len(),
             jobs: names.join(", "),
-            seen: format!("as listed {} ago", crate::alert::text::fmt_age(now - *at)),
+            seen: format!("as listed {} ago", crate::human::fmt_age(now - *at)),
             empty: "No snapshots.",
             rows,
         });
@@ -255,7 +252,7 @@ pub async fn render(
         .into_iter()
         .map(|a| AlertView {
             subject: a.subject,
-            queued: crate::alert::text::fmt_time(a.created_at),
+            queued: crate::human::fmt_time(a.created_at),
             channels: if a.channels.is_empty() {
                 "no channel yet".into()
             } else {
@@ -268,7 +265,7 @@ pub async fn render(
         agents: agents(db, now).await?,
         host,
         version: env!("CARGO_PKG_VERSION"),
-        generated: crate::alert::text::fmt_time(now),
+        generated: crate::human::fmt_time(now),
         refresh_secs: REFRESH_SECS,
         jobs: jobs(db, settings, now).await?,
         servers: servers(db, settings, marker, now).await?,

@@ -66,7 +66,7 @@ impl RetentionPolicy {
             }
         }
         if let Some(w) = self.within {
-            parts.push(format!("keep_within = {}", crate::alert::text::span(w)));
+            parts.push(format!("keep_within = {}", crate::human::span(w)));
         }
         parts.join(", ")
     }
@@ -182,10 +182,7 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
                 break;
             }
             if s.created_at > cutoff && !kept.contains_key(&s.id) {
-                kept.insert(
-                    s.id,
-                    format!("keep: within {}", crate::alert::text::span(within)),
-                );
+                kept.insert(s.id, format!("keep: within {}", crate::human::span(within)));
             }
         }
         for s in &pool {
@@ -193,12 +190,12 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
                 why.push(if s.created_at > cutoff {
                     format!(
                         "keep_within = {} found no room among 5",
-                        crate::alert::text::span(within)
+                        crate::human::span(within)
                     )
                 } else {
                     format!(
                         "older than keep_within = {} of the newest",
-                        crate::alert::text::span(within)
+                        crate::human::span(within)
                     )
                 });
             }

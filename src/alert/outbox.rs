@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::http;
 use super::mail::Smtp;
-use super::{http, text};
 use crate::clock::SharedClock;
 use crate::config::{EmailSettings, HeartbeatSettings, NotifySettings, Settings};
 use crate::db::{Database, DbResult, PendingAlert, PendingPing, PingKind};
@@ -262,7 +262,7 @@ impl Outbox {
                     channel = c.name(),
                     count = ids.len(),
                     "alert delivery failed, retrying at {}: {e}",
-                    text::fmt_time(retry)
+                    crate::human::fmt_time(retry)
                 );
                 if let Err(db) = self.db.mark_alerts_failed(c.name(), &ids, &e, retry).await {
                     tracing::error!("{db}");
@@ -390,7 +390,10 @@ async fn send_ping(
     let kind = p.kind.as_str();
     let Some((url, timeout)) = target.filter(|_| now < p.expires_at) else {
         let why = if now >= p.expires_at {
-            format!("expired unsent ({} old)", text::fmt_age(now - p.created_at))
+            format!(
+                "expired unsent ({} old)",
+                crate::human::fmt_age(now - p.created_at)
+            )
         } else {
             "no ping URL configured for it any more".to_string()
         };
@@ -418,7 +421,7 @@ async fn send_ping(
                 job = p.job.as_deref().unwrap_or("-"),
                 kind,
                 "ping failed, retrying at {}: {e}",
-                text::fmt_time(retry)
+                crate::human::fmt_time(retry)
             );
             db.ping_attempted(p.id, clock.now(), Some(&e), Some(retry))
                 .await
@@ -440,8 +443,8 @@ pub fn compose(
     let late_note = |a: &PendingAlert| {
         format!(
             "(Late: queued {} ago, at {}; {who} could not be reached until now.)\n\n",
-            super::text::fmt_age(now - a.created_at),
-            super::text::fmt_time(a.created_at)
+            crate::human::fmt_age(now - a.created_at),
+            crate::human::fmt_time(a.created_at)
         )
     };
     let footer = format!("\n-- \nvps-snapshot-agent on {host}\n");

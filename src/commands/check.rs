@@ -28,7 +28,7 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             Trigger::Schedule(c) => format!("schedule \"{c}\""),
             Trigger::Window { window, lead } => format!(
                 "{} before maintenance window \"{window}\"",
-                crate::alert::text::span(*lead)
+                crate::human::span(*lead)
             ),
         };
         println!(
@@ -205,7 +205,7 @@ fn print_watchers(settings: &Settings) {
         println!(
             "heartbeat: a ping to {} every {}",
             crate::secrets::host_of(&h.url),
-            crate::alert::text::span(h.every)
+            crate::human::span(h.every)
         );
     }
     for j in &settings.jobs {
@@ -236,7 +236,7 @@ async fn check_hooks(config: &Path, i: usize, job: &JobSettings, problems: &mut 
     };
     println!(
         "  hooks: thaw_after = {thaw}, before_failure = {skip}, hook_timeout = {}",
-        crate::alert::text::span(h.timeout)
+        crate::human::span(h.timeout)
     );
     let phases = [
         ("before", &h.before),

@@ -105,7 +105,7 @@ async fn dry_run(settings: &Settings, jobs: &[JobSettings]) -> anyhow::Result<Ex
             "job {} (server {}): {} now",
             job.name,
             job.server_id,
-            crate::alert::text::count(plan.listing.held(), "snapshot")
+            crate::human::count(plan.listing.held(), "snapshot")
         );
         if !plan.listing.consistent() {
             println!(

@@ -47,7 +47,7 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
         (true, Some(job)) => println!(
             "First a safety snapshot of the server as it is now is taken and waited for \
              (pinned for {}), so this restore can be undone.",
-            crate::alert::text::span(job.restore_safety_keep)
+            crate::human::span(job.restore_safety_keep)
         ),
         (true, None) => bail!(
             "no job is configured for server {}, so a safety snapshot would have no retention \

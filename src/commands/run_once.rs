@@ -90,7 +90,7 @@ pub async fn run_jobs(
                 "{}: finished its interrupted run {} (begun {} ago); that snapshot counts as this run's",
                 o.job,
                 o.run_id,
-                crate::alert::text::fmt_age(now - o.started_at)
+                crate::human::fmt_age(now - o.started_at)
             ));
             outcomes.push(o);
         } else {
@@ -317,7 +317,7 @@ async fn dry_run(
             "job {} (server {}): {} now",
             job.name,
             job.server_id,
-            crate::alert::text::count(plan.listing.held(), "snapshot")
+            crate::human::count(plan.listing.held(), "snapshot")
         );
         if !plan.listing.consistent() {
             println!(

@@ -24,7 +24,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     println!(
         "Accepts the token {:?}; every server id exists; snapshots complete after {}.",
         args.token,
-        crate::alert::text::span(args.completion)
+        crate::human::span(args.completion)
     );
     println!(
         "Try it: AGENT_API__BASE_URL={} AGENT_API__TOKEN={} agent check   (or `cargo run -- check` from the source tree)",

@@ -77,8 +77,8 @@ async fn job_status(
             warnings.push(format!(
                 "lead {} is shorter than this job's snapshots take (95th percentile {} over {} runs): \
                  snapshots may not be ready when the window opens",
-                crate::alert::text::span(*lead),
-                crate::alert::text::span(Duration::from_secs(p.as_secs())),
+                crate::human::span(*lead),
+                crate::human::span(Duration::from_secs(p.as_secs())),
                 durations.len()
             ));
         }
@@ -158,7 +158,7 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
         .zip(selected)
         .map(|(j, settings)| {
             let tz = settings.timezone;
-            let stale_after = crate::alert::text::span(Duration::from_secs(j.stale_after_secs));
+            let stale_after = crate::human::span(Duration::from_secs(j.stale_after_secs));
             vec![
                 j.name.clone(),
                 j.server_id.to_string(),
@@ -166,9 +166,8 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
                 j.last_success_at.map_or("never".into(), |t| {
                     let age =
                         Duration::from_secs(j.last_success_age_secs.unwrap_or(0).max(0) as u64);
-                    let age = crate::alert::text::fmt_age(chrono::Duration::seconds(
-                        age.as_secs() as i64
-                    ));
+                    let age =
+                        crate::human::fmt_age(chrono::Duration::seconds(age.as_secs() as i64));
                     let mark = if j.stale {
                         output::paint("STALE")
                     } else {
@@ -251,14 +250,14 @@ fn print_agents(status: &Status, now: DateTime<Utc>) {
         let state = match (a.alive, a.stopped_at) {
             (true, _) => format!(
                 "alive, last heartbeat {} ago",
-                crate::alert::text::fmt_age(now - a.seen_at)
+                crate::human::fmt_age(now - a.seen_at)
             ),
             (false, Some(t)) => format!("stopped {} UTC", output::time(t)),
             (false, None) => format!(
                 "{} since {} UTC (no heartbeat for {})",
                 output::paint("GONE"),
                 output::time(a.seen_at),
-                crate::alert::text::fmt_age(now - a.seen_at)
+                crate::human::fmt_age(now - a.seen_at)
             ),
         };
         anstream::println!(
@@ -368,10 +367,7 @@ fn verdict(status: &Status, now: DateTime<Utc>) -> (u8, String) {
                 .filter_map(|j| j.last_success_at)
                 .min()
                 .map_or("no success yet".into(), |t| {
-                    format!(
-                        "oldest last success {} ago",
-                        crate::alert::text::fmt_age(now - t)
-                    )
+                    format!("oldest last success {} ago", crate::human::fmt_age(now - t))
                 });
             let disabled = status.jobs.iter().filter(|j| !j.enabled).count();
             let disabled = if disabled > 0 {

@@ -61,7 +61,7 @@ impl Daemon {
             let a = text::stale(&job.name, job.server_id, since, last, now);
             match self.db.queue_alert_unless_since(&a, since).await {
                 Ok(true) => {
-                    tracing::warn!(job = %job.name, "stale: no success for {}", text::fmt_age(now - since));
+                    tracing::warn!(job = %job.name, "stale: no success for {}", crate::human::fmt_age(now - since));
                 }
                 Ok(false) => {}
                 Err(e) => tracing::error!("{e}"),

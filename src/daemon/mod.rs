@@ -7,11 +7,13 @@
 //! all ([`notify`]).
 
 mod checks;
+mod executor;
 pub mod notify;
 mod outside;
 pub mod signals;
 mod timer;
 
+pub use executor::Executor;
 pub use timer::{BoxFuture, ClockTimer, CronTimer, Fire, Timer};
 
 use std::collections::{HashMap, HashSet};
@@ -30,64 +32,6 @@ use crate::db::{Database, RunTrigger};
 use crate::presence::Presence;
 use crate::run::Runner;
 use crate::schedule;
-
-/// What runs a job when it fires (the real [`Runner`], or a recorder in scheduler tests).
-pub trait Executor: Send + Sync + 'static {
-    /// Runs `job` for its fire at `scheduled_for`; `again` when the wall clock went back
-    /// past that fire (see [`crate::db::Database::claim_fire_again`]).
-    fn run(
-        &self,
-        job: JobSettings,
-        trigger: RunTrigger,
-        scheduled_for: DateTime<Utc>,
-        again: bool,
-    ) -> BoxFuture<'static, ()>;
-    /// Finishes runs a dead process left `running` (see [`Runner::resume_interrupted`]).
-    fn resume(&self, jobs: Vec<JobSettings>) -> BoxFuture<'static, ()>;
-    /// The process is stopping: running jobs stop at their next safe point (after
-    /// running the `after` hooks they owe).
-    fn stop_runs(&self) {}
-}
-
-impl Executor for Runner {
-    fn run(
-        &self,
-        job: JobSettings,
-        trigger: RunTrigger,
-        scheduled_for: DateTime<Utc>,
-        again: bool,
-    ) -> BoxFuture<'static, ()> {
-        let runner = self.clone();
-        Box::pin(async move {
-            let ran = if again {
-                runner.run_fire_again(&job, trigger, scheduled_for).await
-            } else {
-                runner.run_fire(&job, trigger, scheduled_for).await
-            };
-            if let Err(e) = ran {
-                tracing::error!(job = %job.name, "{}", crate::errors::of(&e));
-            }
-        })
-    }
-
-    fn stop_runs(&self) {
-        self.stop.cancel();
-    }
-
-    fn resume(&self, jobs: Vec<JobSettings>) -> BoxFuture<'static, ()> {
-        let runner = self.clone();
-        Box::pin(async move {
-            match runner.resume_interrupted(&jobs).await {
-                Ok(done) => {
-                    for o in done {
-                        tracing::info!(run = o.run_id.get(), job = %o.job, status = %o.status, "finished an interrupted run");
-                    }
-                }
-                Err(e) => tracing::error!("{}", crate::errors::of(&e)),
-            }
-        })
-    }
-}
 
 /// Messages to the daemon loop (from signals, or from tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,7 +262,7 @@ impl Daemon {
     /// ([`crate::db::Database::claim_fire_again`]): nothing fires twice at one moment.
     async fn on_clock_step(&self, lp: &mut Loop, step: chrono::Duration) {
         let now = self.now();
-        let by = crate::alert::text::fmt_age(step.abs());
+        let by = crate::human::fmt_age(step.abs());
         if step < chrono::Duration::zero() {
             let was = now - step;
             lp.back_to = Some(lp.back_to.map_or(was, |t| t.max(was)));

@@ -73,7 +73,7 @@ impl Runner {
                             "{detail}; no snapshot named {name} appeared within {}. Not asking \
                              again: a create can land late, and a run must never make two. If it \
                              appears, the next run counts it as the agent's",
-                            crate::alert::text::span(self.settle_period())
+                            crate::human::span(self.settle_period())
                         ),
                     ));
                 };
@@ -88,7 +88,7 @@ impl Runner {
                 let held = format!(
                     "server {} holds {} (limit {LIMIT})",
                     job.server_id,
-                    crate::alert::text::count(st.listing.held(), "snapshot")
+                    crate::human::count(st.listing.held(), "snapshot")
                 );
                 Err(fail_as(
                     Step::Create,

@@ -89,7 +89,7 @@ impl Runner {
             {
                 return Err(e);
             }
-            tracing::warn!("{e}; trying again in {}", crate::alert::text::span(pause));
+            tracing::warn!("{e}; trying again in {}", crate::human::span(pause));
             tokio::time::sleep(pause).await;
         }
     }

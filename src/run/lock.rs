@@ -66,7 +66,7 @@ impl Runner {
                             Step::Lock,
                             anyhow!(
                                 "server {server_id} is busy: locked by {holder} for over {}",
-                                crate::alert::text::span(self.lock_wait)
+                                crate::human::span(self.lock_wait)
                             ),
                         ));
                     }

@@ -449,16 +449,13 @@ impl Runner {
     /// recorded too and reported with the run (once).
     async fn listed(&self, st: &mut RunState<'_>, list: Listing) -> Result<(), DbError> {
         let detail = if list.consistent() {
-            crate::alert::text::count(list.held(), "snapshot")
+            crate::human::count(list.held(), "snapshot")
         } else {
             let odd = format!("the API's listing was inconsistent: {}", list.odd());
             if !st.warnings.contains(&odd) {
                 st.warnings.push(odd.clone());
             }
-            format!(
-                "{}; {odd}",
-                crate::alert::text::count(list.held(), "snapshot")
-            )
+            format!("{}; {odd}", crate::human::count(list.held(), "snapshot"))
         };
         self.observe(st, Action::List, None, State::Ok, Some(&detail))
             .await?;

@@ -86,7 +86,7 @@ impl Runner {
                     "snapshot {} ({}) not completed after {} (still {last})",
                     snap.id,
                     snap.name,
-                    crate::alert::text::span(job.snapshot_timeout)
+                    crate::human::span(job.snapshot_timeout)
                 );
                 return Err(fail_as(Step::Poll, Cause::NotCompleted, e));
             }
