@@ -7,6 +7,7 @@
 //! (hour, day, ISO week, month in the job's time zone); rules are ORed; `keep_within`
 //! keeps everything newer than newest-minus-duration, within the slots the limit leaves.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
@@ -115,22 +116,46 @@ fn newest_first(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
     b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id))
 }
 
+/// Why each snapshot a rule keeps is kept (`keep: last #1, daily 2026-11-24`), by id.
+type Kept = HashMap<SnapshotId, String>;
+/// Why each one not kept is not: every rule that passed it over, by id.
+type Passed = HashMap<SnapshotId, Vec<String>>;
+
+/// The bucket rules' names and the periods they count, in [`bucket`]'s order.
+const RULES: [&str; 4] = ["hourly", "daily", "weekly", "monthly"];
+const UNITS: [&str; 4] = ["hours", "days", "weeks", "months"];
+
 /// A verdict for every snapshot, in the order given.
 pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdict> {
+    let pool = pool_of(snaps);
+    let (mut kept, mut passed) = keep_by_rules(&pool, policy, tz);
+    if let (Some(within), Some(newest)) = (policy.within, pool.first()) {
+        keep_within(&pool, newest, within, &mut kept, &mut passed);
+    }
+    // Belt and braces: the newest completed managed snapshot is never a victim.
+    if let Some(newest) = pool.first() {
+        kept.entry(newest.id)
+            .or_insert_with(|| "keep: newest completed".to_string());
+    }
+    snaps.iter().map(|s| verdict(s, &kept, &passed)).collect()
+}
+
+/// The snapshots the rules choose among: completed, managed and not pinned, newest first.
+fn pool_of(snaps: &[Candidate]) -> Vec<&Candidate> {
     let mut pool: Vec<&Candidate> = snaps
         .iter()
         .filter(|s| s.managed && !s.pinned && s.status == SnapshotStatus::Completed)
         .collect();
     pool.sort_by(|a, b| newest_first(a, b));
+    pool
+}
 
-    let mut kept: std::collections::HashMap<SnapshotId, String> = std::collections::HashMap::new();
-    // Why each one not kept is not: every rule that passed it over.
-    let mut passed: std::collections::HashMap<SnapshotId, Vec<String>> =
-        std::collections::HashMap::new();
-    let counts = [policy.hourly, policy.daily, policy.weekly, policy.monthly];
-    let mut left = counts;
-    let names = ["hourly", "daily", "weekly", "monthly"];
-    let units = ["hours", "days", "weeks", "months"];
+/// `keep_last` and the bucket rules over `pool` (newest first): what they keep, with
+/// every rule that keeps each, and why each of the others is passed over.
+fn keep_by_rules(pool: &[&Candidate], policy: &RetentionPolicy, tz: Tz) -> (Kept, Passed) {
+    let mut kept = Kept::new();
+    let mut passed = Passed::new();
+    let mut left = [policy.hourly, policy.daily, policy.weekly, policy.monthly];
     let mut last_bucket: [Option<String>; 4] = Default::default();
     for (i, s) in pool.iter().enumerate() {
         let mut reasons = Vec::new();
@@ -144,7 +169,7 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
             let b = bucket(k, s.created_at, tz);
             if last_bucket[k].as_deref() != Some(b.as_str()) {
                 left[k] -= 1;
-                reasons.push(format!("{} {b}", names[k]));
+                reasons.push(format!("{} {b}", RULES[k]));
                 last_bucket[k] = Some(b);
             }
         }
@@ -152,86 +177,102 @@ pub fn plan(snaps: &[Candidate], policy: &RetentionPolicy, tz: Tz) -> Vec<Verdic
             kept.insert(s.id, format!("keep: {}", reasons.join(", ")));
             continue;
         }
-        let mut why = Vec::new();
-        if policy.last > 0 {
-            why.push(format!(
-                "beyond the newest {0} (keep_last = {0})",
-                policy.last
-            ));
+        passed.insert(s.id, passed_over(s, policy, &last_bucket, tz));
+    }
+    (kept, passed)
+}
+
+/// Why no rule keeps `s`, given the newest bucket each rule has kept so far: beyond
+/// `keep_last`, then each bucket rule that is set.
+fn passed_over(
+    s: &Candidate,
+    policy: &RetentionPolicy,
+    last_bucket: &[Option<String>; 4],
+    tz: Tz,
+) -> Vec<String> {
+    let counts = [policy.hourly, policy.daily, policy.weekly, policy.monthly];
+    let mut why = Vec::new();
+    if policy.last > 0 {
+        why.push(format!(
+            "beyond the newest {0} (keep_last = {0})",
+            policy.last
+        ));
+    }
+    for k in (0..4).filter(|k| counts[*k] > 0) {
+        // Passed over either as a later one in a period already kept, or because the
+        // rule had kept all the periods it may.
+        let b = bucket(k, s.created_at, tz);
+        why.push(if last_bucket[k].as_deref() == Some(b.as_str()) {
+            format!("not the newest of {b} (keep_{} = {})", RULES[k], counts[k])
+        } else {
+            format!(
+                "older than the {0} {1} keep_{2} = {0} keeps",
+                counts[k], UNITS[k], RULES[k]
+            )
+        });
+    }
+    why
+}
+
+/// `keep_within`: keeps, newest first, each snapshot newer than `newest` minus `within`
+/// while fewer than [`SLOTS`] are kept, then tells each passed-over one why it did not.
+fn keep_within(
+    pool: &[&Candidate],
+    newest: &Candidate,
+    within: Duration,
+    kept: &mut Kept,
+    passed: &mut Passed,
+) {
+    let cutoff =
+        newest.created_at - chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+    for s in pool {
+        if kept.len() as u32 >= SLOTS {
+            break;
         }
-        for k in (0..4).filter(|k| counts[*k] > 0) {
-            // Passed over either as a later one in a period already kept, or because the
-            // rule had kept all the periods it may.
-            let b = bucket(k, s.created_at, tz);
-            why.push(if last_bucket[k].as_deref() == Some(b.as_str()) {
-                format!("not the newest of {b} (keep_{} = {})", names[k], counts[k])
+        if s.created_at > cutoff && !kept.contains_key(&s.id) {
+            kept.insert(s.id, format!("keep: within {}", crate::human::span(within)));
+        }
+    }
+    for s in pool {
+        if let Some(why) = passed.get_mut(&s.id) {
+            why.push(if s.created_at > cutoff {
+                format!(
+                    "keep_within = {} found no room among 5",
+                    crate::human::span(within)
+                )
             } else {
                 format!(
-                    "older than the {0} {1} keep_{2} = {0} keeps",
-                    counts[k], units[k], names[k]
+                    "older than keep_within = {} of the newest",
+                    crate::human::span(within)
                 )
             });
         }
-        passed.insert(s.id, why);
     }
-    if let (Some(within), Some(newest)) = (policy.within, pool.first()) {
-        let cutoff =
-            newest.created_at - chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
-        for s in &pool {
-            if kept.len() as u32 >= SLOTS {
-                break;
-            }
-            if s.created_at > cutoff && !kept.contains_key(&s.id) {
-                kept.insert(s.id, format!("keep: within {}", crate::human::span(within)));
-            }
-        }
-        for s in &pool {
-            if let Some(why) = passed.get_mut(&s.id) {
-                why.push(if s.created_at > cutoff {
-                    format!(
-                        "keep_within = {} found no room among 5",
-                        crate::human::span(within)
-                    )
-                } else {
-                    format!(
-                        "older than keep_within = {} of the newest",
-                        crate::human::span(within)
-                    )
-                });
-            }
-        }
-    }
-    // Belt and braces: the newest completed managed snapshot is never a victim.
-    if let Some(newest) = pool.first() {
-        kept.entry(newest.id)
-            .or_insert_with(|| "keep: newest completed".to_string());
-    }
+}
 
-    snaps
-        .iter()
-        .map(|s| {
-            let (keep, reason) = if !s.managed {
-                (true, "keep: not managed".to_string())
-            } else if s.pinned {
-                (true, "keep: pinned".to_string())
-            } else {
-                match &s.status {
-                    SnapshotStatus::InProgress => (true, "keep: in progress".to_string()),
-                    SnapshotStatus::Failed(st) => (false, format!("delete: {st}")),
-                    SnapshotStatus::Unknown(st) => (true, format!("keep: unknown status {st:?}")),
-                    SnapshotStatus::Completed => match kept.get(&s.id) {
-                        Some(r) => (true, r.clone()),
-                        None => (false, deletion(passed.get(&s.id))),
-                    },
-                }
-            };
-            Verdict {
-                id: s.id,
-                keep,
-                reason,
-            }
-        })
-        .collect()
+/// The verdict on one snapshot: kept if not managed, pinned, in progress, of unknown
+/// status, or kept by a rule; otherwise deleted, saying why.
+fn verdict(s: &Candidate, kept: &Kept, passed: &Passed) -> Verdict {
+    let (keep, reason) = if !s.managed {
+        (true, "keep: not managed".to_string())
+    } else if s.pinned {
+        (true, "keep: pinned".to_string())
+    } else {
+        match &s.status {
+            SnapshotStatus::InProgress => (true, "keep: in progress".to_string()),
+            SnapshotStatus::Failed(st) => (false, format!("delete: {st}")),
+            SnapshotStatus::Unknown(st) => (true, format!("keep: unknown status {st:?}")),
+            SnapshotStatus::Completed => match kept.get(&s.id) {
+                Some(r) => (true, r.clone()),
+                None => (false, deletion(passed.get(&s.id))),
+            },
+        }
+    };
+    Verdict {
+        id: s.id,
+        keep,
+        reason,
+    }
 }
 
 /// The verdict on a snapshot no rule keeps: `delete next: beyond the newest 2 (keep_last
@@ -366,119 +407,4 @@ pub fn make_room(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn snap(id: u64, day: u32, status: SnapshotStatus) -> Candidate {
-        Candidate {
-            id: SnapshotId::new(id),
-            created_at: Utc.with_ymd_and_hms(2026, 11, day, 2, 30, 0).unwrap(),
-            status,
-            managed: true,
-            pinned: false,
-        }
-    }
-
-    #[test]
-    fn keep_last_keeps_the_newest_n_and_names_them() {
-        let snaps: Vec<_> = (1..=5)
-            .map(|d| snap(d as u64, d, SnapshotStatus::Completed))
-            .collect();
-        let policy = RetentionPolicy {
-            last: 2,
-            ..Default::default()
-        };
-        let v = plan(&snaps, &policy, Tz::UTC);
-        assert_eq!(v[4].reason, "keep: last #1");
-        assert_eq!(v[3].reason, "keep: last #2");
-        assert!(
-            v[..3]
-                .iter()
-                .all(|v| !v.keep && v.reason == "delete next: beyond the newest 2 (keep_last = 2)")
-        );
-    }
-
-    #[test]
-    fn a_deletion_says_which_rule_passed_it_over() {
-        let mut early = snap(1, 23, SnapshotStatus::Completed);
-        early.created_at -= chrono::Duration::hours(1);
-        let snaps = vec![
-            early,
-            snap(2, 23, SnapshotStatus::Completed),
-            snap(3, 24, SnapshotStatus::Completed),
-        ];
-        let policy = RetentionPolicy {
-            last: 1,
-            daily: 2,
-            ..Default::default()
-        };
-        let v = plan(&snaps, &policy, Tz::UTC);
-        assert_eq!(v[2].reason, "keep: last #1, daily 2026-11-24");
-        assert_eq!(v[1].reason, "keep: daily 2026-11-23");
-        assert_eq!(
-            v[0].reason,
-            "delete next: beyond the newest 1 (keep_last = 1); not the newest of 2026-11-23 \
-             (keep_daily = 2)"
-        );
-    }
-
-    #[test]
-    fn weekly_buckets_use_iso_weeks_in_the_job_time_zone() {
-        // 2026-11-22 is a Sunday (ISO week 47), 2026-11-23 a Monday (week 48).
-        let snaps = vec![
-            snap(1, 16, SnapshotStatus::Completed),
-            snap(2, 22, SnapshotStatus::Completed),
-            snap(3, 23, SnapshotStatus::Completed),
-        ];
-        let policy = RetentionPolicy {
-            weekly: 2,
-            ..Default::default()
-        };
-        let v = plan(&snaps, &policy, Tz::UTC);
-        assert_eq!(v[2].reason, "keep: weekly 2026-W48");
-        assert_eq!(v[1].reason, "keep: weekly 2026-W47");
-        assert_eq!(
-            v[0].reason,
-            "delete next: not the newest of 2026-W47 (keep_weekly = 2)"
-        );
-    }
-
-    #[test]
-    fn make_room_prefers_failed_then_policy_victims_and_spares_the_newest() {
-        let snaps = vec![
-            snap(1, 1, SnapshotStatus::Completed),
-            snap(2, 2, SnapshotStatus::Completed),
-            snap(3, 3, SnapshotStatus::Failed("failed".into())),
-            snap(4, 4, SnapshotStatus::Completed),
-            snap(5, 5, SnapshotStatus::Completed),
-        ];
-        let policy = RetentionPolicy {
-            last: 3,
-            ..Default::default()
-        };
-        let now = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
-        let expect = Ok(vec![SnapshotId::new(3)]);
-        assert_eq!(make_room(&snaps, &policy, Tz::UTC, now, 3), expect);
-    }
-
-    #[test]
-    fn make_room_fails_naming_unmanaged_blockers() {
-        let mut snaps: Vec<_> = (1..=4)
-            .map(|d| snap(d as u64, d, SnapshotStatus::Completed))
-            .collect();
-        for s in &mut snaps {
-            s.managed = false;
-        }
-        snaps.push(snap(5, 5, SnapshotStatus::Completed));
-        let policy = RetentionPolicy {
-            last: 3,
-            ..Default::default()
-        };
-        let err = make_room(&snaps, &policy, Tz::UTC, Utc::now(), 3).unwrap_err();
-        assert_eq!(err.blocking.len(), 5);
-        let first = (SnapshotId::new(1), "not managed by this job".to_string());
-        assert_eq!(err.blocking[0], first);
-        assert_eq!(err.blocking[4].1, "newest completed managed snapshot");
-    }
-}
+mod tests;

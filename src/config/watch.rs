@@ -186,18 +186,7 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<Met
     let v = r.table(tree, "metrics")?;
     let raw: RawMetrics = r.read("metrics", Some(v));
     let set = raw.listen.is_some() || raw.textfile.is_some();
-    let listen = raw.listen.as_ref().and_then(|t| {
-        t.0.trim()
-            .parse::<SocketAddr>()
-            .map_err(|e| {
-                let e = format!(
-                    "{:?} is not an address and port like \"127.0.0.1:9464\": {e}",
-                    t.0
-                );
-                r.error("metrics.listen", at(Some(v), "listen"), e);
-            })
-            .ok()
-    });
+    let listen = listen_addr(r, &raw, v);
     // Relative to the config file, like the database (not to wherever the agent started).
     let textfile = raw.textfile.as_ref().map(|t| dir.join(&t.0));
     if raw.textfile.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
@@ -211,6 +200,37 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<Met
         r.error("metrics", Some(v), "set listen, textfile or both");
     }
     let tls = tls_files(r, &raw, v, dir);
+    let basic_auth_users = basic_auth_users(r, &raw, v);
+    warn_mixed_costs(r, &basic_auth_users);
+    check_guards(r, v, listen, tls.as_ref(), &basic_auth_users);
+    Some(MetricsSettings {
+        listen,
+        textfile,
+        tls,
+        basic_auth_users,
+        healthz_open_on_loopback: raw.healthz_open_on_loopback.unwrap_or(false),
+    })
+}
+
+/// `listen` as an address and port; what is wrong with it is reported.
+fn listen_addr(r: &mut Reader<'_>, raw: &RawMetrics, v: &Value) -> Option<SocketAddr> {
+    raw.listen.as_ref().and_then(|t| {
+        t.0.trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| {
+                let e = format!(
+                    "{:?} is not an address and port like \"127.0.0.1:9464\": {e}",
+                    t.0
+                );
+                r.error("metrics.listen", at(Some(v), "listen"), e);
+            })
+            .ok()
+    })
+}
+
+/// `basic_auth_users`: the users whose hash is a bcrypt hash of a sane cost, each other
+/// one reported (never quoting what may be a password).
+fn basic_auth_users(r: &mut Reader<'_>, raw: &RawMetrics, v: &Value) -> BTreeMap<String, String> {
     let mut basic_auth_users = BTreeMap::new();
     for (user, hash) in raw.basic_auth_users.clone().unwrap_or_default() {
         let key = format!("metrics.basic_auth_users.{user}");
@@ -249,6 +269,12 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<Met
             basic_auth_users.insert(user, hash.0.trim().to_string());
         }
     }
+    basic_auth_users
+}
+
+/// Warns when the users' hashes have different costs: how fast a wrong password is
+/// refused would tell a user with a cheaper hash from an unknown one.
+fn warn_mixed_costs(r: &mut Reader<'_>, basic_auth_users: &BTreeMap<String, String>) {
     let costs: std::collections::BTreeSet<u32> = basic_auth_users
         .values()
         .filter_map(|h| bcrypt_cost(h))
@@ -265,6 +291,17 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<Met
                 .join(", ")
         ));
     }
+}
+
+/// TLS and basic auth guard only a listener: an error when they are set without one, and
+/// a warning for each guard a listener reachable from other hosts goes without.
+fn check_guards(
+    r: &mut Reader<'_>,
+    v: &Value,
+    listen: Option<SocketAddr>,
+    tls: Option<&TlsFiles>,
+    basic_auth_users: &BTreeMap<String, String>,
+) {
     if (tls.is_some() || !basic_auth_users.is_empty()) && listen.is_none() {
         r.error(
             "metrics",
@@ -277,7 +314,7 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<Met
         if tls.is_none() {
             missing.push("TLS (metrics.tls_cert and tls_key): everything it serves, credentials included, crosses the network in clear");
         }
-        if basic_auth_users.is_empty() && tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+        if basic_auth_users.is_empty() && tls.is_none_or(|t| t.client_ca.is_none()) {
             missing.push("authentication (metrics.basic_auth_users or metrics.client_ca): anyone who can reach the port reads server ids, job and snapshot names, errors and queued alerts");
         }
         for m in missing {
@@ -286,13 +323,6 @@ pub(super) fn metrics(r: &mut Reader<'_>, tree: &Dict, dir: &Path) -> Option<Met
             ));
         }
     }
-    Some(MetricsSettings {
-        listen,
-        textfile,
-        tls,
-        basic_auth_users,
-        healthz_open_on_loopback: raw.healthz_open_on_loopback.unwrap_or(false),
-    })
 }
 
 /// `tls_cert`, `tls_key` (or the systemd credential), `client_ca` and `tls_min_version`,

@@ -98,6 +98,72 @@ impl<'a> From<&'a Database> for On<'a> {
     }
 }
 
+/// Creates the file's directory and, unless it exists, the file itself, 0600 (SQLite
+/// would use the umask); another opener may win the race to create it.
+fn create_private(path: &Path) -> DbResult<()> {
+    let err = |what: &str, e: anyhow::Error| DbError::new(path, what, e);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err("cannot create its directory", e.into()))?;
+    }
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        match created {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err("cannot create the file", e.into())),
+        }
+    }
+    Ok(())
+}
+
+/// Takes the advisory lock on the database's sidecar `.db.lock` file, held while it is
+/// opened and migrated. Two agents opening a new database at once (the daemon and
+/// `run-once`) would race to switch it to WAL (which does not wait for locks) and to
+/// create the tables (sqlx's migrator takes no lock across processes for SQLite): the
+/// lock makes the second opener wait for the first.
+async fn open_lock(path: &Path) -> DbResult<std::fs::File> {
+    let err = |what: &str, e: anyhow::Error| DbError::new(path, what, e);
+    let lock_path = path.with_extension("db.lock");
+    tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)?;
+        f.lock()?;
+        Ok(f)
+    })
+    .await
+    .map_err(|e| err("cannot take its open lock", e.into()))?
+    .map_err(|e| err("cannot take its open lock", e.into()))
+}
+
+/// How each connection to the SQLite file at `path` is set up: WAL, foreign keys, a
+/// busy timeout, named threads, and the extra pragmas of `options`.
+fn connect_options(path: &Path, options: &OpenOptions) -> SqliteConnectOptions {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10))
+        .row_buffer_size(1024);
+    let label = options.label.clone().unwrap_or_else(|| "agent-db".into());
+    let opts = opts.thread_name(move |id| format!("{label}-{id}"));
+    options
+        .pragmas
+        .iter()
+        .fold(opts, |o, (k, v)| o.pragma(*k, v.clone()))
+}
+
 impl Database {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub async fn open(path: &Path) -> DbResult<Self> {
@@ -107,57 +173,9 @@ impl Database {
     /// [`Database::open`] with [`OpenOptions`].
     pub async fn open_with(path: &Path, options: &OpenOptions) -> DbResult<Self> {
         let err = |what: &str, e: anyhow::Error| DbError::new(path, what, e);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| err("cannot create its directory", e.into()))?;
-        }
-        if !path.exists() {
-            // Created 0600 here (SQLite would use the umask); another opener may win the race.
-            use std::os::unix::fs::OpenOptionsExt;
-            let created = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path);
-            match created {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(err("cannot create the file", e.into())),
-            }
-        }
-        // Two agents opening a new database at once (the daemon and `run-once`) would race
-        // to switch it to WAL (which does not wait for locks) and to create the tables
-        // (sqlx's migrator takes no lock across processes for SQLite). An advisory lock
-        // on a sidecar file makes the second opener wait for the first.
-        let lock_path = path.with_extension("db.lock");
-        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&lock_path)?;
-            f.lock()?;
-            Ok(f)
-        })
-        .await
-        .map_err(|e| err("cannot take its open lock", e.into()))?
-        .map_err(|e| err("cannot take its open lock", e.into()))?;
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            .row_buffer_size(1024);
-        let label = options.label.clone().unwrap_or_else(|| "agent-db".into());
-        let opts = opts.thread_name(move |id| format!("{label}-{id}"));
-        let opts = options
-            .pragmas
-            .iter()
-            .fold(opts, |o, (k, v)| o.pragma(*k, v.clone()));
+        create_private(path)?;
+        let lock = open_lock(path).await?;
+        let opts = connect_options(path, options);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A failed COMMIT (a full disk) makes SQLite roll back by itself, so the ROLLBACK

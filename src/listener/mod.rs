@@ -22,7 +22,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -255,33 +255,35 @@ pub async fn serve(
             tokio::spawn(async move {
                 let _permit = permit;
                 let _held = held;
-                let access = source.access.borrow().clone();
-                let served = async {
-                    match access.tls() {
-                        // A client that does not finish its handshake in time, or speaks
-                        // plain HTTP to the TLS port, is dropped.
-                        Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(stream)) => serve_one(stream, source, access, peer.ip()).await,
-                            Ok(Err(e)) => tracing::debug!(
-                                "metrics listener: TLS handshake with {peer} failed: {e}"
-                            ),
-                            Err(_) => tracing::debug!(
-                                "metrics listener: no TLS handshake from {peer} in time"
-                            ),
-                        },
-                        None => serve_one(stream, source, access, peer.ip()).await,
-                    }
-                };
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    _ = tokio::time::timeout(CONNECTION_LIFETIME, served) => {}
-                }
+                connection(stream, peer, source, stop).await;
             });
         }
     });
     Ok(bound)
+}
+
+/// Serves one accepted connection, through TLS when the access settings ask for it,
+/// until it closes, outlives [`CONNECTION_LIFETIME`], or `stop`.
+async fn connection(stream: TcpStream, peer: SocketAddr, source: Source, stop: CancellationToken) {
+    let access = source.access.borrow().clone();
+    let served = async {
+        match access.tls() {
+            // A client that does not finish its handshake in time, or speaks
+            // plain HTTP to the TLS port, is dropped.
+            Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_one(stream, source, access, peer.ip()).await,
+                Ok(Err(e)) => {
+                    tracing::debug!("metrics listener: TLS handshake with {peer} failed: {e}")
+                }
+                Err(_) => tracing::debug!("metrics listener: no TLS handshake from {peer} in time"),
+            },
+            None => serve_one(stream, source, access, peer.ip()).await,
+        }
+    };
+    tokio::select! {
+        () = stop.cancelled() => {}
+        _ = tokio::time::timeout(CONNECTION_LIFETIME, served) => {}
+    }
 }
 
 /// How many connections each address holds.

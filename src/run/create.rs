@@ -15,24 +15,7 @@ use crate::retention::LIMIT;
 impl Runner {
     pub(super) async fn create(&self, st: &mut RunState<'_>) -> Result<(), Failure> {
         let job = st.job;
-        // An item the agent cannot read that bears this job's name may be a snapshot it
-        // made (a create whose answer it could not read either): one more would only pile
-        // up beside it, each as unreadable.
-        if let Some(name) = st
-            .listing
-            .unreadable_names
-            .iter()
-            .find(|n| naming::parse(n).is_some_and(|p| p.job == job.name))
-        {
-            let e = anyhow!(
-                "the API lists a snapshot named {name} that the agent cannot read ({}); it \
-                 may be this job's own, so no other is made until it can be read: look at \
-                 server {} in the VPS.org panel",
-                st.listing.odd(),
-                job.server_id
-            );
-            return Err(fail(Step::Create, e));
-        }
+        refuse_beside_unreadable(st)?;
         let name = self.fresh_name(st);
         st.step = Step::Create;
         let description =
@@ -62,47 +45,65 @@ impl Runner {
             }
             Err(ApiError::OutcomeUnknown { what, reason }) => {
                 let detail = format!("{what}: outcome unknown ({reason})");
-                self.db
-                    .resolve(entry, State::Unknown, None, Some(&detail), self.now())
-                    .await?;
-                tracing::warn!("{detail}; listing to find out");
-                let Some(snap) = self.find_by_name(st, &name).await? else {
-                    return Err(fail(
-                        Step::Create,
-                        anyhow!(
-                            "{detail}; no snapshot named {name} appeared within {}. Not asking \
-                             again: a create can land late, and a run must never make two. If it \
-                             appears, the next run counts it as the agent's",
-                            crate::human::span(self.settle_period())
-                        ),
-                    ));
-                };
-                self.adopt(st, entry, &snap).await?;
-                st.snapshot = Some(snap);
-                Ok(())
+                self.create_outcome_unknown(st, entry, &name, &detail).await
             }
-            Err(e @ ApiError::BadRequest { .. }) if st.listing.held() >= LIMIT as usize => {
-                self.db
-                    .resolve(entry, State::Error, None, Some(&e.to_string()), self.now())
-                    .await?;
-                let held = format!(
-                    "server {} holds {} (limit {LIMIT})",
-                    job.server_id,
-                    crate::human::count(st.listing.held(), "snapshot")
-                );
-                Err(fail_as(
-                    Step::Create,
-                    Cause::NoRoom,
-                    anyhow!(e).context(held),
-                ))
-            }
-            Err(e) => {
-                self.db
-                    .resolve(entry, State::Error, None, Some(&e.to_string()), self.now())
-                    .await?;
-                Err(fail(Step::Create, e))
-            }
+            Err(e) => self.create_refused(st, entry, e).await,
         }
+    }
+
+    /// A create whose answer was lost (`detail` says how): journals it as unknown, then
+    /// looks for the snapshot by `name` and adopts it, or fails without asking again.
+    async fn create_outcome_unknown(
+        &self,
+        st: &mut RunState<'_>,
+        entry: EntryId,
+        name: &str,
+        detail: &str,
+    ) -> Result<(), Failure> {
+        self.db
+            .resolve(entry, State::Unknown, None, Some(detail), self.now())
+            .await?;
+        tracing::warn!("{detail}; listing to find out");
+        let Some(snap) = self.find_by_name(st, name).await? else {
+            return Err(fail(
+                Step::Create,
+                anyhow!(
+                    "{detail}; no snapshot named {name} appeared within {}. Not asking \
+                     again: a create can land late, and a run must never make two. If it \
+                     appears, the next run counts it as the agent's",
+                    crate::human::span(self.settle_period())
+                ),
+            ));
+        };
+        self.adopt(st, entry, &snap).await?;
+        st.snapshot = Some(snap);
+        Ok(())
+    }
+
+    /// A create the API refused with `e`: journals the error and fails the run, as out
+    /// of room when a bad request came from a server at the limit.
+    async fn create_refused(
+        &self,
+        st: &RunState<'_>,
+        entry: EntryId,
+        e: ApiError,
+    ) -> Result<(), Failure> {
+        self.db
+            .resolve(entry, State::Error, None, Some(&e.to_string()), self.now())
+            .await?;
+        if matches!(e, ApiError::BadRequest { .. }) && st.listing.held() >= LIMIT as usize {
+            let held = format!(
+                "server {} holds {} (limit {LIMIT})",
+                st.job.server_id,
+                crate::human::count(st.listing.held(), "snapshot")
+            );
+            return Err(fail_as(
+                Step::Create,
+                Cause::NoRoom,
+                anyhow!(e).context(held),
+            ));
+        }
+        Err(fail(Step::Create, e))
     }
 
     /// A name no snapshot on the server has (`…-prerestore` for a restore's safety one).
@@ -190,4 +191,27 @@ impl Runner {
             )),
         ))
     }
+}
+
+/// Refuses to create beside an item the agent cannot read that bears this job's name: it
+/// may be a snapshot the agent made (a create whose answer it could not read either), and
+/// one more would only pile up beside it, each as unreadable.
+fn refuse_beside_unreadable(st: &RunState<'_>) -> Result<(), Failure> {
+    let job = st.job;
+    if let Some(name) = st
+        .listing
+        .unreadable_names
+        .iter()
+        .find(|n| naming::parse(n).is_some_and(|p| p.job == job.name))
+    {
+        let e = anyhow!(
+            "the API lists a snapshot named {name} that the agent cannot read ({}); it \
+             may be this job's own, so no other is made until it can be read: look at \
+             server {} in the VPS.org panel",
+            st.listing.odd(),
+            job.server_id
+        );
+        return Err(fail(Step::Create, e));
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ use anyhow::anyhow;
 use super::{Failure, RunState, Runner, fail, fail_as};
 use crate::alert::Cause;
 use crate::api::{ApiError, SnapshotStatus};
+use crate::config::JobSettings;
 use crate::db::{Action, DbError, Intent, State, Step};
 use crate::domain::SnapshotId;
 use crate::retention::{self, Candidate, LIMIT};
@@ -107,17 +108,6 @@ impl Runner {
         let new_id = st.snapshot.as_ref().map(|s| s.id);
         let mut tried: HashSet<SnapshotId> = HashSet::new();
         let mut fresh = true;
-        let next = |cands: &[Candidate], tried: &HashSet<SnapshotId>| {
-            let left: Vec<Candidate> = cands
-                .iter()
-                .filter(|c| !tried.contains(&c.id))
-                .cloned()
-                .collect();
-            let victim = retention::victims(&left, &job.retention, job.timezone, 1)
-                .first()
-                .copied();
-            (left, victim)
-        };
         while self.budget(st) > 0 {
             // A listing with anomalies is never a reason to delete (said in the run's
             // warnings when it was listed).
@@ -126,60 +116,26 @@ impl Runner {
                 break;
             }
             // Nothing left to delete by the listing in hand: done, no request spent.
-            let (mut cands, mut victim) = next(&self.candidates(st).await?, &tried);
+            let (mut cands, mut victim) = next_victim(&self.candidates(st).await?, &tried, job);
             if victim.is_none() {
                 break;
             }
             // The final poll's listing is fresh for the first delete; after a delete,
             // list again so that each victim is re-checked against a fresh listing.
             if !fresh {
-                if let Err(e) = self.relist(st).await? {
-                    st.token_rejected = matches!(e, ApiError::Unauthorized);
-                    st.delete_errors.push(format!("rotation stopped: {e}"));
+                if !self.relist_for_rotation(st, new_id).await? {
                     break;
                 }
-                if !st.listing.consistent() {
-                    tracing::warn!("rotation stopped: the listing was inconsistent");
-                    break;
-                }
-                // The snapshot just made must still be there and completed: one that went
-                // back to in progress (or away) leaves the policy nothing sure to keep.
-                let made = new_id.and_then(|id| st.listing.get(id));
-                if new_id.is_some() && made.is_none_or(|s| s.status != SnapshotStatus::Completed) {
-                    let now = made.map_or("gone", |s| s.status.as_str());
-                    let odd = format!(
-                        "rotation stopped: the snapshot just made, completed before, is {now} in a \
-                         fresh listing"
-                    );
-                    tracing::warn!("API anomaly: {odd}");
-                    st.warnings.push(odd);
-                    break;
-                }
-                (cands, victim) = next(&self.candidates(st).await?, &tried);
+                (cands, victim) = next_victim(&self.candidates(st).await?, &tried, job);
             }
             let Some(victim) = victim else {
                 break;
             };
             tried.insert(victim);
-            // The re-check: in this fresh listing, on this server, the job's own, not
-            // pinned, not in progress, and not the snapshot just made.
-            let ok = cands.iter().any(|c| {
-                c.id == victim
-                    && c.managed
-                    && !c.pinned
-                    && c.status != SnapshotStatus::InProgress
-                    && Some(c.id) != new_id
-            });
-            if !ok {
+            if !still_deletable(&cands, victim, new_id) {
                 continue;
             }
-            let reason = retention::plan(&cands, &job.retention, job.timezone)
-                .into_iter()
-                .find(|v| v.id == victim)
-                .map_or_else(
-                    || "rotation".to_string(),
-                    |v| format!("rotation: {}", v.reason.trim_start_matches("delete next: ")),
-                );
+            let reason = rotation_reason(&cands, victim, job);
             if let Err(e) = self.delete(st, victim, &reason).await? {
                 tracing::warn!(snapshot = victim.get(), "delete failed: {e}");
                 st.delete_errors.push(e.to_string());
@@ -193,4 +149,77 @@ impl Runner {
         }
         Ok(())
     }
+
+    /// Lists the server again between two rotation deletes. False when rotation must
+    /// stop (the reason recorded): the listing failed or is inconsistent, or the
+    /// snapshot just made (`new_id`) is no longer there and completed.
+    async fn relist_for_rotation(
+        &self,
+        st: &mut RunState<'_>,
+        new_id: Option<SnapshotId>,
+    ) -> Result<bool, DbError> {
+        if let Err(e) = self.relist(st).await? {
+            st.token_rejected = matches!(e, ApiError::Unauthorized);
+            st.delete_errors.push(format!("rotation stopped: {e}"));
+            return Ok(false);
+        }
+        if !st.listing.consistent() {
+            tracing::warn!("rotation stopped: the listing was inconsistent");
+            return Ok(false);
+        }
+        // The snapshot just made must still be there and completed: one that went
+        // back to in progress (or away) leaves the policy nothing sure to keep.
+        let made = new_id.and_then(|id| st.listing.get(id));
+        if new_id.is_some() && made.is_none_or(|s| s.status != SnapshotStatus::Completed) {
+            let now = made.map_or("gone", |s| s.status.as_str());
+            let odd = format!(
+                "rotation stopped: the snapshot just made, completed before, is {now} in a \
+                 fresh listing"
+            );
+            tracing::warn!("API anomaly: {odd}");
+            st.warnings.push(odd);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// The candidates not yet tried, and the first of them the policy would delete.
+fn next_victim(
+    cands: &[Candidate],
+    tried: &HashSet<SnapshotId>,
+    job: &JobSettings,
+) -> (Vec<Candidate>, Option<SnapshotId>) {
+    let left: Vec<Candidate> = cands
+        .iter()
+        .filter(|c| !tried.contains(&c.id))
+        .cloned()
+        .collect();
+    let victim = retention::victims(&left, &job.retention, job.timezone, 1)
+        .first()
+        .copied();
+    (left, victim)
+}
+
+/// The re-check before a rotation delete: `victim` is in this fresh listing, on this
+/// server, the job's own, not pinned, not in progress, and not the snapshot just made.
+fn still_deletable(cands: &[Candidate], victim: SnapshotId, new_id: Option<SnapshotId>) -> bool {
+    cands.iter().any(|c| {
+        c.id == victim
+            && c.managed
+            && !c.pinned
+            && c.status != SnapshotStatus::InProgress
+            && Some(c.id) != new_id
+    })
+}
+
+/// What the journal and the log say a rotation delete is for: the policy's reason.
+fn rotation_reason(cands: &[Candidate], victim: SnapshotId, job: &JobSettings) -> String {
+    retention::plan(cands, &job.retention, job.timezone)
+        .into_iter()
+        .find(|v| v.id == victim)
+        .map_or_else(
+            || "rotation".to_string(),
+            |v| format!("rotation: {}", v.reason.trim_start_matches("delete next: ")),
+        )
 }
