@@ -2,7 +2,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::alert::Delivery;
 use crate::api::Client;
@@ -24,56 +24,10 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let now = Utc::now();
     let mut problems = Vec::new();
     for (i, job) in settings.jobs.iter().enumerate() {
-        let what = match &job.trigger {
-            Trigger::Schedule(c) => format!("schedule \"{c}\""),
-            Trigger::Window { window, lead } => format!(
-                "{} before maintenance window \"{window}\"",
-                crate::human::span(*lead)
-            ),
-        };
-        println!(
-            "\njob {} (server {}): {what} in {}; {}{}",
-            job.name,
-            job.server_id,
-            job.timezone,
-            job.retention.describe(),
-            if job.enabled {
-                ""
-            } else {
-                "; DISABLED (enabled = false): it never fires"
-            }
-        );
-        let upcoming = if job.enabled {
-            schedule::upcoming(job, now, 3)
-        } else {
-            Vec::new()
-        };
-        for t in upcoming {
-            println!(
-                "  next: {}  ({})",
-                t.with_timezone(&job.timezone)
-                    .format("%Y-%m-%d %H:%M:%S %Z"),
-                t.format("%Y-%m-%dT%H:%M:%SZ")
-            );
-        }
+        print_job(job, now);
         check_hooks(config, i, job, &mut problems).await;
     }
-    // The listener's certificate, key and client CA: readable by this user, the
-    // certificate matching the key.
-    if let Some(m) = settings.metrics.as_ref().filter(|m| m.listen.is_some()) {
-        match crate::listener::Access::load(m) {
-            Ok(a) => {
-                for n in &a.notes {
-                    println!("warning: {n}");
-                }
-            }
-            Err(e) => problems.push(ConfigError {
-                origin: config.display().to_string(),
-                key: e.key.to_string(),
-                message: e.message,
-            }),
-        }
-    }
+    check_listener(config, &settings, &mut problems);
     // One verdict on the configuration, after everything about it was looked at.
     if !problems.is_empty() {
         return Err(ConfigErrors(problems).into());
@@ -104,6 +58,63 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("checking the API at {}", settings.api.base_url))?;
     println!("\nAPI: token accepted by {}", settings.api.base_url);
     check_channels(&settings, args.send_test_alert).await
+}
+
+/// The job's heading (what fires it, when, its retention) and its next three fire times,
+/// in its zone and in UTC; a disabled job says it never fires and lists none.
+fn print_job(job: &JobSettings, now: DateTime<Utc>) {
+    let what = match &job.trigger {
+        Trigger::Schedule(c) => format!("schedule \"{c}\""),
+        Trigger::Window { window, lead } => format!(
+            "{} before maintenance window \"{window}\"",
+            crate::human::span(*lead)
+        ),
+    };
+    println!(
+        "\njob {} (server {}): {what} in {}; {}{}",
+        job.name,
+        job.server_id,
+        job.timezone,
+        job.retention.describe(),
+        if job.enabled {
+            ""
+        } else {
+            "; DISABLED (enabled = false): it never fires"
+        }
+    );
+    let upcoming = if job.enabled {
+        schedule::upcoming(job, now, 3)
+    } else {
+        Vec::new()
+    };
+    for t in upcoming {
+        println!(
+            "  next: {}  ({})",
+            t.with_timezone(&job.timezone)
+                .format("%Y-%m-%d %H:%M:%S %Z"),
+            t.format("%Y-%m-%dT%H:%M:%SZ")
+        );
+    }
+}
+
+/// Loads the listener's certificate, key and client CA, when it listens: readable by
+/// this user, the certificate matching the key. A failure is a problem of the
+/// configuration; what merely looks odd is printed as a warning.
+fn check_listener(config: &Path, settings: &Settings, problems: &mut Vec<ConfigError>) {
+    if let Some(m) = settings.metrics.as_ref().filter(|m| m.listen.is_some()) {
+        match crate::listener::Access::load(m) {
+            Ok(a) => {
+                for n in &a.notes {
+                    println!("warning: {n}");
+                }
+            }
+            Err(e) => problems.push(ConfigError {
+                origin: config.display().to_string(),
+                key: e.key.to_string(),
+                message: e.message,
+            }),
+        }
+    }
 }
 
 /// Connects to the SMTP server; with `send_test`, sends a test alert on every channel

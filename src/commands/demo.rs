@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Timelike;
+use chrono::{DateTime, Timelike, Utc};
 
 use super::{context, output};
 use crate::api::{Client, SnapshotStatus};
@@ -16,21 +16,14 @@ use crate::clock::{Clock, SystemClock, VirtualClock};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::db::RunTrigger;
-use crate::domain::ServerId;
+use crate::domain::{ServerId, SnapshotId};
 use crate::run::Runner;
 use crate::schedule;
 use crate::sim::{DEFAULT_TOKEN, Delay, SimOptions, Simulator};
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir()?;
-    let now = SystemClock.now();
-    // A minute before the nightly job's 02:30 today, on whole seconds.
-    let start = now
-        .with_hour(2)
-        .and_then(|t| t.with_minute(29))
-        .and_then(|t| t.with_second(0))
-        .and_then(|t| t.with_nanosecond(0))
-        .unwrap_or(now);
+    let start = start_time();
     let clock = VirtualClock::new(start);
     let shared: crate::clock::SharedClock = Arc::new(clock.clone());
     let server = Simulator::start(
@@ -48,18 +41,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         start - chrono::Duration::days(10),
     );
     let config = write_config(dir.path(), &server.base_url())?;
-    println!(
-        "vps-snapshot-agent demo: a simulated VPS.org API on {}",
-        server.base_url()
-    );
-    println!(
-        "config and history in {} (removed at the end)",
-        dir.path().display()
-    );
-    println!(
-        "server 101 already holds snapshot {manual} \"before-php-upgrade\", made by hand: the agent never touches it."
-    );
-    println!("Snapshots take 3-10 simulated minutes; each round is one simulated day later.\n");
+    print_intro(&server.base_url(), dir.path(), manual);
     let settings = Settings::load(&config)?;
     let db = context::open_db(&settings).await?;
     let client = context::client(&settings, shared.clone())?;
@@ -81,18 +63,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("=== history (agent history) ===");
     output::history(&db.history(None, 50).await?);
-    println!(
-        "\n=== metrics (what GET /metrics serves with [metrics] listen; buckets left out) ==="
-    );
-    let metrics = crate::metrics::render(&db, &settings, clock.now()).await?;
-    let mut lines: Vec<&str> = metrics
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.contains("_bucket{"))
-        .collect();
-    lines.sort_unstable();
-    for line in lines {
-        println!("{line}");
-    }
+    print_metrics(&db, &settings, clock.now()).await?;
     let requests = server.sim.requests().total;
     println!(
         "\n{} runs, {requests} API requests. Next: `agent simulate` (`cargo run -- simulate` from the \
@@ -101,6 +72,53 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     db.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's simulated start: a minute before the nightly job's 02:30 today, on whole
+/// seconds (or now, should that time not be found).
+fn start_time() -> DateTime<Utc> {
+    let now = SystemClock.now();
+    now.with_hour(2)
+        .and_then(|t| t.with_minute(29))
+        .and_then(|t| t.with_second(0))
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap_or(now)
+}
+
+/// What the demo is about to show: where the simulator and the files are, and the
+/// snapshot made by hand (`manual`) that the agent must leave alone.
+fn print_intro(url: &str, dir: &Path, manual: SnapshotId) {
+    println!("vps-snapshot-agent demo: a simulated VPS.org API on {url}");
+    println!(
+        "config and history in {} (removed at the end)",
+        dir.display()
+    );
+    println!(
+        "server 101 already holds snapshot {manual} \"before-php-upgrade\", made by hand: the agent never touches it."
+    );
+    println!("Snapshots take 3-10 simulated minutes; each round is one simulated day later.\n");
+}
+
+/// The metrics as `GET /metrics` serves them at `now`, without comments and histogram
+/// buckets, sorted: short enough to read.
+async fn print_metrics(
+    db: &Database,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    println!(
+        "\n=== metrics (what GET /metrics serves with [metrics] listen; buckets left out) ==="
+    );
+    let metrics = crate::metrics::render(db, settings, now).await?;
+    let mut lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains("_bucket{"))
+        .collect();
+    lines.sort_unstable();
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// The day of the next fire, as the round's heading says it.

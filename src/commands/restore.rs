@@ -10,54 +10,19 @@ use crate::api::{Snapshot, SnapshotStatus};
 use crate::cli::RestoreArgs;
 use crate::config::{JobSettings, Settings};
 use crate::db::{Database, RunStatus};
+use crate::domain::SnapshotId;
 use crate::presence::Presence;
-use crate::run::{self, RestoreRequest, Runner};
+use crate::run::{self, Outcome, RestoreRequest, Runner};
 
 pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
     let clock = crate::clock::system();
     let client = context::client(&settings, clock.clone())?;
-    let id = args.snapshot_id;
-    let listing = client.list(None).await?;
-    let Some(snap) = listing.get(id).cloned() else {
-        bail!("no snapshot {id} exists (checked with the API); nothing was changed");
-    };
-    if listing.doubts(id) {
-        bail!(
-            "the API lists snapshot {id} inconsistently ({}): not restoring from it; nothing \
-             was changed",
-            listing.odd()
-        );
-    }
-    // The API restores only a completed snapshot: refused here, before a safety snapshot
-    // (and the room it may need) is taken for nothing.
-    if snap.status != SnapshotStatus::Completed {
-        bail!(
-            "snapshot {id} ({}, server {}) is {}, not completed: only a completed snapshot can \
-             be restored; nothing was changed",
-            snap.name,
-            snap.server.id,
-            snap.status
-        );
-    }
+    let snap = restorable(&client, args.snapshot_id).await?;
     let job = run::job_for(&settings.jobs, &snap);
     let safety = !args.no_safety_snapshot;
     announce(&snap);
-    match (safety, job) {
-        (true, Some(job)) => println!(
-            "First a safety snapshot of the server as it is now is taken and waited for \
-             (pinned for {}), so this restore can be undone.",
-            crate::human::span(job.restore_safety_keep)
-        ),
-        (true, None) => bail!(
-            "no job is configured for server {}, so a safety snapshot would have no retention \
-             policy; add a job for it, or pass --no-safety-snapshot",
-            snap.server.id
-        ),
-        (false, _) => {
-            println!("--no-safety-snapshot: no safety snapshot is taken; this CANNOT be undone.")
-        }
-    }
+    announce_safety(&snap, job, safety)?;
     if args.dry_run {
         return dry_run(&settings, &client, &snap, job.filter(|_| safety)).await;
     }
@@ -86,13 +51,68 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
     let note = db.run(outcome.run_id).await?.and_then(|r| r.note);
     db.close().await;
+    report(&snap, outcome, note)
+}
+
+/// Snapshot `id` as the API lists it, if a restore from it can go ahead: it exists, is
+/// listed consistently, and is completed. Checked before anything is changed.
+async fn restorable(client: &crate::api::Client, id: SnapshotId) -> anyhow::Result<Snapshot> {
+    let listing = client.list(None).await?;
+    let Some(snap) = listing.get(id).cloned() else {
+        bail!("no snapshot {id} exists (checked with the API); nothing was changed");
+    };
+    if listing.doubts(id) {
+        bail!(
+            "the API lists snapshot {id} inconsistently ({}): not restoring from it; nothing \
+             was changed",
+            listing.odd()
+        );
+    }
+    // The API restores only a completed snapshot: refused here, before a safety snapshot
+    // (and the room it may need) is taken for nothing.
+    if snap.status != SnapshotStatus::Completed {
+        bail!(
+            "snapshot {id} ({}, server {}) is {}, not completed: only a completed snapshot can \
+             be restored; nothing was changed",
+            snap.name,
+            snap.server.id,
+            snap.status
+        );
+    }
+    Ok(snap)
+}
+
+/// Says whether a safety snapshot is taken first, and how long it is pinned; without a job
+/// for the server one would have no retention policy, so that is refused.
+fn announce_safety(snap: &Snapshot, job: Option<&JobSettings>, safety: bool) -> anyhow::Result<()> {
+    match (safety, job) {
+        (true, Some(job)) => println!(
+            "First a safety snapshot of the server as it is now is taken and waited for \
+             (pinned for {}), so this restore can be undone.",
+            crate::human::span(job.restore_safety_keep)
+        ),
+        (true, None) => bail!(
+            "no job is configured for server {}, so a safety snapshot would have no retention \
+             policy; add a job for it, or pass --no-safety-snapshot",
+            snap.server.id
+        ),
+        (false, _) => {
+            println!("--no-safety-snapshot: no safety snapshot is taken; this CANNOT be undone.")
+        }
+    }
+    Ok(())
+}
+
+/// How the restore went: started (with how to undo it), or failed with the run's note
+/// and error.
+fn report(snap: &Snapshot, outcome: Outcome, note: Option<String>) -> anyhow::Result<ExitCode> {
     match outcome.status {
         RunStatus::Started => {
             println!(
                 "restore started (run {}); it takes 5-15 minutes",
                 outcome.run_id
             );
-            println!("{}", run::undo_note(&snap, outcome.safety));
+            println!("{}", run::undo_note(snap, outcome.safety));
             Ok(ExitCode::SUCCESS)
         }
         _ => {

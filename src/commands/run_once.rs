@@ -14,7 +14,7 @@ use crate::config::{JobSettings, Settings};
 use crate::db::{Database, Owner, RunStatus, RunTrigger};
 use crate::hooks::ThawAfter;
 use crate::presence::Presence;
-use crate::run::{self, Runner};
+use crate::run::{self, Outcome, Runner};
 
 pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
@@ -78,6 +78,44 @@ pub async fn run_jobs(
     let pinger = outbox
         .clone()
         .map(|o| Pinger::start(o, runner.kick.clone()));
+    let mut outcomes = resume_standing_in(settings, runner, jobs, &say).await?;
+    let todo: Vec<JobSettings> = jobs
+        .iter()
+        .filter(|j| !outcomes.iter().any(|o| o.job == j.name))
+        .cloned()
+        .collect();
+    let mut failed = run_todo(settings, runner, &todo, &mut outcomes).await;
+    let skipped: Vec<&str> = todo
+        .iter()
+        .filter(|j| !outcomes.iter().any(|o| o.job == j.name))
+        .map(|j| j.name.as_str())
+        .collect();
+    if shown {
+        output::summary(&outcomes);
+    }
+    if !skipped.is_empty() && runner.stop.is_cancelled() {
+        failed = true;
+        say(format!("not started (stopped): {}", skipped.join(", ")));
+    }
+    if let Some(p) = pinger {
+        p.finish().await;
+    }
+    if let Some(o) = &outbox {
+        o.deliver(true, &unreachable).await;
+    }
+    crate::metrics::update_textfile(&runner.db, settings, runner.clock.now()).await;
+    presence.leave().await;
+    Ok(verdict(&outcomes, failed))
+}
+
+/// Finishes the runs that interrupted processes left, saying what became of those of
+/// `jobs`; returns the ones that stand in for this run (their jobs are not run again).
+async fn resume_standing_in(
+    settings: &Settings,
+    runner: &Runner,
+    jobs: &[JobSettings],
+    say: &impl Fn(String),
+) -> anyhow::Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
     for o in runner.resume_interrupted(&settings.jobs).await? {
         tracing::info!(run = o.run_id.get(), job = %o.job, status = %o.status, "finished an interrupted run");
@@ -104,14 +142,20 @@ pub async fn run_jobs(
             ));
         }
     }
-    let todo: Vec<JobSettings> = jobs
-        .iter()
-        .filter(|j| !outcomes.iter().any(|o| o.job == j.name))
-        .cloned()
-        .collect();
+    Ok(outcomes)
+}
+
+/// Runs the jobs of `todo` (as many at once as the configuration allows), adding their
+/// outcomes to `outcomes`; true when a run failed or could not be run at all (logged).
+async fn run_todo(
+    settings: &Settings,
+    runner: &Runner,
+    todo: &[JobSettings],
+    outcomes: &mut Vec<Outcome>,
+) -> bool {
     let results = run::run_many(
         runner,
-        &todo,
+        todo,
         settings.api.max_concurrent_jobs,
         RunTrigger::Manual,
     )
@@ -129,36 +173,22 @@ pub async fn run_jobs(
             }
         }
     }
-    let skipped: Vec<&str> = todo
-        .iter()
-        .filter(|j| !outcomes.iter().any(|o| o.job == j.name))
-        .map(|j| j.name.as_str())
-        .collect();
-    if shown {
-        output::summary(&outcomes);
-    }
-    if !skipped.is_empty() && runner.stop.is_cancelled() {
-        failed = true;
-        say(format!("not started (stopped): {}", skipped.join(", ")));
-    }
-    if let Some(p) = pinger {
-        p.finish().await;
-    }
-    if let Some(o) = &outbox {
-        o.deliver(true, &unreachable).await;
-    }
-    crate::metrics::update_textfile(&runner.db, settings, runner.clock.now()).await;
-    presence.leave().await;
+    failed
+}
+
+/// The verdict on the runs: a rejected token before anything else (it is the
+/// configuration's problem, not the runs'), then any failure.
+fn verdict(outcomes: &[Outcome], failed: bool) -> Verdict {
     let rejected = outcomes
         .iter()
         .any(|o| o.cause == Some(Cause::Unauthorized));
-    Ok(if rejected {
+    if rejected {
         Verdict::TokenRejected
     } else if failed {
         Verdict::Failed
     } else {
         Verdict::Succeeded
-    })
+    }
 }
 
 /// The outbox with its channels registered, after one attempt to deliver what was

@@ -3,30 +3,13 @@ use std::process::ExitCode;
 
 use super::{UsageError, context, output};
 use crate::cli::SnapshotsArgs;
-use crate::config::JobSettings;
+use crate::config::{JobSettings, Settings};
 use crate::domain::ServerId;
 use crate::run;
 
 pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
     let settings = context::config_settings(config)?;
-    let servers: Vec<ServerId> = match (&args.job, args.server) {
-        (Some(name), _) => {
-            vec![context::select_jobs(&settings, std::slice::from_ref(name))?[0].server_id]
-        }
-        (None, Some(id)) => vec![id],
-        (None, None) => {
-            let mut s: Vec<ServerId> = settings.jobs.iter().map(|j| j.server_id).collect();
-            s.sort_unstable();
-            s.dedup();
-            if s.is_empty() {
-                return Err(UsageError(
-                    "no jobs configured: name a server with --server ID".into(),
-                )
-                .into());
-            }
-            s
-        }
-    };
+    let servers = servers_to_list(&settings, &args)?;
     let client = context::client(&settings, crate::clock::system())?;
     // Pins and the journal if the database exists; never create it just to look.
     let db = if settings.database.exists() {
@@ -87,4 +70,27 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
         db.close().await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The servers to list: the named job's, the `--server` given, or else every configured
+/// job's server once each, by id; with no jobs a server must be named.
+fn servers_to_list(settings: &Settings, args: &SnapshotsArgs) -> anyhow::Result<Vec<ServerId>> {
+    Ok(match (&args.job, args.server) {
+        (Some(name), _) => {
+            vec![context::select_jobs(settings, std::slice::from_ref(name))?[0].server_id]
+        }
+        (None, Some(id)) => vec![id],
+        (None, None) => {
+            let mut s: Vec<ServerId> = settings.jobs.iter().map(|j| j.server_id).collect();
+            s.sort_unstable();
+            s.dedup();
+            if s.is_empty() {
+                return Err(UsageError(
+                    "no jobs configured: name a server with --server ID".into(),
+                )
+                .into());
+            }
+            s
+        }
+    })
 }

@@ -157,58 +157,13 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
         .iter()
         .zip(selected)
         .map(|(j, settings)| {
-            let tz = settings.timezone;
-            let stale_after = crate::human::span(Duration::from_secs(j.stale_after_secs));
             vec![
                 j.name.clone(),
                 j.server_id.to_string(),
                 output::timeline(&j.timeline),
-                j.last_success_at.map_or("never".into(), |t| {
-                    let age =
-                        Duration::from_secs(j.last_success_age_secs.unwrap_or(0).max(0) as u64);
-                    let age =
-                        crate::human::fmt_age(chrono::Duration::seconds(age.as_secs() as i64));
-                    let mark = if j.stale {
-                        output::paint("STALE")
-                    } else {
-                        "ok".into()
-                    };
-                    format!(
-                        "{} ({age} ago; {mark} under {stale_after})",
-                        output::time(t)
-                    )
-                }),
-                j.next_run_at.map_or_else(
-                    || {
-                        if j.enabled {
-                            "never".into()
-                        } else {
-                            "disabled".into()
-                        }
-                    },
-                    |t| {
-                        let local = t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
-                        if tz == chrono_tz::UTC {
-                            local
-                        } else {
-                            format!("{local} ({} UTC)", t.format("%H:%M"))
-                        }
-                    },
-                ),
-                j.last_run.as_ref().map_or("-".into(), |r| {
-                    let gone = if j.last_run_orphaned {
-                        ", its process is gone: the next start finishes it"
-                    } else {
-                        ""
-                    };
-                    format!(
-                        "{} {} (run {} on {}{gone})",
-                        output::time(r.started_at),
-                        output::paint(r.status),
-                        r.id,
-                        r.host
-                    )
-                }),
+                last_success_cell(j),
+                next_run_cell(j, settings.timezone),
+                last_run_cell(j),
             ]
         })
         .collect();
@@ -235,6 +190,66 @@ fn print_jobs(selected: &[JobSettings], status: &Status) {
             println!("\nwarning: {}: {w}", j.name);
         }
     }
+}
+
+/// The LAST SUCCESS cell: when, how long ago, and whether that is stale under the
+/// job's `stale_after`; "never" without one.
+fn last_success_cell(j: &JobStatus) -> String {
+    let stale_after = crate::human::span(Duration::from_secs(j.stale_after_secs));
+    j.last_success_at.map_or("never".into(), |t| {
+        let age = Duration::from_secs(j.last_success_age_secs.unwrap_or(0).max(0) as u64);
+        let age = crate::human::fmt_age(chrono::Duration::seconds(age.as_secs() as i64));
+        let mark = if j.stale {
+            output::paint("STALE")
+        } else {
+            "ok".into()
+        };
+        format!(
+            "{} ({age} ago; {mark} under {stale_after})",
+            output::time(t)
+        )
+    })
+}
+
+/// The NEXT RUN cell: in the job's zone `tz`, with the UTC time too when that is another
+/// zone; "never" or "disabled" when nothing is due.
+fn next_run_cell(j: &JobStatus, tz: chrono_tz::Tz) -> String {
+    j.next_run_at.map_or_else(
+        || {
+            if j.enabled {
+                "never".into()
+            } else {
+                "disabled".into()
+            }
+        },
+        |t| {
+            let local = t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
+            if tz == chrono_tz::UTC {
+                local
+            } else {
+                format!("{local} ({} UTC)", t.format("%H:%M"))
+            }
+        },
+    )
+}
+
+/// The LAST RUN cell: when it started, how it stands, where it ran, and whether its
+/// process is gone; "-" without one.
+fn last_run_cell(j: &JobStatus) -> String {
+    j.last_run.as_ref().map_or("-".into(), |r| {
+        let gone = if j.last_run_orphaned {
+            ", its process is gone: the next start finishes it"
+        } else {
+            ""
+        };
+        format!(
+            "{} {} (run {} on {}{gone})",
+            output::time(r.started_at),
+            output::paint(r.status),
+            r.id,
+            r.host
+        )
+    })
 }
 
 /// The agents on the database: alive, or gone (and since when), once there is more than

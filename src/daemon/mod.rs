@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
@@ -368,15 +369,10 @@ impl Daemon {
         }));
     }
 
-    /// Runs until `control` says stop (or closes).
-    pub async fn run(
-        mut self,
-        mut control: mpsc::UnboundedReceiver<Control>,
-    ) -> anyhow::Result<()> {
-        let (fires_tx, mut fires) = mpsc::unbounded_channel();
-        let (done_tx, mut done) = mpsc::unbounded_channel();
+    /// The loop's state at start, nothing armed or running yet (runs capped as configured).
+    fn new_loop(&self, fires_tx: UnboundedSender<Fire>, done_tx: UnboundedSender<String>) -> Loop {
         let max = self.services.settings.api.max_concurrent_jobs;
-        let mut lp = Loop {
+        Loop {
             fires_tx,
             done_tx,
             tracker: TaskTracker::new(),
@@ -391,7 +387,14 @@ impl Daemon {
             channels: None,
             last_stale_check: None,
             back_to: None,
-        };
+        }
+    }
+
+    /// Runs until `control` says stop (or closes).
+    pub async fn run(mut self, mut control: UnboundedReceiver<Control>) -> anyhow::Result<()> {
+        let (fires_tx, mut fires) = mpsc::unbounded_channel();
+        let (done_tx, mut done) = mpsc::unbounded_channel();
+        let mut lp = self.new_loop(fires_tx, done_tx);
         let presence = Presence::of_daemon(self.db.clone(), self.clock.clone());
         self.register_channels(&mut lp);
         let outside = self.watch_from_outside().await?;
