@@ -388,7 +388,11 @@ impl Runner {
         let _flight = self.owner.in_flight(run_id);
         let result = match self.lock(job.server_id, Some(run_id)).await {
             Ok(guard) => {
-                let mut r = self.execute(&mut st).await;
+                // An orphan of this job on this server first (see `finish_orphans`).
+                let mut r = match self.finish_orphans(job, run_id).await {
+                    Ok(()) => self.execute(&mut st).await,
+                    Err(e) => Err(e.into()),
+                };
                 // Whatever ended the run early, what `before` did is undone.
                 if let Err(e) = self.thaw(&mut st).await {
                     r = r.and(Err(e.into()));

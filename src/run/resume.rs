@@ -14,6 +14,7 @@ use tracing::Instrument;
 use super::{Outcome, RunState, Runner, fail};
 use crate::config::JobSettings;
 use crate::db::{Action, DbError, Owner, Run, RunKind, State, Step};
+use crate::domain::RunId;
 
 impl Runner {
     /// Finishes every run a dead process left running; the outcomes of those resumed.
@@ -50,6 +51,45 @@ impl Runner {
             }
         }
         Ok(out)
+    }
+
+    /// Under the server's lock, before run `run_id` of `job` does anything: finishes the
+    /// runs of the same job on that server that a dead process left running (as the
+    /// periodic resumption would). The server is the lock holder's alone until then, and
+    /// a run that went first with an orphan still open could rotate the orphan's snapshot
+    /// away by policy, leaving it to end as "interrupted: the snapshot is gone" although
+    /// it made its snapshot; the periodic resumption, needing the same lock, can lose that
+    /// race to every fire of a frequent schedule.
+    pub(super) async fn finish_orphans(
+        &self,
+        job: &JobSettings,
+        run_id: RunId,
+    ) -> Result<(), DbError> {
+        let orphans: Vec<Run> = self
+            .db
+            .running()
+            .await?
+            .into_iter()
+            .filter(|r| r.id != run_id && r.server_id == job.server_id && r.job == job.name)
+            .collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let leases = self.db.leases().await?;
+        for seen in orphans {
+            let lease = leases.of(&seen.owner, None);
+            if Owner::run_may_be_alive(&seen.owner, Some(seen.id), lease, self.now()) {
+                continue;
+            }
+            let _flight = self.owner.in_flight(seen.id);
+            if let Some(o) = self
+                .claim_and_resume(&seen, std::slice::from_ref(job))
+                .await?
+            {
+                tracing::info!(run = o.run_id.get(), status = %o.status, "finished an interrupted run of this job first");
+            }
+        }
+        Ok(())
     }
 
     async fn claim_and_resume(

@@ -550,6 +550,51 @@ pub(crate) async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
     assert!(runner.db.running().await.unwrap().is_empty());
 }
 
+/// A fire that finds its job's run on its server left running by a dead process finishes
+/// that run first: going ahead, its rotation (`keep_last = 1`) would delete the orphan's
+/// completed snapshot, and the orphan, resumed later, would end "interrupted: the
+/// snapshot is gone" although it made its snapshot (seen under load: a frequent schedule's
+/// fires kept taking the lock before the periodic resumption).
+#[tokio::test]
+pub(crate) async fn a_fire_finishes_its_jobs_orphaned_run_before_its_own() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let id = crashed_run(&w, &runner).await;
+    let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
+    let entry = create_intent(&w, &runner, id, &name).await;
+    let snap = w.sim.put(
+        ServerId::new(1),
+        &name,
+        SnapshotStatus::Completed,
+        w.clock.now(),
+    );
+    runner
+        .db
+        .resolve(
+            entry,
+            State::Ok,
+            Some((snap, "in_progress")),
+            None,
+            w.clock.now(),
+        )
+        .await
+        .unwrap();
+    w.clock.advance(Duration::from_secs(60));
+    let out = runner
+        .run_job(&job("web", 1, 1), RunTrigger::Schedule, None)
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let orphan = runner.db.run(id).await.unwrap().unwrap();
+    assert_eq!(
+        orphan.status,
+        RunStatus::Succeeded,
+        "the orphan: {:?}",
+        orphan.error
+    );
+    assert!(runner.db.running().await.unwrap().is_empty());
+}
+
 #[tokio::test]
 pub(crate) async fn a_run_aborted_at_any_point_resumes_without_a_duplicate() {
     // Abort a real run after a growing number of scheduler yields, i.e. at each step it

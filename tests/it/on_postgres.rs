@@ -22,6 +22,7 @@ mod job {
         job::a_run_that_died_before_creating_is_marked_interrupted,
         job::a_run_that_died_after_sending_create_adopts_the_snapshot,
         job::a_run_that_died_mid_poll_is_finished_and_rotated,
+        job::a_fire_finishes_its_jobs_orphaned_run_before_its_own,
         job::a_run_aborted_at_any_point_resumes_without_a_duplicate,
         job::a_run_this_process_left_over_is_settled_and_its_lock_freed,
         job::a_run_this_process_left_over_is_resumed_under_the_lock_it_left,
