@@ -14,9 +14,9 @@ use vps_snapshot_agent::api::{Client, Snapshot, SnapshotStatus};
 use vps_snapshot_agent::clock::{Clock, SharedClock, VirtualClock};
 use vps_snapshot_agent::config::Settings;
 use vps_snapshot_agent::daemon::{Control, Daemon, Services};
-use vps_snapshot_agent::db::{Database, Engine, Owner};
+use vps_snapshot_agent::db::{Database, Engine, Owner, Run, RunKind, RunStatus};
 use vps_snapshot_agent::domain::{RunId, ServerId, SnapshotId};
-use vps_snapshot_agent::run::Runner;
+use vps_snapshot_agent::run::{Runner, STAND_IN};
 use vps_snapshot_agent::sim::{
     Delay, Fault, FaultKind, Mode, Op, SimOptions, SimServer, Simulator, TripWire,
 };
@@ -55,6 +55,18 @@ pub struct World {
     pub clock_back: Vec<RunId>,
     /// The pid of every process started so far.
     pids: Vec<u32>,
+    /// Every `run-once` started: who, when, for which jobs, and whether it ran to its end.
+    run_onces: Vec<RunOnce>,
+}
+
+/// A `run-once` the history started.
+struct RunOnce {
+    owner: String,
+    /// The box's clock when it started.
+    at: DateTime<Utc>,
+    jobs: Vec<String>,
+    /// It ran to its end (not killed, not cut short).
+    ended: bool,
 }
 
 /// Builds a runner for `settings` owned by `owner`, as a process would at start.
@@ -131,6 +143,7 @@ impl World {
             broken: Vec::new(),
             clock_back: Vec::new(),
             pids: Vec::new(),
+            run_onces: Vec::new(),
         };
         world.watch_takeovers().await;
         world.write_config();
@@ -173,6 +186,19 @@ impl World {
     /// Starts `agent run-once` (every job, or job `job` of the config) in a new process.
     fn start_run_once(&mut self, job: Option<u32>) -> (Proc, tokio::task::JoinHandle<()>) {
         let proc = self.new_proc("run-once");
+        let names = self.model.jobs.iter().map(|j| j.name.clone());
+        self.run_onces.push(RunOnce {
+            owner: proc.owner.as_str().to_string(),
+            at: self.clock.now(),
+            jobs: match job {
+                None => names.collect(),
+                Some(i) => names
+                    .skip(i as usize % self.model.jobs.len().max(1))
+                    .take(1)
+                    .collect(),
+            },
+            ended: false,
+        });
         let (cfg, client, clock, owner, dbs) = (
             self.cfg.clone(),
             self.client.clone(),
@@ -918,7 +944,10 @@ impl World {
                     first.kill().await;
                     let _ = release.send(());
                 }
-                _ = task => first.kill().await,
+                _ = task => {
+                    self.ended(&first);
+                    first.kill().await;
+                }
             }
             self.sim().disarm_trip();
         }
@@ -931,9 +960,58 @@ impl World {
                     "the run-once {} did not end within 30 s",
                     p.owner.as_str()
                 ));
+            } else {
+                self.ended(&p);
             }
             p.kill().await;
         }
+    }
+
+    /// Notes that the `run-once` of process `p` ran to its end.
+    fn ended(&mut self, p: &Proc) {
+        for r in &mut self.run_onces {
+            if r.owner == p.owner.as_str() {
+                r.ended = true;
+            }
+        }
+    }
+
+    /// A `run-once` that made no run of a job of its own, because an interrupted run it
+    /// finished stands in for one, did so only within the documented bound: that run
+    /// succeeded and began at most [`STAND_IN`] before (and not after) the `run-once`.
+    pub async fn stand_ins(&self, db: &Database) -> Vec<String> {
+        let runs = db.history(None, u32::MAX).await.unwrap();
+        let mut bad = Vec::new();
+        for r in self.run_onces.iter().filter(|r| r.ended) {
+            for job in &r.jobs {
+                let ours = runs
+                    .iter()
+                    .filter(|x| x.job == *job && x.owner == r.owner && x.kind == RunKind::Snapshot);
+                // The history keeps times to the millisecond.
+                let at = r.at.timestamp_millis();
+                let (fresh, resumed): (Vec<&Run>, Vec<&Run>) =
+                    ours.partition(|x| x.started_at.timestamp_millis() >= at);
+                if !fresh.is_empty() {
+                    continue;
+                }
+                for x in resumed {
+                    let age = r.at - x.started_at;
+                    let within = age.to_std().is_ok_and(|a| a <= STAND_IN);
+                    if x.status != RunStatus::Succeeded || !within {
+                        bad.push(format!(
+                            "the run-once at {} made no run of {job}: run {} ({}, begun {} \
+                             before) stood in for it, beyond the {} a run may stand in",
+                            r.at,
+                            x.id,
+                            x.status,
+                            vps_snapshot_agent::human::fmt_age(age),
+                            vps_snapshot_agent::human::span(STAND_IN)
+                        ));
+                    }
+                }
+            }
+        }
+        bad
     }
 
     /// SIGTERM: the daemon stops starting runs and lets running ones finish (its grace),
