@@ -388,8 +388,9 @@ impl Runner {
         let _flight = self.owner.in_flight(run_id);
         let result = match self.lock(job.server_id, Some(run_id)).await {
             Ok(guard) => {
-                // An orphan of this job on this server first (see `finish_orphans`).
-                let mut r = match self.finish_orphans(job, run_id).await {
+                // An orphan of this job on this server first (see `finish_orphans`); boxed,
+                // so that this run's future does not carry the whole resumption inside it.
+                let mut r = match Box::pin(self.finish_orphans(job, run_id)).await {
                     Ok(()) => self.execute(&mut st).await,
                     Err(e) => Err(e.into()),
                 };
