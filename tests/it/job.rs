@@ -516,14 +516,12 @@ pub(crate) async fn a_run_that_died_after_sending_create_adopts_the_snapshot() {
     assert_eq!(w.created(), 0, "nothing created by the resume");
 }
 
-#[tokio::test]
-pub(crate) async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
-    let (w, dir) = setup(SimOptions::default()).await;
-    let runner = w.runner(w.db(&dir).await);
-    let old = w.put(1, Some("web"), 600, Completed);
-    let id = crashed_run(&w, &runner).await;
+/// A run of "web" on server 1 whose process died while it polled: its create answered,
+/// its snapshot since completed on the API.
+async fn died_mid_poll(w: &World, runner: &vps_snapshot_agent::run::Runner) -> RunId {
+    let id = crashed_run(w, runner).await;
     let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
-    let entry = create_intent(&w, &runner, id, &name).await;
+    let entry = create_intent(w, runner, id, &name).await;
     let snap = w.sim.put(
         ServerId::new(1),
         &name,
@@ -541,6 +539,15 @@ pub(crate) async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
         )
         .await
         .unwrap();
+    id
+}
+
+#[tokio::test]
+pub(crate) async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let old = w.put(1, Some("web"), 600, Completed);
+    died_mid_poll(&w, &runner).await;
     let out = runner
         .resume_interrupted(&[job("web", 1, 1)])
         .await
@@ -559,26 +566,7 @@ pub(crate) async fn a_run_that_died_mid_poll_is_finished_and_rotated() {
 pub(crate) async fn a_fire_finishes_its_jobs_orphaned_run_before_its_own() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
-    let id = crashed_run(&w, &runner).await;
-    let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
-    let entry = create_intent(&w, &runner, id, &name).await;
-    let snap = w.sim.put(
-        ServerId::new(1),
-        &name,
-        SnapshotStatus::Completed,
-        w.clock.now(),
-    );
-    runner
-        .db
-        .resolve(
-            entry,
-            State::Ok,
-            Some((snap, "in_progress")),
-            None,
-            w.clock.now(),
-        )
-        .await
-        .unwrap();
+    let id = died_mid_poll(&w, &runner).await;
     w.clock.advance(Duration::from_secs(60));
     let out = runner
         .run_job(&job("web", 1, 1), RunTrigger::Schedule, None)

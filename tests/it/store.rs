@@ -39,14 +39,7 @@ pub async fn postgres_url(path: &Path) -> Option<String> {
     let mut h = DefaultHasher::new();
     path.hash(&mut h);
     let schema = format!("t_{:016x}", h.finish());
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    admin.close().await;
+    admin(&url, &format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await;
     POSTGRES.with(|p| {
         if let Some((_, made)) = p.borrow_mut().as_mut()
             && !made.contains(&schema)
@@ -90,20 +83,27 @@ pub fn run_on_postgres(test: fn()) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let admin = sqlx::PgPool::connect(&url).await.unwrap();
         for schema in made {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE"
-            )))
-            .execute(&admin)
-            .await
-            .unwrap();
+            admin(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
         }
-        admin.close().await;
     });
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Runs `sql` (making or dropping a schema) on the test database at `url`; without TLS,
+/// which on loopback only costs each connection a handshake.
+pub async fn admin(url: &str, sql: &str) {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let pool = sqlx::PgPool::connect(&format!("{url}{sep}sslmode=disable"))
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
 }
 
 /// Tests of other modules, run again on PostgreSQL: `module::test, …`.

@@ -34,12 +34,7 @@ impl Store {
             std::process::id(),
             MADE.fetch_add(1, Ordering::SeqCst)
         );
-        let admin = admin(url).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
+        crate::store::admin(url, &format!("CREATE SCHEMA {schema}")).await;
         // Without TLS: on loopback it only costs each connection a handshake (90 ms in
         // a debug build), and TLS has tests of its own (`pg_faults::sslmode_is_honoured`).
         let sep = if url.contains('?') { '&' } else { '?' };
@@ -77,23 +72,8 @@ impl Store {
         let Some((url, schema)) = &self.schema else {
             return;
         };
-        let admin = admin(url).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
-        admin.close().await;
+        crate::store::admin(url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
     }
-}
-
-/// A connection to the test database, to make and drop schemas.
-async fn admin(url: &str) -> sqlx::PgPool {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    sqlx::PgPool::connect(&format!("{url}{sep}sslmode=disable"))
-        .await
-        .unwrap()
 }
 
 /// Opens the database at `location` for a simulated process: a SQLite file with its
