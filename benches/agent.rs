@@ -690,7 +690,7 @@ async fn bench_history(r: &mut Report, runs: u64) {
     let mut size = 0;
     for _ in 0..20 {
         let t = Instant::now();
-        let text = vps_snapshot_agent::metrics::render(&db, &settings, Utc::now())
+        let text = vps_snapshot_agent::serve::metrics::render(&db, &settings, Utc::now())
             .await
             .unwrap();
         scrapes.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -9,8 +9,8 @@
 //! - [`api`]: the VPS.org Snapshot API: types, client, error classes, the retry policy
 //! - [`sim`]: the API simulator (world, fault menu, HTTP front) for tests, demo, `simulate`
 //! - [`db`]: the history store, SQLite or PostgreSQL: runs, the run journal, pins, locks,
-//!   the alert and ping outboxes, the agents' heartbeats
-//! - [`presence`]: this process's heartbeat on the database, seen by the other agents
+//!   the alert and ping outboxes, the agents' presence beats
+//! - [`presence`]: this process's presence beat on the database (not the `[heartbeat]` ping), seen by the other agents
 //! - [`run`]: one job run, a file per step, written as a journal ahead of its effects
 //! - [`daemon`]: `agent run`: the loop, next fires, periodic checks, signals, sd-notify
 //! - [`alert`]: what alerts say (`text`), when they are sent, delivery to every channel
@@ -48,19 +48,14 @@ pub mod errors;
 pub mod hooks;
 pub mod human;
 pub mod identity;
-pub mod listener;
 pub mod logging;
-pub mod mark;
-pub mod metrics;
-pub mod naming;
-pub mod ownership;
-pub mod page;
 pub mod presence;
 pub mod progress;
 pub mod retention;
 pub mod run;
 pub mod schedule;
 pub mod secrets;
+pub mod serve;
 pub mod sim;
+pub mod snapshot;
 pub mod timing;
-pub mod verdicts;

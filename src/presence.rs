@@ -1,7 +1,7 @@
-//! An agent's presence on its database: a row heartbeated every `agent_beat` while the
+//! An agent's presence on its database: a row beaten every `agent_beat` while the
 //! process lives, which is how agents on other hosts know its runs and locks are still
 //! held (`/proc` cannot tell across hosts). A daemon also looks, at each beat, for daemons
-//! whose heartbeat lapsed and queues the alert about them (once, whichever daemon sees it
+//! whose beat lapsed and queues the alert about them (once, whichever daemon sees it
 //! first).
 
 use tokio::task::JoinHandle;
@@ -11,7 +11,7 @@ use crate::alert::text;
 use crate::clock::SharedClock;
 use crate::db::{AgentRole, Database, Owner};
 
-/// The heartbeat of this process, until [`Presence::leave`].
+/// The presence beat of this process, until [`Presence::leave`].
 pub struct Presence {
     db: Database,
     clock: SharedClock,
@@ -32,7 +32,7 @@ impl Presence {
         Self::start(db, clock, &Owner::current(), AgentRole::Daemon)
     }
 
-    /// Starts heartbeating as `owner`'s agent, in the background (the first beat at once).
+    /// Starts beating as `owner`'s agent, in the background (the first beat at once).
     pub fn start(db: Database, clock: SharedClock, owner: &Owner, role: AgentRole) -> Self {
         let id = owner.agent_id().to_string();
         let stop = CancellationToken::new();
@@ -52,12 +52,12 @@ impl Presence {
         }
     }
 
-    /// Stops heartbeating, waiting for a heartbeat on its way to land, then records a
-    /// clean stop (no alert about it). Aborting the task would not do: a heartbeat
+    /// Stops beating, waiting for a beat on its way to land, then records a
+    /// clean stop (no alert about it). Aborting the task would not do: a beat
     /// already handed to the database could land after the stop.
     pub async fn leave(mut self) {
         self.stop.cancel();
-        // Bounded: a database that hangs must not hold the process (the heartbeat never
+        // Bounded: a database that hangs must not hold the process (the beat never
         // clears a recorded stop anyway).
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.task).await;
         if let Err(e) = self.db.agent_stopped(&self.id, self.clock.now()).await {
@@ -93,9 +93,9 @@ async fn beat(
             _ = tick.tick() => {}
         }
         let now = clock.now();
-        match db.heartbeat(&id, role, now).await {
+        match db.beat(&id, role, now).await {
             Ok(()) if failing => {
-                tracing::info!("the agent's heartbeat is recorded again");
+                tracing::info!("the agent's presence beat is recorded again");
                 failing = false;
             }
             Ok(()) => {}

@@ -240,7 +240,7 @@ impl Outbox {
         }
         // What a server answered is kept and shown: never with a secret in it.
         .map_err(|e| crate::secrets::scrub(&e).into_owned());
-        let metrics = crate::metrics::global();
+        let metrics = crate::serve::metrics::global();
         match sent {
             Ok(()) => {
                 metrics.delivery(c.name(), "sent");
@@ -342,7 +342,7 @@ impl Outbox {
     }
 
     /// Queues the daemon's heartbeat (it expires when the next one is due).
-    pub async fn heartbeat(&self) {
+    pub async fn heartbeat_ping(&self) {
         let Some(h) = &self.pings.heartbeat else {
             return;
         };
@@ -360,7 +360,7 @@ impl Outbox {
         }
     }
 
-    pub fn heartbeat_every(&self) -> Option<Duration> {
+    pub fn heartbeat_ping_every(&self) -> Option<Duration> {
         self.pings.heartbeat.as_ref().map(|h| h.every)
     }
 }
@@ -386,7 +386,7 @@ async fn send_ping(
     target: Option<(url::Url, Duration)>,
 ) {
     let now = clock.now();
-    let metrics = crate::metrics::global();
+    let metrics = crate::serve::metrics::global();
     let kind = p.kind.as_str();
     let Some((url, timeout)) = target.filter(|_| now < p.expires_at) else {
         let why = if now >= p.expires_at {

@@ -14,7 +14,7 @@ use super::{ApiError, Listing, RestoreResponse, Snapshot, SnapshotPage, listing}
 use crate::clock::SharedClock;
 use crate::config::ApiSettings;
 use crate::domain::{ServerId, SnapshotId};
-use crate::mark::Marker;
+use crate::snapshot::mark::Marker;
 
 /// Responses larger than this are refused (a list of 5 snapshots is a few hundred bytes).
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -282,7 +282,7 @@ impl Client {
         tally: &Tally,
         parse: fn(&[u8]) -> Result<T, String>,
     ) -> Result<T, ApiError> {
-        let metrics = crate::metrics::global();
+        let metrics = crate::serve::metrics::global();
         if tally.attempts.load(Ordering::Relaxed) > 0 {
             metrics.api_retry(req.endpoint);
         }

@@ -135,7 +135,7 @@ impl Reader {
         // The agent names each snapshot once: two of one of its names are a copy, and which
         // one is the agent's cannot be told from the listing. (People may give several
         // snapshots one name of their own.)
-        if crate::naming::parse(&snap.name).is_some()
+        if crate::snapshot::naming::parse(&snap.name).is_some()
             && let Some(first) = self.names.insert(snap.name.clone(), snap.id)
         {
             self.out.doubted.extend([first, snap.id]);

@@ -47,7 +47,7 @@ pub async fn run(config: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     if args.offline {
         return Ok(ExitCode::SUCCESS);
     }
-    let db = super::context::open_db(&settings).await?;
+    let db = super::setup::open_db(&settings).await?;
     db.close().await;
     println!("\ndatabase: {} opens and is up to date", settings.database);
     let token = settings.api.token()?;
@@ -102,7 +102,7 @@ fn print_job(job: &JobSettings, now: DateTime<Utc>) {
 /// configuration; what merely looks odd is printed as a warning.
 fn check_listener(config: &Path, settings: &Settings, problems: &mut Vec<ConfigError>) {
     if let Some(m) = settings.metrics.as_ref().filter(|m| m.listen.is_some()) {
-        match crate::listener::Access::load(m) {
+        match crate::serve::listener::Access::load(m) {
             Ok(a) => {
                 for n in &a.notes {
                     println!("warning: {n}");
@@ -270,7 +270,7 @@ async fn check_hooks(config: &Path, i: usize, job: &JobSettings, problems: &mut 
 
 /// The channels work now: alerts queued while they did not go out at once.
 async fn flush_outbox(settings: &Settings) -> anyhow::Result<()> {
-    let db = super::context::open_db(settings).await?;
+    let db = super::setup::open_db(settings).await?;
     if let Some(o) =
         crate::alert::Outbox::from_settings(settings, db.clone(), crate::clock::system())?
     {

@@ -27,7 +27,7 @@ pub async fn run(config: &std::path::Path, command: DbCommand) -> anyhow::Result
     if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
         return Err(super::UsageError(format!("--to {url}: give a postgres:// URL")).into());
     }
-    let from = super::context::open_db(&settings).await?;
+    let from = super::setup::open_db(&settings).await?;
     let alive: Vec<String> = from
         .agents(chrono::Utc::now())
         .await?
@@ -43,7 +43,7 @@ pub async fn run(config: &std::path::Path, command: DbCommand) -> anyhow::Result
         );
     }
     // A target that cannot be reached or logged into is a setup problem: exit 78.
-    let to = super::context::open_at(&Location::Postgres { url, password })
+    let to = super::setup::open_at(&Location::Postgres { url, password })
         .await
         .context("the copy's target")?;
     let copied = from.copy_to(&to).await?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
 
-use super::{context, output};
+use super::{output, setup};
 use crate::api::{Client, SnapshotStatus};
 use crate::cli::DemoArgs;
 use crate::clock::{Clock, SystemClock, VirtualClock};
@@ -43,8 +43,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let config = write_config(dir.path(), &server.base_url())?;
     print_intro(&server.base_url(), dir.path(), manual);
     let settings = Settings::load(&config)?;
-    let db = context::open_db(&settings).await?;
-    let client = context::client(&settings, shared.clone())?;
+    let db = setup::open_db(&settings).await?;
+    let client = setup::client(&settings, shared.clone())?;
     let runner = Runner::from_settings(&settings, db.clone(), client.clone(), shared);
     for round in 1..=args.rounds {
         println!(
@@ -109,7 +109,7 @@ async fn print_metrics(
     println!(
         "\n=== metrics (what GET /metrics serves with [metrics] listen; buckets left out) ==="
     );
-    let metrics = crate::metrics::render(db, settings, now).await?;
+    let metrics = crate::serve::metrics::render(db, settings, now).await?;
     let mut lines: Vec<&str> = metrics
         .lines()
         .filter(|l| !l.starts_with('#') && !l.contains("_bucket{"))
@@ -200,7 +200,8 @@ async fn show_servers(
 ) -> anyhow::Result<()> {
     for job in &settings.jobs {
         let listing = client.list(Some(job.server_id)).await?.snapshots;
-        let owners = crate::run::owners(Some(db), client.marker(), job.server_id, &listing).await?;
+        let owners =
+            crate::snapshot::owners(Some(db), client.marker(), job.server_id, &listing).await?;
         println!("\nserver {} now:", job.server_id);
         output::snapshots(&output::snapshot_rows(
             &listing,

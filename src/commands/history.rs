@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{UsageError, context, output};
+use super::{UsageError, output, setup};
 use crate::cli::{HistoryArgs, StatusFilter};
 use crate::db::{HistoryQuery, RunStatus};
 
@@ -60,8 +60,8 @@ pub async fn run(config: &Path, args: HistoryArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let settings = context::config_settings(config)?;
-    let (db, _empty) = context::open_to_read(&settings).await?;
+    let settings = setup::config_settings(config)?;
+    let (db, _empty) = setup::open_to_read(&settings).await?;
     let runs = db
         .history_where(&HistoryQuery {
             job: args.job.as_deref(),

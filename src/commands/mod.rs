@@ -1,7 +1,6 @@
 //! One file per subcommand; [`dispatch`] is the only `match` over them.
 
 mod check;
-mod context;
 mod db;
 mod demo;
 mod hash_password;
@@ -13,6 +12,7 @@ mod prune;
 mod restore;
 mod run;
 mod run_once;
+mod setup;
 mod simulate;
 mod snapshots;
 mod status;
@@ -67,8 +67,9 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     eprintln!("agent: {}", crate::errors::line(e));
     let config = e.chain().any(|c| {
         c.downcast_ref::<ConfigErrors>().is_some()
-            || c.downcast_ref::<context::UnusableDatabase>().is_some()
-            || c.downcast_ref::<crate::listener::AccessError>().is_some()
+            || c.downcast_ref::<setup::UnusableDatabase>().is_some()
+            || c.downcast_ref::<crate::serve::listener::AccessError>()
+                .is_some()
             || matches!(
                 c.downcast_ref::<crate::api::ApiError>(),
                 Some(crate::api::ApiError::Unauthorized)

@@ -194,7 +194,7 @@ pub fn history(runs: &[Run]) {
     );
 }
 
-pub use crate::verdicts::{SnapshotRow, snapshot_rows};
+pub use crate::snapshot::verdicts::{SnapshotRow, snapshot_rows};
 
 /// The rows as a table; nothing at all when there are none.
 pub fn snapshots(rows: &[SnapshotRow]) {

@@ -4,21 +4,21 @@ use std::process::ExitCode;
 use anyhow::bail;
 use chrono::Utc;
 
-use super::context;
+use super::setup;
 use crate::cli::PinArgs;
 
 pub async fn run(config: &Path, args: PinArgs, pin: bool) -> anyhow::Result<ExitCode> {
-    let settings = context::config_settings(config)?;
+    let settings = setup::config_settings(config)?;
     // Unpinning needs no database where none is: nothing there was pinned.
     let (db, _empty) = if pin {
-        (context::open_db(&settings).await?, None)
+        (setup::open_db(&settings).await?, None)
     } else {
-        context::open_to_read(&settings).await?
+        setup::open_to_read(&settings).await?
     };
     let id = args.snapshot_id;
     if pin {
         // Pinning a typo would protect nothing: make sure the snapshot exists.
-        let client = context::client(&settings, crate::clock::system())?;
+        let client = setup::client(&settings, crate::clock::system())?;
         let Some(snap) = client.list(None).await?.get(id).cloned() else {
             bail!("no snapshot {id} exists (checked with the API)");
         };

@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{context, output};
+use super::{output, setup};
 use crate::alert::Cause;
 use crate::cli::PruneArgs;
 use crate::config::{JobSettings, Settings};
@@ -10,8 +10,8 @@ use crate::presence::Presence;
 use crate::run::{self, Runner};
 
 pub async fn run(config: &Path, args: PruneArgs) -> anyhow::Result<ExitCode> {
-    let settings = context::config_settings(config)?;
-    let jobs = context::jobs_to_run(&settings, &args.jobs)?;
+    let settings = setup::config_settings(config)?;
+    let jobs = setup::jobs_to_run(&settings, &args.jobs)?;
     if jobs.is_empty() {
         println!("nothing to prune: no enabled job");
         return Ok(ExitCode::SUCCESS);
@@ -20,8 +20,8 @@ pub async fn run(config: &Path, args: PruneArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         return dry_run(&settings, &jobs).await;
     }
-    let db = context::open_db(&settings).await?;
-    let client = context::client(&settings, clock.clone())?;
+    let db = setup::open_db(&settings).await?;
+    let client = setup::client(&settings, clock.clone())?;
     let runner = Runner::from_settings(&settings, db.clone(), client, clock);
     let interrupts = super::run_once::Interrupts::watch(&db, &runner.owner, runner.stop.clone())?;
     let presence = Presence::of_runner(&runner);
@@ -74,7 +74,7 @@ pub async fn run(config: &Path, args: PruneArgs) -> anyhow::Result<ExitCode> {
     if let Some(o) = &outbox {
         o.deliver(true, &unreachable).await;
     }
-    crate::metrics::update_textfile(&runner.db, &settings, runner.clock.now()).await;
+    crate::serve::metrics::update_textfile(&runner.db, &settings, runner.clock.now()).await;
     presence.leave().await;
     db.close().await;
     if let Some(code) = interrupts.exit_code() {
@@ -91,7 +91,7 @@ pub async fn run(config: &Path, args: PruneArgs) -> anyhow::Result<ExitCode> {
 
 /// What each job's prune would delete now, and why; nothing is changed or recorded.
 async fn dry_run(settings: &Settings, jobs: &[JobSettings]) -> anyhow::Result<ExitCode> {
-    let client = context::client(settings, crate::clock::system())?;
+    let client = setup::client(settings, crate::clock::system())?;
     // Pins and the journal if the database exists; never create it for a dry run.
     let db = if settings.database.exists() {
         Some(Database::open_at(&settings.database).await?)

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use chrono::Utc;
 
-use super::{UsageError, context, output};
+use super::{UsageError, output, setup};
 use crate::api::{Snapshot, SnapshotStatus};
 use crate::cli::RestoreArgs;
 use crate::config::{JobSettings, Settings};
@@ -15,9 +15,9 @@ use crate::presence::Presence;
 use crate::run::{self, Outcome, RestoreRequest, Runner};
 
 pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let settings = context::config_settings(config)?;
+    let settings = setup::config_settings(config)?;
     let clock = crate::clock::system();
-    let client = context::client(&settings, clock.clone())?;
+    let client = setup::client(&settings, clock.clone())?;
     let snap = restorable(&client, args.snapshot_id).await?;
     let job = run::job_for(&settings.jobs, &snap);
     let safety = !args.no_safety_snapshot;
@@ -29,7 +29,7 @@ pub async fn run(config: &Path, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     if !args.yes {
         confirm(&snap)?;
     }
-    let db = context::open_db(&settings).await?;
+    let db = setup::open_db(&settings).await?;
     let outbox = crate::alert::Outbox::from_settings(&settings, db.clone(), clock.clone())?;
     if let Some(o) = &outbox {
         o.register().await?;

@@ -2,14 +2,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::context;
+use super::setup;
 use crate::daemon::{self, CronTimer, Daemon};
 
 pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
-    let settings = context::config_settings(config)?;
+    let settings = setup::config_settings(config)?;
     settings.require_jobs()?;
     let clock = crate::clock::system();
-    let db = context::open_db(&settings).await?;
+    let db = setup::open_db(&settings).await?;
     let control = daemon::signals::control()?;
     let timer = Arc::new(CronTimer::start().await?);
     let daemon = Daemon::for_config(config, settings, db.clone(), clock, timer)?;

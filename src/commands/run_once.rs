@@ -6,7 +6,7 @@ use chrono::Utc;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use super::{context, output};
+use super::{output, setup};
 use crate::alert::{self as mail, Cause};
 use crate::cli::RunOnceArgs;
 use crate::clock::SharedClock;
@@ -17,7 +17,7 @@ use crate::presence::Presence;
 use crate::run::{self, Outcome, Runner};
 
 pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
-    let settings = context::config_settings(config)?;
+    let settings = setup::config_settings(config)?;
     if settings.jobs.is_empty() {
         eprintln!(
             "agent: nothing to do: {} has no [[jobs]]",
@@ -25,13 +25,13 @@ pub async fn run(config: &Path, args: RunOnceArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let jobs = context::jobs_to_run(&settings, &args.jobs)?;
+    let jobs = setup::jobs_to_run(&settings, &args.jobs)?;
     let clock = crate::clock::system();
     if args.dry_run {
         return dry_run(&settings, &jobs, clock).await;
     }
-    let db = context::open_db(&settings).await?;
-    let client = context::client(&settings, clock.clone())?;
+    let db = setup::open_db(&settings).await?;
+    let client = setup::client(&settings, clock.clone())?;
     let runner = Runner::from_settings(&settings, db.clone(), client, clock.clone());
     let interrupts = Interrupts::watch(&runner.db, &runner.owner, runner.stop.clone())?;
     let verdict = run_jobs(&settings, &runner, &jobs, true).await?;
@@ -103,7 +103,7 @@ pub async fn run_jobs(
     if let Some(o) = &outbox {
         o.deliver(true, &unreachable).await;
     }
-    crate::metrics::update_textfile(&runner.db, settings, runner.clock.now()).await;
+    crate::serve::metrics::update_textfile(&runner.db, settings, runner.clock.now()).await;
     presence.leave().await;
     Ok(verdict(&outcomes, failed))
 }
@@ -333,7 +333,7 @@ async fn dry_run(
     jobs: &[JobSettings],
     clock: SharedClock,
 ) -> anyhow::Result<ExitCode> {
-    let client = context::client(settings, clock)?;
+    let client = setup::client(settings, clock)?;
     // Pins and the journal if the database exists; never create it for a dry run.
     let db = if settings.database.exists() {
         Some(Database::open_at(&settings.database).await?)

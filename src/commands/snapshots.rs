@@ -1,19 +1,18 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{UsageError, context, output};
+use super::{UsageError, output, setup};
 use crate::cli::SnapshotsArgs;
 use crate::config::{JobSettings, Settings};
 use crate::domain::ServerId;
-use crate::run;
 
 pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
-    let settings = context::config_settings(config)?;
+    let settings = setup::config_settings(config)?;
     let servers = servers_to_list(&settings, &args)?;
-    let client = context::client(&settings, crate::clock::system())?;
+    let client = setup::client(&settings, crate::clock::system())?;
     // Pins and the journal if the database exists; never create it just to look.
     let db = if settings.database.exists() {
-        Some(context::open_db(&settings).await?)
+        Some(setup::open_db(&settings).await?)
     } else {
         None
     };
@@ -30,7 +29,9 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
             .filter(|j| j.server_id == *server && args.job.as_ref().is_none_or(|n| *n == j.name))
             .collect();
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-        let owners = run::owners(db.as_ref(), client.marker(), *server, &listing.snapshots).await?;
+        let owners =
+            crate::snapshot::owners(db.as_ref(), client.marker(), *server, &listing.snapshots)
+                .await?;
         let rows = output::snapshot_rows(&listing.snapshots, &owners, &jobs, &pins);
         if args.json {
             json.push(serde_json::json!({
@@ -77,7 +78,7 @@ pub async fn run(config: &Path, args: SnapshotsArgs) -> anyhow::Result<ExitCode>
 fn servers_to_list(settings: &Settings, args: &SnapshotsArgs) -> anyhow::Result<Vec<ServerId>> {
     Ok(match (&args.job, args.server) {
         (Some(name), _) => {
-            vec![context::select_jobs(settings, std::slice::from_ref(name))?[0].server_id]
+            vec![setup::select_jobs(settings, std::slice::from_ref(name))?[0].server_id]
         }
         (None, Some(id)) => vec![id],
         (None, None) => {

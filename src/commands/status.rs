@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{context, output};
+use super::{output, setup};
 use crate::cli::StatusArgs;
 use crate::config::{JobSettings, Trigger};
 use crate::db::{
@@ -113,10 +113,10 @@ async fn job_status(
 
 pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let json = args.json;
-    let settings = context::config_settings(config)?;
-    let (db, _empty) = context::open_to_read(&settings).await?;
+    let settings = setup::config_settings(config)?;
+    let (db, _empty) = setup::open_to_read(&settings).await?;
     let now = Utc::now();
-    let selected = context::select_jobs(&settings, &args.jobs)?;
+    let selected = setup::select_jobs(&settings, &args.jobs)?;
     let names: Vec<&str> = selected.iter().map(|j| j.name.as_str()).collect();
     let mut summaries = db.job_summaries(&names).await?;
     let mut timings = schedule::Timings::default();

@@ -9,7 +9,7 @@
 mod checks;
 mod executor;
 pub mod notify;
-mod outside;
+mod observability;
 pub mod signals;
 mod timer;
 
@@ -287,7 +287,7 @@ impl Daemon {
 
     /// SIGHUP: a valid new configuration replaces the schedule; an invalid one is logged
     /// and the running one kept.
-    async fn on_reload(&mut self, lp: &mut Loop, outside: &outside::Outside) {
+    async fn on_reload(&mut self, lp: &mut Loop, outside: &observability::Outside) {
         notify::send(&[notify::State::Reloading]);
         match (self.reload)() {
             Ok(services) => {
@@ -398,7 +398,7 @@ impl Daemon {
         let presence = Presence::of_daemon(self.db.clone(), self.clock.clone());
         self.register_channels(&mut lp);
         let outside = self.watch_from_outside().await?;
-        let mut heartbeat = self.heartbeat_interval();
+        let mut heartbeat_ping = self.heartbeat_ping_interval();
         // Watched from before the first arming: a step between the two would otherwise
         // leave the schedule armed from the time before it, unnoticed.
         let mut steps = crate::clock::StepWatch::new(&*self.clock);
@@ -426,14 +426,14 @@ impl Daemon {
                     self.write_textfile();
                 }
                 () = kick.notified() => self.deliver(&mut lp),
-                () = outside::tick(&mut heartbeat) => {
-                    self.heartbeat().await;
+                () = observability::tick(&mut heartbeat_ping) => {
+                    self.heartbeat_ping().await;
                     self.deliver(&mut lp);
                 }
                 c = control.recv() => match c {
                     Some(Control::Reload) => {
                         self.on_reload(&mut lp, &outside).await;
-                        heartbeat = self.heartbeat_interval();
+                        heartbeat_ping = self.heartbeat_ping_interval();
                     }
                     Some(Control::Check) => {
                         lp.last_stale_check = None;

@@ -1,6 +1,6 @@
-//! The agents using this database, each heartbeating a row while it lives: how another
+//! The agents using this database, each beating a presence row while it lives: how another
 //! host's process is known to be alive (its runs are resumed and its locks taken only
-//! once its heartbeat lapses), what `status` lists, and the alert when a daemon stops.
+//! once its beat lapses), what `status` lists, and the alert when a daemon stops.
 
 use std::collections::HashMap;
 
@@ -15,7 +15,7 @@ const KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 const STOPPED_SHOWN: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 impl Database {
-    /// How long after its last heartbeat an agent on another host counts as gone.
+    /// How long after its last beat an agent on another host counts as gone.
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.timing.agent_lease.as_millis()).unwrap_or(i64::MAX / 2)
     }
@@ -55,7 +55,7 @@ pub struct AgentRow {
 }
 
 impl AgentRow {
-    /// Stopped heartbeating without stopping cleanly.
+    /// Stopped beating without stopping cleanly.
     pub fn gone(&self) -> bool {
         !self.alive && self.stopped_at.is_none()
     }
@@ -72,15 +72,15 @@ impl AgentRow {
     }
 }
 
-/// Each agent's heartbeat lease (its last heartbeat plus the agent lease; `None` once it
+/// Each agent's beat lease (its last beat plus the agent lease; `None` once it
 /// stopped), by id: what [`crate::db::Owner::may_be_alive`] weighs for another host.
 #[derive(Debug, Clone, Default)]
 pub struct Leases(HashMap<String, Option<DateTime<Utc>>>);
 
 impl Leases {
     /// How long the process recorded as `owner` (`host/pid/start/…`) may be alive: its
-    /// agent's heartbeat lease when the agent is recorded (an older agent did not
-    /// heartbeat), else `otherwise`.
+    /// agent's beat lease when the agent is recorded (an older agent did not
+    /// beat), else `otherwise`.
     pub fn of(&self, owner: &str, otherwise: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
         match self.0.get(agent_id(owner)) {
             Some(lease) => *lease,
@@ -147,8 +147,8 @@ impl Database {
     }
 
     /// Records that agent `id` lives at `now` (inserting it the first time). A recorded
-    /// stop stands: a heartbeat that lands after it (it was on its way) changes nothing.
-    pub async fn heartbeat(&self, id: &str, role: AgentRole, now: DateTime<Utc>) -> DbResult<()> {
+    /// stop stands: a beat that lands after it (it was on its way) changes nothing.
+    pub async fn beat(&self, id: &str, role: AgentRole, now: DateTime<Utc>) -> DbResult<()> {
         let host = id.split('/').next().unwrap_or_default();
         self.q(
             "INSERT INTO agents (id, host, role, version, started_at, seen_at) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -162,7 +162,7 @@ impl Database {
         .bind(ms(now))
         .execute(self)
         .await
-        .map_err(self.err("cannot record the agent's heartbeat"))?;
+        .map_err(self.err("cannot record the agent's presence beat"))?;
         Ok(())
     }
 
@@ -206,7 +206,7 @@ impl Database {
             .collect())
     }
 
-    /// Every recorded agent's heartbeat lease.
+    /// Every recorded agent's beat lease.
     pub async fn leases(&self) -> DbResult<Leases> {
         let rows: Vec<(String, i64, Option<i64>)> = self
             .q("SELECT id, seen_at, stopped_at FROM agents")
@@ -225,7 +225,7 @@ impl Database {
         ))
     }
 
-    /// Queues, once per agent, an alert for each daemon whose heartbeat lapsed while
+    /// Queues, once per agent, an alert for each daemon whose presence beat lapsed while
     /// `me` lives and no other daemon on its host took its place; `alert` writes it.
     /// Of several daemons checking at once, one queues it (one conditional write).
     /// Returns the hosts alerted about.
@@ -235,7 +235,7 @@ impl Database {
         now: DateTime<Utc>,
         alert: impl Fn(&str, &str, DateTime<Utc>, DateTime<Utc>) -> NewAlert,
     ) -> DbResult<Vec<String>> {
-        let what = "cannot check the other agents' heartbeats";
+        let what = "cannot check the other agents' presence beats";
         let cutoff = ms(now) - self.lease_ms();
         let mut tx = self.begin().await?;
         let gone: Vec<(String, String, i64)> = tx

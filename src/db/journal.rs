@@ -144,7 +144,7 @@ async fn insert(
 }
 
 /// Inserts a pending entry only while its run is still running under `owner`: an agent
-/// whose run another agent took over (its heartbeat lapsed, say, cut off from the
+/// whose run another agent took over (its presence beat lapsed, say, cut off from the
 /// database) records no intent, and so sends no request, for it again. `None` when not.
 async fn insert_fenced(
     on: On<'_>,
@@ -238,7 +238,7 @@ impl Database {
             &self.path,
             what,
             anyhow::anyhow!(
-                "run {run_id} is no longer this agent's (another agent took it over after this one's heartbeat lapsed)"
+                "run {run_id} is no longer this agent's (another agent took it over after this one's presence beat lapsed)"
             ),
         )
     }

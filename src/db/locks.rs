@@ -1,6 +1,6 @@
 //! Per-server locks in SQLite, shared by every agent process on the database (the daemon
 //! and `run-once`). A holder on this host is dead when its process is gone (pid and start
-//! time no longer match); a holder on another host when its agent's heartbeat lapses (or,
+//! time no longer match); a holder on another host when its agent's presence beat lapses (or,
 //! for an agent too old to heartbeat, the lock's own lease).
 
 use std::collections::HashSet;

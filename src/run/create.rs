@@ -9,8 +9,8 @@ use super::{Failure, RunState, Runner, fail, fail_as};
 use crate::alert::Cause;
 use crate::api::{ApiError, Snapshot};
 use crate::db::{Action, EntryId, Intent, State, Step};
-use crate::naming;
 use crate::retention::LIMIT;
+use crate::snapshot::naming;
 
 impl Runner {
     pub(super) async fn create(&self, st: &mut RunState<'_>) -> Result<(), Failure> {

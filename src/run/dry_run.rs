@@ -4,14 +4,14 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
-use super::{candidates, owners};
 use crate::api::{Client, Listing, SnapshotStatus};
 use crate::config::JobSettings;
 use crate::db::Database;
 use crate::domain::SnapshotId;
-use crate::naming;
-use crate::ownership::Ownership;
 use crate::retention::{self, Candidate, LIMIT};
+use crate::snapshot::naming;
+use crate::snapshot::ownership::Ownership;
+use crate::snapshot::{candidates, owners};
 
 /// A plan for `--dry-run`: what a run would do now, changing nothing.
 #[derive(Debug, Clone)]

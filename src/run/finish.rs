@@ -198,7 +198,7 @@ impl Runner {
 
     /// The run's figures for the metrics: how long it took, the snapshots it saw.
     fn count(&self, st: &RunState<'_>, now: DateTime<Utc>) {
-        let metrics = crate::metrics::global();
+        let metrics = crate::serve::metrics::global();
         let job = &st.job.name;
         metrics.run_finished(job, (now - st.started_at).to_std().unwrap_or_default());
         let on_server = st
@@ -209,7 +209,10 @@ impl Runner {
         let known = std::collections::HashSet::new();
         let managed = on_server
             .clone()
-            .filter(|s| crate::ownership::Ownership::of(s, self.client.marker(), &known).is_of(job))
+            .filter(|s| {
+                crate::snapshot::ownership::Ownership::of(s, self.client.marker(), &known)
+                    .is_of(job)
+            })
             .count();
         let unmanaged = on_server.count() - managed;
         metrics.snapshots_seen(job, st.job.server_id.get(), managed, unmanaged);

@@ -9,13 +9,13 @@
 //! `restore`, `prune` (rotation alone); `dry_run` and `many` (several jobs at once) use
 //! them.
 
+mod batch;
 mod create;
 mod dry_run;
 mod finish;
 mod fire;
-mod hooks;
+mod hook_step;
 mod lock;
-mod many;
 mod pings;
 mod poll;
 mod prune;
@@ -24,13 +24,12 @@ mod restore;
 mod resume;
 mod rotate;
 
+pub use batch::run_many;
 pub use dry_run::{DryRun, dry_run};
-pub use many::run_many;
 pub use pings::PING_EXPIRES;
 pub use poll::learned_first_wait;
 pub use restore::{RestoreRequest, job_for, undo_note};
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,9 +46,8 @@ use crate::db::{
 };
 use crate::domain::{RunId, ServerId, SnapshotId};
 use crate::hooks::{Command, Ran, ThawAfter};
-use crate::mark::Marker;
-use crate::ownership::Ownership;
 use crate::retention::Candidate;
+use crate::snapshot::{candidates, owners};
 
 /// Everything a run needs; one per process, shared by its runs.
 #[derive(Clone)]
@@ -262,50 +260,6 @@ pub(super) fn new_run(
         scheduled_for,
         started_at,
     }
-}
-
-/// The planner's view of a server's snapshots for `job`; `owners` says whose each one is
-/// (in the order of `listing`).
-pub fn candidates(
-    listing: &[Snapshot],
-    owners: &[Ownership],
-    job: &JobSettings,
-    pins: &HashSet<SnapshotId>,
-) -> Vec<Candidate> {
-    listing
-        .iter()
-        .zip(owners)
-        .filter(|(s, _)| s.server.id == job.server_id)
-        .map(|(s, o)| Candidate {
-            id: s.id,
-            created_at: s.created_at,
-            status: s.status.clone(),
-            managed: o.is_of(&job.name),
-            pinned: pins.contains(&s.id),
-        })
-        .collect()
-}
-
-/// Whose each snapshot of `listing` (all on `server_id`) is: the mark, or the journal of
-/// `db` when there is one.
-pub async fn owners(
-    db: Option<&Database>,
-    marker: &Marker,
-    server_id: ServerId,
-    listing: &[Snapshot],
-) -> Result<Vec<Ownership>, DbError> {
-    let (known, made) = match db {
-        Some(db) => {
-            let ids: Vec<SnapshotId> = listing.iter().map(|s| s.id).collect();
-            let names: Vec<&str> = listing.iter().map(|s| s.name.as_str()).collect();
-            db.journal_of(server_id, &ids, &names).await?
-        }
-        None => Default::default(),
-    };
-    Ok(listing
-        .iter()
-        .map(|s| Ownership::of(s, marker, &known).unless_copy(s, made.get(&s.name).copied()))
-        .collect())
 }
 
 impl Runner {

@@ -376,7 +376,7 @@ impl Runner {
 /// the first for that server. Its policy makes room for the safety snapshot.
 pub fn job_for<'a>(jobs: &'a [JobSettings], snap: &Snapshot) -> Option<&'a JobSettings> {
     let on_server = |j: &&JobSettings| j.server_id == snap.server.id;
-    let named = crate::naming::parse(&snap.name).map(|p| p.job);
+    let named = crate::snapshot::naming::parse(&snap.name).map(|p| p.job);
     jobs.iter()
         .filter(on_server)
         .find(|j| named.as_deref() == Some(j.name.as_str()))

@@ -223,13 +223,13 @@ impl World {
         let Some(snap) = self.snaps.remove(&id) else {
             return false;
         };
-        let job = crate::naming::parse(&snap.name).map(|p| p.job);
+        let job = crate::snapshot::naming::parse(&snap.name).map(|p| p.job);
         let newer_completed_sibling = self.snaps.values().any(|o| {
             o.server_id == snap.server_id
                 && (o.created_at, o.id) > (snap.created_at, snap.id)
                 && o.status(now) == SnapshotStatus::Completed
                 && job.is_some()
-                && crate::naming::parse(&o.name).map(|p| p.job) == job
+                && crate::snapshot::naming::parse(&o.name).map(|p| p.job) == job
         });
         self.events.push(Event::Deleted {
             id,

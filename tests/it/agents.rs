@@ -713,14 +713,15 @@ pub(crate) async fn status_metrics_and_the_page_show_a_gone_agent() {
     );
 
     let settings = vps_snapshot_agent::config::Settings::load(&cfg).unwrap();
-    let m = vps_snapshot_agent::metrics::render(&db, &settings, now)
+    let m = vps_snapshot_agent::serve::metrics::render(&db, &settings, now)
         .await
         .unwrap();
     assert!(m.contains("vps_snapshot_agents{state=\"gone\"} 1"), "{m}");
     assert!(m.contains("vps_snapshot_agents{state=\"alive\"} 1"), "{m}");
-    let page = vps_snapshot_agent::page::render(&db, &settings, &crate::helpers::marker(), now)
-        .await
-        .unwrap();
+    let page =
+        vps_snapshot_agent::serve::page::render(&db, &settings, &crate::helpers::marker(), now)
+            .await
+            .unwrap();
     assert!(
         page.contains("<li class=\"agent gone\">otherhost daemon otherhost/12/34"),
         "{page}"

@@ -356,10 +356,10 @@ async fn hole_6_a_heartbeat_landing_after_a_clean_stop_does_not_undo_it() {
     let db = crate::store::open(&dir.path().join("history.db")).await;
     let now = chrono::Utc::now();
     let id = "thishost/4242/1";
-    db.heartbeat(id, AgentRole::Daemon, now).await.unwrap();
+    db.beat(id, AgentRole::Daemon, now).await.unwrap();
     db.agent_stopped(id, now).await.unwrap();
     // The heartbeat that was on its way when the stop was recorded.
-    db.heartbeat(id, AgentRole::Daemon, now).await.unwrap();
+    db.beat(id, AgentRole::Daemon, now).await.unwrap();
     let later = now + chrono::Duration::hours(1);
     let row = db
         .agents(later)
@@ -585,7 +585,7 @@ async fn hole_7_a_receiver_echoing_a_secret_path_puts_it_nowhere() {
     let db = Database::open(&dir.path().join("history.db"))
         .await
         .unwrap();
-    let page = vps_snapshot_agent::page::render(
+    let page = vps_snapshot_agent::serve::page::render(
         &db,
         &settings,
         &crate::helpers::marker(),
@@ -1159,7 +1159,7 @@ async fn hole_14_an_unreadable_snapshot_of_the_job_is_not_joined_by_more() {
     // The API lists a snapshot of this job's name whose id is beyond 64 bits (as a
     // create answered that way leaves it): one more would be as unreadable, and pile up.
     let s = scene(Duration::ZERO, 0, closed_port(), "keep_last = 2\n").await;
-    let name = vps_snapshot_agent::naming::new_name("web", chrono::Utc::now());
+    let name = vps_snapshot_agent::snapshot::naming::new_name("web", chrono::Utc::now());
     s.sim.sim.glitch(Glitch::Extra(json!({
         "id": serde_json::Number::from_f64(1.9e19).unwrap(),
         "server": {"id": SERVER, "name": "s"}, "name": name, "status": "completed",

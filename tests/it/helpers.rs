@@ -104,8 +104,8 @@ pub fn job(name: &str, server_id: u64, keep_last: u32) -> JobSettings {
 }
 
 /// The agent's marker for [`TOKEN`]: what marks the snapshots an agent with that token made.
-pub fn marker() -> vps_snapshot_agent::mark::Marker {
-    vps_snapshot_agent::mark::Marker::new(TOKEN.as_bytes())
+pub fn marker() -> vps_snapshot_agent::snapshot::mark::Marker {
+    vps_snapshot_agent::snapshot::mark::Marker::new(TOKEN.as_bytes())
 }
 
 /// A process that is gone, as recorded in the database.
@@ -157,7 +157,7 @@ impl World {
         let at = self.clock.now() - chrono::Duration::minutes(mins);
         match job {
             Some(j) => {
-                let name = vps_snapshot_agent::naming::new_name(j, at);
+                let name = vps_snapshot_agent::snapshot::naming::new_name(j, at);
                 let description = marker().description(j, server, RunId::new(0), &name);
                 self.sim
                     .put_described(server, &name, Some(&description), status, at)

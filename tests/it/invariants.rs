@@ -8,9 +8,9 @@ use std::time::Duration;
 use vps_snapshot_agent::api::SnapshotStatus;
 use vps_snapshot_agent::db::{Action, Database, Engine, RunKind, RunStatus, RunTrigger, State};
 use vps_snapshot_agent::domain::{RunId, SnapshotId};
-use vps_snapshot_agent::mark::Marker;
-use vps_snapshot_agent::naming;
 use vps_snapshot_agent::sim::{Event, Simulator};
+use vps_snapshot_agent::snapshot::mark::Marker;
+use vps_snapshot_agent::snapshot::naming;
 
 use crate::store::raw;
 

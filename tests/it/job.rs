@@ -497,7 +497,7 @@ pub(crate) async fn a_run_that_died_after_sending_create_adopts_the_snapshot() {
     let (w, dir) = setup(SimOptions::default()).await;
     let runner = w.runner(w.db(&dir).await);
     let id = crashed_run(&w, &runner).await;
-    let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
+    let name = vps_snapshot_agent::snapshot::naming::new_name("web", w.clock.now());
     create_intent(&w, &runner, id, &name).await;
     // The create reached the API; the process died before recording the answer.
     w.sim
@@ -520,7 +520,7 @@ pub(crate) async fn a_run_that_died_after_sending_create_adopts_the_snapshot() {
 /// its snapshot since completed on the API.
 async fn died_mid_poll(w: &World, runner: &vps_snapshot_agent::run::Runner) -> RunId {
     let id = crashed_run(w, runner).await;
-    let name = vps_snapshot_agent::naming::new_name("web", w.clock.now());
+    let name = vps_snapshot_agent::snapshot::naming::new_name("web", w.clock.now());
     let entry = create_intent(w, runner, id, &name).await;
     let snap = w.sim.put(
         ServerId::new(1),
@@ -693,10 +693,10 @@ pub(crate) async fn an_earlier_versions_database_keeps_knowing_its_snapshots() {
     let path = dir.path().join("history.db");
     let at = |mins| w.clock.now() - chrono::Duration::minutes(mins);
     // Made by the earlier version: named in the pattern, no mark, recorded in `actions`.
-    let old_name = vps_snapshot_agent::naming::new_name("web", at(600));
+    let old_name = vps_snapshot_agent::snapshot::naming::new_name("web", at(600));
     let old = w.sim.put(ServerId::new(1), &old_name, Completed, at(600));
     // Asked for by a run that died before recording the answer; it landed.
-    let lost_name = vps_snapshot_agent::naming::new_name("web", at(300));
+    let lost_name = vps_snapshot_agent::snapshot::naming::new_name("web", at(300));
     let lost = w.sim.put(ServerId::new(1), &lost_name, Completed, at(300));
     // Named like the agent's, but made by hand: the earlier version never knew it.
     let look_alike = w.sim.put(

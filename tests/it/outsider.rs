@@ -142,7 +142,10 @@ async fn an_included_file_whose_jobs_are_not_job_tables_is_an_error_not_fewer_jo
 async fn a_failed_prune_does_not_silence_the_next_failed_snapshots_alert() {
     let s = sim().await;
     let dir = tempfile::tempdir().unwrap();
-    let a = vps_snapshot_agent::naming::new_name("web", Utc::now() - chrono::Duration::hours(5));
+    let a = vps_snapshot_agent::snapshot::naming::new_name(
+        "web",
+        Utc::now() - chrono::Duration::hours(5),
+    );
     let first = s.sim.put(
         ServerId::new(5),
         &a,
@@ -412,7 +415,7 @@ fn marked(
     hours: i64,
 ) -> SnapshotId {
     let at = Utc::now() - chrono::Duration::hours(hours);
-    let name = vps_snapshot_agent::naming::new_name(job, at);
+    let name = vps_snapshot_agent::snapshot::naming::new_name(job, at);
     let desc = crate::helpers::marker().description(
         job,
         ServerId::new(server),

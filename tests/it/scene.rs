@@ -108,7 +108,7 @@ pub async fn scene(delay: Duration, old: usize, smtp_port: u16, extra_defaults: 
     let now = chrono::Utc::now();
     for i in 0..old {
         let at = now - chrono::Duration::days(i as i64 + 1);
-        let name = vps_snapshot_agent::naming::new_name("web", at);
+        let name = vps_snapshot_agent::snapshot::naming::new_name("web", at);
         let description = crate::helpers::marker().description("web", SERVER, RunId::new(0), &name);
         s.sim.sim.put_described(
             SERVER,

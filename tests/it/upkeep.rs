@@ -20,7 +20,7 @@ fn job(name: &str, server: u64, extra: &str) -> String {
 fn made(s: &vps_snapshot_agent::sim::SimServer, server: u64, job: &str, hours: i64) -> SnapshotId {
     let server = ServerId::new(server);
     let at = Utc::now() - chrono::Duration::hours(hours);
-    let name = vps_snapshot_agent::naming::new_name(job, at);
+    let name = vps_snapshot_agent::snapshot::naming::new_name(job, at);
     let description = marker().description(job, server, RunId::new(0), &name);
     s.sim.put_described(
         server,

@@ -533,7 +533,7 @@ impl Site {
                 if self.sim().snapshots(server).len() < 5 {
                     let at = chrono::Utc::now() - chrono::Duration::hours(1);
                     let name = if look_alike {
-                        vps_snapshot_agent::naming::new_name("job-0", at)
+                        vps_snapshot_agent::snapshot::naming::new_name("job-0", at)
                     } else {
                         format!("by-hand-{}", self.commands)
                     };

@@ -416,10 +416,11 @@ async fn over_policy(cfg: &Path, sim: &Simulator, db: &Database) -> Vec<String> 
     let mut bad = Vec::new();
     for job in &settings.jobs {
         let listing = sim.snapshots(job.server_id);
-        let owners = vps_snapshot_agent::run::owners(Some(db), &marker, job.server_id, &listing)
-            .await
-            .unwrap();
-        let cands = vps_snapshot_agent::run::candidates(&listing, &owners, job, &pins);
+        let owners =
+            vps_snapshot_agent::snapshot::owners(Some(db), &marker, job.server_id, &listing)
+                .await
+                .unwrap();
+        let cands = vps_snapshot_agent::snapshot::candidates(&listing, &owners, job, &pins);
         let drop =
             vps_snapshot_agent::retention::victims(&cands, &job.retention, job.timezone, u32::MAX);
         if !drop.is_empty() {

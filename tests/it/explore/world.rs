@@ -661,7 +661,7 @@ impl World {
             .find(|j| j.server == server)
             .map_or("job-0".to_string(), |j| j.name.clone());
         let (name, description) = if look_alike {
-            let name = vps_snapshot_agent::naming::new_name(&job, at);
+            let name = vps_snapshot_agent::snapshot::naming::new_name(&job, at);
             let fake = format!(
                 "Made by vps-snapshot-agent (job {job}, run 1). agent-mark:v1:{:032x}",
                 n

@@ -1,12 +1,10 @@
 //! The HTTP listener at `[metrics] listen`: `GET /metrics` (the Prometheus text format), `GET /healthz`
 //! (200 while the daemon's loop is turning, 503 when it has stopped) and the status page
-//! (`/`, [`crate::page`]). Read-only: any other method is refused, any other path is 404;
+//! (`/`, [`crate::serve::page`]). Read-only: any other method is refused, any other path is 404;
 //! every answer carries a strict Content-Security-Policy. Behind TLS and basic auth when
-//! `[metrics]` asks for them ([`access`]).
+//! `[metrics]` asks for them ([`super::access`]).
 
-mod access;
-
-pub use access::{Access, AccessError};
+pub use super::access::{Access, AccessError};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::db::Database;
-use crate::mark::Marker;
+use crate::snapshot::mark::Marker;
 
 /// When the daemon's loop last turned, for `/healthz`.
 #[derive(Clone)]
@@ -83,7 +81,7 @@ fn text(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) ->
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
         "content-security-policy",
-        HeaderValue::from_static(crate::page::CSP),
+        HeaderValue::from_static(crate::serve::page::CSP),
     );
     h.insert(
         "x-content-type-options",
@@ -128,7 +126,7 @@ impl Source {
         match req.uri().path() {
             "/metrics" => {
                 let settings = self.settings.borrow().clone();
-                match crate::metrics::render(&self.db, &settings, self.clock.now()).await {
+                match crate::serve::metrics::render(&self.db, &settings, self.clock.now()).await {
                     Ok(body) => text(
                         StatusCode::OK,
                         prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
@@ -143,7 +141,7 @@ impl Source {
             "/" => {
                 let settings = self.settings.borrow().clone();
                 let now = self.clock.now();
-                match crate::page::render(&self.db, &settings, &self.marker, now).await {
+                match crate::serve::page::render(&self.db, &settings, &self.marker, now).await {
                     Ok(html) => text(StatusCode::OK, "text/html; charset=utf-8", html),
                     Err(e) => {
                         let e = crate::errors::line(&e);
@@ -152,7 +150,11 @@ impl Source {
                     }
                 }
             }
-            "/status.css" => text(StatusCode::OK, "text/css; charset=utf-8", crate::page::CSS),
+            "/status.css" => text(
+                StatusCode::OK,
+                "text/css; charset=utf-8",
+                crate::serve::page::CSS,
+            ),
             "/healthz" if self.health.alive() => text(StatusCode::OK, PLAIN, "ok\n"),
             "/healthz" => text(
                 StatusCode::SERVICE_UNAVAILABLE,

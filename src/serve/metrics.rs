@@ -3,7 +3,7 @@
 //! database knows (each job's last run and success, the outbox) is read at each
 //! [`render`], so a scrape after a restart still tells the whole story. Text format
 //! 0.0.4 (prometheus-client's encoder): what Prometheus scrapes and node_exporter's
-//! textfile collector reads ([`crate::listener`] serves it), [`write_textfile`] writes it
+//! textfile collector reads ([`crate::serve::listener`] serves it), [`write_textfile`] writes it
 //! to a file.
 
 use std::path::Path;

@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use crate::api::Snapshot;
 use crate::config::JobSettings;
 use crate::domain::SnapshotId;
-use crate::ownership::Ownership;
 use crate::retention;
-use crate::run::candidates;
+use crate::snapshot::candidates;
+use crate::snapshot::ownership::Ownership;
 
 /// One snapshot as `agent snapshots` shows it.
 #[derive(Debug, serde::Serialize)]

@@ -11,13 +11,13 @@ use chrono::{DateTime, Utc};
 use crate::config::{JobSettings, Settings};
 use crate::db::{Database, RunStatus};
 use crate::domain::ServerId;
-use crate::mark::Marker;
+use crate::snapshot::mark::Marker;
 
 /// How often the page reloads itself.
 const REFRESH_SECS: u32 = 30;
 
 /// The stylesheet, served at `/status.css` (the page's policy allows no inline style).
-pub const CSS: &str = include_str!("../templates/status.css");
+pub const CSS: &str = include_str!("../../templates/status.css");
 
 /// The policy every answer carries: nothing but the page's own stylesheet.
 pub const CSP: &str = "default-src 'none'; style-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -212,8 +212,8 @@ async fn servers(
             });
             continue;
         };
-        let owners = crate::run::owners(Some(db), marker, id, listing).await?;
-        let rows = crate::verdicts::snapshot_rows(listing, &owners, &jobs, &pins)
+        let owners = crate::snapshot::owners(Some(db), marker, id, listing).await?;
+        let rows = crate::snapshot::verdicts::snapshot_rows(listing, &owners, &jobs, &pins)
             .into_iter()
             .map(|r| Row {
                 id: r.id.to_string(),

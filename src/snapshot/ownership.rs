@@ -2,16 +2,19 @@
 //! anyone can type one in the panel. A snapshot is the agent's only when its name matches
 //! **and** either its description carries the agent's mark or the journal records it.
 //!
-//! The mark ([`crate::mark`]) is an HMAC of the snapshot's server and name keyed with the
+//! The mark ([`crate::snapshot::mark`]) is an HMAC of the snapshot's server and name keyed with the
 //! API token. Snapshots made before marks existed are the agent's only while the journal
 //! knows them.
 
 use std::collections::HashSet;
 
 use crate::api::Snapshot;
-use crate::domain::SnapshotId;
-use crate::mark::{Mark, Marker};
-use crate::naming;
+use crate::config::JobSettings;
+use crate::db::{Database, DbError};
+use crate::domain::{ServerId, SnapshotId};
+use crate::retention::Candidate;
+use crate::snapshot::mark::{Mark, Marker};
+use crate::snapshot::naming;
 
 /// What makes a snapshot the agent's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +129,50 @@ impl Ownership {
             Self::Foreign(_) => format!("no ({})", self.reason()),
         }
     }
+}
+
+/// The planner's view of a server's snapshots for `job`; `owners` says whose each one is
+/// (in the order of `listing`).
+pub fn candidates(
+    listing: &[Snapshot],
+    owners: &[Ownership],
+    job: &JobSettings,
+    pins: &HashSet<SnapshotId>,
+) -> Vec<Candidate> {
+    listing
+        .iter()
+        .zip(owners)
+        .filter(|(s, _)| s.server.id == job.server_id)
+        .map(|(s, o)| Candidate {
+            id: s.id,
+            created_at: s.created_at,
+            status: s.status.clone(),
+            managed: o.is_of(&job.name),
+            pinned: pins.contains(&s.id),
+        })
+        .collect()
+}
+
+/// Whose each snapshot of `listing` (all on `server_id`) is: the mark, or the journal of
+/// `db` when there is one.
+pub async fn owners(
+    db: Option<&Database>,
+    marker: &Marker,
+    server_id: ServerId,
+    listing: &[Snapshot],
+) -> Result<Vec<Ownership>, DbError> {
+    let (known, made) = match db {
+        Some(db) => {
+            let ids: Vec<SnapshotId> = listing.iter().map(|s| s.id).collect();
+            let names: Vec<&str> = listing.iter().map(|s| s.name.as_str()).collect();
+            db.journal_of(server_id, &ids, &names).await?
+        }
+        None => Default::default(),
+    };
+    Ok(listing
+        .iter()
+        .map(|s| Ownership::of(s, marker, &known).unless_copy(s, made.get(&s.name).copied()))
+        .collect())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! What lets the daemon be watched from outside: the outbox's channels recorded, the
-//! metrics listener and textfile, the heartbeat.
+//! metrics listener and textfile, the `[heartbeat]` ping.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +9,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Daemon, Loop};
 use crate::config::Settings;
-use crate::listener::{self, Access, Health};
-use crate::metrics;
+use crate::serve::listener::{self, Access, Health};
+use crate::serve::metrics;
 
 /// The daemon's side of the metrics: the settings the listener answers from, its
 /// health, and the listener's lifetime.
@@ -73,7 +73,7 @@ impl Daemon {
                 settings: rx,
                 clock: self.clock.clone(),
                 health: health.clone(),
-                marker: Arc::new(crate::mark::Marker::new(
+                marker: Arc::new(crate::snapshot::mark::Marker::new(
                     secrecy::ExposeSecret::expose_secret(token).as_bytes(),
                 )),
                 access: access_rx,
@@ -143,15 +143,15 @@ impl Daemon {
     }
 
     /// The heartbeat's rhythm, if `[heartbeat]` is set.
-    pub(super) fn heartbeat_interval(&self) -> Option<tokio::time::Interval> {
-        let every: Duration = self.services.outbox.as_ref()?.heartbeat_every()?;
+    pub(super) fn heartbeat_ping_interval(&self) -> Option<tokio::time::Interval> {
+        let every: Duration = self.services.outbox.as_ref()?.heartbeat_ping_every()?;
         Some(tokio::time::interval(every))
     }
 
     /// Queues a heartbeat ping.
-    pub(super) async fn heartbeat(&self) {
+    pub(super) async fn heartbeat_ping(&self) {
         if let Some(o) = &self.services.outbox {
-            o.heartbeat().await;
+            o.heartbeat_ping().await;
         }
     }
 }
