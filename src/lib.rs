@@ -10,28 +10,24 @@
 //! - [`sim`]: the API simulator (world, fault menu, HTTP front) for tests, demo, `simulate`
 //! - [`db`]: the history store, SQLite or PostgreSQL: runs, the run journal, pins, locks,
 //!   the alert and ping outboxes, the agents' presence beats
-//! - [`presence`]: this process's presence beat on the database (not the `[heartbeat]` ping), seen by the other agents
+//! - [`identity`]: the host name, the `User-Agent`, typed agent and owner identities, and
+//!   whether the process behind one lives
+//! - [`presence`]: this process's presence beat on the database (not the `[heartbeat]` ping)
 //! - [`run`]: one job run, a file per step, written as a journal ahead of its effects
+//! - [`snapshot`]: the agent's snapshots: names, marks, ownership, verdicts
+//! - [`retention`]: the pure retention planner (which snapshots to keep, which to delete)
 //! - [`daemon`]: `agent run`: the loop, next fires, periodic checks, signals, sd-notify
 //! - [`alert`]: what alerts say (`text`), when they are sent, delivery to every channel
 //! - [`hooks`]: the operator's `before`/`after`/`on_failure` commands, run as processes
-//! - [`metrics`]: Prometheus metrics, counted in process and read from the database
-//! - [`listener`]: the read-only HTTP listener: `/metrics`, `/healthz`, the status page
-//! - [`page`]: the status page (askama)
-//! - [`verdicts`]: each snapshot's owner, pin and verdict, as commands and the page show it
+//! - [`serve`]: what the agent serves: the HTTP listener, the status page, the metrics
 //! - [`progress`]: `run-once`'s live lines on a terminal
-//! - [`retention`]: the pure retention planner (which snapshots to keep, which to delete)
-//! - [`naming`]: snapshot names that say which job made them and when
-//! - [`mark`]: the agent's mark on its snapshots (an HMAC keyed with the token)
-//! - [`ownership`]: which snapshots are the agent's (name, and a mark or the journal)
 //! - [`schedule`]: cron and maintenance-window fire times, DST-correct
 //! - [`cron`]: cron expressions, parsed and evaluated in a time zone
 //! - [`secrets`]: what is never shown (token, passwords, receivers' URL paths), and the scrub
 //! - [`timing`]: leases, beats, checks, patience and backoffs, as one policy
-//! - [`clock`]: time as a dependency (real, or virtual for tests), and durations for people
-//! - [`errors`]: an error chain as one line, each cause once
-//! - [`identity`]: the host name and the HTTP `User-Agent`
+//! - [`clock`]: time as a dependency (real, or virtual for tests)
 //! - [`human`]: times, spans and counts as people read them
+//! - [`errors`]: an error chain as one line, each cause once
 //! - [`logging`]: tracing-subscriber set-up (text or JSON, filters, `-v`/`-q`)
 
 pub mod alert;

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alert::text;
 use crate::clock::SharedClock;
-use crate::db::{AgentRole, Database, Owner};
+use crate::db::{AgentRole, Database};
+use crate::identity::Owner;
 
 /// The presence beat of this process, until [`Presence::leave`].
 pub struct Presence {
@@ -34,7 +35,7 @@ impl Presence {
 
     /// Starts beating as `owner`'s agent, in the background (the first beat at once).
     pub fn start(db: Database, clock: SharedClock, owner: &Owner, role: AgentRole) -> Self {
-        let id = owner.agent_id().to_string();
+        let id = owner.agent().to_string();
         let stop = CancellationToken::new();
         let task = tokio::spawn(beat(
             db.clone(),
@@ -79,8 +80,8 @@ async fn beat(
     role: AgentRole,
     stop: CancellationToken,
 ) {
-    let host = id.split('/').next().unwrap_or_default().to_string();
-    let dead_here = |other: &str| other != id && Owner::liveness(other) == Some(false);
+    let host = crate::identity::host_of(&id);
+    let dead_here = |other: &str| other != id && crate::identity::liveness(other) == Some(false);
     if let Err(e) = db.tidy_agents(&host, dead_here, clock.now()).await {
         tracing::warn!("{e}");
     }

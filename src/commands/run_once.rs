@@ -11,8 +11,9 @@ use crate::alert::{self as mail, Cause};
 use crate::cli::RunOnceArgs;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
-use crate::db::{Database, Owner, RunStatus, RunTrigger};
+use crate::db::{Database, RunStatus, RunTrigger};
 use crate::hooks::ThawAfter;
+use crate::identity::Owner;
 use crate::presence::Presence;
 use crate::run::{self, Outcome, Runner};
 

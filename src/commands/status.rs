@@ -8,9 +8,7 @@ use serde::Serialize;
 use super::{output, setup};
 use crate::cli::StatusArgs;
 use crate::config::{JobSettings, Trigger};
-use crate::db::{
-    AgentRole, AgentRow, Database, JobSummary, Leases, Owner, PendingAlert, Run, RunStatus,
-};
+use crate::db::{AgentRole, AgentRow, Database, JobSummary, Leases, PendingAlert, Run, RunStatus};
 use crate::schedule::{self, Timing};
 
 #[derive(Serialize)]
@@ -102,7 +100,7 @@ async fn job_status(
         stale_after_secs: stale_after.as_secs(),
         last_run_orphaned: last_run.as_ref().is_some_and(|r| {
             r.status == RunStatus::Running
-                && !Owner::may_be_alive(&r.owner, leases.of(&r.owner, None), now)
+                && !crate::identity::may_be_alive(&r.owner, leases.of(&r.owner, None), now)
         }),
         last_run,
         last_success_at,

@@ -16,7 +16,7 @@ use super::de::Text;
 use super::jobs;
 use super::secret::{Found, Lookup};
 use super::sections::{self, JobKeys};
-use super::source::{Reader, unknown_key};
+use super::source::{Reader, at, unknown_key};
 use super::watch;
 use super::{
     ApiSettings, DEFAULT_BASE_URL, DEFAULT_DATABASE, EmailSettings, Security, Settings, TOP_LEVEL,
@@ -62,11 +62,6 @@ pub fn validate_base_url(raw: &str) -> Result<Url, String> {
         url.set_path(&path);
     }
     Ok(url)
-}
-
-/// The value of key `k` in the table `v`.
-pub(super) fn at<'v>(v: Option<&'v Value>, k: &str) -> Option<&'v Value> {
-    v?.as_dict()?.get(k)
 }
 
 /// A parsed email address, or the problem recorded.

@@ -8,10 +8,9 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use figment::value::{Dict, Value};
 
-use super::check::at;
 use super::de::{Bounded, Text};
 use super::sections::{JOB_OWN_KEYS, JobKeys, JobOwn};
-use super::source::{Reader, keys_of, noun_of, unknown_key};
+use super::source::{Reader, at, keys_of, noun_of, unknown_key};
 use super::{JobSettings, Trigger};
 use crate::cron::CronSpec;
 use crate::domain::ServerId;

@@ -196,6 +196,11 @@ impl<'f> Reader<'f> {
     }
 }
 
+/// The value of key `k` in the table `v`.
+pub fn at<'v>(v: Option<&'v Value>, k: &str) -> Option<&'v Value> {
+    v?.as_dict()?.get(k)
+}
+
 /// What kind of value `v` is, for messages.
 pub fn noun_of(v: &Value) -> &'static str {
     match v {

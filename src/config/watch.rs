@@ -11,9 +11,8 @@ use figment::value::{Dict, Value};
 use serde::Deserialize;
 use url::Url;
 
-use super::check::at;
 use super::de::{self, Text};
-use super::source::{Reader, noun_of};
+use super::source::{Reader, at, noun_of};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Database, DbResult, NewAlert, alerts, from_ms, ms};
+use crate::identity::AgentId;
 
 /// How long an agent not seen is kept (and listed by `status`).
 const KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -73,34 +74,23 @@ impl AgentRow {
 }
 
 /// Each agent's beat lease (its last beat plus the agent lease; `None` once it
-/// stopped), by id: what [`crate::db::Owner::may_be_alive`] weighs for another host.
+/// stopped), by id: what [`crate::identity::may_be_alive`] weighs for another host.
 #[derive(Debug, Clone, Default)]
-pub struct Leases(HashMap<String, Option<DateTime<Utc>>>);
+pub struct Leases(HashMap<AgentId, Option<DateTime<Utc>>>);
 
 impl Leases {
     /// How long the process recorded as `owner` (`host/pid/start/…`) may be alive: its
     /// agent's beat lease when the agent is recorded (an older agent did not
     /// beat), else `otherwise`.
     pub fn of(&self, owner: &str, otherwise: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-        match self.0.get(agent_id(owner)) {
+        match AgentId::of_recorded(owner)
+            .ok()
+            .and_then(|a| self.0.get(&a))
+        {
             Some(lease) => *lease,
             None => otherwise,
         }
     }
-}
-
-/// The agent (process) part of an owner: `host/pid/start`.
-pub fn agent_id(owner: &str) -> &str {
-    match owner.match_indices('/').nth(2) {
-        Some((i, _)) => &owner[..i],
-        None => owner,
-    }
-}
-
-/// This process as a claim holder: its agent id.
-pub(super) fn this_agent() -> &'static str {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| super::Owner::current().agent_id().to_string())
 }
 
 impl Database {
@@ -122,14 +112,14 @@ impl Database {
         let holders: Vec<String> = holders
             .into_iter()
             .map(|(h,)| h)
-            .filter(|h| h != this_agent())
+            .filter(|h| AgentId::of_recorded(h).ok().as_ref() != Some(AgentId::this()))
             .collect();
         if holders.is_empty() {
             return Ok(());
         }
         let leases = self.leases().await?;
         for h in holders {
-            if super::Owner::may_be_alive(&h, leases.of(&h, None), now) {
+            if crate::identity::may_be_alive(&h, leases.of(&h, None), now) {
                 continue;
             }
             tracing::info!(holder = %h, "taking back the outbox claims of a process that is gone");
@@ -149,7 +139,7 @@ impl Database {
     /// Records that agent `id` lives at `now` (inserting it the first time). A recorded
     /// stop stands: a beat that lands after it (it was on its way) changes nothing.
     pub async fn beat(&self, id: &str, role: AgentRole, now: DateTime<Utc>) -> DbResult<()> {
-        let host = id.split('/').next().unwrap_or_default();
+        let host = crate::identity::host_of(id);
         self.q(
             "INSERT INTO agents (id, host, role, version, started_at, seen_at) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at WHERE agents.stopped_at IS NULL",
@@ -215,11 +205,11 @@ impl Database {
             .map_err(self.err("cannot read the agents"))?;
         Ok(Leases(
             rows.into_iter()
-                .map(|(id, seen_at, stopped)| {
+                .filter_map(|(id, seen_at, stopped)| {
                     let lease = stopped
                         .is_none()
                         .then(|| from_ms(seen_at + self.lease_ms()));
-                    (id, lease)
+                    Some((AgentId::of_recorded(&id).ok()?, lease))
                 })
                 .collect(),
         ))

@@ -215,7 +215,7 @@ impl Database {
                    AND h.sent_at IS NULL ORDER BY h.alert_id LIMIT 1) <= $8)",
         )
         .bind(ms(until))
-        .bind(super::agents::this_agent())
+        .bind(crate::identity::AgentId::this().to_string())
         .bind(channel)
         .bind(channel)
         .bind(ms(now))

@@ -3,8 +3,9 @@
 
 use super::runs::insert_run;
 use super::sql::On;
-use super::{Database, DbResult, NewRun, Owner, ms};
+use super::{Database, DbResult, NewRun, ms};
 use crate::domain::RunId;
+use crate::identity::Owner;
 
 /// A fire another run has claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +92,7 @@ impl Database {
             return Ok(Err(FireTaken {
                 run_id,
                 host: owner
-                    .map(|o| Owner::from_recorded(o).host().to_string())
+                    .map(|o| crate::identity::host_of(&o))
                     .unwrap_or_default(),
             }));
         }

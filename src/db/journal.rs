@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::runs::names;
 use super::sql::On;
-use super::{Database, DbError, DbResult, Owner, Tx, ms};
+use super::{Database, DbError, DbResult, Tx, ms};
 use crate::domain::{RunId, ServerId, SnapshotId};
+use crate::identity::Owner;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]

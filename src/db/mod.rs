@@ -1,6 +1,23 @@
-//! The history store: one SQLite file (WAL), migrated on open. Runs (`runs`) and their
-//! write-ahead journal (`journal`) are written as they happen; pins, per-server locks and
-//! the alert outbox live here too.
+//! The history store: one SQLite file (WAL), or a PostgreSQL database shared by several
+//! agents, migrated on open. Runs (`runs`) and their write-ahead journal (`journal`) are
+//! written as they happen; pins, per-server locks, the agents' presence, and the alert and
+//! ping outboxes live here too.
+
+/// Gives an enum stored as text its name, for messages and tables.
+macro_rules! names {
+    ($t:ty { $($v:ident = $s:literal),* $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
 
 mod agents;
 mod alerts;
@@ -21,7 +38,7 @@ pub use copy::Copied;
 pub use fires::FireTaken;
 pub use history::{HistoryQuery, JobSummary};
 pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
-pub use locks::{Owner, fail_liveness_reads};
+
 pub use pings::{NewPing, PendingPing, PingKind};
 pub use postgres::{Location, split_password};
 pub use runs::{Finish, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};

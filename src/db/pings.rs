@@ -154,7 +154,7 @@ impl Database {
                 );
                 tx.q(&sql)
                     .bind(ms(until))
-                    .bind(super::agents::this_agent())
+                    .bind(crate::identity::AgentId::this().to_string())
                     .bind(ms(now))
                     .execute(&mut tx)
                     .await

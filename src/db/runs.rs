@@ -3,29 +3,11 @@
 
 use super::journal::{self, Action, State};
 use super::sql::On;
-use super::{
-    Database, DbError, DbResult, Engine, NewAlert, NewPing, Owner, alerts, from_ms, ms, pings,
-};
+use super::{Database, DbError, DbResult, Engine, NewAlert, NewPing, alerts, from_ms, ms, pings};
 use crate::domain::{RunId, ServerId, SnapshotId};
+use crate::identity::Owner;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-
-/// Gives an enum stored as text its name, for messages and tables.
-macro_rules! names {
-    ($t:ty { $($v:ident = $s:literal),* $(,)? }) => {
-        impl $t {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),* }
-            }
-        }
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-pub(crate) use names;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
@@ -225,7 +207,7 @@ impl From<RunRow> for Run {
             safety_snapshot_id: r.safety_snapshot_id,
             note: r.note,
             step: r.step,
-            host: Owner::from_recorded(r.owner.clone()).host().to_string(),
+            host: crate::identity::host_of(&r.owner),
             hooks: hooks_of(r.hooks.as_deref()),
             owner: r.owner,
             snapshot_created_at: r.snapshot_created_at.map(from_ms),

@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use super::{Failure, Runner, fail};
-use crate::db::{Database, Owner, Step};
+use crate::db::{Database, Step};
 use crate::domain::{RunId, ServerId};
+use crate::identity::Owner;
 
 /// Holds a server lock; renews it in the background until released.
 pub(super) struct LockGuard {

@@ -41,11 +41,11 @@ use crate::api::{ApiError, Client, Listing, Snapshot};
 use crate::clock::SharedClock;
 use crate::config::JobSettings;
 use crate::db::{
-    Action, Database, DbError, EntryId, Intent, NewRun, Owner, RunKind, RunStatus, RunTrigger,
-    State, Step,
+    Action, Database, DbError, EntryId, Intent, NewRun, RunKind, RunStatus, RunTrigger, State, Step,
 };
 use crate::domain::{RunId, ServerId, SnapshotId};
 use crate::hooks::{Command, Ran, ThawAfter};
+use crate::identity::Owner;
 use crate::retention::Candidate;
 use crate::snapshot::{candidates, owners};
 

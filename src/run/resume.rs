@@ -13,8 +13,9 @@ use tracing::Instrument;
 
 use super::{Outcome, RunState, Runner, fail};
 use crate::config::JobSettings;
-use crate::db::{Action, DbError, Owner, Run, RunKind, State, Step};
+use crate::db::{Action, DbError, Run, RunKind, State, Step};
 use crate::domain::RunId;
+use crate::identity::run_may_be_alive;
 
 impl Runner {
     /// Finishes every run a dead process left running; the outcomes of those resumed.
@@ -31,7 +32,7 @@ impl Runner {
         let leases = self.db.leases().await?;
         for seen in running {
             let lease = leases.of(&seen.owner, None);
-            if Owner::run_may_be_alive(&seen.owner, Some(seen.id), lease, self.now()) {
+            if run_may_be_alive(&seen.owner, Some(seen.id), lease, self.now()) {
                 continue;
             }
             let span = tracing::info_span!("run", job = %seen.job, server = seen.server_id.get(), run = seen.id.get());
@@ -78,7 +79,7 @@ impl Runner {
         let leases = self.db.leases().await?;
         for seen in orphans {
             let lease = leases.of(&seen.owner, None);
-            if Owner::run_may_be_alive(&seen.owner, Some(seen.id), lease, self.now()) {
+            if run_may_be_alive(&seen.owner, Some(seen.id), lease, self.now()) {
                 continue;
             }
             let _flight = self.owner.in_flight(seen.id);

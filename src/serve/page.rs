@@ -85,14 +85,14 @@ struct AgentView {
 
 /// The agents on the database: daemons, and `run-once`s while they run.
 async fn agents(db: &Database, now: DateTime<Utc>) -> anyhow::Result<Vec<AgentView>> {
-    let me = crate::db::Owner::current();
+    let me = crate::identity::AgentId::this().to_string();
     Ok(db
         .agents(now)
         .await?
         .into_iter()
         .filter(|a| a.listed_at(now))
         .map(|a| {
-            let this = if a.id == me.agent_id() {
+            let this = if a.id == me {
                 ", serving this page"
             } else {
                 ""

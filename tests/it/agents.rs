@@ -8,10 +8,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use vps_snapshot_agent::clock::Clock;
 use vps_snapshot_agent::db::{
-    Action, AgentRole, Database, Intent, NewRun, OpenOptions, Owner, RunKind, RunStatus,
-    RunTrigger, Step,
+    Action, AgentRole, Database, Intent, NewRun, OpenOptions, RunKind, RunStatus, RunTrigger, Step,
 };
 use vps_snapshot_agent::domain::AlertKind;
+use vps_snapshot_agent::identity::Owner;
 use vps_snapshot_agent::sim::{Event, Mode, SimOptions};
 
 use crate::cli::{agent, config, sim, text};
@@ -20,7 +20,9 @@ use crate::newcomer::{FAST, signal, spawn, spawn_with};
 
 /// An owner on another host (its `/proc` is out of sight), for agent `tag`.
 fn remote(tag: &str) -> Owner {
-    Owner::from_recorded(format!("otherhost-{tag}/4242/77/0000abcd"))
+    format!("otherhost-{tag}/4242/77/0000abcd")
+        .parse::<Owner>()
+        .expect("a well-formed owner")
 }
 
 fn fire(job: &str, server: u64, at: DateTime<Utc>) -> NewRun<'_> {
@@ -93,7 +95,7 @@ pub(crate) async fn another_hosts_run_and_lock_are_left_alone_while_its_agent_he
     let j = job("web", 5, 2);
     let them = remote("a");
     let t0 = w.clock.now();
-    db.heartbeat(them.agent_id(), AgentRole::Daemon, t0)
+    db.beat(&them.agent().to_string(), AgentRole::Daemon, t0)
         .await
         .unwrap();
     let run = db
@@ -143,7 +145,7 @@ pub(crate) async fn another_hosts_run_and_lock_are_left_alone_while_its_agent_he
 
     // A heartbeat keeps it alive past its lock's own lease.
     w.clock.advance(Duration::from_secs(40));
-    db.heartbeat(them.agent_id(), AgentRole::Daemon, w.clock.now())
+    db.beat(&them.agent().to_string(), AgentRole::Daemon, w.clock.now())
         .await
         .unwrap();
     w.clock.advance(Duration::from_secs(50));
@@ -225,25 +227,21 @@ pub(crate) async fn a_daemon_that_stops_heartbeating_is_alerted_once() {
     let t0 = crate::helpers::clock().now();
     let (a, b, c) = ("hosta/1/1", "hostb/2/2", "hostc/3/3");
     for id in [a, b, c] {
-        db.heartbeat(id, AgentRole::Daemon, t0).await.unwrap();
+        db.beat(id, AgentRole::Daemon, t0).await.unwrap();
     }
     // A run-once that ended without a word, and a daemon that stopped cleanly: no alert.
-    db.heartbeat("hostd/4/4", AgentRole::RunOnce, t0)
-        .await
-        .unwrap();
-    db.heartbeat("hoste/5/5", AgentRole::Daemon, t0)
-        .await
-        .unwrap();
+    db.beat("hostd/4/4", AgentRole::RunOnce, t0).await.unwrap();
+    db.beat("hoste/5/5", AgentRole::Daemon, t0).await.unwrap();
     db.agent_stopped("hoste/5/5", t0).await.unwrap();
     let alert = vps_snapshot_agent::alert::text::agent_gone;
     let t1 = t0 + chrono::Duration::seconds(30);
-    db.heartbeat(a, AgentRole::Daemon, t1).await.unwrap();
-    db.heartbeat(c, AgentRole::Daemon, t1).await.unwrap();
+    db.beat(a, AgentRole::Daemon, t1).await.unwrap();
+    db.beat(c, AgentRole::Daemon, t1).await.unwrap();
     assert!(db.alert_gone_agents(a, t1, alert).await.unwrap().is_empty());
     // b and d stop; a and c live on and both look.
     let t2 = t1 + chrono::Duration::seconds(45);
     for id in [a, c] {
-        db.heartbeat(id, AgentRole::Daemon, t2).await.unwrap();
+        db.beat(id, AgentRole::Daemon, t2).await.unwrap();
     }
     let (x, y) = tokio::join!(
         db.alert_gone_agents(a, t2, alert),
@@ -263,7 +261,7 @@ pub(crate) async fn a_daemon_that_stops_heartbeating_is_alerted_once() {
     // Later looks do not repeat it.
     let t3 = t2 + chrono::Duration::minutes(10);
     for id in [a, c] {
-        db.heartbeat(id, AgentRole::Daemon, t3).await.unwrap();
+        db.beat(id, AgentRole::Daemon, t3).await.unwrap();
     }
     assert!(db.alert_gone_agents(a, t3, alert).await.unwrap().is_empty());
     let agents = db.agents(t3).await.unwrap();
@@ -271,13 +269,9 @@ pub(crate) async fn a_daemon_that_stops_heartbeating_is_alerted_once() {
     assert!(state[a] && state[c] && !state[b] && !state["hoste/5/5"]);
     // A service restarted on its host replaces its dead self: no alert for that one.
     let t4 = t3 + chrono::Duration::minutes(2);
-    db.heartbeat("hostf/6/6", AgentRole::Daemon, t0)
-        .await
-        .unwrap();
-    db.heartbeat("hostf/7/7", AgentRole::Daemon, t4)
-        .await
-        .unwrap();
-    db.heartbeat(a, AgentRole::Daemon, t4).await.unwrap();
+    db.beat("hostf/6/6", AgentRole::Daemon, t0).await.unwrap();
+    db.beat("hostf/7/7", AgentRole::Daemon, t4).await.unwrap();
+    db.beat(a, AgentRole::Daemon, t4).await.unwrap();
     let later = db.alert_gone_agents(a, t4, alert).await.unwrap();
     assert_eq!(later, ["hostc"], "c is gone now; f's new daemon lives");
 }
@@ -405,7 +399,7 @@ pub(crate) async fn two_daemons_on_one_database_run_each_fire_once() {
     let owners: std::collections::HashSet<String> = by_fire
         .values()
         .flatten()
-        .map(|o| Owner::from_recorded(o.clone()).agent_id().to_string())
+        .map(|o| o.parse::<Owner>().expect("an owner").agent().to_string())
         .collect();
     assert_eq!(
         owners.len() as u64,
@@ -676,13 +670,13 @@ pub(crate) async fn status_metrics_and_the_page_show_a_gone_agent() {
     let db = crate::store::configure(&cfg, &dir.path().join("history.db")).await;
     let now = Utc::now();
     let gone_since = now - chrono::Duration::minutes(5);
-    db.heartbeat("otherhost/12/34", AgentRole::Daemon, gone_since)
+    db.beat("otherhost/12/34", AgentRole::Daemon, gone_since)
         .await
         .unwrap();
-    db.heartbeat("livehost/56/78", AgentRole::Daemon, now)
+    db.beat("livehost/56/78", AgentRole::Daemon, now)
         .await
         .unwrap();
-    db.heartbeat("quiethost/9/9", AgentRole::Daemon, gone_since)
+    db.beat("quiethost/9/9", AgentRole::Daemon, gone_since)
         .await
         .unwrap();
     db.agent_stopped("quiethost/9/9", gone_since).await.unwrap();
@@ -767,7 +761,7 @@ async fn an_outbox_claim_of_a_process_that_is_gone_is_taken_back_at_once() {
     };
     let until = now + chrono::Duration::minutes(6);
     // Held by a live agent on another host: left alone.
-    db.heartbeat("otherhost/1/1", AgentRole::Daemon, now)
+    db.beat("otherhost/1/1", AgentRole::Daemon, now)
         .await
         .unwrap();
     held_by("otherhost/1/1".into()).await;
@@ -779,7 +773,7 @@ async fn an_outbox_claim_of_a_process_that_is_gone_is_taken_back_at_once() {
     );
     assert!(db.claim_pings(now, until).await.unwrap().is_empty());
     // Held by a process of this host that is gone (a daemon killed mid-delivery): taken.
-    held_by(crate::helpers::dead_owner().agent_id().to_string()).await;
+    held_by(crate::helpers::dead_owner().agent().to_string()).await;
     assert_eq!(
         db.claim_alerts("webhook", now, true, until)
             .await

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use vps_snapshot_agent::alert::{AlertPolicy, throttled};
-use vps_snapshot_agent::db::{Finish, NewAlert, NewRun, Owner, RunKind, RunStatus, RunTrigger};
+use vps_snapshot_agent::db::{Finish, NewAlert, NewRun, RunKind, RunStatus, RunTrigger};
 use vps_snapshot_agent::domain::AlertKind;
+use vps_snapshot_agent::identity::Owner;
 
 use crate::helpers::ServerId;
 

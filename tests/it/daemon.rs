@@ -10,8 +10,9 @@ use vps_snapshot_agent::config::{JobSettings, Settings};
 use vps_snapshot_agent::daemon::{
     BoxFuture, ClockTimer, Control, Daemon, Executor, Fire, Services, Timer,
 };
-use vps_snapshot_agent::db::{Database, Finish, NewRun, Owner, RunKind, RunStatus, RunTrigger};
+use vps_snapshot_agent::db::{Database, Finish, NewRun, RunKind, RunStatus, RunTrigger};
 use vps_snapshot_agent::domain::{AlertKind, ServerId};
+use vps_snapshot_agent::identity::Owner;
 use vps_snapshot_agent::timing::Timing;
 
 /// One run started: job, trigger, the fire it belongs to, when it started.

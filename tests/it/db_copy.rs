@@ -87,7 +87,7 @@ pub(crate) fn a_sqlite_history_is_copied_into_postgres_whole() {
         let cfg = config(dir.path(), &w.server.base_url(), crate::cli::JOB);
         // An agent still at work on the file would make the copy a torn one: refused.
         let (id, now) = ("otherhost/1/1", chrono::Utc::now());
-        sqlite.heartbeat(id, AgentRole::Daemon, now).await.unwrap();
+        sqlite.beat(id, AgentRole::Daemon, now).await.unwrap();
         let busy = agent(&cfg, &["db", "copy", "--to", &url]).await;
         assert_ne!(busy.status.code(), Some(0));
         assert!(

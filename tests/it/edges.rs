@@ -292,7 +292,7 @@ const CHILD_ROLE: &str = "AGENT_TEST_EDGES_CHILD";
 /// (a live process) and this process itself; exits 0 when both are judged alive.
 fn liveness_without_descriptors() -> ! {
     let owner = std::env::var("AGENT_TEST_OWNER").unwrap();
-    let me = vps_snapshot_agent::db::Owner::current();
+    let me = vps_snapshot_agent::identity::Owner::current();
     let mut held = Vec::new();
     // SAFETY: setrlimit on this process only; the limit is lowered, never raised.
     unsafe {
@@ -309,8 +309,8 @@ fn liveness_without_descriptors() -> ! {
         std::fs::read_to_string("/proc/self/stat").is_err(),
         "still descriptors left"
     );
-    let other = vps_snapshot_agent::db::Owner::liveness(&owner);
-    let itself = vps_snapshot_agent::db::Owner::liveness(me.as_str());
+    let other = vps_snapshot_agent::identity::liveness(&owner);
+    let itself = vps_snapshot_agent::identity::liveness(me.as_str());
     drop(held);
     println!("other={other:?} itself={itself:?}");
     std::process::exit(if other == Some(true) && itself == Some(true) {
@@ -326,7 +326,7 @@ fn hole_4_a_process_whose_proc_entry_cannot_be_read_counts_as_alive() {
         liveness_without_descriptors();
     }
     // A live process (this one), judged by a process out of descriptors.
-    let owner = vps_snapshot_agent::db::Owner::current();
+    let owner = vps_snapshot_agent::identity::Owner::current();
     let o = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",

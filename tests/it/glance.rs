@@ -4,8 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use vps_snapshot_agent::db::{Database, Finish, NewRun, Owner, RunKind, RunStatus, RunTrigger};
+use vps_snapshot_agent::db::{Database, Finish, NewRun, RunKind, RunStatus, RunTrigger};
 use vps_snapshot_agent::domain::ServerId;
+use vps_snapshot_agent::identity::Owner;
 
 use crate::cli::{BIN, agent, config, text};
 

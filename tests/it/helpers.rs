@@ -77,7 +77,8 @@ pub fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
 use vps_snapshot_agent::alert::AlertPolicy;
 use vps_snapshot_agent::config::{JobSettings, Trigger};
 use vps_snapshot_agent::cron::CronSpec;
-use vps_snapshot_agent::db::{Database, Owner};
+use vps_snapshot_agent::db::Database;
+use vps_snapshot_agent::identity::Owner;
 use vps_snapshot_agent::retention::RetentionPolicy;
 use vps_snapshot_agent::run::Runner;
 
@@ -111,7 +112,9 @@ pub fn marker() -> vps_snapshot_agent::snapshot::mark::Marker {
 /// A process that is gone, as recorded in the database.
 pub fn dead_owner() -> Owner {
     let host = gethostname_for_tests();
-    Owner::from_recorded(format!("{host}/999999999/1/deadbeef"))
+    format!("{host}/999999999/1/deadbeef")
+        .parse::<Owner>()
+        .expect("a well-formed owner")
 }
 
 fn gethostname_for_tests() -> String {

@@ -906,7 +906,7 @@ pub(crate) async fn a_run_this_process_left_over_is_resumed_under_the_lock_it_le
         RunStatus::Interrupted,
         "resumed (it never asked for a snapshot), not left waiting on its own lock"
     );
-    let other = vps_snapshot_agent::db::Owner::current();
+    let other = vps_snapshot_agent::identity::Owner::current();
     let free = db.try_lock(j.server_id, &other, None, now, lease).await;
     assert_eq!(free.unwrap(), Ok(()), "and the lock is free");
 }
@@ -933,7 +933,7 @@ pub(crate) async fn a_run_this_process_left_over_is_settled_and_its_lock_freed()
     let lease = Duration::from_secs(120);
     let locked = db.try_lock(j.server_id, &runner.owner, Some(left), now, lease);
     assert_eq!(locked.await.unwrap(), Ok(()));
-    let other = vps_snapshot_agent::db::Owner::current();
+    let other = vps_snapshot_agent::identity::Owner::current();
     {
         let _going = runner.owner.in_flight(left);
         let busy = db

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use vps_snapshot_agent::config::JobSettings;
 use vps_snapshot_agent::daemon::{BoxFuture, Control, Executor, Fire, Timer};
-use vps_snapshot_agent::db::{Database, Location, Owner, RunTrigger};
+use vps_snapshot_agent::db::{Database, Location, RunTrigger};
+use vps_snapshot_agent::identity::Owner;
 use vps_snapshot_agent::run::Runner;
 
 pub struct Proc {

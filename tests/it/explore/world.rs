@@ -14,8 +14,9 @@ use vps_snapshot_agent::api::{Client, Snapshot, SnapshotStatus};
 use vps_snapshot_agent::clock::{Clock, SharedClock, VirtualClock};
 use vps_snapshot_agent::config::Settings;
 use vps_snapshot_agent::daemon::{Control, Daemon, Services};
-use vps_snapshot_agent::db::{Database, Engine, Owner, Run, RunKind, RunStatus};
+use vps_snapshot_agent::db::{Database, Engine, Run, RunKind, RunStatus};
 use vps_snapshot_agent::domain::{RunId, ServerId, SnapshotId};
+use vps_snapshot_agent::identity::Owner;
 use vps_snapshot_agent::run::{Runner, STAND_IN};
 use vps_snapshot_agent::sim::{
     Delay, Fault, FaultKind, Mode, Op, SimOptions, SimServer, Simulator, TripWire,
@@ -445,7 +446,7 @@ impl World {
             }
             Event::ProcUnreadable(reads) => {
                 for pid in &self.pids {
-                    vps_snapshot_agent::db::fail_liveness_reads(*pid, reads);
+                    vps_snapshot_agent::identity::fail_liveness_reads(*pid, reads);
                 }
             }
             Event::Suspend(hours) => {
@@ -574,7 +575,7 @@ impl World {
     /// Every process's `/proc` reads again.
     pub fn proc_readable(&self) {
         for pid in &self.pids {
-            vps_snapshot_agent::db::fail_liveness_reads(*pid, 0);
+            vps_snapshot_agent::identity::fail_liveness_reads(*pid, 0);
         }
     }
 
