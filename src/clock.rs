@@ -1,7 +1,6 @@
 //! Time as a dependency: the real wall clock, or a virtual one that tests (and the
 //! simulator they share it with) advance instantly instead of sleeping.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -257,26 +256,6 @@ impl Clock for VirtualClock {
     }
 }
 
-/// A duration as a person reads it in a log: `1.6s` under a minute, `4m 40s` above.
-pub struct Secs(pub Duration);
-
-impl fmt::Display for Secs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tenths = (self.0.as_millis() + 50) / 100;
-        if tenths < 600 {
-            if tenths.is_multiple_of(10) {
-                write!(f, "{}s", tenths / 10)
-            } else {
-                write!(f, "{}.{}s", tenths / 10, tenths % 10)
-            }
-        } else {
-            let secs = (self.0.as_millis() + 500) / 1000;
-            let secs = u64::try_from(secs).unwrap_or(u64::MAX);
-            write!(f, "{}", crate::human::span(Duration::from_secs(secs)))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,16 +294,5 @@ mod tests {
         clock.suspend(Duration::from_secs(600));
         assert_eq!(watch.look(&clock), Some(chrono::Duration::minutes(10)));
         assert_eq!(api.now(), world + chrono::Duration::minutes(10));
-    }
-
-    #[test]
-    fn durations_are_rounded_for_people() {
-        let s = |ms| Secs(Duration::from_millis(ms)).to_string();
-        assert_eq!(s(1_641), "1.6s");
-        assert_eq!(s(20_000), "20s");
-        assert_eq!(s(49), "0s");
-        assert_eq!(s(59_960), "1m");
-        assert_eq!(s(280_400), "4m 40s");
-        assert_eq!(Secs(Duration::new(1, 641_335_718)).to_string(), "1.6s");
     }
 }

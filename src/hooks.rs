@@ -173,7 +173,7 @@ impl Finished {
 
     /// One line for the journal and messages, then the output's tail.
     pub fn report(&self) -> String {
-        let mut s = format!("{} after {}", self.status, crate::clock::Secs(self.took));
+        let mut s = format!("{} after {}", self.status, crate::human::Secs(self.took));
         if self.printed > self.output.len() as u64 {
             s.push_str(&format!(
                 "; printed {} bytes, the last {} kept",

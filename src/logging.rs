@@ -78,7 +78,7 @@ struct Seconds;
 
 impl FormatTime for Seconds {
     fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
-        write!(w, "{}", chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"))
+        write!(w, "{}", crate::human::stamp(chrono::Utc::now()))
     }
 }
 

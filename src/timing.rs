@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-/// A doubling backoff: `base`, twice that, … up to `cap`.
+/// A doubling backoff: `base`, twice that, … up to `cap`. The one backoff type: the API's
+/// retries (drawn with jitter from `[d, 2d)`, slept on the injected clock), the outbox's
+/// redeliveries (a due time stored with the row), a fire's claim and a run's wait for a
+/// locked server (slept in monotonic time: they wait on another process on this box).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub base: Duration,

@@ -79,7 +79,7 @@ impl Smtp {
             "SMTP {}: no answer within {} (the server took the connection but did not greet, \
              or stalled)",
             self.server,
-            crate::clock::Secs(self.limit)
+            crate::human::Secs(self.limit)
         )
     }
 

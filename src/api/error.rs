@@ -50,15 +50,29 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Worth trying again later (the API or the network, not the request, was at fault).
-    pub fn is_transient(&self) -> bool {
+    /// Worth sending the same request again at once (the retry policy asks). Errors that
+    /// mean "may have been carried out" for a request that must not be repeated arrive as
+    /// [`ApiError::OutcomeUnknown`], which is final here.
+    pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             Self::RateLimited { .. }
                 | Self::Server { .. }
                 | Self::Transport { .. }
-                | Self::OutcomeUnknown { .. }
+                | Self::Decode { .. }
         )
+    }
+
+    /// Worth trying again later, by a later poll or run: the API or the network, not the
+    /// request, was at fault. A retryable failure other than a malformed answer (which a
+    /// retry may cure, but which says the API is not what the agent expects), and an
+    /// outcome that is unknown (the next run finds out).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Decode { .. } => false,
+            Self::OutcomeUnknown { .. } => true,
+            e => e.is_retryable(),
+        }
     }
 
     /// How long the API asked us to wait before the next attempt, if it said.

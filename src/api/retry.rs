@@ -14,6 +14,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use super::ApiError;
 use crate::clock::SharedClock;
+use crate::timing::Backoff;
 
 /// A `Retry-After` longer than this is cut to it.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -21,16 +22,18 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RetryPolicy {
     pub max_retries: u32,
-    pub first: Duration,
-    pub cap: Duration,
+    /// The nominal waits; each is drawn from `[d, 2d)`.
+    pub backoff: Backoff,
 }
 
 impl RetryPolicy {
     pub fn new(max_retries: u32) -> Self {
         Self {
             max_retries,
-            first: Duration::from_millis(250),
-            cap: Duration::from_secs(15),
+            backoff: Backoff {
+                base: Duration::from_millis(250),
+                cap: Duration::from_secs(15),
+            },
         }
     }
 
@@ -48,18 +51,18 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, ApiError>> + Send,
     {
         let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.first)
-            .with_max_delay(self.cap)
+            .with_min_delay(self.backoff.base)
+            .with_max_delay(self.backoff.cap)
             .with_max_times(self.max_retries as usize)
             .with_jitter();
         let clock = clock.clone();
         let retried = attempt
             .retry(backoff)
             .sleep(move |d| clock.sleep(d))
-            .when(retryable)
+            .when(ApiError::is_retryable)
             .adjust(|e, d| d.map(|d| e.retry_after().unwrap_or(d)))
             .notify(|e, d| {
-                tracing::warn!(%what, "{e}; retrying in {}", crate::clock::Secs(d));
+                tracing::warn!(%what, "{e}; retrying in {}", crate::human::Secs(d));
             });
         // Boxed as `Send`: the retry future holds closures over borrowed requests, which
         // the compiler cannot otherwise prove `Send` for every lifetime.
@@ -67,19 +70,6 @@ impl RetryPolicy {
             Box::pin(retried);
         retried.await
     }
-}
-
-/// Whether a failed attempt is worth sending again. Errors that mean "may have been
-/// carried out" for a request that must not be repeated arrive as
-/// [`ApiError::OutcomeUnknown`], which is final.
-fn retryable(e: &ApiError) -> bool {
-    matches!(
-        e,
-        ApiError::RateLimited { .. }
-            | ApiError::Server { .. }
-            | ApiError::Transport { .. }
-            | ApiError::Decode { .. }
-    )
 }
 
 /// The `Retry-After` header in seconds, cut to [`MAX_RETRY_AFTER`].

@@ -90,9 +90,8 @@ fn print_job(job: &JobSettings, now: DateTime<Utc>) {
     for t in upcoming {
         println!(
             "  next: {}  ({})",
-            t.with_timezone(&job.timezone)
-                .format("%Y-%m-%d %H:%M:%S %Z"),
-            t.format("%Y-%m-%dT%H:%M:%SZ")
+            crate::human::local_time(t, job.timezone),
+            crate::human::stamp(t)
         );
     }
 }

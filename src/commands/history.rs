@@ -55,8 +55,8 @@ pub async fn run(config: &Path, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     {
         return Err(UsageError(format!(
             "--since ({}) is after --until ({}): no run can match; --since is the older end",
-            s.format("%Y-%m-%dT%H:%M:%SZ"),
-            u.format("%Y-%m-%dT%H:%M:%SZ")
+            crate::human::stamp(s),
+            crate::human::stamp(u)
         ))
         .into());
     }

@@ -1,7 +1,5 @@
 //! Plain-text tables and the shared ways of showing runs and snapshots.
 
-use chrono::{DateTime, Utc};
-
 use crate::db::Run;
 use crate::domain::SnapshotId;
 use crate::run::Outcome;
@@ -91,21 +89,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-pub fn time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-pub fn short(d: std::time::Duration) -> String {
-    let secs = d.as_secs();
-    if secs >= 3600 {
-        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
-    } else if secs >= 60 {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
 pub fn ids(ids: &[SnapshotId]) -> String {
     if ids.is_empty() {
         "-".into()
@@ -130,7 +113,7 @@ pub fn summary(outcomes: &[Outcome]) {
                     .as_ref()
                     .map_or("-".into(), |(id, name)| format!("{name} ({id})")),
                 ids(&o.deleted),
-                short(o.elapsed),
+                crate::human::short(o.elapsed),
             ]
         })
         .collect();
@@ -159,9 +142,9 @@ pub fn history(runs: &[Run]) {
                 r.trigger.to_string(),
                 paint(r.status),
                 r.host.clone(),
-                time(r.started_at),
+                crate::human::table_time(r.started_at),
                 r.finished_at.map_or("-".into(), |f| {
-                    short((f - r.started_at).to_std().unwrap_or_default())
+                    crate::human::short((f - r.started_at).to_std().unwrap_or_default())
                 }),
                 r.snapshot.as_ref().map_or("-".into(), |s| {
                     s.id.map_or(s.name.clone(), |id| format!("{} ({id})", s.name))
@@ -208,7 +191,7 @@ pub fn snapshots(rows: &[SnapshotRow]) {
                 r.id.to_string(),
                 r.name.clone(),
                 r.status.clone(),
-                time(r.created_at),
+                crate::human::table_time(r.created_at),
                 r.managed_text.clone(),
                 if r.pinned { "yes" } else { "no" }.to_string(),
                 r.verdict.clone(),

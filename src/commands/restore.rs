@@ -138,12 +138,12 @@ fn announce(snap: &Snapshot) {
             format!("{} ({n})", snap.server.id)
         });
     println!(
-        "Restoring server {server} from snapshot {} ({}, {}, taken {} UTC).\n\
+        "Restoring server {server} from snapshot {} ({}, {}, taken {}).\n\
          This overwrites ALL current data on the server and stops it first.",
         snap.id,
         snap.name,
         snap.status,
-        output::time(snap.created_at)
+        crate::human::fmt_time(snap.created_at)
     );
 }
 
@@ -183,9 +183,9 @@ async fn dry_run(
             db.close().await;
         }
         println!(
-            "would take a safety snapshot: {}-prerestore, pinned until {} UTC",
+            "would take a safety snapshot: {}-prerestore, pinned until {}",
             plan.name,
-            output::time(
+            crate::human::fmt_time(
                 now + chrono::Duration::from_std(job.restore_safety_keep).unwrap_or_default()
             )
         );

@@ -139,7 +139,7 @@ async fn resume_standing_in(
                 o.job,
                 o.run_id,
                 o.status,
-                output::time(o.started_at)
+                crate::human::table_time(o.started_at)
             ));
         }
     }

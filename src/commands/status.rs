@@ -204,7 +204,7 @@ fn last_success_cell(j: &JobStatus) -> String {
         };
         format!(
             "{} ({age} ago; {mark} under {stale_after})",
-            output::time(t)
+            crate::human::table_time(t)
         )
     })
 }
@@ -221,7 +221,7 @@ fn next_run_cell(j: &JobStatus, tz: chrono_tz::Tz) -> String {
             }
         },
         |t| {
-            let local = t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
+            let local = crate::human::local_minute(t, tz);
             if tz == chrono_tz::UTC {
                 local
             } else {
@@ -242,7 +242,7 @@ fn last_run_cell(j: &JobStatus) -> String {
         };
         format!(
             "{} {} (run {} on {}{gone})",
-            output::time(r.started_at),
+            crate::human::table_time(r.started_at),
             output::paint(r.status),
             r.id,
             r.host
@@ -265,11 +265,11 @@ fn print_agents(status: &Status, now: DateTime<Utc>) {
                 "alive, last heartbeat {} ago",
                 crate::human::fmt_age(now - a.seen_at)
             ),
-            (false, Some(t)) => format!("stopped {} UTC", output::time(t)),
+            (false, Some(t)) => format!("stopped {}", crate::human::fmt_time(t)),
             (false, None) => format!(
-                "{} since {} UTC (no heartbeat for {})",
+                "{} since {} (no heartbeat for {})",
                 output::paint("GONE"),
-                output::time(a.seen_at),
+                crate::human::fmt_time(a.seen_at),
                 crate::human::fmt_age(now - a.seen_at)
             ),
         };
@@ -303,7 +303,7 @@ fn print_alerts(settings: &crate::config::Settings, status: &Status) {
             println!(
                 "  {} queued {} UTC{on}, {} attempt(s){}",
                 a.subject,
-                output::time(a.created_at),
+                crate::human::table_time(a.created_at),
                 a.attempts,
                 a.last_error
                     .as_deref()

@@ -224,7 +224,7 @@ impl Daemon {
         match lp.next.iter().min_by_key(|(_, t)| **t) {
             Some((job, t)) => format!(
                 "next: {job} at {}; {running} running",
-                t.format("%Y-%m-%d %H:%M:%S UTC")
+                crate::human::fmt_time(*t)
             ),
             None => format!("no job scheduled; {running} running"),
         }
@@ -269,7 +269,7 @@ impl Daemon {
             lp.back_to = Some(lp.back_to.map_or(was, |t| t.max(was)));
             tracing::warn!(
                 "the wall clock went back by {by}; the schedule follows it from {}",
-                now.format("%Y-%m-%d %H:%M:%S UTC")
+                crate::human::fmt_time(now)
             );
         } else {
             tracing::warn!(
@@ -468,7 +468,7 @@ impl Daemon {
         lp.tracker.close();
         let left = lp.running.len();
         if left > 0 {
-            let grace = crate::clock::Secs(self.db.timing().grace);
+            let grace = crate::human::Secs(self.db.timing().grace);
             tracing::info!(
                 "stopping: waiting up to {grace} for {left} running job(s); a second signal stops at once"
             );

@@ -9,6 +9,7 @@ use super::{Failure, Runner, fail};
 use crate::db::{Database, Step};
 use crate::domain::{RunId, ServerId};
 use crate::identity::Owner;
+use crate::timing::Backoff;
 
 /// Holds a server lock; renews it in the background until released.
 pub(super) struct LockGuard {
@@ -45,8 +46,13 @@ impl Runner {
         let waited_from = tokio::time::Instant::now();
         let timing = self.db.timing();
         let mut told = false;
-        // Look again soon (a short hold hands over quickly), then less often.
-        let mut pause = Duration::from_millis(10);
+        // Look again soon (a short hold hands over quickly), then less often. Slept in
+        // monotonic time too: a virtual clock returns at once and the loop would spin.
+        let backoff = Backoff {
+            base: Duration::from_millis(10),
+            cap: timing.lock_poll,
+        };
+        let mut tries = 0;
         loop {
             match self
                 .db
@@ -75,8 +81,8 @@ impl Runner {
                         tracing::info!(%server_id, "waiting for {holder} to finish with the server");
                         told = true;
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(timing.lock_poll);
+                    tokio::time::sleep(backoff.after(tries)).await;
+                    tries += 1;
                 }
             }
         }

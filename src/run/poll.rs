@@ -61,7 +61,7 @@ impl Runner {
         loop {
             let remaining = (deadline - self.now()).to_std().unwrap_or_default();
             let pause = wait.min(remaining);
-            tracing::debug!(snapshot = snap.id.get(), status = %last, "next look in {}", crate::clock::Secs(pause));
+            tracing::debug!(snapshot = snap.id.get(), status = %last, "next look in {}", crate::human::Secs(pause));
             tokio::select! {
                 () = self.clock.sleep(pause) => {}
                 () = self.stop.cancelled() => return Err(Failure::stopped(Step::Poll)),

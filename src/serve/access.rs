@@ -339,7 +339,7 @@ fn validity(path: &Path, cert: &CertificateDer<'_>, now: DateTime<Utc>) -> Vec<S
     let Some((not_before, not_after)) = validity_of(cert) else {
         return Vec::new();
     };
-    let at = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+    let at = crate::human::minute;
     if now > not_after {
         vec![format!(
             "metrics.tls_cert: the certificate in {} expired on {}: scrapers refuse it; renew \

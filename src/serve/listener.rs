@@ -239,7 +239,7 @@ pub async fn serve(
                 Err(e) => {
                     tracing::warn!(
                         "metrics listener: cannot accept a connection ({e}); trying again in {}",
-                        crate::clock::Secs(backoff)
+                        crate::human::Secs(backoff)
                     );
                     tokio::select! {
                         () = stop.cancelled() => return,

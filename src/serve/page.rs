@@ -170,17 +170,11 @@ async fn jobs(
                         "disabled".into()
                     }
                 },
-                |t| {
-                    t.with_timezone(&job.timezone)
-                        .format("%Y-%m-%d %H:%M %Z")
-                        .to_string()
-                },
+                |t| crate::human::local_minute(t, job.timezone),
             ),
             next_utc: next
                 .filter(|_| job.timezone != chrono_tz::UTC)
-                .map_or(String::new(), |t| {
-                    t.format("%Y-%m-%d %H:%M UTC").to_string()
-                }),
+                .map_or(String::new(), crate::human::minute),
         });
     }
     Ok(out)
