@@ -13,6 +13,8 @@
 //! - [`identity`]: the host name, the `User-Agent`, typed agent and owner identities, and
 //!   whether the process behind one lives
 //! - [`presence`]: this process's presence beat on the database (not the `[heartbeat]` ping)
+//! - [`job_state`]: a job's last run, last success, timeline, next fire and staleness, as
+//!   `status`, the page and the metrics show it
 //! - [`run`]: one job run, a file per step, written as a journal ahead of its effects
 //! - [`snapshot`]: the agent's snapshots: names, marks, ownership, verdicts
 //! - [`retention`]: the pure retention planner (which snapshots to keep, which to delete)
@@ -44,6 +46,7 @@ pub mod errors;
 pub mod hooks;
 pub mod human;
 pub mod identity;
+pub mod job_state;
 pub mod logging;
 pub mod presence;
 pub mod progress;

@@ -8,8 +8,8 @@ use serde::Serialize;
 use super::{output, setup};
 use crate::cli::StatusArgs;
 use crate::config::{JobSettings, Trigger};
-use crate::db::{AgentRole, AgentRow, Database, JobSummary, Leases, PendingAlert, Run, RunStatus};
-use crate::schedule::{self, Timing};
+use crate::db::{AgentRole, AgentRow, Database, Leases, PendingAlert, Run, RunStatus};
+use crate::job_state::JobState;
 
 #[derive(Serialize)]
 struct JobStatus {
@@ -59,12 +59,11 @@ pub fn p95(d: &[Duration]) -> Option<Duration> {
 
 async fn job_status(
     db: &Database,
-    job: &JobSettings,
-    summary: JobSummary,
-    (next_run_at, stale_after): Timing,
+    s: JobState<'_>,
     leases: &Leases,
     now: DateTime<Utc>,
 ) -> anyhow::Result<JobStatus> {
+    let job = s.job;
     let mut warnings = Vec::new();
     if let Trigger::Window { lead, .. } = &job.trigger {
         let durations = db.snapshot_durations(&job.name, 50).await?;
@@ -81,30 +80,25 @@ async fn job_status(
             ));
         }
     }
-    let timeline = summary.marks();
-    let stale = job.enabled && summary.stale(stale_after, now);
-    let JobSummary {
-        last_run,
-        last_success_at,
-        ..
-    } = summary;
     Ok(JobStatus {
         name: job.name.clone(),
         server_id: job.server_id,
         enabled: job.enabled,
-        next_run_at,
-        next_run_at_local: next_run_at.map(|t| t.with_timezone(&job.timezone).to_rfc3339()),
+        next_run_at: s.next_fire,
+        next_run_at_local: s
+            .next_fire
+            .map(|t| t.with_timezone(&job.timezone).to_rfc3339()),
         timezone: job.timezone.to_string(),
-        timeline,
-        last_success_age_secs: last_success_at.map(|t| (now - t).num_seconds()),
-        stale_after_secs: stale_after.as_secs(),
-        last_run_orphaned: last_run.as_ref().is_some_and(|r| {
+        timeline: s.timeline,
+        last_success_age_secs: s.last_success_at.map(|t| (now - t).num_seconds()),
+        stale_after_secs: s.stale_after.as_secs(),
+        last_run_orphaned: s.last_run.as_ref().is_some_and(|r| {
             r.status == RunStatus::Running
                 && !crate::identity::may_be_alive(&r.owner, leases.of(&r.owner, None), now)
         }),
-        last_run,
-        last_success_at,
-        stale,
+        last_run: s.last_run,
+        last_success_at: s.last_success_at,
+        stale: s.stale,
         warnings,
     })
 }
@@ -115,15 +109,11 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (db, _empty) = setup::open_to_read(&settings).await?;
     let now = Utc::now();
     let selected = setup::select_jobs(&settings, &args.jobs)?;
-    let names: Vec<&str> = selected.iter().map(|j| j.name.as_str()).collect();
-    let mut summaries = db.job_summaries(&names).await?;
-    let mut timings = schedule::Timings::default();
+    let refs: Vec<&JobSettings> = selected.iter().collect();
     let leases = db.leases().await?;
     let mut jobs = Vec::new();
-    for job in &selected {
-        let summary = summaries.remove(&job.name).unwrap_or_default();
-        let timing = timings.of(job, now);
-        jobs.push(job_status(&db, job, summary, timing, &leases, now).await?);
+    for s in crate::job_state::of_jobs(&db, &refs, now).await? {
+        jobs.push(job_status(&db, s, &leases, now).await?);
     }
     let mut agents = db.agents(now).await?;
     agents.retain(|a| a.listed_at(now));

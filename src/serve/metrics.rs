@@ -224,8 +224,8 @@ async fn jobs(
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> DbResult<()> {
-    let names: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
-    let summaries = db.job_summaries(&names).await?;
+    let jobs: Vec<&crate::config::JobSettings> = settings.jobs.iter().collect();
+    let states = crate::job_state::of_jobs(db, &jobs, now).await?;
     let start = float_family(
         r,
         "vps_snapshot_job_last_run_start_timestamp",
@@ -263,28 +263,23 @@ async fn jobs(
         "1 for the status of the job's last run (running, succeeded, failed, interrupted), 0 for the others",
         status.clone(),
     );
-    let mut timings = crate::schedule::Timings::default();
-    for job in &settings.jobs {
-        let key = l([("job_name", job.name.as_str())]);
-        enabled.get_or_create(&key).set(i64::from(job.enabled));
-        let summary = summaries.get(&job.name);
-        let last = summary.and_then(|s| s.last_run.as_ref());
-        let last_success = summary.and_then(|s| s.last_success_at);
-        if let Some(run) = last {
+    for s in &states {
+        let key = l([("job_name", s.job.name.as_str())]);
+        enabled.get_or_create(&key).set(i64::from(s.job.enabled));
+        if let Some(run) = &s.last_run {
             start.get_or_create(&key).set(seconds(run.started_at));
             if let Some(t) = run.finished_at {
                 end.get_or_create(&key).set(seconds(t));
             }
-            one_hot(&status, &job.name, run.status);
+            one_hot(&status, &s.job.name, run.status);
         }
-        if let Some(t) = last_success {
+        if let Some(t) = s.last_success_at {
             success.get_or_create(&key).set(seconds(t));
         }
-        let (fire, stale_after) = timings.of(job, now);
-        if let Some(t) = fire {
+        if let Some(t) = s.next_fire {
             next.get_or_create(&key).set(seconds(t));
         }
-        stale.get_or_create(&key).set(stale_after.as_secs_f64());
+        stale.get_or_create(&key).set(s.stale_after.as_secs_f64());
     }
     Ok(())
 }

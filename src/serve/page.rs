@@ -142,42 +142,39 @@ async fn jobs(
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<JobView>> {
-    let names: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
-    let mut summaries = db.job_summaries(&names).await?;
-    let mut timings = crate::schedule::Timings::default();
-    let mut out = Vec::new();
-    for job in &settings.jobs {
-        let s = summaries.remove(&job.name).unwrap_or_default();
-        let (next, stale_after) = timings.of(job, now);
-        out.push(JobView {
-            name: job.name.clone(),
-            server_id: job.server_id,
-            marks: s.marks().into_iter().map(mark).collect(),
-            stale: job.enabled && s.stale(stale_after, now),
+    let jobs: Vec<&JobSettings> = settings.jobs.iter().collect();
+    let states = crate::job_state::of_jobs(db, &jobs, now).await?;
+    Ok(states
+        .into_iter()
+        .map(|s| JobView {
+            name: s.job.name.clone(),
+            server_id: s.job.server_id,
+            marks: s.timeline.into_iter().map(mark).collect(),
+            stale: s.stale,
             last_success: s.last_success_at.map_or("never".into(), |t| {
                 format!(
                     "{} ({} ago; stale after {})",
                     crate::human::fmt_time(t),
                     crate::human::fmt_age(now - t),
-                    crate::human::span(stale_after)
+                    crate::human::span(s.stale_after)
                 )
             }),
-            next_local: next.map_or_else(
+            next_local: s.next_fire.map_or_else(
                 || {
-                    if job.enabled {
+                    if s.job.enabled {
                         "never".into()
                     } else {
                         "disabled".into()
                     }
                 },
-                |t| crate::human::local_minute(t, job.timezone),
+                |t| crate::human::local_minute(t, s.job.timezone),
             ),
-            next_utc: next
-                .filter(|_| job.timezone != chrono_tz::UTC)
+            next_utc: s
+                .next_fire
+                .filter(|_| s.job.timezone != chrono_tz::UTC)
                 .map_or(String::new(), crate::human::minute),
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 async fn servers(
