@@ -802,13 +802,13 @@ async fn bench_polling(r: &mut Report) {
             let (id, _) = o.snapshot.unwrap();
             let run = db.run(o.run_id).await.unwrap().unwrap();
             let ready = server.sim.ready_at(id).unwrap();
-            let done: (Option<i64>,) =
+            let done: (Option<vps_snapshot_agent::db::StoredTime>,) =
                 sqlx::query_as("SELECT snapshot_completed_at FROM runs WHERE id = ?")
                     .bind(run.id)
                     .fetch_one(db.sqlite_pool().unwrap())
                     .await
                     .unwrap();
-            let noticed = vps_snapshot_agent::db::from_ms(done.0.unwrap());
+            let noticed = done.0.unwrap().0;
             late.push((noticed - ready).num_milliseconds() as f64 / 1000.0);
             if round < 3 {
                 first.push(f64::from(o.polls))

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Database, DbResult, NewAlert, alerts, from_ms, ms};
+use super::{Database, DbResult, NewAlert, StoredTime, alerts, ms};
 use crate::identity::AgentId;
 
 /// How long an agent not seen is kept (and listed by `status`).
@@ -19,6 +19,15 @@ impl Database {
     /// How long after its last beat an agent on another host counts as gone.
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.timing.agent_lease.as_millis()).unwrap_or(i64::MAX / 2)
+    }
+
+    /// When the agent last seen at `seen_at` counts as gone (the latest time there is,
+    /// for a stored time so late that the lease would run past it).
+    fn lease_from(&self, seen_at: StoredTime) -> DateTime<Utc> {
+        chrono::TimeDelta::from_std(self.timing.agent_lease)
+            .ok()
+            .and_then(|d| seen_at.0.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 
@@ -169,7 +178,15 @@ impl Database {
 
     /// The agents seen in the last week, newest first.
     pub async fn agents(&self, now: DateTime<Utc>) -> DbResult<Vec<AgentRow>> {
-        type Row = (String, String, AgentRole, String, i64, i64, Option<i64>);
+        type Row = (
+            String,
+            String,
+            AgentRole,
+            String,
+            StoredTime,
+            StoredTime,
+            Option<StoredTime>,
+        );
         let rows: Vec<Row> = self
             .q(
                 "SELECT id, host, role, version, started_at, seen_at, stopped_at FROM agents \
@@ -187,10 +204,10 @@ impl Database {
                     host,
                     role,
                     version,
-                    started_at: from_ms(started_at),
-                    seen_at: from_ms(seen_at),
-                    stopped_at: stopped_at.map(from_ms),
-                    alive: stopped_at.is_none() && seen_at + self.lease_ms() > ms(now),
+                    started_at: started_at.0,
+                    seen_at: seen_at.0,
+                    stopped_at: stopped_at.map(|t| t.0),
+                    alive: stopped_at.is_none() && self.lease_from(seen_at) > now,
                 },
             )
             .collect())
@@ -198,7 +215,7 @@ impl Database {
 
     /// Every recorded agent's beat lease.
     pub async fn leases(&self) -> DbResult<Leases> {
-        let rows: Vec<(String, i64, Option<i64>)> = self
+        let rows: Vec<(String, StoredTime, Option<StoredTime>)> = self
             .q("SELECT id, seen_at, stopped_at FROM agents")
             .fetch_all(self)
             .await
@@ -206,9 +223,7 @@ impl Database {
         Ok(Leases(
             rows.into_iter()
                 .filter_map(|(id, seen_at, stopped)| {
-                    let lease = stopped
-                        .is_none()
-                        .then(|| from_ms(seen_at + self.lease_ms()));
+                    let lease = stopped.is_none().then(|| self.lease_from(seen_at));
                     Some((AgentId::of_recorded(&id).ok()?, lease))
                 })
                 .collect(),
@@ -228,7 +243,7 @@ impl Database {
         let what = "cannot check the other agents' presence beats";
         let cutoff = ms(now) - self.lease_ms();
         let mut tx = self.begin().await?;
-        let gone: Vec<(String, String, i64)> = tx
+        let gone: Vec<(String, String, StoredTime)> = tx
             .q("UPDATE agents SET gone_alerted_at = $1 \
              WHERE role = 'daemon' AND stopped_at IS NULL AND gone_alerted_at IS NULL \
                AND seen_at < $2 AND id <> $3 \
@@ -243,7 +258,7 @@ impl Database {
             .map_err(self.err(what))?;
         let mut hosts = Vec::new();
         for (id, host, seen_at) in gone {
-            let a = alert(&id, &host, from_ms(seen_at), now);
+            let a = alert(&id, &host, seen_at.0, now);
             alerts::insert(&mut tx, &a).await.map_err(self.err(what))?;
             hosts.push(host);
         }

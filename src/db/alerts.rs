@@ -3,7 +3,7 @@
 //! set only when that channel's server has accepted it.
 
 use super::sql::Q;
-use super::{Database, DbResult, Tx, from_ms, ms};
+use super::{Database, DbResult, StoredTime, Tx, ms};
 use crate::domain::{AlertKind, RunId, ServerId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -47,9 +47,9 @@ struct Row {
     kind: AlertKind,
     subject: String,
     body: String,
-    created_at: i64,
+    created_at: StoredTime,
     attempts: i64,
-    next_attempt_at: i64,
+    next_attempt_at: StoredTime,
     last_error: Option<String>,
     channels: Option<String>,
 }
@@ -64,9 +64,9 @@ impl From<Row> for PendingAlert {
             kind: r.kind,
             subject: r.subject,
             body: r.body,
-            created_at: from_ms(r.created_at),
+            created_at: r.created_at.0,
             attempts: r.attempts,
-            next_attempt_at: from_ms(r.next_attempt_at),
+            next_attempt_at: r.next_attempt_at.0,
             last_error: r.last_error,
             channels: r
                 .channels
@@ -352,10 +352,10 @@ impl Database {
         for k in kinds {
             q = q.bind(k);
         }
-        let at: Option<i64> = q
+        let at: Option<StoredTime> = q
             .scalar_optional(self)
             .await
             .map_err(self.err("cannot read the alert outbox"))?;
-        Ok(at.map(from_ms))
+        Ok(at.map(|t| t.0))
     }
 }

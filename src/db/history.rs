@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::runs::{RunRow, run_columns};
-use super::{Database, DbResult, Run, RunStatus, from_ms, ms};
+use super::{Database, DbResult, Run, RunStatus, StoredTime, ms};
 use crate::domain::RunId;
 use chrono::{DateTime, Utc};
 
@@ -172,7 +172,7 @@ impl Database {
         struct Summary {
             #[sqlx(flatten)]
             run: RunRow,
-            last_success_at: Option<i64>,
+            last_success_at: Option<StoredTime>,
             timeline: String,
         }
         let names = serde_json::to_string(jobs).unwrap_or_else(|_| "[]".into());
@@ -205,7 +205,7 @@ impl Database {
                 })
                 .collect();
             let summary = JobSummary {
-                last_success_at: s.last_success_at.map(from_ms),
+                last_success_at: s.last_success_at.map(|t| t.0),
                 timeline,
                 last_run: Some(run),
             };

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::sql::On;
-use super::{Database, DbError, DbResult, Tx, ms};
+use super::{Database, DbError, DbResult, StoredTime, Tx, ms};
 use crate::domain::{RunId, ServerId, SnapshotId};
 use crate::identity::Owner;
 
@@ -81,7 +81,7 @@ pub struct Entry {
     pub snapshot_id: Option<SnapshotId>,
     pub snapshot_name: Option<String>,
     /// When it was recorded (Unix milliseconds).
-    pub at: i64,
+    pub at: StoredTime,
     /// Why (an effect's reason, an observation's content).
     pub detail: Option<String>,
     /// What became of an effect.
@@ -94,7 +94,7 @@ impl Entry {
     }
 
     pub fn recorded_at(&self) -> DateTime<Utc> {
-        super::from_ms(self.at)
+        self.at.0
     }
 
     /// Not settled: the request may or may not have been carried out.

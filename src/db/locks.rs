@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, DbResult, from_ms, ms};
+use super::{Database, DbResult, StoredTime, ms};
 use crate::domain::{RunId, ServerId};
 use crate::identity::{Owner, liveness, run_may_be_alive};
 
@@ -22,7 +22,7 @@ impl Database {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> DbResult<Result<(), String>> {
-        let existing: Option<(String, Option<RunId>, i64)> = self
+        let existing: Option<(String, Option<RunId>, StoredTime)> = self
             .q("SELECT holder, run_id, expires_at FROM locks WHERE server_id = $1")
             .bind(server_id)
             .fetch_optional(self)
@@ -36,7 +36,7 @@ impl Database {
                 self.renew_lock(server_id, owner, now, lease).await?;
                 return Ok(Ok(()));
             }
-            let expires = Some(from_ms(expires));
+            let expires = Some(expires.0);
             let lease = match liveness(&holder) {
                 Some(_) => None,
                 None => self.leases().await?.of(&holder, expires),

@@ -58,22 +58,28 @@ use sql::{On, Pool, Q};
 
 use crate::timing::Timing;
 
-/// A database problem, always naming the file. A leaf: `detail` is the underlying
-/// error with its causes, so the message is whole wherever it is printed.
+/// A database problem, always naming the file. `detail` is the underlying error with
+/// its causes as one scrubbed line, so the message is whole wherever it is printed;
+/// `source` keeps that error itself, for a caller that asks what it was (an error chain
+/// printed by [`crate::errors`] says it once).
 #[derive(Debug, thiserror::Error)]
 #[error("database {path}: {what}: {detail}")]
 pub struct DbError {
     pub path: PathBuf,
     pub what: String,
     pub detail: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl DbError {
     fn new(path: &Path, what: impl Into<String>, cause: impl Into<anyhow::Error>) -> Self {
+        let cause = cause.into();
         Self {
             path: path.to_path_buf(),
             what: what.into(),
-            detail: crate::errors::line(&cause.into()),
+            detail: crate::errors::line(&cause),
+            source: Some(cause.into()),
         }
     }
 }
@@ -84,8 +90,34 @@ pub fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-pub fn from_ms(v: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(v).unwrap_or_default()
+/// A time as the store keeps it (milliseconds since 1970), read back: a value that is no
+/// time fails the read with an error naming its column, rather than becoming 1970.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoredTime(pub DateTime<Utc>);
+
+impl<DB: sqlx::Database> sqlx::Type<DB> for StoredTime
+where
+    i64: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <i64 as sqlx::Type<DB>>::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <i64 as sqlx::Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for StoredTime
+where
+    i64: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let v = <i64 as sqlx::Decode<'r, DB>>::decode(value)?;
+        DateTime::from_timestamp_millis(v)
+            .map(StoredTime)
+            .ok_or_else(|| format!("{v} is not a time (milliseconds since 1970)").into())
+    }
 }
 
 /// How [`Database::open_with`] opens.

@@ -1,7 +1,7 @@
 //! The ping outbox: dead-man pings (the Healthchecks protocol) queued as rows, sent by
 //! the same delivery pass as alerts, dropped rather than sent once they have expired.
 
-use super::{Database, DbResult, Tx, from_ms, ms};
+use super::{Database, DbResult, StoredTime, Tx, ms};
 use crate::domain::RunId;
 use chrono::{DateTime, Utc};
 
@@ -55,8 +55,8 @@ struct Row {
     job: Option<String>,
     kind: PingKind,
     body: String,
-    created_at: i64,
-    expires_at: i64,
+    created_at: StoredTime,
+    expires_at: StoredTime,
     attempts: i64,
 }
 
@@ -178,8 +178,8 @@ impl Database {
                 job: r.job,
                 kind: r.kind,
                 body: r.body,
-                created_at: from_ms(r.created_at),
-                expires_at: from_ms(r.expires_at),
+                created_at: r.created_at.0,
+                expires_at: r.expires_at.0,
                 attempts: r.attempts,
             })
             .collect())

@@ -58,12 +58,12 @@ impl Database {
 
     /// When `snapshot_id`'s pin ends, if it is pinned for a while only.
     pub async fn pin_ends(&self, snapshot_id: SnapshotId) -> DbResult<Option<DateTime<Utc>>> {
-        let row: Option<(Option<i64>,)> = self
+        let row: Option<(Option<super::StoredTime>,)> = self
             .q("SELECT until FROM pins WHERE snapshot_id = $1")
             .bind(snapshot_id)
             .fetch_optional(self)
             .await
             .map_err(self.err("cannot read pins"))?;
-        Ok(row.and_then(|(u,)| u).map(super::from_ms))
+        Ok(row.and_then(|(u,)| u).map(|t| t.0))
     }
 }

@@ -3,7 +3,9 @@
 
 use super::journal::{self, Action, State};
 use super::sql::On;
-use super::{Database, DbError, DbResult, Engine, NewAlert, NewPing, alerts, from_ms, ms, pings};
+use super::{
+    Database, DbError, DbResult, Engine, NewAlert, NewPing, StoredTime, alerts, ms, pings,
+};
 use crate::domain::{RunId, ServerId, SnapshotId};
 use crate::identity::Owner;
 use chrono::{DateTime, Utc};
@@ -114,15 +116,15 @@ pub(super) struct RunRow {
     kind: RunKind,
     trigger: RunTrigger,
     status: RunStatus,
-    started_at: i64,
-    finished_at: Option<i64>,
+    started_at: StoredTime,
+    finished_at: Option<StoredTime>,
     step: Step,
     owner: String,
-    scheduled_for: Option<i64>,
+    scheduled_for: Option<StoredTime>,
     snapshot_name: Option<String>,
     snapshot_id: Option<SnapshotId>,
     snapshot_status: Option<String>,
-    snapshot_created_at: Option<i64>,
+    snapshot_created_at: Option<StoredTime>,
     error: Option<String>,
     safety_snapshot_id: Option<SnapshotId>,
     note: Option<String>,
@@ -186,9 +188,9 @@ impl From<RunRow> for Run {
             kind: r.kind,
             trigger: r.trigger,
             status: r.status,
-            started_at: from_ms(r.started_at),
-            finished_at: r.finished_at.map(from_ms),
-            scheduled_for: r.scheduled_for.map(from_ms),
+            started_at: r.started_at.0,
+            finished_at: r.finished_at.map(|t| t.0),
+            scheduled_for: r.scheduled_for.map(|t| t.0),
             snapshot: r.snapshot_name.map(|name| RunSnapshot {
                 id: r.snapshot_id,
                 name,
@@ -210,7 +212,7 @@ impl From<RunRow> for Run {
             host: crate::identity::host_of(&r.owner),
             hooks: hooks_of(r.hooks.as_deref()),
             owner: r.owner,
-            snapshot_created_at: r.snapshot_created_at.map(from_ms),
+            snapshot_created_at: r.snapshot_created_at.map(|t| t.0),
         }
     }
 }
@@ -423,6 +425,7 @@ impl Database {
                 path: self.path().to_path_buf(),
                 what: format!("cannot record the end of run {run_id}"),
                 detail: "it is no longer running under this process".to_string(),
+                source: None,
             });
         }
         journal::insert_resolved(

@@ -68,6 +68,7 @@ pub async fn run_many(
                     path: runner.db.path().to_path_buf(),
                     what: format!("the run of {} did not finish", j.name),
                     detail: "its task ended abnormally".to_string(),
+                    source: None,
                 })
             })
         })

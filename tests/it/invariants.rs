@@ -77,8 +77,8 @@ struct Row {
     state: State,
     snapshot_id: Option<SnapshotId>,
     detail: Option<String>,
-    /// When it was recorded (Unix ms).
-    at: i64,
+    /// When it was recorded.
+    at: vps_snapshot_agent::db::StoredTime,
 }
 
 /// The API's deletes on the agent's behalf: only its own (made through the API, or carrying
@@ -146,7 +146,7 @@ async fn deletions(
             Some(r) => {
                 // Pinned as of the delete's intent: a pin that had run out by then (a
                 // restore's safety pin) did not protect it, one still running did.
-                let then = vps_snapshot_agent::db::from_ms(r.at);
+                let then = r.at.0;
                 if db.pins(then).await.unwrap().contains(id) {
                     bad.push(format!("deleted snapshot {id}, pinned at that moment"));
                 }

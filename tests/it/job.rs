@@ -960,3 +960,38 @@ pub(crate) async fn a_run_this_process_left_over_is_settled_and_its_lock_freed()
         "it never asked for a snapshot"
     );
 }
+
+#[tokio::test]
+pub(crate) async fn a_stored_time_that_is_no_time_fails_the_read_naming_its_column() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let web = job("web", 1, 2);
+    let o = runner
+        .run_job(&web, RunTrigger::Manual, None)
+        .await
+        .unwrap();
+    crate::store::raw!(
+        runner.db,
+        sqlx::query("UPDATE runs SET finished_at = $1 WHERE id = $2")
+            .bind(i64::MAX)
+            .bind(o.run_id),
+        execute
+    )
+    .unwrap();
+    let err = runner
+        .db
+        .run(o.run_id)
+        .await
+        .expect_err("a run finished at no time at all is not read as 1970");
+    let text = vps_snapshot_agent::errors::of(&err);
+    assert!(
+        text.contains("finished_at") && text.contains(&format!("{} is not a time", i64::MAX)),
+        "{text}"
+    );
+    let err = runner
+        .db
+        .job_summaries(&["web"])
+        .await
+        .expect_err("nor in the jobs' summaries");
+    assert!(vps_snapshot_agent::errors::of(&err).contains("finished_at"));
+}

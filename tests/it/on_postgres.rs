@@ -28,6 +28,7 @@ mod job {
         job::a_run_this_process_left_over_is_resumed_under_the_lock_it_left,
         job::a_steady_state_run_costs_two_requests_plus_polls_plus_deletions,
         job::job_summaries_agree_with_the_one_job_queries,
+        job::a_stored_time_that_is_no_time_fails_the_read_naming_its_column,
     );
 }
 
