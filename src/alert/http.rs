@@ -7,6 +7,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::json;
 use url::Url;
 
+use super::DeliveryError;
 use crate::config::{NotifyKind, NotifySettings};
 use crate::db::{PendingAlert, PingKind};
 use crate::domain::AlertKind;
@@ -123,7 +124,7 @@ pub async fn post_alerts(
     subject: &str,
     text: &str,
     host: &str,
-) -> Result<(), String> {
+) -> Result<(), DeliveryError> {
     let req = http.post(n.url.clone()).timeout(n.timeout);
     let req = match n.kind {
         NotifyKind::Webhook => req.json(&webhook_body(due, subject, text, host)),
@@ -167,7 +168,7 @@ pub async fn ping(
     url: &Url,
     body: &str,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), DeliveryError> {
     let req = http
         .post(url.clone())
         .timeout(timeout)
@@ -176,10 +177,10 @@ pub async fn ping(
     send(req, &format!("ping to {}", crate::secrets::host_of(url))).await
 }
 
-async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<(), String> {
-    let resp = req.send().await.map_err(|e| {
-        let e = format!("{what}: {}", crate::errors::of(&e.without_url()));
-        crate::secrets::scrub(&e).into_owned()
+async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<(), DeliveryError> {
+    let resp = req.send().await.map_err(|e| DeliveryError::Unreachable {
+        what: crate::secrets::scrub(what).into_owned(),
+        detail: crate::errors::of(&e.without_url()),
     })?;
     let status = resp.status();
     if status.is_success() {
@@ -190,9 +191,9 @@ async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<(), String> {
     let body = resp.text().await.unwrap_or_default();
     let body = crate::secrets::scrub(&body);
     let excerpt: String = body.chars().take(200).collect();
-    Err(format!(
-        "{what}: HTTP {}: {}",
-        status.as_u16(),
-        crate::secrets::scrub_cut(excerpt.trim())
-    ))
+    Err(DeliveryError::Refused {
+        what: crate::secrets::scrub(what).into_owned(),
+        status: status.as_u16(),
+        excerpt: crate::secrets::scrub_cut(excerpt.trim()),
+    })
 }

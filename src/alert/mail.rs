@@ -7,6 +7,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
+use super::DeliveryError;
 use crate::config::{EmailSettings, Security};
 
 /// The SMTP side: a transport and the envelope, no outbox.
@@ -61,26 +62,28 @@ impl Smtp {
     }
 
     /// Sends one mail, in at most twice `email.timeout` in all.
-    pub async fn send(&self, subject: &str, body: String) -> Result<(), String> {
+    pub async fn send(&self, subject: &str, body: String) -> Result<(), DeliveryError> {
         let msg = self
             .message(subject, body)
-            .map_err(|e| format!("cannot build the alert mail: {e}"))?;
+            .map_err(|e| DeliveryError::Compose(crate::errors::line(&e)))?;
         match tokio::time::timeout(self.limit, self.transport.send(msg)).await {
-            Ok(sent) => sent.map(drop).map_err(|e| {
-                let e = crate::errors::line(&anyhow::Error::new(e));
-                format!("SMTP {}: {e}", self.server)
+            Ok(sent) => sent.map(drop).map_err(|e| DeliveryError::Smtp {
+                server: self.server.clone(),
+                detail: crate::errors::line(&anyhow::Error::new(e)),
             }),
-            Err(_) => Err(self.stalled().to_string()),
+            Err(_) => Err(self.stalled()),
         }
     }
 
-    fn stalled(&self) -> anyhow::Error {
-        anyhow::anyhow!(
-            "SMTP {}: no answer within {} (the server took the connection but did not greet, \
-             or stalled)",
-            self.server,
-            crate::human::Secs(self.limit)
-        )
+    fn stalled(&self) -> DeliveryError {
+        DeliveryError::Smtp {
+            server: self.server.clone(),
+            detail: format!(
+                "no answer within {} (the server took the connection but did not greet, \
+                 or stalled)",
+                crate::human::Secs(self.limit)
+            ),
+        }
     }
 
     fn message(&self, subject: &str, body: String) -> anyhow::Result<Message> {
@@ -89,11 +92,7 @@ impl Smtp {
             .subject(subject)
             .date_now()
             .message_id(None)
-            .user_agent(format!(
-                "vps-snapshot-agent {} on {}",
-                env!("CARGO_PKG_VERSION"),
-                self.host
-            ));
+            .user_agent(crate::identity::mail_user_agent(&self.host));
         for to in &self.to {
             b = b.to(to.clone());
         }

@@ -14,6 +14,31 @@ pub use mail::Smtp;
 pub use outbox::{Channel, Delivery, Outbox, Report};
 pub use text::Cause;
 
+/// Why an alert or a ping did not go. Its words are scrubbed when it is made: they are
+/// kept with the row and shown by `status` and the page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The receiver could not be reached, or did not answer in time.
+    #[error("{what}: {detail}")]
+    Unreachable { what: String, detail: String },
+    /// The receiver answered with an error status (and this excerpt of its answer).
+    #[error("{what}: HTTP {status}: {excerpt}")]
+    Refused {
+        what: String,
+        status: u16,
+        excerpt: String,
+    },
+    /// The SMTP server refused, failed or stalled.
+    #[error("SMTP {server}: {detail}")]
+    Smtp { server: String, detail: String },
+    /// The mail could not be built.
+    #[error("cannot build the alert mail: {0}")]
+    Compose(String),
+    /// The outbox could not be read (the database's error).
+    #[error("{0}")]
+    Outbox(String),
+}
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

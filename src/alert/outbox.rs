@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::http;
 use super::mail::Smtp;
+use super::{DeliveryError, http};
 use crate::clock::SharedClock;
 use crate::config::{EmailSettings, HeartbeatSettings, NotifySettings, Settings};
 use crate::db::{Database, DbResult, PendingAlert, PendingPing, PingKind};
@@ -42,14 +42,14 @@ pub enum Delivery {
     /// Alerts delivered (an alert sent on two channels counts twice).
     Sent(usize),
     /// A channel failed (its error; the others' alerts may have gone out).
-    Failed(String),
+    Failed(DeliveryError),
 }
 
 /// One attempt over every channel, channel by channel.
 #[derive(Debug, Default)]
 pub struct Report {
     pub sent: Vec<(String, usize)>,
-    pub failed: Vec<(String, String)>,
+    pub failed: Vec<(String, DeliveryError)>,
 }
 
 impl Report {
@@ -190,7 +190,9 @@ impl Outbox {
         // Registering adopts what was queued before any channel was known.
         if let Err(e) = self.register().await {
             tracing::error!("{e}");
-            report.failed.push(("outbox".into(), e.to_string()));
+            report
+                .failed
+                .push(("outbox".into(), DeliveryError::Outbox(e.to_string())));
             return report;
         }
         let now = self.clock.now();
@@ -213,7 +215,7 @@ impl Outbox {
         c: &Channel,
         all: bool,
         now: DateTime<Utc>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, DeliveryError> {
         let due = self
             .db
             .claim_alerts(
@@ -225,7 +227,7 @@ impl Outbox {
             .await
             .map_err(|e| {
                 tracing::error!("{e}");
-                e.to_string()
+                DeliveryError::Outbox(e.to_string())
             })?;
         if due.is_empty() {
             return Ok(0);
@@ -237,9 +239,7 @@ impl Outbox {
             Channel::Http(n) => {
                 http::post_alerts(&self.http, n, &due, &subject, &body, &self.host).await
             }
-        }
-        // What a server answered is kept and shown: never with a secret in it.
-        .map_err(|e| crate::secrets::scrub(&e).into_owned());
+        };
         let metrics = crate::serve::metrics::global();
         match sent {
             Ok(()) => {
@@ -264,7 +264,12 @@ impl Outbox {
                     "alert delivery failed, retrying at {}: {e}",
                     crate::human::fmt_time(retry)
                 );
-                if let Err(db) = self.db.mark_alerts_failed(c.name(), &ids, &e, retry).await {
+                let why = e.to_string();
+                if let Err(db) = self
+                    .db
+                    .mark_alerts_failed(c.name(), &ids, &why, retry)
+                    .await
+                {
                     tracing::error!("{db}");
                 }
                 Err(e)
@@ -423,7 +428,7 @@ async fn send_ping(
                 "ping failed, retrying at {}: {e}",
                 crate::human::fmt_time(retry)
             );
-            db.ping_attempted(p.id, clock.now(), Some(&e), Some(retry))
+            db.ping_attempted(p.id, clock.now(), Some(&e.to_string()), Some(retry))
                 .await
         }
     };

@@ -3,11 +3,10 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use super::{output, setup};
-use crate::alert::{self as mail, Cause};
+use crate::alert::{self, Cause};
 use crate::cli::RunOnceArgs;
 use crate::clock::SharedClock;
 use crate::config::{JobSettings, Settings};
@@ -199,8 +198,8 @@ fn verdict(outcomes: &[Outcome], failed: bool) -> Verdict {
 pub(super) async fn open_outbox(
     settings: &Settings,
     runner: &Runner,
-) -> anyhow::Result<(Option<Arc<mail::Outbox>>, Vec<String>)> {
-    let outbox = mail::Outbox::from_settings(settings, runner.db.clone(), runner.clock.clone())?
+) -> anyhow::Result<(Option<Arc<alert::Outbox>>, Vec<String>)> {
+    let outbox = alert::Outbox::from_settings(settings, runner.db.clone(), runner.clock.clone())?
         .map(Arc::new);
     let Some(o) = &outbox else {
         runner.db.set_channels(&[]).await?;
@@ -219,11 +218,11 @@ pub(super) async fn open_outbox(
 struct Pinger {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    outbox: Arc<mail::Outbox>,
+    outbox: Arc<alert::Outbox>,
 }
 
 impl Pinger {
-    fn start(outbox: Arc<mail::Outbox>, kick: Arc<tokio::sync::Notify>) -> Self {
+    fn start(outbox: Arc<alert::Outbox>, kick: Arc<tokio::sync::Notify>) -> Self {
         let stop = CancellationToken::new();
         let (o, s) = (outbox.clone(), stop.clone());
         let task = tokio::spawn(async move {
@@ -258,14 +257,12 @@ impl Interrupts {
         owner: &Owner,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
+        let mut stops = crate::daemon::signals::stops()?;
         let first = Arc::new(OnceLock::new());
         let (db, owner, seen) = (db.clone(), owner.clone(), first.clone());
         tokio::spawn(async move {
-            let code = tokio::select! {
-                _ = int.recv() => 130,
-                _ = term.recv() => 143,
+            let Some(code) = stops.recv().await else {
+                return;
             };
             let _ = seen.set(code);
             stop.cancel();
@@ -281,10 +278,7 @@ impl Interrupts {
                     in_flight.join(", ")
                 );
             }
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+            stops.recv().await;
             eprintln!(
                 "agent: second signal: exiting now; runs in flight stay recorded and the next start finishes them"
             );

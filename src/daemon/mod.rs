@@ -107,6 +107,9 @@ impl Daemon {
     }
 }
 
+/// How long a stop waits for the daemon's background work, after its runs.
+const CHORES_GRACE: Duration = Duration::from_secs(5);
+
 /// The loop's state.
 struct Loop {
     fires_tx: mpsc::UnboundedSender<Fire>,
@@ -118,6 +121,9 @@ struct Loop {
     /// Fires armed before the last reload carry an older generation and are ignored.
     generation: u64,
     started: DateTime<Utc>,
+    /// The daemon's own background work besides runs — resumption, delivery, channel
+    /// registration, the textfile — stopped and awaited by [`Daemon::drain`].
+    chores: TaskTracker,
     /// The periodic work in flight (at most one of each).
     resuming: Option<JoinHandle<()>>,
     delivery: Option<JoinHandle<()>>,
@@ -312,7 +318,7 @@ impl Daemon {
                 self.arm_all(lp).await;
                 self.services.settings.compact();
                 self.register_channels(lp);
-                self.settings_changed(outside);
+                self.settings_changed(outside, &lp.chores);
                 let jobs = self.services.settings.jobs.len();
                 tracing::info!(
                     jobs,
@@ -343,7 +349,7 @@ impl Daemon {
         }
         if idle(&lp.resuming) {
             let jobs = self.services.settings.jobs.clone();
-            lp.resuming = Some(tokio::spawn(self.services.executor.resume(jobs)));
+            lp.resuming = Some(lp.chores.spawn(self.services.executor.resume(jobs)));
         }
         self.deliver(lp);
     }
@@ -359,7 +365,7 @@ impl Daemon {
             return;
         }
         let (m, again) = (m.clone(), lp.again.clone());
-        lp.delivery = Some(tokio::spawn(async move {
+        lp.delivery = Some(lp.chores.spawn(async move {
             loop {
                 m.deliver_due().await;
                 if !again.swap(false, std::sync::atomic::Ordering::AcqRel) {
@@ -376,6 +382,7 @@ impl Daemon {
             fires_tx,
             done_tx,
             tracker: TaskTracker::new(),
+            chores: TaskTracker::new(),
             permits: Arc::new(Semaphore::new(max)),
             running: HashSet::new(),
             next: HashMap::new(),
@@ -397,7 +404,7 @@ impl Daemon {
         let mut lp = self.new_loop(fires_tx, done_tx);
         let presence = Presence::of_daemon(self.db.clone(), self.clock.clone());
         self.register_channels(&mut lp);
-        let outside = self.watch_from_outside().await?;
+        let outside = self.watch_from_outside(&lp.chores).await?;
         let mut heartbeat_ping = self.heartbeat_ping_interval();
         // Watched from before the first arming: a step between the two would otherwise
         // leave the schedule armed from the time before it, unnoticed.
@@ -423,7 +430,7 @@ impl Daemon {
                 Some(fire) = fires.recv() => self.on_fire(&mut lp, fire).await,
                 Some(name) = done.recv() => {
                     lp.running.remove(&name);
-                    self.write_textfile();
+                    self.write_textfile(&lp.chores);
                 }
                 () = kick.notified() => self.deliver(&mut lp),
                 () = observability::tick(&mut heartbeat_ping) => {
@@ -492,8 +499,20 @@ impl Daemon {
                 lp.running.len()
             );
         }
-        if let Some(d) = lp.delivery {
-            let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
+        // The daemon's own background work stops like runs do (a resumption at its next
+        // safe point; a delivery, registration or textfile write ends on its own) and is
+        // given a few seconds; what it leaves is in the database for the next start.
+        lp.chores.close();
+        if !lp.chores.is_empty() {
+            self.services.executor.stop_runs();
+        }
+        if tokio::time::timeout(CHORES_GRACE, lp.chores.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "stopping with background work still going (resumption or delivery); the next start picks it up"
+            );
         }
     }
 }

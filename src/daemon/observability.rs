@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 use super::{Daemon, Loop};
 use crate::config::Settings;
@@ -38,7 +39,7 @@ impl Daemon {
         }
         lp.channels = Some(names);
         let (outbox, db) = (self.services.outbox.clone(), self.db.clone());
-        tokio::spawn(async move {
+        lp.chores.spawn(async move {
             let registered = match outbox {
                 Some(o) => o.register().await,
                 None => db.set_channels(&[]).await,
@@ -50,7 +51,7 @@ impl Daemon {
     }
 
     /// Starts the metrics listener if `[metrics] listen` is set, and writes the textfile.
-    pub(super) async fn watch_from_outside(&self) -> anyhow::Result<Outside> {
+    pub(super) async fn watch_from_outside(&self, chores: &TaskTracker) -> anyhow::Result<Outside> {
         // Healthy while the loop turns: it does at least every `check_every`.
         let health = Health::new(self.db.timing().check_every * 3);
         health.beat();
@@ -96,12 +97,12 @@ impl Daemon {
             health,
             _stop: stop.drop_guard(),
         };
-        self.write_textfile();
+        self.write_textfile(chores);
         Ok(outside)
     }
 
     /// A new configuration: the listener answers from it (its address is read at start).
-    pub(super) fn settings_changed(&self, outside: &Outside) {
+    pub(super) fn settings_changed(&self, outside: &Outside, chores: &TaskTracker) {
         if let Some(tx) = &outside.settings {
             tx.send_replace(Arc::new(self.services.settings.clone()));
         }
@@ -119,11 +120,11 @@ impl Daemon {
             }
             tx.send_replace(Arc::new(access));
         }
-        self.write_textfile();
+        self.write_textfile(chores);
     }
 
     /// Rewrites the textfile in the background, if one is configured.
-    pub(super) fn write_textfile(&self) {
+    pub(super) fn write_textfile(&self, chores: &TaskTracker) {
         if self
             .services
             .settings
@@ -139,7 +140,7 @@ impl Daemon {
             self.services.settings.clone(),
             self.clock.now(),
         );
-        tokio::spawn(async move { metrics::update_textfile(&db, &settings, now).await });
+        chores.spawn(async move { metrics::update_textfile(&db, &settings, now).await });
     }
 
     /// The heartbeat's rhythm, if `[heartbeat]` is set.

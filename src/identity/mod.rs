@@ -13,6 +13,15 @@ pub fn host_name() -> String {
 /// The `User-Agent` of every HTTP request: the API's and the receivers'.
 pub const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
+/// The `User-Agent` header of every mail: the agent, its version and the box it runs on.
+pub fn mail_user_agent(host: &str) -> String {
+    format!(
+        "{} {} on {host}",
+        env!("CARGO_PKG_NAME"),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 mod liveness;
 mod owner;
 

@@ -31,6 +31,9 @@ struct Recorder {
     /// Cancelled (and when noted) by the daemon's `stop_runs`: runs end early.
     stop: tokio_util::sync::CancellationToken,
     stopped: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// A resumption goes on until `stop_runs`, and notes that it ended.
+    resume_until_stopped: bool,
+    resume_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Executor for Recorder {
@@ -82,7 +85,14 @@ impl Executor for Recorder {
     }
 
     fn resume(&self, _jobs: Vec<JobSettings>) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
+        let me = self.clone();
+        Box::pin(async move {
+            if me.resume_until_stopped {
+                me.stop.cancelled().await;
+                me.resume_ended
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
     }
 
     fn stop_runs(&self) {
@@ -113,6 +123,7 @@ struct Start {
     takes: Duration,
     dir: Option<tempfile::TempDir>,
     paused: bool,
+    resume_until_stopped: bool,
 }
 
 impl Start {
@@ -125,6 +136,7 @@ impl Start {
             takes: Duration::ZERO,
             dir: None,
             paused: false,
+            resume_until_stopped: false,
         }
     }
 
@@ -136,6 +148,12 @@ impl Start {
     /// How long each run takes.
     fn takes(mut self, d: Duration) -> Self {
         self.takes = d;
+        self
+    }
+
+    /// Each resumption goes on until the daemon stops its runs.
+    fn resume_until_stopped(mut self) -> Self {
+        self.resume_until_stopped = true;
         self
     }
 
@@ -173,6 +191,8 @@ impl Start {
             active: Arc::default(),
             stop: Default::default(),
             stopped: Arc::default(),
+            resume_until_stopped: self.resume_until_stopped,
+            resume_ended: Arc::default(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let reload_rec = recorder.clone();
@@ -228,6 +248,24 @@ impl Harness {
 
 fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+}
+
+#[tokio::test]
+async fn a_stop_stops_the_resumption_in_flight_and_waits_for_it() {
+    let h = Start::at(
+        utc(2026, 11, 28, 0, 0),
+        "[[jobs]]\nname = \"yearly\"\nserver_id = 1\nschedule = \"0 0 4 1 1 *\"\n",
+    )
+    .resume_until_stopped()
+    .spawn()
+    .await;
+    h.control.send(Control::Check).unwrap();
+    let ended = h.recorder.resume_ended.clone();
+    h.stop().await;
+    assert!(
+        ended.load(std::sync::atomic::Ordering::SeqCst),
+        "the daemon returned with its resumption still going"
+    );
 }
 
 #[tokio::test]
@@ -528,6 +566,8 @@ async fn check_at(dir: &std::path::Path, at: DateTime<Utc>, checks: usize) {
         active: Arc::default(),
         stop: Default::default(),
         stopped: Arc::default(),
+        resume_until_stopped: false,
+        resume_ended: Arc::default(),
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let daemon = Daemon {

@@ -119,7 +119,11 @@ pub(crate) async fn an_alert_survives_an_smtp_outage_and_a_restart() {
             .unwrap();
         let d = w.mailer(&runner.db, port).deliver_due().await;
         assert!(
-            matches!(d, Delivery::Failed(ref e) if e.contains(&format!("127.0.0.1:{port}"))),
+            matches!(
+                d,
+                Delivery::Failed(vps_snapshot_agent::alert::DeliveryError::Smtp { ref server, .. })
+                    if *server == format!("127.0.0.1:{port}")
+            ),
             "{d:?}"
         );
         let pending = runner.db.pending_alerts().await.unwrap();
