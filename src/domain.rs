@@ -232,3 +232,26 @@ impl AlertKind {
         }
     }
 }
+
+/// A server as the API names it in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerRef {
+    pub id: ServerId,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A snapshot as the API lists it (the API's wire type, shared by every layer that
+/// reasons about snapshots).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub id: SnapshotId,
+    pub server: ServerRef,
+    pub name: String,
+    pub status: SnapshotStatus,
+    #[serde(default)]
+    pub size_mb: Option<u64>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    pub description: Option<String>,
+}

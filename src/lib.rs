@@ -5,7 +5,8 @@
 //! - [`cli`]: the command line, as clap types only
 //! - [`commands`]: one file per subcommand, and the exit codes
 //! - [`config`]: figment loading, serde sections, one validation pass into [`config::Settings`]
-//! - [`domain`]: what every layer shares: the limit of 5, ids, statuses, alert kinds
+//! - [`domain`]: what every layer shares: the limit of 5, ids, statuses, alert kinds, and
+//!   the API's snapshot
 //! - [`api`]: the VPS.org Snapshot API: types, client, error classes, the retry policy
 //! - [`sim`]: the API simulator (world, fault menu, HTTP front) for tests, demo, `simulate`
 //! - [`db`]: the history store, SQLite or PostgreSQL: runs, the run journal, pins, locks,
@@ -21,6 +22,7 @@
 //! - [`daemon`]: `agent run`: the loop, next fires, periodic checks, signals, sd-notify
 //! - [`alert`]: what alerts say (`text`), when they are sent, delivery to every channel
 //! - [`hooks`]: the operator's `before`/`after`/`on_failure` commands, run as processes
+//! - [`metrics`]: what this process counts for Prometheus (requests, runs, deliveries)
 //! - [`serve`]: what the agent serves: the HTTP listener, the status page, the metrics
 //! - [`progress`]: `run-once`'s live lines on a terminal
 //! - [`schedule`]: cron and maintenance-window fire times, DST-correct
@@ -48,6 +50,7 @@ pub mod human;
 pub mod identity;
 pub mod job_state;
 pub mod logging;
+pub mod metrics;
 pub mod presence;
 pub mod progress;
 pub mod retention;

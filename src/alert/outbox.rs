@@ -240,7 +240,7 @@ impl Outbox {
                 http::post_alerts(&self.http, n, &due, &subject, &body, &self.host).await
             }
         };
-        let metrics = crate::serve::metrics::global();
+        let metrics = crate::metrics::global();
         match sent {
             Ok(()) => {
                 metrics.delivery(c.name(), "sent");
@@ -391,7 +391,7 @@ async fn send_ping(
     target: Option<(url::Url, Duration)>,
 ) {
     let now = clock.now();
-    let metrics = crate::serve::metrics::global();
+    let metrics = crate::metrics::global();
     let kind = p.kind.as_str();
     let Some((url, timeout)) = target.filter(|_| now < p.expires_at) else {
         let why = if now >= p.expires_at {

@@ -282,7 +282,7 @@ impl Client {
         tally: &Tally,
         parse: fn(&[u8]) -> Result<T, String>,
     ) -> Result<T, ApiError> {
-        let metrics = crate::serve::metrics::global();
+        let metrics = crate::metrics::global();
         if tally.attempts.load(Ordering::Relaxed) > 0 {
             metrics.api_retry(req.endpoint);
         }

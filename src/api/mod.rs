@@ -7,8 +7,8 @@ mod error;
 mod listing;
 mod retry;
 
-pub use crate::domain::SnapshotStatus;
-use crate::domain::{ServerId, SnapshotId};
+use crate::domain::ServerId;
+pub use crate::domain::{ServerRef, Snapshot, SnapshotStatus};
 pub use client::Client;
 pub use error::ApiError;
 pub use listing::Listing;
@@ -18,26 +18,6 @@ use std::sync::{LazyLock, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerRef {
-    pub id: ServerId,
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub id: SnapshotId,
-    pub server: ServerRef,
-    pub name: String,
-    pub status: SnapshotStatus,
-    #[serde(default)]
-    pub size_mb: Option<u64>,
-    pub created_at: DateTime<Utc>,
-    #[serde(default)]
-    pub description: Option<String>,
-}
 
 /// One page of `GET /snapshots/`. Its items are read one by one ([`Listing`]): one that
 /// cannot be read is an anomaly of the listing, not a listing that cannot be read.

@@ -198,7 +198,7 @@ impl Runner {
 
     /// The run's figures for the metrics: how long it took, the snapshots it saw.
     fn count(&self, st: &RunState<'_>, now: DateTime<Utc>) {
-        let metrics = crate::serve::metrics::global();
+        let metrics = crate::metrics::global();
         let job = &st.job.name;
         metrics.run_finished(job, (now - st.started_at).to_std().unwrap_or_default());
         let on_server = st

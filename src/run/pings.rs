@@ -62,7 +62,7 @@ impl Runner {
     ) {
         if let Some(at) = scheduled_for {
             let late = (self.now() - at).to_std().unwrap_or_default();
-            crate::serve::metrics::global().run_started(&job.name, late);
+            crate::metrics::global().run_started(&job.name, late);
         }
         let Some(p) = job_ping(job, run_id, PingKind::Start, String::new(), self.now()) else {
             return;

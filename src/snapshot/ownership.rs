@@ -8,9 +8,9 @@
 
 use std::collections::HashSet;
 
-use crate::api::Snapshot;
 use crate::config::JobSettings;
 use crate::db::{Database, DbError};
+use crate::domain::Snapshot;
 use crate::domain::{ServerId, SnapshotId};
 use crate::retention::Candidate;
 use crate::snapshot::mark::{Mark, Marker};
@@ -178,8 +178,8 @@ pub async fn owners(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ServerRef, SnapshotStatus};
     use crate::domain::{RunId, ServerId};
+    use crate::domain::{ServerRef, SnapshotStatus};
     use chrono::Utc;
 
     fn snap(id: u64, server: u64, name: &str, description: Option<String>) -> Snapshot {

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::api::Snapshot;
 use crate::config::JobSettings;
+use crate::domain::Snapshot;
 use crate::domain::SnapshotId;
 use crate::retention;
 use crate::snapshot::candidates;

@@ -14,6 +14,7 @@ mod glance;
 mod guarded;
 mod helpers;
 mod hooks;
+mod house;
 mod invariants;
 mod job;
 mod mail;
