@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::runs::{RunRow, run_columns};
 use super::{Database, DbResult, Run, RunStatus, StoredTime, ms};
-use crate::domain::RunId;
+use crate::domain::{RunId, ServerId};
 use chrono::{DateTime, Utc};
 
 /// What `status` and the metrics show of a job: its newest run, the end of its last
@@ -129,6 +129,29 @@ impl Database {
         let sql = format!("SELECT {cols} FROM runs WHERE status = 'running' ORDER BY id");
         let rows = self
             .q(&sql)
+            .fetch_all::<RunRow>(self)
+            .await
+            .map_err(self.err("cannot read running runs"))?;
+        Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    /// The runs of `job` on `server_id` still recorded as running, but `except`.
+    pub async fn running_of(
+        &self,
+        job: &str,
+        server_id: ServerId,
+        except: RunId,
+    ) -> DbResult<Vec<Run>> {
+        let cols = run_columns(self.engine());
+        let sql = format!(
+            "SELECT {cols} FROM runs WHERE status = 'running' AND job = $1 AND server_id = $2 \
+             AND id <> $3 ORDER BY id"
+        );
+        let rows = self
+            .q(&sql)
+            .bind(job)
+            .bind(server_id)
+            .bind(except)
             .fetch_all::<RunRow>(self)
             .await
             .map_err(self.err("cannot read running runs"))?;

@@ -66,13 +66,7 @@ impl Runner {
         job: &JobSettings,
         run_id: RunId,
     ) -> Result<(), DbError> {
-        let orphans: Vec<Run> = self
-            .db
-            .running()
-            .await?
-            .into_iter()
-            .filter(|r| r.id != run_id && r.server_id == job.server_id && r.job == job.name)
-            .collect();
+        let orphans = self.db.running_of(&job.name, job.server_id, run_id).await?;
         if orphans.is_empty() {
             return Ok(());
         }
