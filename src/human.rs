@@ -27,6 +27,22 @@ pub fn local_minute(t: DateTime<Utc>, tz: Tz) -> String {
     t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()
 }
 
+/// An instant to the minute in `tz`, with the UTC time beside it unless `tz` is UTC:
+/// `2026-12-04 04:35 CET (03:35 UTC)`.
+pub fn local_minute_and_utc(t: DateTime<Utc>, tz: Tz) -> String {
+    let local = local_minute(t, tz);
+    if tz == chrono_tz::UTC {
+        local
+    } else {
+        format!("{local} ({} UTC)", t.format("%H:%M"))
+    }
+}
+
+/// A day with its weekday: `Fri 2026-12-04`.
+pub fn day(t: DateTime<Utc>) -> String {
+    t.format("%a %Y-%m-%d").to_string()
+}
+
 /// An instant in the time zone `tz`: `2026-12-04 04:35:41 CET`.
 pub fn local_time(t: DateTime<Utc>, tz: Tz) -> String {
     t.with_timezone(&tz)

@@ -130,7 +130,7 @@ fn day_of_next_fire(settings: &Settings, clock: &VirtualClock) -> String {
         .filter_map(|j| schedule::next_fire(j, now))
         .min()
         .unwrap_or(now);
-    format!("{} (simulated)", first.format("%a %Y-%m-%d"))
+    format!("{} (simulated)", crate::human::day(first))
 }
 
 /// Each job once, at its own next scheduled time, as the daemon would fire it.

@@ -36,19 +36,19 @@ pub struct UsageError(pub String);
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = crate::config::resolve_path(cli.config.as_deref());
     match cli.command {
-        Command::Run => run::run(&config).await,
-        Command::Status(args) => status::run(&config, args).await,
-        Command::RunOnce(args) => run_once::run(&config, args).await,
-        Command::Prune(args) => prune::run(&config, args).await,
-        Command::History(args) => history::run(&config, args).await,
-        Command::Snapshots(args) => snapshots::run(&config, args).await,
-        Command::Pin(args) => pin::run(&config, args, true).await,
-        Command::Unpin(args) => pin::run(&config, args, false).await,
-        Command::Restore(args) => restore::run(&config, args).await,
-        Command::Demo(args) => demo::run(args).await,
-        Command::Check(args) => check::run(&config, args).await,
-        Command::Simulate(args) => simulate::run(args).await,
-        Command::Db(command) => db::run(&config, command).await,
+        Command::Run => Box::pin(run::run(&config)).await,
+        Command::Status(args) => Box::pin(status::run(&config, args)).await,
+        Command::RunOnce(args) => Box::pin(run_once::run(&config, args)).await,
+        Command::Prune(args) => Box::pin(prune::run(&config, args)).await,
+        Command::History(args) => Box::pin(history::run(&config, args)).await,
+        Command::Snapshots(args) => Box::pin(snapshots::run(&config, args)).await,
+        Command::Pin(args) => Box::pin(pin::run(&config, args, true)).await,
+        Command::Unpin(args) => Box::pin(pin::run(&config, args, false)).await,
+        Command::Restore(args) => Box::pin(restore::run(&config, args)).await,
+        Command::Demo(args) => Box::pin(demo::run(args)).await,
+        Command::Check(args) => Box::pin(check::run(&config, args)).await,
+        Command::Simulate(args) => Box::pin(simulate::run(args)).await,
+        Command::Db(command) => Box::pin(db::run(&config, command)).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "agent", &mut std::io::stdout());

@@ -112,7 +112,7 @@ pub async fn run(config: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let refs: Vec<&JobSettings> = selected.iter().collect();
     let leases = db.leases().await?;
     let mut jobs = Vec::new();
-    for s in crate::job_state::of_jobs(&db, &refs, now).await? {
+    for s in Box::pin(crate::job_state::of_jobs(&db, &refs, now)).await? {
         jobs.push(job_status(&db, s, &leases, now).await?);
     }
     let mut agents = db.agents(now).await?;
@@ -210,14 +210,7 @@ fn next_run_cell(j: &JobStatus, tz: chrono_tz::Tz) -> String {
                 "disabled".into()
             }
         },
-        |t| {
-            let local = crate::human::local_minute(t, tz);
-            if tz == chrono_tz::UTC {
-                local
-            } else {
-                format!("{local} ({} UTC)", t.format("%H:%M"))
-            }
-        },
+        |t| crate::human::local_minute_and_utc(t, tz),
     )
 }
 

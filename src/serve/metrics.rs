@@ -50,7 +50,7 @@ async fn jobs(
     now: DateTime<Utc>,
 ) -> DbResult<()> {
     let jobs: Vec<&crate::config::JobSettings> = settings.jobs.iter().collect();
-    let states = crate::job_state::of_jobs(db, &jobs, now).await?;
+    let states = Box::pin(crate::job_state::of_jobs(db, &jobs, now)).await?;
     let start = float_family(
         r,
         "vps_snapshot_job_last_run_start_timestamp",

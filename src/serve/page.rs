@@ -143,7 +143,7 @@ async fn jobs(
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<JobView>> {
     let jobs: Vec<&JobSettings> = settings.jobs.iter().collect();
-    let states = crate::job_state::of_jobs(db, &jobs, now).await?;
+    let states = Box::pin(crate::job_state::of_jobs(db, &jobs, now)).await?;
     Ok(states
         .into_iter()
         .map(|s| JobView {
