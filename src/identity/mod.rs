@@ -4,6 +4,12 @@
 //! whether the process behind one still lives ([`liveness`]: `/proc` on this host, the
 //! runs in flight in this process).
 
+mod liveness;
+mod owner;
+
+pub use liveness::{InFlight, fail_liveness_reads, liveness, may_be_alive, run_may_be_alive};
+pub use owner::{AgentId, BadIdentity, Owner};
+
 /// The box's host name, as the operator knows it (read once per call: a rename of the
 /// host shows in what is said next).
 pub fn host_name() -> String {
@@ -22,16 +28,11 @@ pub fn mail_user_agent(host: &str) -> String {
     )
 }
 
-mod liveness;
-mod owner;
-
-pub use liveness::{InFlight, fail_liveness_reads, liveness, may_be_alive, run_may_be_alive};
-pub use owner::{AgentId, BadIdentity, Owner};
-
-/// The host of the process `recorded` names (an agent or an owner), empty when it does
-/// not parse.
+/// The host of the process `recorded` names (an agent or an owner); for a record that
+/// does not parse (an older agent's, say), what comes before its first `/`.
 pub fn host_of(recorded: &str) -> String {
-    AgentId::of_recorded(recorded)
-        .map(|a| a.host().to_string())
-        .unwrap_or_default()
+    AgentId::of_recorded(recorded).map_or_else(
+        |_| recorded.split('/').next().unwrap_or_default().to_string(),
+        |a| a.host().to_string(),
+    )
 }

@@ -597,6 +597,7 @@ pub(crate) async fn a_run_aborted_at_any_point_resumes_without_a_duplicate() {
         // The dying process has a database handle of its own, closed with it.
         let mut dying = w.runner(w.db(&dir).await);
         dying.owner = dead_owner();
+        let dying_db = dying.db.clone();
         let j = job("web", 1, 3);
         let task = tokio::spawn({
             let j = j.clone();
@@ -612,6 +613,11 @@ pub(crate) async fn a_run_aborted_at_any_point_resumes_without_a_duplicate() {
         }
         task.abort();
         let _ = task.await;
+        // A process that dies loses its connections with it, and PostgreSQL rolls back
+        // what they left open; an aborted task's do not go by themselves (a statement cut
+        // mid-transaction can leave its connection idle in that transaction, holding the
+        // run's row), so they are closed here as the kernel would.
+        let _ = tokio::time::timeout(Duration::from_secs(10), dying_db.close()).await;
         // The lock the dead process held is released by the next one's check. On
         // PostgreSQL a COMMIT the dead process had sent may still land after that check
         // has looked (a server finishes what it was sent): the next check (every 30 s in
