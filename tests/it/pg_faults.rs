@@ -298,6 +298,21 @@ pub(crate) fn an_agent_cut_off_from_the_others_is_replaced_and_sends_nothing_mor
         );
         assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
         assert_ne!(run.host, "cut-off-host");
+        // Cut off until the other has said so: the run can be taken over a moment after
+        // the lapse, before the other's next presence beat looks for lapsed agents, and a
+        // rejoin then would leave nothing to say.
+        let gone_mailed = || {
+            inbox
+                .messages()
+                .iter()
+                .any(|m| m.contains("AGENT GONE") && m.contains("cut-off-host"))
+        };
+        for _ in 0..300 {
+            if gone_mailed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // Back: it rejoins and takes its share again.
         proxy.set_cut(false);
         tokio::time::sleep(Duration::from_secs(8)).await;
