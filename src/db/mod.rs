@@ -31,6 +31,7 @@ mod pins;
 mod postgres;
 mod runs;
 mod sql;
+mod writer;
 
 pub use agents::{AgentRole, AgentRow, Leases};
 pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
@@ -248,7 +249,7 @@ impl Database {
         drop(lock);
         migrated.map_err(|e| err("cannot migrate (is it an agent database?)", e.into()))?;
         Ok(Self {
-            pool: Pool::Sqlite(pool, sql::Writer::new()),
+            pool: Pool::Sqlite(pool.clone(), writer::Writer::start(&pool)),
             path: path.to_path_buf(),
             timing: Timing::default(),
         })
@@ -323,7 +324,7 @@ impl Database {
             Pool::Sqlite(p, writer) => {
                 // This process's turn first, then a connection: writers waiting their turn
                 // hold none of the pool's connections, which stay free for readers.
-                let turn = writer.turn(sql::WRITER_PATIENCE).await;
+                let turn = writer.turn(writer::WRITER_PATIENCE).await;
                 p.begin_with("BEGIN IMMEDIATE")
                     .await
                     .map(|t| Tx::Sqlite(t, turn))

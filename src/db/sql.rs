@@ -8,7 +8,8 @@
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{Arguments, AssertSqlSafe, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::writer::{Want, Writer, Written};
 
 /// Which engine a database is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,34 +23,6 @@ pub(crate) enum Pool {
     Sqlite(SqlitePool, Writer),
     Postgres(PgPool),
 }
-
-/// The one writer of a SQLite database in this process. SQLite lets one connection write
-/// at a time; without a turn taken here, the pool's other connections that want to write
-/// wait in SQLite's busy handler, which sleeps and polls (1 ms, 2 ms, 5 ms, … up to the
-/// busy timeout). With it, this process's writers queue here and each starts the moment
-/// the last one is done; the busy handler is left to arbitrate between processes only.
-#[derive(Debug, Clone)]
-pub(crate) struct Writer(std::sync::Arc<Semaphore>);
-
-impl Writer {
-    pub(crate) fn new() -> Self {
-        Self(std::sync::Arc::new(Semaphore::new(1)))
-    }
-
-    /// This process's turn to write. `None` when it did not come within `patience` (a
-    /// writer that waits on itself, or a stuck one): the statement then goes ahead and
-    /// SQLite's busy timeout decides, as it would without the turn.
-    pub(crate) async fn turn(&self, patience: std::time::Duration) -> Option<OwnedSemaphorePermit> {
-        tokio::time::timeout(patience, self.0.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-    }
-}
-
-/// How long a writer waits for its turn in the process before going ahead anyway: the
-/// busy timeout SQLite is opened with.
-pub(crate) const WRITER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether a statement may write: anything but a plain `SELECT` (an `INSERT … RETURNING`
 /// read through `fetch_one` writes too).
@@ -70,7 +43,10 @@ impl Pool {
 /// A write transaction on either store (see `Database::begin`).
 pub(crate) enum Tx {
     /// With this process's turn to write, held until the transaction ends.
-    Sqlite(Transaction<'static, Sqlite>, Option<OwnedSemaphorePermit>),
+    Sqlite(
+        Transaction<'static, Sqlite>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -193,14 +169,33 @@ impl Q {
         self
     }
 
-    /// This process's turn to write, for a statement that writes outside a transaction
-    /// on SQLite (a transaction holds it already).
-    async fn turn(&self, on: &On<'_>) -> Option<OwnedSemaphorePermit> {
+    /// A write outside a transaction on SQLite: the pool and its writer, which commits it
+    /// (with others waiting at the same moment, see [`super::writer`]).
+    fn lone_write<'p>(&self, on: &On<'p>) -> Option<(&'p SqlitePool, &'p Writer)> {
         match on {
-            On::Pool(Pool::Sqlite(_, writer)) if writes(&self.sql) => {
-                writer.turn(WRITER_PATIENCE).await
-            }
+            On::Pool(Pool::Sqlite(pool, writer)) if writes(&self.sql) => Some((pool, writer)),
             _ => None,
+        }
+    }
+
+    /// Hands the statement to the SQLite writer.
+    async fn write(self, pool: &SqlitePool, writer: &Writer, want: Want) -> sqlx::Result<Written> {
+        if let Some(e) = self.bad {
+            return Err(sqlx::Error::Encode(e));
+        }
+        match self.args {
+            Args::Sqlite(args) => writer.write(pool, self.sql, args, want).await,
+            Args::Postgres(_) => Err(sqlx::Error::Protocol(
+                "a statement prepared for one engine was run on the other".into(),
+            )),
+        }
+    }
+
+    /// The rows of a lone write, decoded.
+    async fn written<T: Row>(self, pool: &SqlitePool, writer: &Writer) -> sqlx::Result<Vec<T>> {
+        match self.write(pool, writer, Want::Rows).await? {
+            Written::Rows(rows) => rows.iter().map(|r| T::from_row(r)).collect(),
+            Written::Count(_) => Ok(Vec::new()),
         }
     }
 
@@ -214,7 +209,12 @@ impl Q {
     /// Runs the statement; the number of rows it changed.
     pub(crate) async fn execute<'a>(self, on: impl Into<On<'a>>) -> sqlx::Result<u64> {
         let on = on.into();
-        let _turn = self.turn(&on).await;
+        if let Some((pool, writer)) = self.lone_write(&on) {
+            return match self.write(pool, writer, Want::Count).await? {
+                Written::Count(n) => Ok(n),
+                Written::Rows(rows) => Ok(rows.len() as u64),
+            };
+        }
         let (sql, args) = self.parts()?;
         on_engine!(args, on, |e, a| sqlx::query_with(sql, a)
             .execute(e)
@@ -224,7 +224,9 @@ impl Q {
 
     pub(crate) async fn fetch_all<'a, T: Row>(self, on: impl Into<On<'a>>) -> sqlx::Result<Vec<T>> {
         let on = on.into();
-        let _turn = self.turn(&on).await;
+        if let Some((pool, writer)) = self.lone_write(&on) {
+            return self.written(pool, writer).await;
+        }
         let (sql, args) = self.parts()?;
         on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
             .fetch_all(e)
@@ -236,7 +238,9 @@ impl Q {
         on: impl Into<On<'a>>,
     ) -> sqlx::Result<Option<T>> {
         let on = on.into();
-        let _turn = self.turn(&on).await;
+        if let Some((pool, writer)) = self.lone_write(&on) {
+            return Ok(self.written(pool, writer).await?.into_iter().next());
+        }
         let (sql, args) = self.parts()?;
         on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
             .fetch_optional(e)
@@ -245,7 +249,14 @@ impl Q {
 
     pub(crate) async fn fetch_one<'a, T: Row>(self, on: impl Into<On<'a>>) -> sqlx::Result<T> {
         let on = on.into();
-        let _turn = self.turn(&on).await;
+        if let Some((pool, writer)) = self.lone_write(&on) {
+            return self
+                .written(pool, writer)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or(sqlx::Error::RowNotFound);
+        }
         let (sql, args) = self.parts()?;
         on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
             .fetch_one(e)

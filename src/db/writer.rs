@@ -1,0 +1,414 @@
+//! The one writer of a SQLite database in this process, and its group commit.
+//!
+//! SQLite lets one connection write at a time. Without a turn taken here, the pool's
+//! other connections that want to write wait in SQLite's busy handler, which sleeps and
+//! polls (1 ms, 2 ms, 5 ms, … up to the busy timeout); with it, this process's writers
+//! queue here and each starts the moment the last one is done, and the busy handler is
+//! left to arbitrate between processes only.
+//!
+//! A lone write (one statement outside a transaction: most of the journal) is handed to
+//! the writer task, which commits every lone write waiting at that moment in one
+//! transaction: one commit instead of one each, and the writer's turn taken once. The
+//! caller's answer comes only after that commit, so an intent is on disk before its
+//! request leaves, as when it committed on its own. A group that fails is never half
+//! kept: a statement that fails is rolled back with the rest, answered with its own
+//! error, and the others are written again without it; a group that cannot begin is
+//! written one by one, each getting its own answer; a commit that fails fails them all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::{AssertSqlSafe, Executor, Sqlite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+/// How long a writer waits for its turn in the process before going ahead anyway: the
+/// busy timeout SQLite is opened with.
+pub(crate) const WRITER_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The most lone writes one commit takes (the rest wait for the next one).
+const MOST_IN_A_GROUP: usize = 256;
+
+/// The writer of a SQLite database in this process: its turn, and the queue of its
+/// group-commit task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Writer {
+    turn: Arc<Semaphore>,
+    queue: mpsc::UnboundedSender<Write>,
+}
+
+/// What a lone write asks back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Want {
+    /// The number of rows it changed.
+    Count,
+    /// The rows it returned (`RETURNING`).
+    Rows,
+}
+
+/// What a lone write gave back.
+pub(crate) enum Written {
+    Count(u64),
+    Rows(Vec<SqliteRow>),
+}
+
+/// A lone write waiting for the writer.
+struct Write {
+    sql: String,
+    args: SqliteArguments,
+    want: Want,
+    answer: oneshot::Sender<sqlx::Result<Written>>,
+}
+
+impl Writer {
+    /// The writer of `pool`, its task started on this runtime; the task ends when the
+    /// last clone of the writer is dropped.
+    pub(crate) fn start(pool: &SqlitePool) -> Self {
+        let turn = Arc::new(Semaphore::new(1));
+        let (queue, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(serve(pool.clone(), turn.clone(), waiting));
+        Self { turn, queue }
+    }
+
+    /// This process's turn to write. `None` when it did not come within `patience` (a
+    /// writer that waits on itself, or a stuck one): the statement then goes ahead and
+    /// SQLite's busy timeout decides, as it would without the turn.
+    pub(crate) async fn turn(&self, patience: Duration) -> Option<OwnedSemaphorePermit> {
+        turn_of(&self.turn, patience).await
+    }
+
+    /// Writes one statement outside a transaction, committed when this returns (with
+    /// others waiting at the same moment, in one commit).
+    pub(crate) async fn write(
+        &self,
+        pool: &SqlitePool,
+        sql: String,
+        args: SqliteArguments,
+        want: Want,
+    ) -> sqlx::Result<Written> {
+        let (answer, answered) = oneshot::channel();
+        let write = Write {
+            sql,
+            args,
+            want,
+            answer,
+        };
+        match self.queue.send(write) {
+            Ok(()) => answered.await.unwrap_or(Err(sqlx::Error::WorkerCrashed)),
+            // The task is gone with the runtime that started it: the write goes alone.
+            Err(mpsc::error::SendError(w)) => {
+                let _turn = self.turn(WRITER_PATIENCE).await;
+                alone(pool, &w).await
+            }
+        }
+    }
+}
+
+async fn turn_of(turn: &Arc<Semaphore>, patience: Duration) -> Option<OwnedSemaphorePermit> {
+    tokio::time::timeout(patience, turn.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// The writer task: waits for a lone write, takes the turn, and commits it with every
+/// other one waiting by then.
+async fn serve(pool: SqlitePool, turn: Arc<Semaphore>, mut queue: mpsc::UnboundedReceiver<Write>) {
+    let mut group = Vec::new();
+    while let Some(first) = queue.recv().await {
+        group.push(first);
+        let _turn = turn_of(&turn, WRITER_PATIENCE).await;
+        while group.len() < MOST_IN_A_GROUP {
+            match queue.try_recv() {
+                Ok(w) => group.push(w),
+                Err(_) => break,
+            }
+        }
+        commit(&pool, &mut group).await;
+        group.clear();
+    }
+}
+
+/// How a group's transaction failed.
+enum Failed {
+    /// Before any statement ran.
+    Begin,
+    /// The statement at this place in the group.
+    Statement(usize, sqlx::Error),
+    /// At the commit: none of it was kept.
+    Commit(sqlx::Error),
+}
+
+/// Writes `group` and answers each of its writes.
+async fn commit(pool: &SqlitePool, group: &mut Vec<Write>) {
+    // A caller that stopped waiting (cancelled) is not written for.
+    group.retain(|w| !w.answer.is_closed());
+    loop {
+        if group.len() <= 1 {
+            for w in group.drain(..) {
+                let r = alone(pool, &w).await;
+                let _ = w.answer.send(r);
+            }
+            return;
+        }
+        match together(pool, group).await {
+            Ok(written) => {
+                for (w, r) in group.drain(..).zip(written) {
+                    let _ = w.answer.send(Ok(r));
+                }
+                return;
+            }
+            Err(Failed::Statement(at, e)) => {
+                // Rolled back with the rest; the others go again without it.
+                let w = group.remove(at);
+                let _ = w.answer.send(Err(e));
+            }
+            Err(Failed::Begin) => {
+                for w in group.drain(..) {
+                    let r = alone(pool, &w).await;
+                    let _ = w.answer.send(r);
+                }
+                return;
+            }
+            Err(Failed::Commit(e)) => {
+                let text = e.to_string();
+                let mut first = Some(e);
+                for w in group.drain(..) {
+                    let e = first.take().unwrap_or_else(|| {
+                        sqlx::Error::InvalidArgument(format!(
+                            "the commit of this write with others failed: {text}"
+                        ))
+                    });
+                    let _ = w.answer.send(Err(e));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The group's statements in one transaction, what each gave back.
+async fn together(pool: &SqlitePool, group: &[Write]) -> Result<Vec<Written>, Failed> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|_| Failed::Begin)?;
+    let mut written = Vec::with_capacity(group.len());
+    for (i, w) in group.iter().enumerate() {
+        match run(&mut *tx, w).await {
+            Ok(r) => written.push(r),
+            // Dropping the transaction rolls it back.
+            Err(e) => return Err(Failed::Statement(i, e)),
+        }
+    }
+    tx.commit().await.map_err(Failed::Commit)?;
+    Ok(written)
+}
+
+/// One write on its own (it commits by itself).
+async fn alone(pool: &SqlitePool, w: &Write) -> sqlx::Result<Written> {
+    run(pool, w).await
+}
+
+async fn run<'e, E>(on: E, w: &Write) -> sqlx::Result<Written>
+where
+    E: Executor<'e, Database = Sqlite>,
+{
+    let q = sqlx::query_with(AssertSqlSafe(w.sql.clone()), w.args.clone());
+    match w.want {
+        Want::Count => q
+            .execute(on)
+            .await
+            .map(|r| Written::Count(r.rows_affected())),
+        Want::Rows => q.fetch_all(on).await.map(Written::Rows),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Arguments;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+    async fn pool(dir: &tempfile::TempDir) -> SqlitePool {
+        pool_waiting(dir, Duration::from_secs(10)).await
+    }
+
+    async fn pool_waiting(dir: &tempfile::TempDir, busy: Duration) -> SqlitePool {
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.path().join("w.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(busy);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, x INTEGER NOT NULL CHECK (x >= 0))")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool
+    }
+
+    fn args(x: i64) -> SqliteArguments {
+        let mut a = SqliteArguments::default();
+        a.add(x).unwrap();
+        a
+    }
+
+    async fn insert(w: &Writer, p: &SqlitePool, x: i64) -> sqlx::Result<i64> {
+        let sql = "INSERT INTO t (x) VALUES ($1) RETURNING id".to_string();
+        match w.write(p, sql, args(x), Want::Rows).await? {
+            Written::Rows(rows) => {
+                let (id,): (i64,) = sqlx::FromRow::from_row(&rows[0])?;
+                Ok(id)
+            }
+            Written::Count(_) => panic!("asked for rows"),
+        }
+    }
+
+    async fn xs(p: &SqlitePool) -> Vec<i64> {
+        sqlx::query_scalar("SELECT x FROM t ORDER BY x")
+            .fetch_all(p)
+            .await
+            .unwrap()
+    }
+
+    /// A group as the writer task would have gathered it, and where each answer arrives.
+    fn group(values: &[i64]) -> (Vec<Write>, Vec<oneshot::Receiver<sqlx::Result<Written>>>) {
+        values
+            .iter()
+            .map(|&x| {
+                let (answer, answered) = oneshot::channel();
+                let w = Write {
+                    sql: "INSERT INTO t (x) VALUES ($1) RETURNING id".into(),
+                    args: args(x),
+                    want: Want::Rows,
+                    answer,
+                };
+                (w, answered)
+            })
+            .unzip()
+    }
+
+    fn id_of(answer: sqlx::Result<Written>) -> sqlx::Result<i64> {
+        match answer? {
+            Written::Rows(rows) => Ok(sqlx::FromRow::from_row(&rows[0]).map(|(id,): (i64,)| id)?),
+            Written::Count(_) => panic!("asked for rows"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_is_answered_with_its_error_and_the_rest_kept_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(&dir).await;
+        // -1 breaks the CHECK: the second and the fifth of the group fail.
+        let (mut g, answers) = group(&[1, -1, 2, 3, -1, 4]);
+        commit(&p, &mut g).await;
+        let mut failed = 0;
+        for a in answers {
+            match id_of(a.await.unwrap()) {
+                Ok(_) => {}
+                Err(e) => {
+                    assert!(e.to_string().contains("CHECK"), "{e}");
+                    failed += 1;
+                }
+            }
+        }
+        assert_eq!(failed, 2);
+        assert_eq!(
+            xs(&p).await,
+            vec![1, 2, 3, 4],
+            "the others written, each once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_caller_stopped_waiting_is_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(&dir).await;
+        let (mut g, mut answers) = group(&[1, 2, 3]);
+        drop(answers.remove(1));
+        commit(&p, &mut g).await;
+        for a in answers {
+            id_of(a.await.unwrap()).unwrap();
+        }
+        assert_eq!(xs(&p).await, vec![1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_group_that_cannot_begin_is_written_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool_waiting(&dir, Duration::ZERO).await;
+        // Another process holds the write lock: BEGIN IMMEDIATE is refused at once
+        // (busy timeout 0 on this pool), and so is each write alone.
+        let mut other = p.acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        let (mut g, answers) = group(&[1, 2]);
+        commit(&p, &mut g).await;
+        for a in answers {
+            let e = id_of(a.await.unwrap()).unwrap_err();
+            assert!(e.to_string().contains("locked"), "{e}");
+        }
+        sqlx::query("ROLLBACK").execute(&mut *other).await.unwrap();
+        drop(other);
+        assert!(xs(&p).await.is_empty());
+    }
+
+    #[test]
+    fn a_writer_whose_runtime_ended_still_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = tokio::runtime::Runtime::new().unwrap();
+        let (p, w) = first.block_on(async {
+            let p = pool(&dir).await;
+            let w = Writer::start(&p);
+            (p, w)
+        });
+        drop(first);
+        let second = tokio::runtime::Runtime::new().unwrap();
+        second.block_on(async {
+            insert(&w, &p, 7).await.unwrap();
+            assert_eq!(xs(&p).await, vec![7]);
+        });
+    }
+
+    #[tokio::test]
+    async fn each_write_is_answered_after_its_commit_with_its_own_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(&dir).await;
+        let w = Writer::start(&p);
+        let tasks: Vec<_> = (0..200)
+            .map(|x| {
+                let (w, p) = (w.clone(), p.clone());
+                tokio::spawn(async move {
+                    let id = insert(&w, &p, x).await.unwrap();
+                    // Answered: on disk, seen by any other connection.
+                    let seen: i64 = sqlx::query_scalar("SELECT x FROM t WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(&p)
+                        .await
+                        .unwrap();
+                    assert_eq!(seen, x, "row {id} is not this write's");
+                    id
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 200, "every write got its own row");
+        assert_eq!(
+            xs(&p).await,
+            (0..200).collect::<Vec<_>>(),
+            "each written once"
+        );
+    }
+}
