@@ -259,7 +259,8 @@ impl Database {
         let mut hosts = Vec::new();
         for (id, host, seen_at) in gone {
             let a = alert(&id, &host, seen_at.0, now);
-            alerts::insert(&mut tx, &a).await.map_err(self.err(what))?;
+            let q = alerts::insert(self.engine(), &a);
+            q.execute(&mut tx).await.map_err(self.err(what))?;
             hosts.push(host);
         }
         tx.commit().await.map_err(self.err(what))?;

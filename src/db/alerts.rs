@@ -2,8 +2,8 @@
 //! (email, each `[[notify]]`) has its own delivery row per alert, which leaves the pending
 //! set only when that channel's server has accepted it.
 
-use super::sql::Q;
-use super::{Database, DbResult, StoredTime, Tx, ms};
+use super::sql::{Engine, Q};
+use super::{Database, DbResult, StoredTime, ms};
 use crate::domain::{AlertKind, RunId, ServerId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -85,12 +85,14 @@ pub struct OutboxCounts {
     pub channels: Vec<(String, i64, i64)>,
 }
 
-pub(super) async fn insert(tx: &mut Tx, a: &NewAlert) -> Result<i64, sqlx::Error> {
-    let q = tx.q(
+/// Queues an alert; it returns the alert's id.
+pub(super) fn insert(engine: Engine, a: &NewAlert) -> Q {
+    let q = Q::new(
+        engine,
         "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     );
-    bind_alert(q, a).scalar(tx).await
+    bind_alert(q, a)
 }
 
 /// Binds an alert's seven columns, in the order the inserts name them.
@@ -109,14 +111,10 @@ const ALERT_COLUMNS: &str =
 
 impl Database {
     pub async fn queue_alert(&self, a: &NewAlert) -> DbResult<i64> {
-        let mut tx = self.begin().await?;
-        let id = insert(&mut tx, a)
+        insert(self.engine(), a)
+            .scalar(self)
             .await
-            .map_err(self.err("cannot queue an alert"))?;
-        tx.commit()
-            .await
-            .map_err(self.err("cannot queue an alert"))?;
-        Ok(id)
+            .map_err(self.err("cannot queue an alert"))
     }
 
     /// Queues `a` unless an alert of its kind about its job was queued after `since`, in

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::sql::On;
-use super::{Database, DbError, DbResult, StoredTime, Tx, ms};
+use super::sql::{Engine, On, Q};
+use super::{Database, DbError, DbResult, Did, Part, StoredTime, ms};
 use crate::domain::{RunId, ServerId, SnapshotId};
 use crate::identity::Owner;
 
@@ -145,14 +145,11 @@ async fn insert(
 
 /// Inserts a pending entry only while its run is still running under `owner`: an agent
 /// whose run another agent took over (its presence beat lapsed, say, cut off from the
-/// database) records no intent, and so sends no request, for it again. `None` when not.
-async fn insert_fenced(
-    on: On<'_>,
-    i: &Intent<'_>,
-    owner: &Owner,
-    at: DateTime<Utc>,
-) -> Result<Option<EntryId>, sqlx::Error> {
-    on.q(
+/// database) records no intent, and so sends no request, for it again. It returns the
+/// entry's id, or no row when not.
+fn insert_fenced(engine: Engine, i: &Intent<'_>, owner: &Owner, at: DateTime<Utc>) -> Q {
+    Q::new(
+        engine,
         "INSERT INTO journal (run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail) \
          SELECT $1, $2, $3, 'pending', $4, $5, $6, $7 \
          WHERE EXISTS (SELECT 1 FROM runs WHERE id = $8 AND status = 'running' AND owner = $9) \
@@ -167,33 +164,33 @@ async fn insert_fenced(
     .bind(i.detail)
     .bind(i.run_id)
     .bind(owner.as_str())
-    .scalar_optional(on)
-    .await
 }
 
-/// A resolved entry about the run itself (its end), inside the caller's transaction.
-pub(super) async fn insert_resolved(
-    tx: &mut Tx,
+/// The entry id a fenced insert returned, if it did.
+fn entry_of(did: &[Did]) -> Option<EntryId> {
+    did.first()?.ids.first().copied().map(EntryId)
+}
+
+/// A resolved entry about the run itself (its end), on its run's server.
+pub(super) fn insert_resolved(
+    engine: Engine,
     run_id: RunId,
     action: Action,
     state: State,
     detail: Option<&str>,
     at: DateTime<Utc>,
-) -> Result<EntryId, sqlx::Error> {
-    let server: (ServerId,) = tx
-        .q("SELECT server_id FROM runs WHERE id = $1")
-        .bind(run_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    let intent = Intent {
-        run_id,
-        server_id: server.0,
-        action,
-        snapshot_id: None,
-        snapshot_name: None,
-        detail,
-    };
-    insert(On::Tx(tx), &intent, state, at).await
+) -> Q {
+    Q::new(
+        engine,
+        "INSERT INTO journal (run_id, server_id, action, state, at, resolved_at, detail) \
+         SELECT id, server_id, $1, $2, $3, $4, $5 FROM runs WHERE id = $6",
+    )
+    .bind(action)
+    .bind(state)
+    .bind(ms(at))
+    .bind((state != State::Pending).then_some(ms(at)))
+    .bind(detail)
+    .bind(run_id)
 }
 
 impl Database {
@@ -209,28 +206,18 @@ impl Database {
             "cannot record the intent to {} (run {})",
             i.action, i.run_id
         );
-        if i.action != Action::Create {
-            return insert_fenced(self.into(), &i, owner, at)
-                .await
-                .map_err(self.err(what.clone()))?
-                .ok_or_else(|| self.taken_over(&what, i.run_id));
-        }
-        let mut tx = self.begin().await?;
-        let id = insert_fenced(On::Tx(&mut tx), &i, owner, at)
-            .await
-            .map_err(self.err(what.clone()))?
-            .ok_or_else(|| self.taken_over(&what, i.run_id))?;
-        {
+        let mut parts =
+            vec![Part::returning(insert_fenced(self.engine(), &i, owner, at)).or_stop()];
+        if i.action == Action::Create {
             // The run's summary names its snapshot from the moment it is asked for.
-            tx.q("UPDATE runs SET snapshot_name = $1, step = 'create' WHERE id = $2")
-                .bind(i.snapshot_name)
-                .bind(i.run_id)
-                .execute(&mut tx)
-                .await
-                .map_err(self.err(what.clone()))?;
+            parts.push(Part::new(
+                self.q("UPDATE runs SET snapshot_name = $1, step = 'create' WHERE id = $2")
+                    .bind(i.snapshot_name)
+                    .bind(i.run_id),
+            ));
         }
-        tx.commit().await.map_err(self.err(what))?;
-        Ok(id)
+        let did = self.write_all(&what, parts).await?;
+        entry_of(&did).ok_or_else(|| self.taken_over(&what, i.run_id))
     }
 
     fn taken_over(&self, what: &str, run_id: RunId) -> DbError {
@@ -255,8 +242,9 @@ impl Database {
         let mut tx = self.begin().await?;
         let mut ids = Vec::with_capacity(intents.len());
         for i in intents {
+            let q = insert_fenced(self.engine(), i, owner, at);
             ids.push(
-                insert_fenced(On::Tx(&mut tx), i, owner, at)
+                q.scalar_optional(&mut tx)
                     .await
                     .map_err(self.err(what))?
                     .ok_or_else(|| self.taken_over(what, i.run_id))?,
@@ -290,8 +278,8 @@ impl Database {
         at: DateTime<Utc>,
     ) -> DbResult<()> {
         let what = format!("cannot record an outcome ({state}) in the journal");
-        if made.is_none() {
-            // One statement, committed on its own: nothing else changes with it.
+        let Some((id, status)) = made else {
+            // One statement: nothing else changes with it.
             self.q("UPDATE journal SET state = $1, outcome = $2, resolved_at = $3 WHERE id = $4")
                 .bind(state)
                 .bind(outcome)
@@ -301,33 +289,40 @@ impl Database {
                 .await
                 .map_err(self.err(what))?;
             return Ok(());
-        }
-        let mut tx = self.begin().await?;
-        let row: (RunId, Action, i64) = tx
-            .q(
-                "UPDATE journal SET state = $1, snapshot_id = COALESCE($2, snapshot_id), \
-             outcome = $3, resolved_at = $4 WHERE id = $5 RETURNING run_id, action, at",
-            )
-            .bind(state)
-            .bind(made.map(|(id, _)| id))
-            .bind(outcome)
-            .bind(ms(at))
-            .bind(entry)
-            .fetch_one(&mut tx)
-            .await
-            .map_err(self.err(what.clone()))?;
-        if let (Action::Create, Some((id, status))) = (row.1, made) {
-            tx.q("UPDATE runs SET snapshot_id = $1, snapshot_status = $2, \
-                 snapshot_created_at = COALESCE(snapshot_created_at, $3) WHERE id = $4")
+        };
+        // A create's run names the snapshot it made (and when it was asked for) with it.
+        let parts = vec![
+            Part::returning(
+                self.q(
+                    "UPDATE journal SET state = $1, snapshot_id = COALESCE($2, snapshot_id), \
+                     outcome = $3, resolved_at = $4 WHERE id = $5 RETURNING id",
+                )
+                .bind(state)
                 .bind(id)
-                .bind(status)
-                .bind(row.2)
-                .bind(row.0)
-                .execute(&mut tx)
-                .await
-                .map_err(self.err(what.clone()))?;
+                .bind(outcome)
+                .bind(ms(at))
+                .bind(entry),
+            )
+            .or_stop(),
+            Part::new(
+                self.q("UPDATE runs SET snapshot_id = $1, snapshot_status = $2, \
+                     snapshot_created_at = COALESCE(snapshot_created_at, \
+                       (SELECT at FROM journal WHERE id = $3)) \
+                     WHERE id = (SELECT run_id FROM journal WHERE id = $3 AND action = 'create')")
+                    .bind(id)
+                    .bind(status)
+                    .bind(entry),
+            ),
+        ];
+        let did = self.write_all(&what, parts).await?;
+        if entry_of(&did).is_none() {
+            return Err(DbError::new(
+                &self.path,
+                what,
+                anyhow::anyhow!("journal entry {} is not there", entry.0),
+            ));
         }
-        tx.commit().await.map_err(self.err(what))
+        Ok(())
     }
 
     /// Records something seen (a listing, a poll, an adoption), resolved at once.

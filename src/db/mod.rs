@@ -44,7 +44,7 @@ pub use pings::{NewPing, PendingPing, PingKind};
 pub use postgres::{Location, split_password};
 pub use runs::{Finish, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};
 pub use sql::Engine;
-pub(crate) use sql::Tx;
+pub(crate) use sql::{Did, Part, Tx};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -305,6 +305,33 @@ impl Database {
         match &self.pool {
             Pool::Sqlite(p, _) => p.close().await,
             Pool::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Writes `parts` in order, each while the one before it that says so
+    /// ([`Part::or_stop`]) changed a row, all kept or none; committed when this returns.
+    /// On SQLite this process's writer commits them with the other writes waiting at the
+    /// same moment (see `writer`); on PostgreSQL they are a transaction of their own.
+    /// What each statement run did.
+    pub(crate) async fn write_all(&self, what: &str, parts: Vec<Part>) -> DbResult<Vec<Did>> {
+        match &self.pool {
+            Pool::Sqlite(p, writer) => sql::on_writer(p, writer, parts)
+                .await
+                .map_err(self.err(what)),
+            // One statement commits by itself, without the transaction's lock.
+            Pool::Postgres(_) if parts.len() == 1 => {
+                let mut done = Vec::with_capacity(1);
+                for part in parts {
+                    done.push(sql::one(self.into(), part).await.map_err(self.err(what))?);
+                }
+                Ok(done)
+            }
+            Pool::Postgres(_) => {
+                let mut tx = self.begin().await?;
+                let done = sql::in_tx(&mut tx, parts).await.map_err(self.err(what))?;
+                tx.commit().await.map_err(self.err(what))?;
+                Ok(done)
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! The ping outbox: dead-man pings (the Healthchecks protocol) queued as rows, sent by
 //! the same delivery pass as alerts, dropped rather than sent once they have expired.
 
-use super::{Database, DbResult, StoredTime, Tx, ms};
+use super::sql::{Engine, Q};
+use super::{Database, DbResult, StoredTime, ms};
 use crate::domain::RunId;
 use chrono::{DateTime, Utc};
 
@@ -60,8 +61,10 @@ struct Row {
     attempts: i64,
 }
 
-pub(super) async fn insert(tx: &mut Tx, p: &NewPing) -> Result<(), sqlx::Error> {
-    tx.q(
+/// Queues a ping.
+pub(super) fn insert(engine: Engine, p: &NewPing) -> Q {
+    Q::new(
+        engine,
         "INSERT INTO pings (job, run_id, kind, body, created_at, expires_at, next_attempt_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
@@ -72,18 +75,15 @@ pub(super) async fn insert(tx: &mut Tx, p: &NewPing) -> Result<(), sqlx::Error> 
     .bind(ms(p.created_at))
     .bind(ms(p.expires_at))
     .bind(ms(p.created_at))
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 impl Database {
     pub async fn queue_ping(&self, p: &NewPing) -> DbResult<()> {
-        let mut tx = self.begin().await?;
-        insert(&mut tx, p)
+        insert(self.engine(), p)
+            .execute(self)
             .await
-            .map_err(self.err("cannot queue a ping"))?;
-        tx.commit().await.map_err(self.err("cannot queue a ping"))
+            .map(drop)
+            .map_err(self.err("cannot queue a ping"))
     }
 
     /// Pings neither sent nor dropped whose next attempt is due at `now`, oldest first.

@@ -2,7 +2,7 @@
 //! run's summary; what it did is in its journal ([`super::journal`]).
 
 use super::journal::{self, Action, State};
-use super::sql::On;
+use super::sql::{On, Part};
 use super::{
     Database, DbError, DbResult, Engine, NewAlert, NewPing, StoredTime, alerts, ms, pings,
 };
@@ -405,52 +405,49 @@ impl Database {
         } else {
             end.step
         };
-        let mut tx = self.begin().await?;
-        let n = tx
-            .q(
-                "UPDATE runs SET status = $1, error = $2, finished_at = $3, step = COALESCE($4, step) \
-             WHERE id = $5 AND status = 'running' AND owner = $6",
+        let what = format!("cannot record the end of run {run_id}");
+        let mut parts = vec![
+            Part::new(
+                self.q(
+                    "UPDATE runs SET status = $1, error = $2, finished_at = $3, step = COALESCE($4, step) \
+                     WHERE id = $5 AND status = 'running' AND owner = $6",
+                )
+                .bind(end.status)
+                .bind(end.error)
+                .bind(ms(end.at))
+                .bind(step)
+                .bind(run_id)
+                .bind(owner.as_str()),
             )
-            .bind(end.status)
-            .bind(end.error)
-            .bind(ms(end.at))
-            .bind(step)
-            .bind(run_id)
-            .bind(owner.as_str())
-            .execute(&mut tx)
-            .await
-            .map_err(self.err(format!("cannot record the end of run {run_id}")))?;
-        if n == 0 {
+            .or_stop(),
+            Part::new(journal::insert_resolved(
+                self.engine(),
+                run_id,
+                Action::Finish,
+                State::Ok,
+                Some(end.status.as_str()),
+                end.at,
+            )),
+        ];
+        parts.extend(
+            end.alerts
+                .iter()
+                .map(|a| Part::new(alerts::insert(self.engine(), a))),
+        );
+        parts.extend(
+            end.ping
+                .iter()
+                .map(|p| Part::new(pings::insert(self.engine(), p))),
+        );
+        let did = self.write_all(&what, parts).await?;
+        if did.first().is_none_or(|d| d.changed == 0) {
             return Err(DbError {
                 path: self.path().to_path_buf(),
-                what: format!("cannot record the end of run {run_id}"),
+                what,
                 detail: "it is no longer running under this process".to_string(),
                 source: None,
             });
         }
-        journal::insert_resolved(
-            &mut tx,
-            run_id,
-            Action::Finish,
-            State::Ok,
-            Some(end.status.as_str()),
-            end.at,
-        )
-        .await
-        .map_err(self.err(format!("cannot record the end of run {run_id}")))?;
-        for a in end.alerts {
-            alerts::insert(&mut tx, a)
-                .await
-                .map_err(self.err("cannot queue an alert"))?;
-        }
-        if let Some(p) = &end.ping {
-            pings::insert(&mut tx, p)
-                .await
-                .map_err(self.err("cannot queue a ping"))?;
-        }
-        tx.commit()
-            .await
-            .map_err(self.err(format!("cannot commit the end of run {run_id}")))?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{Arguments, AssertSqlSafe, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
 
-use super::writer::{Want, Writer, Written};
+use super::writer::{Statement, Want, Writer, Written};
 
 /// Which engine a database is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,17 +178,29 @@ impl Q {
         }
     }
 
-    /// Hands the statement to the SQLite writer.
-    async fn write(self, pool: &SqlitePool, writer: &Writer, want: Want) -> sqlx::Result<Written> {
-        if let Some(e) = self.bad {
-            return Err(sqlx::Error::Encode(e));
-        }
-        match self.args {
-            Args::Sqlite(args) => writer.write(pool, self.sql, args, want).await,
-            Args::Postgres(_) => Err(sqlx::Error::Protocol(
+    /// The statement for the SQLite writer.
+    fn statement(self, want: Want, or_stop: bool) -> sqlx::Result<Statement> {
+        match self.parts()? {
+            (sql, Args::Sqlite(args)) => Ok(Statement {
+                sql: sql.0,
+                args,
+                want,
+                or_stop,
+            }),
+            (_, Args::Postgres(_)) => Err(sqlx::Error::Protocol(
                 "a statement prepared for one engine was run on the other".into(),
             )),
         }
+    }
+
+    /// Hands the statement to the SQLite writer, alone.
+    async fn write(self, pool: &SqlitePool, writer: &Writer, want: Want) -> sqlx::Result<Written> {
+        let unit = vec![self.statement(want, false)?];
+        writer
+            .write(pool, unit)
+            .await?
+            .pop()
+            .ok_or(sqlx::Error::RowNotFound)
     }
 
     /// The rows of a lone write, decoded.
@@ -283,6 +295,120 @@ impl Q {
             .await
             .map(|r| r.map(|(v,)| v))
     }
+}
+
+/// One statement of a write kept together with others (`Database::write_all`).
+pub(crate) struct Part {
+    q: Q,
+    want: Want,
+    or_stop: bool,
+}
+
+impl Part {
+    /// A statement; what it gives back is the number of rows it changed.
+    pub(crate) fn new(q: Q) -> Self {
+        Self {
+            q,
+            want: Want::Count,
+            or_stop: false,
+        }
+    }
+
+    /// A statement whose `RETURNING` gives an id (its first column) for each row.
+    pub(crate) fn returning(q: Q) -> Self {
+        Self {
+            want: Want::Rows,
+            ..Self::new(q)
+        }
+    }
+
+    /// When this statement changes no row, the ones after it are not run.
+    pub(crate) fn or_stop(mut self) -> Self {
+        self.or_stop = true;
+        self
+    }
+}
+
+/// What one statement of a write did: the rows it changed, and for a [`Part::returning`],
+/// the id each row returned.
+#[derive(Debug, Default)]
+pub(crate) struct Did {
+    pub(crate) changed: u64,
+    pub(crate) ids: Vec<i64>,
+}
+
+impl Did {
+    fn of(w: Written) -> sqlx::Result<Self> {
+        match w {
+            Written::Count(changed) => Ok(Self {
+                changed,
+                ids: Vec::new(),
+            }),
+            Written::Rows(rows) => {
+                let ids = rows
+                    .iter()
+                    .map(|r| sqlx::Row::try_get::<i64, _>(r, 0))
+                    .collect::<sqlx::Result<Vec<_>>>()?;
+                Ok(Self {
+                    changed: ids.len() as u64,
+                    ids,
+                })
+            }
+        }
+    }
+}
+
+/// `parts` for this process's SQLite writer, which runs them in order, each while the one
+/// before it that says so ([`Part::or_stop`]) changed a row, all kept or none, committed
+/// with the other writes waiting at the same moment. What each statement run did.
+pub(super) async fn on_writer(
+    pool: &SqlitePool,
+    writer: &Writer,
+    parts: Vec<Part>,
+) -> sqlx::Result<Vec<Did>> {
+    let unit = parts
+        .into_iter()
+        .map(|s| s.q.statement(s.want, s.or_stop))
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    writer
+        .write(pool, unit)
+        .await?
+        .into_iter()
+        .map(Did::of)
+        .collect()
+}
+
+/// One part `on` a pool or transaction.
+pub(super) async fn one(on: On<'_>, part: Part) -> sqlx::Result<Did> {
+    Ok(match part.want {
+        Want::Count => Did {
+            changed: part.q.execute(on).await?,
+            ids: Vec::new(),
+        },
+        Want::Rows => {
+            let ids: Vec<(i64,)> = part.q.fetch_all(on).await?;
+            let ids: Vec<i64> = ids.into_iter().map(|(id,)| id).collect();
+            Did {
+                changed: ids.len() as u64,
+                ids,
+            }
+        }
+    })
+}
+
+/// `parts` in `tx`, by the same rule as [`on_writer`].
+pub(super) async fn in_tx(tx: &mut Tx, parts: Vec<Part>) -> sqlx::Result<Vec<Did>> {
+    let mut done = Vec::with_capacity(parts.len());
+    for part in parts {
+        let or_stop = part.or_stop;
+        let did = one(On::Tx(&mut *tx), part).await?;
+        let stop = or_stop && did.changed == 0;
+        done.push(did);
+        if stop {
+            break;
+        }
+    }
+    Ok(done)
 }
 
 /// SQL that differs between the engines.

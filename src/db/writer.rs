@@ -6,14 +6,16 @@
 //! queue here and each starts the moment the last one is done, and the busy handler is
 //! left to arbitrate between processes only.
 //!
-//! A lone write (one statement outside a transaction: most of the journal) is handed to
-//! the writer task, which commits every lone write waiting at that moment in one
-//! transaction: one commit instead of one each, and the writer's turn taken once. The
-//! caller's answer comes only after that commit, so an intent is on disk before its
-//! request leaves, as when it committed on its own. A group that fails is never half
-//! kept: a statement that fails is rolled back with the rest, answered with its own
-//! error, and the others are written again without it; a group that cannot begin is
-//! written one by one, each getting its own answer; a commit that fails fails them all.
+//! A write — one statement outside a transaction (most of the journal), or a unit of a
+//! few that must be kept together (an intent and its run's summary, a run's end with its
+//! alerts) — is handed to the writer task, which commits every write waiting at that
+//! moment in one transaction: one commit instead of one each, and the writer's turn
+//! taken once. The caller's answer comes only after that commit, so an intent is on
+//! disk before its request leaves, as when it committed on its own. A group that fails
+//! is never half kept: a write that fails is rolled back with the rest, answered with
+//! its own error, and the others are written again without it; a group that cannot
+//! begin is written one by one, each getting its own answer; a commit that fails fails
+//! them all.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 /// busy timeout SQLite is opened with.
 pub(crate) const WRITER_PATIENCE: Duration = Duration::from_secs(10);
 
-/// The most lone writes one commit takes (the rest wait for the next one).
+/// The most writes one commit takes (the rest wait for the next one).
 const MOST_IN_A_GROUP: usize = 256;
 
 /// The writer of a SQLite database in this process: its turn, and the queue of its
@@ -37,8 +39,8 @@ pub(crate) struct Writer {
     queue: mpsc::UnboundedSender<Write>,
 }
 
-/// What a lone write asks back.
-#[derive(Debug, Clone, Copy)]
+/// What a statement asks back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Want {
     /// The number of rows it changed.
     Count,
@@ -46,18 +48,35 @@ pub(crate) enum Want {
     Rows,
 }
 
-/// What a lone write gave back.
+/// What a statement gave back.
 pub(crate) enum Written {
     Count(u64),
     Rows(Vec<SqliteRow>),
 }
 
-/// A lone write waiting for the writer.
+impl Written {
+    /// How many rows it changed (or returned).
+    pub(crate) fn changed(&self) -> u64 {
+        match self {
+            Written::Count(n) => *n,
+            Written::Rows(rows) => rows.len() as u64,
+        }
+    }
+}
+
+/// One statement of a write, ready for SQLite.
+pub(crate) struct Statement {
+    pub(crate) sql: String,
+    pub(crate) args: SqliteArguments,
+    pub(crate) want: Want,
+    /// When it changes no row, the statements after it are not run.
+    pub(crate) or_stop: bool,
+}
+
+/// A write waiting for the writer: its statements, kept together.
 struct Write {
-    sql: String,
-    args: SqliteArguments,
-    want: Want,
-    answer: oneshot::Sender<sqlx::Result<Written>>,
+    unit: Vec<Statement>,
+    answer: oneshot::Sender<sqlx::Result<Vec<Written>>>,
 }
 
 impl Writer {
@@ -77,22 +96,16 @@ impl Writer {
         turn_of(&self.turn, patience).await
     }
 
-    /// Writes one statement outside a transaction, committed when this returns (with
-    /// others waiting at the same moment, in one commit).
+    /// Writes `unit`'s statements in order, each while the one before it that says so
+    /// changed a row, kept together; committed when this returns (with the other writes
+    /// waiting at the same moment, in one commit). What each statement run gave back.
     pub(crate) async fn write(
         &self,
         pool: &SqlitePool,
-        sql: String,
-        args: SqliteArguments,
-        want: Want,
-    ) -> sqlx::Result<Written> {
+        unit: Vec<Statement>,
+    ) -> sqlx::Result<Vec<Written>> {
         let (answer, answered) = oneshot::channel();
-        let write = Write {
-            sql,
-            args,
-            want,
-            answer,
-        };
+        let write = Write { unit, answer };
         match self.queue.send(write) {
             Ok(()) => answered.await.unwrap_or(Err(sqlx::Error::WorkerCrashed)),
             // The task is gone with the runtime that started it: the write goes alone.
@@ -187,15 +200,15 @@ async fn commit(pool: &SqlitePool, group: &mut Vec<Write>) {
     }
 }
 
-/// The group's statements in one transaction, what each gave back.
-async fn together(pool: &SqlitePool, group: &[Write]) -> Result<Vec<Written>, Failed> {
+/// The group's writes in one transaction, what each gave back.
+async fn together(pool: &SqlitePool, group: &[Write]) -> Result<Vec<Vec<Written>>, Failed> {
     let mut tx = pool
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(|_| Failed::Begin)?;
     let mut written = Vec::with_capacity(group.len());
     for (i, w) in group.iter().enumerate() {
-        match run(&mut *tx, w).await {
+        match unit(&mut tx, &w.unit).await {
             Ok(r) => written.push(r),
             // Dropping the transaction rolls it back.
             Err(e) => return Err(Failed::Statement(i, e)),
@@ -205,17 +218,41 @@ async fn together(pool: &SqlitePool, group: &[Write]) -> Result<Vec<Written>, Fa
     Ok(written)
 }
 
-/// One write on its own (it commits by itself).
-async fn alone(pool: &SqlitePool, w: &Write) -> sqlx::Result<Written> {
-    run(pool, w).await
+/// One write on its own: a lone statement commits by itself, a unit in a transaction.
+async fn alone(pool: &SqlitePool, w: &Write) -> sqlx::Result<Vec<Written>> {
+    if let [s] = w.unit.as_slice() {
+        return Ok(vec![run(pool, s).await?]);
+    }
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let written = unit(&mut tx, &w.unit).await?;
+    tx.commit().await?;
+    Ok(written)
 }
 
-async fn run<'e, E>(on: E, w: &Write) -> sqlx::Result<Written>
+/// A write's statements in order on one connection, until one that says so changes no
+/// row.
+async fn unit(
+    conn: &mut sqlx::SqliteConnection,
+    statements: &[Statement],
+) -> sqlx::Result<Vec<Written>> {
+    let mut written = Vec::with_capacity(statements.len());
+    for s in statements {
+        let w = run(&mut *conn, s).await?;
+        let stop = s.or_stop && w.changed() == 0;
+        written.push(w);
+        if stop {
+            break;
+        }
+    }
+    Ok(written)
+}
+
+async fn run<'e, E>(on: E, s: &Statement) -> sqlx::Result<Written>
 where
     E: Executor<'e, Database = Sqlite>,
 {
-    let q = sqlx::query_with(AssertSqlSafe(w.sql.clone()), w.args.clone());
-    match w.want {
+    let q = sqlx::query_with(AssertSqlSafe(s.sql.clone()), s.args.clone());
+    match s.want {
         Want::Count => q
             .execute(on)
             .await
@@ -258,15 +295,17 @@ mod tests {
         a
     }
 
-    async fn insert(w: &Writer, p: &SqlitePool, x: i64) -> sqlx::Result<i64> {
-        let sql = "INSERT INTO t (x) VALUES ($1) RETURNING id".to_string();
-        match w.write(p, sql, args(x), Want::Rows).await? {
-            Written::Rows(rows) => {
-                let (id,): (i64,) = sqlx::FromRow::from_row(&rows[0])?;
-                Ok(id)
-            }
-            Written::Count(_) => panic!("asked for rows"),
+    fn inserting(x: i64) -> Statement {
+        Statement {
+            sql: "INSERT INTO t (x) VALUES ($1) RETURNING id".into(),
+            args: args(x),
+            want: Want::Rows,
+            or_stop: false,
         }
+    }
+
+    async fn insert(w: &Writer, p: &SqlitePool, x: i64) -> sqlx::Result<i64> {
+        id_of(w.write(p, vec![inserting(x)]).await)
     }
 
     async fn xs(p: &SqlitePool) -> Vec<i64> {
@@ -276,27 +315,30 @@ mod tests {
             .unwrap()
     }
 
-    /// A group as the writer task would have gathered it, and where each answer arrives.
-    fn group(values: &[i64]) -> (Vec<Write>, Vec<oneshot::Receiver<sqlx::Result<Written>>>) {
-        values
-            .iter()
-            .map(|&x| {
+    type Answer = oneshot::Receiver<sqlx::Result<Vec<Written>>>;
+
+    /// A group as the writer task would have gathered it (a unit per entry of `units`),
+    /// and where each answer arrives.
+    fn group_of(units: Vec<Vec<Statement>>) -> (Vec<Write>, Vec<Answer>) {
+        units
+            .into_iter()
+            .map(|unit| {
                 let (answer, answered) = oneshot::channel();
-                let w = Write {
-                    sql: "INSERT INTO t (x) VALUES ($1) RETURNING id".into(),
-                    args: args(x),
-                    want: Want::Rows,
-                    answer,
-                };
-                (w, answered)
+                (Write { unit, answer }, answered)
             })
             .unzip()
     }
 
-    fn id_of(answer: sqlx::Result<Written>) -> sqlx::Result<i64> {
-        match answer? {
-            Written::Rows(rows) => Ok(sqlx::FromRow::from_row(&rows[0]).map(|(id,): (i64,)| id)?),
-            Written::Count(_) => panic!("asked for rows"),
+    fn group(values: &[i64]) -> (Vec<Write>, Vec<Answer>) {
+        group_of(values.iter().map(|&x| vec![inserting(x)]).collect())
+    }
+
+    fn id_of(answer: sqlx::Result<Vec<Written>>) -> sqlx::Result<i64> {
+        match answer?.first() {
+            Some(Written::Rows(rows)) => {
+                Ok(sqlx::FromRow::from_row(&rows[0]).map(|(id,): (i64,)| id)?)
+            }
+            _ => panic!("asked for rows"),
         }
     }
 
@@ -323,6 +365,36 @@ mod tests {
             vec![1, 2, 3, 4],
             "the others written, each once"
         );
+    }
+
+    #[tokio::test]
+    async fn a_unit_is_kept_whole_or_not_at_all_and_stops_where_it_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(&dir).await;
+        let nothing = Statement {
+            sql: "UPDATE t SET x = x WHERE id = $1".into(),
+            args: args(999),
+            want: Want::Count,
+            or_stop: true,
+        };
+        let (mut g, answers) = group_of(vec![
+            // Its second statement fails: its first is not kept either.
+            vec![inserting(10), inserting(-1)],
+            vec![inserting(20)],
+            // Its first changes no row: its second is not run.
+            vec![nothing, inserting(30)],
+            vec![inserting(40), inserting(41)],
+        ]);
+        commit(&p, &mut g).await;
+        let mut answers = answers.into_iter();
+        let half = answers.next().unwrap().await.unwrap();
+        assert!(half.is_err_and(|e| e.to_string().contains("CHECK")));
+        assert_eq!(answers.next().unwrap().await.unwrap().unwrap().len(), 1);
+        let stopped = answers.next().unwrap().await.unwrap().unwrap();
+        assert_eq!(stopped.len(), 1, "only the statement that changed nothing ran");
+        assert_eq!(stopped[0].changed(), 0);
+        assert_eq!(answers.next().unwrap().await.unwrap().unwrap().len(), 2);
+        assert_eq!(xs(&p).await, vec![20, 40, 41]);
     }
 
     #[tokio::test]
