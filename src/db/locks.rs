@@ -22,6 +22,13 @@ impl Database {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> DbResult<Result<(), String>> {
+        // Free, the usual case: taken in one statement.
+        if self
+            .insert_lock(server_id, owner, run_id, now, lease)
+            .await?
+        {
+            return Ok(Ok(()));
+        }
         let existing: Option<(String, Option<RunId>, StoredTime)> = self
             .q("SELECT holder, run_id, expires_at FROM locks WHERE server_id = $1")
             .bind(server_id)
@@ -55,25 +62,42 @@ impl Database {
                 .await
                 .map_err(self.err("cannot clear a stale lock"))?;
         }
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-        let took = self.q(
-            "INSERT INTO locks (server_id, holder, run_id, acquired_at, expires_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT DO NOTHING",
+        Ok(
+            if self
+                .insert_lock(server_id, owner, run_id, now, lease)
+                .await?
+            {
+                Ok(())
+            } else {
+                Err("another process (it took the lock just now)".to_string())
+            },
         )
-        .bind(server_id)
-        .bind(owner.as_str())
-        .bind(run_id)
-        .bind(ms(now))
-        .bind(ms(now) + lease_ms)
-        .execute(self)
-        .await
-        .map_err(self.err("cannot take a lock"))?
-            == 1;
-        Ok(if took {
-            Ok(())
-        } else {
-            Err("another process (it took the lock just now)".to_string())
-        })
+    }
+
+    /// Takes the lock on `server_id` if nobody holds it; whether it did.
+    async fn insert_lock(
+        &self,
+        server_id: ServerId,
+        owner: &Owner,
+        run_id: Option<RunId>,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> DbResult<bool> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let took = self
+            .q(
+                "INSERT INTO locks (server_id, holder, run_id, acquired_at, expires_at) \
+                VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(server_id)
+            .bind(owner.as_str())
+            .bind(run_id)
+            .bind(ms(now))
+            .bind(ms(now) + lease_ms)
+            .execute(self)
+            .await
+            .map_err(self.err("cannot take a lock"))?;
+        Ok(took == 1)
     }
 
     pub async fn renew_lock(

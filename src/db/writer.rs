@@ -391,7 +391,11 @@ mod tests {
         assert!(half.is_err_and(|e| e.to_string().contains("CHECK")));
         assert_eq!(answers.next().unwrap().await.unwrap().unwrap().len(), 1);
         let stopped = answers.next().unwrap().await.unwrap().unwrap();
-        assert_eq!(stopped.len(), 1, "only the statement that changed nothing ran");
+        assert_eq!(
+            stopped.len(),
+            1,
+            "only the statement that changed nothing ran"
+        );
         assert_eq!(stopped[0].changed(), 0);
         assert_eq!(answers.next().unwrap().await.unwrap().unwrap().len(), 2);
         assert_eq!(xs(&p).await, vec![20, 40, 41]);
