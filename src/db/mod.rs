@@ -56,6 +56,7 @@ use sqlx::sqlite::{
 };
 
 use sql::{On, Pool, Q};
+use writer::Store;
 
 use crate::timing::Timing;
 
@@ -279,7 +280,7 @@ impl Database {
     pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
         match &self.pool {
             Pool::Sqlite(p, _) => Some(p),
-            Pool::Postgres(_) => None,
+            Pool::Postgres(..) => None,
         }
     }
 
@@ -287,7 +288,7 @@ impl Database {
     pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
         match &self.pool {
             Pool::Sqlite(..) => None,
-            Pool::Postgres(p) => Some(p),
+            Pool::Postgres(p, _) => Some(p),
         }
     }
 
@@ -304,35 +305,18 @@ impl Database {
     pub async fn close(&self) {
         match &self.pool {
             Pool::Sqlite(p, _) => p.close().await,
-            Pool::Postgres(p) => p.close().await,
+            Pool::Postgres(p, _) => p.close().await,
         }
     }
 
     /// Writes `parts` in order, each while the one before it that says so
-    /// ([`Part::or_stop`]) changed a row, all kept or none; committed when this returns.
-    /// On SQLite this process's writer commits them with the other writes waiting at the
-    /// same moment (see `writer`); on PostgreSQL they are a transaction of their own.
-    /// What each statement run did.
+    /// ([`Part::or_stop`]) changed a row, all kept or none; committed when this returns,
+    /// by this process's writer, with the other writes waiting at the same moment (see
+    /// `writer`). What each statement run did.
     pub(crate) async fn write_all(&self, what: &str, parts: Vec<Part>) -> DbResult<Vec<Did>> {
-        match &self.pool {
-            Pool::Sqlite(p, writer) => sql::on_writer(p, writer, parts)
-                .await
-                .map_err(self.err(what)),
-            // One statement commits by itself, without the transaction's lock.
-            Pool::Postgres(_) if parts.len() == 1 => {
-                let mut done = Vec::with_capacity(1);
-                for part in parts {
-                    done.push(sql::one(self.into(), part).await.map_err(self.err(what))?);
-                }
-                Ok(done)
-            }
-            Pool::Postgres(_) => {
-                let mut tx = self.begin().await?;
-                let done = sql::in_tx(&mut tx, parts).await.map_err(self.err(what))?;
-                tx.commit().await.map_err(self.err(what))?;
-                Ok(done)
-            }
-        }
+        sql::on_writer(&self.pool, parts)
+            .await
+            .map_err(self.err(what))
     }
 
     /// A write transaction, holding the database's write lock from its start, so that
@@ -356,7 +340,7 @@ impl Database {
                     .await
                     .map(|t| Tx::Sqlite(t, turn))
             }
-            Pool::Postgres(p) => postgres::begin(p).await.map(Tx::Postgres),
+            Pool::Postgres(p, _) => sqlx::Postgres::begin_writing(p).await.map(Tx::Postgres),
         };
         tx.map_err(err)
     }

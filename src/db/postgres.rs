@@ -5,8 +5,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, Transaction};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 
 use super::sql::Pool;
 use super::{Database, DbError, DbResult};
@@ -103,22 +103,11 @@ impl Database {
             .await
             .map_err(|e| err("cannot migrate (is it an agent database?)", e.into()))?;
         Ok(Self {
-            pool: Pool::Postgres(pool),
+            pool: Pool::Postgres(pool.clone(), super::writer::Writer::start(&pool)),
             path: shown,
             timing: crate::timing::Timing::default(),
         })
     }
-}
-
-/// A transaction holding this schema's write lock (see `Database::begin`).
-pub(super) async fn begin(pool: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended('vps-snapshot-agent ' || current_schema(), 0))",
-    )
-    .execute(&mut *tx)
-    .await?;
-    Ok(tx)
 }
 
 #[cfg(test)]

@@ -20,8 +20,8 @@ pub enum Engine {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Pool {
-    Sqlite(SqlitePool, Writer),
-    Postgres(PgPool),
+    Sqlite(SqlitePool, Writer<Sqlite>),
+    Postgres(PgPool, Writer<Postgres>),
 }
 
 /// Whether a statement may write: anything but a plain `SELECT` (an `INSERT … RETURNING`
@@ -35,7 +35,7 @@ impl Pool {
     pub(super) fn engine(&self) -> Engine {
         match self {
             Pool::Sqlite(..) => Engine::Sqlite,
-            Pool::Postgres(_) => Engine::Postgres,
+            Pool::Postgres(..) => Engine::Postgres,
         }
     }
 }
@@ -101,7 +101,7 @@ impl On<'_> {
     }
 }
 
-enum Args {
+pub(crate) enum Args {
     Sqlite(SqliteArguments),
     Postgres(PgArguments),
 }
@@ -112,6 +112,45 @@ pub(crate) struct Q {
     args: Args,
     /// A value that could not be encoded: reported when the statement runs.
     bad: Option<sqlx::error::BoxDynError>,
+}
+
+/// The rows a lone write returned, decoded.
+fn decoded<DB: sqlx::Database, T>(written: Vec<Written<DB>>) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> FromRow<'r, DB::Row>,
+{
+    match written.into_iter().next() {
+        Some(Written::Rows(rows)) => rows.iter().map(|r| T::from_row(r)).collect(),
+        Some(Written::Count(_)) | None => Ok(Vec::new()),
+    }
+}
+
+/// An engine a statement's values are bound for.
+pub(crate) trait Engines: sqlx::Database {
+    /// `args`, if they were bound for this engine.
+    fn args(args: Args) -> sqlx::Result<Self::Arguments>;
+}
+
+fn other_engine() -> sqlx::Error {
+    sqlx::Error::Protocol("a statement prepared for one engine was run on the other".into())
+}
+
+impl Engines for Sqlite {
+    fn args(args: Args) -> sqlx::Result<SqliteArguments> {
+        match args {
+            Args::Sqlite(a) => Ok(a),
+            Args::Postgres(_) => Err(other_engine()),
+        }
+    }
+}
+
+impl Engines for Postgres {
+    fn args(args: Args) -> sqlx::Result<PgArguments> {
+        match args {
+            Args::Postgres(a) => Ok(a),
+            Args::Sqlite(_) => Err(other_engine()),
+        }
+    }
 }
 
 /// What a row decodes into on both engines.
@@ -131,7 +170,7 @@ macro_rules! on_engine {
                 let $e = &mut **t;
                 $body
             }
-            (Args::Postgres($a), On::Pool(Pool::Postgres($e))) => $body,
+            (Args::Postgres($a), On::Pool(Pool::Postgres($e, _))) => $body,
             (Args::Postgres($a), On::Tx(Tx::Postgres(t))) => {
                 let $e = &mut **t;
                 $body
@@ -169,45 +208,52 @@ impl Q {
         self
     }
 
-    /// A write outside a transaction on SQLite: the pool and its writer, which commits it
-    /// (with others waiting at the same moment, see [`super::writer`]).
-    fn lone_write<'p>(&self, on: &On<'p>) -> Option<(&'p SqlitePool, &'p Writer)> {
+    /// A write outside a transaction: the pool, whose writer commits it (with others
+    /// waiting at the same moment, see [`super::writer`]).
+    fn lone_write<'p>(&self, on: &On<'p>) -> Option<&'p Pool> {
         match on {
-            On::Pool(Pool::Sqlite(pool, writer)) if writes(&self.sql) => Some((pool, writer)),
+            On::Pool(pool) if writes(&self.sql) => Some(pool),
             _ => None,
         }
     }
 
-    /// The statement for the SQLite writer.
-    fn statement(self, want: Want, or_stop: bool) -> sqlx::Result<Statement> {
-        match self.parts()? {
-            (sql, Args::Sqlite(args)) => Ok(Statement {
-                sql: sql.0,
-                args,
-                want,
-                or_stop,
-            }),
-            (_, Args::Postgres(_)) => Err(sqlx::Error::Protocol(
-                "a statement prepared for one engine was run on the other".into(),
-            )),
-        }
+    /// The statement for a writer of engine `DB`.
+    fn statement<DB: Engines>(self, want: Want, or_stop: bool) -> sqlx::Result<Statement<DB>> {
+        let (sql, args) = self.parts()?;
+        Ok(Statement {
+            sql: sql.0,
+            args: DB::args(args)?,
+            want,
+            or_stop,
+        })
     }
 
-    /// Hands the statement to the SQLite writer, alone.
-    async fn write(self, pool: &SqlitePool, writer: &Writer, want: Want) -> sqlx::Result<Written> {
-        let unit = vec![self.statement(want, false)?];
-        writer
-            .write(pool, unit)
-            .await?
-            .pop()
-            .ok_or(sqlx::Error::RowNotFound)
+    /// Hands the statement to the writer of `pool`, alone: how many rows it changed.
+    async fn write_count(self, pool: &Pool) -> sqlx::Result<u64> {
+        let w = match pool {
+            Pool::Sqlite(p, writer) => {
+                let unit = vec![self.statement(Want::Count, false)?];
+                writer.write(p, unit).await?.pop().map(|w| w.changed())
+            }
+            Pool::Postgres(p, writer) => {
+                let unit = vec![self.statement(Want::Count, false)?];
+                writer.write(p, unit).await?.pop().map(|w| w.changed())
+            }
+        };
+        w.ok_or(sqlx::Error::RowNotFound)
     }
 
-    /// The rows of a lone write, decoded.
-    async fn written<T: Row>(self, pool: &SqlitePool, writer: &Writer) -> sqlx::Result<Vec<T>> {
-        match self.write(pool, writer, Want::Rows).await? {
-            Written::Rows(rows) => rows.iter().map(|r| T::from_row(r)).collect(),
-            Written::Count(_) => Ok(Vec::new()),
+    /// Hands the statement to the writer of `pool`, alone: the rows it returned, decoded.
+    async fn write_rows<T: Row>(self, pool: &Pool) -> sqlx::Result<Vec<T>> {
+        match pool {
+            Pool::Sqlite(p, writer) => {
+                let unit = vec![self.statement(Want::Rows, false)?];
+                decoded(writer.write(p, unit).await?)
+            }
+            Pool::Postgres(p, writer) => {
+                let unit = vec![self.statement(Want::Rows, false)?];
+                decoded(writer.write(p, unit).await?)
+            }
         }
     }
 
@@ -221,11 +267,8 @@ impl Q {
     /// Runs the statement; the number of rows it changed.
     pub(crate) async fn execute<'a>(self, on: impl Into<On<'a>>) -> sqlx::Result<u64> {
         let on = on.into();
-        if let Some((pool, writer)) = self.lone_write(&on) {
-            return match self.write(pool, writer, Want::Count).await? {
-                Written::Count(n) => Ok(n),
-                Written::Rows(rows) => Ok(rows.len() as u64),
-            };
+        if let Some(pool) = self.lone_write(&on) {
+            return self.write_count(pool).await;
         }
         let (sql, args) = self.parts()?;
         on_engine!(args, on, |e, a| sqlx::query_with(sql, a)
@@ -236,8 +279,8 @@ impl Q {
 
     pub(crate) async fn fetch_all<'a, T: Row>(self, on: impl Into<On<'a>>) -> sqlx::Result<Vec<T>> {
         let on = on.into();
-        if let Some((pool, writer)) = self.lone_write(&on) {
-            return self.written(pool, writer).await;
+        if let Some(pool) = self.lone_write(&on) {
+            return self.write_rows(pool).await;
         }
         let (sql, args) = self.parts()?;
         on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
@@ -250,8 +293,8 @@ impl Q {
         on: impl Into<On<'a>>,
     ) -> sqlx::Result<Option<T>> {
         let on = on.into();
-        if let Some((pool, writer)) = self.lone_write(&on) {
-            return Ok(self.written(pool, writer).await?.into_iter().next());
+        if let Some(pool) = self.lone_write(&on) {
+            return Ok(self.write_rows(pool).await?.into_iter().next());
         }
         let (sql, args) = self.parts()?;
         on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
@@ -261,9 +304,9 @@ impl Q {
 
     pub(crate) async fn fetch_one<'a, T: Row>(self, on: impl Into<On<'a>>) -> sqlx::Result<T> {
         let on = on.into();
-        if let Some((pool, writer)) = self.lone_write(&on) {
+        if let Some(pool) = self.lone_write(&on) {
             return self
-                .written(pool, writer)
+                .write_rows(pool)
                 .await?
                 .into_iter()
                 .next()
@@ -338,7 +381,11 @@ pub(crate) struct Did {
 }
 
 impl Did {
-    fn of(w: Written) -> sqlx::Result<Self> {
+    fn of<DB: sqlx::Database>(w: Written<DB>) -> sqlx::Result<Self>
+    where
+        i64: for<'r> sqlx::Decode<'r, DB> + Type<DB>,
+        usize: sqlx::ColumnIndex<DB::Row>,
+    {
         match w {
             Written::Count(changed) => Ok(Self {
                 changed,
@@ -358,57 +405,30 @@ impl Did {
     }
 }
 
-/// `parts` for this process's SQLite writer, which runs them in order, each while the one
+/// `parts` for this process's writer, which runs them in order, each while the one
 /// before it that says so ([`Part::or_stop`]) changed a row, all kept or none, committed
 /// with the other writes waiting at the same moment. What each statement run did.
-pub(super) async fn on_writer(
-    pool: &SqlitePool,
-    writer: &Writer,
-    parts: Vec<Part>,
-) -> sqlx::Result<Vec<Did>> {
-    let unit = parts
-        .into_iter()
-        .map(|s| s.q.statement(s.want, s.or_stop))
-        .collect::<sqlx::Result<Vec<_>>>()?;
-    writer
-        .write(pool, unit)
-        .await?
-        .into_iter()
-        .map(Did::of)
-        .collect()
-}
-
-/// One part `on` a pool or transaction.
-pub(super) async fn one(on: On<'_>, part: Part) -> sqlx::Result<Did> {
-    Ok(match part.want {
-        Want::Count => Did {
-            changed: part.q.execute(on).await?,
-            ids: Vec::new(),
-        },
-        Want::Rows => {
-            let ids: Vec<(i64,)> = part.q.fetch_all(on).await?;
-            let ids: Vec<i64> = ids.into_iter().map(|(id,)| id).collect();
-            Did {
-                changed: ids.len() as u64,
-                ids,
-            }
-        }
-    })
-}
-
-/// `parts` in `tx`, by the same rule as [`on_writer`].
-pub(super) async fn in_tx(tx: &mut Tx, parts: Vec<Part>) -> sqlx::Result<Vec<Did>> {
-    let mut done = Vec::with_capacity(parts.len());
-    for part in parts {
-        let or_stop = part.or_stop;
-        let did = one(On::Tx(&mut *tx), part).await?;
-        let stop = or_stop && did.changed == 0;
-        done.push(did);
-        if stop {
-            break;
-        }
+pub(super) async fn on_writer(pool: &Pool, parts: Vec<Part>) -> sqlx::Result<Vec<Did>> {
+    fn unit<DB: Engines>(parts: Vec<Part>) -> sqlx::Result<Vec<Statement<DB>>> {
+        parts
+            .into_iter()
+            .map(|s| s.q.statement(s.want, s.or_stop))
+            .collect()
     }
-    Ok(done)
+    match pool {
+        Pool::Sqlite(p, writer) => writer
+            .write(p, unit(parts)?)
+            .await?
+            .into_iter()
+            .map(Did::of)
+            .collect(),
+        Pool::Postgres(p, writer) => writer
+            .write(p, unit(parts)?)
+            .await?
+            .into_iter()
+            .map(Did::of)
+            .collect(),
+    }
 }
 
 /// SQL that differs between the engines.

@@ -1,28 +1,73 @@
-//! The one writer of a SQLite database in this process, and its group commit.
+//! The one writer of the database in this process, and its group commit.
 //!
 //! SQLite lets one connection write at a time. Without a turn taken here, the pool's
 //! other connections that want to write wait in SQLite's busy handler, which sleeps and
 //! polls (1 ms, 2 ms, 5 ms, … up to the busy timeout); with it, this process's writers
 //! queue here and each starts the moment the last one is done, and the busy handler is
-//! left to arbitrate between processes only.
+//! left to arbitrate between processes only. On PostgreSQL the schema's advisory lock
+//! ([`Store::begin_writing`]) is that turn, between the agents too.
 //!
 //! A write — one statement outside a transaction (most of the journal), or a unit of a
 //! few that must be kept together (an intent and its run's summary, a run's end with its
 //! alerts) — is handed to the writer task, which commits every write waiting at that
-//! moment in one transaction: one commit instead of one each, and the writer's turn
-//! taken once. The caller's answer comes only after that commit, so an intent is on
-//! disk before its request leaves, as when it committed on its own. A group that fails
-//! is never half kept: a write that fails is rolled back with the rest, answered with
-//! its own error, and the others are written again without it; a group that cannot
-//! begin is written one by one, each getting its own answer; a commit that fails fails
-//! them all.
+//! moment in one transaction: one commit instead of one each, and the turn (or the
+//! advisory lock) taken once. The caller's answer comes only after that commit, so an
+//! intent is on disk before its request leaves, as when it committed on its own. A
+//! group that fails is never half kept: a write that fails is rolled back with the
+//! rest, answered with its own error, and the others are written again without it; a
+//! group that cannot begin is written one by one, each getting its own answer; a
+//! commit that fails fails them all.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
-use sqlx::{AssertSqlSafe, Executor, Sqlite};
+use sqlx::{AssertSqlSafe, Database, Executor, IntoArguments, Pool, Postgres, Sqlite, Transaction};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+/// What the writer needs of an engine: a transaction that holds the database's write
+/// lock from its start.
+pub(crate) trait Store: Database
+where
+    for<'c> &'c mut Self::Connection: Executor<'c, Database = Self>,
+    for<'p> &'p Pool<Self>: Executor<'p, Database = Self>,
+    Self::Arguments: IntoArguments<Self> + Clone + Send + Sync + 'static,
+{
+    fn begin_writing(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = sqlx::Result<Transaction<'static, Self>>> + Send;
+
+    /// The rows a statement changed.
+    fn changed(r: &Self::QueryResult) -> u64;
+}
+
+impl Store for Sqlite {
+    /// `BEGIN IMMEDIATE` (see `Database::begin`).
+    async fn begin_writing(pool: &Pool<Self>) -> sqlx::Result<Transaction<'static, Self>> {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    fn changed(r: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        r.rows_affected()
+    }
+}
+
+impl Store for Postgres {
+    /// With this schema's write lock, a transaction-scoped advisory lock (see
+    /// `Database::begin`).
+    async fn begin_writing(pool: &Pool<Self>) -> sqlx::Result<Transaction<'static, Self>> {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('vps-snapshot-agent ' || current_schema(), 0))",
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(tx)
+    }
+
+    fn changed(r: &sqlx::postgres::PgQueryResult) -> u64 {
+        r.rows_affected()
+    }
+}
 
 /// How long a writer waits for its turn in the process before going ahead anyway: the
 /// busy timeout SQLite is opened with.
@@ -31,12 +76,21 @@ pub(crate) const WRITER_PATIENCE: Duration = Duration::from_secs(10);
 /// The most writes one commit takes (the rest wait for the next one).
 const MOST_IN_A_GROUP: usize = 256;
 
-/// The writer of a SQLite database in this process: its turn, and the queue of its
+/// The writer of a database in this process: its turn, and the queue of its
 /// group-commit task. Cheap to clone.
-#[derive(Debug, Clone)]
-pub(crate) struct Writer {
+#[derive(Debug)]
+pub(crate) struct Writer<DB: Database> {
     turn: Arc<Semaphore>,
-    queue: mpsc::UnboundedSender<Write>,
+    queue: mpsc::UnboundedSender<Write<DB>>,
+}
+
+impl<DB: Database> Clone for Writer<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            turn: self.turn.clone(),
+            queue: self.queue.clone(),
+        }
+    }
 }
 
 /// What a statement asks back.
@@ -49,12 +103,12 @@ pub(crate) enum Want {
 }
 
 /// What a statement gave back.
-pub(crate) enum Written {
+pub(crate) enum Written<DB: Database> {
     Count(u64),
-    Rows(Vec<SqliteRow>),
+    Rows(Vec<DB::Row>),
 }
 
-impl Written {
+impl<DB: Database> Written<DB> {
     /// How many rows it changed (or returned).
     pub(crate) fn changed(&self) -> u64 {
         match self {
@@ -64,25 +118,31 @@ impl Written {
     }
 }
 
-/// One statement of a write, ready for SQLite.
-pub(crate) struct Statement {
+/// One statement of a write, ready for its engine.
+pub(crate) struct Statement<DB: Database> {
     pub(crate) sql: String,
-    pub(crate) args: SqliteArguments,
+    pub(crate) args: DB::Arguments,
     pub(crate) want: Want,
     /// When it changes no row, the statements after it are not run.
     pub(crate) or_stop: bool,
 }
 
 /// A write waiting for the writer: its statements, kept together.
-struct Write {
-    unit: Vec<Statement>,
-    answer: oneshot::Sender<sqlx::Result<Vec<Written>>>,
+struct Write<DB: Database> {
+    unit: Vec<Statement<DB>>,
+    answer: oneshot::Sender<sqlx::Result<Vec<Written<DB>>>>,
 }
 
-impl Writer {
+impl<DB> Writer<DB>
+where
+    DB: Store,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
+{
     /// The writer of `pool`, its task started on this runtime; the task ends when the
     /// last clone of the writer is dropped.
-    pub(crate) fn start(pool: &SqlitePool) -> Self {
+    pub(crate) fn start(pool: &Pool<DB>) -> Self {
         let turn = Arc::new(Semaphore::new(1));
         let (queue, waiting) = mpsc::unbounded_channel();
         tokio::spawn(serve(pool.clone(), turn.clone(), waiting));
@@ -101,9 +161,9 @@ impl Writer {
     /// waiting at the same moment, in one commit). What each statement run gave back.
     pub(crate) async fn write(
         &self,
-        pool: &SqlitePool,
-        unit: Vec<Statement>,
-    ) -> sqlx::Result<Vec<Written>> {
+        pool: &Pool<DB>,
+        unit: Vec<Statement<DB>>,
+    ) -> sqlx::Result<Vec<Written<DB>>> {
         let (answer, answered) = oneshot::channel();
         let write = Write { unit, answer };
         match self.queue.send(write) {
@@ -126,7 +186,16 @@ async fn turn_of(turn: &Arc<Semaphore>, patience: Duration) -> Option<OwnedSemap
 
 /// The writer task: waits for a lone write, takes the turn, and commits it with every
 /// other one waiting by then.
-async fn serve(pool: SqlitePool, turn: Arc<Semaphore>, mut queue: mpsc::UnboundedReceiver<Write>) {
+async fn serve<DB>(
+    pool: Pool<DB>,
+    turn: Arc<Semaphore>,
+    mut queue: mpsc::UnboundedReceiver<Write<DB>>,
+) where
+    DB: Store,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
+{
     let mut group = Vec::new();
     while let Some(first) = queue.recv().await {
         group.push(first);
@@ -153,7 +222,13 @@ enum Failed {
 }
 
 /// Writes `group` and answers each of its writes.
-async fn commit(pool: &SqlitePool, group: &mut Vec<Write>) {
+async fn commit<DB>(pool: &Pool<DB>, group: &mut Vec<Write<DB>>)
+where
+    DB: Store,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
+{
     // A caller that stopped waiting (cancelled) is not written for.
     group.retain(|w| !w.answer.is_closed());
     loop {
@@ -201,11 +276,14 @@ async fn commit(pool: &SqlitePool, group: &mut Vec<Write>) {
 }
 
 /// The group's writes in one transaction, what each gave back.
-async fn together(pool: &SqlitePool, group: &[Write]) -> Result<Vec<Vec<Written>>, Failed> {
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|_| Failed::Begin)?;
+async fn together<DB>(pool: &Pool<DB>, group: &[Write<DB>]) -> Result<Vec<Vec<Written<DB>>>, Failed>
+where
+    DB: Store,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
+{
+    let mut tx = DB::begin_writing(pool).await.map_err(|_| Failed::Begin)?;
     let mut written = Vec::with_capacity(group.len());
     for (i, w) in group.iter().enumerate() {
         match unit(&mut tx, &w.unit).await {
@@ -219,11 +297,17 @@ async fn together(pool: &SqlitePool, group: &[Write]) -> Result<Vec<Vec<Written>
 }
 
 /// One write on its own: a lone statement commits by itself, a unit in a transaction.
-async fn alone(pool: &SqlitePool, w: &Write) -> sqlx::Result<Vec<Written>> {
+async fn alone<DB>(pool: &Pool<DB>, w: &Write<DB>) -> sqlx::Result<Vec<Written<DB>>>
+where
+    DB: Store,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
+{
     if let [s] = w.unit.as_slice() {
         return Ok(vec![run(pool, s).await?]);
     }
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = DB::begin_writing(pool).await?;
     let written = unit(&mut tx, &w.unit).await?;
     tx.commit().await?;
     Ok(written)
@@ -231,10 +315,16 @@ async fn alone(pool: &SqlitePool, w: &Write) -> sqlx::Result<Vec<Written>> {
 
 /// A write's statements in order on one connection, until one that says so changes no
 /// row.
-async fn unit(
-    conn: &mut sqlx::SqliteConnection,
-    statements: &[Statement],
-) -> sqlx::Result<Vec<Written>> {
+async fn unit<DB>(
+    conn: &mut DB::Connection,
+    statements: &[Statement<DB>],
+) -> sqlx::Result<Vec<Written<DB>>>
+where
+    DB: Store,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
+{
     let mut written = Vec::with_capacity(statements.len());
     for s in statements {
         let w = run(&mut *conn, s).await?;
@@ -247,16 +337,17 @@ async fn unit(
     Ok(written)
 }
 
-async fn run<'e, E>(on: E, s: &Statement) -> sqlx::Result<Written>
+async fn run<'e, DB, E>(on: E, s: &Statement<DB>) -> sqlx::Result<Written<DB>>
 where
-    E: Executor<'e, Database = Sqlite>,
+    DB: Store,
+    E: Executor<'e, Database = DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
 {
     let q = sqlx::query_with(AssertSqlSafe(s.sql.clone()), s.args.clone());
     match s.want {
-        Want::Count => q
-            .execute(on)
-            .await
-            .map(|r| Written::Count(r.rows_affected())),
+        Want::Count => q.execute(on).await.map(|r| Written::Count(DB::changed(&r))),
         Want::Rows => q.fetch_all(on).await.map(Written::Rows),
     }
 }
@@ -265,7 +356,14 @@ where
 mod tests {
     use super::*;
     use sqlx::Arguments;
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    use sqlx::sqlite::{
+        SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    };
+
+    type Writer = super::Writer<Sqlite>;
+    type Write = super::Write<Sqlite>;
+    type Written = super::Written<Sqlite>;
+    type Statement = super::Statement<Sqlite>;
 
     async fn pool(dir: &tempfile::TempDir) -> SqlitePool {
         pool_waiting(dir, Duration::from_secs(10)).await
