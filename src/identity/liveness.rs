@@ -11,8 +11,9 @@ use super::{AgentId, Owner};
 use crate::domain::RunId;
 
 /// Process `pid`'s start time (field 22 of `/proc/PID/stat`): `Ok(None)` when there is no
-/// such process, `Err` when `/proc` could not be read (out of descriptors, say), which
-/// proves nothing.
+/// such process, or only its exit status is left (a zombie its parent has not reaped
+/// yet: it can do nothing more, and its parent may never reap it); `Err` when `/proc`
+/// could not be read (out of descriptors, say), which proves nothing.
 pub(super) fn process_start(pid: u32) -> std::io::Result<Option<u64>> {
     if unreadable_now(pid) {
         return Err(std::io::Error::other(
@@ -24,9 +25,19 @@ pub(super) fn process_start(pid: u32) -> std::io::Result<Option<u64>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    // Field 22 (starttime) counts from the fields after the command name's ')'.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
+    // Field 3 (state) and field 22 (starttime) count from the fields after the command
+    // name's ')'.
+    let fields = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace());
+    let mut fields = fields.into_iter().flatten();
+    let state = fields.next();
+    if matches!(state, Some("Z" | "X" | "x")) {
+        return Ok(None);
+    }
+    fields
+        .nth(18)
+        .and_then(|f| f.parse().ok())
         .map(Some)
         .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/stat has no start time")))
 }
@@ -167,5 +178,36 @@ impl Owner {
         let key = (self.as_str().to_string(), run);
         lock_in_flight().insert(key.clone());
         InFlight(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_start;
+
+    #[test]
+    fn a_killed_process_not_yet_reaped_is_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(matches!(process_start(pid), Ok(Some(_))), "a running child");
+        child.kill().unwrap();
+        // Not reaped: its /proc entry stays, in state Z, until `wait`.
+        let zombie = (0..1000).any(|_| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let z = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+            if !z {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            z
+        });
+        assert!(zombie, "the child never became a zombie");
+        assert!(matches!(process_start(pid), Ok(None)), "a zombie is gone");
+        child.wait().unwrap();
+        assert!(matches!(process_start(pid), Ok(None)));
     }
 }
