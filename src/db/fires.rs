@@ -2,7 +2,7 @@
 //! on the database records its start first.
 
 use super::runs::insert_run;
-use super::sql::On;
+use super::sql::Part;
 use super::{Database, DbResult, NewRun, ms};
 use crate::domain::RunId;
 use crate::identity::Owner;
@@ -52,6 +52,54 @@ impl Database {
     ) -> DbResult<Result<RunId, FireTaken>> {
         let what = format!("cannot claim the fire of {}", run.job);
         let at = run.scheduled_for.map_or(ms(run.started_at), ms);
+        let claimed = if again {
+            self.claim_again(&run, owner, at, &what).await?
+        } else {
+            // The claim, the run's row and the claim's run id are one write: of several
+            // agents firing at once, the first to commit has the row, and the others' claims
+            // change nothing (and stop there).
+            let did = self
+                .write_all(
+                    &what,
+                    vec![
+                        Part::new(
+                            self.q("INSERT INTO fires (job, scheduled_for, run_id) VALUES ($1, $2, 0) \
+                                    ON CONFLICT DO NOTHING")
+                                .bind(run.job)
+                                .bind(at),
+                        )
+                        .or_stop(),
+                        Part::returning(insert_run(self.engine(), &run, owner)),
+                        Part::new(
+                            self.q(&format!(
+                                "UPDATE fires SET run_id = {} WHERE job = $1 AND scheduled_for = $2",
+                                self.engine().last_id()
+                            ))
+                            .bind(run.job)
+                            .bind(at),
+                        ),
+                    ],
+                )
+                .await?;
+            did.get(1)
+                .and_then(|d| d.ids.first())
+                .map(|&id| RunId::new(id))
+        };
+        match claimed {
+            Some(id) => Ok(Ok(id)),
+            None => self.fire_taken(&run, at, &what).await.map(Err),
+        }
+    }
+
+    /// A fire run already, claimed again if its clock came back to it (see
+    /// [`Database::claim_fire_again`]): the run's id, or `None` when it stays taken.
+    async fn claim_again(
+        &self,
+        run: &NewRun<'_>,
+        owner: &Owner,
+        at: i64,
+        what: &str,
+    ) -> DbResult<Option<RunId>> {
         // The transaction holds the write lock from its start, so a second agent's claim
         // waits for the first's commit and then finds the row.
         let mut tx = self.begin().await?;
@@ -62,51 +110,56 @@ impl Database {
         .bind(at)
         .execute(&mut tx)
         .await
-        .map_err(self.err(what.clone()))?
+        .map_err(self.err(what))?
             == 1;
         let claimed = claimed
-            || again
-                && tx
-                    .q("UPDATE fires SET run_id = 0 WHERE job = $1 AND scheduled_for = $2 \
-                        AND EXISTS (SELECT 1 FROM runs r WHERE r.id = fires.run_id AND r.status <> 'running') \
-                        AND EXISTS (SELECT 1 FROM runs l WHERE l.job = fires.job AND l.id > fires.run_id \
-                            AND l.scheduled_for > fires.scheduled_for AND l.started_at > $3)")
-                    .bind(run.job)
-                    .bind(at)
-                    .bind(ms(run.started_at))
-                    .execute(&mut tx)
-                    .await
-                    .map_err(self.err(what.clone()))?
-                    == 1;
-        if !claimed {
-            let (run_id, owner): (RunId, Option<String>) = tx
-                .q(
-                    "SELECT f.run_id, r.owner FROM fires f LEFT JOIN runs r ON r.id = f.run_id \
-                 WHERE f.job = $1 AND f.scheduled_for = $2",
-                )
+            || tx
+                .q("UPDATE fires SET run_id = 0 WHERE job = $1 AND scheduled_for = $2 \
+                    AND EXISTS (SELECT 1 FROM runs r WHERE r.id = fires.run_id AND r.status <> 'running') \
+                    AND EXISTS (SELECT 1 FROM runs l WHERE l.job = fires.job AND l.id > fires.run_id \
+                        AND l.scheduled_for > fires.scheduled_for AND l.started_at > $3)")
                 .bind(run.job)
                 .bind(at)
-                .fetch_one(&mut tx)
+                .bind(ms(run.started_at))
+                .execute(&mut tx)
                 .await
-                .map_err(self.err(what))?;
-            return Ok(Err(FireTaken {
-                run_id,
-                host: owner
-                    .map(|o| crate::identity::host_of(&o))
-                    .unwrap_or_default(),
-            }));
+                .map_err(self.err(what))?
+                == 1;
+        if !claimed {
+            return Ok(None);
         }
-        let id = insert_run(On::Tx(&mut tx), &run, owner)
+        let id = insert_run(self.engine(), run, owner)
+            .scalar(&mut tx)
             .await
-            .map_err(self.err(what.clone()))?;
+            .map_err(self.err(what))?;
         tx.q("UPDATE fires SET run_id = $1 WHERE job = $2 AND scheduled_for = $3")
             .bind(id)
             .bind(run.job)
             .bind(at)
             .execute(&mut tx)
             .await
-            .map_err(self.err(what.clone()))?;
+            .map_err(self.err(what))?;
         tx.commit().await.map_err(self.err(what))?;
-        Ok(Ok(id))
+        Ok(Some(id))
+    }
+
+    /// The run that has the fire of `run.job` at `at`, and its agent's host.
+    async fn fire_taken(&self, run: &NewRun<'_>, at: i64, what: &str) -> DbResult<FireTaken> {
+        let (run_id, owner): (RunId, Option<String>) = self
+            .q(
+                "SELECT f.run_id, r.owner FROM fires f LEFT JOIN runs r ON r.id = f.run_id \
+                 WHERE f.job = $1 AND f.scheduled_for = $2",
+            )
+            .bind(run.job)
+            .bind(at)
+            .fetch_one(self)
+            .await
+            .map_err(self.err(what))?;
+        Ok(FireTaken {
+            run_id,
+            host: owner
+                .map(|o| crate::identity::host_of(&o))
+                .unwrap_or_default(),
+        })
     }
 }

@@ -2,7 +2,7 @@
 //! run's summary; what it did is in its journal ([`super::journal`]).
 
 use super::journal::{self, Action, State};
-use super::sql::{On, Part};
+use super::sql::{Part, Q};
 use super::{
     Database, DbError, DbResult, Engine, NewAlert, NewPing, StoredTime, alerts, ms, pings,
 };
@@ -273,12 +273,10 @@ pub(super) fn run_columns(engine: Engine) -> &'static str {
     }
 }
 
-pub(super) async fn insert_run(
-    on: On<'_>,
-    run: &NewRun<'_>,
-    owner: &Owner,
-) -> Result<RunId, sqlx::Error> {
-    on.q(
+/// Records a run's start; it returns the run's id.
+pub(super) fn insert_run(engine: Engine, run: &NewRun<'_>, owner: &Owner) -> Q {
+    Q::new(
+        engine,
         "INSERT INTO runs (job, server_id, kind, trigger, status, scheduled_for, started_at, owner) \
          VALUES ($1, $2, $3, $4, 'running', $5, $6, $7) RETURNING id",
     )
@@ -289,14 +287,13 @@ pub(super) async fn insert_run(
     .bind(run.scheduled_for.map(ms))
     .bind(ms(run.started_at))
     .bind(owner.as_str())
-    .scalar(on)
-    .await
 }
 
 impl Database {
     pub async fn start_run(&self, run: NewRun<'_>, owner: &Owner) -> DbResult<RunId> {
         // One statement, committed on its own.
-        insert_run(self.into(), &run, owner)
+        insert_run(self.engine(), &run, owner)
+            .scalar(self)
             .await
             .map_err(self.err(format!("cannot record the start of a run of {}", run.job)))
     }

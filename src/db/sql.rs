@@ -433,6 +433,15 @@ pub(super) async fn on_writer(pool: &Pool, parts: Vec<Part>) -> sqlx::Result<Vec
 
 /// SQL that differs between the engines.
 impl Engine {
+    /// The id the last `INSERT` on this connection gave its row (its session's, on
+    /// PostgreSQL: the last value a sequence gave it).
+    pub(crate) fn last_id(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "last_insert_rowid()",
+            Engine::Postgres => "lastval()",
+        }
+    }
+
     /// A subquery of the values of the JSON array of strings bound at placeholder `$n`.
     pub(crate) fn json_texts(self, n: usize) -> String {
         match self {
