@@ -117,23 +117,28 @@ impl Database {
             .map_err(self.err("cannot queue an alert"))
     }
 
-    /// Queues `a` unless an alert of its kind about its job was queued after `since`, in
-    /// one statement: of several agents checking at once, one queues it. Whether it did.
+    /// Queues `a` unless an alert of its kind about its job was queued after `since`: of
+    /// several agents checking at once, one queues it. Whether it did. A read-check-write,
+    /// so it holds the write lock (`begin`): on PostgreSQL two such statements at once
+    /// would each see no alert and both insert one.
     pub async fn queue_alert_unless_since(
         &self,
         a: &NewAlert,
         since: DateTime<Utc>,
     ) -> DbResult<bool> {
-        let q = self.q(
+        let what = "cannot queue an alert";
+        let mut tx = self.begin().await?;
+        let q = tx.q(
             "INSERT INTO alerts (job, server_id, run_id, kind, subject, body, created_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS \
                (SELECT 1 FROM alerts WHERE job = $1 AND kind = $4 AND created_at > $8)",
         );
         let done = bind_alert(q, a)
             .bind(ms(since))
-            .execute(self)
+            .execute(&mut tx)
             .await
-            .map_err(self.err("cannot queue an alert"))?;
+            .map_err(self.err(what))?;
+        tx.commit().await.map_err(self.err(what))?;
         Ok(done == 1)
     }
 
