@@ -175,9 +175,7 @@ macro_rules! on_engine {
                 let $e = &mut **t;
                 $body
             }
-            _ => Err(sqlx::Error::Protocol(
-                "a statement prepared for one engine was run on the other".into(),
-            )),
+            _ => Err(other_engine()),
         }
     };
 }
