@@ -56,7 +56,6 @@ use sqlx::sqlite::{
 };
 
 use sql::{On, Pool, Q};
-use writer::Store;
 
 use crate::timing::Timing;
 
@@ -229,6 +228,9 @@ impl Database {
         let opts = connect_options(path, options);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A connection to a local file needs no round trip to test it before each
+            // use; sqlx still tests each one handed back.
+            .test_before_acquire(false)
             // A failed COMMIT (a full disk) makes SQLite roll back by itself, so the ROLLBACK
             // sqlx sends when the transaction is dropped fails and sqlx still counts the
             // connection as inside one; every later `BEGIN IMMEDIATE` on it would be refused.
@@ -340,7 +342,12 @@ impl Database {
                     .await
                     .map(|t| Tx::Sqlite(t, turn))
             }
-            Pool::Postgres(p, _) => sqlx::Postgres::begin_writing(p).await.map(Tx::Postgres),
+            Pool::Postgres(p, _) => match p.begin().await {
+                Ok(mut tx) => writer::hold_postgres_writes(&mut tx)
+                    .await
+                    .map(|()| Tx::Postgres(tx)),
+                Err(e) => Err(e),
+            },
         };
         tx.map_err(err)
     }

@@ -11,6 +11,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use super::sql::Pool;
 use super::{Database, DbError, DbResult};
 
+/// How long a pooled connection may sit idle before it is tested before use.
+const TESTED_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Where the history is: a SQLite file, or a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub enum Location {
@@ -84,6 +87,17 @@ impl Database {
         let pool = match PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
+            // A connection is tested (one round trip) before use only when it sat idle for
+            // a while: sqlx tests each one handed back, so one just used is known good.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= TESTED_AFTER_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(opts.clone())
             .await
         {

@@ -5,7 +5,7 @@
 //! polls (1 ms, 2 ms, 5 ms, … up to the busy timeout); with it, this process's writers
 //! queue here and each starts the moment the last one is done, and the busy handler is
 //! left to arbitrate between processes only. On PostgreSQL the schema's advisory lock
-//! ([`Store::begin_writing`]) is that turn, between the agents too.
+//! ([`Store::hold_writes`]) is that turn, between the agents too.
 //!
 //! A write — one statement outside a transaction (most of the journal), or a unit of a
 //! few that must be kept together (an intent and its run's summary, a run's end with its
@@ -21,7 +21,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Database, Executor, IntoArguments, Pool, Postgres, Sqlite, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{
+    AssertSqlSafe, Connection, Database, Executor, IntoArguments, Pool, Postgres, Sqlite,
+    Transaction,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// What the writer needs of an engine: a transaction that holds the database's write
@@ -32,18 +36,22 @@ where
     for<'p> &'p Pool<Self>: Executor<'p, Database = Self>,
     Self::Arguments: IntoArguments<Self> + Clone + Send + Sync + 'static,
 {
-    fn begin_writing(
-        pool: &Pool<Self>,
-    ) -> impl Future<Output = sqlx::Result<Transaction<'static, Self>>> + Send;
+    /// The statement that begins a write transaction, if not the engine's plain `BEGIN`.
+    const BEGIN: Option<&'static str>;
+
+    /// Takes the write lock in `tx`, if its `BEGIN` did not.
+    fn hold_writes(tx: &mut Self::Connection) -> impl Future<Output = sqlx::Result<()>> + Send;
 
     /// The rows a statement changed.
     fn changed(r: &Self::QueryResult) -> u64;
 }
 
 impl Store for Sqlite {
-    /// `BEGIN IMMEDIATE` (see `Database::begin`).
-    async fn begin_writing(pool: &Pool<Self>) -> sqlx::Result<Transaction<'static, Self>> {
-        pool.begin_with("BEGIN IMMEDIATE").await
+    /// `BEGIN IMMEDIATE` takes the write lock at once (see `Database::begin`).
+    const BEGIN: Option<&'static str> = Some("BEGIN IMMEDIATE");
+
+    async fn hold_writes(_: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
+        Ok(())
     }
 
     fn changed(r: &sqlx::sqlite::SqliteQueryResult) -> u64 {
@@ -52,21 +60,42 @@ impl Store for Sqlite {
 }
 
 impl Store for Postgres {
-    /// With this schema's write lock, a transaction-scoped advisory lock (see
-    /// `Database::begin`).
-    async fn begin_writing(pool: &Pool<Self>) -> sqlx::Result<Transaction<'static, Self>> {
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('vps-snapshot-agent ' || current_schema(), 0))",
-        )
-        .execute(&mut *tx)
-        .await?;
-        Ok(tx)
+    const BEGIN: Option<&'static str> = None;
+
+    async fn hold_writes(tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+        hold_postgres_writes(tx).await
     }
 
     fn changed(r: &sqlx::postgres::PgQueryResult) -> u64 {
         r.rows_affected()
     }
+}
+
+/// This schema's write lock on PostgreSQL, for the transaction `tx`: a
+/// transaction-scoped advisory lock (see `Database::begin`).
+pub(crate) async fn hold_postgres_writes(tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('vps-snapshot-agent ' || current_schema(), 0))",
+    )
+    .execute(tx)
+    .await
+    .map(drop)
+}
+
+/// A transaction on `conn` that holds the database's write lock.
+async fn begin_writing<DB>(conn: &mut DB::Connection) -> sqlx::Result<Transaction<'_, DB>>
+where
+    DB: Store,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
+{
+    let mut tx = match DB::BEGIN {
+        Some(begin) => conn.begin_with(begin).await?,
+        None => conn.begin().await?,
+    };
+    DB::hold_writes(&mut tx).await?;
+    Ok(tx)
 }
 
 /// How long a writer waits for its turn in the process before going ahead anyway: the
@@ -143,9 +172,14 @@ where
     /// The writer of `pool`, its task started on this runtime; the task ends when the
     /// last clone of the writer is dropped.
     pub(crate) fn start(pool: &Pool<DB>) -> Self {
+        Self::holding(pool, HOLD)
+    }
+
+    /// [`Writer::start`], its connection kept `hold` after its last write.
+    fn holding(pool: &Pool<DB>, hold: Duration) -> Self {
         let turn = Arc::new(Semaphore::new(1));
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(serve(pool.clone(), turn.clone(), waiting));
+        tokio::spawn(serve(pool.clone(), hold, turn.clone(), waiting));
         Self { turn, queue }
     }
 
@@ -171,7 +205,11 @@ where
             // The task is gone with the runtime that started it: the write goes alone.
             Err(mpsc::error::SendError(w)) => {
                 let _turn = self.turn(WRITER_PATIENCE).await;
-                alone(pool, &w).await
+                // Boxed as `Send`: unboxed, rustc cannot prove the callers' futures `Send`
+                // through this one's higher-ranked bounds (rust-lang/rust#102211).
+                let alone: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
+                    Box::pin(async move { alone(&mut Held::new(pool.clone()), &w).await });
+                alone.await
             }
         }
     }
@@ -184,10 +222,11 @@ async fn turn_of(turn: &Arc<Semaphore>, patience: Duration) -> Option<OwnedSemap
         .and_then(Result::ok)
 }
 
-/// The writer task: waits for a lone write, takes the turn, and commits it with every
-/// other one waiting by then.
+/// The writer task: waits for a write, takes the turn, and commits it with every other
+/// one waiting by then, on the connection it holds.
 async fn serve<DB>(
     pool: Pool<DB>,
+    hold: Duration,
     turn: Arc<Semaphore>,
     mut queue: mpsc::UnboundedReceiver<Write<DB>>,
 ) where
@@ -196,8 +235,25 @@ async fn serve<DB>(
     for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
     DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
 {
+    let mut held = Held::new(pool);
     let mut group = Vec::new();
-    while let Some(first) = queue.recv().await {
+    loop {
+        let first = if held.conn.is_some() {
+            tokio::select! {
+                w = queue.recv() => w,
+                () = tokio::time::sleep(hold) => {
+                    held.release();
+                    continue;
+                }
+                () = held.pool.close_event() => {
+                    held.release();
+                    continue;
+                }
+            }
+        } else {
+            queue.recv().await
+        };
+        let Some(first) = first else { break };
         group.push(first);
         let _turn = turn_of(&turn, WRITER_PATIENCE).await;
         while group.len() < MOST_IN_A_GROUP {
@@ -206,8 +262,48 @@ async fn serve<DB>(
                 Err(_) => break,
             }
         }
-        commit(&pool, &mut group).await;
+        commit(&mut held, &mut group).await;
         group.clear();
+    }
+}
+
+/// How long the writer keeps its connection after its last write.
+const HOLD: Duration = Duration::from_secs(5);
+
+/// The writer's connection, kept from one group to the next while writes keep coming:
+/// sqlx tests a connection handed back to its pool with a round trip to it, which would
+/// otherwise cost every group one more. Given back after [`HOLD`] without a write, when
+/// the pool closes (which waits for every connection), and after any error (a connection a failed commit left inside its
+/// transaction is then closed by the pool, not reused).
+struct Held<DB: Database> {
+    pool: Pool<DB>,
+    conn: Option<PoolConnection<DB>>,
+}
+
+impl<DB: Database> Held<DB> {
+    fn new(pool: Pool<DB>) -> Self {
+        Self { pool, conn: None }
+    }
+
+    /// The connection, taken from the pool if none is held.
+    async fn conn(&mut self) -> sqlx::Result<&mut DB::Connection> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        Ok(&mut **self.conn.insert(conn))
+    }
+
+    fn release(&mut self) {
+        self.conn = None;
+    }
+
+    /// `r`, the connection given back first if it is an error.
+    fn after<T, E>(&mut self, r: Result<T, E>) -> Result<T, E> {
+        if r.is_err() {
+            self.release();
+        }
+        r
     }
 }
 
@@ -222,7 +318,7 @@ enum Failed {
 }
 
 /// Writes `group` and answers each of its writes.
-async fn commit<DB>(pool: &Pool<DB>, group: &mut Vec<Write<DB>>)
+async fn commit<DB>(held: &mut Held<DB>, group: &mut Vec<Write<DB>>)
 where
     DB: Store,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -234,12 +330,12 @@ where
     loop {
         if group.len() <= 1 {
             for w in group.drain(..) {
-                let r = alone(pool, &w).await;
+                let r = alone(held, &w).await;
                 let _ = w.answer.send(r);
             }
             return;
         }
-        match together(pool, group).await {
+        match together(held, group).await {
             Ok(written) => {
                 for (w, r) in group.drain(..).zip(written) {
                     let _ = w.answer.send(Ok(r));
@@ -253,7 +349,7 @@ where
             }
             Err(Failed::Begin) => {
                 for w in group.drain(..) {
-                    let r = alone(pool, &w).await;
+                    let r = alone(held, &w).await;
                     let _ = w.answer.send(r);
                 }
                 return;
@@ -276,14 +372,34 @@ where
 }
 
 /// The group's writes in one transaction, what each gave back.
-async fn together<DB>(pool: &Pool<DB>, group: &[Write<DB>]) -> Result<Vec<Vec<Written<DB>>>, Failed>
+async fn together<DB>(
+    held: &mut Held<DB>,
+    group: &[Write<DB>],
+) -> Result<Vec<Vec<Written<DB>>>, Failed>
 where
     DB: Store,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
     DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
 {
-    let mut tx = DB::begin_writing(pool).await.map_err(|_| Failed::Begin)?;
+    let r = match held.conn().await {
+        Ok(conn) => together_on(conn, group).await,
+        Err(_) => Err(Failed::Begin),
+    };
+    held.after(r)
+}
+
+async fn together_on<DB>(
+    conn: &mut DB::Connection,
+    group: &[Write<DB>],
+) -> Result<Vec<Vec<Written<DB>>>, Failed>
+where
+    DB: Store,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
+{
+    let mut tx = begin_writing(conn).await.map_err(|_| Failed::Begin)?;
     let mut written = Vec::with_capacity(group.len());
     for (i, w) in group.iter().enumerate() {
         match unit(&mut tx, &w.unit).await {
@@ -297,7 +413,21 @@ where
 }
 
 /// One write on its own: a lone statement commits by itself, a unit in a transaction.
-async fn alone<DB>(pool: &Pool<DB>, w: &Write<DB>) -> sqlx::Result<Vec<Written<DB>>>
+async fn alone<DB>(held: &mut Held<DB>, w: &Write<DB>) -> sqlx::Result<Vec<Written<DB>>>
+where
+    DB: Store,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
+{
+    let r = match held.conn().await {
+        Ok(conn) => alone_on(conn, w).await,
+        Err(e) => Err(e),
+    };
+    held.after(r)
+}
+
+async fn alone_on<DB>(conn: &mut DB::Connection, w: &Write<DB>) -> sqlx::Result<Vec<Written<DB>>>
 where
     DB: Store,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -305,9 +435,9 @@ where
     DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
 {
     if let [s] = w.unit.as_slice() {
-        return Ok(vec![run(pool, s).await?]);
+        return Ok(vec![run(&mut *conn, s).await?]);
     }
-    let mut tx = DB::begin_writing(pool).await?;
+    let mut tx = begin_writing(conn).await?;
     let written = unit(&mut tx, &w.unit).await?;
     tx.commit().await?;
     Ok(written)

@@ -5,6 +5,7 @@ use sqlx::Arguments;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 type Writer = super::Writer<Sqlite>;
 type Write = super::Write<Sqlite>;
@@ -16,16 +17,34 @@ async fn pool(dir: &tempfile::TempDir) -> SqlitePool {
 }
 
 async fn pool_waiting(dir: &tempfile::TempDir, busy: Duration) -> SqlitePool {
+    pool_with(dir, busy, SqlitePoolOptions::new()).await
+}
+
+/// A pool that counts the connections handed back to it.
+async fn counting_pool(dir: &tempfile::TempDir) -> (SqlitePool, Arc<AtomicUsize>) {
+    let released = Arc::new(AtomicUsize::new(0));
+    let count = released.clone();
+    let options = SqlitePoolOptions::new().after_release(move |_, _| {
+        count.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(true) })
+    });
+    (
+        pool_with(dir, Duration::from_secs(10), options).await,
+        released,
+    )
+}
+
+async fn pool_with(
+    dir: &tempfile::TempDir,
+    busy: Duration,
+    options: SqlitePoolOptions,
+) -> SqlitePool {
     let opts = SqliteConnectOptions::new()
         .filename(dir.path().join("w.db"))
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(busy);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts)
-        .await
-        .unwrap();
+    let pool = options.max_connections(4).connect_with(opts).await.unwrap();
     sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, x INTEGER NOT NULL CHECK (x >= 0))")
         .execute(&pool)
         .await
@@ -90,7 +109,7 @@ async fn a_failing_write_is_answered_with_its_error_and_the_rest_kept_once() {
     let p = pool(&dir).await;
     // -1 breaks the CHECK: the second and the fifth of the group fail.
     let (mut g, answers) = group(&[1, -1, 2, 3, -1, 4]);
-    commit(&p, &mut g).await;
+    commit(&mut Held::new(p.clone()), &mut g).await;
     let mut failed = 0;
     for a in answers {
         match id_of(a.await.unwrap()) {
@@ -127,7 +146,7 @@ async fn a_unit_is_kept_whole_or_not_at_all_and_stops_where_it_says() {
         vec![nothing, inserting(30)],
         vec![inserting(40), inserting(41)],
     ]);
-    commit(&p, &mut g).await;
+    commit(&mut Held::new(p.clone()), &mut g).await;
     let mut answers = answers.into_iter();
     let half = answers.next().unwrap().await.unwrap();
     assert!(half.is_err_and(|e| e.to_string().contains("CHECK")));
@@ -149,7 +168,7 @@ async fn a_write_whose_caller_stopped_waiting_is_not_made() {
     let p = pool(&dir).await;
     let (mut g, mut answers) = group(&[1, 2, 3]);
     drop(answers.remove(1));
-    commit(&p, &mut g).await;
+    commit(&mut Held::new(p.clone()), &mut g).await;
     for a in answers {
         id_of(a.await.unwrap()).unwrap();
     }
@@ -168,7 +187,7 @@ async fn a_group_that_cannot_begin_is_written_one_by_one() {
         .await
         .unwrap();
     let (mut g, answers) = group(&[1, 2]);
-    commit(&p, &mut g).await;
+    commit(&mut Held::new(p.clone()), &mut g).await;
     for a in answers {
         let e = id_of(a.await.unwrap()).unwrap_err();
         assert!(e.to_string().contains("locked"), "{e}");
@@ -228,4 +247,61 @@ async fn each_write_is_answered_after_its_commit_with_its_own_rows() {
         (0..200).collect::<Vec<_>>(),
         "each written once"
     );
+}
+
+/// Once every connection of `p` is back in it: how many were handed back so far.
+async fn settled(p: &SqlitePool, released: &AtomicUsize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while p.num_idle() < p.size() as usize {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a connection never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    released.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn the_writer_keeps_its_connection_between_groups_and_hands_it_back_after_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(&dir).await;
+    let mut held = Held::new(p.clone());
+    for values in [&[1, 2][..], &[3], &[4, 5]] {
+        let (mut g, answers) = group(values);
+        commit(&mut held, &mut g).await;
+        for a in answers {
+            id_of(a.await.unwrap()).unwrap();
+        }
+        assert!(held.conn.is_some(), "kept after the commit of {values:?}");
+    }
+    let (mut g, answers) = group(&[-1]);
+    commit(&mut held, &mut g).await;
+    for a in answers {
+        id_of(a.await.unwrap()).unwrap_err();
+    }
+    assert!(held.conn.is_none(), "handed back after an error");
+    assert_eq!(xs(&p).await, vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_closing_pool_gets_the_writers_connection_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(&dir).await;
+    let w = Writer::holding(&p, Duration::from_secs(3600));
+    insert(&w, &p, 1).await.unwrap();
+    // Closing waits for every connection, the writer's too.
+    tokio::time::timeout(Duration::from_secs(60), p.close())
+        .await
+        .expect("the pool closed while the writer held a connection");
+}
+
+#[tokio::test]
+async fn the_writer_hands_its_connection_back_when_writes_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, released) = counting_pool(&dir).await;
+    let before = settled(&p, &released).await;
+    let w = Writer::holding(&p, Duration::from_millis(10));
+    insert(&w, &p, 1).await.unwrap();
+    assert!(settled(&p, &released).await > before);
 }
