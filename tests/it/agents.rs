@@ -19,13 +19,13 @@ use crate::helpers::{Inbox, RunId, ServerId, TOKEN, job, world};
 use crate::newcomer::{FAST, signal, spawn, spawn_with};
 
 /// An owner on another host (its `/proc` is out of sight), for agent `tag`.
-fn remote(tag: &str) -> Owner {
+pub(crate) fn remote(tag: &str) -> Owner {
     format!("otherhost-{tag}/4242/77/0000abcd")
         .parse::<Owner>()
         .expect("a well-formed owner")
 }
 
-fn fire(job: &str, server: u64, at: DateTime<Utc>) -> NewRun<'_> {
+pub(crate) fn fire(job: &str, server: u64, at: DateTime<Utc>) -> NewRun<'_> {
     NewRun {
         job,
         server_id: ServerId::new(server),

@@ -73,6 +73,7 @@ mod pg_faults {
         pg_faults::an_agent_cut_off_from_the_others_is_replaced_and_sends_nothing_more,
         pg_faults::sslmode_is_honoured,
         pg_faults::a_killed_agent_on_another_host_is_finished_by_the_other_after_its_lease,
+        pg_faults::an_intent_racing_a_takeover_waits_for_it_and_is_refused,
     );
 }
 

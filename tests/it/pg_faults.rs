@@ -8,11 +8,13 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use vps_snapshot_agent::clock::Clock;
-use vps_snapshot_agent::db::{Database, Location, Run, RunStatus, RunTrigger, Step};
+use vps_snapshot_agent::db::{
+    Action, Database, Intent, Location, Run, RunStatus, RunTrigger, Step,
+};
 use vps_snapshot_agent::sim::{Delay, SimOptions};
 
 use crate::cli::{config, sim};
-use crate::helpers::{Inbox, RunId, ServerId, job, world};
+use crate::helpers::{Inbox, RunId, ServerId, SnapshotId, job, world};
 use crate::newcomer::{FAST, signal, spawn_with};
 
 /// A TCP proxy to `upstream` that can be cut and healed.
@@ -435,5 +437,78 @@ pub(crate) fn a_killed_agent_on_another_host_is_finished_by_the_other_after_its_
             .count();
         assert_eq!(gone, 1, "{:?}", inbox.messages());
         direct.close().await;
+    });
+}
+
+/// Another agent takes a run over at the very moment the run's own agent records an
+/// intent (a delete): the intent waits for the takeover's write lock and is then
+/// refused. Under READ COMMITTED a fenced insert outside that lock would still read the
+/// run's owner from before the takeover, and be recorded beside it.
+pub(crate) fn an_intent_racing_a_takeover_waits_for_it_and_is_refused() {
+    in_runtime(async {
+        let w = world(SimOptions::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open(&dir.path().join("pg")).await;
+        let owner = w.runner(db.clone()).owner;
+        let t0 = w.clock.now();
+        let run = db
+            .claim_fire(crate::agents::fire("web", 5, t0), &owner)
+            .await
+            .unwrap()
+            .unwrap();
+        let pool = db.postgres_pool().unwrap().clone();
+        let mut takeover = pool.begin().await.unwrap();
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('vps-snapshot-agent ' || current_schema(), 0))",
+        )
+        .execute(&mut *takeover)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE runs SET owner = $1 WHERE id = $2")
+            .bind(crate::agents::remote("b").as_str())
+            .bind(run.get())
+            .execute(&mut *takeover)
+            .await
+            .unwrap();
+        let delete = Intent {
+            run_id: run,
+            server_id: ServerId::new(5),
+            action: Action::Delete,
+            snapshot_id: Some(SnapshotId::new(9)),
+            snapshot_name: None,
+            detail: None,
+        };
+        let intending = {
+            let (db, owner) = (db.clone(), owner.clone());
+            tokio::spawn(async move { db.intend(delete, &owner, t0).await.map(|_| ()) })
+        };
+        // Until the intent waits for the lock (or, wrongly, is made without it).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting > 0 || intending.is_finished() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the intent neither waited nor ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        takeover.commit().await.unwrap();
+        let e = intending
+            .await
+            .unwrap()
+            .expect_err("an intent recorded beside the takeover");
+        assert!(e.to_string().contains("no longer this agent's"), "{e}");
+        assert!(
+            db.entries(run).await.unwrap().is_empty(),
+            "nothing recorded"
+        );
     });
 }

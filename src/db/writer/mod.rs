@@ -39,6 +39,10 @@ where
     /// The statement that begins a write transaction, if not the engine's plain `BEGIN`.
     const BEGIN: Option<&'static str>;
 
+    /// Whether one statement committing by itself holds the write lock throughout, and
+    /// so needs no transaction of its own.
+    const STATEMENT_HOLDS_THE_LOCK: bool;
+
     /// Takes the write lock in `tx`, if its `BEGIN` did not.
     fn hold_writes(tx: &mut Self::Connection) -> impl Future<Output = sqlx::Result<()>> + Send;
 
@@ -49,6 +53,9 @@ where
 impl Store for Sqlite {
     /// `BEGIN IMMEDIATE` takes the write lock at once (see `Database::begin`).
     const BEGIN: Option<&'static str> = Some("BEGIN IMMEDIATE");
+
+    /// One writer at a time, the whole statement long.
+    const STATEMENT_HOLDS_THE_LOCK: bool = true;
 
     async fn hold_writes(_: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
         Ok(())
@@ -61,6 +68,10 @@ impl Store for Sqlite {
 
 impl Store for Postgres {
     const BEGIN: Option<&'static str> = None;
+
+    /// No: under READ COMMITTED a fenced insert alone reads a run's owner as last
+    /// committed, while another agent's takeover of the run may be committing.
+    const STATEMENT_HOLDS_THE_LOCK: bool = false;
 
     async fn hold_writes(tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
         hold_postgres_writes(tx).await
@@ -412,7 +423,8 @@ where
     Ok(written)
 }
 
-/// One write on its own: a lone statement commits by itself, a unit in a transaction.
+/// One write on its own: on SQLite a lone statement commits by itself; a unit, or any
+/// write on PostgreSQL, in a transaction holding the write lock.
 async fn alone<DB>(held: &mut Held<DB>, w: &Write<DB>) -> sqlx::Result<Vec<Written<DB>>>
 where
     DB: Store,
@@ -434,7 +446,9 @@ where
     for<'p> &'p Pool<DB>: Executor<'p, Database = DB>,
     DB::Arguments: IntoArguments<DB> + Clone + Send + Sync + 'static,
 {
-    if let [s] = w.unit.as_slice() {
+    if let [s] = w.unit.as_slice()
+        && DB::STATEMENT_HOLDS_THE_LOCK
+    {
         return Ok(vec![run(&mut *conn, s).await?]);
     }
     let mut tx = begin_writing(conn).await?;
