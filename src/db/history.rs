@@ -271,14 +271,15 @@ impl Database {
 
     /// How long the job's recent snapshots took from create to completed, newest first.
     pub async fn snapshot_durations(&self, job: &str, limit: u32) -> DbResult<Vec<Duration>> {
+        // The limit is written into the statement: bound, SQLite prepares the statement
+        // again at every use (its plan may depend on a bound LIMIT).
         let rows: Vec<(Option<i64>,)> = self
-            .q(
+            .q(&format!(
                 "SELECT snapshot_completed_at - snapshot_created_at AS d FROM runs \
-             WHERE job = $1 AND status = 'succeeded' AND snapshot_completed_at IS NOT NULL \
-             AND snapshot_created_at IS NOT NULL ORDER BY id DESC LIMIT $2",
-            )
+                 WHERE job = $1 AND status = 'succeeded' AND snapshot_completed_at IS NOT NULL \
+                 AND snapshot_created_at IS NOT NULL ORDER BY id DESC LIMIT {limit}"
+            ))
             .bind(job)
-            .bind(i64::from(limit))
             .fetch_all(self)
             .await
             .map_err(self.err("cannot read snapshot durations"))?;

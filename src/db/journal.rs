@@ -430,18 +430,18 @@ impl Database {
         server_id: ServerId,
         limit: u32,
     ) -> DbResult<Vec<(SnapshotId, String)>> {
-        self.q(
+        // The limit is written into the statement (see `snapshot_durations`).
+        self.q(&format!(
             "SELECT j.snapshot_id, COALESCE(j.snapshot_name, r.snapshot_name, '') FROM runs r \
              JOIN journal j ON j.run_id = r.id AND j.action IN ('create', 'adopt') AND j.state = 'ok' \
              WHERE r.job = $1 AND r.server_id = $2 AND r.kind = 'snapshot' AND r.status = 'succeeded' \
              AND j.snapshot_id IS NOT NULL \
              AND NOT EXISTS (SELECT 1 FROM journal d WHERE d.snapshot_id = j.snapshot_id \
                              AND d.action IN ('vanished', 'delete')) \
-             ORDER BY r.id DESC LIMIT $3",
-        )
+             ORDER BY r.id DESC LIMIT {limit}"
+        ))
         .bind(job)
         .bind(server_id)
-        .bind(i64::from(limit))
         .fetch_all(self)
         .await
         .map_err(self.err("cannot read the journal"))
