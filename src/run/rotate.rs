@@ -107,6 +107,10 @@ impl Runner {
         let job = st.job;
         let new_id = st.snapshot.as_ref().map(|s| s.id);
         let mut tried: HashSet<SnapshotId> = HashSet::new();
+        // The candidates last read: after a delete, whether anything is left to delete is
+        // asked of them; what is deleted is decided only on a fresh listing, its
+        // candidates read again.
+        let mut in_hand: Option<Vec<Candidate>> = None;
         let mut fresh = true;
         while self.budget(st) > 0 {
             // A listing with anomalies is never a reason to delete (said in the run's
@@ -116,7 +120,11 @@ impl Runner {
                 break;
             }
             // Nothing left to delete by the listing in hand: done, no request spent.
-            let (mut cands, mut victim) = next_victim(&self.candidates(st).await?, &tried, job);
+            let known = match in_hand.take() {
+                Some(cands) if !fresh => cands,
+                _ => self.candidates(st).await?,
+            };
+            let (mut cands, mut victim) = next_victim(&known, &tried, job);
             if victim.is_none() {
                 break;
             }
@@ -132,6 +140,7 @@ impl Runner {
                 break;
             };
             tried.insert(victim);
+            in_hand = Some(cands.clone());
             if !still_deletable(&cands, victim, new_id) {
                 continue;
             }
