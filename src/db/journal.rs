@@ -193,6 +193,19 @@ pub(super) fn insert_resolved(
     .bind(run_id)
 }
 
+/// What [`Database::journal_of`] read.
+#[derive(Debug, Default)]
+pub struct JournalOf {
+    /// The snapshots the journal records as the agent's: created or adopted by one of
+    /// its runs, or asked for by a create whose answer was lost.
+    pub known: HashSet<SnapshotId>,
+    /// For each name the journal recorded with an id, that id (a snapshot of that name
+    /// under another id is a copy).
+    pub made: HashMap<String, SnapshotId>,
+    /// The snapshots pinned (when asked).
+    pub pins: HashSet<SnapshotId>,
+}
+
 impl Database {
     /// Records an effect about to be requested by `owner`'s run; committed when this
     /// returns. An error when the run is no longer `owner`'s.
@@ -366,35 +379,49 @@ impl Database {
         ids: &[SnapshotId],
         names: &[&str],
     ) -> DbResult<HashSet<SnapshotId>> {
-        Ok(self.journal_of(server_id, ids, names).await?.0)
+        Ok(self.journal_of(server_id, ids, names, None).await?.known)
     }
 
-    /// [`Self::known_snapshots`], and for each name the journal recorded with an id, that
-    /// id (a snapshot of that name under another id is a copy).
+    /// What the journal says of the snapshots `ids` (named `names`) on `server_id`; with
+    /// `pins_at`, in the same read, the snapshots pinned at that time (a run asks both of
+    /// every listing).
     pub async fn journal_of(
         &self,
         server_id: ServerId,
         ids: &[SnapshotId],
         names: &[&str],
-    ) -> DbResult<(HashSet<SnapshotId>, HashMap<String, SnapshotId>)> {
-        let sql = format!(
-            "SELECT snapshot_id, snapshot_name FROM journal \
+        pins_at: Option<DateTime<Utc>>,
+    ) -> DbResult<JournalOf> {
+        let mut sql = format!(
+            "SELECT snapshot_id, snapshot_name, FALSE AS pin FROM journal \
              WHERE action IN ('create', 'adopt') AND state != 'error' AND server_id = $1 \
              AND (snapshot_id IN ({}) OR snapshot_name IN ({}))",
             self.engine().json_integers(2),
             self.engine().json_texts(3)
         );
-        let rows: Vec<(Option<SnapshotId>, Option<String>)> = self
+        if pins_at.is_some() {
+            sql.push_str(
+                " UNION ALL SELECT snapshot_id, NULL, TRUE FROM pins \
+                 WHERE until IS NULL OR until > $4",
+            );
+        }
+        let mut q = self
             .q(&sql)
             .bind(server_id)
             .bind(
                 serde_json::to_string(&ids.iter().map(|i| i.stored()).collect::<Vec<_>>())
                     .unwrap_or_default(),
             )
-            .bind(serde_json::to_string(names).unwrap_or_default())
+            .bind(serde_json::to_string(names).unwrap_or_default());
+        if let Some(at) = pins_at {
+            q = q.bind(ms(at));
+        }
+        let all: Vec<(Option<SnapshotId>, Option<String>, bool)> = q
             .fetch_all(self)
             .await
             .map_err(self.err("cannot read the journal"))?;
+        let (pins, rows): (Vec<_>, Vec<_>) = all.into_iter().partition(|r| r.2);
+        let pins = pins.into_iter().filter_map(|r| r.0).collect();
         // A name proves nothing once the journal knows the id its create got: a snapshot
         // made by hand under a name the agent once used (under another id) is not the
         // agent's. Only a create whose answer was lost (no id recorded) is matched by
@@ -418,7 +445,7 @@ impl Database {
                 })
                 .map(|(id, _)| *id),
         );
-        Ok((known, made))
+        Ok(JournalOf { known, made, pins })
     }
 
     /// Snapshots `job` made on `server_id` and saw completed that the agent never tried

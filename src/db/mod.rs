@@ -38,7 +38,7 @@ pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
 pub use copy::Copied;
 pub use fires::FireTaken;
 pub use history::{HistoryQuery, JobSummary};
-pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
+pub use journal::{Action, BEGUN, Entry, EntryId, Intent, JournalOf, State};
 
 pub use pings::{NewPing, PendingPing, PingKind};
 pub use postgres::{Location, split_password};

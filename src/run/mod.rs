@@ -47,7 +47,7 @@ use crate::domain::{RunId, ServerId, SnapshotId};
 use crate::hooks::{Command, Ran, ThawAfter};
 use crate::identity::Owner;
 use crate::retention::Candidate;
-use crate::snapshot::{candidates, owners};
+use crate::snapshot::{candidates, owners_and_pins};
 
 /// Everything a run needs; one per process, shared by its runs.
 #[derive(Clone)]
@@ -428,16 +428,16 @@ impl Runner {
 
     /// The planner's view of the listing in hand, for this run's job.
     async fn candidates(&self, st: &RunState<'_>) -> Result<Vec<Candidate>, DbError> {
-        let mut pins = self.db.pins(self.now()).await?;
-        pins.extend(st.spare);
         let snapshots = &st.listing.snapshots;
-        let owners = owners(
+        let (owners, mut pins) = owners_and_pins(
             Some(&self.db),
             self.client.marker(),
             st.job.server_id,
             snapshots,
+            Some(self.now()),
         )
         .await?;
+        pins.extend(st.spare);
         Ok(candidates(snapshots, &owners, st.job, &pins))
     }
 }

@@ -7,4 +7,4 @@ pub mod naming;
 pub mod ownership;
 pub mod verdicts;
 
-pub use ownership::{candidates, owners};
+pub use ownership::{candidates, owners, owners_and_pins};

@@ -9,7 +9,9 @@
 use std::collections::HashSet;
 
 use crate::config::JobSettings;
-use crate::db::{Database, DbError};
+use chrono::{DateTime, Utc};
+
+use crate::db::{Database, DbError, JournalOf};
 use crate::domain::Snapshot;
 use crate::domain::{ServerId, SnapshotId};
 use crate::retention::Candidate;
@@ -161,18 +163,35 @@ pub async fn owners(
     server_id: ServerId,
     listing: &[Snapshot],
 ) -> Result<Vec<Ownership>, DbError> {
-    let (known, made) = match db {
+    Ok(owners_and_pins(db, marker, server_id, listing, None)
+        .await?
+        .0)
+}
+
+/// [`owners`], and with `pins_at` the snapshots pinned at that time, read together.
+pub async fn owners_and_pins(
+    db: Option<&Database>,
+    marker: &Marker,
+    server_id: ServerId,
+    listing: &[Snapshot],
+    pins_at: Option<DateTime<Utc>>,
+) -> Result<(Vec<Ownership>, HashSet<SnapshotId>), DbError> {
+    let journal = match db {
         Some(db) => {
             let ids: Vec<SnapshotId> = listing.iter().map(|s| s.id).collect();
             let names: Vec<&str> = listing.iter().map(|s| s.name.as_str()).collect();
-            db.journal_of(server_id, &ids, &names).await?
+            db.journal_of(server_id, &ids, &names, pins_at).await?
         }
-        None => Default::default(),
+        None => JournalOf::default(),
     };
-    Ok(listing
+    let owners = listing
         .iter()
-        .map(|s| Ownership::of(s, marker, &known).unless_copy(s, made.get(&s.name).copied()))
-        .collect())
+        .map(|s| {
+            Ownership::of(s, marker, &journal.known)
+                .unless_copy(s, journal.made.get(&s.name).copied())
+        })
+        .collect();
+    Ok((owners, journal.pins))
 }
 
 #[cfg(test)]
