@@ -21,12 +21,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
 use sqlx::{
     AssertSqlSafe, Connection, Database, Executor, IntoArguments, Pool, Postgres, Sqlite,
     Transaction,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use held::{HOLD, Held};
 
 /// What the writer needs of an engine: a transaction that holds the database's write
 /// lock from its start.
@@ -249,14 +250,14 @@ async fn serve<DB>(
     let mut held = Held::new(pool);
     let mut group = Vec::new();
     loop {
-        let first = if held.conn.is_some() {
+        let first = if held.holds() {
             tokio::select! {
                 w = queue.recv() => w,
                 () = tokio::time::sleep(hold) => {
                     held.release();
                     continue;
                 }
-                () = held.pool.close_event() => {
+                () = held.pool().close_event() => {
                     held.release();
                     continue;
                 }
@@ -275,46 +276,6 @@ async fn serve<DB>(
         }
         commit(&mut held, &mut group).await;
         group.clear();
-    }
-}
-
-/// How long the writer keeps its connection after its last write.
-const HOLD: Duration = Duration::from_secs(5);
-
-/// The writer's connection, kept from one group to the next while writes keep coming:
-/// sqlx tests a connection handed back to its pool with a round trip to it, which would
-/// otherwise cost every group one more. Given back after [`HOLD`] without a write, when
-/// the pool closes (which waits for every connection), and after any error (a connection a failed commit left inside its
-/// transaction is then closed by the pool, not reused).
-struct Held<DB: Database> {
-    pool: Pool<DB>,
-    conn: Option<PoolConnection<DB>>,
-}
-
-impl<DB: Database> Held<DB> {
-    fn new(pool: Pool<DB>) -> Self {
-        Self { pool, conn: None }
-    }
-
-    /// The connection, taken from the pool if none is held.
-    async fn conn(&mut self) -> sqlx::Result<&mut DB::Connection> {
-        let conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => self.pool.acquire().await?,
-        };
-        Ok(&mut **self.conn.insert(conn))
-    }
-
-    fn release(&mut self) {
-        self.conn = None;
-    }
-
-    /// `r`, the connection given back first if it is an error.
-    fn after<T, E>(&mut self, r: Result<T, E>) -> Result<T, E> {
-        if r.is_err() {
-            self.release();
-        }
-        r
     }
 }
 
@@ -496,5 +457,6 @@ where
     }
 }
 
+mod held;
 #[cfg(test)]
 mod tests;

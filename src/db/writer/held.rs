@@ -1,0 +1,56 @@
+//! The writer's connection, kept between groups.
+
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Pool};
+
+/// How long the writer keeps its connection after its last write.
+pub(super) const HOLD: Duration = Duration::from_secs(5);
+
+/// The writer's connection, kept from one group to the next while writes keep coming:
+/// sqlx tests a connection handed back to its pool with a round trip to it, which would
+/// otherwise cost every group one more. Given back after [`HOLD`] without a write, when
+/// the pool closes (which waits for every connection), and after any error (a
+/// connection a failed commit left inside its transaction is then closed by the pool,
+/// not reused).
+pub(super) struct Held<DB: Database> {
+    pool: Pool<DB>,
+    conn: Option<PoolConnection<DB>>,
+}
+
+impl<DB: Database> Held<DB> {
+    pub(super) fn new(pool: Pool<DB>) -> Self {
+        Self { pool, conn: None }
+    }
+
+    pub(super) fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    /// Whether a connection is held now.
+    pub(super) fn holds(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// The connection, taken from the pool if none is held.
+    pub(super) async fn conn(&mut self) -> sqlx::Result<&mut DB::Connection> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        Ok(&mut **self.conn.insert(conn))
+    }
+
+    pub(super) fn release(&mut self) {
+        self.conn = None;
+    }
+
+    /// `r`, the connection given back first if it is an error.
+    pub(super) fn after<T, E>(&mut self, r: Result<T, E>) -> Result<T, E> {
+        if r.is_err() {
+            self.release();
+        }
+        r
+    }
+}
