@@ -6,6 +6,7 @@ use chrono::Utc;
 
 use super::setup;
 use crate::cli::PinArgs;
+use crate::db::State;
 
 pub async fn run(config: &Path, args: PinArgs, pin: bool) -> anyhow::Result<ExitCode> {
     let settings = setup::config_settings(config)?;
@@ -22,7 +23,26 @@ pub async fn run(config: &Path, args: PinArgs, pin: bool) -> anyhow::Result<Exit
         let Some(snap) = client.list(None).await?.get(id).cloned() else {
             bail!("no snapshot {id} exists (checked with the API)");
         };
-        if db.pin(id, Utc::now()).await? {
+        let pinned = db.pin(id, Utc::now()).await?;
+        // A run that chose it before the pin was committed may have recorded its delete:
+        // that one the pin did not stop (any later one it does).
+        if let Some((run, state)) = db.delete_recorded(id).await? {
+            db.close().await;
+            let delete = match state {
+                State::Ok => "was carried out",
+                State::Unknown => "may have been carried out",
+                State::Pending | State::Error => "may be under way",
+            };
+            bail!(
+                "snapshot {id} ({}, server {}) is pinned now, but run {run} had already set \
+                 out to delete it (that delete {delete}): it may be gone; `agent snapshots \
+                 --server {}` shows whether it is",
+                snap.name,
+                snap.server.id,
+                snap.server.id
+            );
+        }
+        if pinned {
             println!(
                 "pinned snapshot {id} ({}, server {}): it will never be rotated out",
                 snap.name, snap.server.id

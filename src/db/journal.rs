@@ -145,14 +145,18 @@ async fn insert(
 
 /// Inserts a pending entry only while its run is still running under `owner`: an agent
 /// whose run another agent took over (its presence beat lapsed, say, cut off from the
-/// database) records no intent, and so sends no request, for it again. It returns the
-/// entry's id, or no row when not.
+/// database) records no intent, and so sends no request, for it again. A delete is
+/// recorded only while its snapshot is not pinned: a pin committed after the run chose
+/// its victim still saves it (and `agent pin`, after its own commit, sees any delete
+/// recorded before it). It returns the entry's id, or no row when not.
 fn insert_fenced(engine: Engine, i: &Intent<'_>, owner: &Owner, at: DateTime<Utc>) -> Q {
     Q::new(
         engine,
         "INSERT INTO journal (run_id, server_id, action, state, snapshot_id, snapshot_name, at, detail) \
          SELECT $1, $2, $3, 'pending', $4, $5, $6, $7 \
          WHERE EXISTS (SELECT 1 FROM runs WHERE id = $8 AND status = 'running' AND owner = $9) \
+         AND NOT EXISTS (SELECT 1 FROM pins WHERE $3 = 'delete' AND snapshot_id = $4 \
+                         AND (until IS NULL OR until > $6)) \
          RETURNING id",
     )
     .bind(i.run_id)
@@ -215,10 +219,45 @@ impl Database {
         owner: &Owner,
         at: DateTime<Utc>,
     ) -> DbResult<EntryId> {
-        let what = format!(
+        let what = self.intent_of(&i);
+        let entry = self.record_intent(i, owner, at, &what).await?;
+        entry.ok_or_else(|| self.taken_over(&what, i.run_id))
+    }
+
+    /// [`Self::intend`] for a delete: `None` when the snapshot is pinned at `at` (pinned
+    /// after the run chose it), and nothing is recorded.
+    pub async fn intend_delete(
+        &self,
+        i: Intent<'_>,
+        owner: &Owner,
+        at: DateTime<Utc>,
+    ) -> DbResult<Option<EntryId>> {
+        let what = self.intent_of(&i);
+        if let Some(entry) = self.record_intent(i, owner, at, &what).await? {
+            return Ok(Some(entry));
+        }
+        match i.snapshot_id {
+            Some(id) if self.pins(at).await?.contains(&id) => Ok(None),
+            _ => Err(self.taken_over(&what, i.run_id)),
+        }
+    }
+
+    fn intent_of(&self, i: &Intent<'_>) -> String {
+        format!(
             "cannot record the intent to {} (run {})",
             i.action, i.run_id
-        );
+        )
+    }
+
+    /// The fenced intent (with a create, its run's snapshot name); `None` when the fence
+    /// refused it.
+    async fn record_intent(
+        &self,
+        i: Intent<'_>,
+        owner: &Owner,
+        at: DateTime<Utc>,
+        what: &str,
+    ) -> DbResult<Option<EntryId>> {
         let mut parts =
             vec![Part::returning(insert_fenced(self.engine(), &i, owner, at)).or_stop()];
         if i.action == Action::Create {
@@ -229,8 +268,8 @@ impl Database {
                     .bind(i.run_id),
             ));
         }
-        let did = self.write_all(&what, parts).await?;
-        entry_of(&did).ok_or_else(|| self.taken_over(&what, i.run_id))
+        let did = self.write_all(what, parts).await?;
+        Ok(entry_of(&did))
     }
 
     fn taken_over(&self, what: &str, run_id: RunId) -> DbError {

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, DbResult, ms};
-use crate::domain::SnapshotId;
+use super::{Database, DbResult, State, ms};
+use crate::domain::{RunId, SnapshotId};
 
 impl Database {
     pub async fn pin(&self, snapshot_id: SnapshotId, at: DateTime<Utc>) -> DbResult<bool> {
@@ -33,6 +33,23 @@ impl Database {
             .await
             .map_err(self.err("cannot pin"))?;
         Ok(n == 1)
+    }
+
+    /// The latest delete of `snapshot_id` a run recorded and did not see fail: the run
+    /// and what became of it (pending while its request may be in flight). Asked by a
+    /// pin after it is committed: a delete recorded before then was not stopped by it.
+    pub async fn delete_recorded(
+        &self,
+        snapshot_id: SnapshotId,
+    ) -> DbResult<Option<(RunId, State)>> {
+        self.q(
+            "SELECT run_id, state FROM journal WHERE action = 'delete' AND snapshot_id = $1 \
+             AND state <> 'error' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(snapshot_id)
+        .fetch_optional(self)
+        .await
+        .map_err(self.err("cannot read the journal"))
     }
 
     pub async fn unpin(&self, snapshot_id: SnapshotId) -> DbResult<bool> {

@@ -17,19 +17,30 @@ use crate::retention::{self, Candidate, LIMIT};
 impl Runner {
     /// Deletes snapshot `id`, the intent recorded first. An answer lost on the way
     /// leaves the entry `unknown`, and the delete counts against the run's budget.
+    /// `None` when the snapshot was pinned since it was chosen: nothing is asked.
     async fn delete(
         &self,
         st: &mut RunState<'_>,
         id: SnapshotId,
         why: &str,
-    ) -> Result<Result<(), ApiError>, DbError> {
+    ) -> Result<Option<Result<(), ApiError>>, DbError> {
         let name = st.listing.get(id).map(|s| s.name.clone());
         let intent = Intent {
             snapshot_name: name.as_deref(),
             detail: Some(why),
             ..st.intent(Action::Delete, Some(id))
         };
-        let entry = self.db.intend(intent, &self.owner, self.now()).await?;
+        let Some(entry) = self
+            .db
+            .intend_delete(intent, &self.owner, self.now())
+            .await?
+        else {
+            tracing::info!(
+                snapshot = id.get(),
+                "pinned since it was chosen for deletion: left alone"
+            );
+            return Ok(None);
+        };
         st.deletes_spent += 1;
         let result = self.client.delete(id).await;
         let (state, detail) = match &result {
@@ -49,7 +60,7 @@ impl Runner {
             State::Error => st.deletes_spent -= 1,
             _ => {}
         }
-        Ok(result)
+        Ok(Some(result))
     }
 
     fn budget(&self, st: &RunState<'_>) -> u32 {
@@ -89,11 +100,22 @@ impl Runner {
             fail_as(Step::MakeRoom, Cause::NoRoom, e)
         })?;
         for id in victims {
-            if let Err(e) = self.delete(st, id, "make room").await? {
-                return Err(fail(
-                    Step::MakeRoom,
-                    anyhow!(e).context(format!("making room on server {}", job.server_id)),
-                ));
+            match self.delete(st, id, "make room").await? {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    return Err(fail(
+                        Step::MakeRoom,
+                        anyhow!(e).context(format!("making room on server {}", job.server_id)),
+                    ));
+                }
+                None => {
+                    let e = anyhow!(
+                        "server {} is at the limit of {LIMIT} snapshots and snapshot {id}, \
+                         chosen to make room, was pinned meanwhile; it is kept",
+                        job.server_id
+                    );
+                    return Err(fail_as(Step::MakeRoom, Cause::NoRoom, e));
+                }
             }
         }
         Ok(())
@@ -145,7 +167,10 @@ impl Runner {
                 continue;
             }
             let reason = rotation_reason(&cands, victim, job);
-            if let Err(e) = self.delete(st, victim, &reason).await? {
+            let Some(deleted) = self.delete(st, victim, &reason).await? else {
+                continue;
+            };
+            if let Err(e) = deleted {
                 tracing::warn!(snapshot = victim.get(), "delete failed: {e}");
                 st.delete_errors.push(e.to_string());
                 if matches!(e, ApiError::Unauthorized) {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use vps_snapshot_agent::db::{Database, RunStatus, RunTrigger};
+use vps_snapshot_agent::db::{Action, Database, Intent, NewRun, RunKind, RunStatus, RunTrigger};
+use vps_snapshot_agent::identity::Owner;
 use vps_snapshot_agent::sim::{Mode, SimOptions, SimServer, Simulator};
 
 use crate::helpers::{ServerId, SnapshotId, TOKEN};
@@ -218,6 +219,52 @@ async fn pin_protects_and_snapshots_shows_verdicts() {
         "a dry run changes nothing"
     );
     assert_eq!(agent(&cfg, &["pin", "99999"]).await.status.code(), Some(1));
+}
+
+/// `agent pin` of a snapshot whose delete a run recorded before the pin was committed
+/// does not promise what it cannot: it says the snapshot may be gone, and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_after_a_recorded_delete_says_the_snapshot_may_be_gone() {
+    let s = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &s.base_url(), JOB);
+    assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
+    let first = s.sim.snapshots(ServerId::new(5))[0].id;
+    let db = Database::open(&dir.path().join("history.db"))
+        .await
+        .unwrap();
+    let owner = Owner::current();
+    let now = chrono::Utc::now();
+    let new = NewRun {
+        job: "web",
+        server_id: ServerId::new(5),
+        kind: RunKind::Snapshot,
+        trigger: RunTrigger::Manual,
+        scheduled_for: None,
+        started_at: now,
+    };
+    let run = db.start_run(new, &owner).await.unwrap();
+    let delete = Intent {
+        run_id: run,
+        server_id: ServerId::new(5),
+        action: Action::Delete,
+        snapshot_id: Some(first),
+        snapshot_name: None,
+        detail: Some("rotation"),
+    };
+    db.intend_delete(delete, &owner, now)
+        .await
+        .unwrap()
+        .unwrap();
+    db.close().await;
+    let o = agent(&cfg, &["pin", &first.to_string()]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains(&format!("run {run} had already set out to delete it"))
+            && t.contains("may be gone"),
+        "{t}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,58 @@ pub(crate) async fn rotation_keeps_the_policy_and_never_touches_unmanaged_or_pin
     assert_eq!(left.len(), 4, "three protected + the newest managed");
 }
 
+/// A snapshot pinned after a run chose it for deletion (the pin committed between the
+/// run's read of the pins and its delete's intent) is not deleted: the intent is refused
+/// and nothing is recorded. A pin that has run out refuses nothing, and an intent other
+/// than a delete (a restore's) is not refused.
+#[tokio::test]
+pub(crate) async fn a_delete_is_not_recorded_for_a_snapshot_pinned_since_it_was_chosen() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let db = w.db(&dir).await;
+    let owner = w.runner(db.clone()).owner;
+    let t0 = w.clock.now();
+    let new = NewRun {
+        job: "web",
+        server_id: ServerId::new(1),
+        kind: RunKind::Snapshot,
+        trigger: RunTrigger::Manual,
+        scheduled_for: None,
+        started_at: t0,
+    };
+    let run = db.start_run(new, &owner).await.unwrap();
+    let delete = |id: SnapshotId| Intent {
+        run_id: run,
+        server_id: ServerId::new(1),
+        action: Action::Delete,
+        snapshot_id: Some(id),
+        snapshot_name: None,
+        detail: None,
+    };
+    let [pinned, briefly, free] = [11, 12, 13].map(SnapshotId::new);
+    db.pin(pinned, t0).await.unwrap();
+    db.pin_until(briefly, t0, Some(t0 + chrono::Duration::seconds(60)))
+        .await
+        .unwrap();
+    for id in [pinned, briefly] {
+        let refused = db.intend_delete(delete(id), &owner, t0).await.unwrap();
+        assert_eq!(refused, None, "a delete of pinned {id} was recorded");
+    }
+    assert!(
+        db.entries(run).await.unwrap().is_empty(),
+        "nothing recorded"
+    );
+    let later = t0 + chrono::Duration::seconds(61);
+    for (id, at) in [(briefly, later), (free, t0)] {
+        let entry = db.intend_delete(delete(id), &owner, at).await.unwrap();
+        assert!(entry.is_some(), "the delete of {id} was refused");
+    }
+    let restore = Intent {
+        action: Action::Restore,
+        ..delete(pinned)
+    };
+    db.intend(restore, &owner, t0).await.unwrap();
+}
+
 #[tokio::test]
 pub(crate) async fn nothing_is_deleted_after_a_failed_or_timed_out_snapshot() {
     for (mode, says) in [

@@ -8,6 +8,7 @@ mod job {
     crate::store::on_postgres!(
         job::a_run_creates_waits_and_records_every_action,
         job::rotation_keeps_the_policy_and_never_touches_unmanaged_or_pinned,
+        job::a_delete_is_not_recorded_for_a_snapshot_pinned_since_it_was_chosen,
         job::nothing_is_deleted_after_a_failed_or_timed_out_snapshot,
         job::a_failed_snapshot_is_cleaned_up_by_the_next_successful_run,
         job::at_the_limit_room_is_made_and_the_newest_good_one_kept,
