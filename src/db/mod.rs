@@ -26,6 +26,7 @@ mod fires;
 mod history;
 mod journal;
 mod locks;
+mod made;
 mod pings;
 mod pins;
 mod postgres;
@@ -38,7 +39,8 @@ pub use alerts::{NewAlert, OutboxCounts, PendingAlert};
 pub use copy::Copied;
 pub use fires::FireTaken;
 pub use history::{HistoryQuery, JobSummary};
-pub use journal::{Action, BEGUN, Entry, EntryId, Intent, JournalOf, State};
+pub use journal::{Action, BEGUN, Entry, EntryId, Intent, State};
+pub use made::JournalOf;
 
 pub use pings::{NewPing, PendingPing, PingKind};
 pub use postgres::{Location, split_password};
