@@ -173,13 +173,20 @@ async fn restore_refuses_without_yes_off_a_terminal_and_records_with_it() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pin_protects_and_snapshots_shows_verdicts() {
+/// A simulator, a config of `JOB` in a new directory, one `run-once` done, and the
+/// snapshot it made.
+async fn after_one_run() -> (SimServer, tempfile::TempDir, PathBuf, SnapshotId) {
     let s = sim().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &s.base_url(), JOB);
     assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
     let first = s.sim.snapshots(ServerId::new(5))[0].id;
+    (s, dir, cfg, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_protects_and_snapshots_shows_verdicts() {
+    let (s, _dir, cfg, first) = after_one_run().await;
     assert_eq!(
         agent(&cfg, &["pin", &first.to_string()])
             .await
@@ -225,11 +232,7 @@ async fn pin_protects_and_snapshots_shows_verdicts() {
 /// does not promise what it cannot: it says the snapshot may be gone, and exits 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pin_after_a_recorded_delete_says_the_snapshot_may_be_gone() {
-    let s = sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &s.base_url(), JOB);
-    assert_eq!(agent(&cfg, &["run-once"]).await.status.code(), Some(0));
-    let first = s.sim.snapshots(ServerId::new(5))[0].id;
+    let (_s, dir, cfg, first) = after_one_run().await;
     let db = Database::open(&dir.path().join("history.db"))
         .await
         .unwrap();
