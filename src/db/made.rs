@@ -109,12 +109,16 @@ impl Database {
         server_id: ServerId,
         limit: u32,
     ) -> DbResult<Vec<(SnapshotId, String)>> {
-        // The limit is written into the statement (see `snapshot_durations`).
+        // The limit is written into the statement (see `snapshot_durations`). `gone = 0`
+        // reads the creates through `journal_made`, which leaves out those a delete or
+        // vanished entry names (migration 20261206000001): the read costs what is left on
+        // the server, not the job's whole history. The `NOT EXISTS` still decides.
         self.q(&format!(
-            "SELECT j.snapshot_id, COALESCE(j.snapshot_name, r.snapshot_name, '') FROM runs r \
-             JOIN journal j ON j.run_id = r.id AND j.action IN ('create', 'adopt') AND j.state = 'ok' \
-             WHERE r.job = $1 AND r.server_id = $2 AND r.kind = 'snapshot' AND r.status = 'succeeded' \
-             AND j.snapshot_id IS NOT NULL \
+            "SELECT j.snapshot_id, COALESCE(j.snapshot_name, r.snapshot_name, '') FROM journal j \
+             JOIN runs r ON r.id = j.run_id \
+             WHERE j.server_id = $2 AND j.action IN ('create', 'adopt') AND j.state = 'ok' \
+             AND j.snapshot_id IS NOT NULL AND j.gone = 0 \
+             AND r.job = $1 AND r.kind = 'snapshot' AND r.status = 'succeeded' \
              AND NOT EXISTS (SELECT 1 FROM journal d WHERE d.snapshot_id = j.snapshot_id \
                              AND d.action IN ('vanished', 'delete')) \
              ORDER BY r.id DESC LIMIT {limit}"

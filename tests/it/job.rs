@@ -443,6 +443,85 @@ pub(crate) async fn a_managed_snapshot_that_vanished_between_runs_raises_drift()
     assert!(drift[0].body.contains(&id.to_string()));
 }
 
+/// Drift detection reads only what is left of what a job made: each create or adopt
+/// whose snapshot a delete or vanished entry names is marked `gone` as that entry is
+/// written, and the read goes through the index of those not gone (its cost was the
+/// job's whole history before).
+#[tokio::test]
+pub(crate) async fn drift_reads_only_the_snapshots_still_left() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let j = job("web", 1, 1);
+    let mut made = Vec::new();
+    for _ in 0..4 {
+        let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+        assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+        made.push(o.snapshot.unwrap().0);
+    }
+    // The newest vanishes outside the agent; the next run reports it.
+    w.sim.delete_external(made[3]);
+    let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+    let (left, left_name) = o.snapshot.unwrap();
+    let marks: Vec<(i64, i64)> = crate::store::raw!(
+        runner.db,
+        sqlx::query_as(
+            "SELECT snapshot_id, gone FROM journal \
+             WHERE action IN ('create', 'adopt') AND state = 'ok' ORDER BY id"
+        ),
+        fetch_all
+    )
+    .unwrap();
+    let ids: Vec<i64> = made.iter().chain([&left]).map(|s| s.get() as i64).collect();
+    assert_eq!(
+        marks,
+        ids.iter()
+            .map(|id| (*id, i64::from(*id != left.get() as i64)))
+            .collect::<Vec<_>>(),
+        "deleted by rotation (3) or found vanished (1): gone; the one left: not"
+    );
+    assert_eq!(
+        runner
+            .db
+            .made_by("web", ServerId::new(1), 20)
+            .await
+            .unwrap(),
+        vec![(left, left_name)]
+    );
+}
+
+/// A database of an earlier version gets its `gone` marks from the journal it holds.
+#[tokio::test]
+pub(crate) async fn an_earlier_versions_journal_is_marked_gone_where_a_delete_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    let pool = database_before(&path, "20261206").await;
+    for sql in [
+        "INSERT INTO runs (id, job, server_id, kind, trigger, status, started_at, owner, step) \
+         VALUES (1, 'web', 1, 'snapshot', 'manual', 'succeeded', 0, 'old/1/1/x', 'done'), \
+         (2, 'web', 1, 'snapshot', 'manual', 'succeeded', 1, 'old/1/1/x', 'done'), \
+         (3, 'web', 1, 'snapshot', 'manual', 'succeeded', 2, 'old/1/1/x', 'done')",
+        "INSERT INTO journal (run_id, server_id, action, state, snapshot_id, snapshot_name, at) VALUES \
+         (1, 1, 'create', 'ok', 11, 'a', 0), (2, 1, 'create', 'ok', 12, 'b', 1), \
+         (2, 1, 'delete', 'error', 11, NULL, 1), (3, 1, 'adopt', 'ok', 13, 'c', 2), \
+         (3, 1, 'vanished', 'ok', 12, 'b', 2)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    let db = Database::open(&path).await.unwrap();
+    let marks: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT snapshot_id, gone FROM journal WHERE action IN ('create', 'adopt') ORDER BY id",
+    )
+    .fetch_all(db.sqlite_pool().unwrap())
+    .await
+    .unwrap();
+    assert_eq!(marks, [(11, 1), (12, 1), (13, 0)]);
+    assert_eq!(
+        db.made_by("web", ServerId::new(1), 20).await.unwrap(),
+        [(SnapshotId::new(13), "c".to_string())]
+    );
+}
+
 #[tokio::test]
 pub(crate) async fn two_runs_on_one_server_never_overlap() {
     let (w, dir) = setup(SimOptions {
