@@ -55,6 +55,14 @@ impl Database {
         let claimed = if again {
             self.claim_again(&run, owner, at, &what).await?
         } else {
+            // A fire another agent took is answered from a read, without the write lock:
+            // several daemons each queue every fire behind their slots and most claims
+            // lose; a losing write held a slot and a place in a write group for nothing.
+            // A taken fire stays taken, so the read can only spare a write that would
+            // change nothing; one it finds free is decided by the write.
+            if let Some(taken) = self.taken_by(at, run.job, &what).await? {
+                return Ok(Err(taken));
+            }
             // The claim, the run's row and the claim's run id are one write: of several
             // agents firing at once, the first to commit has the row, and the others' claims
             // change nothing (and stop there).
@@ -87,7 +95,10 @@ impl Database {
         };
         match claimed {
             Some(id) => Ok(Ok(id)),
-            None => self.fire_taken(&run, at, &what).await.map(Err),
+            None => match self.taken_by(at, run.job, &what).await? {
+                Some(taken) => Ok(Err(taken)),
+                None => Err(self.err(&what)(sqlx::Error::RowNotFound)),
+            },
         }
     }
 
@@ -143,23 +154,23 @@ impl Database {
         Ok(Some(id))
     }
 
-    /// The run that has the fire of `run.job` at `at`, and its agent's host.
-    async fn fire_taken(&self, run: &NewRun<'_>, at: i64, what: &str) -> DbResult<FireTaken> {
-        let (run_id, owner): (RunId, Option<String>) = self
+    /// The run that has the fire of `job` at `at` and its agent's host, if it is taken.
+    async fn taken_by(&self, at: i64, job: &str, what: &str) -> DbResult<Option<FireTaken>> {
+        let row: Option<(RunId, Option<String>)> = self
             .q(
                 "SELECT f.run_id, r.owner FROM fires f LEFT JOIN runs r ON r.id = f.run_id \
                  WHERE f.job = $1 AND f.scheduled_for = $2",
             )
-            .bind(run.job)
+            .bind(job)
             .bind(at)
-            .fetch_one(self)
+            .fetch_optional(self)
             .await
             .map_err(self.err(what))?;
-        Ok(FireTaken {
+        Ok(row.map(|(run_id, owner)| FireTaken {
             run_id,
             host: owner
                 .map(|o| crate::identity::host_of(&o))
                 .unwrap_or_default(),
-        })
+        }))
     }
 }

@@ -87,6 +87,59 @@ pub(crate) async fn a_fire_is_claimed_once_however_many_agents_fire_it() {
     );
 }
 
+/// A fire another agent has taken is refused from a read: the claim does not wait for
+/// the write lock (several daemons queue every fire behind their slots, and most of
+/// their claims lose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_fire_already_taken_is_refused_without_waiting_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    let db = crate::store::open(&path).await;
+    let at = crate::helpers::clock().now();
+    let won = db
+        .claim_fire(fire("web", 5, at), &remote("a"))
+        .await
+        .unwrap()
+        .unwrap();
+    // Another process holds the write lock while the second agent claims the fire.
+    let holder = crate::store::open(&path).await;
+    let mut on_sqlite = None;
+    let mut on_postgres = None;
+    if let Some(pool) = holder.sqlite_pool() {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        on_sqlite = Some(conn);
+    }
+    if let Some(pool) = holder.postgres_pool() {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('vps-snapshot-agent ' || current_schema(), 0))",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        on_postgres = Some(tx);
+    }
+    let them = remote("b");
+    let claim = db.claim_fire(fire("web", 5, at), &them);
+    let taken = tokio::time::timeout(Duration::from_secs(20), claim)
+        .await
+        .expect("the claim waited for the write lock")
+        .expect("the claim was answered without writing")
+        .unwrap_err();
+    assert_eq!(taken.run_id, won);
+    if let Some(mut conn) = on_sqlite {
+        sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+    }
+    if let Some(tx) = on_postgres {
+        tx.rollback().await.unwrap();
+    }
+    assert_eq!(db.history(None, 10).await.unwrap().len(), 1);
+}
+
 #[tokio::test]
 pub(crate) async fn another_hosts_run_and_lock_are_left_alone_while_its_agent_heartbeats() {
     let w = world(SimOptions::default()).await;

@@ -54,6 +54,7 @@ mod mail {
 mod agents {
     crate::store::on_postgres!(
         agents::a_fire_is_claimed_once_however_many_agents_fire_it,
+        agents::a_fire_already_taken_is_refused_without_waiting_to_write,
         agents::another_hosts_run_and_lock_are_left_alone_while_its_agent_heartbeats,
         agents::an_agent_whose_run_was_taken_over_records_no_intent_and_sends_nothing,
         agents::a_daemon_that_stops_heartbeating_is_alerted_once,
