@@ -5,7 +5,8 @@
 //! Knobs (environment): BENCH_JOBS (1000), BENCH_PEER_JOBS (200), BENCH_PEER_ROUNDS (5),
 //! BENCH_IDLE_SECS (60),
 //! BENCH_RUNS (1000000), BENCH_SCALE_JOBS (10000), BENCH_SCALE_RUN_JOBS (5000), BENCH_SKIP
-//! (comma list of: run_once,floor,peer,idle,scale,history,lateness,polling).
+//! (comma list of: run_once,floor,peer,idle,scale,history,lateness,polling,pg); the `pg`
+//! bench's knobs are on [`bench_pg_lateness`].
 
 use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;
@@ -761,6 +762,121 @@ async fn bench_lateness(r: &mut Report) {
     );
 }
 
+/// Several daemons on one PostgreSQL database, every job firing in the same second: how
+/// late each fire starts (claimed by one of them). Needs `AGENT_TEST_POSTGRES_URL`
+/// (`scripts/test-postgres`); says so when it is missing. BENCH_PG_JOBS (1000),
+/// BENCH_PG_DAEMONS (3), BENCH_PG_SLOTS (each daemon's `max_concurrent_jobs`, 400).
+async fn bench_pg_lateness(r: &mut Report) {
+    let Ok(url) = std::env::var("AGENT_TEST_POSTGRES_URL") else {
+        println!("  (AGENT_TEST_POSTGRES_URL not set: PostgreSQL lateness not measured)");
+        return;
+    };
+    let (jobs, daemons, slots) = (
+        knob("BENCH_PG_JOBS", 1000),
+        knob("BENCH_PG_DAEMONS", 3),
+        knob("BENCH_PG_SLOTS", 400),
+    );
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let admin = sqlx::PgPool::connect(&format!("{url}{sep}sslmode=disable"))
+        .await
+        .unwrap();
+    let schema = format!("bench_{}", std::process::id());
+    let ddl = |sql: String| sqlx::query(sqlx::AssertSqlSafe(sql));
+    ddl(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    ddl(format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let s = sim(Delay::Fixed(Duration::ZERO)).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Every job at :00 and :30 of each minute.
+    let cfg = write_config(
+        dir.path(),
+        &s.base_url(),
+        &jobs_toml(jobs, 1000, |_| "*/30 * * * * *".into()),
+        &format!(
+            "max_concurrent_jobs = {slots}\n[defaults]\npoll_interval = \"100ms\"\ncatch_up = \"off\"\nkeep_last = 2\n"
+        ),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let db_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let text = text.replacen(
+        &format!("database = \"{}\"", dir.path().join("history.db").display()),
+        &format!("database = \"{db_url}\""),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut children = Vec::new();
+    for i in 0..daemons {
+        let sock_path = dir.path().join(format!("notify-{i}"));
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["-q", "run"])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_ready(&sock), "daemon {i}: no READY=1");
+        children.push(child);
+    }
+    let ready = Utc::now().timestamp_millis();
+    // Two fires after every daemon is ready, and time for the second to finish.
+    let first = (ready / 30_000 + 1) * 30_000;
+    let last = first + 30_000;
+    let stop = last + 20_000;
+    tokio::time::sleep(Duration::from_millis((stop - ready) as u64)).await;
+    for c in &children {
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    let rows: Vec<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT started_at, scheduled_for FROM {schema}.runs \
+         WHERE trigger = 'schedule' AND scheduled_for BETWEEN {first} AND {last}"
+    )))
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    ddl(format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let mut late: Vec<f64> = rows.iter().map(|(s, f)| (s - f) as f64).collect();
+    let label =
+        format!("{daemons} daemons on PostgreSQL, {jobs} jobs firing at once, {slots} slots each");
+    r.add(
+        "pg_fires_started",
+        &format!("{label}: fires started of {}", 2 * jobs),
+        late.len() as f64,
+        "fires",
+        &format!("{}", 2 * jobs),
+    );
+    r.add(
+        "pg_lateness_p50_ms",
+        &format!("{label}: lateness p50"),
+        percentile(&mut late, 50.0),
+        "ms",
+        "",
+    );
+    r.add(
+        "pg_lateness_p99_ms",
+        &format!("{label}: lateness p99"),
+        percentile(&mut late, 99.0),
+        "ms",
+        "<= 1000 ms",
+    );
+}
+
 /// Learned polling on realistic durations: each server's snapshots take 3-10 minutes
 /// (fixed per server, ±10 %), 20 s poll interval, in virtual time.
 async fn bench_polling(r: &mut Report) {
@@ -906,6 +1022,9 @@ async fn main() {
     }
     if !skipped("lateness") {
         bench_lateness(&mut r).await;
+    }
+    if !skipped("pg") {
+        bench_pg_lateness(&mut r).await;
     }
     if !skipped("idle") {
         bench_idle(&mut r, jobs, knob("BENCH_IDLE_SECS", 60), "").await;
