@@ -102,7 +102,8 @@ impl Database {
 
     /// Snapshots `job` made on `server_id` and saw completed that the agent never tried
     /// to delete (whatever became of the attempt, it wanted them gone) nor already
-    /// reported vanished, newest first: what drift detection compares with a listing.
+    /// reported vanished, newest first, each once: what drift detection compares with a
+    /// listing.
     pub async fn made_by(
         &self,
         job: &str,
@@ -128,5 +129,12 @@ impl Database {
         .fetch_all(self)
         .await
         .map_err(self.err("cannot read the journal"))
+        .map(|mut rows: Vec<(SnapshotId, String)>| {
+            // A create whose answer was lost and the adopt that found its snapshot name
+            // one snapshot twice: each is one snapshot, reported vanished once.
+            let mut seen = HashSet::new();
+            rows.retain(|(id, _)| seen.insert(*id));
+            rows
+        })
     }
 }

@@ -443,6 +443,51 @@ pub(crate) async fn a_managed_snapshot_that_vanished_between_runs_raises_drift()
     assert!(drift[0].body.contains(&id.to_string()));
 }
 
+/// A snapshot adopted after its create's answer was lost is in the journal twice (the
+/// create and the adopt): when it vanishes, it is reported once, not once per entry.
+#[tokio::test]
+pub(crate) async fn an_adopted_snapshot_that_vanished_is_reported_once() {
+    let (w, dir) = setup(SimOptions::default()).await;
+    let runner = w.runner(w.db(&dir).await);
+    let j = job("web", 1, 3);
+    w.sim
+        .inject(Fault::new(Op::Create, FaultKind::DropAfter, 1));
+    let o = runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+    assert_eq!(o.status, RunStatus::Succeeded, "{:?}", o.error);
+    let (id, _) = o.snapshot.unwrap();
+    let entries = journal(&runner.db).await;
+    let named = |a: Action| {
+        entries
+            .iter()
+            .filter(|e| e.action == a && e.snapshot() == Some(id))
+            .count()
+    };
+    assert_eq!((named(Action::Create), named(Action::Adopt)), (1, 1));
+    w.sim.delete_external(id);
+    runner.run_job(&j, RunTrigger::Manual, None).await.unwrap();
+    let vanished = journal(&runner.db)
+        .await
+        .iter()
+        .filter(|e| e.action == Action::Vanished && e.snapshot() == Some(id))
+        .count();
+    assert_eq!(vanished, 1, "one vanished entry for one snapshot");
+    let drift: Vec<_> = runner
+        .db
+        .pending_alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == AlertKind::Drift)
+        .collect();
+    assert_eq!(drift.len(), 1);
+    assert_eq!(
+        drift[0].body.matches(&format!("{id}")).count(),
+        1,
+        "{}",
+        drift[0].body
+    );
+}
+
 /// Drift detection reads only what is left of what a job made: each create or adopt
 /// whose snapshot a delete or vanished entry names is marked `gone` as that entry is
 /// written, and the read goes through the index of those not gone (its cost was the

@@ -20,6 +20,7 @@ mod job {
         job::a_snapshot_deleted_by_someone_else_mid_run_fails_the_run,
         job::a_managed_snapshot_that_vanished_between_runs_raises_drift,
         job::drift_reads_only_the_snapshots_still_left,
+        job::an_adopted_snapshot_that_vanished_is_reported_once,
         job::two_runs_on_one_server_never_overlap,
         job::a_run_that_died_before_creating_is_marked_interrupted,
         job::a_run_that_died_after_sending_create_adopts_the_snapshot,
