@@ -507,6 +507,30 @@ async fn bench_side_by_side(r: &mut Report, n: u64, rounds: usize) {
     );
 }
 
+/// A socket at `path` for a daemon's sd_notify messages.
+fn notify_socket(path: &Path) -> UnixDatagram {
+    let sock = UnixDatagram::bind(path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    sock
+}
+
+/// `agent run` on `cfg`, quiet, told to notify `sock` (bound at `sock_path`), once it has
+/// said READY=1.
+fn start_daemon(cfg: &Path, sock_path: &Path, sock: &UnixDatagram) -> std::process::Child {
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(cfg)
+        .args(["-q", "run"])
+        .env("NOTIFY_SOCKET", sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_ready(sock), "{}: no READY=1", sock_path.display());
+    child
+}
+
 fn wait_ready(sock: &UnixDatagram) -> bool {
     let mut buf = [0u8; 4096];
     for _ in 0..600 {
@@ -535,9 +559,7 @@ async fn bench_idle(r: &mut Report, n: u64, secs: u64, prefix: &str) {
         "",
     );
     let sock_path = dir.path().join("notify");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let sock = notify_socket(&sock_path);
     // Migrate the database first so start-up measures the daemon, not schema creation.
     Database::open(&dir.path().join("history.db"))
         .await
@@ -545,16 +567,7 @@ async fn bench_idle(r: &mut Report, n: u64, secs: u64, prefix: &str) {
         .close()
         .await;
     let t0 = Instant::now();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["-q", "run"])
-        .env("NOTIFY_SOCKET", &sock_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_ready(&sock), "no READY=1");
+    let mut child = start_daemon(&cfg, &sock_path, &sock);
     let ready = t0.elapsed();
     let scaled = !prefix.is_empty();
     r.add(
@@ -812,20 +825,7 @@ async fn bench_pg_lateness(r: &mut Report) {
     let mut children = Vec::new();
     for i in 0..daemons {
         let sock_path = dir.path().join(format!("notify-{i}"));
-        let sock = UnixDatagram::bind(&sock_path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&cfg)
-            .args(["-q", "run"])
-            .env("NOTIFY_SOCKET", &sock_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(wait_ready(&sock), "daemon {i}: no READY=1");
-        children.push(child);
+        children.push(start_daemon(&cfg, &sock_path, &notify_socket(&sock_path)));
     }
     let ready = Utc::now().timestamp_millis();
     // Two fires after every daemon is ready, and time for the second to finish.

@@ -114,13 +114,7 @@ pub(crate) async fn a_fire_already_taken_is_refused_without_waiting_to_write() {
         on_sqlite = Some(conn);
     }
     if let Some(pool) = holder.postgres_pool() {
-        let mut tx = pool.begin().await.unwrap();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('vps-snapshot-agent ' || current_schema(), 0))",
-        )
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+        let tx = crate::store::hold_postgres_writes(pool).await;
         on_postgres = Some(tx);
     }
     let them = remote("b");

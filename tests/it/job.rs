@@ -20,6 +20,16 @@ async fn journal(db: &Database) -> Vec<vps_snapshot_agent::db::Entry> {
     all
 }
 
+/// The drift alerts waiting to be sent.
+async fn drift_alerts(db: &Database) -> Vec<vps_snapshot_agent::db::PendingAlert> {
+    db.pending_alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == AlertKind::Drift)
+        .collect()
+}
+
 async fn setup(opts: SimOptions) -> (World, tempfile::TempDir) {
     (world(opts).await, tempfile::tempdir().unwrap())
 }
@@ -431,14 +441,7 @@ pub(crate) async fn a_managed_snapshot_that_vanished_between_runs_raises_drift()
         .run_job(&job("web", 1, 3), RunTrigger::Manual, None)
         .await
         .unwrap();
-    let drift: Vec<_> = runner
-        .db
-        .pending_alerts()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|a| a.kind == AlertKind::Drift)
-        .collect();
+    let drift = drift_alerts(&runner.db).await;
     assert_eq!(drift.len(), 1, "one alert, not one per run");
     assert!(drift[0].body.contains(&id.to_string()));
 }
@@ -471,14 +474,7 @@ pub(crate) async fn an_adopted_snapshot_that_vanished_is_reported_once() {
         .filter(|e| e.action == Action::Vanished && e.snapshot() == Some(id))
         .count();
     assert_eq!(vanished, 1, "one vanished entry for one snapshot");
-    let drift: Vec<_> = runner
-        .db
-        .pending_alerts()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|a| a.kind == AlertKind::Drift)
-        .collect();
+    let drift = drift_alerts(&runner.db).await;
     assert_eq!(drift.len(), 1);
     assert_eq!(
         drift[0].body.matches(&format!("{id}")).count(),

@@ -457,13 +457,7 @@ pub(crate) fn an_intent_racing_a_takeover_waits_for_it_and_is_refused() {
             .unwrap()
             .unwrap();
         let pool = db.postgres_pool().unwrap().clone();
-        let mut takeover = pool.begin().await.unwrap();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('vps-snapshot-agent ' || current_schema(), 0))",
-        )
-        .execute(&mut *takeover)
-        .await
-        .unwrap();
+        let mut takeover = crate::store::hold_postgres_writes(&pool).await;
         sqlx::query("UPDATE runs SET owner = $1 WHERE id = $2")
             .bind(crate::agents::remote("b").as_str())
             .bind(run.get())

@@ -106,6 +106,21 @@ pub async fn admin(url: &str, sql: &str) {
     pool.close().await;
 }
 
+/// A transaction on `pool` holding the schema's write lock, the advisory lock every
+/// write of the agent takes first: the agent's writes wait until it ends.
+pub async fn hold_postgres_writes(
+    pool: &sqlx::PgPool,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('vps-snapshot-agent ' || current_schema(), 0))",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
+}
+
 /// Tests of other modules, run again on PostgreSQL: `module::test, …`.
 macro_rules! on_postgres {
     ($($module:ident :: $test:ident),* $(,)?) => {
