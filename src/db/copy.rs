@@ -56,7 +56,7 @@ impl Database {
     /// history yet, in one transaction there: all of it or nothing.
     pub async fn copy_to(&self, to: &Database) -> DbResult<Copied> {
         let from = match (&self.pool, to.engine()) {
-            (Pool::Sqlite(p, _), Engine::Postgres) => p,
+            (Pool::Sqlite(p, ..), Engine::Postgres) => p,
             _ => {
                 return Err(DbError::new(
                     &self.path,

@@ -23,6 +23,9 @@ mod agents;
 mod alerts;
 mod copy;
 mod fires;
+#[cfg(test)]
+mod fixture;
+mod held;
 mod history;
 mod journal;
 mod locks;
@@ -30,6 +33,7 @@ mod made;
 mod pings;
 mod pins;
 mod postgres;
+mod reader;
 mod runs;
 mod sql;
 mod writer;
@@ -60,6 +64,10 @@ use sqlx::sqlite::{
 use sql::{On, Pool, Q};
 
 use crate::timing::Timing;
+
+/// The readers of a SQLite database (see `reader`): as many as the pool's connections
+/// for reads before readers kept them.
+const SQLITE_READERS: usize = 3;
 
 /// A database problem, always naming the file. `detail` is the underlying error with
 /// its causes as one scrubbed line, so the message is whole wherever it is printed;
@@ -229,7 +237,9 @@ impl Database {
         let lock = open_lock(path).await?;
         let opts = connect_options(path, options);
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            // The writer's, three readers', and one for a transaction (which holds the
+            // process's turn to write: one at a time).
+            .max_connections(2 + SQLITE_READERS as u32)
             // A connection to a local file needs no round trip to test it before each
             // use; sqlx still tests each one handed back.
             .test_before_acquire(false)
@@ -254,7 +264,11 @@ impl Database {
         drop(lock);
         migrated.map_err(|e| err("cannot migrate (is it an agent database?)", e.into()))?;
         Ok(Self {
-            pool: Pool::Sqlite(pool.clone(), writer::Writer::start(&pool)),
+            pool: Pool::Sqlite(
+                pool.clone(),
+                writer::Writer::start(&pool),
+                reader::Reader::start(&pool, SQLITE_READERS),
+            ),
             path: path.to_path_buf(),
             timing: Timing::default(),
         })
@@ -283,7 +297,7 @@ impl Database {
     /// The SQLite pool, for tools and tests that read the file directly.
     pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
         match &self.pool {
-            Pool::Sqlite(p, _) => Some(p),
+            Pool::Sqlite(p, ..) => Some(p),
             Pool::Postgres(..) => None,
         }
     }
@@ -292,7 +306,7 @@ impl Database {
     pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
         match &self.pool {
             Pool::Sqlite(..) => None,
-            Pool::Postgres(p, _) => Some(p),
+            Pool::Postgres(p, ..) => Some(p),
         }
     }
 
@@ -308,8 +322,8 @@ impl Database {
 
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(p, _) => p.close().await,
-            Pool::Postgres(p, _) => p.close().await,
+            Pool::Sqlite(p, ..) => p.close().await,
+            Pool::Postgres(p, ..) => p.close().await,
         }
     }
 
@@ -336,7 +350,7 @@ impl Database {
     pub(crate) async fn begin(&self) -> DbResult<Tx> {
         let err = self.err("cannot begin a transaction");
         let tx = match &self.pool {
-            Pool::Sqlite(p, writer) => {
+            Pool::Sqlite(p, writer, _) => {
                 // This process's turn first, then a connection: writers waiting their turn
                 // hold none of the pool's connections, which stay free for readers.
                 let turn = writer.turn(writer::WRITER_PATIENCE).await;
@@ -344,7 +358,7 @@ impl Database {
                     .await
                     .map(|t| Tx::Sqlite(t, turn))
             }
-            Pool::Postgres(p, _) => match p.begin().await {
+            Pool::Postgres(p, ..) => match p.begin().await {
                 Ok(mut tx) => writer::hold_postgres_writes(&mut tx)
                     .await
                     .map(|()| Tx::Postgres(tx)),

@@ -9,6 +9,7 @@ use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{Arguments, AssertSqlSafe, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
 
+use super::reader::{Fetch, Reader};
 use super::writer::{Statement, Want, Writer, Written};
 
 /// Which engine a database is.
@@ -20,8 +21,8 @@ pub enum Engine {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Pool {
-    Sqlite(SqlitePool, Writer<Sqlite>),
-    Postgres(PgPool, Writer<Postgres>),
+    Sqlite(SqlitePool, Writer<Sqlite>, Reader<Sqlite>),
+    Postgres(PgPool, Writer<Postgres>, Reader<Postgres>),
 }
 
 /// Whether a statement may write: anything but a plain `SELECT` (an `INSERT … RETURNING`
@@ -165,12 +166,12 @@ impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, 
 macro_rules! on_engine {
     ($args:expr, $on:expr, |$e:ident, $a:ident| $body:expr) => {
         match ($args, $on) {
-            (Args::Sqlite($a), On::Pool(Pool::Sqlite($e, _))) => $body,
+            (Args::Sqlite($a), On::Pool(Pool::Sqlite($e, ..))) => $body,
             (Args::Sqlite($a), On::Tx(Tx::Sqlite(t, _))) => {
                 let $e = &mut **t;
                 $body
             }
-            (Args::Postgres($a), On::Pool(Pool::Postgres($e, _))) => $body,
+            (Args::Postgres($a), On::Pool(Pool::Postgres($e, ..))) => $body,
             (Args::Postgres($a), On::Tx(Tx::Postgres(t))) => {
                 let $e = &mut **t;
                 $body
@@ -229,11 +230,11 @@ impl Q {
     /// Hands the statement to the writer of `pool`, alone: how many rows it changed.
     async fn write_count(self, pool: &Pool) -> sqlx::Result<u64> {
         let w = match pool {
-            Pool::Sqlite(p, writer) => {
+            Pool::Sqlite(p, writer, _) => {
                 let unit = vec![self.statement(Want::Count, false)?];
                 writer.write(p, unit).await?.pop().map(|w| w.changed())
             }
-            Pool::Postgres(p, writer) => {
+            Pool::Postgres(p, writer, _) => {
                 let unit = vec![self.statement(Want::Count, false)?];
                 writer.write(p, unit).await?.pop().map(|w| w.changed())
             }
@@ -244,13 +245,29 @@ impl Q {
     /// Hands the statement to the writer of `pool`, alone: the rows it returned, decoded.
     async fn write_rows<T: Row>(self, pool: &Pool) -> sqlx::Result<Vec<T>> {
         match pool {
-            Pool::Sqlite(p, writer) => {
+            Pool::Sqlite(p, writer, _) => {
                 let unit = vec![self.statement(Want::Rows, false)?];
                 decoded(writer.write(p, unit).await?)
             }
-            Pool::Postgres(p, writer) => {
+            Pool::Postgres(p, writer, _) => {
                 let unit = vec![self.statement(Want::Rows, false)?];
                 decoded(writer.write(p, unit).await?)
+            }
+        }
+    }
+
+    /// Hands the read to the readers of `pool`: its rows (at most one for
+    /// [`Fetch::First`]), decoded.
+    async fn read_rows<T: Row>(self, pool: &Pool, fetch: Fetch) -> sqlx::Result<Vec<T>> {
+        let (AssertSqlSafe(sql), args) = self.parts()?;
+        match pool {
+            Pool::Sqlite(p, _, reader) => {
+                let rows = reader.read(p, sql, Sqlite::args(args)?, fetch).await?;
+                rows.iter().map(|r| T::from_row(r)).collect()
+            }
+            Pool::Postgres(p, _, reader) => {
+                let rows = reader.read(p, sql, Postgres::args(args)?, fetch).await?;
+                rows.iter().map(|r| T::from_row(r)).collect()
             }
         }
     }
@@ -280,6 +297,9 @@ impl Q {
         if let Some(pool) = self.lone_write(&on) {
             return self.write_rows(pool).await;
         }
+        if let On::Pool(pool) = on {
+            return self.read_rows(pool, Fetch::All).await;
+        }
         let (sql, args) = self.parts()?;
         on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
             .fetch_all(e)
@@ -294,6 +314,9 @@ impl Q {
         if let Some(pool) = self.lone_write(&on) {
             return Ok(self.write_rows(pool).await?.into_iter().next());
         }
+        if let On::Pool(pool) = on {
+            return Ok(self.read_rows(pool, Fetch::First).await?.into_iter().next());
+        }
         let (sql, args) = self.parts()?;
         on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
             .fetch_optional(e)
@@ -305,6 +328,14 @@ impl Q {
         if let Some(pool) = self.lone_write(&on) {
             return self
                 .write_rows(pool)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or(sqlx::Error::RowNotFound);
+        }
+        if let On::Pool(pool) = on {
+            return self
+                .read_rows(pool, Fetch::First)
                 .await?
                 .into_iter()
                 .next()
@@ -414,13 +445,13 @@ pub(super) async fn on_writer(pool: &Pool, parts: Vec<Part>) -> sqlx::Result<Vec
             .collect()
     }
     match pool {
-        Pool::Sqlite(p, writer) => writer
+        Pool::Sqlite(p, writer, _) => writer
             .write(p, unit(parts)?)
             .await?
             .into_iter()
             .map(Did::of)
             .collect(),
-        Pool::Postgres(p, writer) => writer
+        Pool::Postgres(p, writer, _) => writer
             .write(p, unit(parts)?)
             .await?
             .into_iter()

@@ -27,7 +27,7 @@ use sqlx::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use held::{HOLD, Held};
+use super::held::{HOLD, Held};
 
 /// What the writer needs of an engine: a transaction that holds the database's write
 /// lock from its start.
@@ -457,6 +457,5 @@ where
     }
 }
 
-mod held;
 #[cfg(test)]
 mod tests;

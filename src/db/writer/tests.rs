@@ -1,56 +1,14 @@
 //! The writer's group commit, on a SQLite file.
 
 use super::*;
+use crate::db::fixture::{counting_pool, pool, pool_waiting, settled};
 use sqlx::Arguments;
-use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use sqlx::sqlite::{SqliteArguments, SqlitePool};
 
 type Writer = super::Writer<Sqlite>;
 type Write = super::Write<Sqlite>;
 type Written = super::Written<Sqlite>;
 type Statement = super::Statement<Sqlite>;
-
-async fn pool(dir: &tempfile::TempDir) -> SqlitePool {
-    pool_waiting(dir, Duration::from_secs(10)).await
-}
-
-async fn pool_waiting(dir: &tempfile::TempDir, busy: Duration) -> SqlitePool {
-    pool_with(dir, busy, SqlitePoolOptions::new()).await
-}
-
-/// A pool that counts the connections handed back to it.
-async fn counting_pool(dir: &tempfile::TempDir) -> (SqlitePool, Arc<AtomicUsize>) {
-    let released = Arc::new(AtomicUsize::new(0));
-    let count = released.clone();
-    let options = SqlitePoolOptions::new().after_release(move |_, _| {
-        count.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async { Ok(true) })
-    });
-    (
-        pool_with(dir, Duration::from_secs(10), options).await,
-        released,
-    )
-}
-
-async fn pool_with(
-    dir: &tempfile::TempDir,
-    busy: Duration,
-    options: SqlitePoolOptions,
-) -> SqlitePool {
-    let opts = SqliteConnectOptions::new()
-        .filename(dir.path().join("w.db"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(busy);
-    let pool = options.max_connections(4).connect_with(opts).await.unwrap();
-    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, x INTEGER NOT NULL CHECK (x >= 0))")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool
-}
 
 fn args(x: i64) -> SqliteArguments {
     let mut a = SqliteArguments::default();
@@ -247,19 +205,6 @@ async fn each_write_is_answered_after_its_commit_with_its_own_rows() {
         (0..200).collect::<Vec<_>>(),
         "each written once"
     );
-}
-
-/// Once every connection of `p` is back in it: how many were handed back so far.
-async fn settled(p: &SqlitePool, released: &AtomicUsize) -> usize {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while p.num_idle() < p.size() as usize {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a connection never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    released.load(Ordering::SeqCst)
 }
 
 #[tokio::test]

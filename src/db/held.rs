@@ -1,19 +1,18 @@
-//! The writer's connection, kept between groups.
+//! A connection kept by the writer or a reader between the statements it runs.
 
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
 
-/// How long the writer keeps its connection after its last write.
+/// How long the writer or a reader keeps its connection after its last statement.
 pub(super) const HOLD: Duration = Duration::from_secs(5);
 
-/// The writer's connection, kept from one group to the next while writes keep coming:
+/// A connection kept from one statement (or group) to the next while they keep coming:
 /// sqlx tests a connection handed back to its pool with a round trip to it, which would
-/// otherwise cost every group one more. Given back after [`HOLD`] without a write, when
-/// the pool closes (which waits for every connection), and after any error (a
-/// connection a failed commit left inside its transaction is then closed by the pool,
-/// not reused).
+/// otherwise cost every one of them one more. Given back after [`HOLD`] idle, when the
+/// pool closes (which waits for every connection), and after any error (a connection a
+/// failed commit left inside its transaction is then closed by the pool, not reused).
 pub(super) struct Held<DB: Database> {
     pool: Pool<DB>,
     conn: Option<PoolConnection<DB>>,
