@@ -115,6 +115,31 @@ async fn bench_floor(r: &mut Report) {
         tx.commit().await.unwrap();
     }
     let transaction = (self_cpu() - cpu0).as_secs_f64() * 1e6 / f64::from(n / 4);
+    // A read of one row by its key: through the pool (a connection taken and handed
+    // back, which sqlx tests with one more hop) and on a connection kept, as the
+    // agent's readers do.
+    let pool = db.sqlite_pool().unwrap();
+    let read = "SELECT x FROM floor WHERE rowid = ?";
+    let cpu0 = self_cpu();
+    for i in 1..=n {
+        let _: (i64,) = sqlx::query_as(read)
+            .bind(i64::from(i))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    }
+    let read_pool = (self_cpu() - cpu0).as_secs_f64() * 1e6 / f64::from(n);
+    let mut kept = pool.acquire().await.unwrap();
+    let cpu0 = self_cpu();
+    for i in 1..=n {
+        let _: (i64,) = sqlx::query_as(read)
+            .bind(i64::from(i))
+            .fetch_one(&mut *kept)
+            .await
+            .unwrap();
+    }
+    let read_kept = (self_cpu() - cpu0).as_secs_f64() * 1e6 / f64::from(n);
+    drop(kept);
     db.close().await;
     r.add(
         "floor_statement_us",
@@ -127,6 +152,20 @@ async fn bench_floor(r: &mut Report) {
         "floor_transaction_us",
         "one INSERT in a transaction (BEGIN, INSERT, COMMIT): CPU",
         transaction,
+        "us",
+        "",
+    );
+    r.add(
+        "floor_read_pool_us",
+        "one SELECT by key through the pool (connection handed back after): CPU",
+        read_pool,
+        "us",
+        "",
+    );
+    r.add(
+        "floor_read_kept_us",
+        "one SELECT by key on a connection kept: CPU",
+        read_kept,
         "us",
         "",
     );
@@ -324,6 +363,52 @@ async fn bench_run_once(r: &mut Report, n: u64, prefix: &str) {
         }
         None => println!("  (strace not found: futex and sleep counts not measured)"),
     }
+    // What each hop is for: the statements a run sends to the store (sqlx's own log of
+    // one more round; `BEGIN` and `COMMIT` are not in it).
+    let (reads, writes) = statements_of(&cfg).await;
+    r.add(
+        "run_once_reads_per_job",
+        "run-once: SQL reads per job (sqlx's log)",
+        reads as f64 / n as f64,
+        "statements",
+        "",
+    );
+    r.add(
+        "run_once_writes_per_job",
+        "run-once: SQL writes per job (sqlx's log; commits not counted)",
+        writes as f64 / n as f64,
+        "statements",
+        "",
+    );
+}
+
+/// The statements one `run-once` of `cfg` ran, by sqlx's log: reads (`SELECT`) and writes.
+async fn statements_of(cfg: &Path) -> (u64, u64) {
+    let out = tokio::process::Command::new(BIN)
+        .env("RUST_LOG", "sqlx=debug")
+        .arg("--config")
+        .arg(cfg)
+        .args(["--log-format", "json", "run-once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "run-once failed");
+    let (mut reads, mut writes) = (0, 0);
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(sql) = v["fields"]["summary"].as_str() else {
+            continue;
+        };
+        match sql.trim_start().to_ascii_uppercase().starts_with("SELECT") {
+            true => reads += 1,
+            false => writes += 1,
+        }
+    }
+    (reads, writes)
 }
 
 /// One `run-once` under strace: its futex calls (`strace -f -c`), then, in another round,

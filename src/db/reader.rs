@@ -93,8 +93,9 @@ where
             // The tasks are gone with the runtime that started them: straight on the pool.
             Err(mpsc::error::SendError(r)) => {
                 // Boxed as `Send`, as the writer's lone write (rust-lang/rust#102211).
-                let alone: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                    Box::pin(async move { run(pool, r.sql, r.args, r.fetch).await });
+                let alone: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> = Box::pin(
+                    async move { fetched(pool, AssertSqlSafe(r.sql), r.args, r.fetch).await },
+                );
                 alone.await
             }
         }
@@ -136,16 +137,17 @@ async fn serve<DB>(
             continue;
         }
         let r = match held.conn().await {
-            Ok(conn) => run(conn, read.sql, read.args, read.fetch).await,
+            Ok(conn) => fetched(conn, AssertSqlSafe(read.sql), read.args, read.fetch).await,
             Err(e) => Err(e),
         };
         let _ = read.answer.send(held.after(r));
     }
 }
 
-async fn run<'e, DB, E>(
+/// The rows of `sql` with `args` on `on` (at most one for [`Fetch::First`]), not decoded.
+pub(crate) async fn fetched<'e, DB, E>(
     on: E,
-    sql: String,
+    sql: AssertSqlSafe<String>,
     args: DB::Arguments,
     fetch: Fetch,
 ) -> sqlx::Result<Vec<DB::Row>>
@@ -154,7 +156,7 @@ where
     E: Executor<'e, Database = DB>,
     DB::Arguments: IntoArguments<DB> + Send + 'static,
 {
-    let q = sqlx::query_with(AssertSqlSafe(sql), args);
+    let q = sqlx::query_with(sql, args);
     match fetch {
         Fetch::All => q.fetch_all(on).await,
         Fetch::First => q.fetch_optional(on).await.map(|r| r.into_iter().collect()),

@@ -9,7 +9,7 @@ use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{Arguments, AssertSqlSafe, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
 
-use super::reader::{Fetch, Reader};
+use super::reader::{Fetch, Reader, fetched};
 use super::writer::{Statement, Want, Writer, Written};
 
 /// Which engine a database is.
@@ -115,14 +115,27 @@ pub(crate) struct Q {
     bad: Option<sqlx::error::BoxDynError>,
 }
 
-/// The rows a lone write returned, decoded.
-fn decoded<DB: sqlx::Database, T>(written: Vec<Written<DB>>) -> sqlx::Result<Vec<T>>
-where
-    T: for<'r> FromRow<'r, DB::Row>,
-{
+/// The rows a lone write returned.
+fn rows_of<DB: sqlx::Database>(written: Vec<Written<DB>>) -> Vec<DB::Row> {
     match written.into_iter().next() {
-        Some(Written::Rows(rows)) => rows.iter().map(|r| T::from_row(r)).collect(),
-        Some(Written::Count(_)) | None => Ok(Vec::new()),
+        Some(Written::Rows(rows)) => rows,
+        Some(Written::Count(_)) | None => Vec::new(),
+    }
+}
+
+/// The rows a statement gave back, not yet decoded: all that is generic over the row
+/// type is the decoding, not the futures that run the statement.
+enum Rows {
+    Sqlite(Vec<SqliteRow>),
+    Postgres(Vec<PgRow>),
+}
+
+impl Rows {
+    fn decode<T: Row>(self) -> sqlx::Result<Vec<T>> {
+        match self {
+            Rows::Sqlite(rows) => rows.iter().map(|r| T::from_row(r)).collect(),
+            Rows::Postgres(rows) => rows.iter().map(|r| T::from_row(r)).collect(),
+        }
     }
 }
 
@@ -242,33 +255,55 @@ impl Q {
         w.ok_or(sqlx::Error::RowNotFound)
     }
 
-    /// Hands the statement to the writer of `pool`, alone: the rows it returned, decoded.
-    async fn write_rows<T: Row>(self, pool: &Pool) -> sqlx::Result<Vec<T>> {
+    /// Hands the statement to the writer of `pool`, alone: the rows it returned.
+    async fn write_rows(self, pool: &Pool) -> sqlx::Result<Rows> {
         match pool {
             Pool::Sqlite(p, writer, _) => {
                 let unit = vec![self.statement(Want::Rows, false)?];
-                decoded(writer.write(p, unit).await?)
+                Ok(Rows::Sqlite(rows_of(writer.write(p, unit).await?)))
             }
             Pool::Postgres(p, writer, _) => {
                 let unit = vec![self.statement(Want::Rows, false)?];
-                decoded(writer.write(p, unit).await?)
+                Ok(Rows::Postgres(rows_of(writer.write(p, unit).await?)))
             }
         }
     }
 
+    /// The statement's rows (at most one for [`Fetch::First`], all a write returns): a
+    /// lone write by the writer, a read by the readers, or on the transaction.
+    async fn rows(self, on: On<'_>, fetch: Fetch) -> sqlx::Result<Rows> {
+        if let Some(pool) = self.lone_write(&on) {
+            return self.write_rows(pool).await;
+        }
+        let tx = match on {
+            On::Pool(pool) => return self.read(pool, fetch).await,
+            On::Tx(tx) => tx,
+        };
+        let (sql, args) = self.parts()?;
+        match (args, tx) {
+            (Args::Sqlite(a), Tx::Sqlite(t, _)) => {
+                fetched(&mut **t, sql, a, fetch).await.map(Rows::Sqlite)
+            }
+            (Args::Postgres(a), Tx::Postgres(t)) => {
+                fetched(&mut **t, sql, a, fetch).await.map(Rows::Postgres)
+            }
+            _ => Err(other_engine()),
+        }
+    }
+
     /// Hands the read to the readers of `pool`: its rows (at most one for
-    /// [`Fetch::First`]), decoded.
-    async fn read_rows<T: Row>(self, pool: &Pool, fetch: Fetch) -> sqlx::Result<Vec<T>> {
+    /// [`Fetch::First`]).
+    async fn read(self, pool: &Pool, fetch: Fetch) -> sqlx::Result<Rows> {
         let (AssertSqlSafe(sql), args) = self.parts()?;
         match pool {
-            Pool::Sqlite(p, _, reader) => {
-                let rows = reader.read(p, sql, Sqlite::args(args)?, fetch).await?;
-                rows.iter().map(|r| T::from_row(r)).collect()
-            }
-            Pool::Postgres(p, _, reader) => {
-                let rows = reader.read(p, sql, Postgres::args(args)?, fetch).await?;
-                rows.iter().map(|r| T::from_row(r)).collect()
-            }
+            Pool::Sqlite(p, _, reader) => reader
+                .read(p, sql, Sqlite::args(args)?, fetch)
+                .await
+                .map(Rows::Sqlite),
+            Pool::Postgres(p, _, reader) => reader
+                .read(p, sql, Postgres::args(args)?, fetch)
+                .await
+                .map(Rows::Postgres),
         }
     }
 
@@ -293,58 +328,21 @@ impl Q {
     }
 
     pub(crate) async fn fetch_all<'a, T: Row>(self, on: impl Into<On<'a>>) -> sqlx::Result<Vec<T>> {
-        let on = on.into();
-        if let Some(pool) = self.lone_write(&on) {
-            return self.write_rows(pool).await;
-        }
-        if let On::Pool(pool) = on {
-            return self.read_rows(pool, Fetch::All).await;
-        }
-        let (sql, args) = self.parts()?;
-        on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
-            .fetch_all(e)
-            .await)
+        self.rows(on.into(), Fetch::All).await?.decode()
     }
 
     pub(crate) async fn fetch_optional<'a, T: Row>(
         self,
         on: impl Into<On<'a>>,
     ) -> sqlx::Result<Option<T>> {
-        let on = on.into();
-        if let Some(pool) = self.lone_write(&on) {
-            return Ok(self.write_rows(pool).await?.into_iter().next());
-        }
-        if let On::Pool(pool) = on {
-            return Ok(self.read_rows(pool, Fetch::First).await?.into_iter().next());
-        }
-        let (sql, args) = self.parts()?;
-        on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
-            .fetch_optional(e)
-            .await)
+        let rows = self.rows(on.into(), Fetch::First).await?;
+        Ok(rows.decode()?.into_iter().next())
     }
 
     pub(crate) async fn fetch_one<'a, T: Row>(self, on: impl Into<On<'a>>) -> sqlx::Result<T> {
-        let on = on.into();
-        if let Some(pool) = self.lone_write(&on) {
-            return self
-                .write_rows(pool)
-                .await?
-                .into_iter()
-                .next()
-                .ok_or(sqlx::Error::RowNotFound);
-        }
-        if let On::Pool(pool) = on {
-            return self
-                .read_rows(pool, Fetch::First)
-                .await?
-                .into_iter()
-                .next()
-                .ok_or(sqlx::Error::RowNotFound);
-        }
-        let (sql, args) = self.parts()?;
-        on_engine!(args, on, |e, a| sqlx::query_as_with(sql, a)
-            .fetch_one(e)
-            .await)
+        self.fetch_optional(on)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
     }
 
     /// The first column of the one row.
