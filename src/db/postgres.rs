@@ -14,9 +14,6 @@ use super::{Database, DbError, DbResult};
 /// How long a pooled connection may sit idle before it is tested before use.
 const TESTED_AFTER_IDLE: Duration = Duration::from_secs(1);
 
-/// The readers of a PostgreSQL database (see `reader`).
-const POSTGRES_READERS: usize = 5;
-
 /// Where the history is: a SQLite file, or a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub enum Location {
@@ -88,8 +85,7 @@ impl Database {
             opts = opts.password(p.expose_secret());
         }
         let pool = match PgPoolOptions::new()
-            // The writer's, the readers', and two for transactions.
-            .max_connections(3 + POSTGRES_READERS as u32)
+            .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
             // A connection is tested (one round trip) before use only when it sat idle for
             // a while: sqlx tests each one handed back, so one just used is known good.
@@ -121,13 +117,7 @@ impl Database {
             .await
             .map_err(|e| err("cannot migrate (is it an agent database?)", e.into()))?;
         Ok(Self {
-            pool: Pool::Postgres(
-                pool.clone(),
-                super::writer::Writer::start(&pool),
-                // Kept no longer than the pool trusts a connection untested: one idle
-                // longer goes back, and is tested when it is taken again.
-                super::reader::Reader::holding(&pool, POSTGRES_READERS, TESTED_AFTER_IDLE),
-            ),
+            pool: Pool::Postgres(pool.clone(), super::writer::Writer::start(&pool)),
             path: shown,
             timing: crate::timing::Timing::default(),
         })

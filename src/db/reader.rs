@@ -1,10 +1,9 @@
-//! This process's readers of the database: a few tasks, each keeping a connection while
-//! reads keep coming, that run every read outside a transaction.
+//! This process's readers of a SQLite database: a few tasks, each keeping a connection
+//! while reads keep coming, that run every read outside a transaction.
 //!
 //! A read straight on the pool takes a connection and hands it back, and sqlx tests
-//! every connection handed back with a round trip to it (to SQLite's connection thread,
-//! or to the PostgreSQL server): a second hop for every read, and a task spawned to make
-//! it. Measured on a `run-once` of 1,000 jobs: 39 µs of CPU per read through the pool,
+//! every connection handed back with a round trip to it (to SQLite's connection thread):
+//! a second hop for every read, and a task spawned to make it. Measured on a `run-once` of 1,000 jobs: 39 µs of CPU per read through the pool,
 //! 15 µs on a kept connection (README, Benchmarks). A read handed to a reader runs on the
 //! connection the reader keeps ([`Held`]), to its end even if its caller stops waiting,
 //! so the connection is never left in the middle of a statement.
@@ -64,7 +63,7 @@ where
     }
 
     /// [`Reader::start`], each connection kept `hold` after its last read.
-    pub(crate) fn holding(pool: &Pool<DB>, readers: usize, hold: Duration) -> Self {
+    fn holding(pool: &Pool<DB>, readers: usize, hold: Duration) -> Self {
         let (queue, waiting) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..readers.max(1) {

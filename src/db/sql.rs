@@ -22,7 +22,10 @@ pub enum Engine {
 #[derive(Debug, Clone)]
 pub(crate) enum Pool {
     Sqlite(SqlitePool, Writer<Sqlite>, Reader<Sqlite>),
-    Postgres(PgPool, Writer<Postgres>, Reader<Postgres>),
+    /// No readers: on PostgreSQL, transactions are not one at a time as on SQLite, and
+    /// connections kept by readers left too few for them under load (runs failed with
+    /// "pool timed out"); a read takes a connection from the pool and hands it back.
+    Postgres(PgPool, Writer<Postgres>),
 }
 
 /// Whether a statement may write: anything but a plain `SELECT` (an `INSERT … RETURNING`
@@ -247,7 +250,7 @@ impl Q {
                 let unit = vec![self.statement(Want::Count, false)?];
                 writer.write(p, unit).await?.pop().map(|w| w.changed())
             }
-            Pool::Postgres(p, writer, _) => {
+            Pool::Postgres(p, writer) => {
                 let unit = vec![self.statement(Want::Count, false)?];
                 writer.write(p, unit).await?.pop().map(|w| w.changed())
             }
@@ -262,7 +265,7 @@ impl Q {
                 let unit = vec![self.statement(Want::Rows, false)?];
                 Ok(Rows::Sqlite(rows_of(writer.write(p, unit).await?)))
             }
-            Pool::Postgres(p, writer, _) => {
+            Pool::Postgres(p, writer) => {
                 let unit = vec![self.statement(Want::Rows, false)?];
                 Ok(Rows::Postgres(rows_of(writer.write(p, unit).await?)))
             }
@@ -291,8 +294,8 @@ impl Q {
         }
     }
 
-    /// Hands the read to the readers of `pool`: its rows (at most one for
-    /// [`Fetch::First`]).
+    /// Hands the read to the readers of `pool` (on PostgreSQL, runs it on the pool): its
+    /// rows (at most one for [`Fetch::First`]).
     async fn read(self, pool: &Pool, fetch: Fetch) -> sqlx::Result<Rows> {
         let (AssertSqlSafe(sql), args) = self.parts()?;
         match pool {
@@ -300,8 +303,7 @@ impl Q {
                 .read(p, sql, Sqlite::args(args)?, fetch)
                 .await
                 .map(Rows::Sqlite),
-            Pool::Postgres(p, _, reader) => reader
-                .read(p, sql, Postgres::args(args)?, fetch)
+            Pool::Postgres(p, _) => fetched(p, AssertSqlSafe(sql), Postgres::args(args)?, fetch)
                 .await
                 .map(Rows::Postgres),
         }
@@ -449,7 +451,7 @@ pub(super) async fn on_writer(pool: &Pool, parts: Vec<Part>) -> sqlx::Result<Vec
             .into_iter()
             .map(Did::of)
             .collect(),
-        Pool::Postgres(p, writer, _) => writer
+        Pool::Postgres(p, writer) => writer
             .write(p, unit(parts)?)
             .await?
             .into_iter()
