@@ -2,7 +2,7 @@
 //! on the database records its start first.
 
 use super::runs::insert_run;
-use super::sql::Part;
+use super::unit::Part;
 use super::{Database, DbResult, NewRun, ms};
 use crate::domain::RunId;
 use crate::identity::Owner;

@@ -36,6 +36,7 @@ mod postgres;
 mod reader;
 mod runs;
 mod sql;
+mod unit;
 mod writer;
 
 pub use agents::{AgentRole, AgentRow, Leases};
@@ -50,7 +51,8 @@ pub use pings::{NewPing, PendingPing, PingKind};
 pub use postgres::{Location, split_password};
 pub use runs::{Finish, NewRun, Run, RunKind, RunSnapshot, RunStatus, RunTrigger, Step};
 pub use sql::Engine;
-pub(crate) use sql::{Did, Part, Tx};
+pub(crate) use sql::Tx;
+pub(crate) use unit::{Did, Part};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -332,7 +334,7 @@ impl Database {
     /// by this process's writer, with the other writes waiting at the same moment (see
     /// `writer`). What each statement run did.
     pub(crate) async fn write_all(&self, what: &str, parts: Vec<Part>) -> DbResult<Vec<Did>> {
-        sql::on_writer(&self.pool, parts)
+        unit::on_writer(&self.pool, parts)
             .await
             .map_err(self.err(what))
     }

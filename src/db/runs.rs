@@ -2,7 +2,8 @@
 //! run's summary; what it did is in its journal ([`super::journal`]).
 
 use super::journal::{self, Action, State};
-use super::sql::{Part, Q};
+use super::sql::Q;
+use super::unit::Part;
 use super::{
     Database, DbError, DbResult, Engine, NewAlert, NewPing, StoredTime, alerts, ms, pings,
 };
