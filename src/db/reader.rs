@@ -3,10 +3,11 @@
 //!
 //! A read straight on the pool takes a connection and hands it back, and sqlx tests
 //! every connection handed back with a round trip to it (to SQLite's connection thread):
-//! a second hop for every read, and a task spawned to make it. Measured on a `run-once` of 1,000 jobs: 39 µs of CPU per read through the pool,
-//! 15 µs on a kept connection (README, Benchmarks). A read handed to a reader runs on the
-//! connection the reader keeps ([`Held`]), to its end even if its caller stops waiting,
-//! so the connection is never left in the middle of a statement.
+//! a second hop for every read, and a task spawned to make it. Measured on a `run-once`
+//! of 1,000 jobs: 39 µs of CPU per read through the pool, 15 µs on a kept connection
+//! (README, Benchmarks). A read handed to a reader runs on the connection the reader
+//! keeps ([`Held`]), to its end even if its caller stops waiting, so the connection is
+//! never left in the middle of a statement. Not on PostgreSQL (see `sql::Pool`).
 
 use std::sync::Arc;
 use std::time::Duration;
