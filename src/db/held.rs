@@ -23,10 +23,6 @@ impl<DB: Database> Held<DB> {
         Self { pool, conn: None }
     }
 
-    pub(super) fn pool(&self) -> &Pool<DB> {
-        &self.pool
-    }
-
     /// Whether a connection is held now.
     pub(super) fn holds(&self) -> bool {
         self.conn.is_some()
@@ -43,6 +39,25 @@ impl<DB: Database> Held<DB> {
 
     pub(super) fn release(&mut self) {
         self.conn = None;
+    }
+
+    /// `next`, awaited; meanwhile a connection held is given back after `hold` without
+    /// it, or when the pool closes.
+    pub(super) async fn idle_until<T>(
+        &mut self,
+        hold: Duration,
+        next: impl Future<Output = T>,
+    ) -> T {
+        let mut next = std::pin::pin!(next);
+        if self.holds() {
+            tokio::select! {
+                v = &mut next => return v,
+                () = tokio::time::sleep(hold) => {}
+                () = self.pool.close_event() => {}
+            }
+            self.release();
+        }
+        next.await
     }
 
     /// `r`, the connection given back first if it is an error.

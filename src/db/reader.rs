@@ -116,22 +116,9 @@ async fn serve<DB>(
     let mut held = Held::new(pool);
     loop {
         let next = async { waiting.lock().await.recv().await };
-        let read = if held.holds() {
-            tokio::select! {
-                r = next => r,
-                () = tokio::time::sleep(hold) => {
-                    held.release();
-                    continue;
-                }
-                () = held.pool().close_event() => {
-                    held.release();
-                    continue;
-                }
-            }
-        } else {
-            next.await
+        let Some(read) = held.idle_until(hold, next).await else {
+            break;
         };
-        let Some(read) = read else { break };
         // A caller that stopped waiting (cancelled) is not read for.
         if read.answer.is_closed() {
             continue;

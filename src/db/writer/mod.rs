@@ -250,22 +250,9 @@ async fn serve<DB>(
     let mut held = Held::new(pool);
     let mut group = Vec::new();
     loop {
-        let first = if held.holds() {
-            tokio::select! {
-                w = queue.recv() => w,
-                () = tokio::time::sleep(hold) => {
-                    held.release();
-                    continue;
-                }
-                () = held.pool().close_event() => {
-                    held.release();
-                    continue;
-                }
-            }
-        } else {
-            queue.recv().await
+        let Some(first) = held.idle_until(hold, queue.recv()).await else {
+            break;
         };
-        let Some(first) = first else { break };
         group.push(first);
         let _turn = turn_of(&turn, WRITER_PATIENCE).await;
         while group.len() < MOST_IN_A_GROUP {
